@@ -1,0 +1,675 @@
+//! The record batch: the unit a producer builds, the log stores and a consumer
+//! reads, byte for byte the same at every step.
+//!
+//! # Frame layout
+//!
+//! ```text
+//! frame   := archive_len: u32 LE | archive: [u8; archive_len]
+//! archive := rkyv archive of `RecordBatch`, root object last
+//! ```
+//!
+//! The archive is built with rkyv's `unaligned` and `little_endian` formats,
+//! so a batch can be validated and read wherever it lies in a socket buffer or
+//! a segment file, without copying it to an aligned place first.
+//!
+//! The header sits at a fixed distance from the end of the archive (rkyv puts
+//! the root there). That lets the broker stamp `base_offset` and
+//! `append_time_ms` into the bytes in place, and lets recovery and reads learn
+//! a batch's offsets from a few fixed-position loads.
+//!
+//! # Checksum
+//!
+//! `crc` is crc32c over the whole archive except three header fields: `crc`
+//! itself and the two fields the broker stamps (`base_offset`,
+//! `append_time_ms`). So the checksum the producer computed stays valid from
+//! the producer's memory, through the disk, to the consumer (Kafka excludes
+//! its base offset from the batch CRC for the same reason).
+
+use std::mem::{offset_of, size_of};
+
+use rkyv::{rancor, Archive, Deserialize, Serialize};
+
+use crate::error::{Result, StorageError};
+use crate::offset::Offset;
+
+/// Bytes of the length prefix before each archive.
+pub const FRAME_LENGTH_BYTES: usize = 4;
+
+/// Bits of `BatchHeader::attributes`, at Kafka's positions so that the Kafka
+/// listener can translate without a table.
+pub mod attributes {
+    /// The batch's timestamps are the broker's append time.
+    pub const TIMESTAMP_LOG_APPEND_TIME: u16 = 0x08;
+    /// The batch belongs to a transaction.
+    pub const TRANSACTIONAL: u16 = 0x10;
+    /// The batch is a control batch (a transaction marker), not user data.
+    pub const CONTROL: u16 = 0x20;
+}
+
+/// `producer_id` of a producer that is neither idempotent nor transactional.
+pub const NO_PRODUCER_ID: i64 = -1;
+/// `producer_epoch` and `base_sequence` of such a producer.
+pub const NO_PRODUCER_EPOCH: i16 = -1;
+pub const NO_SEQUENCE: i32 = -1;
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// crc32c of the archive, see the module docs for what it covers.
+    pub crc: u32,
+    /// Offset of the first record; stamped by the log when it appends.
+    pub base_offset: u64,
+    /// Wall-clock time of the append in ms since the epoch; stamped by the log.
+    pub append_time_ms: i64,
+    /// Offset of the last record minus `base_offset`.
+    pub last_offset_delta: u32,
+    pub record_count: u32,
+    /// Timestamp of the first record, ms since the epoch.
+    pub first_timestamp_ms: i64,
+    /// Largest record timestamp in the batch.
+    pub max_timestamp_ms: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub attributes: u16,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Offset of this record minus the batch's base offset.
+    pub offset_delta: u32,
+    /// Timestamp of this record minus the batch's first timestamp.
+    pub timestamp_delta_ms: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<RecordHeader>,
+}
+
+impl Record {
+    /// Bytes of user data the record carries: what the record size limit counts.
+    pub fn payload_bytes(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.value.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len))
+                .sum::<usize>()
+    }
+}
+
+impl ArchivedRecord {
+    pub fn payload_bytes(&self) -> usize {
+        self.key.as_ref().map_or(0, |k| k.len())
+            + self.value.as_ref().map_or(0, |v| v.len())
+            + self
+                .headers
+                .iter()
+                .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()))
+                .sum::<usize>()
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RecordBatch {
+    pub header: BatchHeader,
+    pub records: Vec<Record>,
+}
+
+/// Bytes of the root object at the end of every archive.
+const ROOT_BYTES: usize = size_of::<ArchivedRecordBatch>();
+/// Where the header lies inside the root object.
+const HEADER_IN_ROOT: usize = offset_of!(ArchivedRecordBatch, header);
+
+// The in-place stamping and the fixed-position loads below rely on the
+// unaligned little-endian format: each archived integer is its plain bytes.
+const _: () = assert!(size_of::<rkyv::Archived<u64>>() == 8);
+const _: () = assert!(std::mem::align_of::<ArchivedRecordBatch>() == 1);
+
+/// Position of a header field inside the archive, given the archive's length.
+const fn header_field(archive_len: usize, field_in_header: usize) -> usize {
+    archive_len - ROOT_BYTES + HEADER_IN_ROOT + field_in_header
+}
+
+macro_rules! field {
+    ($name:ident) => {
+        offset_of!(ArchivedBatchHeader, $name)
+    };
+}
+
+/// The limits a batch is checked against before it is appended.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    /// Largest frame (length prefix included) accepted.
+    pub batch_bytes_max: usize,
+    /// Largest record payload (key + value + headers) accepted.
+    pub record_bytes_max: usize,
+}
+
+/// What the log learns of a batch from its header. Cheap to obtain: a few
+/// loads at fixed positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchInfo {
+    /// Frame bytes, length prefix included.
+    pub frame_bytes: usize,
+    pub crc: u32,
+    pub base_offset: Offset,
+    pub append_time_ms: i64,
+    pub last_offset_delta: u32,
+    pub record_count: u32,
+    pub first_timestamp_ms: i64,
+    pub max_timestamp_ms: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub attributes: u16,
+}
+
+impl BatchInfo {
+    pub fn last_offset(&self) -> Offset {
+        self.base_offset.plus(u64::from(self.last_offset_delta))
+    }
+
+    pub fn next_offset(&self) -> Offset {
+        self.last_offset().next()
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & attributes::CONTROL != 0
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & attributes::TRANSACTIONAL != 0
+    }
+}
+
+fn load<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    bytes[at..at + N].try_into().expect("slice of N bytes")
+}
+
+/// Reads the length prefix at the start of `bytes`, if there are four bytes.
+pub fn frame_length(bytes: &[u8]) -> Option<usize> {
+    let prefix = bytes.get(..FRAME_LENGTH_BYTES)?;
+    let archive_len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+    Some(FRAME_LENGTH_BYTES + archive_len)
+}
+
+/// Reads the header of the frame at the start of `bytes` without validating
+/// the archive. For bytes that were checked once already (by `check_frame`
+/// before they were appended, by a crc match when read back); anything it
+/// returns for unchecked bytes is a guess.
+pub fn peek_header(bytes: &[u8]) -> Result<BatchInfo> {
+    let frame_bytes = frame_length(bytes).ok_or_else(|| malformed("shorter than its length prefix"))?;
+    if frame_bytes > bytes.len() {
+        return Err(malformed(format!(
+            "length prefix says {frame_bytes} bytes but only {} are there",
+            bytes.len()
+        )));
+    }
+    let archive = &bytes[FRAME_LENGTH_BYTES..frame_bytes];
+    if archive.len() < ROOT_BYTES {
+        return Err(malformed(format!(
+            "archive of {} bytes is smaller than a batch header ({ROOT_BYTES} bytes)",
+            archive.len()
+        )));
+    }
+    let len = archive.len();
+    Ok(BatchInfo {
+        frame_bytes,
+        crc: u32::from_le_bytes(load(archive, header_field(len, field!(crc)))),
+        base_offset: Offset(u64::from_le_bytes(load(archive, header_field(len, field!(base_offset))))),
+        append_time_ms: i64::from_le_bytes(load(archive, header_field(len, field!(append_time_ms)))),
+        last_offset_delta: u32::from_le_bytes(load(archive, header_field(len, field!(last_offset_delta)))),
+        record_count: u32::from_le_bytes(load(archive, header_field(len, field!(record_count)))),
+        first_timestamp_ms: i64::from_le_bytes(load(archive, header_field(len, field!(first_timestamp_ms)))),
+        max_timestamp_ms: i64::from_le_bytes(load(archive, header_field(len, field!(max_timestamp_ms)))),
+        producer_id: i64::from_le_bytes(load(archive, header_field(len, field!(producer_id)))),
+        producer_epoch: i16::from_le_bytes(load(archive, header_field(len, field!(producer_epoch)))),
+        base_sequence: i32::from_le_bytes(load(archive, header_field(len, field!(base_sequence)))),
+        attributes: u16::from_le_bytes(load(archive, header_field(len, field!(attributes)))),
+    })
+}
+
+/// crc32c of an archive, skipping the crc field and the stamped fields.
+pub fn archive_crc(archive: &[u8]) -> u32 {
+    assert!(archive.len() >= ROOT_BYTES);
+    let len = archive.len();
+    let mut skipped = [
+        (header_field(len, field!(crc)), size_of::<u32>()),
+        (header_field(len, field!(base_offset)), size_of::<u64>()),
+        (header_field(len, field!(append_time_ms)), size_of::<i64>()),
+    ];
+    skipped.sort_unstable();
+    let mut crc = 0;
+    let mut from = 0;
+    for (start, bytes) in skipped {
+        crc = crc32c::crc32c_append(crc, &archive[from..start]);
+        from = start + bytes;
+    }
+    crc32c::crc32c_append(crc, &archive[from..])
+}
+
+/// Verifies that the frame at the start of `bytes` carries its checksum. The
+/// check a read makes before it serves bytes from disk.
+pub fn verify_crc(bytes: &[u8]) -> Result<BatchInfo> {
+    let info = peek_header(bytes)?;
+    let computed = archive_crc(&bytes[FRAME_LENGTH_BYTES..info.frame_bytes]);
+    if computed != info.crc {
+        return Err(StorageError::BatchCrcMismatch {
+            stored: info.crc,
+            computed,
+        });
+    }
+    Ok(info)
+}
+
+/// Fully checks one frame that fills `frame` exactly: its length against the
+/// limits, the archive's structure (rkyv validation), its checksum, and that
+/// its header agrees with its records. A batch passes this before the log
+/// appends it, and recovery puts every batch of an unflushed tail through it.
+pub fn check_frame(frame: &[u8], limits: &BatchLimits) -> Result<BatchInfo> {
+    if frame.len() > limits.batch_bytes_max {
+        return Err(StorageError::BatchTooLarge {
+            size: frame.len(),
+            max: limits.batch_bytes_max,
+        });
+    }
+    let info = peek_header(frame)?;
+    if info.frame_bytes != frame.len() {
+        return Err(malformed(format!(
+            "length prefix says {} bytes but the frame is {} bytes",
+            info.frame_bytes,
+            frame.len()
+        )));
+    }
+    let archive = &frame[FRAME_LENGTH_BYTES..];
+    let computed = archive_crc(archive);
+    if computed != info.crc {
+        return Err(StorageError::BatchCrcMismatch {
+            stored: info.crc,
+            computed,
+        });
+    }
+    let batch = rkyv::access::<ArchivedRecordBatch, rancor::Error>(archive)
+        .map_err(|e| malformed(format!("archive fails validation: {e}")))?;
+    check_records(batch, &info, limits)?;
+    Ok(info)
+}
+
+fn check_records(batch: &ArchivedRecordBatch, info: &BatchInfo, limits: &BatchLimits) -> Result<()> {
+    let count = batch.records.len();
+    if count == 0 {
+        return Err(malformed("a batch holds at least one record"));
+    }
+    if info.record_count as usize != count {
+        return Err(malformed(format!(
+            "header says {} records, the batch holds {count}",
+            info.record_count
+        )));
+    }
+    if info.last_offset_delta as usize != count - 1 {
+        return Err(malformed(format!(
+            "last offset delta {} does not match {count} records",
+            info.last_offset_delta
+        )));
+    }
+    let mut max_timestamp_ms = i64::MIN;
+    for (index, record) in batch.records.iter().enumerate() {
+        let offset_delta = record.offset_delta.to_native();
+        if offset_delta as usize != index {
+            return Err(malformed(format!(
+                "record {index} has offset delta {offset_delta}; deltas must count up from 0"
+            )));
+        }
+        let size = record.payload_bytes();
+        if size > limits.record_bytes_max {
+            return Err(StorageError::RecordTooLarge {
+                offset_delta,
+                size,
+                max: limits.record_bytes_max,
+            });
+        }
+        let timestamp_ms = info
+            .first_timestamp_ms
+            .checked_add(record.timestamp_delta_ms.to_native())
+            .ok_or_else(|| malformed(format!("record {index}: timestamp overflows")))?;
+        max_timestamp_ms = max_timestamp_ms.max(timestamp_ms);
+    }
+    if max_timestamp_ms != info.max_timestamp_ms {
+        return Err(malformed(format!(
+            "header max timestamp {} differs from the records' {max_timestamp_ms}",
+            info.max_timestamp_ms
+        )));
+    }
+    Ok(())
+}
+
+/// Writes the log's two fields into a checked frame, in place. The checksum
+/// does not cover them, so it stays valid.
+pub fn stamp(frame: &mut [u8], base_offset: Offset, append_time_ms: i64) {
+    let archive = &mut frame[FRAME_LENGTH_BYTES..];
+    let len = archive.len();
+    let at = header_field(len, field!(base_offset));
+    archive[at..at + 8].copy_from_slice(&base_offset.0.to_le_bytes());
+    let at = header_field(len, field!(append_time_ms));
+    archive[at..at + 8].copy_from_slice(&append_time_ms.to_le_bytes());
+}
+
+/// Validates the archive of a frame and gives access to its records. For a
+/// reader that wants keys and values; the log itself never needs it on the
+/// append or read path.
+pub fn access(frame: &[u8]) -> Result<&ArchivedRecordBatch> {
+    let frame_bytes = frame_length(frame).ok_or_else(|| malformed("shorter than its length prefix"))?;
+    let archive = frame
+        .get(FRAME_LENGTH_BYTES..frame_bytes)
+        .ok_or_else(|| malformed("truncated frame"))?;
+    rkyv::access::<ArchivedRecordBatch, rancor::Error>(archive)
+        .map_err(|e| malformed(format!("archive fails validation: {e}")))
+}
+
+/// Iterates over the frames laid end to end in `bytes` (as a log read returns
+/// them), yielding each frame's bytes. Stops at the first incomplete frame.
+pub fn frames(bytes: &[u8]) -> Frames<'_> {
+    Frames { rest: bytes }
+}
+
+pub struct Frames<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let len = frame_length(self.rest)?;
+        if len > self.rest.len() {
+            return None;
+        }
+        let (frame, rest) = self.rest.split_at(len);
+        self.rest = rest;
+        Some(frame)
+    }
+}
+
+fn malformed(reason: impl Into<String>) -> StorageError {
+    StorageError::BatchMalformed { reason: reason.into() }
+}
+
+/// Builds a record batch frame on the producer's side: records are pushed,
+/// then `build` encodes them once into the frame the broker will store.
+#[derive(Debug)]
+pub struct RecordBatchBuilder {
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    attributes: u16,
+    first_timestamp_ms: i64,
+    max_timestamp_ms: i64,
+    records: Vec<Record>,
+    payload_bytes: usize,
+}
+
+impl Default for RecordBatchBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RecordBatchBuilder {
+    pub fn new() -> Self {
+        RecordBatchBuilder {
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: NO_PRODUCER_EPOCH,
+            base_sequence: NO_SEQUENCE,
+            attributes: 0,
+            first_timestamp_ms: 0,
+            max_timestamp_ms: i64::MIN,
+            records: Vec::new(),
+            payload_bytes: 0,
+        }
+    }
+
+    pub fn producer(mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) -> Self {
+        self.producer_id = producer_id;
+        self.producer_epoch = producer_epoch;
+        self.base_sequence = base_sequence;
+        self
+    }
+
+    pub fn attributes(mut self, attributes: u16) -> Self {
+        self.attributes = attributes;
+        self
+    }
+
+    pub fn push(
+        &mut self,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: Vec<RecordHeader>,
+    ) -> &mut Self {
+        if self.records.is_empty() {
+            self.first_timestamp_ms = timestamp_ms;
+        }
+        self.max_timestamp_ms = self.max_timestamp_ms.max(timestamp_ms);
+        let record = Record {
+            offset_delta: u32::try_from(self.records.len()).expect("fewer than 2^32 records"),
+            timestamp_delta_ms: timestamp_ms - self.first_timestamp_ms,
+            key: key.map(<[u8]>::to_vec),
+            value: value.map(<[u8]>::to_vec),
+            headers,
+        };
+        self.payload_bytes += record.payload_bytes();
+        self.records.push(record);
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Bytes of user data pushed so far; the frame is somewhat larger.
+    pub fn payload_bytes(&self) -> usize {
+        self.payload_bytes
+    }
+
+    /// Encodes the batch into a frame with its checksum set. Base offset and
+    /// append time are zero until the log stamps them.
+    pub fn build(self) -> Vec<u8> {
+        assert!(!self.records.is_empty(), "a record batch holds at least one record");
+        let count = self.records.len();
+        let batch = RecordBatch {
+            header: BatchHeader {
+                crc: 0,
+                base_offset: 0,
+                append_time_ms: 0,
+                last_offset_delta: (count - 1) as u32,
+                record_count: count as u32,
+                first_timestamp_ms: self.first_timestamp_ms,
+                max_timestamp_ms: self.max_timestamp_ms,
+                producer_id: self.producer_id,
+                producer_epoch: self.producer_epoch,
+                base_sequence: self.base_sequence,
+                attributes: self.attributes,
+            },
+            records: self.records,
+        };
+        let estimate = FRAME_LENGTH_BYTES + ROOT_BYTES + self.payload_bytes + count * 64;
+        let mut frame = Vec::with_capacity(estimate);
+        frame.extend_from_slice(&[0; FRAME_LENGTH_BYTES]);
+        let mut frame = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&batch, frame)
+            .expect("serializing into a Vec cannot fail");
+        let archive_len = frame.len() - FRAME_LENGTH_BYTES;
+        let archive_len_u32 = u32::try_from(archive_len).expect("batch under 4 GiB");
+        frame[..FRAME_LENGTH_BYTES].copy_from_slice(&archive_len_u32.to_le_bytes());
+        let crc = archive_crc(&frame[FRAME_LENGTH_BYTES..]);
+        let at = FRAME_LENGTH_BYTES + header_field(archive_len, field!(crc));
+        frame[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+        frame
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMITS: BatchLimits = BatchLimits {
+        batch_bytes_max: 8 << 20,
+        record_bytes_max: 4 << 20,
+    };
+
+    fn sample(values: &[&[u8]]) -> Vec<u8> {
+        let mut builder = RecordBatchBuilder::new().producer(7, 1, 42);
+        for (i, value) in values.iter().enumerate() {
+            builder.push(
+                1_000 + i as i64,
+                Some(format!("k{i}").as_bytes()),
+                Some(value),
+                vec![RecordHeader {
+                    key: "h".into(),
+                    value: Some(vec![i as u8]),
+                }],
+            );
+        }
+        builder.build()
+    }
+
+    #[test]
+    fn built_batch_checks_and_reads_back() {
+        let frame = sample(&[b"one", b"", b"three"]);
+        let info = check_frame(&frame, &LIMITS).unwrap();
+        assert_eq!(info.record_count, 3);
+        assert_eq!(info.last_offset_delta, 2);
+        assert_eq!(info.first_timestamp_ms, 1_000);
+        assert_eq!(info.max_timestamp_ms, 1_002);
+        assert_eq!(info.producer_id, 7);
+        assert_eq!(info.base_sequence, 42);
+        let batch = access(&frame).unwrap();
+        assert_eq!(batch.records[2].value.as_ref().unwrap().as_slice(), b"three");
+        assert_eq!(batch.records[1].key.as_ref().unwrap().as_slice(), b"k1");
+    }
+
+    #[test]
+    fn stamping_keeps_the_checksum_valid() {
+        let mut frame = sample(&[b"a", b"b"]);
+        stamp(&mut frame, Offset(1 << 40), 123_456);
+        let info = check_frame(&frame, &LIMITS).unwrap();
+        assert_eq!(info.base_offset, Offset(1 << 40));
+        assert_eq!(info.append_time_ms, 123_456);
+        assert_eq!(info.last_offset(), Offset((1 << 40) + 1));
+        let archived = access(&frame).unwrap();
+        assert_eq!(archived.header.base_offset.to_native(), 1 << 40);
+    }
+
+    #[test]
+    fn every_flipped_bit_is_caught() {
+        let frame = sample(&[b"payload-1", b"payload-2"]);
+        let len = frame.len();
+        let skipped: Vec<usize> = [field!(crc), field!(base_offset), field!(append_time_ms)]
+            .iter()
+            .zip([4, 8, 8])
+            .flat_map(|(f, n)| {
+                let start = FRAME_LENGTH_BYTES + header_field(len - FRAME_LENGTH_BYTES, *f);
+                start..start + n
+            })
+            .collect();
+        for byte in 0..len {
+            for bit in 0..8 {
+                let mut bad = frame.clone();
+                bad[byte] ^= 1 << bit;
+                let result = check_frame(&bad, &LIMITS);
+                if skipped.contains(&byte) && !(FRAME_LENGTH_BYTES + header_field(len - 4, field!(crc))
+                    ..FRAME_LENGTH_BYTES + header_field(len - 4, field!(crc)) + 4)
+                    .contains(&byte)
+                {
+                    // A stamped field: the broker owns it, the checksum does not cover it.
+                    assert!(result.is_ok());
+                } else {
+                    assert!(result.is_err(), "flip of bit {bit} in byte {byte} went unnoticed");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let frame = sample(&[&[0u8; 1000]]);
+        let tight = BatchLimits {
+            batch_bytes_max: 100,
+            record_bytes_max: 4096,
+        };
+        assert!(matches!(check_frame(&frame, &tight), Err(StorageError::BatchTooLarge { .. })));
+        let tight = BatchLimits {
+            batch_bytes_max: 1 << 20,
+            record_bytes_max: 999,
+        };
+        assert!(matches!(
+            check_frame(&frame, &tight),
+            Err(StorageError::RecordTooLarge { offset_delta: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_refused_with_a_reason() {
+        for bytes in [&[][..], &[1, 0][..], &[4, 0, 0, 0, 1, 2, 3, 4][..], &[0xff; 64][..]] {
+            let err = check_frame(bytes, &LIMITS).unwrap_err();
+            assert!(!err.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn frames_iterates_until_an_incomplete_frame() {
+        let a = sample(&[b"x"]);
+        let b = sample(&[b"yy", b"zz"]);
+        let mut bytes = [a.clone(), b.clone()].concat();
+        bytes.extend_from_slice(&b[..10]);
+        let found: Vec<&[u8]> = frames(&bytes).collect();
+        assert_eq!(found, vec![&a[..], &b[..]]);
+    }
+
+    proptest! {
+        #[test]
+        fn any_batch_round_trips(
+            records in prop::collection::vec(
+                (any::<i32>(), prop::option::of(prop::collection::vec(any::<u8>(), 0..64)),
+                 prop::option::of(prop::collection::vec(any::<u8>(), 0..300)),
+                 prop::collection::vec(("[a-z]{0,8}", prop::option::of(prop::collection::vec(any::<u8>(), 0..8))), 0..3)),
+                1..20),
+            base in any::<u32>(),
+        ) {
+            let mut builder = RecordBatchBuilder::new();
+            for (ts, key, value, headers) in &records {
+                let headers = headers.iter().map(|(k, v)| RecordHeader { key: k.clone(), value: v.clone() }).collect();
+                builder.push(i64::from(*ts), key.as_deref(), value.as_deref(), headers);
+            }
+            let mut frame = builder.build();
+            stamp(&mut frame, Offset(u64::from(base)), 5);
+            let info = check_frame(&frame, &LIMITS).unwrap();
+            prop_assert_eq!(info.record_count as usize, records.len());
+            let batch: RecordBatch = rkyv::deserialize::<RecordBatch, rancor::Error>(access(&frame).unwrap()).unwrap();
+            for (record, (ts, key, value, headers)) in batch.records.iter().zip(&records) {
+                prop_assert_eq!(batch.header.first_timestamp_ms + record.timestamp_delta_ms, i64::from(*ts));
+                prop_assert_eq!(&record.key, key);
+                prop_assert_eq!(&record.value, value);
+                prop_assert_eq!(record.headers.len(), headers.len());
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = check_frame(&bytes, &LIMITS);
+            let _ = peek_header(&bytes);
+            let _ = verify_crc(&bytes);
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! corelog's storage engine: the partition log.
+//!
+//! A partition's records live in a directory of segments, each a `.log` file
+//! of record batches written with O_DIRECT through glommio's DMA files, with a
+//! sparse `.index` (offset to position) and `.timeindex` (timestamp to
+//! offset) beside it. This crate owns the record batch format, segments and
+//! their indexes, recovery of a torn tail, flushing with group commit, and
+//! retention. It knows nothing of sockets or shards: a `PartitionLog` lives
+//! on the glommio executor that opened it and is driven from there.
+
+pub mod batch;
+pub mod error;
+pub mod offset;
+
+pub use error::{Result, StorageError};
+pub use offset::{FilePosition, Offset};
