@@ -19,11 +19,13 @@
 //!
 //! # Checksum
 //!
-//! `crc` is crc32c over the whole archive except three header fields: `crc`
-//! itself and the two fields the broker stamps (`base_offset`,
-//! `append_time_ms`). So the checksum the producer computed stays valid from
-//! the producer's memory, through the disk, to the consumer (Kafka excludes
-//! its base offset from the batch CRC for the same reason).
+//! `crc` is crc32c over the whole archive in address order, skipping two
+//! header fields: `crc` itself and `base_offset`. The base offset is left out
+//! for the reason Kafka leaves it out: the log assigns it, and recovery checks
+//! it anyway (offsets must be dense). The append time is covered, so the log
+//! updates the checksum when it stamps it; because rkyv puts the root (and so
+//! the header) at the end of the archive, that update hashes only the few
+//! dozen bytes from the append time to the end, never the records again.
 
 use std::mem::{offset_of, size_of};
 
@@ -168,6 +170,9 @@ pub struct BatchInfo {
     pub producer_epoch: i16,
     pub base_sequence: i32,
     pub attributes: u16,
+    /// crc32c state over the archive up to the append time: what `stamp`
+    /// continues from. Set by `check_frame`; zero from `peek_header`.
+    pub(crate) crc_before_append_time: u32,
 }
 
 impl BatchInfo {
@@ -232,26 +237,46 @@ pub fn peek_header(bytes: &[u8]) -> Result<BatchInfo> {
         producer_epoch: i16::from_le_bytes(load(archive, header_field(len, field!(producer_epoch)))),
         base_sequence: i32::from_le_bytes(load(archive, header_field(len, field!(base_sequence)))),
         attributes: u16::from_le_bytes(load(archive, header_field(len, field!(attributes)))),
+        crc_before_append_time: 0,
     })
 }
 
-/// crc32c of an archive, skipping the crc field and the stamped fields.
-pub fn archive_crc(archive: &[u8]) -> u32 {
-    assert!(archive.len() >= ROOT_BYTES);
-    let len = archive.len();
+/// The header fields the checksum skips, sorted by position in the archive.
+fn crc_skipped(archive_len: usize) -> [(usize, usize); 2] {
     let mut skipped = [
-        (header_field(len, field!(crc)), size_of::<u32>()),
-        (header_field(len, field!(base_offset)), size_of::<u64>()),
-        (header_field(len, field!(append_time_ms)), size_of::<i64>()),
+        (header_field(archive_len, field!(crc)), size_of::<u32>()),
+        (header_field(archive_len, field!(base_offset)), size_of::<u64>()),
     ];
     skipped.sort_unstable();
-    let mut crc = 0;
-    let mut from = 0;
-    for (start, bytes) in skipped {
-        crc = crc32c::crc32c_append(crc, &archive[from..start]);
-        from = start + bytes;
+    skipped
+}
+
+/// Continues `crc` over `archive[from..to]`, skipping the fields it skips.
+fn crc_range(archive: &[u8], mut crc: u32, mut from: usize, to: usize) -> u32 {
+    for (start, bytes) in crc_skipped(archive.len()) {
+        let end = start + bytes;
+        if end <= from || start >= to {
+            continue;
+        }
+        crc = crc32c::crc32c_append(crc, &archive[from..start.max(from)]);
+        from = end;
     }
-    crc32c::crc32c_append(crc, &archive[from..])
+    if from < to {
+        crc = crc32c::crc32c_append(crc, &archive[from..to]);
+    }
+    crc
+}
+
+/// Where the append time lies in an archive of `archive_len` bytes.
+fn append_time_at(archive_len: usize) -> usize {
+    header_field(archive_len, field!(append_time_ms))
+}
+
+/// crc32c of an archive as the header's `crc` field holds it.
+pub fn archive_crc(archive: &[u8]) -> u32 {
+    assert!(archive.len() >= ROOT_BYTES);
+    let split = append_time_at(archive.len());
+    crc_range(archive, crc_range(archive, 0, 0, split), split, archive.len())
 }
 
 /// Verifies that the frame at the start of `bytes` carries its checksum. The
@@ -279,7 +304,7 @@ pub fn check_frame(frame: &[u8], limits: &BatchLimits) -> Result<BatchInfo> {
             max: limits.batch_bytes_max,
         });
     }
-    let info = peek_header(frame)?;
+    let mut info = peek_header(frame)?;
     if info.frame_bytes != frame.len() {
         return Err(malformed(format!(
             "length prefix says {} bytes but the frame is {} bytes",
@@ -288,7 +313,9 @@ pub fn check_frame(frame: &[u8], limits: &BatchLimits) -> Result<BatchInfo> {
         )));
     }
     let archive = &frame[FRAME_LENGTH_BYTES..];
-    let computed = archive_crc(archive);
+    let split = append_time_at(archive.len());
+    info.crc_before_append_time = crc_range(archive, 0, 0, split);
+    let computed = crc_range(archive, info.crc_before_append_time, split, archive.len());
     if computed != info.crc {
         return Err(StorageError::BatchCrcMismatch {
             stored: info.crc,
@@ -349,15 +376,20 @@ fn check_records(batch: &ArchivedRecordBatch, info: &BatchInfo, limits: &BatchLi
     Ok(())
 }
 
-/// Writes the log's two fields into a checked frame, in place. The checksum
-/// does not cover them, so it stays valid.
-pub fn stamp(frame: &mut [u8], base_offset: Offset, append_time_ms: i64) {
+/// Writes the log's two fields into a frame that `check_frame` passed, in
+/// place, and brings its checksum up to date by hashing from the append time
+/// on (the root's last few dozen bytes).
+pub fn stamp(frame: &mut [u8], checked: &BatchInfo, base_offset: Offset, append_time_ms: i64) {
     let archive = &mut frame[FRAME_LENGTH_BYTES..];
     let len = archive.len();
+    assert_eq!(len + FRAME_LENGTH_BYTES, checked.frame_bytes, "stamp the frame that was checked");
     let at = header_field(len, field!(base_offset));
     archive[at..at + 8].copy_from_slice(&base_offset.0.to_le_bytes());
-    let at = header_field(len, field!(append_time_ms));
+    let at = append_time_at(len);
     archive[at..at + 8].copy_from_slice(&append_time_ms.to_le_bytes());
+    let crc = crc_range(archive, checked.crc_before_append_time, at, len);
+    let at = header_field(len, field!(crc));
+    archive[at..at + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// Validates the archive of a frame and gives access to its records. For a
@@ -562,7 +594,9 @@ mod tests {
     #[test]
     fn stamping_keeps_the_checksum_valid() {
         let mut frame = sample(&[b"a", b"b"]);
-        stamp(&mut frame, Offset(1 << 40), 123_456);
+        let checked = check_frame(&frame, &LIMITS).unwrap();
+        stamp(&mut frame, &checked, Offset(1 << 40), 123_456);
+        assert_eq!(archive_crc(&frame[FRAME_LENGTH_BYTES..]), peek_header(&frame).unwrap().crc);
         let info = check_frame(&frame, &LIMITS).unwrap();
         assert_eq!(info.base_offset, Offset(1 << 40));
         assert_eq!(info.append_time_ms, 123_456);
@@ -575,25 +609,15 @@ mod tests {
     fn every_flipped_bit_is_caught() {
         let frame = sample(&[b"payload-1", b"payload-2"]);
         let len = frame.len();
-        let skipped: Vec<usize> = [field!(crc), field!(base_offset), field!(append_time_ms)]
-            .iter()
-            .zip([4, 8, 8])
-            .flat_map(|(f, n)| {
-                let start = FRAME_LENGTH_BYTES + header_field(len - FRAME_LENGTH_BYTES, *f);
-                start..start + n
-            })
-            .collect();
+        // The base offset alone is outside the checksum; recovery checks it.
+        let base_offset_at = FRAME_LENGTH_BYTES + header_field(len - FRAME_LENGTH_BYTES, field!(base_offset));
         for byte in 0..len {
             for bit in 0..8 {
                 let mut bad = frame.clone();
                 bad[byte] ^= 1 << bit;
                 let result = check_frame(&bad, &LIMITS);
-                if skipped.contains(&byte) && !(FRAME_LENGTH_BYTES + header_field(len - 4, field!(crc))
-                    ..FRAME_LENGTH_BYTES + header_field(len - 4, field!(crc)) + 4)
-                    .contains(&byte)
-                {
-                    // A stamped field: the broker owns it, the checksum does not cover it.
-                    assert!(result.is_ok());
+                if (base_offset_at..base_offset_at + 8).contains(&byte) {
+                    assert_eq!(result.unwrap().base_offset, peek_header(&bad).unwrap().base_offset);
                 } else {
                     assert!(result.is_err(), "flip of bit {bit} in byte {byte} went unnoticed");
                 }
@@ -653,8 +677,10 @@ mod tests {
                 builder.push(i64::from(*ts), key.as_deref(), value.as_deref(), headers);
             }
             let mut frame = builder.build();
-            stamp(&mut frame, Offset(u64::from(base)), 5);
+            let checked = check_frame(&frame, &LIMITS).unwrap();
+            stamp(&mut frame, &checked, Offset(u64::from(base)), 5);
             let info = check_frame(&frame, &LIMITS).unwrap();
+            prop_assert_eq!(info.append_time_ms, 5);
             prop_assert_eq!(info.record_count as usize, records.len());
             let batch: RecordBatch = rkyv::deserialize::<RecordBatch, rancor::Error>(access(&frame).unwrap()).unwrap();
             for (record, (ts, key, value, headers)) in batch.records.iter().zip(&records) {

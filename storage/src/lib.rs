@@ -14,3 +14,11 @@ pub mod offset;
 
 pub use error::{Result, StorageError};
 pub use offset::{FilePosition, Offset};
+pub mod config;
+pub mod index;
+pub mod log;
+pub mod recovery;
+pub mod segment;
+
+pub use config::{FlushPolicy, LogConfig, TimestampType};
+pub use log::{AppendInfo, LogRead, PartitionLog, ReadBytes};

@@ -1,0 +1,119 @@
+//! A partition log's settings and limits, checked once when the log opens.
+
+use crate::batch::BatchLimits;
+use crate::error::{Result, StorageError};
+
+/// Block size that O_DIRECT positions and lengths are aligned to.
+pub const BLOCK_BYTES: usize = 4096;
+
+/// When a log makes appended bytes durable (fdatasync) without being asked.
+/// Whatever the policy, `PartitionLog::flush` and `wait_durable` make them
+/// durable on demand, sharing one fdatasync among all who wait (group commit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Every append returns only once its batch is durable.
+    EveryAppend,
+    /// A background task flushes every this many milliseconds.
+    IntervalMs(u64),
+    /// The append that brings the unflushed bytes to this many flushes them.
+    Bytes(u64),
+    /// Only explicit flushes, a roll and close make bytes durable.
+    Manual,
+}
+
+/// Which timestamp the time index and time-based retention use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimestampType {
+    /// The producer's record timestamps (`max_timestamp_ms`).
+    CreateTime,
+    /// The log's append time (`append_time_ms`).
+    LogAppendTime,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// Roll to a new segment before the active one would pass this size.
+    pub segment_bytes: u64,
+    /// Roll to a new segment once the active one's first batch is this old.
+    pub segment_ms: Option<u64>,
+    /// One offset index entry per this many bytes of batches.
+    pub index_interval_bytes: u32,
+    /// Largest record batch frame accepted.
+    pub batch_bytes_max: usize,
+    /// Largest record (key, value and headers) accepted.
+    pub record_bytes_max: usize,
+    /// Size of each of the active segment's two O_DIRECT write buffers.
+    pub write_buffer_bytes: usize,
+    pub flush: FlushPolicy,
+    /// Delete sealed segments whose newest timestamp is older than this.
+    pub retention_ms: Option<u64>,
+    /// Delete the oldest sealed segments while the log is larger than this.
+    pub retention_bytes: Option<u64>,
+    /// Sealed segments whose files are kept open for reads at once.
+    pub open_segments_max: usize,
+    pub timestamp_type: TimestampType,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 1 << 30,
+            segment_ms: Some(7 * 24 * 3600 * 1000),
+            index_interval_bytes: 4096,
+            batch_bytes_max: 1 << 20,
+            record_bytes_max: 1 << 20,
+            write_buffer_bytes: 2 << 20,
+            flush: FlushPolicy::Manual,
+            retention_ms: Some(7 * 24 * 3600 * 1000),
+            retention_bytes: None,
+            open_segments_max: 64,
+            timestamp_type: TimestampType::CreateTime,
+        }
+    }
+}
+
+impl LogConfig {
+    pub fn batch_limits(&self) -> BatchLimits {
+        BatchLimits {
+            batch_bytes_max: self.batch_bytes_max,
+            record_bytes_max: self.record_bytes_max,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |reason: String| Err(StorageError::InvalidConfig { reason });
+        // Index entries hold 32-bit positions, as Kafka's do.
+        if self.segment_bytes == 0 || self.segment_bytes > i32::MAX as u64 {
+            return invalid(format!("segment_bytes {} must be in 1..=2^31-1", self.segment_bytes));
+        }
+        if self.index_interval_bytes == 0 {
+            return invalid("index_interval_bytes must be positive".into());
+        }
+        if self.batch_bytes_max < 64 {
+            return invalid(format!("batch_bytes_max {} is too small for any batch", self.batch_bytes_max));
+        }
+        if self.record_bytes_max == 0 {
+            return invalid("record_bytes_max must be positive".into());
+        }
+        if self.write_buffer_bytes % BLOCK_BYTES != 0 {
+            return invalid(format!(
+                "write_buffer_bytes {} must be a multiple of {BLOCK_BYTES}",
+                self.write_buffer_bytes
+            ));
+        }
+        // A batch must fit in a buffer beside the partial block carried over.
+        if self.write_buffer_bytes < self.batch_bytes_max + BLOCK_BYTES {
+            return invalid(format!(
+                "write_buffer_bytes {} must be at least batch_bytes_max {} plus one block",
+                self.write_buffer_bytes, self.batch_bytes_max
+            ));
+        }
+        if let FlushPolicy::IntervalMs(0) | FlushPolicy::Bytes(0) = self.flush {
+            return invalid("a flush interval must be positive".into());
+        }
+        if self.open_segments_max == 0 {
+            return invalid("open_segments_max must be positive".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1091 @@
+//! The partition log: one partition's ordered segments, appended at the end,
+//! read by offset or timestamp, flushed with group commit, truncated for
+//! replication, and trimmed by retention.
+//!
+//! A `PartitionLog` lives on the shard (glommio executor) that opened it and
+//! is `!Send`. Its handle is cheap to clone; clones share one log, so many
+//! tasks of the shard can append and read at once.
+//!
+//! # Durability
+//!
+//! `append` returns once the batch is in the active segment's write buffer:
+//! readable at once, durable only after a flush. `wait_durable` and `flush`
+//! make it durable; all tasks waiting at the same time share one fdatasync
+//! (group commit). The flush policy adds automatic flushes. Segments are
+//! fully written and synced before the log rolls past them, so only the
+//! active segment can have a torn tail after a crash, and recovery cuts it
+//! at the last complete, valid batch.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use glommio::io::{DmaFile, ReadResult};
+use glommio::sync::Semaphore;
+
+use crate::batch::{self, check_frame, frame_length, peek_header, verify_crc, BatchInfo, BatchLimits, FRAME_LENGTH_BYTES};
+use crate::config::{FlushPolicy, LogConfig, TimestampType};
+use crate::error::{io_error, Result, StorageError};
+use crate::index::{relative, OffsetIndex, TimeIndex};
+use crate::offset::{FilePosition, Offset};
+use crate::recovery::scan_segment;
+use crate::segment::{parse_segment_name, segment_path, Segment, SegmentAppender, LOG_SUFFIX, OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX};
+
+/// Bytes read at a time while looking for a batch from an index position.
+const SEEK_CHUNK_BYTES: usize = 64 << 10;
+
+/// Name of the file that remembers a log start offset moved by
+/// `delete_records_before` past the first segment's base offset.
+const LOG_START_CHECKPOINT: &str = "log-start-offset";
+
+/// Where a log gets the time: wall-clock ms since the epoch, or a test's clock.
+pub type Clock = Rc<dyn Fn() -> i64>;
+
+pub fn system_clock() -> Clock {
+    Rc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    })
+}
+
+/// What an append did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    pub append_time_ms: i64,
+    /// Position of the batch in its segment.
+    pub position: FilePosition,
+    pub segment_base_offset: Offset,
+}
+
+/// Bytes of whole batch frames, laid end to end, from the disk (no copy) or
+/// from the active segment's write buffer (copied once).
+#[derive(Debug)]
+pub enum ReadBytes {
+    Disk(ReadResult),
+    Memory { bytes: Rc<Vec<u8>>, start: usize, end: usize },
+}
+
+impl ReadBytes {
+    fn empty() -> ReadBytes {
+        ReadBytes::Memory {
+            bytes: Rc::new(Vec::new()),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn slice(&self, from: usize, len: usize) -> ReadBytes {
+        assert!(from + len <= self.len());
+        match self {
+            ReadBytes::Disk(r) => ReadBytes::Disk(ReadResult::slice(r, from, len).expect("slice within bounds")),
+            ReadBytes::Memory { bytes, start, .. } => ReadBytes::Memory {
+                bytes: bytes.clone(),
+                start: start + from,
+                end: start + from + len,
+            },
+        }
+    }
+
+    fn is_from_disk(&self) -> bool {
+        matches!(self, ReadBytes::Disk(_))
+    }
+}
+
+impl Deref for ReadBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            ReadBytes::Disk(r) => r,
+            ReadBytes::Memory { bytes, start, end } => &bytes[*start..*end],
+        }
+    }
+}
+
+/// The result of a read: whole batches starting with the one that holds the
+/// requested offset (it may begin before it, as Kafka's do).
+#[derive(Debug)]
+pub struct LogRead {
+    pub bytes: ReadBytes,
+    /// The offset after the last batch returned: where the next read starts.
+    pub next_offset: Offset,
+    pub log_start_offset: Offset,
+    pub log_end_offset: Offset,
+}
+
+struct State {
+    segments: BTreeMap<Offset, Segment>,
+    /// Appender of the last segment; None once the log is closed.
+    appender: Option<SegmentAppender>,
+    log_start_offset: Offset,
+    /// The log end offset: the offset the next record gets.
+    next_offset: Offset,
+    /// Every offset below this is durable.
+    durable_offset: Offset,
+    /// Sealed segments with an open read handle, least recently used first.
+    open_reads: VecDeque<Offset>,
+    failed: bool,
+    closed: bool,
+}
+
+impl State {
+    fn usable(&self, dir: &Path) -> Result<()> {
+        if self.failed {
+            return Err(StorageError::LogFailed { path: dir.to_path_buf() });
+        }
+        if self.closed {
+            return Err(StorageError::LogClosed { path: dir.to_path_buf() });
+        }
+        Ok(())
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments.values().next_back().expect("a log always has an active segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments.values_mut().next_back().expect("a log always has an active segment")
+    }
+
+    fn appender(&self) -> &SegmentAppender {
+        self.appender.as_ref().expect("an open log has an appender")
+    }
+
+    fn appender_mut(&mut self) -> &mut SegmentAppender {
+        self.appender.as_mut().expect("an open log has an appender")
+    }
+
+    fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size).sum()
+    }
+}
+
+/// Why an append could not be done without first doing I/O.
+enum NeedsIo {
+    Roll { active_base: Offset },
+    Room { bytes: usize },
+}
+
+struct Inner {
+    dir: PathBuf,
+    config: LogConfig,
+    limits: BatchLimits,
+    clock: Clock,
+    /// Serializes everything that writes, syncs or changes the set of
+    /// segments: buffer writes, flushes, rolls, truncation, deletion.
+    io_lock: Semaphore,
+    state: RefCell<State>,
+}
+
+/// One partition's log. See the module docs.
+#[derive(Clone)]
+pub struct PartitionLog {
+    inner: Rc<Inner>,
+}
+
+impl PartitionLog {
+    /// Opens the log in `dir`, creating it if needed, and recovers it: the
+    /// active segment is checked batch by batch and cut at a torn or corrupt
+    /// tail; a sealed segment's missing or damaged index is rebuilt from its
+    /// log, and a corrupt batch found in a sealed segment fails the open.
+    pub async fn open(dir: impl AsRef<Path>, config: LogConfig) -> Result<PartitionLog> {
+        Self::open_with_clock(dir, config, system_clock()).await
+    }
+
+    pub async fn open_with_clock(dir: impl AsRef<Path>, config: LogConfig, clock: Clock) -> Result<PartitionLog> {
+        config.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| io_error("create log directory", &dir, e))?;
+        let bases = list_segments(&dir)?;
+        let checkpoint = read_log_start_checkpoint(&dir)?;
+
+        let mut segments = BTreeMap::new();
+        for (i, &base) in bases.iter().enumerate() {
+            if let Some(&next) = bases.get(i + 1) {
+                let segment = open_sealed_segment(&dir, base, next, &config).await?;
+                segments.insert(base, segment);
+            }
+        }
+        let active_base = bases.last().copied().unwrap_or(checkpoint.unwrap_or(Offset(0)));
+        let (active, appender) = recover_active_segment(&dir, active_base, &config).await?;
+        if let Some((&last_base, last)) = segments.iter().next_back() {
+            if last.next_offset != active_base {
+                return Err(StorageError::InvalidLogDir {
+                    path: dir,
+                    reason: format!("segment {last_base} ends at offset {} but the next segment starts at {active_base}", last.next_offset),
+                });
+            }
+        }
+        let next_offset = active.next_offset;
+        segments.insert(active_base, active);
+        sync_dir(&dir)?;
+
+        let first_base = *segments.keys().next().expect("at least the active segment");
+        let log_start_offset = checkpoint.unwrap_or(first_base).max(first_base).min(next_offset);
+        tracing::info!(dir = %dir.display(), segments = segments.len(), %log_start_offset, log_end_offset = %next_offset, "recovered partition log");
+
+        let inner = Rc::new(Inner {
+            limits: config.batch_limits(),
+            config,
+            dir,
+            clock,
+            io_lock: Semaphore::new(1),
+            state: RefCell::new(State {
+                segments,
+                appender: Some(appender),
+                log_start_offset,
+                next_offset,
+                // Recovery synced the active segment: all that is there is durable.
+                durable_offset: next_offset,
+                open_reads: VecDeque::new(),
+                failed: false,
+                closed: false,
+            }),
+        });
+        if let FlushPolicy::IntervalMs(ms) = inner.config.flush {
+            spawn_interval_flusher(Rc::downgrade(&inner), Duration::from_millis(ms));
+        }
+        Ok(PartitionLog { inner })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.inner.config
+    }
+
+    pub fn log_start_offset(&self) -> Offset {
+        self.inner.state.borrow().log_start_offset
+    }
+
+    /// The offset the next record will get.
+    pub fn log_end_offset(&self) -> Offset {
+        self.inner.state.borrow().next_offset
+    }
+
+    /// Every offset below this is durable on disk.
+    pub fn durable_offset(&self) -> Offset {
+        self.inner.state.borrow().durable_offset
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.state.borrow().size_bytes()
+    }
+
+    /// Base offsets of the segments, oldest first; the last is the active one.
+    pub fn segment_base_offsets(&self) -> Vec<Offset> {
+        self.inner.state.borrow().segments.keys().copied().collect()
+    }
+
+    /// Appends one record batch frame. The frame is checked (limits, rkyv
+    /// validation, crc32c, header against records) before anything changes;
+    /// the log then copies it into the active segment's buffer and stamps its
+    /// base offset and append time there. Returns when the batch is readable;
+    /// it is durable once the flush policy or `wait_durable` says so.
+    pub async fn append(&self, frame: &[u8]) -> Result<AppendInfo> {
+        let info = check_frame(frame, &self.inner.limits)?;
+        let appended = loop {
+            let now_ms = (self.inner.clock)();
+            let needs = match self.try_append(frame, &info, now_ms) {
+                Ok(appended) => break appended,
+                Err(needs) => needs?,
+            };
+            let _permit = self.lock().await?;
+            match needs {
+                NeedsIo::Roll { active_base } => self.roll_locked(active_base).await?,
+                NeedsIo::Room { bytes } => self.make_room_locked(bytes).await?,
+            }
+        };
+        match self.inner.config.flush {
+            FlushPolicy::EveryAppend => self.wait_durable(appended.last_offset).await?,
+            FlushPolicy::Bytes(bytes) => {
+                let unflushed = {
+                    let st = self.inner.state.borrow();
+                    st.appender().position_appended() - st.appender().memory_start()
+                };
+                if unflushed >= bytes {
+                    self.wait_durable(appended.last_offset).await?;
+                }
+            }
+            FlushPolicy::IntervalMs(_) | FlushPolicy::Manual => {}
+        }
+        Ok(appended)
+    }
+
+    /// The synchronous heart of an append: no await, so appends are ordered
+    /// by the order in which tasks reach it.
+    fn try_append(&self, frame: &[u8], info: &BatchInfo, now_ms: i64) -> Result<AppendInfo, Result<NeedsIo>> {
+        let config = &self.inner.config;
+        let mut st = self.inner.state.borrow_mut();
+        st.usable(&self.inner.dir).map_err(Err)?;
+        let active = st.active();
+        let active_base = active.base_offset;
+        let too_big = active.size + frame.len() as u64 > config.segment_bytes;
+        let too_old = match (config.segment_ms, active.first_append_ms) {
+            (Some(max_age), Some(first)) => now_ms.saturating_sub(first) >= max_age as i64,
+            _ => false,
+        };
+        let offsets_left = u64::from(u32::MAX) - (st.next_offset.0 - active_base.0);
+        if !active.is_empty() && (too_big || too_old || offsets_left < u64::from(info.record_count)) {
+            return Err(Ok(NeedsIo::Roll { active_base }));
+        }
+        if st.appender().free_bytes() < frame.len() {
+            return Err(Ok(NeedsIo::Room { bytes: frame.len() }));
+        }
+        let base_offset = st.next_offset;
+        let (position, stored) = st.appender_mut().append(frame);
+        batch::stamp(stored, info, base_offset, now_ms);
+        let stamped = BatchInfo {
+            base_offset,
+            append_time_ms: now_ms,
+            ..*info
+        };
+        st.active_mut()
+            .note_batch(position, &stamped, config.timestamp_type, config.index_interval_bytes);
+        st.next_offset = stamped.next_offset();
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: stamped.last_offset(),
+            append_time_ms: now_ms,
+            position,
+            segment_base_offset: active_base,
+        })
+    }
+
+    /// Returns once every offset up to and including `offset` is durable.
+    /// Tasks that wait together share one fdatasync.
+    pub async fn wait_durable(&self, offset: Offset) -> Result<()> {
+        if self.inner.state.borrow().durable_offset > offset {
+            return Ok(());
+        }
+        let _permit = self.lock().await?;
+        // Whoever held the lock before us may have flushed past our offset.
+        if self.inner.state.borrow().durable_offset > offset {
+            return Ok(());
+        }
+        self.flush_locked().await
+    }
+
+    /// Makes everything appended so far durable; returns the durable offset.
+    pub async fn flush(&self) -> Result<Offset> {
+        let target = self.log_end_offset();
+        if target > Offset(0) {
+            self.wait_durable(Offset(target.0 - 1)).await?;
+        }
+        Ok(self.durable_offset())
+    }
+
+    async fn lock(&self) -> Result<glommio::sync::Permit<'_>> {
+        self.inner
+            .io_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StorageError::LogClosed { path: self.inner.dir.clone() })
+    }
+
+    fn fail(&self, op: &'static str, path: &Path, error: impl Into<std::io::Error>) -> StorageError {
+        let error = error.into();
+        tracing::error!(path = %path.display(), %op, %error, "partition log failed; it refuses writes until reopened");
+        self.inner.state.borrow_mut().failed = true;
+        io_error(op, path, error)
+    }
+
+    /// Writes the sealed write buffer. With `pad`, the partial last block too.
+    async fn write_out_locked(&self, pad: bool) -> Result<()> {
+        let sealed = {
+            let mut st = self.inner.state.borrow_mut();
+            st.usable(&self.inner.dir)?;
+            st.appender_mut().seal(pad)
+        };
+        let Some(write) = sealed else { return Ok(()) };
+        let expected = write.buffer.len();
+        let result = write.file.write_rc_at(write.buffer, write.position).await;
+        self.inner.state.borrow_mut().appender_mut().write_done();
+        let path = self.inner.state.borrow().appender().path().to_path_buf();
+        match result {
+            Ok(written) if written == expected => Ok(()),
+            Ok(written) => Err(self.fail(
+                "write segment",
+                &path,
+                std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write: {written} of {expected} bytes")),
+            )),
+            Err(e) => Err(self.fail("write segment", &path, e)),
+        }
+    }
+
+    async fn make_room_locked(&self, bytes: usize) -> Result<()> {
+        if self.inner.state.borrow().appender().free_bytes() >= bytes {
+            return Ok(());
+        }
+        self.write_out_locked(false).await
+    }
+
+    async fn flush_locked(&self) -> Result<()> {
+        let target = self.inner.state.borrow().next_offset;
+        self.write_out_locked(true).await?;
+        let (file, path) = {
+            let st = self.inner.state.borrow();
+            (st.appender().file.clone(), st.appender().path().to_path_buf())
+        };
+        if let Err(e) = file.fdatasync().await {
+            return Err(self.fail("fdatasync segment", &path, e));
+        }
+        let mut st = self.inner.state.borrow_mut();
+        st.durable_offset = st.durable_offset.max(target);
+        Ok(())
+    }
+
+    /// Writes out and syncs the active segment, cuts its file to its logical
+    /// size and writes its index files. Afterwards it can be sealed or closed.
+    async fn finish_active_locked(&self) -> Result<()> {
+        self.flush_locked().await?;
+        let (file, path, end) = {
+            let st = self.inner.state.borrow();
+            (st.appender().file.clone(), st.appender().path().to_path_buf(), st.appender().position_appended())
+        };
+        if let Err(e) = file.truncate(end).await {
+            return Err(self.fail("truncate segment", &path, e));
+        }
+        if let Err(e) = file.fdatasync().await {
+            return Err(self.fail("fdatasync segment", &path, e));
+        }
+        let (base, offset_index, time_index) = {
+            let mut st = self.inner.state.borrow_mut();
+            let active = st.active_mut();
+            active.index_max_timestamp();
+            (active.base_offset, active.offset_index.encode(), active.time_index.encode())
+        };
+        write_index_file(&segment_path(&self.inner.dir, base, OFFSET_INDEX_SUFFIX), &offset_index)?;
+        write_index_file(&segment_path(&self.inner.dir, base, TIME_INDEX_SUFFIX), &time_index)?;
+        Ok(())
+    }
+
+    async fn roll_locked(&self, active_base: Offset) -> Result<()> {
+        {
+            let st = self.inner.state.borrow();
+            st.usable(&self.inner.dir)?;
+            if st.active().base_offset != active_base || st.active().is_empty() {
+                return Ok(()); // someone else rolled while we waited for the lock
+            }
+        }
+        self.finish_active_locked().await?;
+        let next_offset = self.log_end_offset();
+        let path = segment_path(&self.inner.dir, next_offset, LOG_SUFFIX);
+        let appender = match SegmentAppender::open(&path, 0, self.inner.config.write_buffer_bytes).await {
+            Ok(appender) => appender,
+            Err(e) => {
+                self.inner.state.borrow_mut().failed = true;
+                return Err(e);
+            }
+        };
+        // The new file must survive a crash along with the data synced into it.
+        sync_dir(&self.inner.dir)?;
+        let mut st = self.inner.state.borrow_mut();
+        let sealed = st.appender.replace(appender).expect("an open log has an appender");
+        st.active_mut().read_file = Some(sealed.file.clone());
+        st.open_reads.push_back(active_base);
+        st.segments.insert(next_offset, Segment::new(&self.inner.dir, next_offset));
+        drop(st);
+        self.evict_read_handles();
+        tracing::debug!(dir = %self.inner.dir.display(), %next_offset, "rolled to a new segment");
+        Ok(())
+    }
+
+    fn evict_read_handles(&self) {
+        let mut st = self.inner.state.borrow_mut();
+        while st.open_reads.len() > self.inner.config.open_segments_max {
+            let base = st.open_reads.pop_front().expect("non-empty");
+            if let Some(segment) = st.segments.get_mut(&base) {
+                segment.read_file = None;
+            }
+        }
+    }
+
+    /// Reads whole batches from `from` on, up to `max_bytes` (at least one
+    /// batch, however large, so a consumer always progresses). Reading at the
+    /// log end returns no bytes. Bytes from disk have their crc32c checked
+    /// before they are returned.
+    pub async fn read(&self, from: Offset, max_bytes: usize) -> Result<LogRead> {
+        let (segment_base, position, log_start_offset, log_end_offset) = {
+            let st = self.inner.state.borrow();
+            st.usable(&self.inner.dir)?;
+            if from < st.log_start_offset || from > st.next_offset {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset: from,
+                    log_start: st.log_start_offset,
+                    log_end: st.next_offset,
+                });
+            }
+            let (&base, segment) = st.segments.range(..=from).next_back().expect("from is at or past the log start");
+            (base, segment.offset_index.lookup(relative(base, from)), st.log_start_offset, st.next_offset)
+        };
+        let empty = LogRead {
+            bytes: ReadBytes::empty(),
+            next_offset: from,
+            log_start_offset,
+            log_end_offset,
+        };
+        if from == log_end_offset {
+            return Ok(empty);
+        }
+        let found = self
+            .seek(segment_base, position.0, max_bytes, |info| info.last_offset() >= from)
+            .await?;
+        let Some((position, bytes)) = found else { return Ok(empty) };
+        let mut taken = 0;
+        let mut next_offset = from;
+        while let Some(len) = frame_length(&bytes[taken..]) {
+            if len > bytes.len() - taken || (taken > 0 && taken + len > max_bytes) {
+                break;
+            }
+            let frame = &bytes[taken..taken + len];
+            let info = if bytes.is_from_disk() {
+                verify_crc(frame).map_err(|e| self.corrupt(segment_base, position + taken as u64, e))?
+            } else {
+                peek_header(frame).map_err(|e| self.corrupt(segment_base, position + taken as u64, e))?
+            };
+            next_offset = info.next_offset();
+            taken += len;
+        }
+        Ok(LogRead {
+            bytes: bytes.slice(0, taken),
+            next_offset,
+            log_start_offset,
+            log_end_offset,
+        })
+    }
+
+    fn corrupt(&self, segment_base: Offset, position: u64, error: StorageError) -> StorageError {
+        StorageError::CorruptBatch {
+            path: segment_path(&self.inner.dir, segment_base, LOG_SUFFIX),
+            position: FilePosition(position),
+            reason: error.to_string(),
+        }
+    }
+
+    /// Walks the batches of one segment from `position` and returns the
+    /// position of the first for which `stop` holds, with the bytes from
+    /// there on (at least `want` bytes if the segment has them).
+    async fn seek(&self, base: Offset, mut position: u64, want: usize, stop: impl Fn(&BatchInfo) -> bool) -> Result<Option<(u64, ReadBytes)>> {
+        loop {
+            let chunk = self.read_range(base, position, want.max(SEEK_CHUNK_BYTES)).await?;
+            if chunk.is_empty() {
+                return Ok(None);
+            }
+            let mut at = 0;
+            while let Some(len) = frame_length(&chunk[at..]) {
+                if len <= FRAME_LENGTH_BYTES {
+                    return Err(self.corrupt(base, position + at as u64, StorageError::BatchMalformed { reason: "empty frame".into() }));
+                }
+                if len > chunk.len() - at {
+                    break;
+                }
+                let info = peek_header(&chunk[at..at + len]).map_err(|e| self.corrupt(base, position + at as u64, e))?;
+                if stop(&info) {
+                    let mut bytes = chunk.slice(at, chunk.len() - at);
+                    if bytes.len() < want {
+                        bytes = self.read_range(base, position + at as u64, want.max(len)).await?;
+                    }
+                    return Ok(Some((position + at as u64, bytes)));
+                }
+                at += len;
+            }
+            if at == 0 {
+                // One frame larger than the chunk: read exactly it.
+                let Some(len) = frame_length(&chunk) else {
+                    return Err(self.corrupt(base, position, StorageError::BatchMalformed { reason: "segment ends inside a length prefix".into() }));
+                };
+                let whole = self.read_range(base, position, len).await?;
+                if whole.len() < len {
+                    let segment_end = self.inner.state.borrow().segments.get(&base).map_or(0, |s| s.size);
+                    if position + len as u64 > segment_end {
+                        return Err(self.corrupt(base, position, StorageError::BatchMalformed { reason: format!("frame of {len} bytes runs past the segment's end") }));
+                    }
+                    continue; // the frame straddled bytes moving from memory to disk; try again
+                }
+                let info = peek_header(&whole).map_err(|e| self.corrupt(base, position, e))?;
+                if stop(&info) {
+                    return Ok(Some((position, whole)));
+                }
+                at = len;
+            }
+            position += at as u64;
+        }
+    }
+
+    /// Reads up to `len` bytes of segment `base` at `start`, from memory if
+    /// they are still in the active segment's buffers, else from disk.
+    async fn read_range(&self, base: Offset, start: u64, len: usize) -> Result<ReadBytes> {
+        enum Source {
+            Disk(Rc<DmaFile>),
+            Open(PathBuf),
+        }
+        let (source, len, memory_start) = {
+            let mut st = self.inner.state.borrow_mut();
+            st.usable(&self.inner.dir)?;
+            let is_active = st.active().base_offset == base;
+            let Some(segment) = st.segments.get(&base) else {
+                return Ok(ReadBytes::empty()); // deleted by retention meanwhile
+            };
+            let len = len.min(segment.size.saturating_sub(start) as usize);
+            if len == 0 {
+                return Ok(ReadBytes::empty());
+            }
+            if is_active {
+                let appender = st.appender();
+                let memory_start = appender.memory_start();
+                if start >= memory_start {
+                    let mut bytes = vec![0; len];
+                    appender.copy_from_memory(start, &mut bytes);
+                    return Ok(ReadBytes::Memory {
+                        bytes: Rc::new(bytes),
+                        start: 0,
+                        end: len,
+                    });
+                }
+                (Source::Disk(appender.file.clone()), len, Some(memory_start))
+            } else if let Some(file) = &segment.read_file {
+                let file = file.clone();
+                if let Some(i) = st.open_reads.iter().position(|b| *b == base) {
+                    st.open_reads.remove(i);
+                }
+                st.open_reads.push_back(base);
+                (Source::Disk(file), len, None)
+            } else {
+                (Source::Open(segment.log_path.clone()), len, None)
+            }
+        };
+        let file = match source {
+            Source::Disk(file) => file,
+            Source::Open(path) => {
+                let file = Rc::new(DmaFile::open(&path).await.map_err(|e| io_error("open segment", &path, e))?);
+                {
+                    let mut st = self.inner.state.borrow_mut();
+                    if let Some(segment) = st.segments.get_mut(&base) {
+                        segment.read_file = Some(file.clone());
+                        st.open_reads.push_back(base);
+                    }
+                }
+                self.evict_read_handles();
+                file
+            }
+        };
+        let path = || segment_path(&self.inner.dir, base, LOG_SUFFIX);
+        match memory_start {
+            Some(boundary) if start + len as u64 > boundary => {
+                // Part on disk, part in memory: join them in one buffer.
+                let disk_len = (boundary - start) as usize;
+                let disk = file.read_at(start, disk_len).await.map_err(|e| io_error("read segment", &path(), e))?;
+                let st = self.inner.state.borrow();
+                let still_active = st.active().base_offset == base;
+                if !still_active || disk.len() < disk_len || st.appender().memory_start() > boundary {
+                    // The memory part moved meanwhile: serve the disk part alone.
+                    return Ok(ReadBytes::Disk(disk));
+                }
+                let mut bytes = vec![0; len];
+                bytes[..disk_len].copy_from_slice(&disk);
+                st.appender().copy_from_memory(boundary, &mut bytes[disk_len..]);
+                Ok(ReadBytes::Memory {
+                    bytes: Rc::new(bytes),
+                    start: 0,
+                    end: len,
+                })
+            }
+            _ => {
+                let bytes = file.read_at(start, len).await.map_err(|e| io_error("read segment", &path(), e))?;
+                Ok(ReadBytes::Disk(bytes))
+            }
+        }
+    }
+
+    /// The first offset whose record timestamp is at or after `timestamp_ms`
+    /// (by the log's timestamp type), or None if every record is older.
+    pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<Offset>> {
+        let timestamp_type = self.inner.config.timestamp_type;
+        let (base, start_offset, position, log_start) = {
+            let st = self.inner.state.borrow();
+            st.usable(&self.inner.dir)?;
+            let Some(segment) = st.segments.values().find(|s| !s.is_empty() && s.max_timestamp_ms >= timestamp_ms) else {
+                return Ok(None);
+            };
+            let start_relative = segment.time_index.lookup(timestamp_ms);
+            (
+                segment.base_offset,
+                segment.base_offset.plus(u64::from(start_relative)),
+                segment.offset_index.lookup(start_relative),
+                st.log_start_offset,
+            )
+        };
+        let batch_timestamp = |info: &BatchInfo| match timestamp_type {
+            TimestampType::CreateTime => info.max_timestamp_ms,
+            TimestampType::LogAppendTime => info.append_time_ms,
+        };
+        let found = self
+            .seek(base, position.0, 0, |info| info.last_offset() >= start_offset && batch_timestamp(info) >= timestamp_ms)
+            .await?;
+        let Some((position, bytes)) = found else { return Ok(None) };
+        let len = frame_length(&bytes).expect("seek returns a whole frame");
+        let frame = &bytes[..len];
+        let info = verify_crc(frame).map_err(|e| self.corrupt(base, position, e))?;
+        let offset = match timestamp_type {
+            TimestampType::LogAppendTime => info.base_offset,
+            TimestampType::CreateTime => {
+                let archived = batch::access(frame).map_err(|e| self.corrupt(base, position, e))?;
+                let delta = archived
+                    .records
+                    .iter()
+                    .find(|r| info.first_timestamp_ms + r.timestamp_delta_ms.to_native() >= timestamp_ms)
+                    .map_or(info.last_offset_delta, |r| r.offset_delta.to_native());
+                info.base_offset.plus(u64::from(delta))
+            }
+        };
+        Ok(Some(offset.max(log_start)))
+    }
+
+    /// Removes every record at or after `offset`, cutting at the start of the
+    /// batch that holds it (so the log end may fall below `offset`).
+    /// Replication uses it to drop a diverged tail.
+    pub async fn truncate_to(&self, offset: Offset) -> Result<()> {
+        let _permit = self.lock().await?;
+        {
+            let st = self.inner.state.borrow();
+            st.usable(&self.inner.dir)?;
+            if offset >= st.next_offset {
+                return Ok(());
+            }
+            if offset < st.log_start_offset {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start: st.log_start_offset,
+                    log_end: st.next_offset,
+                });
+            }
+        }
+        self.flush_locked().await?;
+        let (base, position) = {
+            let st = self.inner.state.borrow();
+            let (&base, segment) = st.segments.range(..=offset).next_back().expect("offset is in the log");
+            (base, segment.offset_index.lookup(relative(base, offset)))
+        };
+        let cut = self
+            .seek(base, position.0, 0, |info| info.last_offset() >= offset)
+            .await?
+            .map(|(position, _)| position);
+        // Everything after `base` goes; `base` keeps [0, cut) and becomes active.
+        let doomed: Vec<Offset> = {
+            let mut st = self.inner.state.borrow_mut();
+            st.appender = None;
+            let doomed: Vec<Offset> = st.segments.range(base..).map(|(b, _)| *b).skip(1).collect();
+            for b in &doomed {
+                st.segments.remove(b);
+            }
+            st.open_reads.retain(|b| *b < base);
+            st.segments.get_mut(&base).expect("kept").read_file = None;
+            doomed
+        };
+        for b in doomed.iter().rev() {
+            remove_segment_files(&self.inner.dir, *b).await?;
+        }
+        let path = segment_path(&self.inner.dir, base, LOG_SUFFIX);
+        let result = async {
+            let file = glommio::io::OpenOptions::new()
+                .write(true)
+                .dma_open(&path)
+                .await
+                .map_err(|e| io_error("open segment", &path, e))?;
+            if let Some(cut) = cut {
+                file.truncate(cut).await.map_err(|e| io_error("truncate segment", &path, e))?;
+            }
+            file.fdatasync().await.map_err(|e| io_error("fdatasync segment", &path, e))?;
+            file.close().await.map_err(|e| io_error("close segment", &path, e))?;
+            remove_index_files(&self.inner.dir, base).await?;
+            recover_active_segment(&self.inner.dir, base, &self.inner.config).await
+        }
+        .await;
+        let (segment, appender) = match result {
+            Ok(recovered) => recovered,
+            Err(e) => {
+                self.inner.state.borrow_mut().failed = true;
+                return Err(e);
+            }
+        };
+        sync_dir(&self.inner.dir)?;
+        let mut st = self.inner.state.borrow_mut();
+        st.next_offset = segment.next_offset;
+        st.durable_offset = segment.next_offset;
+        st.log_start_offset = st.log_start_offset.min(segment.next_offset);
+        st.segments.insert(base, segment);
+        st.appender = Some(appender);
+        tracing::info!(dir = %self.inner.dir.display(), %offset, log_end_offset = %st.next_offset, "truncated partition log");
+        Ok(())
+    }
+
+    /// Moves the log start offset to `offset` (Kafka's DeleteRecords) and
+    /// deletes the sealed segments that now lie wholly before it.
+    pub async fn delete_records_before(&self, offset: Offset) -> Result<()> {
+        let _permit = self.lock().await?;
+        {
+            let mut st = self.inner.state.borrow_mut();
+            st.usable(&self.inner.dir)?;
+            if offset > st.next_offset {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start: st.log_start_offset,
+                    log_end: st.next_offset,
+                });
+            }
+            if offset <= st.log_start_offset {
+                return Ok(());
+            }
+            st.log_start_offset = offset;
+        }
+        write_log_start_checkpoint(&self.inner.dir, offset)?;
+        self.delete_sealed_segments_locked(|segment, _| segment.next_offset <= offset).await?;
+        Ok(())
+    }
+
+    /// Deletes sealed segments past the retention limits: those whose newest
+    /// timestamp is older than `retention_ms`, and the oldest while the log
+    /// is larger than `retention_bytes`. Never the active segment. Returns
+    /// how many segments went.
+    pub async fn apply_retention(&self) -> Result<usize> {
+        let _permit = self.lock().await?;
+        let now_ms = (self.inner.clock)();
+        let config = &self.inner.config;
+        let mut excess_bytes = match config.retention_bytes {
+            Some(max) => self.size_bytes().saturating_sub(max),
+            None => 0,
+        };
+        self.delete_sealed_segments_locked(|segment, _| {
+            let expired = config
+                .retention_ms
+                .is_some_and(|ms| segment.max_timestamp_ms < now_ms.saturating_sub(ms as i64));
+            let oversize = excess_bytes >= segment.size;
+            if oversize {
+                excess_bytes -= segment.size;
+            }
+            expired || oversize
+        })
+        .await
+    }
+
+    /// Deletes sealed segments from the oldest on while `doomed` says so.
+    async fn delete_sealed_segments_locked(&self, mut doomed: impl FnMut(&Segment, Offset) -> bool) -> Result<usize> {
+        let deleted: Vec<Offset> = {
+            let mut st = self.inner.state.borrow_mut();
+            st.usable(&self.inner.dir)?;
+            let active_base = st.active().base_offset;
+            let log_start = st.log_start_offset;
+            let deleted: Vec<Offset> = st
+                .segments
+                .values()
+                .take_while(|s| s.base_offset != active_base && doomed(s, log_start))
+                .map(|s| s.base_offset)
+                .collect();
+            for base in &deleted {
+                st.segments.remove(base);
+            }
+            st.open_reads.retain(|b| !deleted.contains(b));
+            let first_base = *st.segments.keys().next().expect("the active segment stays");
+            st.log_start_offset = st.log_start_offset.max(first_base);
+            deleted
+        };
+        for base in &deleted {
+            remove_segment_files(&self.inner.dir, *base).await?;
+            tracing::info!(dir = %self.inner.dir.display(), base_offset = %base, "deleted segment");
+        }
+        Ok(deleted.len())
+    }
+
+    /// Flushes everything, cuts the active segment's file to its exact size,
+    /// writes its indexes, and closes the log. Without a close, what was not
+    /// flushed may be lost, and the next open recovers.
+    pub async fn close(self) -> Result<()> {
+        let _permit = self.lock().await?;
+        self.inner.state.borrow().usable(&self.inner.dir)?;
+        self.finish_active_locked().await?;
+        let appender = {
+            let mut st = self.inner.state.borrow_mut();
+            st.closed = true;
+            for segment in st.segments.values_mut() {
+                segment.read_file = None;
+            }
+            st.open_reads.clear();
+            st.appender.take()
+        };
+        drop(appender);
+        self.inner.io_lock.close();
+        Ok(())
+    }
+}
+
+fn spawn_interval_flusher(log: Weak<Inner>, interval: Duration) {
+    glommio::spawn_local(async move {
+        loop {
+            glommio::timer::sleep(interval).await;
+            let Some(inner) = log.upgrade() else { break };
+            let log = PartitionLog { inner };
+            let (closed, dirty) = {
+                let st = log.inner.state.borrow();
+                (st.closed || st.failed, st.durable_offset < st.next_offset)
+            };
+            if closed {
+                break;
+            }
+            if dirty {
+                if let Err(error) = log.flush().await {
+                    tracing::error!(dir = %log.inner.dir.display(), %error, "interval flush failed");
+                }
+            }
+        }
+    })
+    .detach();
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<Offset>> {
+    let mut bases = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| io_error("list log directory", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| io_error("list log directory", dir, e))?;
+        if let Some(base) = entry.file_name().to_str().and_then(parse_segment_name) {
+            bases.push(base);
+        }
+    }
+    bases.sort();
+    Ok(bases)
+}
+
+async fn open_sealed_segment(dir: &Path, base: Offset, next: Offset, config: &LogConfig) -> Result<Segment> {
+    let log_path = segment_path(dir, base, LOG_SUFFIX);
+    let size = std::fs::metadata(&log_path).map_err(|e| io_error("stat segment", &log_path, e))?.len();
+    let relative_end = next.0 - base.0;
+    let read = |suffix| std::fs::read(segment_path(dir, base, suffix)).map_err(|e| e.to_string());
+    let indexes = read(OFFSET_INDEX_SUFFIX)
+        .and_then(|b| OffsetIndex::decode(&b, size, relative_end))
+        .and_then(|o| Ok((o, TimeIndex::decode(&read(TIME_INDEX_SUFFIX)?, relative_end)?)));
+    match indexes {
+        Ok((offset_index, time_index)) if time_index.last().is_some() && size > 0 => {
+            let mut segment = Segment::new(dir, base);
+            segment.size = size;
+            segment.next_offset = next;
+            segment.max_timestamp_ms = time_index.last().expect("checked").timestamp_ms;
+            segment.offset_index = offset_index;
+            segment.time_index = time_index;
+            Ok(segment)
+        }
+        other => {
+            let reason = other.err().unwrap_or_else(|| "empty time index".into());
+            tracing::warn!(segment = %log_path.display(), %reason, "rebuilding the indexes of a sealed segment");
+            let file = DmaFile::open(&log_path).await.map_err(|e| io_error("open segment", &log_path, e))?;
+            let scan = scan_segment(&file, dir, base, size, config).await?;
+            file.close().await.map_err(|e| io_error("close segment", &log_path, e))?;
+            if let Some((position, reason)) = scan.defect {
+                return Err(StorageError::CorruptBatch {
+                    path: log_path,
+                    position,
+                    reason: format!("{reason} (in a sealed segment: refusing to drop the batches after it)"),
+                });
+            }
+            let mut segment = scan.segment;
+            if segment.next_offset != next {
+                return Err(StorageError::CorruptBatch {
+                    path: log_path,
+                    position: FilePosition(segment.size),
+                    reason: format!("sealed segment ends at offset {} but the next begins at {next}", segment.next_offset),
+                });
+            }
+            segment.index_max_timestamp();
+            write_index_file(&segment_path(dir, base, OFFSET_INDEX_SUFFIX), &segment.offset_index.encode())?;
+            write_index_file(&segment_path(dir, base, TIME_INDEX_SUFFIX), &segment.time_index.encode())?;
+            Ok(segment)
+        }
+    }
+}
+
+/// Scans the active segment, cuts a torn or corrupt tail, syncs what stays,
+/// and opens an appender at its end.
+async fn recover_active_segment(dir: &Path, base: Offset, config: &LogConfig) -> Result<(Segment, SegmentAppender)> {
+    let path = segment_path(dir, base, LOG_SUFFIX);
+    let file = glommio::io::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .dma_open(&path)
+        .await
+        .map_err(|e| io_error("open segment", &path, e))?;
+    let file_bytes = file.file_size().await.map_err(|e| io_error("stat segment", &path, e))?;
+    let scan = scan_segment(&file, dir, base, file_bytes, config).await?;
+    let end = scan.segment.size;
+    if let Some((position, reason)) = &scan.defect {
+        tracing::warn!(
+            segment = %path.display(), %position, %reason, dropped_bytes = file_bytes - end,
+            "cutting the torn tail of the active segment"
+        );
+    }
+    if end < file_bytes {
+        file.truncate(end).await.map_err(|e| io_error("truncate segment", &path, e))?;
+    }
+    file.fdatasync().await.map_err(|e| io_error("fdatasync segment", &path, e))?;
+    file.close().await.map_err(|e| io_error("close segment", &path, e))?;
+    let appender = SegmentAppender::open(&path, end, config.write_buffer_bytes).await?;
+    Ok((scan.segment, appender))
+}
+
+fn write_index_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).map_err(|e| io_error("create index", path, e))?;
+    file.write_all(bytes).map_err(|e| io_error("write index", path, e))?;
+    file.sync_data().map_err(|e| io_error("sync index", path, e))
+}
+
+async fn remove_index_files(dir: &Path, base: Offset) -> Result<()> {
+    for suffix in [OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
+        let path = segment_path(dir, base, suffix);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("remove index", &path, e)),
+        }
+    }
+    Ok(())
+}
+
+async fn remove_segment_files(dir: &Path, base: Offset) -> Result<()> {
+    remove_index_files(dir, base).await?;
+    let path = segment_path(dir, base, LOG_SUFFIX);
+    glommio::io::remove(&path).await.map_err(|e| io_error("remove segment", &path, e))
+}
+
+fn read_log_start_checkpoint(dir: &Path) -> Result<Option<Offset>> {
+    let path = dir.join(LOG_START_CHECKPOINT);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map(|o| Some(Offset(o))).map_err(|e| StorageError::InvalidLogDir {
+            path,
+            reason: format!("log start checkpoint {text:?} is not an offset: {e}"),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error("read log start checkpoint", &path, e)),
+    }
+}
+
+fn write_log_start_checkpoint(dir: &Path, offset: Offset) -> Result<()> {
+    let path = dir.join(LOG_START_CHECKPOINT);
+    let temp = dir.join(format!("{LOG_START_CHECKPOINT}.tmp"));
+    write_index_file(&temp, offset.0.to_string().as_bytes())?;
+    std::fs::rename(&temp, &path).map_err(|e| io_error("rename log start checkpoint", &path, e))?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("sync log directory", dir, e))
+}
