@@ -15,10 +15,11 @@ pub mod offset;
 pub use error::{Result, StorageError};
 pub use offset::{FilePosition, Offset};
 pub mod config;
+pub mod device;
 pub mod index;
 pub mod log;
 pub mod recovery;
 pub mod segment;
 
 pub use config::{FlushPolicy, LogConfig, TimestampType};
-pub use log::{AppendInfo, LogRead, PartitionLog, ReadBytes};
+pub use log::{AppendInfo, LogRead, LogStats, PartitionLog, ReadBytes};

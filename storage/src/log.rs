@@ -130,8 +130,19 @@ struct State {
     durable_offset: Offset,
     /// Sealed segments with an open read handle, least recently used first.
     open_reads: VecDeque<Offset>,
+    stats: LogStats,
     failed: bool,
     closed: bool,
+}
+
+/// Counters of what the log did, for tests and benchmarks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogStats {
+    /// fdatasync calls on segment files made by flushes.
+    pub flushes: u64,
+    /// O_DIRECT writes of sealed buffers.
+    pub writes: u64,
+    pub bytes_written: u64,
 }
 
 impl State {
@@ -202,6 +213,7 @@ impl PartitionLog {
         config.validate()?;
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| io_error("create log directory", &dir, e))?;
+        crate::device::prime_iopoll_probe(&dir).await?;
         let bases = list_segments(&dir)?;
         let checkpoint = read_log_start_checkpoint(&dir)?;
 
@@ -244,6 +256,7 @@ impl PartitionLog {
                 // Recovery synced the active segment: all that is there is durable.
                 durable_offset: next_offset,
                 open_reads: VecDeque::new(),
+                stats: LogStats::default(),
                 failed: false,
                 closed: false,
             }),
@@ -278,6 +291,10 @@ impl PartitionLog {
 
     pub fn size_bytes(&self) -> u64 {
         self.inner.state.borrow().size_bytes()
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.inner.state.borrow().stats
     }
 
     /// Base offsets of the segments, oldest first; the last is the active one.
@@ -408,7 +425,12 @@ impl PartitionLog {
         let Some(write) = sealed else { return Ok(()) };
         let expected = write.buffer.len();
         let result = write.file.write_rc_at(write.buffer, write.position).await;
-        self.inner.state.borrow_mut().appender_mut().write_done();
+        {
+            let mut st = self.inner.state.borrow_mut();
+            st.appender_mut().write_done();
+            st.stats.writes += 1;
+            st.stats.bytes_written += expected as u64;
+        }
         let path = self.inner.state.borrow().appender().path().to_path_buf();
         match result {
             Ok(written) if written == expected => Ok(()),
@@ -440,6 +462,7 @@ impl PartitionLog {
         }
         let mut st = self.inner.state.borrow_mut();
         st.durable_offset = st.durable_offset.max(target);
+        st.stats.flushes += 1;
         Ok(())
     }
 

@@ -1,0 +1,399 @@
+//! The partition log end to end on real O_DIRECT files: appends and reads,
+//! rolls, reopen, alignment edges, timestamps, truncation, retention, group
+//! commit and bad input.
+
+mod common;
+
+use common::*;
+use storage::batch::{self, RecordBatchBuilder};
+use storage::{FlushPolicy, LogConfig, Offset, PartitionLog, StorageError};
+
+#[test]
+fn appends_read_back_and_survive_reopen() {
+    let dir = test_dir();
+    run(|| async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        let mut expected = Vec::new();
+        for tag in 0..200u64 {
+            let count = 1 + (tag as usize % 5);
+            let info = log.append(&batch(tag, count, 100 + tag as usize, 1000 + tag as i64)).await.unwrap();
+            assert_eq!(info.last_offset.0 - info.base_offset.0 + 1, count as u64);
+            for i in 0..count {
+                let mut value = format!("{tag}-{i}-").into_bytes();
+                value.resize(100 + tag as usize, b'.');
+                expected.push((info.base_offset.plus(i as u64), value));
+            }
+        }
+        assert!(log.segment_base_offsets().len() >= 2, "64 KiB segments rolled");
+        let check = |seen: Vec<Seen>| {
+            assert_eq!(seen.len(), expected.len());
+            for (s, (offset, value)) in seen.iter().zip(&expected) {
+                assert_eq!(s.offset, *offset);
+                assert_eq!(&s.value, value);
+            }
+        };
+        check(read_all(&log, 1).await);
+        check(read_all(&log, 10_000).await);
+        let end = log.log_end_offset();
+        log.close().await.unwrap();
+
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(log.log_end_offset(), end);
+        check(read_all(&log, 7_000).await);
+        // Appends go on after the reopened tail, rewriting its partial block.
+        let info = log.append(&batch(999, 3, 10, 5000)).await.unwrap();
+        assert_eq!(info.base_offset, end);
+        assert_eq!(read_all(&log, 1 << 20).await.len(), expected.len() + 3);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn reads_from_every_offset_start_at_the_right_batch() {
+    let dir = test_dir();
+    run(|| async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        for tag in 0..100u64 {
+            log.append(&batch(tag, 3, 300, 0)).await.unwrap();
+        }
+        log.flush().await.unwrap();
+        for from in 0..log.log_end_offset().0 {
+            let read = log.read(Offset(from), 1).await.unwrap();
+            let info = batch::verify_crc(&read.bytes).unwrap();
+            assert!(info.base_offset.0 <= from && from <= info.last_offset().0);
+            assert_eq!(read.next_offset, info.next_offset());
+        }
+        let past = log.read(Offset(301), 100).await.unwrap_err();
+        assert!(matches!(past, StorageError::OffsetOutOfRange { offset: Offset(301), .. }), "{past}");
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn alignment_edges_round_trip() {
+    let dir = test_dir();
+    let sizes = [0usize, 1, 4095, 4096, 4097, 1 << 20];
+    run(|| async {
+        let config = LogConfig {
+            segment_bytes: 8 << 20,
+            batch_bytes_max: 2 << 20,
+            record_bytes_max: 2 << 20,
+            write_buffer_bytes: 4 << 20,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(dir.path(), config.clone()).await.unwrap();
+        // Every size alone, then with a flush between each so batches straddle
+        // blocks whose partial tail was already written once.
+        for round in 0..2u64 {
+            for (i, size) in sizes.iter().enumerate() {
+                log.append(&batch(round * 10 + i as u64, 1, *size, 0)).await.unwrap();
+                if round == 1 {
+                    log.flush().await.unwrap();
+                }
+            }
+        }
+        let verify = |seen: Vec<Seen>| {
+            assert_eq!(seen.len(), 2 * sizes.len());
+            for (s, size) in seen.iter().zip(sizes.iter().chain(sizes.iter())) {
+                assert_eq!(s.value.len(), *size);
+            }
+        };
+        verify(read_all(&log, 1).await);
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.path(), config).await.unwrap();
+        verify(read_all(&log, 3 << 20).await);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn tail_reads_come_from_memory_and_match_disk() {
+    let dir = test_dir();
+    run(|| async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        let info = log.append(&batch(1, 2, 50, 0)).await.unwrap();
+        let read = log.read(info.base_offset, 1 << 20).await.unwrap();
+        assert!(!read.bytes.is_empty());
+        assert!(matches!(read.bytes, storage::ReadBytes::Memory { .. }), "unflushed tail is served from memory");
+        let from_memory = read.bytes.to_vec();
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        let read = log.read(info.base_offset, 1 << 20).await.unwrap();
+        assert_eq!(&*read.bytes, &from_memory[..], "the same stamped bytes on disk");
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn rolls_by_age() {
+    let dir = test_dir();
+    run(|| async {
+        let (now, clock) = manual_clock(1_000_000);
+        let config = LogConfig {
+            segment_ms: Some(60_000),
+            ..small_config()
+        };
+        let log = PartitionLog::open_with_clock(dir.path(), config, clock).await.unwrap();
+        log.append(&batch(0, 1, 10, 0)).await.unwrap();
+        now.set(1_000_000 + 59_999);
+        log.append(&batch(1, 1, 10, 0)).await.unwrap();
+        assert_eq!(log.segment_base_offsets().len(), 1);
+        now.set(1_000_000 + 60_000);
+        log.append(&batch(2, 1, 10, 0)).await.unwrap();
+        assert_eq!(log.segment_base_offsets(), vec![Offset(0), Offset(2)]);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn finds_offsets_by_timestamp() {
+    let dir = test_dir();
+    run(|| async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        // Batch t holds 4 records stamped 10t, 10t+1, 10t+2, 10t+3.
+        for t in 0..300i64 {
+            let mut builder = RecordBatchBuilder::new();
+            for i in 0..4 {
+                builder.push(10 * t + i, None, Some(&[7u8; 200]), vec![]);
+            }
+            log.append(&builder.build()).await.unwrap();
+        }
+        assert!(log.segment_base_offsets().len() > 2);
+        for target in [-5i64, 0, 1, 3, 4, 9, 10, 11, 1234, 2995, 2999, 3003] {
+            let expected = (0..1200u64).find(|o| 10 * (*o as i64 / 4) + (*o as i64 % 4) >= target);
+            assert_eq!(log.offset_for_timestamp(target).await.unwrap(), expected.map(Offset), "target {target}");
+        }
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(log.offset_for_timestamp(1234).await.unwrap(), Some(Offset(4 * 124)));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn truncation_cuts_at_a_batch_and_appends_continue() {
+    let dir = test_dir();
+    run(|| async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        for tag in 0..100u64 {
+            log.append(&batch(tag, 2, 900, 0)).await.unwrap();
+        }
+        let segments_before = log.segment_base_offsets().len();
+        // Offset 51 is inside the batch [50, 51]: the cut falls at 50.
+        log.truncate_to(Offset(51)).await.unwrap();
+        assert_eq!(log.log_end_offset(), Offset(50));
+        assert!(log.segment_base_offsets().len() < segments_before);
+        let info = log.append(&batch(500, 1, 10, 0)).await.unwrap();
+        assert_eq!(info.base_offset, Offset(50));
+        let seen = read_all(&log, 4096).await;
+        assert_eq!(seen.len(), 51);
+        assert_eq!(seen.last().unwrap().key, 500u64.to_le_bytes());
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(log.log_end_offset(), Offset(51));
+        assert_eq!(read_all(&log, 4096).await.len(), 51);
+        log.truncate_to(Offset(0)).await.unwrap();
+        assert_eq!(log.log_end_offset(), Offset(0));
+        assert_eq!(log.segment_base_offsets(), vec![Offset(0)]);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn retention_by_size_and_age_deletes_whole_sealed_segments() {
+    let dir = test_dir();
+    run(|| async {
+        let (now, clock) = manual_clock(0);
+        let config = LogConfig {
+            retention_bytes: Some(200 << 10),
+            retention_ms: Some(1_000_000),
+            ..small_config()
+        };
+        let log = PartitionLog::open_with_clock(dir.path(), config.clone(), clock.clone()).await.unwrap();
+        for tag in 0..600u64 {
+            log.append(&batch(tag, 1, 1000, tag as i64 * 1000)).await.unwrap();
+        }
+        let before = log.segment_base_offsets();
+        let deleted = log.apply_retention().await.unwrap();
+        assert!(deleted > 0);
+        assert!(log.size_bytes() < (200 << 10) + (64 << 10), "within one segment of the limit");
+        assert!(log.size_bytes() >= 200 << 10, "no more than needed was deleted");
+        let after = log.segment_base_offsets();
+        assert_eq!(after.len(), before.len() - deleted);
+        assert_eq!(log.log_start_offset(), after[0]);
+        let seen = read_all(&log, 1 << 20).await;
+        assert_eq!(seen.first().unwrap().offset, after[0]);
+        assert_eq!(seen.last().unwrap().offset, Offset(599));
+        assert!(matches!(log.read(Offset(0), 100).await, Err(StorageError::OffsetOutOfRange { .. })));
+
+        // Age: every record is stamped by its tag in seconds. At 1_000_000 +
+        // 560_000 ms, segments whose newest record is older than 560 s go.
+        now.set(1_560_000);
+        log.apply_retention().await.unwrap();
+        let first = log.segment_base_offsets()[0];
+        assert!(first.0 > 500, "segments older than 560 s are gone, first is now {first}");
+        // The active segment is never deleted, however old.
+        now.set(i64::MAX / 2);
+        log.apply_retention().await.unwrap();
+        assert_eq!(log.segment_base_offsets().len(), 1);
+        assert_eq!(log.log_end_offset(), Offset(600));
+        log.close().await.unwrap();
+        let log = PartitionLog::open_with_clock(dir.path(), config, clock).await.unwrap();
+        assert_eq!(log.log_end_offset(), Offset(600));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn delete_records_moves_the_log_start_durably() {
+    let dir = test_dir();
+    run(|| async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        for tag in 0..200u64 {
+            log.append(&batch(tag, 1, 1000, 0)).await.unwrap();
+        }
+        log.delete_records_before(Offset(150)).await.unwrap();
+        assert_eq!(log.log_start_offset(), Offset(150));
+        assert!(log.segment_base_offsets()[0] <= Offset(150));
+        assert_eq!(read_all(&log, 5000).await.first().unwrap().offset, Offset(150));
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(log.log_start_offset(), Offset(150));
+        assert!(matches!(log.read(Offset(149), 10).await, Err(StorageError::OffsetOutOfRange { .. })));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn concurrent_appenders_share_flushes() {
+    let dir = test_dir();
+    run(|| async {
+        let config = LogConfig {
+            flush: FlushPolicy::EveryAppend,
+            ..small_config()
+        };
+        let log = PartitionLog::open(dir.path(), config).await.unwrap();
+        let tasks: Vec<_> = (0..32u64)
+            .map(|task| {
+                let log = log.clone();
+                glommio::spawn_local(async move {
+                    for i in 0..20u64 {
+                        let info = log.append(&batch(task * 1000 + i, 2, 200, 0)).await.unwrap();
+                        assert!(log.durable_offset() > info.last_offset, "EveryAppend returns once durable");
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await;
+        }
+        assert_eq!(log.log_end_offset(), Offset(32 * 20 * 2));
+        let stats = log.stats();
+        assert!(stats.flushes < 32 * 20, "group commit: {} fdatasyncs for {} appends", stats.flushes, 32 * 20);
+        let seen = read_all(&log, 1 << 16).await;
+        for task in 0..32u64 {
+            let keys: Vec<u64> = seen
+                .iter()
+                .map(|s| u64::from_le_bytes(s.key.clone().try_into().unwrap()))
+                .filter(|k| k / 1000 == task)
+                .collect();
+            let mut sorted = keys.clone();
+            sorted.sort();
+            assert_eq!(keys, sorted, "each appender's batches in its order");
+            assert_eq!(keys.len(), 40);
+        }
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn interval_and_byte_flush_policies_make_appends_durable() {
+    let dir = test_dir();
+    run(|| async {
+        let config = LogConfig {
+            flush: FlushPolicy::IntervalMs(5),
+            ..small_config()
+        };
+        let log = PartitionLog::open(dir.path().join("interval"), config).await.unwrap();
+        let info = log.append(&batch(1, 1, 10, 0)).await.unwrap();
+        let mut waited = 0;
+        while log.durable_offset() <= info.last_offset {
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+            waited += 1;
+            assert!(waited < 2000, "the interval flusher never flushed");
+        }
+        log.close().await.unwrap();
+
+        let config = LogConfig {
+            flush: FlushPolicy::Bytes(10_000),
+            ..small_config()
+        };
+        let log = PartitionLog::open(dir.path().join("bytes"), config).await.unwrap();
+        let first = log.append(&batch(1, 1, 1000, 0)).await.unwrap();
+        assert!(log.durable_offset() <= first.last_offset);
+        let mut last = first;
+        for tag in 0..20 {
+            last = log.append(&batch(tag, 1, 1000, 0)).await.unwrap();
+        }
+        assert!(log.durable_offset() > first.last_offset, "crossing 10,000 bytes flushed");
+        assert!(log.durable_offset().0 + 12 >= last.last_offset.0);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn bad_batches_are_refused_and_change_nothing() {
+    let dir = test_dir();
+    run(|| async {
+        let config = LogConfig {
+            record_bytes_max: 1000,
+            batch_bytes_max: 4096,
+            write_buffer_bytes: 1 << 20,
+            ..small_config()
+        };
+        let log = PartitionLog::open(dir.path(), config).await.unwrap();
+        log.append(&batch(1, 2, 10, 0)).await.unwrap();
+
+        let mut bad_crc = batch(2, 1, 10, 0);
+        let n = bad_crc.len();
+        bad_crc[n / 3] ^= 0x40;
+        let garbage = vec![0xA5u8; 300];
+        let truncated = batch(3, 2, 10, 0)[..40].to_vec();
+        let results = [
+            log.append(&bad_crc).await,
+            log.append(&garbage).await,
+            log.append(&truncated).await,
+            log.append(&batch(4, 1, 1001, 0)).await,
+            log.append(&batch(5, 5, 999, 0)).await,
+            log.append(&[]).await,
+        ];
+        assert!(matches!(results[0], Err(StorageError::BatchCrcMismatch { .. } | StorageError::BatchMalformed { .. })));
+        assert!(matches!(results[1], Err(StorageError::BatchMalformed { .. })));
+        assert!(matches!(results[2], Err(StorageError::BatchMalformed { .. })));
+        assert!(matches!(results[3], Err(StorageError::RecordTooLarge { size: 1009, max: 1000, .. })));
+        assert!(matches!(results[4], Err(StorageError::BatchTooLarge { max: 4096, .. })));
+        assert!(results[5].is_err());
+        for r in &results {
+            assert!(!r.as_ref().unwrap_err().to_string().is_empty());
+        }
+        assert_eq!(log.log_end_offset(), Offset(2));
+        assert_eq!(read_all(&log, 4096).await.len(), 2);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn invalid_config_is_refused() {
+    let dir = test_dir();
+    run(|| async {
+        for config in [
+            LogConfig { write_buffer_bytes: 1000, ..LogConfig::default() },
+            LogConfig { write_buffer_bytes: 1 << 20, batch_bytes_max: 1 << 20, ..LogConfig::default() },
+            LogConfig { segment_bytes: 1 << 32, ..LogConfig::default() },
+            LogConfig { flush: FlushPolicy::IntervalMs(0), ..LogConfig::default() },
+        ] {
+            let err = PartitionLog::open(dir.path(), config).await.err().expect("refused");
+            assert!(matches!(err, StorageError::InvalidConfig { .. }), "{err}");
+        }
+    });
+}
