@@ -798,10 +798,21 @@ impl PartitionLog {
             let (&base, segment) = st.segments.range(..=offset).next_back().expect("offset is in the log");
             (base, segment.offset_index.lookup(relative(base, offset)))
         };
-        let cut = self
-            .seek(base, position.0, 0, |info| info.last_offset() >= offset)
-            .await?
-            .map(|(position, _)| position);
+        let found = self.seek(base, position.0, 0, |info| info.last_offset() >= offset).await?;
+        let cut = match found {
+            Some((position, bytes)) => {
+                let new_end = peek_header(&bytes).map_err(|e| self.corrupt(base, position, e))?.base_offset;
+                let log_start = self.log_start_offset();
+                if new_end < log_start {
+                    // The cut falls inside the batch holding the log start:
+                    // nothing visible remains, and offsets below the log start
+                    // must never be handed out again.
+                    return self.truncate_fully_locked(log_start).await;
+                }
+                Some(position)
+            }
+            None => None,
+        };
         // Everything after `base` goes; `base` keeps [0, cut) and becomes active.
         let doomed: Vec<Offset> = {
             let mut st = self.inner.state.borrow_mut();
@@ -851,8 +862,45 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// Deletes every segment and starts the log afresh, empty, at `start`.
+    async fn truncate_fully_locked(&self, start: Offset) -> Result<()> {
+        let doomed: Vec<Offset> = {
+            let mut st = self.inner.state.borrow_mut();
+            st.appender = None;
+            st.open_reads.clear();
+            let doomed = st.segments.keys().copied().collect();
+            st.segments.clear();
+            doomed
+        };
+        for base in doomed.iter().rev() {
+            if let Err(e) = remove_segment_files(&self.inner.dir, *base).await {
+                self.inner.state.borrow_mut().failed = true;
+                return Err(e);
+            }
+        }
+        write_log_start_checkpoint(&self.inner.dir, start)?;
+        let (segment, appender) = match recover_active_segment(&self.inner.dir, start, &self.inner.config).await {
+            Ok(recovered) => recovered,
+            Err(e) => {
+                self.inner.state.borrow_mut().failed = true;
+                return Err(e);
+            }
+        };
+        sync_dir(&self.inner.dir)?;
+        let mut st = self.inner.state.borrow_mut();
+        st.segments.insert(start, segment);
+        st.appender = Some(appender);
+        st.next_offset = start;
+        st.durable_offset = start;
+        st.log_start_offset = start;
+        tracing::info!(dir = %self.inner.dir.display(), %start, "truncated the whole partition log");
+        Ok(())
+    }
+
     /// Moves the log start offset to `offset` (Kafka's DeleteRecords) and
-    /// deletes the sealed segments that now lie wholly before it.
+    /// deletes the sealed segments that now lie wholly before it. The records
+    /// below `offset` are made durable first, so the new log start survives
+    /// any crash.
     pub async fn delete_records_before(&self, offset: Offset) -> Result<()> {
         let _permit = self.lock().await?;
         {
@@ -868,8 +916,13 @@ impl PartitionLog {
             if offset <= st.log_start_offset {
                 return Ok(());
             }
-            st.log_start_offset = offset;
         }
+        // The checkpoint must never point past what a crash can lose, or the
+        // offsets between would be handed out twice after recovery.
+        if self.durable_offset() < offset {
+            self.flush_locked().await?;
+        }
+        self.inner.state.borrow_mut().log_start_offset = offset;
         write_log_start_checkpoint(&self.inner.dir, offset)?;
         self.delete_sealed_segments_locked(|segment, _| segment.next_offset <= offset).await?;
         Ok(())
