@@ -1,1 +1,45 @@
-fn main(){}
+//! corelog-bench: benchmarks of corelog and of the machine it runs on.
+//!
+//! Each benchmark measures corelog beside a baseline of the same machine
+//! taken in the same run (a raw O_DIRECT write of the same bytes, for the
+//! storage engine), repeats every cell, and writes the medians with the
+//! machine's description to `perf-reports/`.
+
+mod machine;
+mod storage_bench;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "corelog-bench", about = "Benchmarks of corelog and of the machine it runs on")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Append throughput of the partition log against raw O_DIRECT writes.
+    Storage(storage_bench::Args),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Storage(args) => storage_bench::run(args),
+    };
+    if let Err(error) = result {
+        eprintln!("corelog-bench: {error}");
+        std::process::exit(1);
+    }
+}
+
+/// Where reports go by default: `perf-reports/` at the workspace root.
+pub fn default_report_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../perf-reports")
+}

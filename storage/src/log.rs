@@ -904,7 +904,7 @@ impl PartitionLog {
     pub async fn delete_records_before(&self, offset: Offset) -> Result<()> {
         let _permit = self.lock().await?;
         {
-            let mut st = self.inner.state.borrow_mut();
+            let st = self.inner.state.borrow_mut();
             st.usable(&self.inner.dir)?;
             if offset > st.next_offset {
                 return Err(StorageError::OffsetOutOfRange {

@@ -261,7 +261,9 @@ impl SegmentAppender {
         let mut sealed = std::mem::replace(&mut self.buffer, next);
         // Zeros past the logical end read back as an empty frame: recovery
         // stops there instead of parsing stale memory.
-        sealed.as_bytes_mut()[self.buffer_len..write_len].fill(0);
+        if write_len > self.buffer_len {
+            sealed.as_bytes_mut()[self.buffer_len..write_len].fill(0);
+        }
         sealed.trim_to_size(write_len);
         let sealed = Rc::new(sealed);
         let position = self.buffer_base;

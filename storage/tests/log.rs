@@ -397,3 +397,53 @@ fn invalid_config_is_refused() {
         }
     });
 }
+
+#[test]
+fn a_segment_larger_than_the_write_buffer_reads_back_while_it_is_written() {
+    let dir = test_dir();
+    run(|| async {
+        let config = LogConfig {
+            segment_bytes: 1 << 20,
+            write_buffer_bytes: 16 << 10,
+            batch_bytes_max: 8 << 10,
+            record_bytes_max: 8 << 10,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(dir.path(), config.clone()).await.unwrap();
+        let reader = {
+            let log = log.clone();
+            glommio::spawn_local(async move {
+                // A consumer following the tail, across the memory/disk boundary.
+                let mut next = Offset(0);
+                let mut seen = 0u64;
+                while seen < 3000 {
+                    let read = log.read(next, 5000).await.unwrap();
+                    for frame in batch::frames(&read.bytes) {
+                        let info = batch::verify_crc(frame).unwrap();
+                        assert_eq!(info.base_offset, next);
+                        seen += u64::from(info.record_count);
+                        next = info.next_offset();
+                    }
+                    glommio::yield_if_needed().await;
+                    if read.bytes.is_empty() {
+                        glommio::timer::sleep(std::time::Duration::from_micros(100)).await;
+                    }
+                }
+                seen
+            })
+        };
+        for tag in 0..1000u64 {
+            log.append(&batch(tag, 3, 100 + (tag as usize * 37) % 2000, 0)).await.unwrap();
+            if tag % 7 == 0 {
+                glommio::yield_if_needed().await;
+            }
+        }
+        assert_eq!(reader.await, 3000);
+        assert!(log.stats().writes > 10, "the buffer filled and was written many times");
+        assert_eq!(read_all(&log, 3000).await.len(), 3000);
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.path(), config).await.unwrap();
+        assert_eq!(read_all(&log, 70_000).await.len(), 3000);
+        log.close().await.unwrap();
+    });
+}

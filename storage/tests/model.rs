@@ -30,15 +30,16 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Crash),
         1 => any::<u64>().prop_map(|at| Op::Truncate { at }),
         1 => any::<u64>().prop_map(|at| Op::DeleteBefore { at }),
-        1 => (8_000u64..60_000).prop_map(|bytes| Op::RetainBytes { bytes }),
+        1 => (8_000u64..200_000).prop_map(|bytes| Op::RetainBytes { bytes }),
     ]
 }
 
 fn config(retention_bytes: Option<u64>) -> LogConfig {
     LogConfig {
-        segment_bytes: 16 << 10,
+        segment_bytes: 96 << 10,
         index_interval_bytes: 700,
-        write_buffer_bytes: 64 << 10,
+        // Smaller than a segment: buffers fill and are written mid-segment.
+        write_buffer_bytes: 40 << 10,
         batch_bytes_max: 32 << 10,
         record_bytes_max: 32 << 10,
         retention_bytes,
