@@ -33,6 +33,12 @@ pub struct Args {
     /// A short run to check the setup (64 MiB cells, one run, no report).
     #[arg(long)]
     quick: bool,
+    /// Only these batch sizes in bytes (for profiling one cell).
+    #[arg(long, value_delimiter = ',')]
+    batch_sizes: Vec<usize>,
+    /// Only the raw baseline and the no-flush log cells (for profiling).
+    #[arg(long)]
+    no_flush_only: bool,
     /// Where the report is written.
     #[arg(long, default_value_os_t = crate::default_report_dir())]
     report_dir: PathBuf,
@@ -40,6 +46,9 @@ pub struct Args {
 
 const RECORD_BYTES: usize = 1024;
 const BATCH_SIZES: [usize; 3] = [16 << 10, 64 << 10, 1 << 20];
+/// Memory glommio registers with io_uring for DMA buffers (see tuning.md):
+/// write buffers come from it without page faults, and writes skip pinning.
+const IO_MEMORY_BYTES: usize = 64 << 20;
 /// Distinct pre-built batches cycled through, so that encoding is not measured.
 const BATCH_POOL: usize = 16;
 
@@ -79,15 +88,18 @@ pub fn run(args: Args) -> Result<(), String> {
     let flush_limit = Duration::from_secs_f64(if args.quick { 0.5 } else { args.flush_seconds });
     let machine = Machine::describe(&args.data_dir);
     let data_dir = args.data_dir.clone();
-    let samples = LocalExecutorBuilder::new(glommio::Placement::Fixed(0))
-        .spawn(move || async move { measure(&data_dir, bytes, runs, flush_limit).await })
+    let sizes = if args.batch_sizes.is_empty() { BATCH_SIZES.to_vec() } else { args.batch_sizes.clone() };
+    let no_flush_only = args.no_flush_only;
+    let samples = LocalExecutorBuilder::new(if std::env::var_os("CORELOG_BENCH_UNPINNED").is_some() { glommio::Placement::Unbound } else { glommio::Placement::Fixed(0) })
+        .io_memory(IO_MEMORY_BYTES)
+        .spawn(move || async move { measure(&data_dir, &sizes, no_flush_only, bytes, runs, flush_limit).await })
         .map_err(|e| format!("start executor: {e}"))?
         .join()
         .map_err(|e| format!("benchmark thread: {e}"))??;
     let _ = std::fs::remove_dir_all(&args.data_dir);
     let report = render(&machine, &samples, bytes, runs, flush_limit);
     println!("{report}");
-    if !args.quick {
+    if !args.quick && !args.no_flush_only && args.batch_sizes.is_empty() {
         std::fs::create_dir_all(&args.report_dir).map_err(|e| e.to_string())?;
         let md = args.report_dir.join("storage.md");
         std::fs::write(&md, &report).map_err(|e| format!("write {}: {e}", md.display()))?;
@@ -114,22 +126,25 @@ fn batches(batch_bytes: usize) -> Vec<Rc<Vec<u8>>> {
         .collect()
 }
 
-fn log_config(batch_bytes: usize, flush: FlushPolicy) -> LogConfig {
+fn log_config(flush: FlushPolicy) -> LogConfig {
     LogConfig {
         flush,
-        batch_bytes_max: batch_bytes.max(1 << 20) + 4096,
-        write_buffer_bytes: (2 << 20) + (batch_bytes.max(1 << 20) + 8192).next_multiple_of(4096),
         ..LogConfig::default()
     }
 }
 
-async fn measure(dir: &Path, bytes: u64, runs: usize, flush_limit: Duration) -> Result<Vec<Sample>, String> {
+async fn measure(dir: &Path, sizes: &[usize], no_flush_only: bool, bytes: u64, runs: usize, flush_limit: Duration) -> Result<Vec<Sample>, String> {
     storage::device::prime_iopoll_probe(dir).await.map_err(|e| e.to_string())?;
     let mut samples = Vec::new();
     for run in 0..runs {
-        for batch_bytes in BATCH_SIZES {
+        for &batch_bytes in sizes {
             let pool = batches(batch_bytes);
-            for case in [Case::RawWrite, Case::LogNoFlush, Case::LogFlushEachAppend1, Case::LogFlushEachAppend32] {
+            let cases: &[Case] = if no_flush_only {
+                &[Case::RawWrite, Case::LogNoFlush]
+            } else {
+                &[Case::RawWrite, Case::LogNoFlush, Case::LogFlushEachAppend1, Case::LogFlushEachAppend32]
+            };
+            for &case in cases {
                 let cell_dir = dir.join(format!("run{run}-{batch_bytes}-{case:?}"));
                 let _ = std::fs::remove_dir_all(&cell_dir);
                 std::fs::create_dir_all(&cell_dir).map_err(|e| e.to_string())?;
@@ -172,7 +187,7 @@ async fn raw_write(dir: &Path, batch_bytes: usize, bytes: u64) -> Result<Sample,
         .dma_open(&path)
         .await
         .map_err(|e| e.to_string())?;
-    let buffer_bytes = log_config(batch_bytes, FlushPolicy::Manual).write_buffer_bytes;
+    let buffer_bytes = log_config(FlushPolicy::Manual).write_buffer_bytes;
     let mut buffer = file.alloc_dma_buffer(buffer_bytes);
     buffer.as_bytes_mut().fill(0x5a);
     let buffer = Rc::new(buffer);
@@ -209,7 +224,7 @@ async fn log_append(
     bytes: u64,
     time_limit: Option<Duration>,
 ) -> Result<Sample, String> {
-    let log = PartitionLog::open(dir, log_config(batch_bytes, flush)).await.map_err(|e| e.to_string())?;
+    let log = PartitionLog::open(dir, log_config(flush)).await.map_err(|e| e.to_string())?;
     let frame_bytes = pool[0].len() as u64;
     let appends_total = bytes.div_ceil(frame_bytes);
     let start = Instant::now();
@@ -242,6 +257,9 @@ async fn log_append(
     log.flush().await.map_err(|e| e.to_string())?;
     let seconds = start.elapsed().as_secs_f64();
     let stats = log.stats();
+    if std::env::var_os("CORELOG_BENCH_DEBUG").is_some() {
+        eprintln!("{stats:?} over {seconds:.3} s");
+    }
     log.close().await.map_err(|e| e.to_string())?;
     let written = appends * frame_bytes;
     Ok(Sample {

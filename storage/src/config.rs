@@ -44,6 +44,11 @@ pub struct LogConfig {
     pub record_bytes_max: usize,
     /// Size of each of the active segment's two O_DIRECT write buffers.
     pub write_buffer_bytes: usize,
+    /// The active segment's file is extended (fallocate) this much ahead of
+    /// its writes. Writes inside the file's size can run asynchronously in
+    /// io_uring; writes that extend it are handed by ext4 to an io-wq worker
+    /// thread that shares the shard's core and serializes with it.
+    pub segment_preallocate_bytes: u64,
     pub flush: FlushPolicy,
     /// Delete sealed segments whose newest timestamp is older than this.
     pub retention_ms: Option<u64>,
@@ -63,6 +68,7 @@ impl Default for LogConfig {
             batch_bytes_max: 1 << 20,
             record_bytes_max: 1 << 20,
             write_buffer_bytes: 2 << 20,
+            segment_preallocate_bytes: 32 << 20,
             flush: FlushPolicy::Manual,
             retention_ms: Some(7 * 24 * 3600 * 1000),
             retention_bytes: None,
@@ -106,6 +112,12 @@ impl LogConfig {
             return invalid(format!(
                 "write_buffer_bytes {} must be at least batch_bytes_max {} plus one block",
                 self.write_buffer_bytes, self.batch_bytes_max
+            ));
+        }
+        if self.segment_preallocate_bytes == 0 || self.segment_preallocate_bytes % BLOCK_BYTES as u64 != 0 {
+            return invalid(format!(
+                "segment_preallocate_bytes {} must be a positive multiple of {BLOCK_BYTES}",
+                self.segment_preallocate_bytes
             ));
         }
         if let FlushPolicy::IntervalMs(0) | FlushPolicy::Bytes(0) = self.flush {

@@ -130,10 +130,18 @@ struct State {
     durable_offset: Offset,
     /// Sealed segments with an open read handle, least recently used first.
     open_reads: VecDeque<Offset>,
+    /// The write of a sealed buffer, running while appends fill the next one.
+    pending_write: Option<(PendingWrite, usize)>,
+    /// A task is flushing for `wait_durable`; others wait for it to finish.
+    flushing: bool,
+    flush_waiters: Vec<futures::channel::oneshot::Sender<()>>,
     stats: LogStats,
     failed: bool,
     closed: bool,
 }
+
+/// A segment write handed to io_uring, awaited later.
+type PendingWrite = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<usize>>>>;
 
 /// Counters of what the log did, for tests and benchmarks.
 #[derive(Clone, Copy, Debug, Default)]
@@ -143,6 +151,8 @@ pub struct LogStats {
     /// O_DIRECT writes of sealed buffers.
     pub writes: u64,
     pub bytes_written: u64,
+    /// Time spent waiting for segment writes to finish.
+    pub write_wait: Duration,
 }
 
 impl State {
@@ -256,6 +266,9 @@ impl PartitionLog {
                 // Recovery synced the active segment: all that is there is durable.
                 durable_offset: next_offset,
                 open_reads: VecDeque::new(),
+                pending_write: None,
+                flushing: false,
+                flush_waiters: Vec::new(),
                 stats: LogStats::default(),
                 failed: false,
                 closed: false,
@@ -378,17 +391,39 @@ impl PartitionLog {
     }
 
     /// Returns once every offset up to and including `offset` is durable.
-    /// Tasks that wait together share one fdatasync.
+    ///
+    /// Group commit: one waiting task flushes; the others wait for that flush
+    /// to end rather than for the io lock, then look again. All that were
+    /// appended before the flush began return together, and those appended
+    /// during it share the next one.
     pub async fn wait_durable(&self, offset: Offset) -> Result<()> {
-        if self.inner.state.borrow().durable_offset > offset {
-            return Ok(());
+        loop {
+            let waiter = {
+                let mut st = self.inner.state.borrow_mut();
+                if st.durable_offset > offset {
+                    return Ok(());
+                }
+                st.usable(&self.inner.dir)?;
+                if st.flushing {
+                    let (tx, rx) = futures::channel::oneshot::channel();
+                    st.flush_waiters.push(tx);
+                    Some(rx)
+                } else {
+                    st.flushing = true;
+                    None
+                }
+            };
+            match waiter {
+                Some(flushed) => {
+                    let _ = flushed.await;
+                }
+                None => {
+                    let _flushing = FlushingGuard { inner: &self.inner };
+                    let _permit = self.lock().await?;
+                    self.flush_locked().await?;
+                }
+            }
         }
-        let _permit = self.lock().await?;
-        // Whoever held the lock before us may have flushed past our offset.
-        if self.inner.state.borrow().durable_offset > offset {
-            return Ok(());
-        }
-        self.flush_locked().await
     }
 
     /// Makes everything appended so far durable; returns the durable offset.
@@ -415,8 +450,13 @@ impl PartitionLog {
         io_error(op, path, error)
     }
 
-    /// Writes the sealed write buffer. With `pad`, the partial last block too.
-    async fn write_out_locked(&self, pad: bool) -> Result<()> {
+    /// Seals the write buffer and starts writing it; with `pad`, the partial
+    /// last block too. A write already running is finished first, so at most
+    /// one is in flight. With `wait`, returns only when this write is done;
+    /// without, appends go on filling the next buffer while it runs.
+    async fn write_out_locked(&self, pad: bool, wait: bool) -> Result<()> {
+        self.finish_write_locked().await?;
+        self.preallocate_locked().await?;
         let sealed = {
             let mut st = self.inner.state.borrow_mut();
             st.usable(&self.inner.dir)?;
@@ -424,14 +464,75 @@ impl PartitionLog {
         };
         let Some(write) = sealed else { return Ok(()) };
         let expected = write.buffer.len();
-        let result = write.file.write_rc_at(write.buffer, write.position).await;
-        {
+        let mut write: PendingWrite = Box::pin(async move {
+            write
+                .file
+                .write_rc_at(write.buffer, write.position)
+                .await
+                .map_err(std::io::Error::from)
+        });
+        // The first poll queues the request with glommio's reactor, which
+        // hands queued requests to the kernel only when it runs: between task
+        // queue rounds when nothing is runnable or the time slice is over. An
+        // appender on the fast path never yields, so without help the write
+        // would start only when the appender next waits for it. Parking this
+        // task for a moment lets the reactor run now, and the disk works
+        // while the appender fills the next buffer.
+        let mut poll = std::task::Context::from_waker(std::task::Waker::noop());
+        let done = write.as_mut().poll(&mut poll);
+        self.inner.state.borrow_mut().pending_write = Some((Box::pin(async move {
+            match done {
+                std::task::Poll::Ready(result) => result,
+                std::task::Poll::Pending => write.await,
+            }
+        }), expected));
+        if wait {
+            self.finish_write_locked().await?;
+        } else {
+            glommio::timer::sleep(Duration::from_micros(1)).await;
+        }
+        Ok(())
+    }
+
+    /// Extends the active segment's file ahead of the bytes to be written.
+    /// A failure here (a full disk) changes nothing: the bytes stay in the
+    /// buffer and the next write or flush tries again.
+    async fn preallocate_locked(&self) -> Result<()> {
+        let config = &self.inner.config;
+        let (file, path, needed, preallocated) = {
+            let st = self.inner.state.borrow();
+            let appender = st.appender();
+            let needed = crate::segment::align_up(appender.position_appended());
+            (appender.file.clone(), appender.path().to_path_buf(), needed, appender.preallocated)
+        };
+        if needed <= preallocated {
+            return Ok(());
+        }
+        let step = config.segment_preallocate_bytes;
+        let segment_end = crate::segment::align_up(config.segment_bytes);
+        let target = needed.next_multiple_of(step).min(segment_end.max(needed));
+        file.pre_allocate(target, false)
+            .await
+            .map_err(|e| io_error("preallocate segment", &path, e))?;
+        self.inner.state.borrow_mut().appender_mut().preallocated = target;
+        Ok(())
+    }
+
+    /// Waits for the running write, if any, and accounts for its result.
+    async fn finish_write_locked(&self) -> Result<()> {
+        let Some((task, expected)) = self.inner.state.borrow_mut().pending_write.take() else {
+            return Ok(());
+        };
+        let waited = std::time::Instant::now();
+        let result = task.await;
+        let path = {
             let mut st = self.inner.state.borrow_mut();
             st.appender_mut().write_done();
             st.stats.writes += 1;
             st.stats.bytes_written += expected as u64;
-        }
-        let path = self.inner.state.borrow().appender().path().to_path_buf();
+            st.stats.write_wait += waited.elapsed();
+            st.appender().path().to_path_buf()
+        };
         match result {
             Ok(written) if written == expected => Ok(()),
             Ok(written) => Err(self.fail(
@@ -447,12 +548,12 @@ impl PartitionLog {
         if self.inner.state.borrow().appender().free_bytes() >= bytes {
             return Ok(());
         }
-        self.write_out_locked(false).await
+        self.write_out_locked(false, false).await
     }
 
     async fn flush_locked(&self) -> Result<()> {
         let target = self.inner.state.borrow().next_offset;
-        self.write_out_locked(true).await?;
+        self.write_out_locked(true, true).await?;
         let (file, path) = {
             let st = self.inner.state.borrow();
             (st.appender().file.clone(), st.appender().path().to_path_buf())
@@ -1003,6 +1104,25 @@ impl PartitionLog {
     }
 }
 
+/// Ends a group-commit flush, even if the flushing task is dropped midway:
+/// clears the flag and wakes every task that waited for the flush.
+struct FlushingGuard<'a> {
+    inner: &'a Inner,
+}
+
+impl Drop for FlushingGuard<'_> {
+    fn drop(&mut self) {
+        let waiters = {
+            let mut st = self.inner.state.borrow_mut();
+            st.flushing = false;
+            std::mem::take(&mut st.flush_waiters)
+        };
+        for waiter in waiters {
+            let _ = waiter.send(());
+        }
+    }
+}
+
 fn spawn_interval_flusher(log: Weak<Inner>, interval: Duration) {
     glommio::spawn_local(async move {
         loop {
@@ -1100,7 +1220,7 @@ async fn recover_active_segment(dir: &Path, base: Offset, config: &LogConfig) ->
     let file_bytes = file.file_size().await.map_err(|e| io_error("stat segment", &path, e))?;
     let scan = scan_segment(&file, dir, base, file_bytes, config).await?;
     let end = scan.segment.size;
-    if let Some((position, reason)) = &scan.defect {
+    if let Some((position, reason)) = scan.defect.as_ref().filter(|(_, reason)| reason != crate::recovery::ZEROS) {
         tracing::warn!(
             segment = %path.display(), %position, %reason, dropped_bytes = file_bytes - end,
             "cutting the torn tail of the active segment"

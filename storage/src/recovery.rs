@@ -23,6 +23,10 @@ const RECOVERY_LIMITS: BatchLimits = BatchLimits {
     record_bytes_max: usize::MAX,
 };
 
+/// Why a scan stops at zeros: the normal end of a preallocated file, or of a
+/// partial block padded by a flush.
+pub const ZEROS: &str = "an empty frame (preallocated space, zero padding or a torn length prefix)";
+
 /// A segment rebuilt from its log, and where and why the scan stopped early.
 pub struct Scan {
     pub segment: Segment,
@@ -63,7 +67,7 @@ pub async fn scan_segment(file: &DmaFile, dir: &Path, base: Offset, file_bytes: 
         }
         let available = &chunk[in_chunk..];
         if needed == FRAME_LENGTH_BYTES {
-            break Some("an empty frame (zero padding or a torn length prefix)".to_string());
+            break Some(ZEROS.to_string());
         }
         let info = match check_frame(&available[..needed], &RECOVERY_LIMITS) {
             Ok(info) => info,

@@ -160,6 +160,8 @@ pub struct SegmentAppender {
     /// Logical end of what has been handed to the disk (the last write may
     /// have padded a partial block with zeros).
     position_submitted: u64,
+    /// The file's size: preallocated ahead of the writes.
+    pub preallocated: u64,
 }
 
 /// A sealed buffer ready to be written at `position`.
@@ -203,6 +205,7 @@ impl SegmentAppender {
             buffer_len,
             in_flight: None,
             position_submitted: end,
+            preallocated: end,
         })
     }
 

@@ -289,6 +289,7 @@ fn concurrent_appenders_share_flushes() {
         }
         assert_eq!(log.log_end_offset(), Offset(32 * 20 * 2));
         let stats = log.stats();
+        eprintln!("group commit: {stats:?}");
         assert!(stats.flushes < 32 * 20, "group commit: {} fdatasyncs for {} appends", stats.flushes, 32 * 20);
         let seen = read_all(&log, 1 << 16).await;
         for task in 0..32u64 {
