@@ -39,7 +39,11 @@ impl Machine {
             kernel: command("uname", &["-r"]).unwrap_or_else(|| "unknown".into()),
             memory_gib: (memory_kib / (1024.0 * 1024.0) * 10.0).round() / 10.0,
             filesystem: command("df", &["--output=source,fstype", data_dir.to_str().unwrap_or(".")])
-                .and_then(|s| s.lines().nth(1).map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")))
+                .and_then(|s| {
+                    s.lines()
+                        .nth(1)
+                        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                })
                 .unwrap_or_else(|| "unknown".into()),
             commit: command("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into()),
         }

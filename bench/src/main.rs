@@ -13,7 +13,10 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "corelog-bench", about = "Benchmarks of corelog and of the machine it runs on")]
+#[command(
+    name = "corelog-bench",
+    about = "Benchmarks of corelog and of the machine it runs on"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

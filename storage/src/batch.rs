@@ -227,7 +227,10 @@ pub fn peek_header(bytes: &[u8]) -> Result<BatchInfo> {
     Ok(BatchInfo {
         frame_bytes,
         crc: u32::from_le_bytes(load(archive, header_field(len, field!(crc)))),
-        base_offset: Offset(u64::from_le_bytes(load(archive, header_field(len, field!(base_offset))))),
+        base_offset: Offset(u64::from_le_bytes(load(
+            archive,
+            header_field(len, field!(base_offset)),
+        ))),
         append_time_ms: i64::from_le_bytes(load(archive, header_field(len, field!(append_time_ms)))),
         last_offset_delta: u32::from_le_bytes(load(archive, header_field(len, field!(last_offset_delta)))),
         record_count: u32::from_le_bytes(load(archive, header_field(len, field!(record_count)))),
@@ -382,7 +385,11 @@ fn check_records(batch: &ArchivedRecordBatch, info: &BatchInfo, limits: &BatchLi
 pub fn stamp(frame: &mut [u8], checked: &BatchInfo, base_offset: Offset, append_time_ms: i64) {
     let archive = &mut frame[FRAME_LENGTH_BYTES..];
     let len = archive.len();
-    assert_eq!(len + FRAME_LENGTH_BYTES, checked.frame_bytes, "stamp the frame that was checked");
+    assert_eq!(
+        len + FRAME_LENGTH_BYTES,
+        checked.frame_bytes,
+        "stamp the frame that was checked"
+    );
     let at = header_field(len, field!(base_offset));
     archive[at..at + 8].copy_from_slice(&base_offset.0.to_le_bytes());
     let at = append_time_at(len);
@@ -596,7 +603,10 @@ mod tests {
         let mut frame = sample(&[b"a", b"b"]);
         let checked = check_frame(&frame, &LIMITS).unwrap();
         stamp(&mut frame, &checked, Offset(1 << 40), 123_456);
-        assert_eq!(archive_crc(&frame[FRAME_LENGTH_BYTES..]), peek_header(&frame).unwrap().crc);
+        assert_eq!(
+            archive_crc(&frame[FRAME_LENGTH_BYTES..]),
+            peek_header(&frame).unwrap().crc
+        );
         let info = check_frame(&frame, &LIMITS).unwrap();
         assert_eq!(info.base_offset, Offset(1 << 40));
         assert_eq!(info.append_time_ms, 123_456);
@@ -632,7 +642,10 @@ mod tests {
             batch_bytes_max: 100,
             record_bytes_max: 4096,
         };
-        assert!(matches!(check_frame(&frame, &tight), Err(StorageError::BatchTooLarge { .. })));
+        assert!(matches!(
+            check_frame(&frame, &tight),
+            Err(StorageError::BatchTooLarge { .. })
+        ));
         let tight = BatchLimits {
             batch_bytes_max: 1 << 20,
             record_bytes_max: 999,

@@ -96,7 +96,10 @@ impl LogConfig {
             return invalid("index_interval_bytes must be positive".into());
         }
         if self.batch_bytes_max < 64 {
-            return invalid(format!("batch_bytes_max {} is too small for any batch", self.batch_bytes_max));
+            return invalid(format!(
+                "batch_bytes_max {} is too small for any batch",
+                self.batch_bytes_max
+            ));
         }
         if self.record_bytes_max == 0 {
             return invalid("record_bytes_max must be positive".into());

@@ -34,7 +34,9 @@ pub async fn prime_iopoll_probe(dir: &Path) -> Result<()> {
     let opened = glommio::io::DmaFile::open(&probe).await;
     let _ = std::fs::remove_file(&probe);
     let file = opened.map_err(|e| io_error("open iopoll probe", &probe, e))?;
-    file.close().await.map_err(|e| io_error("close iopoll probe", &probe, e))?;
+    file.close()
+        .await
+        .map_err(|e| io_error("close iopoll probe", &probe, e))?;
     PRIMED.with(|p| p.borrow_mut().insert(device));
     Ok(())
 }

@@ -20,11 +20,7 @@ pub enum StorageError {
     BatchTooLarge { size: usize, max: usize },
 
     #[error("record at offset delta {offset_delta} is {size} bytes, over the limit of {max} bytes")]
-    RecordTooLarge {
-        offset_delta: u32,
-        size: usize,
-        max: usize,
-    },
+    RecordTooLarge { offset_delta: u32, size: usize, max: usize },
 
     #[error("malformed record batch: {reason}")]
     BatchMalformed { reason: String },

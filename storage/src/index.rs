@@ -32,7 +32,10 @@ pub struct OffsetIndex {
 impl OffsetIndex {
     pub fn push(&mut self, entry: OffsetIndexEntry) {
         if let Some(last) = self.entries.last() {
-            assert!(entry.relative_offset > last.relative_offset, "offset index entries must increase");
+            assert!(
+                entry.relative_offset > last.relative_offset,
+                "offset index entries must increase"
+            );
             assert!(entry.position > last.position, "offset index positions must increase");
         }
         self.entries.push(entry);
@@ -110,8 +113,14 @@ pub struct TimeIndex {
 impl TimeIndex {
     pub fn push(&mut self, entry: TimeIndexEntry) {
         if let Some(last) = self.entries.last() {
-            assert!(entry.timestamp_ms > last.timestamp_ms, "time index timestamps must increase");
-            assert!(entry.relative_offset > last.relative_offset, "time index offsets must increase");
+            assert!(
+                entry.timestamp_ms > last.timestamp_ms,
+                "time index timestamps must increase"
+            );
+            assert!(
+                entry.relative_offset > last.relative_offset,
+                "time index offsets must increase"
+            );
         }
         self.entries.push(entry);
     }

@@ -26,13 +26,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use glommio::io::{DmaFile, ReadResult};
 use glommio::sync::Semaphore;
 
-use crate::batch::{self, check_frame, frame_length, peek_header, verify_crc, BatchInfo, BatchLimits, FRAME_LENGTH_BYTES};
+use crate::batch::{
+    self, check_frame, frame_length, peek_header, verify_crc, BatchInfo, BatchLimits, FRAME_LENGTH_BYTES,
+};
 use crate::config::{FlushPolicy, LogConfig, TimestampType};
 use crate::error::{io_error, Result, StorageError};
 use crate::index::{relative, OffsetIndex, TimeIndex};
 use crate::offset::{FilePosition, Offset};
 use crate::recovery::scan_segment;
-use crate::segment::{parse_segment_name, segment_path, Segment, SegmentAppender, LOG_SUFFIX, OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX};
+use crate::segment::{
+    parse_segment_name, segment_path, Segment, SegmentAppender, LOG_SUFFIX, OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX,
+};
 
 /// Bytes read at a time while looking for a batch from an index position.
 const SEEK_CHUNK_BYTES: usize = 64 << 10;
@@ -68,7 +72,11 @@ pub struct AppendInfo {
 #[derive(Debug)]
 pub enum ReadBytes {
     Disk(ReadResult),
-    Memory { bytes: Rc<Vec<u8>>, start: usize, end: usize },
+    Memory {
+        bytes: Rc<Vec<u8>>,
+        start: usize,
+        end: usize,
+    },
 }
 
 impl ReadBytes {
@@ -158,20 +166,30 @@ pub struct LogStats {
 impl State {
     fn usable(&self, dir: &Path) -> Result<()> {
         if self.failed {
-            return Err(StorageError::LogFailed { path: dir.to_path_buf() });
+            return Err(StorageError::LogFailed {
+                path: dir.to_path_buf(),
+            });
         }
         if self.closed {
-            return Err(StorageError::LogClosed { path: dir.to_path_buf() });
+            return Err(StorageError::LogClosed {
+                path: dir.to_path_buf(),
+            });
         }
         Ok(())
     }
 
     fn active(&self) -> &Segment {
-        self.segments.values().next_back().expect("a log always has an active segment")
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has an active segment")
     }
 
     fn active_mut(&mut self) -> &mut Segment {
-        self.segments.values_mut().next_back().expect("a log always has an active segment")
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has an active segment")
     }
 
     fn appender(&self) -> &SegmentAppender {
@@ -240,7 +258,10 @@ impl PartitionLog {
             if last.next_offset != active_base {
                 return Err(StorageError::InvalidLogDir {
                     path: dir,
-                    reason: format!("segment {last_base} ends at offset {} but the next segment starts at {active_base}", last.next_offset),
+                    reason: format!(
+                        "segment {last_base} ends at offset {} but the next segment starts at {active_base}",
+                        last.next_offset
+                    ),
                 });
             }
         }
@@ -440,7 +461,9 @@ impl PartitionLog {
             .io_lock
             .acquire_permit(1)
             .await
-            .map_err(|_| StorageError::LogClosed { path: self.inner.dir.clone() })
+            .map_err(|_| StorageError::LogClosed {
+                path: self.inner.dir.clone(),
+            })
     }
 
     fn fail(&self, op: &'static str, path: &Path, error: impl Into<std::io::Error>) -> StorageError {
@@ -480,12 +503,15 @@ impl PartitionLog {
         // while the appender fills the next buffer.
         let mut poll = std::task::Context::from_waker(std::task::Waker::noop());
         let done = write.as_mut().poll(&mut poll);
-        self.inner.state.borrow_mut().pending_write = Some((Box::pin(async move {
-            match done {
-                std::task::Poll::Ready(result) => result,
-                std::task::Poll::Pending => write.await,
-            }
-        }), expected));
+        self.inner.state.borrow_mut().pending_write = Some((
+            Box::pin(async move {
+                match done {
+                    std::task::Poll::Ready(result) => result,
+                    std::task::Poll::Pending => write.await,
+                }
+            }),
+            expected,
+        ));
         if wait {
             self.finish_write_locked().await?;
         } else {
@@ -503,7 +529,12 @@ impl PartitionLog {
             let st = self.inner.state.borrow();
             let appender = st.appender();
             let needed = crate::segment::align_up(appender.position_appended());
-            (appender.file.clone(), appender.path().to_path_buf(), needed, appender.preallocated)
+            (
+                appender.file.clone(),
+                appender.path().to_path_buf(),
+                needed,
+                appender.preallocated,
+            )
         };
         if needed <= preallocated {
             return Ok(());
@@ -538,7 +569,10 @@ impl PartitionLog {
             Ok(written) => Err(self.fail(
                 "write segment",
                 &path,
-                std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write: {written} of {expected} bytes")),
+                std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("short write: {written} of {expected} bytes"),
+                ),
             )),
             Err(e) => Err(self.fail("write segment", &path, e)),
         }
@@ -573,7 +607,11 @@ impl PartitionLog {
         self.flush_locked().await?;
         let (file, path, end) = {
             let st = self.inner.state.borrow();
-            (st.appender().file.clone(), st.appender().path().to_path_buf(), st.appender().position_appended())
+            (
+                st.appender().file.clone(),
+                st.appender().path().to_path_buf(),
+                st.appender().position_appended(),
+            )
         };
         if let Err(e) = file.truncate(end).await {
             return Err(self.fail("truncate segment", &path, e));
@@ -585,7 +623,11 @@ impl PartitionLog {
             let mut st = self.inner.state.borrow_mut();
             let active = st.active_mut();
             active.index_max_timestamp();
-            (active.base_offset, active.offset_index.encode(), active.time_index.encode())
+            (
+                active.base_offset,
+                active.offset_index.encode(),
+                active.time_index.encode(),
+            )
         };
         write_index_file(&segment_path(&self.inner.dir, base, OFFSET_INDEX_SUFFIX), &offset_index)?;
         write_index_file(&segment_path(&self.inner.dir, base, TIME_INDEX_SUFFIX), &time_index)?;
@@ -616,7 +658,8 @@ impl PartitionLog {
         let sealed = st.appender.replace(appender).expect("an open log has an appender");
         st.active_mut().read_file = Some(sealed.file.clone());
         st.open_reads.push_back(active_base);
-        st.segments.insert(next_offset, Segment::new(&self.inner.dir, next_offset));
+        st.segments
+            .insert(next_offset, Segment::new(&self.inner.dir, next_offset));
         drop(st);
         self.evict_read_handles();
         tracing::debug!(dir = %self.inner.dir.display(), %next_offset, "rolled to a new segment");
@@ -648,8 +691,17 @@ impl PartitionLog {
                     log_end: st.next_offset,
                 });
             }
-            let (&base, segment) = st.segments.range(..=from).next_back().expect("from is at or past the log start");
-            (base, segment.offset_index.lookup(relative(base, from)), st.log_start_offset, st.next_offset)
+            let (&base, segment) = st
+                .segments
+                .range(..=from)
+                .next_back()
+                .expect("from is at or past the log start");
+            (
+                base,
+                segment.offset_index.lookup(relative(base, from)),
+                st.log_start_offset,
+                st.next_offset,
+            )
         };
         let empty = LogRead {
             bytes: ReadBytes::empty(),
@@ -663,7 +715,9 @@ impl PartitionLog {
         let found = self
             .seek(segment_base, position.0, max_bytes, |info| info.last_offset() >= from)
             .await?;
-        let Some((position, bytes)) = found else { return Ok(empty) };
+        let Some((position, bytes)) = found else {
+            return Ok(empty);
+        };
         let mut taken = 0;
         let mut next_offset = from;
         while let Some(len) = frame_length(&bytes[taken..]) {
@@ -698,7 +752,13 @@ impl PartitionLog {
     /// Walks the batches of one segment from `position` and returns the
     /// position of the first for which `stop` holds, with the bytes from
     /// there on (at least `want` bytes if the segment has them).
-    async fn seek(&self, base: Offset, mut position: u64, want: usize, stop: impl Fn(&BatchInfo) -> bool) -> Result<Option<(u64, ReadBytes)>> {
+    async fn seek(
+        &self,
+        base: Offset,
+        mut position: u64,
+        want: usize,
+        stop: impl Fn(&BatchInfo) -> bool,
+    ) -> Result<Option<(u64, ReadBytes)>> {
         loop {
             let chunk = self.read_range(base, position, want.max(SEEK_CHUNK_BYTES)).await?;
             if chunk.is_empty() {
@@ -707,12 +767,19 @@ impl PartitionLog {
             let mut at = 0;
             while let Some(len) = frame_length(&chunk[at..]) {
                 if len <= FRAME_LENGTH_BYTES {
-                    return Err(self.corrupt(base, position + at as u64, StorageError::BatchMalformed { reason: "empty frame".into() }));
+                    return Err(self.corrupt(
+                        base,
+                        position + at as u64,
+                        StorageError::BatchMalformed {
+                            reason: "empty frame".into(),
+                        },
+                    ));
                 }
                 if len > chunk.len() - at {
                     break;
                 }
-                let info = peek_header(&chunk[at..at + len]).map_err(|e| self.corrupt(base, position + at as u64, e))?;
+                let info =
+                    peek_header(&chunk[at..at + len]).map_err(|e| self.corrupt(base, position + at as u64, e))?;
                 if stop(&info) {
                     let mut bytes = chunk.slice(at, chunk.len() - at);
                     if bytes.len() < want {
@@ -725,13 +792,25 @@ impl PartitionLog {
             if at == 0 {
                 // One frame larger than the chunk: read exactly it.
                 let Some(len) = frame_length(&chunk) else {
-                    return Err(self.corrupt(base, position, StorageError::BatchMalformed { reason: "segment ends inside a length prefix".into() }));
+                    return Err(self.corrupt(
+                        base,
+                        position,
+                        StorageError::BatchMalformed {
+                            reason: "segment ends inside a length prefix".into(),
+                        },
+                    ));
                 };
                 let whole = self.read_range(base, position, len).await?;
                 if whole.len() < len {
                     let segment_end = self.inner.state.borrow().segments.get(&base).map_or(0, |s| s.size);
                     if position + len as u64 > segment_end {
-                        return Err(self.corrupt(base, position, StorageError::BatchMalformed { reason: format!("frame of {len} bytes runs past the segment's end") }));
+                        return Err(self.corrupt(
+                            base,
+                            position,
+                            StorageError::BatchMalformed {
+                                reason: format!("frame of {len} bytes runs past the segment's end"),
+                            },
+                        ));
                     }
                     continue; // the frame straddled bytes moving from memory to disk; try again
                 }
@@ -790,7 +869,11 @@ impl PartitionLog {
         let file = match source {
             Source::Disk(file) => file,
             Source::Open(path) => {
-                let file = Rc::new(DmaFile::open(&path).await.map_err(|e| io_error("open segment", &path, e))?);
+                let file = Rc::new(
+                    DmaFile::open(&path)
+                        .await
+                        .map_err(|e| io_error("open segment", &path, e))?,
+                );
                 {
                     let mut st = self.inner.state.borrow_mut();
                     if let Some(segment) = st.segments.get_mut(&base) {
@@ -807,7 +890,10 @@ impl PartitionLog {
             Some(boundary) if start + len as u64 > boundary => {
                 // Part on disk, part in memory: join them in one buffer.
                 let disk_len = (boundary - start) as usize;
-                let disk = file.read_at(start, disk_len).await.map_err(|e| io_error("read segment", &path(), e))?;
+                let disk = file
+                    .read_at(start, disk_len)
+                    .await
+                    .map_err(|e| io_error("read segment", &path(), e))?;
                 let st = self.inner.state.borrow();
                 let still_active = st.active().base_offset == base;
                 if !still_active || disk.len() < disk_len || st.appender().memory_start() > boundary {
@@ -824,7 +910,10 @@ impl PartitionLog {
                 })
             }
             _ => {
-                let bytes = file.read_at(start, len).await.map_err(|e| io_error("read segment", &path(), e))?;
+                let bytes = file
+                    .read_at(start, len)
+                    .await
+                    .map_err(|e| io_error("read segment", &path(), e))?;
                 Ok(ReadBytes::Disk(bytes))
             }
         }
@@ -837,7 +926,11 @@ impl PartitionLog {
         let (base, start_offset, position, log_start) = {
             let st = self.inner.state.borrow();
             st.usable(&self.inner.dir)?;
-            let Some(segment) = st.segments.values().find(|s| !s.is_empty() && s.max_timestamp_ms >= timestamp_ms) else {
+            let Some(segment) = st
+                .segments
+                .values()
+                .find(|s| !s.is_empty() && s.max_timestamp_ms >= timestamp_ms)
+            else {
                 return Ok(None);
             };
             let start_relative = segment.time_index.lookup(timestamp_ms);
@@ -853,9 +946,13 @@ impl PartitionLog {
             TimestampType::LogAppendTime => info.append_time_ms,
         };
         let found = self
-            .seek(base, position.0, 0, |info| info.last_offset() >= start_offset && batch_timestamp(info) >= timestamp_ms)
+            .seek(base, position.0, 0, |info| {
+                info.last_offset() >= start_offset && batch_timestamp(info) >= timestamp_ms
+            })
             .await?;
-        let Some((position, bytes)) = found else { return Ok(None) };
+        let Some((position, bytes)) = found else {
+            return Ok(None);
+        };
         let len = frame_length(&bytes).expect("seek returns a whole frame");
         let frame = &bytes[..len];
         let info = verify_crc(frame).map_err(|e| self.corrupt(base, position, e))?;
@@ -899,10 +996,14 @@ impl PartitionLog {
             let (&base, segment) = st.segments.range(..=offset).next_back().expect("offset is in the log");
             (base, segment.offset_index.lookup(relative(base, offset)))
         };
-        let found = self.seek(base, position.0, 0, |info| info.last_offset() >= offset).await?;
+        let found = self
+            .seek(base, position.0, 0, |info| info.last_offset() >= offset)
+            .await?;
         let cut = match found {
             Some((position, bytes)) => {
-                let new_end = peek_header(&bytes).map_err(|e| self.corrupt(base, position, e))?.base_offset;
+                let new_end = peek_header(&bytes)
+                    .map_err(|e| self.corrupt(base, position, e))?
+                    .base_offset;
                 let log_start = self.log_start_offset();
                 if new_end < log_start {
                     // The cut falls inside the batch holding the log start:
@@ -937,9 +1038,13 @@ impl PartitionLog {
                 .await
                 .map_err(|e| io_error("open segment", &path, e))?;
             if let Some(cut) = cut {
-                file.truncate(cut).await.map_err(|e| io_error("truncate segment", &path, e))?;
+                file.truncate(cut)
+                    .await
+                    .map_err(|e| io_error("truncate segment", &path, e))?;
             }
-            file.fdatasync().await.map_err(|e| io_error("fdatasync segment", &path, e))?;
+            file.fdatasync()
+                .await
+                .map_err(|e| io_error("fdatasync segment", &path, e))?;
             file.close().await.map_err(|e| io_error("close segment", &path, e))?;
             remove_index_files(&self.inner.dir, base).await?;
             recover_active_segment(&self.inner.dir, base, &self.inner.config).await
@@ -1025,7 +1130,8 @@ impl PartitionLog {
         }
         self.inner.state.borrow_mut().log_start_offset = offset;
         write_log_start_checkpoint(&self.inner.dir, offset)?;
-        self.delete_sealed_segments_locked(|segment, _| segment.next_offset <= offset).await?;
+        self.delete_sealed_segments_locked(|segment, _| segment.next_offset <= offset)
+            .await?;
         Ok(())
     }
 
@@ -1161,7 +1267,9 @@ fn list_segments(dir: &Path) -> Result<Vec<Offset>> {
 
 async fn open_sealed_segment(dir: &Path, base: Offset, next: Offset, config: &LogConfig) -> Result<Segment> {
     let log_path = segment_path(dir, base, LOG_SUFFIX);
-    let size = std::fs::metadata(&log_path).map_err(|e| io_error("stat segment", &log_path, e))?.len();
+    let size = std::fs::metadata(&log_path)
+        .map_err(|e| io_error("stat segment", &log_path, e))?
+        .len();
     let relative_end = next.0 - base.0;
     let read = |suffix| std::fs::read(segment_path(dir, base, suffix)).map_err(|e| e.to_string());
     let indexes = read(OFFSET_INDEX_SUFFIX)
@@ -1180,9 +1288,13 @@ async fn open_sealed_segment(dir: &Path, base: Offset, next: Offset, config: &Lo
         other => {
             let reason = other.err().unwrap_or_else(|| "empty time index".into());
             tracing::warn!(segment = %log_path.display(), %reason, "rebuilding the indexes of a sealed segment");
-            let file = DmaFile::open(&log_path).await.map_err(|e| io_error("open segment", &log_path, e))?;
+            let file = DmaFile::open(&log_path)
+                .await
+                .map_err(|e| io_error("open segment", &log_path, e))?;
             let scan = scan_segment(&file, dir, base, size, config).await?;
-            file.close().await.map_err(|e| io_error("close segment", &log_path, e))?;
+            file.close()
+                .await
+                .map_err(|e| io_error("close segment", &log_path, e))?;
             if let Some((position, reason)) = scan.defect {
                 return Err(StorageError::CorruptBatch {
                     path: log_path,
@@ -1195,12 +1307,21 @@ async fn open_sealed_segment(dir: &Path, base: Offset, next: Offset, config: &Lo
                 return Err(StorageError::CorruptBatch {
                     path: log_path,
                     position: FilePosition(segment.size),
-                    reason: format!("sealed segment ends at offset {} but the next begins at {next}", segment.next_offset),
+                    reason: format!(
+                        "sealed segment ends at offset {} but the next begins at {next}",
+                        segment.next_offset
+                    ),
                 });
             }
             segment.index_max_timestamp();
-            write_index_file(&segment_path(dir, base, OFFSET_INDEX_SUFFIX), &segment.offset_index.encode())?;
-            write_index_file(&segment_path(dir, base, TIME_INDEX_SUFFIX), &segment.time_index.encode())?;
+            write_index_file(
+                &segment_path(dir, base, OFFSET_INDEX_SUFFIX),
+                &segment.offset_index.encode(),
+            )?;
+            write_index_file(
+                &segment_path(dir, base, TIME_INDEX_SUFFIX),
+                &segment.time_index.encode(),
+            )?;
             Ok(segment)
         }
     }
@@ -1220,16 +1341,24 @@ async fn recover_active_segment(dir: &Path, base: Offset, config: &LogConfig) ->
     let file_bytes = file.file_size().await.map_err(|e| io_error("stat segment", &path, e))?;
     let scan = scan_segment(&file, dir, base, file_bytes, config).await?;
     let end = scan.segment.size;
-    if let Some((position, reason)) = scan.defect.as_ref().filter(|(_, reason)| reason != crate::recovery::ZEROS) {
+    if let Some((position, reason)) = scan
+        .defect
+        .as_ref()
+        .filter(|(_, reason)| reason != crate::recovery::ZEROS)
+    {
         tracing::warn!(
             segment = %path.display(), %position, %reason, dropped_bytes = file_bytes - end,
             "cutting the torn tail of the active segment"
         );
     }
     if end < file_bytes {
-        file.truncate(end).await.map_err(|e| io_error("truncate segment", &path, e))?;
+        file.truncate(end)
+            .await
+            .map_err(|e| io_error("truncate segment", &path, e))?;
     }
-    file.fdatasync().await.map_err(|e| io_error("fdatasync segment", &path, e))?;
+    file.fdatasync()
+        .await
+        .map_err(|e| io_error("fdatasync segment", &path, e))?;
     file.close().await.map_err(|e| io_error("close segment", &path, e))?;
     let appender = SegmentAppender::open(&path, end, config.write_buffer_bytes).await?;
     Ok((scan.segment, appender))
@@ -1257,16 +1386,22 @@ async fn remove_index_files(dir: &Path, base: Offset) -> Result<()> {
 async fn remove_segment_files(dir: &Path, base: Offset) -> Result<()> {
     remove_index_files(dir, base).await?;
     let path = segment_path(dir, base, LOG_SUFFIX);
-    glommio::io::remove(&path).await.map_err(|e| io_error("remove segment", &path, e))
+    glommio::io::remove(&path)
+        .await
+        .map_err(|e| io_error("remove segment", &path, e))
 }
 
 fn read_log_start_checkpoint(dir: &Path) -> Result<Option<Offset>> {
     let path = dir.join(LOG_START_CHECKPOINT);
     match std::fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse().map(|o| Some(Offset(o))).map_err(|e| StorageError::InvalidLogDir {
-            path,
-            reason: format!("log start checkpoint {text:?} is not an offset: {e}"),
-        }),
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(|o| Some(Offset(o)))
+            .map_err(|e| StorageError::InvalidLogDir {
+                path,
+                reason: format!("log start checkpoint {text:?} is not an offset: {e}"),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_error("read log start checkpoint", &path, e)),
     }

@@ -37,12 +37,21 @@ pub struct Scan {
 /// Reads every batch of `file` from the start, checking each fully (length,
 /// rkyv validation, crc32c, dense offsets from `base`), and rebuilds the
 /// segment's indexes. Stops at the first batch that fails.
-pub async fn scan_segment(file: &DmaFile, dir: &Path, base: Offset, file_bytes: u64, config: &LogConfig) -> Result<Scan> {
+pub async fn scan_segment(
+    file: &DmaFile,
+    dir: &Path,
+    base: Offset,
+    file_bytes: u64,
+    config: &LogConfig,
+) -> Result<Scan> {
     let mut segment = Segment::new(dir, base);
     let path = segment.log_path.clone();
     let mut position = 0u64;
     let mut chunk_position = 0u64;
-    let mut chunk = file.read_at(0, 0).await.map_err(|e| io_error("read segment", &path, e))?;
+    let mut chunk = file
+        .read_at(0, 0)
+        .await
+        .map_err(|e| io_error("read segment", &path, e))?;
     let defect = loop {
         if position >= file_bytes {
             break None;
@@ -52,7 +61,9 @@ pub async fn scan_segment(file: &DmaFile, dir: &Path, base: Offset, file_bytes: 
         if chunk.len() - in_chunk < needed {
             let remaining = (file_bytes - position) as usize;
             if needed > remaining {
-                break Some(format!("a batch of {needed} bytes runs past the file's end ({remaining} bytes left)"));
+                break Some(format!(
+                    "a batch of {needed} bytes runs past the file's end ({remaining} bytes left)"
+                ));
             }
             let len = needed.max(SCAN_CHUNK_BYTES).min(remaining);
             chunk = file
@@ -79,7 +90,12 @@ pub async fn scan_segment(file: &DmaFile, dir: &Path, base: Offset, file_bytes: 
                 info.base_offset, segment.next_offset
             ));
         }
-        segment.note_batch(FilePosition(position), &info, config.timestamp_type, config.index_interval_bytes);
+        segment.note_batch(
+            FilePosition(position),
+            &info,
+            config.timestamp_type,
+            config.index_interval_bytes,
+        );
         position += needed as u64;
     };
     Ok(Scan {

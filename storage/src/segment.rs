@@ -85,7 +85,13 @@ impl Segment {
 
     /// Records a batch just placed at `position`: offsets, indexes, timestamps.
     /// The one place index entries are made, on append and in recovery alike.
-    pub fn note_batch(&mut self, position: FilePosition, info: &BatchInfo, timestamp_type: TimestampType, index_interval_bytes: u32) {
+    pub fn note_batch(
+        &mut self,
+        position: FilePosition,
+        info: &BatchInfo,
+        timestamp_type: TimestampType,
+        index_interval_bytes: u32,
+    ) {
         assert_eq!(position.0, self.size, "batches are laid end to end");
         assert_eq!(info.base_offset, self.next_offset, "offsets are dense and increasing");
         let timestamp_ms = match timestamp_type {
@@ -220,7 +226,9 @@ impl SegmentAppender {
 
     /// Bytes below this position are on disk; from it on, they are in memory.
     pub fn memory_start(&self) -> u64 {
-        self.in_flight.as_ref().map_or(self.buffer_base, |(position, _)| *position)
+        self.in_flight
+            .as_ref()
+            .map_or(self.buffer_base, |(position, _)| *position)
     }
 
     pub fn free_bytes(&self) -> usize {
@@ -274,7 +282,11 @@ impl SegmentAppender {
         self.in_flight = Some((position, sealed.clone()));
         self.buffer_base += whole as u64;
         self.buffer_len = tail;
-        self.position_submitted = if pad { end } else { self.position_submitted.max(self.buffer_base) };
+        self.position_submitted = if pad {
+            end
+        } else {
+            self.position_submitted.max(self.buffer_base)
+        };
         Some(SealedWrite {
             file: self.file.clone(),
             buffer: sealed,

@@ -26,7 +26,11 @@ async fn build_log(dir: &Path) -> (Vec<u8>, usize) {
     let log = PartitionLog::open(dir, config()).await.unwrap();
     let mut last = None;
     for tag in 0..BATCHES {
-        last = Some(log.append(&batch(tag, 3, 40 + tag as usize * 7, 100 + tag as i64)).await.unwrap());
+        last = Some(
+            log.append(&batch(tag, 3, 40 + tag as usize * 7, 100 + tag as i64))
+                .await
+                .unwrap(),
+        );
     }
     log.close().await.unwrap();
     let bytes = std::fs::read(segment_path(dir, Offset(0), LOG_SUFFIX)).unwrap();
@@ -120,10 +124,15 @@ fn a_crash_loses_at_most_what_was_not_flushed() {
 
 /// Two sealed segments and an active one, closed cleanly.
 async fn build_sealed(dir: &Path) -> Vec<Offset> {
-    let config = LogConfig { segment_bytes: 1024, ..config() };
+    let config = LogConfig {
+        segment_bytes: 1024,
+        ..config()
+    };
     let log = PartitionLog::open(dir, config).await.unwrap();
     for tag in 0..BATCHES {
-        log.append(&batch(tag, 3, 40 + tag as usize * 7, 100 + tag as i64)).await.unwrap();
+        log.append(&batch(tag, 3, 40 + tag as usize * 7, 100 + tag as i64))
+            .await
+            .unwrap();
     }
     let bases = log.segment_base_offsets();
     assert!(bases.len() >= 3);
@@ -136,7 +145,10 @@ fn a_corrupt_batch_in_a_sealed_segment_is_reported_never_served() {
     let dir = test_dir();
     run(|| async {
         let bases = build_sealed(dir.path()).await;
-        let config = LogConfig { segment_bytes: 1024, ..config() };
+        let config = LogConfig {
+            segment_bytes: 1024,
+            ..config()
+        };
         let sealed = segment_path(dir.path(), bases[0], LOG_SUFFIX);
         let mut bytes = std::fs::read(&sealed).unwrap();
         bytes[60] ^= 0x01;
@@ -160,8 +172,14 @@ fn a_corrupt_batch_in_a_sealed_segment_is_reported_never_served() {
         // Without its index, the open must rebuild it by scanning, finds the
         // corrupt batch, and refuses to open rather than drop data silently.
         std::fs::remove_file(segment_path(dir.path(), bases[0], OFFSET_INDEX_SUFFIX)).unwrap();
-        let err = PartitionLog::open(dir.path(), config).await.err().expect("open refused");
-        assert!(matches!(&err, StorageError::CorruptBatch { path, .. } if path == &sealed), "{err}");
+        let err = PartitionLog::open(dir.path(), config)
+            .await
+            .err()
+            .expect("open refused");
+        assert!(
+            matches!(&err, StorageError::CorruptBatch { path, .. } if path == &sealed),
+            "{err}"
+        );
         assert!(err.to_string().contains("sealed segment"), "{err}");
     });
 }
@@ -171,7 +189,10 @@ fn damaged_or_missing_indexes_are_rebuilt() {
     let dir = test_dir();
     run(|| async {
         let bases = build_sealed(dir.path()).await;
-        let config = LogConfig { segment_bytes: 1024, ..config() };
+        let config = LogConfig {
+            segment_bytes: 1024,
+            ..config()
+        };
         std::fs::write(segment_path(dir.path(), bases[0], OFFSET_INDEX_SUFFIX), [1, 2, 3]).unwrap();
         std::fs::remove_file(segment_path(dir.path(), bases[1], TIME_INDEX_SUFFIX)).unwrap();
         std::fs::write(segment_path(dir.path(), bases[1], OFFSET_INDEX_SUFFIX), [0xff; 16]).unwrap();

@@ -16,7 +16,10 @@ fn appends_read_back_and_survive_reopen() {
         let mut expected = Vec::new();
         for tag in 0..200u64 {
             let count = 1 + (tag as usize % 5);
-            let info = log.append(&batch(tag, count, 100 + tag as usize, 1000 + tag as i64)).await.unwrap();
+            let info = log
+                .append(&batch(tag, count, 100 + tag as usize, 1000 + tag as i64))
+                .await
+                .unwrap();
             assert_eq!(info.last_offset.0 - info.base_offset.0 + 1, count as u64);
             for i in 0..count {
                 let mut value = format!("{tag}-{i}-").into_bytes();
@@ -64,7 +67,16 @@ fn reads_from_every_offset_start_at_the_right_batch() {
             assert_eq!(read.next_offset, info.next_offset());
         }
         let past = log.read(Offset(301), 100).await.unwrap_err();
-        assert!(matches!(past, StorageError::OffsetOutOfRange { offset: Offset(301), .. }), "{past}");
+        assert!(
+            matches!(
+                past,
+                StorageError::OffsetOutOfRange {
+                    offset: Offset(301),
+                    ..
+                }
+            ),
+            "{past}"
+        );
         log.close().await.unwrap();
     });
 }
@@ -114,7 +126,10 @@ fn tail_reads_come_from_memory_and_match_disk() {
         let info = log.append(&batch(1, 2, 50, 0)).await.unwrap();
         let read = log.read(info.base_offset, 1 << 20).await.unwrap();
         assert!(!read.bytes.is_empty());
-        assert!(matches!(read.bytes, storage::ReadBytes::Memory { .. }), "unflushed tail is served from memory");
+        assert!(
+            matches!(read.bytes, storage::ReadBytes::Memory { .. }),
+            "unflushed tail is served from memory"
+        );
         let from_memory = read.bytes.to_vec();
         log.close().await.unwrap();
         let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
@@ -161,7 +176,11 @@ fn finds_offsets_by_timestamp() {
         assert!(log.segment_base_offsets().len() > 2);
         for target in [-5i64, 0, 1, 3, 4, 9, 10, 11, 1234, 2995, 2999, 3003] {
             let expected = (0..1200u64).find(|o| 10 * (*o as i64 / 4) + (*o as i64 % 4) >= target);
-            assert_eq!(log.offset_for_timestamp(target).await.unwrap(), expected.map(Offset), "target {target}");
+            assert_eq!(
+                log.offset_for_timestamp(target).await.unwrap(),
+                expected.map(Offset),
+                "target {target}"
+            );
         }
         log.close().await.unwrap();
         let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
@@ -209,14 +228,19 @@ fn retention_by_size_and_age_deletes_whole_sealed_segments() {
             retention_ms: Some(1_000_000),
             ..small_config()
         };
-        let log = PartitionLog::open_with_clock(dir.path(), config.clone(), clock.clone()).await.unwrap();
+        let log = PartitionLog::open_with_clock(dir.path(), config.clone(), clock.clone())
+            .await
+            .unwrap();
         for tag in 0..600u64 {
             log.append(&batch(tag, 1, 1000, tag as i64 * 1000)).await.unwrap();
         }
         let before = log.segment_base_offsets();
         let deleted = log.apply_retention().await.unwrap();
         assert!(deleted > 0);
-        assert!(log.size_bytes() < (200 << 10) + (64 << 10), "within one segment of the limit");
+        assert!(
+            log.size_bytes() < (200 << 10) + (64 << 10),
+            "within one segment of the limit"
+        );
         assert!(log.size_bytes() >= 200 << 10, "no more than needed was deleted");
         let after = log.segment_base_offsets();
         assert_eq!(after.len(), before.len() - deleted);
@@ -224,14 +248,20 @@ fn retention_by_size_and_age_deletes_whole_sealed_segments() {
         let seen = read_all(&log, 1 << 20).await;
         assert_eq!(seen.first().unwrap().offset, after[0]);
         assert_eq!(seen.last().unwrap().offset, Offset(599));
-        assert!(matches!(log.read(Offset(0), 100).await, Err(StorageError::OffsetOutOfRange { .. })));
+        assert!(matches!(
+            log.read(Offset(0), 100).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
 
         // Age: every record is stamped by its tag in seconds. At 1_000_000 +
         // 560_000 ms, segments whose newest record is older than 560 s go.
         now.set(1_560_000);
         log.apply_retention().await.unwrap();
         let first = log.segment_base_offsets()[0];
-        assert!(first.0 > 500, "segments older than 560 s are gone, first is now {first}");
+        assert!(
+            first.0 > 500,
+            "segments older than 560 s are gone, first is now {first}"
+        );
         // The active segment is never deleted, however old.
         now.set(i64::MAX / 2);
         log.apply_retention().await.unwrap();
@@ -259,7 +289,10 @@ fn delete_records_moves_the_log_start_durably() {
         log.close().await.unwrap();
         let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
         assert_eq!(log.log_start_offset(), Offset(150));
-        assert!(matches!(log.read(Offset(149), 10).await, Err(StorageError::OffsetOutOfRange { .. })));
+        assert!(matches!(
+            log.read(Offset(149), 10).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
         log.close().await.unwrap();
     });
 }
@@ -279,7 +312,10 @@ fn concurrent_appenders_share_flushes() {
                 glommio::spawn_local(async move {
                     for i in 0..20u64 {
                         let info = log.append(&batch(task * 1000 + i, 2, 200, 0)).await.unwrap();
-                        assert!(log.durable_offset() > info.last_offset, "EveryAppend returns once durable");
+                        assert!(
+                            log.durable_offset() > info.last_offset,
+                            "EveryAppend returns once durable"
+                        );
                     }
                 })
             })
@@ -290,7 +326,12 @@ fn concurrent_appenders_share_flushes() {
         assert_eq!(log.log_end_offset(), Offset(32 * 20 * 2));
         let stats = log.stats();
         eprintln!("group commit: {stats:?}");
-        assert!(stats.flushes < 32 * 20, "group commit: {} fdatasyncs for {} appends", stats.flushes, 32 * 20);
+        assert!(
+            stats.flushes < 32 * 20,
+            "group commit: {} fdatasyncs for {} appends",
+            stats.flushes,
+            32 * 20
+        );
         let seen = read_all(&log, 1 << 16).await;
         for task in 0..32u64 {
             let keys: Vec<u64> = seen
@@ -336,7 +377,10 @@ fn interval_and_byte_flush_policies_make_appends_durable() {
         for tag in 0..20 {
             last = log.append(&batch(tag, 1, 1000, 0)).await.unwrap();
         }
-        assert!(log.durable_offset() > first.last_offset, "crossing 10,000 bytes flushed");
+        assert!(
+            log.durable_offset() > first.last_offset,
+            "crossing 10,000 bytes flushed"
+        );
         assert!(log.durable_offset().0 + 12 >= last.last_offset.0);
         log.close().await.unwrap();
     });
@@ -368,10 +412,20 @@ fn bad_batches_are_refused_and_change_nothing() {
             log.append(&batch(5, 5, 999, 0)).await,
             log.append(&[]).await,
         ];
-        assert!(matches!(results[0], Err(StorageError::BatchCrcMismatch { .. } | StorageError::BatchMalformed { .. })));
+        assert!(matches!(
+            results[0],
+            Err(StorageError::BatchCrcMismatch { .. } | StorageError::BatchMalformed { .. })
+        ));
         assert!(matches!(results[1], Err(StorageError::BatchMalformed { .. })));
         assert!(matches!(results[2], Err(StorageError::BatchMalformed { .. })));
-        assert!(matches!(results[3], Err(StorageError::RecordTooLarge { size: 1009, max: 1000, .. })));
+        assert!(matches!(
+            results[3],
+            Err(StorageError::RecordTooLarge {
+                size: 1009,
+                max: 1000,
+                ..
+            })
+        ));
         assert!(matches!(results[4], Err(StorageError::BatchTooLarge { max: 4096, .. })));
         assert!(results[5].is_err());
         for r in &results {
@@ -388,10 +442,23 @@ fn invalid_config_is_refused() {
     let dir = test_dir();
     run(|| async {
         for config in [
-            LogConfig { write_buffer_bytes: 1000, ..LogConfig::default() },
-            LogConfig { write_buffer_bytes: 1 << 20, batch_bytes_max: 1 << 20, ..LogConfig::default() },
-            LogConfig { segment_bytes: 1 << 32, ..LogConfig::default() },
-            LogConfig { flush: FlushPolicy::IntervalMs(0), ..LogConfig::default() },
+            LogConfig {
+                write_buffer_bytes: 1000,
+                ..LogConfig::default()
+            },
+            LogConfig {
+                write_buffer_bytes: 1 << 20,
+                batch_bytes_max: 1 << 20,
+                ..LogConfig::default()
+            },
+            LogConfig {
+                segment_bytes: 1 << 32,
+                ..LogConfig::default()
+            },
+            LogConfig {
+                flush: FlushPolicy::IntervalMs(0),
+                ..LogConfig::default()
+            },
         ] {
             let err = PartitionLog::open(dir.path(), config).await.err().expect("refused");
             assert!(matches!(err, StorageError::InvalidConfig { .. }), "{err}");
@@ -434,7 +501,9 @@ fn a_segment_larger_than_the_write_buffer_reads_back_while_it_is_written() {
             })
         };
         for tag in 0..1000u64 {
-            log.append(&batch(tag, 3, 100 + (tag as usize * 37) % 2000, 0)).await.unwrap();
+            log.append(&batch(tag, 3, 100 + (tag as usize * 37) % 2000, 0))
+                .await
+                .unwrap();
             if tag % 7 == 0 {
                 glommio::yield_if_needed().await;
             }
