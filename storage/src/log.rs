@@ -327,6 +327,12 @@ impl PartitionLog {
         self.inner.state.borrow().size_bytes()
     }
 
+    /// Sealed segments whose files are open for reads now (at most
+    /// `open_segments_max`).
+    pub fn open_segment_files(&self) -> usize {
+        self.inner.state.borrow().open_reads.len()
+    }
+
     pub fn stats(&self) -> LogStats {
         self.inner.state.borrow().stats
     }
@@ -440,6 +446,10 @@ impl PartitionLog {
                 }
                 None => {
                     let _flushing = FlushingGuard { inner: &self.inner };
+                    // Let the tasks that are ready to run (often those woken
+                    // by the last flush) append first, so this flush covers
+                    // them too instead of leaving them for the next one.
+                    glommio::executor().yield_now().await;
                     let _permit = self.lock().await?;
                     self.flush_locked().await?;
                 }

@@ -517,3 +517,27 @@ fn a_segment_larger_than_the_write_buffer_reads_back_while_it_is_written() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn open_segment_files_stay_within_their_limit() {
+    let dir = test_dir();
+    run(|| async {
+        let config = LogConfig {
+            open_segments_max: 3,
+            segment_bytes: 8 << 10,
+            ..small_config()
+        };
+        let log = PartitionLog::open(dir.path(), config).await.unwrap();
+        for tag in 0..100u64 {
+            log.append(&batch(tag, 2, 900, 0)).await.unwrap();
+        }
+        assert!(log.segment_base_offsets().len() > 10);
+        assert!(log.open_segment_files() <= 3);
+        // Reading every segment opens each in turn; the oldest are closed.
+        assert_eq!(read_all(&log, 1000).await.len(), 200);
+        assert!(log.open_segment_files() <= 3);
+        assert_eq!(read_all(&log, 1 << 20).await.len(), 200);
+        assert!(log.open_segment_files() <= 3);
+        log.close().await.unwrap();
+    });
+}
