@@ -5,6 +5,7 @@
 //! storage engine), repeats every cell, and writes the medians with the
 //! machine's description to `perf-reports/`.
 
+mod index;
 mod machine;
 mod storage_bench;
 
@@ -26,6 +27,11 @@ struct Cli {
 enum Command {
     /// Append throughput of the partition log against raw O_DIRECT writes.
     Storage(storage_bench::Args),
+    /// Regenerate perf-reports/README.md from the reports' JSON files.
+    Index {
+        #[arg(long, default_value_os_t = default_report_dir())]
+        report_dir: PathBuf,
+    },
 }
 
 fn main() {
@@ -35,6 +41,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Storage(args) => storage_bench::run(args),
+        Command::Index { report_dir } => index::write(&report_dir),
     };
     if let Err(error) = result {
         eprintln!("corelog-bench: {error}");

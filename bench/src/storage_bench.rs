@@ -52,8 +52,8 @@ const IO_MEMORY_BYTES: usize = 64 << 20;
 /// Distinct pre-built batches cycled through, so that encoding is not measured.
 const BATCH_POOL: usize = 16;
 
-#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
-enum Case {
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize, PartialEq)]
+pub enum Case {
     RawWrite,
     RawWritePreallocated,
     LogNoFlush,
@@ -73,15 +73,15 @@ impl Case {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
-struct Sample {
-    case: Case,
-    batch_bytes: usize,
-    bytes: u64,
-    seconds: f64,
-    mb_per_s: f64,
-    appends: u64,
-    fdatasyncs: u64,
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Sample {
+    pub case: Case,
+    pub batch_bytes: usize,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub mb_per_s: f64,
+    pub appends: u64,
+    pub fdatasyncs: u64,
 }
 
 pub fn run(args: Args) -> Result<(), String> {
@@ -121,6 +121,7 @@ pub fn run(args: Args) -> Result<(), String> {
         let path = args.report_dir.join("storage.json");
         std::fs::write(&path, serde_json::to_string_pretty(&json).expect("json")).map_err(|e| e.to_string())?;
         eprintln!("wrote {} and {}", md.display(), path.display());
+        crate::index::write(&args.report_dir)?;
     }
     Ok(())
 }
@@ -349,7 +350,7 @@ async fn log_append(
     })
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n == 0 {
