@@ -1205,17 +1205,21 @@ impl PartitionLog {
         let _permit = self.lock().await?;
         self.inner.state.borrow().usable(&self.inner.dir)?;
         self.finish_active_locked().await?;
-        let appender = {
+        let files: Vec<Rc<DmaFile>> = {
             let mut st = self.inner.state.borrow_mut();
             st.closed = true;
-            for segment in st.segments.values_mut() {
-                segment.read_file = None;
-            }
             st.open_reads.clear();
-            st.appender.take()
+            let mut files: Vec<Rc<DmaFile>> = st.segments.values_mut().filter_map(|s| s.read_file.take()).collect();
+            files.extend(st.appender.take().map(|appender| appender.file.clone()));
+            files
         };
-        drop(appender);
         self.inner.io_lock.close();
+        // Close the files now: a dropped glommio file is closed only on the
+        // reactor's next cycle, which may never come if the executor ends.
+        for file in files {
+            let path = file.path().map(|p| p.to_path_buf()).unwrap_or_default();
+            file.close_rc().await.map_err(|e| io_error("close segment", &path, e))?;
+        }
         Ok(())
     }
 }
