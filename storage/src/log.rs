@@ -136,6 +136,8 @@ struct State {
     next_offset: Offset,
     /// Every offset below this is durable.
     durable_offset: Offset,
+    /// Bytes appended since the last flush began.
+    unflushed_bytes: u64,
     /// Sealed segments with an open read handle, least recently used first.
     open_reads: VecDeque<Offset>,
     /// The write of a sealed buffer, running while appends fill the next one.
@@ -286,6 +288,7 @@ impl PartitionLog {
                 next_offset,
                 // Recovery synced the active segment: all that is there is durable.
                 durable_offset: next_offset,
+                unflushed_bytes: 0,
                 open_reads: VecDeque::new(),
                 pending_write: None,
                 flushing: false,
@@ -364,10 +367,7 @@ impl PartitionLog {
         match self.inner.config.flush {
             FlushPolicy::EveryAppend => self.wait_durable(appended.last_offset).await?,
             FlushPolicy::Bytes(bytes) => {
-                let unflushed = {
-                    let st = self.inner.state.borrow();
-                    st.appender().position_appended() - st.appender().memory_start()
-                };
+                let unflushed = self.inner.state.borrow().unflushed_bytes;
                 if unflushed >= bytes {
                     self.wait_durable(appended.last_offset).await?;
                 }
@@ -407,6 +407,7 @@ impl PartitionLog {
         };
         st.active_mut()
             .note_batch(position, &stamped, config.timestamp_type, config.index_interval_bytes);
+        st.unflushed_bytes += frame.len() as u64;
         st.next_offset = stamped.next_offset();
         Ok(AppendInfo {
             base_offset,
@@ -596,7 +597,10 @@ impl PartitionLog {
     }
 
     async fn flush_locked(&self) -> Result<()> {
-        let target = self.inner.state.borrow().next_offset;
+        let (target, unflushed) = {
+            let st = self.inner.state.borrow();
+            (st.next_offset, st.unflushed_bytes)
+        };
         self.write_out_locked(true, true).await?;
         let (file, path) = {
             let st = self.inner.state.borrow();
@@ -607,6 +611,7 @@ impl PartitionLog {
         }
         let mut st = self.inner.state.borrow_mut();
         st.durable_offset = st.durable_offset.max(target);
+        st.unflushed_bytes -= unflushed;
         st.stats.flushes += 1;
         Ok(())
     }
@@ -802,6 +807,10 @@ impl PartitionLog {
             if at == 0 {
                 // One frame larger than the chunk: read exactly it.
                 let Some(len) = frame_length(&chunk) else {
+                    let segment_end = self.inner.state.borrow().segments.get(&base).map_or(0, |s| s.size);
+                    if position + (chunk.len() as u64) < segment_end {
+                        continue; // a short read where bytes moved from memory to disk; try again
+                    }
                     return Err(self.corrupt(
                         base,
                         position,
