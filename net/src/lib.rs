@@ -1,0 +1,15 @@
+//! corelog's wire protocols.
+//!
+//! Today: the native protocol's sans-IO codec (`codec`) and its messages
+//! (`messages`): bytes in, frames and typed messages out, no sockets, so it
+//! can be fuzzed and driven by any transport. Record batches travel as raw
+//! bytes in a frame's payload section, outside the rkyv archive that
+//! describes them, so neither side copies record bytes to build or read a
+//! message. The client library and the Kafka codec come next (issues 3, 6).
+
+pub mod codec;
+pub mod error;
+pub mod messages;
+
+pub use codec::{ApiKey, FrameDecoder, PayloadBuilder, RequestFrame, ResponseFrame};
+pub use error::{ErrorCode, NetError};

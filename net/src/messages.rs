@@ -1,0 +1,621 @@
+//! The native protocol's messages, as rkyv archives. A request's body is
+//! the archive for its api key; record batches are not in the archive but in
+//! the frame's payload, which `PayloadRange`s point into.
+//!
+//! Errors are Kafka's codes (`ErrorCode`) carried as `i16`, so a newer
+//! broker's unknown code still decodes. Partitions are `u32`, offsets `u64`,
+//! timestamps ms since the epoch as `i64`.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::codec::{access, ApiKey, RequestFrame};
+use crate::error::NetError;
+
+/// Where in the frame's payload some raw bytes lie.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct PayloadRange {
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// `acks` of a produce request.
+pub mod acks {
+    /// No response at all.
+    pub const NONE: i8 = 0;
+    /// The partition's owner appended the batches.
+    pub const LEADER: i8 = 1;
+    /// Every in-sync replica has them; on one node: durable on disk.
+    pub const ALL: i8 = -1;
+}
+
+/// `timestamp` of a list-offsets query that asks for the log start offset.
+pub const EARLIEST_TIMESTAMP: i64 = -2;
+/// `timestamp` of a list-offsets query that asks for the log end offset.
+pub const LATEST_TIMESTAMP: i64 = -1;
+
+/// The reply to a request the broker could not take at all: unsupported api
+/// or version, or a body that fails validation. Sent with the request's
+/// correlation id; the connection stays open.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ErrorResponse {
+    pub error: i16,
+    pub message: String,
+}
+
+/// The version handshake: the first request on a connection.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ApiVersionsRequest {
+    pub client_name: String,
+    pub client_version: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ApiVersionRange {
+    pub api_key: u16,
+    pub min_version: u16,
+    pub max_version: u16,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ApiVersionsResponse {
+    pub error: i16,
+    pub apis: Vec<ApiVersionRange>,
+    pub broker_version: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MetadataRequest {
+    /// None: every topic.
+    pub topics: Option<Vec<String>>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct BrokerInfo {
+    pub node_id: u32,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct PartitionMetadata {
+    pub partition: u32,
+    pub error: i16,
+    pub leader: u32,
+    /// The shard (core) of the leader that owns the partition.
+    pub shard: u16,
+    pub log_start_offset: u64,
+    pub high_watermark: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TopicConfig {
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TopicMetadata {
+    pub name: String,
+    pub error: i16,
+    pub partitions: Vec<PartitionMetadata>,
+    pub configs: Vec<TopicConfig>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct MetadataResponse {
+    pub brokers: Vec<BrokerInfo>,
+    pub topics: Vec<TopicMetadata>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: u32,
+    pub configs: Vec<TopicConfig>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct CreateTopicsRequest {
+    pub topics: Vec<NewTopic>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TopicResult {
+    pub name: String,
+    pub error: i16,
+    pub message: Option<String>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct CreateTopicsResponse {
+    pub results: Vec<TopicResult>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DeleteTopicsRequest {
+    pub names: Vec<String>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DeleteTopicsResponse {
+    pub results: Vec<TopicResult>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ProducePartition {
+    pub partition: u32,
+    /// Record batch frames laid end to end in the payload.
+    pub batches: PayloadRange,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ProduceTopic {
+    pub name: String,
+    pub partitions: Vec<ProducePartition>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ProduceRequest {
+    /// `acks::NONE`, `acks::LEADER` or `acks::ALL`.
+    pub acks: i8,
+    pub timeout_ms: u32,
+    pub topics: Vec<ProduceTopic>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ProducePartitionResponse {
+    pub partition: u32,
+    pub error: i16,
+    /// Offset of the first record of the first batch appended.
+    pub base_offset: u64,
+    pub log_append_time_ms: i64,
+    pub log_start_offset: u64,
+    pub message: Option<String>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ProduceTopicResponse {
+    pub name: String,
+    pub partitions: Vec<ProducePartitionResponse>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ProduceResponse {
+    pub topics: Vec<ProduceTopicResponse>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct FetchPartition {
+    pub partition: u32,
+    pub offset: u64,
+    pub max_bytes: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct FetchTopic {
+    pub name: String,
+    pub partitions: Vec<FetchPartition>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct FetchRequest {
+    /// Long poll: wait up to this long for `min_bytes` to be available.
+    pub max_wait_ms: u32,
+    pub min_bytes: u32,
+    pub max_bytes: u32,
+    pub topics: Vec<FetchTopic>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct FetchPartitionResponse {
+    pub partition: u32,
+    pub error: i16,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+    /// Whole record batch frames, laid end to end in the payload.
+    pub records: PayloadRange,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct FetchTopicResponse {
+    pub name: String,
+    pub partitions: Vec<FetchPartitionResponse>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct FetchResponse {
+    pub topics: Vec<FetchTopicResponse>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ListOffsetsPartition {
+    pub partition: u32,
+    /// `EARLIEST_TIMESTAMP`, `LATEST_TIMESTAMP`, or a timestamp in ms.
+    pub timestamp: i64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ListOffsetsTopic {
+    pub name: String,
+    pub partitions: Vec<ListOffsetsPartition>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ListOffsetsRequest {
+    pub topics: Vec<ListOffsetsTopic>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ListOffsetsPartitionResponse {
+    pub partition: u32,
+    pub error: i16,
+    /// None when no record is at or after the timestamp.
+    pub offset: Option<u64>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ListOffsetsTopicResponse {
+    pub name: String,
+    pub partitions: Vec<ListOffsetsPartitionResponse>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ListOffsetsResponse {
+    pub topics: Vec<ListOffsetsTopicResponse>,
+}
+
+/// A request decoded in place: the validated archive in the receive buffer.
+#[derive(Debug)]
+pub enum Request<'a> {
+    ApiVersions(&'a ArchivedApiVersionsRequest),
+    Metadata(&'a ArchivedMetadataRequest),
+    CreateTopics(&'a ArchivedCreateTopicsRequest),
+    DeleteTopics(&'a ArchivedDeleteTopicsRequest),
+    Produce(&'a ArchivedProduceRequest),
+    Fetch(&'a ArchivedFetchRequest),
+    ListOffsets(&'a ArchivedListOffsetsRequest),
+}
+
+/// Decodes a request frame's body: checks the api key and version are
+/// supported and validates the archive. Payload ranges are checked when
+/// used (`RequestFrame::payload_slice`).
+pub fn decode_request<'a>(frame: &RequestFrame<'a>) -> Result<Request<'a>, NetError> {
+    let unsupported = NetError::UnsupportedApi {
+        api_key: frame.api_key,
+        api_version: frame.api_version,
+    };
+    let Some(api) = ApiKey::from_u16(frame.api_key) else {
+        return Err(unsupported);
+    };
+    let (min, max) = api.versions();
+    if frame.api_version < min || frame.api_version > max {
+        return Err(unsupported);
+    }
+    let archive = frame.archive;
+    Ok(match api {
+        ApiKey::ApiVersions => Request::ApiVersions(access(archive, "ApiVersions request")?),
+        ApiKey::Metadata => Request::Metadata(access(archive, "Metadata request")?),
+        ApiKey::CreateTopics => Request::CreateTopics(access(archive, "CreateTopics request")?),
+        ApiKey::DeleteTopics => Request::DeleteTopics(access(archive, "DeleteTopics request")?),
+        ApiKey::Produce => Request::Produce(access(archive, "Produce request")?),
+        ApiKey::Fetch => Request::Fetch(access(archive, "Fetch request")?),
+        ApiKey::ListOffsets => Request::ListOffsets(access(archive, "ListOffsets request")?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::*;
+    use proptest::prelude::*;
+
+    fn produce_frame(batches: &[Vec<u8>], correlation_id: u32) -> Vec<u8> {
+        let mut payload = PayloadBuilder::default();
+        let partitions = batches
+            .iter()
+            .enumerate()
+            .map(|(i, b)| ProducePartition {
+                partition: i as u32,
+                batches: payload.push(b).unwrap(),
+            })
+            .collect();
+        let request = ProduceRequest {
+            acks: acks::ALL,
+            timeout_ms: 30_000,
+            topics: vec![ProduceTopic {
+                name: "orders".into(),
+                partitions,
+            }],
+        };
+        let mut out = Vec::new();
+        encode_request(ApiKey::Produce, 0, correlation_id, &request, &payload, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_produce_request_carries_its_batches_outside_the_archive() {
+        let batches = vec![vec![1u8; 300], vec![], vec![7u8; 5000]];
+        let bytes = produce_frame(&batches, 42);
+        let decoder = FrameDecoder::default();
+        let (frame, used) = decoder.request(&bytes).unwrap().unwrap();
+        assert_eq!(used, bytes.len());
+        assert_eq!(frame.correlation_id, 42);
+        assert_eq!(frame.payload.len(), 5300);
+        let Request::Produce(produce) = decode_request(&frame).unwrap() else {
+            panic!("not a produce")
+        };
+        assert_eq!(produce.acks, acks::ALL);
+        for (p, expected) in produce.topics[0].partitions.iter().zip(&batches) {
+            assert_eq!(frame.payload_slice(&p.batches).unwrap(), &expected[..]);
+        }
+    }
+
+    #[test]
+    fn frames_arrive_in_pieces_and_back_to_back() {
+        let mut stream = produce_frame(&[vec![3u8; 100]], 1);
+        let first_len = stream.len();
+        stream.extend(produce_frame(&[vec![4u8; 10]], 2));
+        let decoder = FrameDecoder::default();
+        for cut in 0..stream.len() {
+            match decoder.request(&stream[..cut]).unwrap() {
+                None => assert!(cut < first_len),
+                Some((frame, used)) => {
+                    assert_eq!(frame.correlation_id, 1);
+                    assert_eq!(used, first_len);
+                }
+            }
+        }
+        let (first, used) = decoder.request(&stream).unwrap().unwrap();
+        assert_eq!(first.correlation_id, 1);
+        let (second, _) = decoder.request(&stream[used..]).unwrap().unwrap();
+        assert_eq!(second.correlation_id, 2);
+    }
+
+    #[test]
+    fn bad_frames_get_clear_errors() {
+        let decoder = FrameDecoder { frame_bytes_max: 1024 };
+        let oversized = 5000u32.to_le_bytes();
+        assert_eq!(
+            decoder.request(&oversized).unwrap_err(),
+            NetError::FrameTooLarge { size: 5004, max: 1024 }
+        );
+        let short = [2u8, 0, 0, 0, 1, 2];
+        assert!(matches!(decoder.request(&short), Err(NetError::FrameTooShort { .. })));
+        let mut overrun = vec![12u8, 0, 0, 0, 4, 0, 0, 0, 9, 0, 0, 0];
+        overrun.extend_from_slice(&100u32.to_le_bytes());
+        assert!(matches!(
+            decoder.request(&overrun),
+            Err(NetError::ArchiveOverrun { .. })
+        ));
+
+        let mut garbage = vec![20u8, 0, 0, 0, 4, 0, 0, 0, 9, 0, 0, 0, 8, 0, 0, 0];
+        garbage.extend_from_slice(&[0xAB; 8]);
+        let (frame, _) = decoder.request(&garbage).unwrap().unwrap();
+        assert!(matches!(decode_request(&frame), Err(NetError::Malformed { .. })));
+
+        let mut bytes = produce_frame(&[vec![1u8; 10]], 5);
+        bytes[4] = 99; // unknown api key
+        let (frame, _) = FrameDecoder::default().request(&bytes).unwrap().unwrap();
+        assert_eq!(
+            decode_request(&frame).unwrap_err(),
+            NetError::UnsupportedApi {
+                api_key: 99,
+                api_version: 0
+            }
+        );
+        let mut bytes = produce_frame(&[vec![1u8; 10]], 5);
+        bytes[6] = 7; // unsupported version
+        let (frame, _) = FrameDecoder::default().request(&bytes).unwrap().unwrap();
+        assert!(matches!(
+            decode_request(&frame),
+            Err(NetError::UnsupportedApi { api_version: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn a_range_outside_the_payload_is_refused() {
+        let range = PayloadRange { offset: 8, len: 10 };
+        let mut payload = PayloadBuilder::default();
+        let request = ProduceRequest {
+            acks: acks::LEADER,
+            timeout_ms: 1,
+            topics: vec![ProduceTopic {
+                name: "t".into(),
+                partitions: vec![ProducePartition {
+                    partition: 0,
+                    batches: range,
+                }],
+            }],
+        };
+        payload.push(&[0u8; 12]).unwrap();
+        let mut out = Vec::new();
+        encode_request(ApiKey::Produce, 0, 1, &request, &payload, &mut out).unwrap();
+        let (frame, _) = FrameDecoder::default().request(&out).unwrap().unwrap();
+        let Request::Produce(produce) = decode_request(&frame).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            frame
+                .payload_slice(&produce.topics[0].partitions[0].batches)
+                .unwrap_err(),
+            NetError::PayloadOutOfRange {
+                offset: 8,
+                len: 10,
+                payload: 12
+            }
+        );
+    }
+
+    #[test]
+    fn a_fetch_response_head_is_followed_by_the_log_bytes() {
+        let records = vec![9u8; 777];
+        let response = FetchResponse {
+            topics: vec![FetchTopicResponse {
+                name: "orders".into(),
+                partitions: vec![FetchPartitionResponse {
+                    partition: 3,
+                    error: 0,
+                    high_watermark: 10,
+                    log_start_offset: 0,
+                    records: PayloadRange { offset: 0, len: 777 },
+                }],
+            }],
+        };
+        let mut out = Vec::new();
+        encode_response_head(11, ApiKey::Fetch as u16, &response, records.len(), &mut out).unwrap();
+        out.extend_from_slice(&records); // in the broker: the log's read, written after the head
+        let (frame, used) = FrameDecoder::default().response(&out).unwrap().unwrap();
+        assert_eq!(
+            (frame.correlation_id, frame.api_key, used),
+            (11, ApiKey::Fetch as u16, out.len())
+        );
+        let fetched: &ArchivedFetchResponse = access(frame.archive, "Fetch response").unwrap();
+        let partition = &fetched.topics[0].partitions[0];
+        assert_eq!(partition.high_watermark.to_native(), 10);
+        assert_eq!(frame.payload_slice(&partition.records).unwrap(), &records[..]);
+    }
+
+    #[test]
+    fn every_request_type_round_trips() {
+        let decoder = FrameDecoder::default();
+        let mut out = Vec::new();
+        let empty = PayloadBuilder::default();
+        let check = |api: ApiKey, out: &mut Vec<u8>| {
+            let (frame, _) = decoder.request(out).unwrap().unwrap();
+            let decoded = decode_request(&frame).unwrap();
+            let matches = matches!(
+                (api, decoded),
+                (ApiKey::ApiVersions, Request::ApiVersions(_))
+                    | (ApiKey::Metadata, Request::Metadata(_))
+                    | (ApiKey::CreateTopics, Request::CreateTopics(_))
+                    | (ApiKey::DeleteTopics, Request::DeleteTopics(_))
+                    | (ApiKey::Fetch, Request::Fetch(_))
+                    | (ApiKey::ListOffsets, Request::ListOffsets(_))
+            );
+            assert!(matches, "{api:?}");
+            out.clear();
+        };
+        let hello = ApiVersionsRequest {
+            client_name: "test".into(),
+            client_version: "0".into(),
+        };
+        encode_request(ApiKey::ApiVersions, 0, 1, &hello, &empty, &mut out).unwrap();
+        check(ApiKey::ApiVersions, &mut out);
+        encode_request(
+            ApiKey::Metadata,
+            0,
+            2,
+            &MetadataRequest { topics: None },
+            &empty,
+            &mut out,
+        )
+        .unwrap();
+        check(ApiKey::Metadata, &mut out);
+        let create = CreateTopicsRequest {
+            topics: vec![NewTopic {
+                name: "a".into(),
+                partitions: 8,
+                configs: vec![TopicConfig {
+                    key: "retention.ms".into(),
+                    value: "1000".into(),
+                }],
+            }],
+        };
+        encode_request(ApiKey::CreateTopics, 0, 3, &create, &empty, &mut out).unwrap();
+        check(ApiKey::CreateTopics, &mut out);
+        let delete = DeleteTopicsRequest {
+            names: vec!["a".into()],
+        };
+        encode_request(ApiKey::DeleteTopics, 0, 4, &delete, &empty, &mut out).unwrap();
+        check(ApiKey::DeleteTopics, &mut out);
+        let fetch = FetchRequest {
+            max_wait_ms: 500,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            topics: vec![FetchTopic {
+                name: "a".into(),
+                partitions: vec![FetchPartition {
+                    partition: 0,
+                    offset: 5,
+                    max_bytes: 1 << 20,
+                }],
+            }],
+        };
+        encode_request(ApiKey::Fetch, 0, 5, &fetch, &empty, &mut out).unwrap();
+        check(ApiKey::Fetch, &mut out);
+        let list = ListOffsetsRequest {
+            topics: vec![ListOffsetsTopic {
+                name: "a".into(),
+                partitions: vec![ListOffsetsPartition {
+                    partition: 0,
+                    timestamp: EARLIEST_TIMESTAMP,
+                }],
+            }],
+        };
+        encode_request(ApiKey::ListOffsets, 0, 6, &list, &empty, &mut out).unwrap();
+        check(ApiKey::ListOffsets, &mut out);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let decoder = FrameDecoder { frame_bytes_max: 4096 };
+            if let Ok(Some((frame, _))) = decoder.request(&bytes) {
+                let _ = decode_request(&frame);
+            }
+            if let Ok(Some((frame, _))) = decoder.response(&bytes) {
+                let _ = access::<ArchivedFetchResponse>(frame.archive, "Fetch response");
+            }
+        }
+
+        #[test]
+        fn produce_requests_round_trip(
+            batches in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..200), 0..10),
+            correlation_id in any::<u32>(),
+        ) {
+            let bytes = produce_frame(&batches, correlation_id);
+            let (frame, used) = FrameDecoder::default().request(&bytes).unwrap().unwrap();
+            prop_assert_eq!(used, bytes.len());
+            prop_assert_eq!(frame.correlation_id, correlation_id);
+            let Request::Produce(produce) = decode_request(&frame).unwrap() else { panic!() };
+            for (p, expected) in produce.topics[0].partitions.iter().zip(&batches) {
+                prop_assert_eq!(frame.payload_slice(&p.batches).unwrap(), &expected[..]);
+            }
+        }
+    }
+}
