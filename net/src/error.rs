@@ -1,8 +1,26 @@
 //! Errors of the net crate, and the protocol error codes a response carries.
 
-/// What was wrong with bytes received or a message to send.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// What was wrong with bytes received or a message to send, or with a
+/// conversation with a broker.
+#[derive(Debug, thiserror::Error)]
 pub enum NetError {
+    #[error("{op} {addr}: {source}")]
+    Io {
+        op: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("connection to {addr} closed by the broker")]
+    ConnectionClosed { addr: String },
+
+    #[error("broker refused the request: {code:?}: {message}")]
+    Rejected { code: ErrorCode, message: String },
+
+    #[error("response {got} does not answer request {expected}")]
+    UnexpectedResponse { expected: String, got: String },
+
     #[error("frame of {size} bytes exceeds the limit of {max} bytes")]
     FrameTooLarge { size: usize, max: usize },
 

@@ -7,6 +7,7 @@
 //! describes them, so neither side copies record bytes to build or read a
 //! message. The client library and the Kafka codec come next (issues 3, 6).
 
+pub mod client;
 pub mod codec;
 pub mod error;
 pub mod messages;

@@ -1,0 +1,480 @@
+//! The client side of the native protocol on glommio: a connection that
+//! sends requests and matches responses by correlation id, and the admin,
+//! produce and fetch calls built on it.
+//!
+//! A `Connection` lives on the executor that opened it. It keeps one request
+//! in flight at a time (pipelining many is the next step).
+
+use std::net::SocketAddr;
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::codec::{self, access, ApiKey, FrameDecoder, Message, PayloadBuilder, ResponseFrame, ERROR_RESPONSE_KEY};
+use crate::error::{ErrorCode, NetError};
+use crate::messages::*;
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
+pub struct Connection {
+    addr: String,
+    stream: TcpStream,
+    decoder: FrameDecoder,
+    buffer: Vec<u8>,
+    next_correlation_id: u32,
+}
+
+/// A response, owned: its frame's bytes.
+pub struct Response {
+    bytes: Vec<u8>,
+    api_key: u16,
+    archive: (usize, usize),
+    payload: (usize, usize),
+}
+
+impl Response {
+    pub fn archive(&self) -> &[u8] {
+        &self.bytes[self.archive.0..self.archive.1]
+    }
+
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[self.payload.0..self.payload.1]
+    }
+
+    pub fn payload_slice(&self, range: &ArchivedPayloadRange) -> Result<&[u8], NetError> {
+        codec::payload_slice(self.payload(), range)
+    }
+
+    /// The validated message, of the type the request's api answers with.
+    pub fn message<T>(&self, what: &'static str) -> Result<&T, NetError>
+    where
+        T: rkyv::Portable
+            + for<'v> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'v, rkyv::rancor::Error>>,
+    {
+        access(self.archive(), what)
+    }
+
+    pub fn api_key(&self) -> u16 {
+        self.api_key
+    }
+}
+
+impl Connection {
+    /// Connects and performs the version handshake.
+    pub async fn connect(addr: &str) -> Result<Connection, NetError> {
+        let stream = TcpStream::connect(addr).await.map_err(|e| NetError::Io {
+            op: "connect to",
+            addr: addr.to_string(),
+            source: e.into(),
+        })?;
+        stream.set_nodelay(true).map_err(|e| NetError::Io {
+            op: "set TCP_NODELAY on",
+            addr: addr.to_string(),
+            source: e.into(),
+        })?;
+        let mut connection = Connection {
+            addr: addr.to_string(),
+            stream,
+            decoder: FrameDecoder::default(),
+            buffer: Vec::with_capacity(READ_CHUNK_BYTES),
+            next_correlation_id: 1,
+        };
+        let hello = ApiVersionsRequest {
+            client_name: "corelog".into(),
+            client_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let response = connection
+            .request(ApiKey::ApiVersions, &hello, &PayloadBuilder::default())
+            .await?;
+        let versions: &ArchivedApiVersionsResponse = response.message("ApiVersions response")?;
+        check(versions.error.to_native(), "")?;
+        Ok(connection)
+    }
+
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
+
+    /// Sends one request and waits for its response. A broker's
+    /// `ErrorResponse` comes back as `NetError::Rejected`.
+    pub async fn request<M: Message>(
+        &mut self,
+        api_key: ApiKey,
+        message: &M,
+        payload: &PayloadBuilder<'_>,
+    ) -> Result<Response, NetError> {
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
+        let mut head = Vec::new();
+        codec::encode_request_head(api_key, 0, correlation_id, message, payload.len(), &mut head)?;
+        self.write(&head).await?;
+        for slice in payload.slices() {
+            self.write(slice).await?;
+        }
+        self.stream.flush().await.map_err(|e| self.io("write to", e))?;
+        let response = self.read_response().await?;
+        if response.0 != correlation_id {
+            return Err(NetError::UnexpectedResponse {
+                expected: format!("correlation id {correlation_id}"),
+                got: format!("correlation id {}", response.0),
+            });
+        }
+        let response = response.1;
+        if response.api_key == ERROR_RESPONSE_KEY {
+            let error: &ArchivedErrorResponse = response.message("error response")?;
+            return Err(NetError::Rejected {
+                code: ErrorCode::from_code(error.error.to_native()),
+                message: error.message.to_string(),
+            });
+        }
+        if response.api_key != api_key as u16 {
+            return Err(NetError::UnexpectedResponse {
+                expected: format!("{api_key:?}"),
+                got: format!("api key {}", response.api_key),
+            });
+        }
+        Ok(response)
+    }
+
+    /// Sends a request that gets no response (a produce with acks 0).
+    pub async fn send_only<M: Message>(
+        &mut self,
+        api_key: ApiKey,
+        message: &M,
+        payload: &PayloadBuilder<'_>,
+    ) -> Result<(), NetError> {
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
+        let mut head = Vec::new();
+        codec::encode_request_head(api_key, 0, correlation_id, message, payload.len(), &mut head)?;
+        self.write(&head).await?;
+        for slice in payload.slices() {
+            self.write(slice).await?;
+        }
+        self.stream.flush().await.map_err(|e| self.io("write to", e))
+    }
+
+    fn io(&self, op: &'static str, e: impl Into<std::io::Error>) -> NetError {
+        NetError::Io {
+            op,
+            addr: self.addr.clone(),
+            source: e.into(),
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), NetError> {
+        self.stream.write_all(bytes).await.map_err(|e| NetError::Io {
+            op: "write to",
+            addr: self.addr.clone(),
+            source: e,
+        })
+    }
+
+    async fn read_response(&mut self) -> Result<(u32, Response), NetError> {
+        loop {
+            if let Some((frame, used)) = self.decoder.response(&self.buffer)? {
+                let response = owned(&self.buffer, &frame, used);
+                let correlation_id = frame.correlation_id;
+                self.buffer.drain(..used);
+                return Ok((correlation_id, response));
+            }
+            let start = self.buffer.len();
+            self.buffer.resize(start + READ_CHUNK_BYTES, 0);
+            let read = self.stream.read(&mut self.buffer[start..]).await;
+            let n = match read {
+                Ok(n) => n,
+                Err(e) => {
+                    self.buffer.truncate(start);
+                    return Err(self.io("read from", e));
+                }
+            };
+            self.buffer.truncate(start + n);
+            if n == 0 {
+                return Err(NetError::ConnectionClosed {
+                    addr: self.addr.clone(),
+                });
+            }
+        }
+    }
+
+    pub async fn metadata(&mut self, topics: Option<Vec<String>>) -> Result<MetadataResponse, NetError> {
+        let response = self
+            .request(
+                ApiKey::Metadata,
+                &MetadataRequest { topics },
+                &PayloadBuilder::default(),
+            )
+            .await?;
+        let archived: &ArchivedMetadataResponse = response.message("Metadata response")?;
+        rkyv::deserialize::<MetadataResponse, rkyv::rancor::Error>(archived).map_err(|e| NetError::Malformed {
+            what: "Metadata response",
+            reason: e.to_string(),
+        })
+    }
+
+    pub async fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        configs: Vec<TopicConfig>,
+    ) -> Result<(), NetError> {
+        let request = CreateTopicsRequest {
+            topics: vec![NewTopic {
+                name: name.to_string(),
+                partitions,
+                configs,
+            }],
+        };
+        let response = self
+            .request(ApiKey::CreateTopics, &request, &PayloadBuilder::default())
+            .await?;
+        let results: &ArchivedCreateTopicsResponse = response.message("CreateTopics response")?;
+        for result in results.results.iter() {
+            check(
+                result.error.to_native(),
+                result.message.as_ref().map_or("", |m| m.as_str()),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub async fn delete_topic(&mut self, name: &str) -> Result<(), NetError> {
+        let request = DeleteTopicsRequest {
+            names: vec![name.to_string()],
+        };
+        let response = self
+            .request(ApiKey::DeleteTopics, &request, &PayloadBuilder::default())
+            .await?;
+        let results: &ArchivedDeleteTopicsResponse = response.message("DeleteTopics response")?;
+        for result in results.results.iter() {
+            check(
+                result.error.to_native(),
+                result.message.as_ref().map_or("", |m| m.as_str()),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Produces record batch frames (laid end to end) to one partition.
+    /// Returns the base offset of the first batch, or None with acks 0.
+    pub async fn produce(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        batches: &[u8],
+        acks: i8,
+    ) -> Result<Option<u64>, NetError> {
+        let mut payload = PayloadBuilder::default();
+        let range = payload.push(batches)?;
+        let request = ProduceRequest {
+            acks,
+            timeout_ms: 30_000,
+            topics: vec![ProduceTopic {
+                name: topic.to_string(),
+                partitions: vec![ProducePartition {
+                    partition,
+                    batches: range,
+                }],
+            }],
+        };
+        if acks == acks::NONE {
+            self.send_only(ApiKey::Produce, &request, &payload).await?;
+            return Ok(None);
+        }
+        let response = self.request(ApiKey::Produce, &request, &payload).await?;
+        let produced: &ArchivedProduceResponse = response.message("Produce response")?;
+        let partition = produced
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .ok_or_else(|| NetError::Malformed {
+                what: "Produce response",
+                reason: "no partition result".into(),
+            })?;
+        check(
+            partition.error.to_native(),
+            partition.message.as_ref().map_or("", |m| m.as_str()),
+        )?;
+        Ok(Some(partition.base_offset.to_native()))
+    }
+
+    /// Fetches from one partition; returns the response (whose payload holds
+    /// the batches) with the partition's high watermark.
+    pub async fn fetch(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    ) -> Result<Fetched, NetError> {
+        let request = FetchRequest {
+            max_wait_ms,
+            min_bytes: 1,
+            max_bytes,
+            topics: vec![FetchTopic {
+                name: topic.to_string(),
+                partitions: vec![FetchPartition {
+                    partition,
+                    offset,
+                    max_bytes,
+                }],
+            }],
+        };
+        let response = self
+            .request(ApiKey::Fetch, &request, &PayloadBuilder::default())
+            .await?;
+        let fetched: &ArchivedFetchResponse = response.message("Fetch response")?;
+        let part = fetched
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .ok_or_else(|| NetError::Malformed {
+                what: "Fetch response",
+                reason: "no partition result".into(),
+            })?;
+        check(part.error.to_native(), "")?;
+        let high_watermark = part.high_watermark.to_native();
+        let log_start_offset = part.log_start_offset.to_native();
+        let range = (part.records.offset.to_native(), part.records.len.to_native());
+        codec::payload_slice(response.payload(), &part.records)?;
+        Ok(Fetched {
+            response,
+            range,
+            high_watermark,
+            log_start_offset,
+        })
+    }
+
+    /// The offset for a timestamp, `EARLIEST_TIMESTAMP` or `LATEST_TIMESTAMP`.
+    pub async fn list_offset(&mut self, topic: &str, partition: u32, timestamp: i64) -> Result<Option<u64>, NetError> {
+        let request = ListOffsetsRequest {
+            topics: vec![ListOffsetsTopic {
+                name: topic.to_string(),
+                partitions: vec![ListOffsetsPartition { partition, timestamp }],
+            }],
+        };
+        let response = self
+            .request(ApiKey::ListOffsets, &request, &PayloadBuilder::default())
+            .await?;
+        let listed: &ArchivedListOffsetsResponse = response.message("ListOffsets response")?;
+        let part = listed
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .ok_or_else(|| NetError::Malformed {
+                what: "ListOffsets response",
+                reason: "no partition result".into(),
+            })?;
+        check(part.error.to_native(), "")?;
+        Ok(part.offset.as_ref().map(|o| o.to_native()))
+    }
+}
+
+/// The batches a fetch returned, in the response's own buffer.
+pub struct Fetched {
+    response: Response,
+    range: (u32, u32),
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+impl Fetched {
+    /// Whole record batch frames laid end to end (see `storage::batch::frames`).
+    pub fn batches(&self) -> &[u8] {
+        let (offset, len) = (self.range.0 as usize, self.range.1 as usize);
+        &self.response.payload()[offset..offset + len]
+    }
+}
+
+fn owned(buffer: &[u8], frame: &ResponseFrame<'_>, used: usize) -> Response {
+    let base = buffer.as_ptr() as usize;
+    let archive_start = frame.archive.as_ptr() as usize - base;
+    let payload_start = frame.payload.as_ptr() as usize - base;
+    Response {
+        bytes: buffer[..used].to_vec(),
+        api_key: frame.api_key,
+        archive: (archive_start, archive_start + frame.archive.len()),
+        payload: (payload_start, payload_start + frame.payload.len()),
+    }
+}
+
+fn check(code: i16, message: &str) -> Result<(), NetError> {
+    match ErrorCode::from_code(code) {
+        ErrorCode::None => Ok(()),
+        code => Err(NetError::Rejected {
+            code,
+            message: message.to_string(),
+        }),
+    }
+}
+
+/// Kafka's partitioner hash (murmur2 with Kafka's seed), so keys land on the
+/// partitions Kafka clients would choose.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let length = data.len();
+    let mut h: u32 = SEED ^ (length as u32);
+    let chunks = data.chunks_exact(4);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        let mut k = u32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    match tail.len() {
+        3 => {
+            h ^= u32::from(tail[2]) << 16;
+            h ^= u32::from(tail[1]) << 8;
+            h ^= u32::from(tail[0]);
+            h = h.wrapping_mul(M);
+        }
+        2 => {
+            h ^= u32::from(tail[1]) << 8;
+            h ^= u32::from(tail[0]);
+            h = h.wrapping_mul(M);
+        }
+        1 => {
+            h ^= u32::from(tail[0]);
+            h = h.wrapping_mul(M);
+        }
+        _ => {}
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition Kafka's default partitioner picks for a key.
+pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
+    assert!(partitions > 0);
+    ((murmur2(key) & 0x7fff_ffff) as u32) % partitions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_kafka() {
+        // Vectors from Kafka's UtilsTest.testMurmur2.
+        let cases: [(&str, i32); 6] = [
+            ("21", -973932308),
+            ("foobar", -790332482),
+            ("a-little-bit-long-string", -985981536),
+            ("a-little-bit-longer-string", -1486304829),
+            ("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+            ("abc", 479470107),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(murmur2(input.as_bytes()), expected, "murmur2({input:?})");
+        }
+    }
+}
