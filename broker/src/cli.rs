@@ -1,0 +1,295 @@
+//! The client commands of the `corelog` binary.
+
+use std::io::{BufRead, Write};
+use std::time::{Duration, Instant};
+
+use net::client::{partition_for_key, Connection};
+use net::messages::{acks, TopicConfig, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
+use storage::batch::{self, RecordBatchBuilder};
+
+use crate::config::DEFAULT_LISTEN;
+
+/// Records per batch the console producer sends at most.
+const PRODUCE_BATCH_RECORDS_MAX: usize = 1000;
+/// Bytes per batch the console producer sends at most.
+const PRODUCE_BATCH_BYTES_MAX: usize = 256 << 10;
+/// Bytes a console consumer fetches per partition at a time.
+const FETCH_BYTES_MAX: u32 = 1 << 20;
+
+#[derive(clap::Subcommand)]
+pub enum TopicCommand {
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// Topic configs, e.g. retention.ms=86400000.
+        #[arg(long = "config", value_parser = parse_key_value)]
+        configs: Vec<(String, String)>,
+    },
+    List,
+    Describe {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct ProduceArgs {
+    topic: String,
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    broker: String,
+    /// Split each line into key and value at the first occurrence of this.
+    #[arg(long)]
+    key_separator: Option<String>,
+    /// 0, 1 or all.
+    #[arg(long, default_value = "1")]
+    acks: String,
+}
+
+#[derive(clap::Args)]
+pub struct ConsumeArgs {
+    topic: String,
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    broker: String,
+    #[arg(long)]
+    from_beginning: bool,
+    #[arg(long, requires = "offset")]
+    partition: Option<u32>,
+    #[arg(long, requires = "partition")]
+    offset: Option<u64>,
+    #[arg(long)]
+    max_messages: Option<u64>,
+    /// Stop after this long without a new record.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Print `key<TAB>value`.
+    #[arg(long)]
+    print_key: bool,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+fn run<T>(future: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(1 << 20)
+        .make()
+        .map_err(|e| format!("start executor: {e}"))?
+        .run(future)
+}
+
+pub fn topic(broker: &str, command: TopicCommand) -> Result<(), String> {
+    run(async {
+        let mut connection = Connection::connect(broker).await.map_err(|e| e.to_string())?;
+        match command {
+            TopicCommand::Create {
+                name,
+                partitions,
+                configs,
+            } => {
+                let configs = configs
+                    .into_iter()
+                    .map(|(key, value)| TopicConfig { key, value })
+                    .collect();
+                connection
+                    .create_topic(&name, partitions, configs)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("created topic {name} with {partitions} partitions");
+            }
+            TopicCommand::List => {
+                for topic in connection.metadata(None).await.map_err(|e| e.to_string())?.topics {
+                    println!("{}", topic.name);
+                }
+            }
+            TopicCommand::Describe { name } => {
+                let metadata = connection
+                    .metadata(Some(vec![name.clone()]))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let topic = metadata.topics.into_iter().next().ok_or("no such topic")?;
+                if topic.error != 0 {
+                    return Err(format!("topic {name}: {:?}", net::ErrorCode::from_code(topic.error)));
+                }
+                println!("topic {} partitions {}", topic.name, topic.partitions.len());
+                for config in &topic.configs {
+                    println!("  config {}={}", config.key, config.value);
+                }
+                for p in &topic.partitions {
+                    println!(
+                        "  partition {} shard {} log_start_offset {} high_watermark {}",
+                        p.partition, p.shard, p.log_start_offset, p.high_watermark
+                    );
+                }
+            }
+            TopicCommand::Delete { name } => {
+                connection.delete_topic(&name).await.map_err(|e| e.to_string())?;
+                println!("deleted topic {name}");
+            }
+        }
+        Ok(())
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub fn produce(args: ProduceArgs) -> Result<(), String> {
+    let acks = match args.acks.as_str() {
+        "0" => acks::NONE,
+        "1" => acks::LEADER,
+        "all" | "-1" => acks::ALL,
+        other => return Err(format!("--acks {other}: must be 0, 1 or all")),
+    };
+    run(async move {
+        let mut connection = Connection::connect(&args.broker).await.map_err(|e| e.to_string())?;
+        let metadata = connection
+            .metadata(Some(vec![args.topic.clone()]))
+            .await
+            .map_err(|e| e.to_string())?;
+        let partitions = metadata.topics.first().map_or(0, |t| t.partitions.len()) as u32;
+        if partitions == 0 {
+            return Err(format!("unknown topic {}", args.topic));
+        }
+        let mut builders: Vec<RecordBatchBuilder> = (0..partitions).map(|_| RecordBatchBuilder::new()).collect();
+        // Records without a key stick to one partition per batch, then move on.
+        let mut sticky = 0u32;
+        let mut sent = 0u64;
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            let line = line.map_err(|e| format!("read standard input: {e}"))?;
+            let (key, value) = match &args.key_separator {
+                Some(sep) => match line.split_once(sep.as_str()) {
+                    Some((k, v)) => (Some(k.as_bytes()), v.as_bytes()),
+                    None => (None, line.as_bytes()),
+                },
+                None => (None, line.as_bytes()),
+            };
+            let partition = match key {
+                Some(key) => partition_for_key(key, partitions),
+                None => sticky,
+            };
+            let builder = &mut builders[partition as usize];
+            builder.push(now_ms(), key, Some(value), vec![]);
+            if builder.len() >= PRODUCE_BATCH_RECORDS_MAX || builder.payload_bytes() >= PRODUCE_BATCH_BYTES_MAX {
+                let full = std::mem::take(builder);
+                sent += send(&mut connection, &args.topic, partition, full, acks).await?;
+                if key.is_none() {
+                    sticky = (sticky + 1) % partitions;
+                }
+            }
+        }
+        for (partition, builder) in builders.into_iter().enumerate() {
+            if !builder.is_empty() {
+                sent += send(&mut connection, &args.topic, partition as u32, builder, acks).await?;
+            }
+        }
+        eprintln!("produced {sent} records to {}", args.topic);
+        Ok(())
+    })
+}
+
+async fn send(
+    connection: &mut Connection,
+    topic: &str,
+    partition: u32,
+    builder: RecordBatchBuilder,
+    acks: i8,
+) -> Result<u64, String> {
+    let records = builder.len() as u64;
+    let frame = builder.build();
+    connection
+        .produce(topic, partition, &frame, acks)
+        .await
+        .map_err(|e| format!("produce to {topic}/{partition}: {e}"))?;
+    Ok(records)
+}
+
+pub fn consume(args: ConsumeArgs) -> Result<(), String> {
+    run(async move {
+        let mut connection = Connection::connect(&args.broker).await.map_err(|e| e.to_string())?;
+        let metadata = connection
+            .metadata(Some(vec![args.topic.clone()]))
+            .await
+            .map_err(|e| e.to_string())?;
+        let partitions = metadata.topics.first().map_or(0, |t| t.partitions.len()) as u32;
+        if partitions == 0 {
+            return Err(format!("unknown topic {}", args.topic));
+        }
+        let mut positions: Vec<(u32, u64)> = Vec::new();
+        match (args.partition, args.offset) {
+            (Some(partition), Some(offset)) => positions.push((partition, offset)),
+            _ => {
+                let start = if args.from_beginning {
+                    EARLIEST_TIMESTAMP
+                } else {
+                    LATEST_TIMESTAMP
+                };
+                for partition in 0..partitions {
+                    let offset = connection
+                        .list_offset(&args.topic, partition, start)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .unwrap_or(0);
+                    positions.push((partition, offset));
+                }
+            }
+        }
+        let mut printed = 0u64;
+        let mut last_record = Instant::now();
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        loop {
+            let mut progressed = false;
+            for (partition, offset) in positions.iter_mut() {
+                let wait = if progressed { 0 } else { 100 };
+                let fetched = connection
+                    .fetch(&args.topic, *partition, *offset, FETCH_BYTES_MAX, wait)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for frame in batch::frames(fetched.batches()) {
+                    let info = batch::verify_crc(frame).map_err(|e| e.to_string())?;
+                    let archived = batch::access(frame).map_err(|e| e.to_string())?;
+                    for record in archived.records.iter() {
+                        let record_offset = info.base_offset.0 + u64::from(record.offset_delta.to_native());
+                        if record_offset < *offset {
+                            continue;
+                        }
+                        if args.print_key {
+                            out.write_all(record.key.as_ref().map_or(&[][..], |k| k.as_slice()))
+                                .and_then(|_| out.write_all(b"\t"))
+                                .map_err(|e| e.to_string())?;
+                        }
+                        out.write_all(record.value.as_ref().map_or(&[][..], |v| v.as_slice()))
+                            .and_then(|_| out.write_all(b"\n"))
+                            .map_err(|e| e.to_string())?;
+                        printed += 1;
+                        *offset = record_offset + 1;
+                        progressed = true;
+                        if args.max_messages.is_some_and(|max| printed >= max) {
+                            out.flush().map_err(|e| e.to_string())?;
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+            out.flush().map_err(|e| e.to_string())?;
+            if progressed {
+                last_record = Instant::now();
+            } else if args
+                .timeout_ms
+                .is_some_and(|ms| last_record.elapsed() >= Duration::from_millis(ms))
+            {
+                return Ok(());
+            }
+        }
+    })
+}

@@ -1,0 +1,93 @@
+//! The broker's configuration: embedded defaults, a TOML file, then flags.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::error::BrokerError;
+
+/// The native protocol's default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9292";
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Where topics and partition logs live.
+    pub data_dir: PathBuf,
+    /// Native protocol address; every shard accepts on it (SO_REUSEPORT).
+    pub listen: String,
+    /// Number of shards (one executor each); default: one per core.
+    pub shards: Option<usize>,
+    /// Cores to pin shards to, one shard per core listed.
+    pub cpus: Option<Vec<usize>>,
+    /// Largest request frame accepted.
+    pub frame_bytes_max: usize,
+    /// Connections a shard serves at once; more are closed on accept.
+    pub connections_max: usize,
+    /// Requests of one connection handled at once.
+    pub inflight_requests_max: usize,
+    /// Depth of each shard's inbox of cross-shard requests; senders wait
+    /// when it is full.
+    pub shard_queue_depth: usize,
+    /// Memory each shard registers with io_uring for DMA buffers.
+    pub io_memory_bytes: usize,
+    /// Partitions of a topic created without a count.
+    pub default_partitions: u32,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            data_dir: PathBuf::from("corelog-data"),
+            listen: DEFAULT_LISTEN.to_string(),
+            shards: None,
+            cpus: None,
+            frame_bytes_max: net::codec::FRAME_BYTES_MAX_DEFAULT,
+            connections_max: 4096,
+            inflight_requests_max: 64,
+            shard_queue_depth: 1024,
+            io_memory_bytes: 32 << 20,
+            default_partitions: 1,
+        }
+    }
+}
+
+impl BrokerConfig {
+    pub fn from_toml_file(path: &std::path::Path) -> Result<BrokerConfig, BrokerError> {
+        let text = std::fs::read_to_string(path).map_err(|source| BrokerError::Io {
+            op: "read config",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The cores shards run on: `cpus`, else the first `shards` cores, else all.
+    pub fn shard_cpus(&self) -> Result<Vec<usize>, BrokerError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpus = match (&self.cpus, self.shards) {
+            (Some(cpus), _) => cpus.clone(),
+            (None, Some(n)) => (0..n).map(|i| i % cores).collect(),
+            (None, None) => (0..cores).collect(),
+        };
+        if cpus.is_empty() || cpus.len() > u16::MAX as usize {
+            return Err(BrokerError::Config(format!("{} shards: need 1..=65535", cpus.len())));
+        }
+        Ok(cpus)
+    }
+
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let positive = [
+            ("frame_bytes_max", self.frame_bytes_max),
+            ("connections_max", self.connections_max),
+            ("inflight_requests_max", self.inflight_requests_max),
+            ("shard_queue_depth", self.shard_queue_depth),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(BrokerError::Config(format!("{name} must be positive")));
+            }
+        }
+        Ok(())
+    }
+}

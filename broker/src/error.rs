@@ -1,0 +1,87 @@
+//! The broker's error type, and the one place where internal errors become
+//! protocol error codes.
+
+use net::ErrorCode;
+use storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("unknown topic or partition: {topic}/{partition}")]
+    UnknownTopicOrPartition { topic: String, partition: u32 },
+
+    #[error("topic {0} already exists")]
+    TopicAlreadyExists(String),
+
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopic { name: String, reason: String },
+
+    #[error("invalid partition count {0}: must be 1..={max}", max = crate::topics::PARTITIONS_MAX)]
+    InvalidPartitions(u32),
+
+    #[error("invalid topic config {key}={value}: {reason}")]
+    InvalidConfig { key: String, value: String, reason: String },
+
+    #[error("invalid acks {0}: must be 0, 1 or -1 (all)")]
+    InvalidAcks(i8),
+
+    #[error("{topic}/{partition}: {source}")]
+    Storage {
+        topic: String,
+        partition: u32,
+        #[source]
+        source: StorageError,
+    },
+
+    #[error("record batches for {topic}/{partition} do not parse as whole frames: {reason}")]
+    CorruptBatches {
+        topic: String,
+        partition: u32,
+        reason: String,
+    },
+
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("shard {0} is gone (shutting down)")]
+    ShardGone(u16),
+
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl BrokerError {
+    /// The protocol error code a client sees for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            BrokerError::UnknownTopicOrPartition { .. } => ErrorCode::UnknownTopicOrPartition,
+            BrokerError::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
+            BrokerError::InvalidTopic { .. } => ErrorCode::InvalidTopic,
+            BrokerError::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
+            BrokerError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
+            BrokerError::InvalidAcks(_) => ErrorCode::InvalidRequiredAcks,
+            BrokerError::CorruptBatches { .. } => ErrorCode::CorruptMessage,
+            BrokerError::Storage { source, .. } => storage_code(source),
+            BrokerError::Io { .. } | BrokerError::Config(_) => ErrorCode::UnknownServerError,
+            BrokerError::ShardGone(_) => ErrorCode::RequestTimedOut,
+        }
+    }
+}
+
+fn storage_code(error: &StorageError) -> ErrorCode {
+    match error {
+        StorageError::BatchTooLarge { .. } | StorageError::RecordTooLarge { .. } => ErrorCode::MessageTooLarge,
+        StorageError::BatchMalformed { .. } | StorageError::BatchCrcMismatch { .. } => ErrorCode::CorruptMessage,
+        StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+        StorageError::Io { .. }
+        | StorageError::CorruptBatch { .. }
+        | StorageError::LogFailed { .. }
+        | StorageError::LogClosed { .. }
+        | StorageError::InvalidLogDir { .. } => ErrorCode::StorageError,
+        StorageError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
+    }
+}

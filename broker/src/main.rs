@@ -1,0 +1,115 @@
+//! The `corelog` binary: `serve` runs a broker; the other commands are
+//! clients of a running one (topics, produce, consume).
+
+mod cli;
+mod config;
+mod error;
+mod runtime;
+mod server;
+mod shard;
+mod topics;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{BrokerConfig, DEFAULT_LISTEN};
+
+#[derive(Parser)]
+#[command(name = "corelog", version, about = "An event streaming broker, one thread per core")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker (defaults: data in ./corelog-data, listening on 127.0.0.1:9292, one shard per core).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address of the native protocol; port 0 picks a free port.
+        #[arg(long)]
+        listen: Option<String>,
+        #[arg(long, conflicts_with = "cpus")]
+        shards: Option<usize>,
+        /// Cores to run shards on, e.g. 0,2,4.
+        #[arg(long, value_delimiter = ',')]
+        cpus: Option<Vec<usize>>,
+    },
+    /// Create, list, describe and delete topics.
+    Topic {
+        #[command(subcommand)]
+        command: cli::TopicCommand,
+        #[arg(long, global = true, default_value = DEFAULT_LISTEN)]
+        broker: String,
+    },
+    /// Produce lines from standard input, one record each.
+    Produce(cli::ProduceArgs),
+    /// Print a topic's records, one per line.
+    Consume(cli::ConsumeArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve {
+            config,
+            data_dir,
+            listen,
+            shards,
+            cpus,
+        } => serve(config, data_dir, listen, shards, cpus),
+        Command::Topic { command, broker } => cli::topic(&broker, command),
+        Command::Produce(args) => cli::produce(args),
+        Command::Consume(args) => cli::consume(args),
+    };
+    if let Err(error) = result {
+        eprintln!("corelog: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn serve(
+    config_file: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    shards: Option<usize>,
+    cpus: Option<Vec<usize>>,
+) -> Result<(), String> {
+    let mut config = match config_file {
+        Some(path) => BrokerConfig::from_toml_file(&path).map_err(|e| e.to_string())?,
+        None => BrokerConfig::default(),
+    };
+    if let Some(data_dir) = data_dir {
+        config.data_dir = data_dir;
+    }
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    if shards.is_some() {
+        config.shards = shards;
+        config.cpus = None;
+    }
+    if cpus.is_some() {
+        config.cpus = cpus;
+    }
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .map_err(|e| format!("install signal handlers: {e}"))?;
+    let data_dir = config.data_dir.clone();
+    let running = runtime::start(config).map_err(|e| e.to_string())?;
+    tracing::info!(addr = %running.addr, data_dir = %data_dir.display(), "corelog listening");
+    println!("corelog listening on {}", running.addr);
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "shutting down: flushing and closing partitions");
+    }
+    running.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Starting and stopping the shards.
+//!
+//! Startup order: load the topic table; reserve the listen address (binding
+//! port 0 resolves it once, so that every shard binds the same port with
+//! SO_REUSEPORT); start one executor thread per shard, each pinned to its
+//! core, opening (recovering) its own partitions before it accepts; once all
+//! listen, report the address. SIGINT or SIGTERM asks every shard to stop:
+//! it stops taking requests from other shards, flushes and closes its logs.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+use crate::shard::{Shard, ShardMessage};
+use crate::topics::Metadata;
+
+pub struct Running {
+    pub addr: SocketAddr,
+    inboxes: Arc<Vec<flume::Sender<ShardMessage>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Asks every shard to close its logs and stop, and waits for them.
+    pub fn shutdown(self) {
+        for inbox in self.inboxes.iter() {
+            let _ = inbox.send(ShardMessage::Shutdown);
+        }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Binds the address without listening, so port 0 becomes a concrete port
+/// that every shard can then share.
+fn reserve(listen: &str) -> Result<(socket2::Socket, SocketAddr), BrokerError> {
+    let addr = listen
+        .to_socket_addrs()
+        .map_err(|e| BrokerError::Config(format!("listen address {listen}: {e}")))?
+        .next()
+        .ok_or_else(|| BrokerError::Config(format!("listen address {listen} resolves to nothing")))?;
+    let io = |source| BrokerError::Io {
+        op: "reserve listen address",
+        path: listen.into(),
+        source,
+    };
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).map_err(io)?;
+    socket.set_reuse_port(true).map_err(io)?;
+    socket.set_reuse_address(true).map_err(io)?;
+    socket.bind(&addr.into()).map_err(io)?;
+    let bound = socket
+        .local_addr()
+        .map_err(io)?
+        .as_socket()
+        .ok_or_else(|| BrokerError::Config(format!("{listen} is not an IP address")))?;
+    Ok((socket, bound))
+}
+
+pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
+    config.validate()?;
+    let cpus = config.shard_cpus()?;
+    let shards = cpus.len() as u16;
+    let metadata = Arc::new(Metadata::load(&config.data_dir, shards)?);
+    let (reserved, addr) = reserve(&config.listen)?;
+    let config = Arc::new(config);
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(config.shard_queue_depth)).unzip();
+    let inboxes = Arc::new(senders);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), BrokerError>>();
+    let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+    let mut threads = Vec::new();
+    for (id, (cpu, inbox)) in cpus.iter().copied().zip(receivers).enumerate() {
+        let id = id as u16;
+        let (config, metadata, inboxes, ready) = (config.clone(), metadata.clone(), inboxes.clone(), ready_tx.clone());
+        let core = core_ids.iter().find(|c| c.id == cpu).copied();
+        let executor = LocalExecutorBuilder::new(Placement::Unbound)
+            .name(&format!("shard-{id}"))
+            .io_memory(config.io_memory_bytes)
+            .spawn(move || async move {
+                let pinned = core.is_some_and(core_affinity::set_for_current);
+                tracing::info!(shard = id, cpu, pinned, "shard started");
+                let shard = Rc::new(Shard::new(id, config, metadata, inboxes));
+                let started = async {
+                    let opened = shard.open_owned_partitions().await?;
+                    let listener = glommio::net::TcpListener::bind(addr).map_err(|e| BrokerError::Io {
+                        op: "listen on",
+                        path: addr.to_string().into(),
+                        source: e.into(),
+                    })?;
+                    tracing::info!(shard = id, partitions = opened, "recovered partitions; accepting");
+                    Ok::<_, BrokerError>(listener)
+                }
+                .await;
+                let listener = match started {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        let _ = ready.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = ready.send(Ok(()));
+                glommio::spawn_local(crate::server::accept_loop(shard.clone(), listener)).detach();
+                shard.clone().serve_inbox(inbox).await;
+                shard.close_all().await;
+                tracing::info!(shard = id, "shard stopped");
+            })
+            .map_err(|e| BrokerError::Config(format!("start shard {id}: {e}")))?;
+        threads.push(std::thread::spawn(move || {
+            let _ = executor.join();
+        }));
+    }
+    drop(ready_tx);
+    let running = Running { addr, inboxes, threads };
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                running.shutdown();
+                return Err(error);
+            }
+            Err(_) => {
+                running.shutdown();
+                return Err(BrokerError::Config("a shard died while starting".into()));
+            }
+        }
+    }
+    drop(reserved);
+    Ok(running)
+}

@@ -1,0 +1,449 @@
+//! Connections of the native protocol: each shard accepts on the shared
+//! port, reads whole frames, handles up to `inflight_requests_max` of a
+//! connection's requests at once, and writes responses as they complete
+//! (the correlation id matches them up). Fetched batches are written from
+//! the log's read buffers, after the response's head, without a copy.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::sync::Semaphore;
+use net::codec::{self, ApiKey, FrameDecoder, LENGTH_BYTES, REQUEST_HEADER_BYTES};
+use net::messages::*;
+use net::{ErrorCode, NetError};
+
+use crate::shard::{FetchBytes, Shard};
+
+/// Pause between looks at the logs while a fetch waits for `min_bytes`.
+const LONG_POLL_STEP: Duration = Duration::from_millis(2);
+
+/// Pieces of one response, written in order.
+enum Out {
+    Owned(Vec<u8>),
+    Fetched(FetchBytes),
+}
+
+impl Out {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Out::Owned(bytes) => bytes,
+            Out::Fetched(bytes) => bytes,
+        }
+    }
+}
+
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(shard = shard.id, %error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shard.connections.get() >= shard.config.connections_max {
+            tracing::warn!(
+                shard = shard.id,
+                max = shard.config.connections_max,
+                "connection limit reached; closing a new connection"
+            );
+            drop(stream);
+            continue;
+        }
+        shard.connections.set(shard.connections.get() + 1);
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            if let Err(error) = connection(shard.clone(), stream).await {
+                tracing::debug!(shard = shard.id, %peer, %error, "connection ended");
+            }
+            shard.connections.set(shard.connections.get() - 1);
+        })
+        .detach();
+    }
+}
+
+async fn connection(shard: Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (mut reader, mut writer) = stream.split();
+    let inflight_max = shard.config.inflight_requests_max;
+    let (responses, outbox) = local_channel::new_bounded::<Vec<Out>>(inflight_max);
+    let responses = Rc::new(responses);
+    let writing = glommio::spawn_local(async move {
+        while let Some(response) = outbox.recv().await {
+            for piece in &response {
+                writer.write_all(piece.bytes()).await?;
+            }
+            writer.flush().await?;
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let inflight = Rc::new(Semaphore::new(inflight_max as u64));
+    let frame_bytes_max = shard.config.frame_bytes_max;
+    let result = loop {
+        let mut prefix = [0u8; LENGTH_BYTES];
+        if let Err(e) = reader.read_exact(&mut prefix).await {
+            break if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        let size = LENGTH_BYTES + u32::from_le_bytes(prefix) as usize;
+        if size > frame_bytes_max || size < LENGTH_BYTES + REQUEST_HEADER_BYTES {
+            // The stream cannot be resynchronized: answer, then close.
+            let error = if size > frame_bytes_max {
+                NetError::FrameTooLarge {
+                    size,
+                    max: frame_bytes_max,
+                }
+            } else {
+                NetError::FrameTooShort {
+                    size,
+                    header: LENGTH_BYTES + REQUEST_HEADER_BYTES,
+                }
+            };
+            tracing::warn!(shard = shard.id, %error, "refusing a frame and closing the connection");
+            let _ = responses
+                .send(error_response(0, ErrorCode::InvalidRequest, &error.to_string()))
+                .await;
+            break Ok(());
+        }
+        let mut frame = vec![0u8; size];
+        frame[..LENGTH_BYTES].copy_from_slice(&prefix);
+        if let Err(e) = reader.read_exact(&mut frame[LENGTH_BYTES..]).await {
+            tracing::debug!(shard = shard.id, "client left in the middle of a frame");
+            break if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        let permit = match inflight.clone().acquire_static_permit(1).await {
+            Ok(permit) => permit,
+            Err(_) => break Ok(()),
+        };
+        let (shard, responses) = (shard.clone(), responses.clone());
+        glommio::spawn_local(async move {
+            if let Some(response) = handle(&shard, &frame).await {
+                let _ = responses.send(response).await;
+            }
+            drop(permit);
+        })
+        .detach();
+    };
+    drop(responses);
+    // Let the requests in flight answer before the writer stops.
+    let _ = inflight.acquire(inflight_max as u64).await;
+    writing.await?;
+    result
+}
+
+fn error_response(correlation_id: u32, code: ErrorCode, message: &str) -> Vec<Out> {
+    let mut out = Vec::new();
+    let response = ErrorResponse {
+        error: code.code(),
+        message: message.to_string(),
+    };
+    codec::encode_response_head(correlation_id, codec::ERROR_RESPONSE_KEY, &response, 0, &mut out)
+        .expect("an error response encodes");
+    vec![Out::Owned(out)]
+}
+
+fn respond<M: codec::Message>(correlation_id: u32, api: ApiKey, message: &M) -> Vec<Out> {
+    let mut out = Vec::new();
+    match codec::encode_response_head(correlation_id, api as u16, message, 0, &mut out) {
+        Ok(()) => vec![Out::Owned(out)],
+        Err(e) => error_response(correlation_id, ErrorCode::UnknownServerError, &e.to_string()),
+    }
+}
+
+async fn handle(shard: &Shard, bytes: &[u8]) -> Option<Vec<Out>> {
+    let decoder = FrameDecoder {
+        frame_bytes_max: shard.config.frame_bytes_max,
+    };
+    let frame = match decoder.request(bytes) {
+        Ok(Some((frame, _))) => frame,
+        Ok(None) => unreachable!("the connection read the whole frame"),
+        Err(e) => return Some(error_response(0, ErrorCode::InvalidRequest, &e.to_string())),
+    };
+    let id = frame.correlation_id;
+    let request = match decode_request(&frame) {
+        Ok(request) => request,
+        Err(e @ NetError::UnsupportedApi { .. }) => {
+            return Some(error_response(id, ErrorCode::UnsupportedVersion, &e.to_string()))
+        }
+        Err(e) => return Some(error_response(id, ErrorCode::InvalidRequest, &e.to_string())),
+    };
+    match request {
+        Request::ApiVersions(_) => {
+            let apis = ApiKey::ALL
+                .iter()
+                .map(|api| ApiVersionRange {
+                    api_key: *api as u16,
+                    min_version: api.versions().0,
+                    max_version: api.versions().1,
+                })
+                .collect();
+            let response = ApiVersionsResponse {
+                error: 0,
+                apis,
+                broker_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            Some(respond(id, ApiKey::ApiVersions, &response))
+        }
+        Request::Metadata(request) => Some(respond(id, ApiKey::Metadata, &metadata(shard, request).await)),
+        Request::CreateTopics(request) => {
+            let mut results = Vec::new();
+            for topic in request.topics.iter() {
+                let configs: BTreeMap<String, String> = topic
+                    .configs
+                    .iter()
+                    .map(|c| (c.key.to_string(), c.value.to_string()))
+                    .collect();
+                let result = shard
+                    .create_topic(&topic.name, topic.partitions.to_native(), configs)
+                    .await;
+                results.push(topic_result(&topic.name, result));
+            }
+            Some(respond(id, ApiKey::CreateTopics, &CreateTopicsResponse { results }))
+        }
+        Request::DeleteTopics(request) => {
+            let mut results = Vec::new();
+            for name in request.names.iter() {
+                results.push(topic_result(name, shard.delete_topic(name).await));
+            }
+            Some(respond(id, ApiKey::DeleteTopics, &DeleteTopicsResponse { results }))
+        }
+        Request::Produce(request) => {
+            let acks = request.acks;
+            let mut topics = Vec::new();
+            for topic in request.topics.iter() {
+                let mut partitions = Vec::new();
+                for p in topic.partitions.iter() {
+                    let partition = p.partition.to_native();
+                    let result = match (acks, frame.payload_slice(&p.batches)) {
+                        (acks::NONE | acks::LEADER | acks::ALL, Ok(batches)) => {
+                            shard.produce(&topic.name, partition, batches, acks).await
+                        }
+                        (_, Ok(_)) => Err(crate::error::BrokerError::InvalidAcks(acks)),
+                        (_, Err(e)) => Err(crate::error::BrokerError::CorruptBatches {
+                            topic: topic.name.to_string(),
+                            partition,
+                            reason: e.to_string(),
+                        }),
+                    };
+                    partitions.push(match result {
+                        Ok(produced) => ProducePartitionResponse {
+                            partition,
+                            error: 0,
+                            base_offset: produced.base_offset,
+                            log_append_time_ms: produced.append_time_ms,
+                            log_start_offset: produced.log_start_offset,
+                            message: None,
+                        },
+                        Err(error) => {
+                            tracing::debug!(shard = shard.id, %error, "produce refused");
+                            ProducePartitionResponse {
+                                partition,
+                                error: error.code().code(),
+                                base_offset: 0,
+                                log_append_time_ms: -1,
+                                log_start_offset: 0,
+                                message: Some(error.to_string()),
+                            }
+                        }
+                    });
+                }
+                topics.push(ProduceTopicResponse {
+                    name: topic.name.to_string(),
+                    partitions,
+                });
+            }
+            if acks == acks::NONE {
+                return None;
+            }
+            Some(respond(id, ApiKey::Produce, &ProduceResponse { topics }))
+        }
+        Request::Fetch(request) => Some(fetch(shard, id, request).await),
+        Request::ListOffsets(request) => {
+            let mut topics = Vec::new();
+            for topic in request.topics.iter() {
+                let mut partitions = Vec::new();
+                for p in topic.partitions.iter() {
+                    let partition = p.partition.to_native();
+                    let result = shard.list_offset(&topic.name, partition, p.timestamp.to_native()).await;
+                    partitions.push(match result {
+                        Ok(offset) => ListOffsetsPartitionResponse {
+                            partition,
+                            error: 0,
+                            offset,
+                        },
+                        Err(error) => ListOffsetsPartitionResponse {
+                            partition,
+                            error: error.code().code(),
+                            offset: None,
+                        },
+                    });
+                }
+                topics.push(ListOffsetsTopicResponse {
+                    name: topic.name.to_string(),
+                    partitions,
+                });
+            }
+            Some(respond(id, ApiKey::ListOffsets, &ListOffsetsResponse { topics }))
+        }
+    }
+}
+
+fn topic_result(name: &str, result: Result<(), crate::error::BrokerError>) -> TopicResult {
+    match result {
+        Ok(()) => TopicResult {
+            name: name.to_string(),
+            error: 0,
+            message: None,
+        },
+        Err(error) => TopicResult {
+            name: name.to_string(),
+            error: error.code().code(),
+            message: Some(error.to_string()),
+        },
+    }
+}
+
+async fn metadata(shard: &Shard, request: &ArchivedMetadataRequest) -> MetadataResponse {
+    let table = shard.metadata.snapshot();
+    let names: Vec<String> = match request.topics.as_ref() {
+        Some(names) => names.iter().map(|n| n.to_string()).collect(),
+        None => table.topics.keys().cloned().collect(),
+    };
+    let mut topics = Vec::new();
+    for name in names {
+        let Some(meta) = table.topics.get(&name) else {
+            topics.push(TopicMetadata {
+                name,
+                error: ErrorCode::UnknownTopicOrPartition.code(),
+                partitions: Vec::new(),
+                configs: Vec::new(),
+            });
+            continue;
+        };
+        let mut partitions = Vec::new();
+        for (partition, &owner) in meta.shards.iter().enumerate() {
+            let partition = partition as u32;
+            let start = shard.list_offset(&name, partition, EARLIEST_TIMESTAMP).await;
+            let end = shard.list_offset(&name, partition, LATEST_TIMESTAMP).await;
+            let (error, log_start_offset, high_watermark) = match (start, end) {
+                (Ok(start), Ok(end)) => (0, start.unwrap_or(0), end.unwrap_or(0)),
+                (Err(e), _) | (_, Err(e)) => (e.code().code(), 0, 0),
+            };
+            partitions.push(PartitionMetadata {
+                partition,
+                error,
+                leader: 0,
+                shard: owner,
+                log_start_offset,
+                high_watermark,
+            });
+        }
+        topics.push(TopicMetadata {
+            name,
+            error: 0,
+            partitions,
+            configs: meta
+                .configs
+                .iter()
+                .map(|(key, value)| TopicConfig {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+        });
+    }
+    MetadataResponse {
+        brokers: vec![BrokerInfo {
+            node_id: 0,
+            host: shard.config.listen.rsplit_once(':').map_or("", |(h, _)| h).to_string(),
+            port: shard
+                .config
+                .listen
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(0),
+        }],
+        topics,
+    }
+}
+
+/// Serves a fetch: reads every partition asked for, and if fewer than
+/// `min_bytes` came back, looks again until `max_wait_ms` has passed.
+async fn fetch(shard: &Shard, id: u32, request: &ArchivedFetchRequest) -> Vec<Out> {
+    let deadline = Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms.to_native()));
+    let min_bytes = request.min_bytes.to_native() as usize;
+    let max_bytes = request.max_bytes.to_native() as usize;
+    loop {
+        let mut pieces = Vec::new();
+        let mut topics = Vec::new();
+        let mut total = 0usize;
+        for topic in request.topics.iter() {
+            let mut partitions = Vec::new();
+            for p in topic.partitions.iter() {
+                let partition = p.partition.to_native();
+                let budget = (p.max_bytes.to_native() as usize)
+                    .min(max_bytes.saturating_sub(total))
+                    .max(1);
+                let result = shard
+                    .fetch(&topic.name, partition, p.offset.to_native(), budget as u32)
+                    .await;
+                partitions.push(match result {
+                    Ok(fetched) => {
+                        let range = PayloadRange {
+                            offset: total as u32,
+                            len: fetched.bytes.len() as u32,
+                        };
+                        total += fetched.bytes.len();
+                        let response = FetchPartitionResponse {
+                            partition,
+                            error: 0,
+                            high_watermark: fetched.high_watermark,
+                            log_start_offset: fetched.log_start_offset,
+                            records: range,
+                        };
+                        if !fetched.bytes.is_empty() {
+                            pieces.push(Out::Fetched(fetched.bytes));
+                        }
+                        response
+                    }
+                    Err(error) => FetchPartitionResponse {
+                        partition,
+                        error: error.code().code(),
+                        high_watermark: 0,
+                        log_start_offset: 0,
+                        records: PayloadRange::default(),
+                    },
+                });
+            }
+            topics.push(FetchTopicResponse {
+                name: topic.name.to_string(),
+                partitions,
+            });
+        }
+        if total >= min_bytes.max(1) || Instant::now() >= deadline {
+            let mut head = Vec::new();
+            if let Err(e) =
+                codec::encode_response_head(id, ApiKey::Fetch as u16, &FetchResponse { topics }, total, &mut head)
+            {
+                return error_response(id, ErrorCode::UnknownServerError, &e.to_string());
+            }
+            let mut out = vec![Out::Owned(head)];
+            out.extend(pieces);
+            return out;
+        }
+        glommio::timer::sleep(LONG_POLL_STEP).await;
+    }
+}

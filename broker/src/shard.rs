@@ -1,0 +1,494 @@
+//! The shard runtime: one glommio executor per core, pinned with
+//! core_affinity, each owning its partitions' logs outright.
+//!
+//! Only a partition's owner touches its log. A request that arrives on
+//! another shard travels to the owner over the owner's bounded flume inbox
+//! and the reply comes back on a one-shot channel; a full inbox makes the
+//! sender wait (backpressure). A request for a partition of the shard it
+//! arrived on is served in place, without any message.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Deref;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use storage::{Offset, PartitionLog, ReadBytes};
+
+use crate::config::BrokerConfig;
+use crate::error::BrokerError;
+use crate::topics::{log_config, partition_dir, Metadata, TopicMeta};
+
+pub type ShardId = u16;
+type Reply<T> = flume::Sender<Result<T, BrokerError>>;
+
+/// What one shard asks of another.
+pub enum ShardMessage {
+    Produce {
+        topic: String,
+        partition: u32,
+        batches: Vec<u8>,
+        acks: i8,
+        reply: Reply<Produced>,
+    },
+    Fetch {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        reply: Reply<Fetched<Vec<u8>>>,
+    },
+    ListOffset {
+        topic: String,
+        partition: u32,
+        timestamp: i64,
+        reply: Reply<Option<u64>>,
+    },
+    OpenPartitions {
+        topic: TopicMeta,
+        reply: Reply<()>,
+    },
+    DeletePartitions {
+        topic: TopicMeta,
+        reply: Reply<()>,
+    },
+    Shutdown,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Produced {
+    pub base_offset: u64,
+    pub append_time_ms: i64,
+    pub log_start_offset: u64,
+}
+
+#[derive(Debug)]
+pub struct Fetched<B> {
+    pub bytes: B,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+}
+
+/// Fetched bytes: the log's own read buffer on the owning shard, or a copy
+/// that crossed from another shard.
+pub enum FetchBytes {
+    Local(ReadBytes),
+    Remote(Vec<u8>),
+}
+
+impl Deref for FetchBytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            FetchBytes::Local(bytes) => bytes,
+            FetchBytes::Remote(bytes) => bytes,
+        }
+    }
+}
+
+/// One shard's state. Lives on its executor (!Send).
+pub struct Shard {
+    pub id: ShardId,
+    pub config: Arc<BrokerConfig>,
+    pub metadata: Arc<Metadata>,
+    inboxes: Arc<Vec<flume::Sender<ShardMessage>>>,
+    logs: RefCell<HashMap<(String, u32), PartitionLog>>,
+    pub connections: Cell<usize>,
+}
+
+impl Shard {
+    pub fn new(
+        id: ShardId,
+        config: Arc<BrokerConfig>,
+        metadata: Arc<Metadata>,
+        inboxes: Arc<Vec<flume::Sender<ShardMessage>>>,
+    ) -> Shard {
+        Shard {
+            id,
+            config,
+            metadata,
+            inboxes,
+            logs: RefCell::new(HashMap::new()),
+            connections: Cell::new(0),
+        }
+    }
+
+    /// Opens (recovering) every partition this shard owns.
+    pub async fn open_owned_partitions(&self) -> Result<usize, BrokerError> {
+        let table = self.metadata.snapshot();
+        let mut opened = 0;
+        for topic in table.topics.values() {
+            opened += self.open_partitions(topic).await?;
+        }
+        Ok(opened)
+    }
+
+    async fn open_partitions(&self, topic: &TopicMeta) -> Result<usize, BrokerError> {
+        let config = log_config(&topic.configs)?;
+        let mut opened = 0;
+        for (partition, &owner) in topic.shards.iter().enumerate() {
+            let partition = partition as u32;
+            if owner != self.id || self.logs.borrow().contains_key(&(topic.name.clone(), partition)) {
+                continue;
+            }
+            let dir = partition_dir(&self.config.data_dir, &topic.name, partition);
+            let log = PartitionLog::open(&dir, config.clone())
+                .await
+                .map_err(|source| BrokerError::Storage {
+                    topic: topic.name.clone(),
+                    partition,
+                    source,
+                })?;
+            tracing::info!(
+                shard = self.id, topic = %topic.name, partition, log_start_offset = %log.log_start_offset(),
+                log_end_offset = %log.log_end_offset(), "opened partition"
+            );
+            self.logs.borrow_mut().insert((topic.name.clone(), partition), log);
+            opened += 1;
+        }
+        Ok(opened)
+    }
+
+    async fn delete_partitions(&self, topic: &TopicMeta) -> Result<(), BrokerError> {
+        for (partition, &owner) in topic.shards.iter().enumerate() {
+            let partition = partition as u32;
+            if owner != self.id {
+                continue;
+            }
+            let log = self.logs.borrow_mut().remove(&(topic.name.clone(), partition));
+            if let Some(log) = log {
+                let _ = log.close().await;
+            }
+            let dir = partition_dir(&self.config.data_dir, &topic.name, partition);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(BrokerError::Io {
+                        op: "remove partition directory",
+                        path: dir,
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes and closes every log: the last thing a shard does.
+    pub async fn close_all(&self) {
+        let logs: Vec<((String, u32), PartitionLog)> = self.logs.borrow_mut().drain().collect();
+        for ((topic, partition), log) in logs {
+            if let Err(error) = log.close().await {
+                tracing::error!(shard = self.id, %topic, partition, %error, "closing partition failed");
+            }
+        }
+    }
+
+    fn owner(&self, topic: &str, partition: u32) -> Result<ShardId, BrokerError> {
+        self.metadata
+            .snapshot()
+            .owner(topic, partition)
+            .ok_or_else(|| unknown(topic, partition))
+    }
+
+    fn log(&self, topic: &str, partition: u32) -> Result<PartitionLog, BrokerError> {
+        self.logs
+            .borrow()
+            .get(&(topic.to_string(), partition))
+            .cloned()
+            .ok_or_else(|| unknown(topic, partition))
+    }
+
+    async fn ask<T>(&self, owner: ShardId, message: impl FnOnce(Reply<T>) -> ShardMessage) -> Result<T, BrokerError> {
+        let (reply, answer) = flume::bounded(1);
+        self.inboxes[owner as usize]
+            .send_async(message(reply))
+            .await
+            .map_err(|_| BrokerError::ShardGone(owner))?;
+        answer.recv_async().await.map_err(|_| BrokerError::ShardGone(owner))?
+    }
+
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        batches: &[u8],
+        acks: i8,
+    ) -> Result<Produced, BrokerError> {
+        let owner = self.owner(topic, partition)?;
+        if owner == self.id {
+            return self.produce_local(topic, partition, batches, acks).await;
+        }
+        let (topic, batches) = (topic.to_string(), batches.to_vec());
+        self.ask(owner, |reply| ShardMessage::Produce {
+            topic,
+            partition,
+            batches,
+            acks,
+            reply,
+        })
+        .await
+    }
+
+    async fn produce_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        batches: &[u8],
+        acks: i8,
+    ) -> Result<Produced, BrokerError> {
+        let log = self.log(topic, partition)?;
+        let storage_error = |source| BrokerError::Storage {
+            topic: topic.to_string(),
+            partition,
+            source,
+        };
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while at < batches.len() {
+            match storage::batch::frame_length(&batches[at..]) {
+                Some(len) if len > storage::batch::FRAME_LENGTH_BYTES && at + len <= batches.len() => {
+                    frames.push(&batches[at..at + len]);
+                    at += len;
+                }
+                _ => {
+                    return Err(BrokerError::CorruptBatches {
+                        topic: topic.to_string(),
+                        partition,
+                        reason: format!("bytes at {at} of {} are not a whole batch frame", batches.len()),
+                    })
+                }
+            }
+        }
+        if frames.is_empty() {
+            return Err(BrokerError::CorruptBatches {
+                topic: topic.to_string(),
+                partition,
+                reason: "no record batch".into(),
+            });
+        }
+        let mut first = None;
+        let mut last = Offset(0);
+        for frame in frames {
+            let appended = log.append(frame).await.map_err(storage_error)?;
+            first.get_or_insert(appended);
+            last = appended.last_offset;
+        }
+        if acks == net::messages::acks::ALL {
+            log.wait_durable(last).await.map_err(storage_error)?;
+        }
+        let first = first.expect("at least one frame");
+        Ok(Produced {
+            base_offset: first.base_offset.0,
+            append_time_ms: first.append_time_ms,
+            log_start_offset: log.log_start_offset().0,
+        })
+    }
+
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<Fetched<FetchBytes>, BrokerError> {
+        let owner = self.owner(topic, partition)?;
+        if owner == self.id {
+            let fetched = self.fetch_local(topic, partition, offset, max_bytes).await?;
+            return Ok(Fetched {
+                bytes: FetchBytes::Local(fetched.bytes),
+                high_watermark: fetched.high_watermark,
+                log_start_offset: fetched.log_start_offset,
+            });
+        }
+        let topic = topic.to_string();
+        let fetched = self
+            .ask(owner, |reply| ShardMessage::Fetch {
+                topic,
+                partition,
+                offset,
+                max_bytes,
+                reply,
+            })
+            .await?;
+        Ok(Fetched {
+            bytes: FetchBytes::Remote(fetched.bytes),
+            high_watermark: fetched.high_watermark,
+            log_start_offset: fetched.log_start_offset,
+        })
+    }
+
+    async fn fetch_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<Fetched<ReadBytes>, BrokerError> {
+        let log = self.log(topic, partition)?;
+        let read = log
+            .read(Offset(offset), max_bytes as usize)
+            .await
+            .map_err(|source| BrokerError::Storage {
+                topic: topic.to_string(),
+                partition,
+                source,
+            })?;
+        Ok(Fetched {
+            bytes: read.bytes,
+            high_watermark: read.log_end_offset.0,
+            log_start_offset: read.log_start_offset.0,
+        })
+    }
+
+    pub async fn list_offset(&self, topic: &str, partition: u32, timestamp: i64) -> Result<Option<u64>, BrokerError> {
+        let owner = self.owner(topic, partition)?;
+        if owner == self.id {
+            return self.list_offset_local(topic, partition, timestamp).await;
+        }
+        let topic = topic.to_string();
+        self.ask(owner, |reply| ShardMessage::ListOffset {
+            topic,
+            partition,
+            timestamp,
+            reply,
+        })
+        .await
+    }
+
+    async fn list_offset_local(&self, topic: &str, partition: u32, timestamp: i64) -> Result<Option<u64>, BrokerError> {
+        let log = self.log(topic, partition)?;
+        match timestamp {
+            net::messages::EARLIEST_TIMESTAMP => Ok(Some(log.log_start_offset().0)),
+            net::messages::LATEST_TIMESTAMP => Ok(Some(log.log_end_offset().0)),
+            ts => log
+                .offset_for_timestamp(ts)
+                .await
+                .map(|o| o.map(|o| o.0))
+                .map_err(|source| BrokerError::Storage {
+                    topic: topic.to_string(),
+                    partition,
+                    source,
+                }),
+        }
+    }
+
+    /// Creates a topic and opens its partitions on their owners.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<(), BrokerError> {
+        let partitions = if partitions == 0 {
+            self.config.default_partitions
+        } else {
+            partitions
+        };
+        let meta = self.metadata.create(name, partitions, configs)?;
+        for owner in owners(&meta) {
+            if owner == self.id {
+                self.open_partitions(&meta).await?;
+            } else {
+                let topic = meta.clone();
+                self.ask(owner, |reply| ShardMessage::OpenPartitions { topic, reply })
+                    .await?;
+            }
+        }
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(())
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        let meta = self.metadata.delete(name)?;
+        for owner in owners(&meta) {
+            if owner == self.id {
+                self.delete_partitions(&meta).await?;
+            } else {
+                let topic = meta.clone();
+                self.ask(owner, |reply| ShardMessage::DeletePartitions { topic, reply })
+                    .await?;
+            }
+        }
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    /// Serves other shards' requests until told to shut down.
+    pub async fn serve_inbox(self: Rc<Self>, inbox: flume::Receiver<ShardMessage>) {
+        while let Ok(message) = inbox.recv_async().await {
+            let shard = self.clone();
+            match message {
+                ShardMessage::Shutdown => break,
+                ShardMessage::Produce {
+                    topic,
+                    partition,
+                    batches,
+                    acks,
+                    reply,
+                } => {
+                    glommio::spawn_local(async move {
+                        let _ = reply.send(shard.produce_local(&topic, partition, &batches, acks).await);
+                    })
+                    .detach();
+                }
+                ShardMessage::Fetch {
+                    topic,
+                    partition,
+                    offset,
+                    max_bytes,
+                    reply,
+                } => {
+                    glommio::spawn_local(async move {
+                        let fetched = shard.fetch_local(&topic, partition, offset, max_bytes).await;
+                        let _ = reply.send(fetched.map(|f| Fetched {
+                            bytes: f.bytes.to_vec(),
+                            high_watermark: f.high_watermark,
+                            log_start_offset: f.log_start_offset,
+                        }));
+                    })
+                    .detach();
+                }
+                ShardMessage::ListOffset {
+                    topic,
+                    partition,
+                    timestamp,
+                    reply,
+                } => {
+                    glommio::spawn_local(async move {
+                        let _ = reply.send(shard.list_offset_local(&topic, partition, timestamp).await);
+                    })
+                    .detach();
+                }
+                ShardMessage::OpenPartitions { topic, reply } => {
+                    glommio::spawn_local(async move {
+                        let _ = reply.send(shard.open_partitions(&topic).await.map(|_| ()));
+                    })
+                    .detach();
+                }
+                ShardMessage::DeletePartitions { topic, reply } => {
+                    glommio::spawn_local(async move {
+                        let _ = reply.send(shard.delete_partitions(&topic).await);
+                    })
+                    .detach();
+                }
+            }
+        }
+    }
+}
+
+fn owners(meta: &TopicMeta) -> Vec<ShardId> {
+    let mut owners = meta.shards.clone();
+    owners.sort_unstable();
+    owners.dedup();
+    owners
+}
+
+fn unknown(topic: &str, partition: u32) -> BrokerError {
+    BrokerError::UnknownTopicOrPartition {
+        topic: topic.to_string(),
+        partition,
+    }
+}
