@@ -41,7 +41,8 @@ impl TopicTable {
     fn load(&self, shards: u16) -> Vec<usize> {
         let mut load = vec![0; shards as usize];
         for topic in self.topics.values() {
-            for &shard in &topic.shards {
+            // Shards past the count are being moved away and weigh nothing.
+            for &shard in topic.shards.iter().filter(|s| **s < shards) {
                 load[shard as usize] += 1;
             }
         }
