@@ -1,0 +1,539 @@
+//! End-to-end runs of the real `corelog` binary on 127.0.0.1 and a port it
+//! picks: durability across `kill -9`, requests that cross shards, many
+//! connections, a slow consumer, and bad input of every kind.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use net::client::Connection;
+use net::codec::{self, ApiKey, FrameDecoder, PayloadBuilder};
+use net::messages::{self, acks, ArchivedErrorResponse, EARLIEST_TIMESTAMP};
+use net::{ErrorCode, NetError};
+use storage::batch::{self, RecordBatchBuilder};
+
+/// A broker process; killed (SIGKILL) when dropped.
+struct Broker {
+    child: Child,
+    addr: String,
+}
+
+impl Broker {
+    fn start(data_dir: &Path, shards: usize) -> Broker {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_corelog"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--shards",
+                &shards.to_string(),
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the corelog binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("the broker reports its address");
+        let addr = line
+            .trim()
+            .strip_prefix("corelog listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Broker { child, addr }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        let status = self.child.wait().expect("reaped");
+        assert!(status.success(), "clean shutdown, got {status}");
+    }
+
+    fn assert_alive(&mut self) {
+        assert!(
+            self.child.try_wait().expect("status").is_none(),
+            "the broker is still running"
+        );
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run<T>(future: impl std::future::Future<Output = T>) -> T {
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(1 << 20)
+        .make()
+        .expect("executor")
+        .run(future)
+}
+
+fn data_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir on disk")
+}
+
+/// A batch of records `<partition>:<n>` for n in `range`.
+fn batch_of(partition: u32, range: std::ops::Range<u64>) -> Vec<u8> {
+    let mut builder = RecordBatchBuilder::new();
+    for n in range {
+        builder.push(
+            1_700_000_000_000,
+            None,
+            Some(format!("{partition}:{n}").as_bytes()),
+            vec![],
+        );
+    }
+    builder.build()
+}
+
+/// Every record value of a partition, read from the start.
+async fn consume_all(connection: &mut Connection, topic: &str, partition: u32) -> Vec<String> {
+    let mut values = Vec::new();
+    let mut next = connection
+        .list_offset(topic, partition, EARLIEST_TIMESTAMP)
+        .await
+        .unwrap()
+        .unwrap();
+    loop {
+        let fetched = connection.fetch(topic, partition, next, 1 << 20, 0).await.unwrap();
+        if fetched.batches().is_empty() {
+            assert_eq!(next, fetched.high_watermark);
+            return values;
+        }
+        for frame in batch::frames(fetched.batches()) {
+            let info = batch::verify_crc(frame).unwrap();
+            for record in batch::access(frame).unwrap().records.iter() {
+                let offset = info.base_offset.0 + u64::from(record.offset_delta.to_native());
+                if offset >= next {
+                    values.push(String::from_utf8(record.value.as_ref().unwrap().to_vec()).unwrap());
+                }
+            }
+            next = info.next_offset().0;
+        }
+    }
+}
+
+#[test]
+fn acknowledged_records_survive_kill_9() {
+    const PARTITIONS: u32 = 8;
+    const RECORDS: u64 = 100_000;
+    const PER_BATCH: u64 = 500;
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    let addr = broker.addr.clone();
+    let acknowledged = run(async move {
+        let mut admin = Connection::connect(&addr).await.unwrap();
+        admin.create_topic("durable", PARTITIONS, vec![]).await.unwrap();
+        let shards: Vec<u16> = admin.metadata(None).await.unwrap().topics[0]
+            .partitions
+            .iter()
+            .map(|p| p.shard)
+            .collect();
+        assert!(
+            shards.contains(&0) && shards.contains(&1),
+            "partitions spread over both shards: {shards:?}"
+        );
+        // Four connections, each producing to every partition: the kernel
+        // spreads them over the shards, so most requests cross shards.
+        let mut connections = Vec::new();
+        for _ in 0..4 {
+            connections.push(Connection::connect(&addr).await.unwrap());
+        }
+        let mut acknowledged = vec![0u64; PARTITIONS as usize];
+        let per_partition = RECORDS / u64::from(PARTITIONS);
+        let mut turn = 0;
+        for start in (0..per_partition).step_by(PER_BATCH as usize) {
+            for partition in 0..PARTITIONS {
+                let frame = batch_of(partition, start..start + PER_BATCH);
+                let connection = &mut connections[turn % 4];
+                turn += 1;
+                let base = connection
+                    .produce("durable", partition, &frame, acks::ALL)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(base, start, "offsets are dense per partition");
+                acknowledged[partition as usize] = start + PER_BATCH;
+            }
+        }
+        acknowledged
+    });
+    assert_eq!(acknowledged.iter().sum::<u64>(), RECORDS);
+    broker.kill9();
+
+    let broker = Broker::start(dir.path(), 2);
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut connection = Connection::connect(&addr).await.unwrap();
+        for partition in 0..PARTITIONS {
+            let values = consume_all(&mut connection, "durable", partition).await;
+            assert_eq!(
+                values.len() as u64,
+                acknowledged[partition as usize],
+                "partition {partition}"
+            );
+            for (n, value) in values.iter().enumerate() {
+                assert_eq!(value, &format!("{partition}:{n}"), "in order, none twice");
+            }
+        }
+    });
+    broker.stop();
+}
+
+#[test]
+fn topics_persist_and_shutdown_is_clean() {
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut c = Connection::connect(&addr).await.unwrap();
+        let configs = vec![messages::TopicConfig {
+            key: "retention.ms".into(),
+            value: "3600000".into(),
+        }];
+        c.create_topic("kept", 3, configs).await.unwrap();
+        c.create_topic("dropped", 2, vec![]).await.unwrap();
+        c.produce("kept", 1, &batch_of(1, 0..10), acks::LEADER).await.unwrap();
+        let again = c.create_topic("kept", 3, vec![]).await.unwrap_err();
+        assert!(
+            matches!(
+                again,
+                NetError::Rejected {
+                    code: ErrorCode::TopicAlreadyExists,
+                    ..
+                }
+            ),
+            "{again}"
+        );
+        c.delete_topic("dropped").await.unwrap();
+        let bad = c.create_topic("bad/name", 1, vec![]).await.unwrap_err();
+        assert!(
+            matches!(
+                bad,
+                NetError::Rejected {
+                    code: ErrorCode::InvalidTopic,
+                    ..
+                }
+            ),
+            "{bad}"
+        );
+    });
+    broker.stop();
+    assert!(!dir.path().join("dropped-0").exists());
+    let broker = Broker::start(dir.path(), 1);
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut c = Connection::connect(&addr).await.unwrap();
+        let metadata = c.metadata(None).await.unwrap();
+        let names: Vec<&str> = metadata.topics.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, vec!["kept"]);
+        let kept = &metadata.topics[0];
+        assert_eq!(kept.partitions.len(), 3);
+        assert!(
+            kept.partitions.iter().all(|p| p.shard == 0),
+            "moved to the one shard left"
+        );
+        assert_eq!(kept.partitions[1].high_watermark, 10);
+        assert_eq!(kept.configs[0].key, "retention.ms");
+        assert_eq!(consume_all(&mut c, "kept", 1).await.len(), 10);
+    });
+    broker.stop();
+}
+
+#[test]
+fn many_connections_at_once() {
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut admin = Connection::connect(&addr).await.unwrap();
+        admin.create_topic("busy", 4, vec![]).await.unwrap();
+        let tasks: Vec<_> = (0..200u32)
+            .map(|i| {
+                let addr = addr.clone();
+                glommio::spawn_local(async move {
+                    let mut c = Connection::connect(&addr).await.unwrap();
+                    let partition = i % 4;
+                    c.produce("busy", partition, &batch_of(partition, 0..5), acks::LEADER)
+                        .await
+                        .unwrap();
+                    c.fetch("busy", partition, 0, 4096, 0).await.unwrap().high_watermark
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await >= 5);
+        }
+        let total: usize = {
+            let mut sum = 0;
+            for p in 0..4 {
+                sum += consume_all(&mut admin, "busy", p).await.len();
+            }
+            sum
+        };
+        assert_eq!(total, 200 * 5);
+    });
+}
+
+#[test]
+fn a_long_poll_waits_for_data_and_a_slow_consumer_holds_up_no_one() {
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut admin = Connection::connect(&addr).await.unwrap();
+        admin.create_topic("poll", 2, vec![]).await.unwrap();
+        for p in 0..2 {
+            admin
+                .produce("poll", p, &batch_of(p, 0..100), acks::LEADER)
+                .await
+                .unwrap();
+        }
+        // A long poll at the end of the log returns when data arrives.
+        let waiter = {
+            let addr = addr.clone();
+            glommio::spawn_local(async move {
+                let mut c = Connection::connect(&addr).await.unwrap();
+                let started = std::time::Instant::now();
+                let fetched = c.fetch("poll", 0, 100, 1 << 20, 5_000).await.unwrap();
+                (fetched.batches().len(), started.elapsed())
+            })
+        };
+        glommio::timer::sleep(Duration::from_millis(200)).await;
+        admin
+            .produce("poll", 0, &batch_of(0, 100..101), acks::LEADER)
+            .await
+            .unwrap();
+        let (bytes, waited) = waiter.await;
+        assert!(bytes > 0, "the long poll returned the new batch");
+        assert!(
+            waited >= Duration::from_millis(150) && waited < Duration::from_secs(4),
+            "{waited:?}"
+        );
+    });
+
+    // A consumer that pipelines fetches and never reads its socket.
+    let mut slow = std::net::TcpStream::connect(&broker.addr).unwrap();
+    let fetch = messages::FetchRequest {
+        max_wait_ms: 0,
+        min_bytes: 1,
+        max_bytes: 1 << 20,
+        topics: vec![messages::FetchTopic {
+            name: "poll".into(),
+            partitions: vec![messages::FetchPartition {
+                partition: 1,
+                offset: 0,
+                max_bytes: 1 << 20,
+            }],
+        }],
+    };
+    let mut request = Vec::new();
+    codec::encode_request(ApiKey::Fetch, 0, 9, &fetch, &PayloadBuilder::default(), &mut request).unwrap();
+    slow.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    for _ in 0..2000 {
+        if slow.write_all(&request).is_err() {
+            break; // the broker stopped reading: backpressure reached the client
+        }
+    }
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut c = Connection::connect(&addr).await.unwrap();
+        assert_eq!(
+            consume_all(&mut c, "poll", 1).await.len(),
+            100,
+            "others are served meanwhile"
+        );
+    });
+    drop(slow);
+}
+
+/// Sends raw bytes on a fresh connection and reads one response frame, if
+/// one comes before the broker closes the connection.
+fn exchange(stream: &mut std::net::TcpStream, bytes: &[u8]) -> Option<(u16, Vec<u8>)> {
+    stream.write_all(bytes).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).ok()?;
+    let mut frame = prefix.to_vec();
+    frame.resize(4 + u32::from_le_bytes(prefix) as usize, 0);
+    stream.read_exact(&mut frame[4..]).ok()?;
+    let (response, _) = FrameDecoder::default().response(&frame).unwrap().unwrap();
+    Some((response.api_key, response.archive.to_vec()))
+}
+
+fn error_code(archive: &[u8]) -> ErrorCode {
+    let error: &ArchivedErrorResponse = codec::access(archive, "error").unwrap();
+    ErrorCode::from_code(error.error.to_native())
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_loses_nothing() {
+    let dir = data_dir();
+    let mut broker = Broker::start(dir.path(), 2);
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut c = Connection::connect(&addr).await.unwrap();
+        c.create_topic("safe", 2, vec![]).await.unwrap();
+        for p in 0..2 {
+            c.produce("safe", p, &batch_of(p, 0..50), acks::ALL).await.unwrap();
+        }
+    });
+
+    // A garbage body in a well-formed frame: an error response, and the
+    // connection goes on serving.
+    let mut stream = std::net::TcpStream::connect(&broker.addr).unwrap();
+    let mut garbage = vec![28u8, 0, 0, 0, 4, 0, 0, 0, 1, 0, 0, 0, 16, 0, 0, 0];
+    garbage.extend_from_slice(&[0xEE; 16]);
+    let (key, archive) = exchange(&mut stream, &garbage).expect("a response to garbage");
+    assert_eq!(key, codec::ERROR_RESPONSE_KEY);
+    assert_eq!(error_code(&archive), ErrorCode::InvalidRequest);
+    // An unknown api on the same connection: UNSUPPORTED_VERSION, still open.
+    let mut unknown = Vec::new();
+    let hello = messages::ApiVersionsRequest {
+        client_name: "t".into(),
+        client_version: "0".into(),
+    };
+    codec::encode_request(
+        ApiKey::ApiVersions,
+        0,
+        3,
+        &hello,
+        &PayloadBuilder::default(),
+        &mut unknown,
+    )
+    .unwrap();
+    unknown[4] = 200;
+    let (key, archive) = exchange(&mut stream, &unknown).expect("a response to an unknown api");
+    assert_eq!(key, codec::ERROR_RESPONSE_KEY);
+    assert_eq!(error_code(&archive), ErrorCode::UnsupportedVersion);
+    unknown[4] = ApiKey::ApiVersions as u8;
+    let (key, _) = exchange(&mut stream, &unknown).expect("the connection still serves");
+    assert_eq!(key, ApiKey::ApiVersions as u16);
+
+    // An oversized frame: an error, then the broker closes the connection.
+    let mut stream = std::net::TcpStream::connect(&broker.addr).unwrap();
+    let (key, archive) = exchange(&mut stream, &u32::MAX.to_le_bytes()).expect("an error for an oversized frame");
+    assert_eq!(key, codec::ERROR_RESPONSE_KEY);
+    assert_eq!(error_code(&archive), ErrorCode::InvalidRequest);
+    let mut rest = Vec::new();
+    assert_eq!(stream.read_to_end(&mut rest).unwrap_or(0), 0, "closed");
+
+    // A truncated frame, then the client vanishes.
+    let mut stream = std::net::TcpStream::connect(&broker.addr).unwrap();
+    stream.write_all(&[200, 0, 0, 0, 1, 2, 3]).unwrap();
+    drop(stream);
+
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut c = Connection::connect(&addr).await.unwrap();
+        // Unknown topic and partition.
+        let err = c
+            .produce("nope", 0, &batch_of(0, 0..1), acks::LEADER)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NetError::Rejected {
+                    code: ErrorCode::UnknownTopicOrPartition,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = c
+            .produce("safe", 7, &batch_of(7, 0..1), acks::LEADER)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NetError::Rejected {
+                    code: ErrorCode::UnknownTopicOrPartition,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // A batch whose crc does not match, to a partition on each shard.
+        for p in 0..2 {
+            let mut bad = batch_of(p, 0..3);
+            let n = bad.len();
+            bad[n / 2] ^= 0x10;
+            let err = c.produce("safe", p, &bad, acks::ALL).await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    NetError::Rejected {
+                        code: ErrorCode::CorruptMessage,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+            // Bytes that are not whole batch frames at all.
+            let err = c.produce("safe", p, &[1, 2, 3], acks::ALL).await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    NetError::Rejected {
+                        code: ErrorCode::CorruptMessage,
+                        ..
+                    }
+                ),
+                "{err}"
+            );
+        }
+        // A record over the size limit.
+        let mut builder = RecordBatchBuilder::new();
+        builder.push(0, None, Some(&vec![0u8; 2 << 20]), vec![]);
+        let err = c.produce("safe", 0, &builder.build(), acks::ALL).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NetError::Rejected {
+                    code: ErrorCode::MessageTooLarge,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // A fetch past the log end.
+        let err = c.fetch("safe", 0, 999, 1024, 0).await.err().expect("out of range");
+        assert!(
+            matches!(
+                err,
+                NetError::Rejected {
+                    code: ErrorCode::OffsetOutOfRange,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Nothing stored was lost or changed.
+        for p in 0..2 {
+            let values = consume_all(&mut c, "safe", p).await;
+            assert_eq!(values.len(), 50);
+            assert_eq!(values[49], format!("{p}:49"));
+        }
+    });
+    broker.assert_alive();
+    broker.stop();
+}
