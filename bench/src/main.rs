@@ -5,6 +5,7 @@
 //! storage engine), repeats every cell, and writes the medians with the
 //! machine's description to `perf-reports/`.
 
+mod broker_bench;
 mod index;
 mod machine;
 mod storage_bench;
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Append throughput of the partition log against raw O_DIRECT writes.
     Storage(storage_bench::Args),
+    /// Produce and consume throughput of a broker with 1 and with 2 shards.
+    Broker(broker_bench::Args),
     /// Regenerate perf-reports/README.md from the reports' JSON files.
     Index {
         #[arg(long, default_value_os_t = default_report_dir())]
@@ -41,6 +44,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Storage(args) => storage_bench::run(args),
+        Command::Broker(args) => broker_bench::run(args),
         Command::Index { report_dir } => index::write(&report_dir),
     };
     if let Err(error) = result {

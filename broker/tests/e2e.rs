@@ -537,3 +537,87 @@ fn bad_input_gets_clear_errors_and_loses_nothing() {
     broker.assert_alive();
     broker.stop();
 }
+
+#[test]
+fn producer_and_consumer_round_trip() {
+    use net::consumer::Consumer;
+    use net::producer::{Producer, ProducerConfig};
+
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut admin = Connection::connect(&addr).await.unwrap();
+        admin.create_topic("events", 6, vec![]).await.unwrap();
+        let producer = Producer::connect(
+            &addr,
+            ProducerConfig {
+                batch_bytes: 16 << 10,
+                linger: Duration::from_millis(5),
+                ..ProducerConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut futures = Vec::new();
+        for i in 0..5000u32 {
+            let key = format!("user-{}", i % 37);
+            let value = format!("event-{i}");
+            let future = producer
+                .send(
+                    "events",
+                    Some(key.as_bytes()),
+                    Some(value.as_bytes()),
+                    vec![],
+                    1_000 + i64::from(i),
+                )
+                .await
+                .unwrap();
+            futures.push((key, value, future));
+        }
+        producer.flush().await;
+        let mut stored = std::collections::HashMap::new();
+        for (key, value, future) in futures {
+            let offset = future.await.expect("resolved").expect("stored");
+            let partition = net::client::partition_for_key(key.as_bytes(), 6);
+            assert!(
+                stored.insert((partition, offset), (key, value)).is_none(),
+                "one offset per record"
+            );
+        }
+        let unknown = producer.send("no-such-topic", None, Some(b"x"), vec![], 0).await;
+        assert!(matches!(
+            unknown,
+            Err(NetError::Rejected {
+                code: ErrorCode::UnknownTopicOrPartition,
+                ..
+            })
+        ));
+
+        let mut consumer = Consumer::connect(&addr, "events").await.unwrap();
+        consumer.set_max_wait_ms(10);
+        consumer.assign_all().await.unwrap();
+        let mut seen = 0;
+        let mut last = std::collections::HashMap::new();
+        while seen < 5000 {
+            for record in consumer.poll().await.unwrap() {
+                let (key, value) = &stored[&(record.partition, record.offset)];
+                assert_eq!(record.key.as_deref(), Some(key.as_bytes()));
+                assert_eq!(record.value.as_deref(), Some(value.as_bytes()));
+                let previous = last.insert(record.partition, record.offset);
+                assert!(previous.is_none_or(|p| p < record.offset), "in order per partition");
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 5000);
+        // Seek back and read a partition's first record again.
+        consumer.seek(0, 0).await.unwrap();
+        let again = loop {
+            let records = consumer.poll().await.unwrap();
+            if let Some(first) = records.into_iter().find(|r| r.partition == 0) {
+                break first;
+            }
+        };
+        assert_eq!(again.offset, 0);
+    });
+}

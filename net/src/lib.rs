@@ -9,8 +9,10 @@
 
 pub mod client;
 pub mod codec;
+pub mod consumer;
 pub mod error;
 pub mod messages;
+pub mod producer;
 
 pub use codec::{ApiKey, FrameDecoder, PayloadBuilder, RequestFrame, ResponseFrame};
 pub use error::{ErrorCode, NetError};

@@ -1,0 +1,251 @@
+//! The producer: records go into per-partition batches, which are sent when
+//! full or when they have lingered long enough, with retries on retriable
+//! errors; each record's future resolves to its offset.
+//!
+//! A `Producer` lives on the executor that created it. Its connection
+//! carries one request at a time; batches for many partitions go out one
+//! after another as they fill.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use glommio::sync::Semaphore;
+use storage::batch::{RecordBatchBuilder, RecordHeader};
+
+use crate::client::{partition_for_key, Connection};
+use crate::error::{ErrorCode, NetError};
+use crate::messages::acks;
+
+#[derive(Clone, Debug)]
+pub struct ProducerConfig {
+    /// `acks::NONE`, `acks::LEADER` or `acks::ALL`.
+    pub acks: i8,
+    /// A batch is sent once its records hold this many bytes.
+    pub batch_bytes: usize,
+    /// A batch that is not full is sent this long after its first record.
+    pub linger: Duration,
+    /// Attempts after the first for a retriable error.
+    pub retries: u32,
+    pub retry_backoff: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: acks::ALL,
+            batch_bytes: 64 << 10,
+            linger: Duration::from_millis(5),
+            retries: 5,
+            retry_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What a record's future resolves to: its offset, or why it was not stored.
+pub type RecordResult = Result<u64, Rc<NetError>>;
+
+struct Pending {
+    builder: RecordBatchBuilder,
+    waiters: Vec<oneshot::Sender<RecordResult>>,
+    /// Distinguishes this batch from a later one of the same partition, so
+    /// a linger timer sends only the batch it was started for.
+    generation: u64,
+}
+
+struct Inner {
+    addr: String,
+    config: ProducerConfig,
+    connection: RefCell<Option<Connection>>,
+    /// One request at a time on the connection.
+    sending: Semaphore,
+    partitions: RefCell<HashMap<String, u32>>,
+    pending: RefCell<HashMap<(String, u32), Pending>>,
+    next_generation: Cell<u64>,
+    sticky: Cell<u32>,
+}
+
+#[derive(Clone)]
+pub struct Producer {
+    inner: Rc<Inner>,
+}
+
+impl Producer {
+    pub async fn connect(addr: &str, config: ProducerConfig) -> Result<Producer, NetError> {
+        let connection = Connection::connect(addr).await?;
+        Ok(Producer {
+            inner: Rc::new(Inner {
+                addr: addr.to_string(),
+                config,
+                connection: RefCell::new(Some(connection)),
+                sending: Semaphore::new(1),
+                partitions: RefCell::new(HashMap::new()),
+                pending: RefCell::new(HashMap::new()),
+                next_generation: Cell::new(0),
+                sticky: Cell::new(0),
+            }),
+        })
+    }
+
+    async fn partitions(&self, topic: &str) -> Result<u32, NetError> {
+        if let Some(&n) = self.inner.partitions.borrow().get(topic) {
+            return Ok(n);
+        }
+        let metadata = self
+            .with_connection(|mut c| async move {
+                let result = c.metadata(Some(vec![topic.to_string()])).await;
+                (c, result)
+            })
+            .await?;
+        let count = metadata
+            .topics
+            .first()
+            .filter(|t| t.error == 0)
+            .map_or(0, |t| t.partitions.len() as u32);
+        if count == 0 {
+            return Err(NetError::Rejected {
+                code: ErrorCode::UnknownTopicOrPartition,
+                message: format!("topic {topic}"),
+            });
+        }
+        self.inner.partitions.borrow_mut().insert(topic.to_string(), count);
+        Ok(count)
+    }
+
+    /// Runs `f` with the connection, reconnecting first if it was lost.
+    async fn with_connection<T, F, Fut>(&self, f: F) -> Result<T, NetError>
+    where
+        F: FnOnce(Connection) -> Fut,
+        Fut: std::future::Future<Output = (Connection, Result<T, NetError>)>,
+    {
+        let _turn = self
+            .inner
+            .sending
+            .acquire_permit(1)
+            .await
+            .map_err(|_| NetError::ConnectionClosed {
+                addr: self.inner.addr.clone(),
+            })?;
+        let connection = self.inner.connection.borrow_mut().take();
+        let connection = match connection {
+            Some(c) => c,
+            None => Connection::connect(&self.inner.addr).await?,
+        };
+        let (connection, result) = f(connection).await;
+        if !matches!(result, Err(NetError::Io { .. } | NetError::ConnectionClosed { .. })) {
+            *self.inner.connection.borrow_mut() = Some(connection);
+        }
+        result
+    }
+
+    /// Adds a record to its partition's batch and returns a future of its
+    /// offset. Without a key, records stick to one partition per batch.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: Vec<RecordHeader>,
+        timestamp_ms: i64,
+    ) -> Result<oneshot::Receiver<RecordResult>, NetError> {
+        let partitions = self.partitions(topic).await?;
+        let partition = match key {
+            Some(key) => partition_for_key(key, partitions),
+            None => self.inner.sticky.get() % partitions,
+        };
+        let (tx, rx) = oneshot::channel();
+        let slot = (topic.to_string(), partition);
+        let (full, start_linger) = {
+            let mut pending = self.inner.pending.borrow_mut();
+            let batch = pending.entry(slot.clone()).or_insert_with(|| {
+                let generation = self.inner.next_generation.get();
+                self.inner.next_generation.set(generation + 1);
+                Pending {
+                    builder: RecordBatchBuilder::new(),
+                    waiters: Vec::new(),
+                    generation,
+                }
+            });
+            batch.builder.push(timestamp_ms, key, value, headers);
+            batch.waiters.push(tx);
+            let start_linger = (batch.waiters.len() == 1).then_some(batch.generation);
+            (
+                batch.builder.payload_bytes() >= self.inner.config.batch_bytes,
+                start_linger,
+            )
+        };
+        if full {
+            if key.is_none() {
+                self.inner.sticky.set(self.inner.sticky.get().wrapping_add(1));
+            }
+            self.send_batch(&slot, None).await;
+        } else if let Some(generation) = start_linger {
+            let producer = self.clone();
+            glommio::spawn_local(async move {
+                glommio::timer::sleep(producer.inner.config.linger).await;
+                producer.send_batch(&slot, Some(generation)).await;
+            })
+            .detach();
+        }
+        Ok(rx)
+    }
+
+    /// Sends every batch now and waits for their answers.
+    pub async fn flush(&self) {
+        let slots: Vec<(String, u32)> = self.inner.pending.borrow().keys().cloned().collect();
+        for slot in slots {
+            self.send_batch(&slot, None).await;
+        }
+    }
+
+    /// Sends the batch of `slot` (if `generation` is given, only if it is
+    /// still that batch) and resolves its records' futures.
+    async fn send_batch(&self, slot: &(String, u32), generation: Option<u64>) {
+        let batch = {
+            let mut pending = self.inner.pending.borrow_mut();
+            match pending.get(slot) {
+                Some(p) if generation.is_none_or(|g| g == p.generation) => pending.remove(slot),
+                _ => None,
+            }
+        };
+        let Some(batch) = batch else { return };
+        let frame = batch.builder.build();
+        let acks = self.inner.config.acks;
+        let mut attempt = 0;
+        let result = loop {
+            let frame = &frame;
+            let result = self
+                .with_connection(|mut c| async move {
+                    let result = c.produce(&slot.0, slot.1, frame, acks).await;
+                    (c, result)
+                })
+                .await;
+            let retriable = match &result {
+                Err(NetError::Rejected { code, .. }) => code.is_retriable(),
+                Err(NetError::Io { .. } | NetError::ConnectionClosed { .. }) => true,
+                _ => false,
+            };
+            if !retriable || attempt >= self.inner.config.retries {
+                break result;
+            }
+            attempt += 1;
+            glommio::timer::sleep(self.inner.config.retry_backoff * attempt).await;
+        };
+        match result {
+            Ok(base) => {
+                for (i, waiter) in batch.waiters.into_iter().enumerate() {
+                    // With acks 0 there is no offset to give: u64::MAX says so.
+                    let _ = waiter.send(Ok(base.map_or(u64::MAX, |b| b + i as u64)));
+                }
+            }
+            Err(error) => {
+                let error = Rc::new(error);
+                for waiter in batch.waiters {
+                    let _ = waiter.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
