@@ -37,6 +37,23 @@ pub fn write(report_dir: &Path) -> Result<(), String> {
             100.0 * grouped / log
         ));
     }
+    let broker = report_dir.join("broker.json");
+    if let Ok(text) = std::fs::read_to_string(&broker) {
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", broker.display()))?;
+        let samples: Vec<crate::broker_bench::Sample> =
+            serde_json::from_value(json["samples"].clone()).map_err(|e| format!("{}: {e}", broker.display()))?;
+        let rate = |shards: usize, f: fn(&crate::broker_bench::Sample) -> f64| {
+            median(samples.iter().filter(|s| s.shards == shards).map(f).collect())
+        };
+        out.push_str(&format!(
+            "| [broker.md](broker.md) | 1 KiB records over the native protocol, acks=1: produce {:.0} MB/s with 1 shard, \
+             {:.0} MB/s with 2; consume {:.0} MB/s with 1 shard, {:.0} MB/s with 2 |\n",
+            rate(1, |s| s.produce_mb_per_s),
+            rate(2, |s| s.produce_mb_per_s),
+            rate(1, |s| s.consume_mb_per_s),
+            rate(2, |s| s.consume_mb_per_s),
+        ));
+    }
     let path = report_dir.join("README.md");
     std::fs::write(&path, out).map_err(|e| format!("write {}: {e}", path.display()))
 }
