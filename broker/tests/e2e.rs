@@ -621,3 +621,57 @@ fn producer_and_consumer_round_trip() {
         assert_eq!(again.offset, 0);
     });
 }
+
+#[test]
+fn many_requests_in_flight_on_one_connection() {
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut admin = Connection::connect(&addr).await.unwrap();
+        admin.create_topic("pipelined", 4, vec![]).await.unwrap();
+    });
+    // 100 produce requests written back to back before any response is
+    // read; every one is answered, each with its own correlation id.
+    let mut stream = std::net::TcpStream::connect(&broker.addr).unwrap();
+    let mut requests = Vec::new();
+    for id in 0..100u32 {
+        let partition = id % 4;
+        let frame = batch_of(partition, 0..3);
+        let mut payload = PayloadBuilder::default();
+        let range = payload.push(&frame).unwrap();
+        let request = messages::ProduceRequest {
+            acks: acks::ALL,
+            timeout_ms: 10_000,
+            topics: vec![messages::ProduceTopic {
+                name: "pipelined".into(),
+                partitions: vec![messages::ProducePartition {
+                    partition,
+                    batches: range,
+                }],
+            }],
+        };
+        codec::encode_request(ApiKey::Produce, 0, 1000 + id, &request, &payload, &mut requests).unwrap();
+    }
+    stream.write_all(&requests).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answered = std::collections::BTreeSet::new();
+    let mut buffer = Vec::new();
+    while answered.len() < 100 {
+        let mut chunk = [0u8; 4096];
+        let n = match stream.read(&mut chunk) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => other.unwrap(),
+        };
+        assert!(n > 0, "the broker closed the connection");
+        buffer.extend_from_slice(&chunk[..n]);
+        while let Some((frame, used)) = FrameDecoder::default().response(&buffer).unwrap() {
+            assert_eq!(frame.api_key, ApiKey::Produce as u16);
+            let produced: &messages::ArchivedProduceResponse = codec::access(frame.archive, "produce").unwrap();
+            assert_eq!(produced.topics[0].partitions[0].error.to_native(), 0);
+            assert!(answered.insert(frame.correlation_id), "one answer per request");
+            buffer.drain(..used);
+        }
+    }
+    assert_eq!(answered, (1000..1100).collect());
+}
