@@ -104,15 +104,7 @@ impl Connection {
         message: &M,
         payload: &PayloadBuilder<'_>,
     ) -> Result<Response, NetError> {
-        let correlation_id = self.next_correlation_id;
-        self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
-        let mut head = Vec::new();
-        codec::encode_request_head(api_key, 0, correlation_id, message, payload.len(), &mut head)?;
-        self.write(&head).await?;
-        for slice in payload.slices() {
-            self.write(slice).await?;
-        }
-        self.stream.flush().await.map_err(|e| self.io("write to", e))?;
+        let correlation_id = self.write_request(api_key, message, payload).await?;
         let response = self.read_response().await?;
         if response.0 != correlation_id {
             return Err(NetError::UnexpectedResponse {
@@ -144,6 +136,17 @@ impl Connection {
         message: &M,
         payload: &PayloadBuilder<'_>,
     ) -> Result<(), NetError> {
+        self.write_request(api_key, message, payload).await.map(|_| ())
+    }
+
+    /// Writes a request (head, then the payload's slices) and returns its
+    /// correlation id.
+    async fn write_request<M: Message>(
+        &mut self,
+        api_key: ApiKey,
+        message: &M,
+        payload: &PayloadBuilder<'_>,
+    ) -> Result<u32, NetError> {
         let correlation_id = self.next_correlation_id;
         self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
         let mut head = Vec::new();
@@ -152,7 +155,8 @@ impl Connection {
         for slice in payload.slices() {
             self.write(slice).await?;
         }
-        self.stream.flush().await.map_err(|e| self.io("write to", e))
+        self.stream.flush().await.map_err(|e| self.io("write to", e))?;
+        Ok(correlation_id)
     }
 
     fn io(&self, op: &'static str, e: impl Into<std::io::Error>) -> NetError {
@@ -284,14 +288,10 @@ impl Connection {
         }
         let response = self.request(ApiKey::Produce, &request, &payload).await?;
         let produced: &ArchivedProduceResponse = response.message("Produce response")?;
-        let partition = produced
-            .topics
-            .first()
-            .and_then(|t| t.partitions.first())
-            .ok_or_else(|| NetError::Malformed {
-                what: "Produce response",
-                reason: "no partition result".into(),
-            })?;
+        let partition = single(
+            produced.topics.first().and_then(|t| t.partitions.first()),
+            "Produce response",
+        )?;
         check(
             partition.error.to_native(),
             partition.message.as_ref().map_or("", |m| m.as_str()),
@@ -326,14 +326,8 @@ impl Connection {
             .request(ApiKey::Fetch, &request, &PayloadBuilder::default())
             .await?;
         let fetched: &ArchivedFetchResponse = response.message("Fetch response")?;
-        let part = fetched
-            .topics
-            .first()
-            .and_then(|t| t.partitions.first())
-            .ok_or_else(|| NetError::Malformed {
-                what: "Fetch response",
-                reason: "no partition result".into(),
-            })?;
+        let part = fetched.topics.first().and_then(|t| t.partitions.first());
+        let part = single(part, "Fetch response")?;
         check(part.error.to_native(), "")?;
         let high_watermark = part.high_watermark.to_native();
         let log_start_offset = part.log_start_offset.to_native();
@@ -359,14 +353,8 @@ impl Connection {
             .request(ApiKey::ListOffsets, &request, &PayloadBuilder::default())
             .await?;
         let listed: &ArchivedListOffsetsResponse = response.message("ListOffsets response")?;
-        let part = listed
-            .topics
-            .first()
-            .and_then(|t| t.partitions.first())
-            .ok_or_else(|| NetError::Malformed {
-                what: "ListOffsets response",
-                reason: "no partition result".into(),
-            })?;
+        let part = listed.topics.first().and_then(|t| t.partitions.first());
+        let part = single(part, "ListOffsets response")?;
         check(part.error.to_native(), "")?;
         Ok(part.offset.as_ref().map(|o| o.to_native()))
     }
@@ -398,6 +386,14 @@ fn owned(buffer: &[u8], frame: &ResponseFrame<'_>, used: usize) -> Response {
         archive: (archive_start, archive_start + frame.archive.len()),
         payload: (payload_start, payload_start + frame.payload.len()),
     }
+}
+
+/// The one partition result a single-partition request gets back.
+fn single<'a, T>(part: Option<&'a T>, what: &'static str) -> Result<&'a T, NetError> {
+    part.ok_or_else(|| NetError::Malformed {
+        what,
+        reason: "no partition result".into(),
+    })
 }
 
 fn check(code: i16, message: &str) -> Result<(), NetError> {
