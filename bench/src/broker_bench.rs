@@ -2,9 +2,7 @@
 //! through the native protocol, against a broker with 1 and with 2 shards,
 //! started by the benchmark from the `corelog` binary beside it.
 
-use std::io::BufRead;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -47,51 +45,6 @@ pub struct Sample {
     pub records: u64,
 }
 
-struct Broker(Child, String);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_broker(data_dir: &std::path::Path, shards: usize) -> Result<Broker, String> {
-    let binary = std::env::current_exe()
-        .map_err(|e| e.to_string())?
-        .with_file_name("corelog");
-    if !binary.exists() {
-        return Err(format!(
-            "{} is missing: build it with `cargo build --release -p corelog`",
-            binary.display()
-        ));
-    }
-    let mut child = Command::new(&binary)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            &shards.to_string(),
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("start {}: {e}", binary.display()))?;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().expect("piped"))
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    let addr = line
-        .trim()
-        .strip_prefix("corelog listening on ")
-        .ok_or_else(|| format!("unexpected broker output {line:?}"))?
-        .to_string();
-    Ok(Broker(child, addr))
-}
-
 pub fn run(args: Args) -> Result<(), String> {
     let machine = Machine::describe(std::path::Path::new("."));
     let mut samples = Vec::new();
@@ -100,8 +53,8 @@ pub fn run(args: Args) -> Result<(), String> {
             let dir = args.data_dir.join(format!("run{run}-{shards}"));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            let broker = start_broker(&dir, shards)?;
-            let sample = measure(&broker.1, shards, &args)?;
+            let broker = crate::broker_process::BrokerProcess::start(&dir, shards)?;
+            let sample = measure(&broker.addr, shards, &args)?;
             eprintln!(
                 "run {}/{}: {shards} shard(s): produce {:.0} MB/s, consume {:.0} MB/s",
                 run + 1,

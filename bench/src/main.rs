@@ -6,9 +6,13 @@
 //! machine's description to `perf-reports/`.
 
 mod broker_bench;
+mod broker_process;
 mod index;
+mod limits;
 mod machine;
 mod storage_bench;
+mod workload;
+mod workload_report;
 
 use std::path::PathBuf;
 
@@ -30,6 +34,8 @@ enum Command {
     Storage(storage_bench::Args),
     /// Produce and consume throughput of a broker with 1 and with 2 shards.
     Broker(broker_bench::Args),
+    /// Run a workload preset (bench/workloads/*.toml) and write its report.
+    Run(workload::Args),
     /// Regenerate perf-reports/README.md from the reports' JSON files.
     Index {
         #[arg(long, default_value_os_t = default_report_dir())]
@@ -45,6 +51,7 @@ fn main() {
     let result = match cli.command {
         Command::Storage(args) => storage_bench::run(args),
         Command::Broker(args) => broker_bench::run(args),
+        Command::Run(args) => workload::run(args),
         Command::Index { report_dir } => index::write(&report_dir),
     };
     if let Err(error) = result {

@@ -237,7 +237,7 @@ async fn measure(
 /// in flight at a time (the log's own pattern), no copy, no checks. With
 /// `preallocate`, the file is extended ahead of the writes in the log's
 /// steps, as the log does.
-async fn raw_write(dir: &Path, batch_bytes: usize, bytes: u64, preallocate: bool) -> Result<Sample, String> {
+pub(crate) async fn raw_write(dir: &Path, batch_bytes: usize, bytes: u64, preallocate: bool) -> Result<Sample, String> {
     let path = dir.join("raw");
     let file = OpenOptions::new()
         .write(true)

@@ -1,0 +1,105 @@
+//! The machine's own limits, measured in the same run as a workload: raw
+//! O_DIRECT sequential write and read bandwidth of the data directory's disk
+//! through glommio, and loopback TCP bandwidth between two threads.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use glommio::io::DmaFile;
+use serde::{Deserialize, Serialize};
+
+/// Bytes each disk measurement writes and reads.
+const DISK_BYTES: u64 = 2 << 30;
+/// Bytes the loopback measurement sends.
+const LOOPBACK_BYTES: u64 = 4 << 30;
+const READ_BYTES: usize = 2 << 20;
+const READS_IN_FLIGHT: u64 = 8;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Limits {
+    pub disk_write_mb_per_s: f64,
+    pub disk_read_mb_per_s: f64,
+    pub loopback_mb_per_s: f64,
+}
+
+pub fn measure(dir: &Path) -> Result<Limits, String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let dir_owned = dir.to_path_buf();
+    let (write, read) = glommio::LocalExecutorBuilder::default()
+        .io_memory(64 << 20)
+        .make()
+        .map_err(|e| e.to_string())?
+        .run(async move {
+            storage::device::prime_iopoll_probe(&dir_owned)
+                .await
+                .map_err(|e| e.to_string())?;
+            let written = crate::storage_bench::raw_write(&dir_owned, 0, DISK_BYTES, true).await?;
+            let read = read_back(&dir_owned.join("raw")).await?;
+            Ok::<_, String>((written.mb_per_s, read))
+        })?;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(Limits {
+        disk_write_mb_per_s: write,
+        disk_read_mb_per_s: read,
+        loopback_mb_per_s: loopback()?,
+    })
+}
+
+/// Reads the file written by the raw write back, 2 MiB at a time, eight
+/// reads in flight.
+async fn read_back(path: &Path) -> Result<f64, String> {
+    let file = std::rc::Rc::new(DmaFile::open(path).await.map_err(|e| e.to_string())?);
+    let size = file.file_size().await.map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut position = 0u64;
+    let mut read = 0u64;
+    while position < size {
+        let reads: Vec<_> = (0..READS_IN_FLIGHT)
+            .map(|i| position + i * READ_BYTES as u64)
+            .filter(|p| *p < size)
+            .map(|p| {
+                let file = file.clone();
+                async move { file.read_at_aligned(p, READ_BYTES).await.map(|r| r.len()) }
+            })
+            .collect();
+        for result in futures::future::join_all(reads).await {
+            read += result.map_err(|e| e.to_string())? as u64;
+        }
+        position += READS_IN_FLIGHT * READ_BYTES as u64;
+    }
+    Ok(read as f64 / start.elapsed().as_secs_f64() / 1e6)
+}
+
+fn loopback() -> Result<f64, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut stream, _) = listener.accept()?;
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            match stream.read(&mut buffer) {
+                Ok(0) => return Ok(total),
+                Ok(n) => total += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    let chunk = vec![0x17u8; 1 << 20];
+    let mut sent = 0u64;
+    while sent < LOOPBACK_BYTES {
+        stream.write_all(&chunk).map_err(|e| e.to_string())?;
+        sent += chunk.len() as u64;
+    }
+    drop(stream);
+    let received = reader
+        .join()
+        .map_err(|_| "loopback reader panicked".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(received as f64 / start.elapsed().as_secs_f64() / 1e6)
+}

@@ -1,0 +1,476 @@
+//! Workloads as the OpenMessaging Benchmark describes them, from presets in
+//! `bench/workloads/*.toml`: producers and consumers against a broker that
+//! the harness starts (or one given with `--broker`), measuring throughput
+//! each second and latency in HDR histograms, beside the machine's own
+//! limits measured in the same run, into `perf-reports/<preset>.md/.json`.
+//!
+//! Latency: a produce's acknowledgement latency runs from the moment the
+//! batch was due to be sent (at a fixed rate: its slot in the schedule, so a
+//! stall delays every batch behind it and is counted, not hidden: the
+//! correction for coordinated omission) to its response. End-to-end latency
+//! runs from the same moment, written into each record's first 8 bytes, to
+//! the consumer's receipt of the record.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use net::client::Connection;
+use net::messages::{acks, TopicConfig, LATEST_TIMESTAMP};
+use serde::{Deserialize, Serialize};
+use storage::batch::{self, RecordBatchBuilder};
+
+use crate::broker_process::BrokerProcess;
+use crate::machine::Machine;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A preset file, e.g. bench/workloads/max-produce-1k.toml.
+    preset: PathBuf,
+    /// Target a running broker instead of starting one.
+    #[arg(long)]
+    broker: Option<String>,
+    /// Data directory of the broker the harness starts.
+    #[arg(long, default_value = "corelog-data/bench-workload")]
+    data_dir: PathBuf,
+    #[arg(long, default_value_os_t = crate::default_report_dir())]
+    report_dir: PathBuf,
+    /// Skip measuring the machine's limits (disk, loopback).
+    #[arg(long)]
+    no_limits: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    pub name: String,
+    pub description: String,
+    pub partitions: u32,
+    /// Shards of the broker the harness starts.
+    pub shards: usize,
+    pub producers: usize,
+    pub consumers: usize,
+    pub message_bytes: usize,
+    pub batch_bytes: usize,
+    /// "0", "1" or "all".
+    pub acks: String,
+    /// "max", "half-max", or records per second.
+    pub rate: String,
+    pub warmup_s: f64,
+    pub duration_s: f64,
+    /// Stop producing after this many bytes (before `duration_s` if sooner).
+    pub produce_bytes: Option<u64>,
+    /// Produce everything first, then consume it from the beginning.
+    #[serde(default)]
+    pub catch_up: bool,
+    #[serde(default)]
+    pub topic_configs: BTreeMap<String, String>,
+}
+
+/// Shortest record that carries its due time.
+const STAMP_BYTES: usize = 8;
+/// Latencies are recorded in microseconds, up to an hour.
+const LATENCY_MAX_US: u64 = 3_600_000_000;
+/// How long consumers may trail the producers before a run gives up.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p99_9_us: u64,
+    pub p99_99_us: u64,
+    pub max_us: u64,
+    /// (percentile, microseconds) for the spectrum plot.
+    pub spectrum: Vec<(f64, u64)>,
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Percentiles {
+        let spectrum = [
+            0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0,
+        ]
+        .iter()
+        .map(|q| (*q, h.value_at_quantile(q / 100.0)))
+        .collect();
+        Percentiles {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.50),
+            p90_us: h.value_at_quantile(0.90),
+            p99_us: h.value_at_quantile(0.99),
+            p99_9_us: h.value_at_quantile(0.999),
+            p99_99_us: h.value_at_quantile(0.9999),
+            max_us: h.max(),
+            spectrum,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Outcome {
+    pub produce_mb_per_s: f64,
+    pub produce_records_per_s: f64,
+    pub consume_mb_per_s: f64,
+    pub consume_records_per_s: f64,
+    /// Per second of the measured window: (produce MB/s, consume MB/s).
+    pub per_second: Vec<(f64, f64)>,
+    pub produce_ack: Percentiles,
+    pub end_to_end: Percentiles,
+    pub target_records_per_s: Option<f64>,
+    pub produced_bytes: u64,
+    pub consumed_bytes: u64,
+    pub broker_peak_rss_bytes: Option<u64>,
+}
+
+struct Shared {
+    start: Instant,
+    measure_from: Instant,
+    produced: RefCell<Vec<(u64, u64)>>,
+    consumed: RefCell<Vec<(u64, u64)>>,
+    ack: RefCell<Histogram<u64>>,
+    e2e: RefCell<Histogram<u64>>,
+    produced_records: RefCell<u64>,
+    consumed_records: RefCell<u64>,
+}
+
+impl Shared {
+    fn second(&self, now: Instant) -> Option<usize> {
+        now.checked_duration_since(self.measure_from)
+            .map(|d| d.as_secs() as usize)
+    }
+
+    fn count(series: &RefCell<Vec<(u64, u64)>>, second: usize, bytes: u64, records: u64) {
+        let mut series = series.borrow_mut();
+        if series.len() <= second {
+            series.resize(second + 1, (0, 0));
+        }
+        series[second].0 += bytes;
+        series[second].1 += records;
+    }
+}
+
+pub fn run(args: Args) -> Result<(), String> {
+    let text = std::fs::read_to_string(&args.preset).map_err(|e| format!("{}: {e}", args.preset.display()))?;
+    let workload: Workload = toml::from_str(&text).map_err(|e| format!("{}: {e}", args.preset.display()))?;
+    if workload.message_bytes < STAMP_BYTES || workload.producers == 0 || workload.partitions == 0 {
+        return Err("a workload needs records of at least 8 bytes, a producer and a partition".into());
+    }
+    let machine = Machine::describe(Path::new("."));
+    let limits = if args.no_limits {
+        None
+    } else {
+        eprintln!("measuring the machine's limits (disk write and read, loopback TCP)...");
+        Some(crate::limits::measure(&args.data_dir.join("limits"))?)
+    };
+    let broker = match &args.broker {
+        Some(_) => None,
+        None => {
+            let dir = args.data_dir.join(&workload.name);
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            Some(BrokerProcess::start(&dir, workload.shards)?)
+        }
+    };
+    let addr = args
+        .broker
+        .clone()
+        .or_else(|| broker.as_ref().map(|b| b.addr.clone()))
+        .expect("a broker");
+    let mut outcome = glommio::LocalExecutorBuilder::default()
+        .io_memory(8 << 20)
+        .make()
+        .map_err(|e| e.to_string())?
+        .run(drive(addr, workload.clone()))?;
+    outcome.broker_peak_rss_bytes = broker.as_ref().and_then(|b| b.peak_rss_bytes());
+    drop(broker);
+    let _ = std::fs::remove_dir_all(args.data_dir.join(&workload.name));
+    crate::workload_report::write(&args.report_dir, &workload, &machine, limits.as_ref(), &outcome)?;
+    crate::index::write(&args.report_dir)
+}
+
+fn acks_of(text: &str) -> Result<i8, String> {
+    match text {
+        "0" => Ok(acks::NONE),
+        "1" => Ok(acks::LEADER),
+        "all" | "-1" => Ok(acks::ALL),
+        other => Err(format!("acks {other}: must be 0, 1 or all")),
+    }
+}
+
+async fn drive(addr: String, workload: Workload) -> Result<Outcome, String> {
+    let acks = acks_of(&workload.acks)?;
+    let target = match workload.rate.as_str() {
+        "max" => None,
+        "half-max" => {
+            eprintln!("probing the maximum rate for 5 s...");
+            let probe = Workload {
+                name: format!("{}-probe", workload.name),
+                rate: "max".into(),
+                consumers: 0,
+                warmup_s: 1.0,
+                duration_s: 5.0,
+                produce_bytes: None,
+                catch_up: false,
+                ..workload.clone()
+            };
+            let max = Box::pin(run_once(&addr, &probe, acks, None)).await?;
+            Some(max.produce_records_per_s / 2.0)
+        }
+        number => Some(
+            number
+                .parse::<f64>()
+                .map_err(|_| format!("rate {number:?}: max, half-max or a number"))?,
+        ),
+    };
+    run_once(&addr, &workload, acks, target).await
+}
+
+async fn run_once(addr: &str, workload: &Workload, acks: i8, target: Option<f64>) -> Result<Outcome, String> {
+    let topic = format!("bench-{}", workload.name);
+    let mut admin = Connection::connect(addr).await.map_err(|e| e.to_string())?;
+    let _ = admin.delete_topic(&topic).await;
+    let configs = workload
+        .topic_configs
+        .iter()
+        .map(|(key, value)| TopicConfig {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    admin
+        .create_topic(&topic, workload.partitions, configs)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let start = Instant::now();
+    let warmup = Duration::from_secs_f64(workload.warmup_s);
+    let shared = Rc::new(Shared {
+        start,
+        measure_from: start + warmup,
+        produced: RefCell::new(Vec::new()),
+        consumed: RefCell::new(Vec::new()),
+        ack: RefCell::new(Histogram::new_with_max(LATENCY_MAX_US, 3).expect("histogram")),
+        e2e: RefCell::new(Histogram::new_with_max(LATENCY_MAX_US, 3).expect("histogram")),
+        produced_records: RefCell::new(0),
+        consumed_records: RefCell::new(0),
+    });
+    let deadline = start + warmup + Duration::from_secs_f64(workload.duration_s);
+    let records_per_batch = (workload.batch_bytes / workload.message_bytes).max(1);
+    let batch_bytes = (records_per_batch * workload.message_bytes) as u64;
+    let batches_max = workload.produce_bytes.map(|b| b.div_ceil(batch_bytes));
+    let interval =
+        target.map(|rate| Duration::from_secs_f64(records_per_batch as f64 * workload.producers as f64 / rate));
+
+    // Consumers start at the log end, before producing, unless catching up.
+    let mut consumers = Vec::new();
+    if workload.consumers > 0 && !workload.catch_up {
+        consumers = start_consumers(addr, &topic, workload, shared.clone(), LATEST_TIMESTAMP).await?;
+    }
+    let progress = spawn_progress(shared.clone(), workload, deadline);
+    let producers: Vec<_> = (0..workload.producers)
+        .map(|p| {
+            let (addr, topic, shared, workload) = (addr.to_string(), topic.clone(), shared.clone(), workload.clone());
+            glommio::spawn_local(async move {
+                let mut connection = Connection::connect(&addr).await.map_err(|e| e.to_string())?;
+                let mut value = vec![0x5au8; workload.message_bytes];
+                let mut n = 0u64;
+                loop {
+                    let sequence = n * workload.producers as u64 + p as u64;
+                    if batches_max.is_some_and(|max| sequence >= max) {
+                        break;
+                    }
+                    let due = match interval {
+                        Some(interval) => {
+                            let due = start + interval.mul_f64(n as f64);
+                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                glommio::timer::sleep(wait).await;
+                            }
+                            due
+                        }
+                        None => Instant::now(),
+                    };
+                    if due >= deadline {
+                        break;
+                    }
+                    let stamp = due.duration_since(shared.start).as_nanos() as u64;
+                    value[..STAMP_BYTES].copy_from_slice(&stamp.to_le_bytes());
+                    let mut builder = RecordBatchBuilder::new();
+                    for _ in 0..records_per_batch {
+                        builder.push(0, None, Some(&value), vec![]);
+                    }
+                    let frame = builder.build();
+                    let partition = (sequence % u64::from(workload.partitions)) as u32;
+                    connection
+                        .produce(&topic, partition, &frame, acks)
+                        .await
+                        .map_err(|e| format!("produce: {e}"))?;
+                    let now = Instant::now();
+                    *shared.produced_records.borrow_mut() += records_per_batch as u64;
+                    if let Some(second) = shared.second(now) {
+                        Shared::count(&shared.produced, second, batch_bytes, records_per_batch as u64);
+                        let latency = now.duration_since(due).as_micros() as u64;
+                        let _ = shared.ack.borrow_mut().record(latency.clamp(1, LATENCY_MAX_US));
+                    }
+                    n += 1;
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    for producer in producers {
+        producer.await?;
+    }
+    let produce_end = Instant::now();
+    let produced_records = *shared.produced_records.borrow();
+
+    let mut consume_start = shared.measure_from;
+    if workload.consumers > 0 && workload.catch_up {
+        consume_start = Instant::now();
+        consumers = start_consumers(
+            addr,
+            &topic,
+            workload,
+            shared.clone(),
+            net::messages::EARLIEST_TIMESTAMP,
+        )
+        .await?;
+    }
+    let consume_window = consume_start;
+    if !consumers.is_empty() {
+        let give_up = Instant::now() + DRAIN_TIMEOUT;
+        while *shared.consumed_records.borrow() < produced_records && Instant::now() < give_up {
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let consume_end = Instant::now();
+    for consumer in consumers {
+        consumer.cancel();
+    }
+    progress.cancel();
+    eprintln!();
+
+    let seconds = |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64().max(1e-9);
+    let sum = |series: &RefCell<Vec<(u64, u64)>>| {
+        series
+            .borrow()
+            .iter()
+            .fold((0u64, 0u64), |acc, (b, r)| (acc.0 + b, acc.1 + r))
+    };
+    let (produced_bytes, produced_counted) = sum(&shared.produced);
+    let (consumed_bytes, consumed_counted) = sum(&shared.consumed);
+    let produce_seconds = seconds(shared.measure_from, produce_end);
+    let consume_seconds = seconds(consume_window.max(shared.measure_from), consume_end);
+    let produced_series = shared.produced.borrow();
+    let consumed_series = shared.consumed.borrow();
+    let per_second = (0..produced_series.len().max(consumed_series.len()))
+        .map(|s| {
+            let mb = |series: &Vec<(u64, u64)>| series.get(s).map_or(0.0, |(b, _)| *b as f64 / 1e6);
+            (mb(&produced_series), mb(&consumed_series))
+        })
+        .collect();
+    let produce_ack = Percentiles::of(&shared.ack.borrow());
+    let end_to_end = Percentiles::of(&shared.e2e.borrow());
+    drop((produced_series, consumed_series));
+    Ok(Outcome {
+        produce_mb_per_s: produced_bytes as f64 / produce_seconds / 1e6,
+        produce_records_per_s: produced_counted as f64 / produce_seconds,
+        consume_mb_per_s: consumed_bytes as f64 / consume_seconds / 1e6,
+        consume_records_per_s: consumed_counted as f64 / consume_seconds,
+        per_second,
+        produce_ack,
+        end_to_end,
+        target_records_per_s: target,
+        produced_bytes,
+        consumed_bytes,
+        broker_peak_rss_bytes: None,
+    })
+}
+
+async fn start_consumers(
+    addr: &str,
+    topic: &str,
+    workload: &Workload,
+    shared: Rc<Shared>,
+    from: i64,
+) -> Result<Vec<glommio::task::JoinHandle<Result<(), String>>>, String> {
+    let mut tasks = Vec::new();
+    for c in 0..workload.consumers {
+        let partitions: Vec<u32> = (0..workload.partitions)
+            .filter(|p| *p as usize % workload.consumers == c)
+            .collect();
+        let mut connection = Connection::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut positions = Vec::new();
+        for &partition in &partitions {
+            let offset = connection
+                .list_offset(topic, partition, from)
+                .await
+                .map_err(|e| e.to_string())?
+                .unwrap_or(0);
+            positions.push((partition, offset));
+        }
+        let (topic, shared, message_bytes) = (topic.to_string(), shared.clone(), workload.message_bytes as u64);
+        tasks.push(
+            glommio::spawn_local(async move {
+                loop {
+                    for (partition, offset) in positions.iter_mut() {
+                        let fetched = connection
+                            .fetch(&topic, *partition, *offset, 1 << 20, 100)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let now = Instant::now();
+                        let now_ns = now.duration_since(shared.start).as_nanos() as u64;
+                        let mut records = 0u64;
+                        for frame in batch::frames(fetched.batches()) {
+                            let info = batch::verify_crc(frame).map_err(|e| e.to_string())?;
+                            let archived = batch::access(frame).map_err(|e| e.to_string())?;
+                            for record in archived.records.iter() {
+                                let Some(value) = record.value.as_ref() else { continue };
+                                let stamp = u64::from_le_bytes(value[..STAMP_BYTES].try_into().expect("8 bytes"));
+                                let latency_us = now_ns.saturating_sub(stamp) / 1000;
+                                if shared.second(now).is_some() {
+                                    let _ = shared.e2e.borrow_mut().record(latency_us.clamp(1, LATENCY_MAX_US));
+                                }
+                            }
+                            records += u64::from(info.record_count);
+                            *offset = info.next_offset().0;
+                        }
+                        *shared.consumed_records.borrow_mut() += records;
+                        if let Some(second) = shared.second(now) {
+                            Shared::count(&shared.consumed, second, records * message_bytes, records);
+                        }
+                    }
+                }
+            })
+            .detach(),
+        );
+    }
+    Ok(tasks)
+}
+
+fn spawn_progress(shared: Rc<Shared>, workload: &Workload, deadline: Instant) -> glommio::task::JoinHandle<()> {
+    let (name, total) = (
+        workload.name.clone(),
+        deadline.duration_since(shared.start).as_secs_f64(),
+    );
+    glommio::spawn_local(async move {
+        let mut last = (0u64, Instant::now());
+        loop {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            let sent = *shared.produced_records.borrow();
+            let received = *shared.consumed_records.borrow();
+            let now = Instant::now();
+            let rate = (sent - last.0) as f64 / now.duration_since(last.1).as_secs_f64();
+            last = (sent, now);
+            eprint!(
+                "\r[{name}] sent {sent} records ({rate:.0}/s), received {received}, {:.0}/{total:.0} s   ",
+                now.duration_since(shared.start).as_secs_f64()
+            );
+        }
+    })
+    .detach()
+}
