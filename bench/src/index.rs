@@ -1,7 +1,7 @@
 //! Writes `perf-reports/README.md`: an index of the reports with their
 //! headline figures, computed from each report's JSON.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::storage_bench::{median, Case, Sample};
 
@@ -53,6 +53,36 @@ pub fn write(report_dir: &Path) -> Result<(), String> {
             rate(1, |s| s.consume_mb_per_s),
             rate(2, |s| s.consume_mb_per_s),
         ));
+    }
+    let mut workloads: Vec<PathBuf> = std::fs::read_dir(report_dir)
+        .map_err(|e| format!("{}: {e}", report_dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .collect();
+    workloads.sort();
+    for path in workloads {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
+        let (Some(workload), Some(outcome)) = (json.get("workload"), json.get("outcome")) else {
+            continue;
+        };
+        let name = workload["name"].as_str().unwrap_or("?");
+        let number = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+        let mut headline = format!(
+            "produce {:.0} MB/s, consume {:.0} MB/s; produce-ack p99 {} µs, end-to-end p99 {} µs",
+            number(&outcome["produce_mb_per_s"]),
+            number(&outcome["consume_mb_per_s"]),
+            outcome["produce_ack"]["p99_us"],
+            outcome["end_to_end"]["p99_us"],
+        );
+        if let Some(rss) = outcome["broker_peak_rss_bytes"].as_u64() {
+            headline.push_str(&format!("; broker peak RSS {} MiB", rss >> 20));
+        }
+        out.push_str(&format!("| [{name}.md]({name}.md) | {headline} |\n"));
     }
     let path = report_dir.join("README.md");
     std::fs::write(&path, out).map_err(|e| format!("write {}: {e}", path.display()))
