@@ -33,6 +33,9 @@ pub struct BrokerConfig {
     pub io_memory_bytes: usize,
     /// Partitions of a topic created without a count.
     pub default_partitions: u32,
+    /// Longest a shard runs tasks before it looks at I/O completions and
+    /// timers again (glommio's preempt timer, 100 ms by default there).
+    pub task_quota_us: u64,
 }
 
 impl Default for BrokerConfig {
@@ -48,6 +51,7 @@ impl Default for BrokerConfig {
             shard_queue_depth: 1024,
             io_memory_bytes: 32 << 20,
             default_partitions: 1,
+            task_quota_us: 1000,
         }
     }
 }
@@ -82,6 +86,7 @@ impl BrokerConfig {
             ("connections_max", self.connections_max),
             ("inflight_requests_max", self.inflight_requests_max),
             ("shard_queue_depth", self.shard_queue_depth),
+            ("task_quota_us", self.task_quota_us as usize),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -80,6 +80,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         let executor = LocalExecutorBuilder::new(Placement::Unbound)
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_bytes)
+            .preempt_timer(std::time::Duration::from_micros(config.task_quota_us))
             .spawn(move || async move {
                 let pinned = core.is_some_and(core_affinity::set_for_current);
                 tracing::info!(shard = id, cpu, pinned, "shard started");

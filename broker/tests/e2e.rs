@@ -675,3 +675,52 @@ fn many_requests_in_flight_on_one_connection() {
     }
     assert_eq!(answered, (1000..1100).collect());
 }
+
+#[test]
+fn a_pipelined_connection_keeps_a_window_of_requests_in_flight() {
+    use net::pipelined::PipelinedConnection;
+
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut admin = Connection::connect(&addr).await.unwrap();
+        admin.create_topic("window", 2, vec![]).await.unwrap();
+        let connection = PipelinedConnection::connect(&addr, 16).await.unwrap();
+        let tasks: Vec<_> = (0..300u32)
+            .map(|i| {
+                let connection = connection.clone();
+                glommio::spawn_local(async move {
+                    let partition = i % 2;
+                    let base = connection
+                        .produce("window", partition, &batch_of(partition, 0..2), acks::LEADER)
+                        .await
+                        .unwrap();
+                    (partition, base)
+                })
+            })
+            .collect();
+        let mut offsets = std::collections::BTreeSet::new();
+        for task in tasks {
+            assert!(offsets.insert(task.await), "every batch its own offsets");
+        }
+        assert_eq!(offsets.len(), 300);
+        let err = connection
+            .produce("missing", 0, &batch_of(0, 0..1), acks::LEADER)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NetError::Rejected {
+                    code: ErrorCode::UnknownTopicOrPartition,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        for p in 0..2 {
+            assert_eq!(consume_all(&mut admin, "window", p).await.len(), 300);
+        }
+    });
+}

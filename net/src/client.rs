@@ -92,6 +92,12 @@ impl Connection {
         Ok(connection)
     }
 
+    /// The socket, for a `PipelinedConnection` to take over after the
+    /// handshake.
+    pub(crate) fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
     pub fn peer(&self) -> Option<SocketAddr> {
         self.stream.peer_addr().ok()
     }
@@ -270,33 +276,13 @@ impl Connection {
         acks: i8,
     ) -> Result<Option<u64>, NetError> {
         let mut payload = PayloadBuilder::default();
-        let range = payload.push(batches)?;
-        let request = ProduceRequest {
-            acks,
-            timeout_ms: 30_000,
-            topics: vec![ProduceTopic {
-                name: topic.to_string(),
-                partitions: vec![ProducePartition {
-                    partition,
-                    batches: range,
-                }],
-            }],
-        };
+        let request = produce_request(topic, partition, batches, acks, &mut payload)?;
         if acks == acks::NONE {
             self.send_only(ApiKey::Produce, &request, &payload).await?;
             return Ok(None);
         }
         let response = self.request(ApiKey::Produce, &request, &payload).await?;
-        let produced: &ArchivedProduceResponse = response.message("Produce response")?;
-        let partition = single(
-            produced.topics.first().and_then(|t| t.partitions.first()),
-            "Produce response",
-        )?;
-        check(
-            partition.error.to_native(),
-            partition.message.as_ref().map_or("", |m| m.as_str()),
-        )?;
-        Ok(Some(partition.base_offset.to_native()))
+        produced_offset(&response).map(Some)
     }
 
     /// Fetches from one partition; returns the response (whose payload holds
@@ -376,7 +362,7 @@ impl Fetched {
     }
 }
 
-fn owned(buffer: &[u8], frame: &ResponseFrame<'_>, used: usize) -> Response {
+pub(crate) fn owned(buffer: &[u8], frame: &ResponseFrame<'_>, used: usize) -> Response {
     let base = buffer.as_ptr() as usize;
     let archive_start = frame.archive.as_ptr() as usize - base;
     let payload_start = frame.payload.as_ptr() as usize - base;
@@ -386,6 +372,40 @@ fn owned(buffer: &[u8], frame: &ResponseFrame<'_>, used: usize) -> Response {
         archive: (archive_start, archive_start + frame.archive.len()),
         payload: (payload_start, payload_start + frame.payload.len()),
     }
+}
+
+pub(crate) fn produce_request<'a>(
+    topic: &str,
+    partition: u32,
+    batches: &'a [u8],
+    acks: i8,
+    payload: &mut PayloadBuilder<'a>,
+) -> Result<ProduceRequest, NetError> {
+    Ok(ProduceRequest {
+        acks,
+        timeout_ms: 30_000,
+        topics: vec![ProduceTopic {
+            name: topic.to_string(),
+            partitions: vec![ProducePartition {
+                partition,
+                batches: payload.push(batches)?,
+            }],
+        }],
+    })
+}
+
+/// The base offset a single-partition produce response reports.
+pub(crate) fn produced_offset(response: &Response) -> Result<u64, NetError> {
+    let produced: &ArchivedProduceResponse = response.message("Produce response")?;
+    let partition = single(
+        produced.topics.first().and_then(|t| t.partitions.first()),
+        "Produce response",
+    )?;
+    check(
+        partition.error.to_native(),
+        partition.message.as_ref().map_or("", |m| m.as_str()),
+    )?;
+    Ok(partition.base_offset.to_native())
 }
 
 /// The one partition result a single-partition request gets back.

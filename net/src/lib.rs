@@ -12,6 +12,7 @@ pub mod codec;
 pub mod consumer;
 pub mod error;
 pub mod messages;
+pub mod pipelined;
 pub mod producer;
 
 pub use codec::{ApiKey, FrameDecoder, PayloadBuilder, RequestFrame, ResponseFrame};
