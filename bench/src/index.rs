@@ -72,12 +72,16 @@ pub fn write(report_dir: &Path) -> Result<(), String> {
         };
         let name = workload["name"].as_str().unwrap_or("?");
         let number = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+        let p99 = |p: &serde_json::Value| match p["count"].as_u64() {
+            Some(count) if count > 0 => format!("{} µs", p["p99_us"]),
+            _ => "-".to_string(),
+        };
         let mut headline = format!(
-            "produce {:.0} MB/s, consume {:.0} MB/s; produce-ack p99 {} µs, end-to-end p99 {} µs",
+            "produce {:.0} MB/s, consume {:.0} MB/s; produce-ack p99 {}, end-to-end p99 {}",
             number(&outcome["produce_mb_per_s"]),
             number(&outcome["consume_mb_per_s"]),
-            outcome["produce_ack"]["p99_us"],
-            outcome["end_to_end"]["p99_us"],
+            p99(&outcome["produce_ack"]),
+            p99(&outcome["end_to_end"]),
         );
         if let Some(rss) = outcome["broker_peak_rss_bytes"].as_u64() {
             headline.push_str(&format!("; broker peak RSS {} MiB", rss >> 20));

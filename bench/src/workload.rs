@@ -474,6 +474,7 @@ async fn start_consumers(
             positions.push((partition, offset));
         }
         let (topic, shared, message_bytes) = (topic.to_string(), shared.clone(), workload.message_bytes as u64);
+        let catch_up = workload.catch_up;
         tasks.push(
             glommio::spawn_local(async move {
                 loop {
@@ -492,7 +493,8 @@ async fn start_consumers(
                                 let Some(value) = record.value.as_ref() else { continue };
                                 let stamp = u64::from_le_bytes(value[..STAMP_BYTES].try_into().expect("8 bytes"));
                                 let latency_us = now_ns.saturating_sub(stamp) / 1000;
-                                if shared.second(now).is_some() {
+                                // Catching up, a record's age is not a latency.
+                                if !catch_up && shared.second(now).is_some() {
                                     let _ = shared.e2e.borrow_mut().record(latency_us.clamp(1, LATENCY_MAX_US));
                                 }
                             }
