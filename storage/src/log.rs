@@ -163,6 +163,9 @@ pub struct LogStats {
     pub bytes_written: u64,
     /// Time spent waiting for segment writes to finish.
     pub write_wait: Duration,
+    pub rolls: u64,
+    /// The longest a roll held the log's appends.
+    pub roll_time_max: Duration,
 }
 
 impl State {
@@ -657,6 +660,7 @@ impl PartitionLog {
                 return Ok(()); // someone else rolled while we waited for the lock
             }
         }
+        let rolling = std::time::Instant::now();
         self.finish_active_locked().await?;
         let next_offset = self.log_end_offset();
         let path = segment_path(&self.inner.dir, next_offset, LOG_SUFFIX);
@@ -675,9 +679,11 @@ impl PartitionLog {
         st.open_reads.push_back(active_base);
         st.segments
             .insert(next_offset, Segment::new(&self.inner.dir, next_offset));
+        st.stats.rolls += 1;
+        st.stats.roll_time_max = st.stats.roll_time_max.max(rolling.elapsed());
         drop(st);
         self.evict_read_handles();
-        tracing::debug!(dir = %self.inner.dir.display(), %next_offset, "rolled to a new segment");
+        tracing::debug!(dir = %self.inner.dir.display(), %next_offset, took = ?rolling.elapsed(), "rolled to a new segment");
         Ok(())
     }
 
