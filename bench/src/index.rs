@@ -67,6 +67,26 @@ pub fn write(report_dir: &Path) -> Result<(), String> {
         let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
             continue;
         };
+        if let (Some(param), Some(points)) = (json.get("param").and_then(|p| p.as_str()), json["points"].as_array()) {
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
+            let cells: Vec<String> = points
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}={}: {:.0} MB/s",
+                        param,
+                        p["value"].as_str().unwrap_or("?"),
+                        p["outcome"]["produce_mb_per_s"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            out.push_str(&format!(
+                "| [{stem}.md]({stem}.md) | sweep of {}: {} |\n",
+                json["workload"].as_str().unwrap_or("?"),
+                cells.join(", ")
+            ));
+            continue;
+        }
         let (Some(workload), Some(outcome)) = (json.get("workload"), json.get("outcome")) else {
             continue;
         };

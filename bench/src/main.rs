@@ -11,6 +11,7 @@ mod index;
 mod limits;
 mod machine;
 mod storage_bench;
+mod sweep;
 mod workload;
 mod workload_report;
 
@@ -36,6 +37,8 @@ enum Command {
     Broker(broker_bench::Args),
     /// Run a workload preset (bench/workloads/*.toml) and write its report.
     Run(workload::Args),
+    /// Run a workload at each value of one parameter; one table and plot.
+    Sweep(sweep::Args),
     /// Regenerate perf-reports/README.md from the reports' JSON files.
     Index {
         #[arg(long, default_value_os_t = default_report_dir())]
@@ -52,6 +55,7 @@ fn main() {
         Command::Storage(args) => storage_bench::run(args),
         Command::Broker(args) => broker_bench::run(args),
         Command::Run(args) => workload::run(args),
+        Command::Sweep(args) => sweep::run(args),
         Command::Index { report_dir } => index::write(&report_dir),
     };
     if let Err(error) = result {

@@ -168,11 +168,7 @@ impl Shared {
 }
 
 pub fn run(args: Args) -> Result<(), String> {
-    let text = std::fs::read_to_string(&args.preset).map_err(|e| format!("{}: {e}", args.preset.display()))?;
-    let workload: Workload = toml::from_str(&text).map_err(|e| format!("{}: {e}", args.preset.display()))?;
-    if workload.message_bytes < STAMP_BYTES || workload.producers == 0 || workload.partitions == 0 {
-        return Err("a workload needs records of at least 8 bytes, a producer and a partition".into());
-    }
+    let workload = load(&args.preset)?;
     let machine = Machine::describe(Path::new("."));
     let limits = if args.no_limits {
         None
@@ -180,19 +176,26 @@ pub fn run(args: Args) -> Result<(), String> {
         eprintln!("measuring the machine's limits (disk write and read, loopback TCP)...");
         Some(crate::limits::measure(&args.data_dir.join("limits"))?)
     };
-    let broker = match &args.broker {
+    let outcome = execute(&workload, args.broker.as_deref(), &args.data_dir)?;
+    crate::workload_report::write(&args.report_dir, &workload, &machine, limits.as_ref(), &outcome)?;
+    crate::index::write(&args.report_dir)
+}
+
+/// Runs a workload against the broker at `broker`, or against one started
+/// for it (its data under `data_dir`, removed afterwards).
+pub fn execute(workload: &Workload, broker: Option<&str>, data_dir: &Path) -> Result<Outcome, String> {
+    let started = match broker {
         Some(_) => None,
         None => {
-            let dir = args.data_dir.join(&workload.name);
+            let dir = data_dir.join(&workload.name);
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
             Some(BrokerProcess::start(&dir, workload.shards)?)
         }
     };
-    let addr = args
-        .broker
-        .clone()
-        .or_else(|| broker.as_ref().map(|b| b.addr.clone()))
+    let addr = broker
+        .map(str::to_string)
+        .or_else(|| started.as_ref().map(|b| b.addr.clone()))
         .expect("a broker");
     let mut outcome = glommio::LocalExecutorBuilder::default()
         .io_memory(8 << 20)
@@ -202,11 +205,21 @@ pub fn run(args: Args) -> Result<(), String> {
         .make()
         .map_err(|e| e.to_string())?
         .run(drive(addr, workload.clone()))?;
-    outcome.broker_peak_rss_bytes = broker.as_ref().and_then(|b| b.peak_rss_bytes());
-    drop(broker);
-    let _ = std::fs::remove_dir_all(args.data_dir.join(&workload.name));
-    crate::workload_report::write(&args.report_dir, &workload, &machine, limits.as_ref(), &outcome)?;
-    crate::index::write(&args.report_dir)
+    outcome.broker_peak_rss_bytes = started.as_ref().and_then(|b| b.peak_rss_bytes());
+    drop(started);
+    let _ = std::fs::remove_dir_all(data_dir.join(&workload.name));
+    Ok(outcome)
+}
+
+/// Reads and checks a preset file.
+pub fn load(path: &Path) -> Result<Workload, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let workload: Workload = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if workload.message_bytes < STAMP_BYTES || workload.producers == 0 || workload.partitions == 0 {
+        return Err("a workload needs records of at least 8 bytes, a producer and a partition".into());
+    }
+    acks_of(&workload.acks)?;
+    Ok(workload)
 }
 
 fn acks_of(text: &str) -> Result<i8, String> {
