@@ -18,6 +18,15 @@ use crate::error::BrokerError;
 use crate::shard::{Shard, ShardMessage};
 use crate::topics::Metadata;
 
+/// How often an idle shard wakes to look for wakeups from other threads.
+/// glommio 0.9 can lose one: a waker queued from another thread between the
+/// reactor's last look at its foreign queue and its decision to sleep does
+/// not ring the eventfd, and the reactor re-checks only its own channels
+/// before it sleeps. A cross-shard request (a flume message or its reply)
+/// could then wait forever. A timer bounds the sleep, so such a wakeup is
+/// late by at most this much.
+const FOREIGN_WAKE_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
 pub struct Running {
     pub addr: SocketAddr,
     inboxes: Arc<Vec<flume::Sender<ShardMessage>>>,
@@ -104,6 +113,12 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                     }
                 };
                 let _ = ready.send(Ok(()));
+                glommio::spawn_local(async {
+                    loop {
+                        glommio::timer::sleep(FOREIGN_WAKE_POLL).await;
+                    }
+                })
+                .detach();
                 glommio::spawn_local(crate::server::accept_loop(shard.clone(), listener)).detach();
                 shard.clone().serve_inbox(inbox).await;
                 shard.close_all().await;

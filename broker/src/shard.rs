@@ -44,6 +44,13 @@ pub enum ShardMessage {
         timestamp: i64,
         reply: Reply<Option<u64>>,
     },
+    WaitForData {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        deadline: std::time::Instant,
+        reply: Reply<bool>,
+    },
     OpenPartitions {
         topic: TopicMeta,
         reply: Reply<()>,
@@ -375,6 +382,33 @@ impl Shard {
         }
     }
 
+    /// Waits until the partition holds `offset` or `deadline` passes (a
+    /// long poll), on the partition's owner, woken by the append.
+    pub async fn wait_for_data(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        deadline: std::time::Instant,
+    ) -> Result<bool, BrokerError> {
+        let owner = self.owner(topic, partition)?;
+        if owner == self.id {
+            return Ok(self
+                .log(topic, partition)?
+                .wait_for_data(Offset(offset), deadline)
+                .await);
+        }
+        let topic = topic.to_string();
+        self.ask(owner, |reply| ShardMessage::WaitForData {
+            topic,
+            partition,
+            offset,
+            deadline,
+            reply,
+        })
+        .await
+    }
+
     /// Creates a topic and opens its partitions on their owners.
     pub async fn create_topic(
         &self,
@@ -459,6 +493,22 @@ impl Shard {
                 } => {
                     glommio::spawn_local(async move {
                         let _ = reply.send(shard.list_offset_local(&topic, partition, timestamp).await);
+                    })
+                    .detach();
+                }
+                ShardMessage::WaitForData {
+                    topic,
+                    partition,
+                    offset,
+                    deadline,
+                    reply,
+                } => {
+                    glommio::spawn_local(async move {
+                        let waited = match shard.log(&topic, partition) {
+                            Ok(log) => Ok(log.wait_for_data(Offset(offset), deadline).await),
+                            Err(e) => Err(e),
+                        };
+                        let _ = reply.send(waited);
                     })
                     .detach();
                 }

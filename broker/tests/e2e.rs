@@ -33,7 +33,9 @@ impl Broker {
             .arg(data_dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            // A file, not the test's stderr: a broker orphaned by a killed
+            // test must not hold the test runner's output open.
+            .stderr(std::fs::File::create(data_dir.with_extension("log")).expect("broker log file"))
             .spawn()
             .expect("the corelog binary starts");
         let stdout = child.stdout.take().expect("piped stdout");

@@ -145,6 +145,8 @@ struct State {
     /// A task is flushing for `wait_durable`; others wait for it to finish.
     flushing: bool,
     flush_waiters: Vec<futures::channel::oneshot::Sender<()>>,
+    /// Readers waiting for the log end to move (long-polling consumers).
+    data_waiters: Vec<futures::channel::oneshot::Sender<()>>,
     stats: LogStats,
     failed: bool,
     closed: bool,
@@ -296,6 +298,7 @@ impl PartitionLog {
                 pending_write: None,
                 flushing: false,
                 flush_waiters: Vec::new(),
+                data_waiters: Vec::new(),
                 stats: LogStats::default(),
                 failed: false,
                 closed: false,
@@ -412,6 +415,9 @@ impl PartitionLog {
             .note_batch(position, &stamped, config.timestamp_type, config.index_interval_bytes);
         st.unflushed_bytes += frame.len() as u64;
         st.next_offset = stamped.next_offset();
+        for waiter in st.data_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
         Ok(AppendInfo {
             base_offset,
             last_offset: stamped.last_offset(),
@@ -457,6 +463,32 @@ impl PartitionLog {
                     let _permit = self.lock().await?;
                     self.flush_locked().await?;
                 }
+            }
+        }
+    }
+
+    /// Waits until the log holds `offset` (its end has moved past it), or
+    /// `deadline` passes. Returns whether the data is there: a long poll's
+    /// wait, woken by the append rather than by polling.
+    pub async fn wait_for_data(&self, offset: Offset, deadline: std::time::Instant) -> bool {
+        loop {
+            let arrived = {
+                let mut st = self.inner.state.borrow_mut();
+                if st.next_offset > offset || st.closed || st.failed {
+                    return st.next_offset > offset;
+                }
+                // Waits that timed out leave their senders behind; drop them.
+                st.data_waiters.retain(|w| !w.is_canceled());
+                let (tx, rx) = futures::channel::oneshot::channel();
+                st.data_waiters.push(tx);
+                rx
+            };
+            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+                return false;
+            };
+            let timeout = Box::pin(glommio::timer::sleep(left));
+            if let futures::future::Either::Right(_) = futures::future::select(arrived, timeout).await {
+                return self.log_end_offset() > offset;
             }
         }
     }

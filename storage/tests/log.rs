@@ -541,3 +541,37 @@ fn open_segment_files_stay_within_their_limit() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_long_poll_wakes_on_append_and_times_out_without_one() {
+    let dir = test_dir();
+    run(|| async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        let started = std::time::Instant::now();
+        let deadline = started + std::time::Duration::from_millis(50);
+        assert!(!log.wait_for_data(Offset(0), deadline).await, "nothing arrived");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(45));
+        let waiter = {
+            let log = log.clone();
+            glommio::spawn_local(async move {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                let woke = log.wait_for_data(Offset(0), deadline).await;
+                (woke, std::time::Instant::now())
+            })
+        };
+        glommio::timer::sleep(std::time::Duration::from_millis(20)).await;
+        let appended_at = std::time::Instant::now();
+        log.append(&batch(1, 1, 10, 0)).await.unwrap();
+        let (woke, at) = waiter.await;
+        assert!(woke);
+        assert!(
+            at.duration_since(appended_at) < std::time::Duration::from_secs(1),
+            "woken by the append"
+        );
+        assert!(
+            log.wait_for_data(Offset(0), std::time::Instant::now()).await,
+            "already there"
+        );
+        log.close().await.unwrap();
+    });
+}
