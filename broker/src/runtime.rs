@@ -18,14 +18,8 @@ use crate::error::BrokerError;
 use crate::shard::{Shard, ShardMessage};
 use crate::topics::Metadata;
 
-/// How often an idle shard wakes to look for wakeups from other threads.
-/// glommio 0.9 can lose one: a waker queued from another thread between the
-/// reactor's last look at its foreign queue and its decision to sleep does
-/// not ring the eventfd, and the reactor re-checks only its own channels
-/// before it sleeps. A cross-shard request (a flume message or its reply)
-/// could then wait forever. A timer bounds the sleep, so such a wakeup is
-/// late by at most this much.
-const FOREIGN_WAKE_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+/// How long an idle shard keeps polling before it sleeps.
+const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_millis(20);
 
 pub struct Running {
     pub addr: SocketAddr,
@@ -90,6 +84,11 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_bytes)
             .preempt_timer(std::time::Duration::from_micros(config.task_quota_us))
+            // glommio 0.9 can lose a wakeup sent from another thread (a flume
+            // message or reply between shards) at the moment its reactor goes
+            // to sleep. Spinning a while before sleeping keeps the reactor
+            // awake through the round trips of cross-shard requests.
+            .spin_before_park(SPIN_BEFORE_PARK)
             .spawn(move || async move {
                 let pinned = core.is_some_and(core_affinity::set_for_current);
                 tracing::info!(shard = id, cpu, pinned, "shard started");
@@ -113,12 +112,6 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                     }
                 };
                 let _ = ready.send(Ok(()));
-                glommio::spawn_local(async {
-                    loop {
-                        glommio::timer::sleep(FOREIGN_WAKE_POLL).await;
-                    }
-                })
-                .detach();
                 glommio::spawn_local(crate::server::accept_loop(shard.clone(), listener)).detach();
                 shard.clone().serve_inbox(inbox).await;
                 shard.close_all().await;

@@ -18,6 +18,9 @@ use net::{ErrorCode, NetError};
 
 use crate::shard::{FetchBytes, Shard};
 
+/// Pause between looks at the logs while a fetch waits for `min_bytes`.
+const LONG_POLL_STEP: Duration = Duration::from_millis(2);
+
 /// Pieces of one response, written in order.
 enum Out {
     Owned(Vec<u8>),
@@ -378,9 +381,7 @@ async fn metadata(shard: &Shard, request: &ArchivedMetadataRequest) -> MetadataR
 }
 
 /// Serves a fetch: reads every partition asked for, and if fewer than
-/// `min_bytes` came back, waits (on the partitions' owners, woken by their
-/// appends) for any of the partitions that came back empty to grow, and
-/// reads again, until `max_wait_ms` has passed.
+/// `min_bytes` came back, looks again until `max_wait_ms` has passed.
 async fn fetch(shard: &Shard, id: u32, request: &ArchivedFetchRequest) -> Vec<Out> {
     let deadline = Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms.to_native()));
     let min_bytes = request.min_bytes.to_native() as usize;
@@ -389,7 +390,6 @@ async fn fetch(shard: &Shard, id: u32, request: &ArchivedFetchRequest) -> Vec<Ou
         let mut pieces = Vec::new();
         let mut topics = Vec::new();
         let mut total = 0usize;
-        let mut empty: Vec<(String, u32, u64)> = Vec::new();
         for topic in request.topics.iter() {
             let mut partitions = Vec::new();
             for p in topic.partitions.iter() {
@@ -407,9 +407,6 @@ async fn fetch(shard: &Shard, id: u32, request: &ArchivedFetchRequest) -> Vec<Ou
                             len: fetched.bytes.len() as u32,
                         };
                         total += fetched.bytes.len();
-                        if fetched.bytes.is_empty() {
-                            empty.push((topic.name.to_string(), partition, p.offset.to_native()));
-                        }
                         let response = FetchPartitionResponse {
                             partition,
                             error: 0,
@@ -436,7 +433,7 @@ async fn fetch(shard: &Shard, id: u32, request: &ArchivedFetchRequest) -> Vec<Ou
                 partitions,
             });
         }
-        if total >= min_bytes.max(1) || Instant::now() >= deadline || empty.is_empty() {
+        if total >= min_bytes.max(1) || Instant::now() >= deadline {
             let mut head = Vec::new();
             if let Err(e) =
                 codec::encode_response_head(id, ApiKey::Fetch as u16, &FetchResponse { topics }, total, &mut head)
@@ -447,10 +444,6 @@ async fn fetch(shard: &Shard, id: u32, request: &ArchivedFetchRequest) -> Vec<Ou
             out.extend(pieces);
             return out;
         }
-        let waits: Vec<_> = empty
-            .iter()
-            .map(|(topic, partition, offset)| Box::pin(shard.wait_for_data(topic, *partition, *offset, deadline)))
-            .collect();
-        let _ = futures::future::select_all(waits).await;
+        glommio::timer::sleep(LONG_POLL_STEP).await;
     }
 }

@@ -44,13 +44,6 @@ pub enum ShardMessage {
         timestamp: i64,
         reply: Reply<Option<u64>>,
     },
-    WaitForData {
-        topic: String,
-        partition: u32,
-        offset: u64,
-        deadline: std::time::Instant,
-        reply: Reply<bool>,
-    },
     OpenPartitions {
         topic: TopicMeta,
         reply: Reply<()>,
@@ -210,11 +203,19 @@ impl Shard {
 
     async fn ask<T>(&self, owner: ShardId, message: impl FnOnce(Reply<T>) -> ShardMessage) -> Result<T, BrokerError> {
         let (reply, answer) = flume::bounded(1);
-        self.inboxes[owner as usize]
-            .send_async(message(reply))
-            .await
-            .map_err(|_| BrokerError::ShardGone(owner))?;
-        answer.recv_async().await.map_err(|_| BrokerError::ShardGone(owner))?
+        let mut message = message(reply);
+        // A full inbox makes the sender wait: backpressure between shards.
+        loop {
+            match self.inboxes[owner as usize].try_send(message) {
+                Ok(()) => break,
+                Err(flume::TrySendError::Full(back)) => {
+                    message = back;
+                    glommio::timer::sleep(CROSS_SHARD_POLL).await;
+                }
+                Err(flume::TrySendError::Disconnected(_)) => return Err(BrokerError::ShardGone(owner)),
+            }
+        }
+        receive(&answer).await.map_err(|_| BrokerError::ShardGone(owner))?
     }
 
     pub async fn produce(
@@ -382,33 +383,6 @@ impl Shard {
         }
     }
 
-    /// Waits until the partition holds `offset` or `deadline` passes (a
-    /// long poll), on the partition's owner, woken by the append.
-    pub async fn wait_for_data(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        deadline: std::time::Instant,
-    ) -> Result<bool, BrokerError> {
-        let owner = self.owner(topic, partition)?;
-        if owner == self.id {
-            return Ok(self
-                .log(topic, partition)?
-                .wait_for_data(Offset(offset), deadline)
-                .await);
-        }
-        let topic = topic.to_string();
-        self.ask(owner, |reply| ShardMessage::WaitForData {
-            topic,
-            partition,
-            offset,
-            deadline,
-            reply,
-        })
-        .await
-    }
-
     /// Creates a topic and opens its partitions on their owners.
     pub async fn create_topic(
         &self,
@@ -452,7 +426,7 @@ impl Shard {
 
     /// Serves other shards' requests until told to shut down.
     pub async fn serve_inbox(self: Rc<Self>, inbox: flume::Receiver<ShardMessage>) {
-        while let Ok(message) = inbox.recv_async().await {
+        while let Ok(message) = receive(&inbox).await {
             let shard = self.clone();
             match message {
                 ShardMessage::Shutdown => break,
@@ -496,22 +470,6 @@ impl Shard {
                     })
                     .detach();
                 }
-                ShardMessage::WaitForData {
-                    topic,
-                    partition,
-                    offset,
-                    deadline,
-                    reply,
-                } => {
-                    glommio::spawn_local(async move {
-                        let waited = match shard.log(&topic, partition) {
-                            Ok(log) => Ok(log.wait_for_data(Offset(offset), deadline).await),
-                            Err(e) => Err(e),
-                        };
-                        let _ = reply.send(waited);
-                    })
-                    .detach();
-                }
                 ShardMessage::OpenPartitions { topic, reply } => {
                     glommio::spawn_local(async move {
                         let _ = reply.send(shard.open_partitions(&topic).await.map(|_| ()));
@@ -525,6 +483,29 @@ impl Shard {
                     .detach();
                 }
             }
+        }
+    }
+}
+
+/// How often a shard waiting on another looks again without being woken.
+const CROSS_SHARD_POLL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Receives from a channel fed by another shard. glommio 0.9 can lose a
+/// wakeup sent from another thread at the moment its reactor goes to sleep
+/// (it re-checks its own channels, not its queue of foreign wakers), which
+/// left cross-shard requests waiting forever; so besides the channel's own
+/// wakeup, the receiver looks again every `CROSS_SHARD_POLL`.
+async fn receive<T>(channel: &flume::Receiver<T>) -> Result<T, flume::RecvError> {
+    loop {
+        match channel.try_recv() {
+            Ok(value) => return Ok(value),
+            Err(flume::TryRecvError::Disconnected) => return Err(flume::RecvError::Disconnected),
+            Err(flume::TryRecvError::Empty) => {}
+        }
+        let woken = std::pin::pin!(channel.recv_async());
+        let tick = std::pin::pin!(glommio::timer::sleep(CROSS_SHARD_POLL));
+        if let futures::future::Either::Left((received, _)) = futures::future::select(woken, tick).await {
+            return received;
         }
     }
 }

@@ -79,12 +79,23 @@ impl Drop for Broker {
     }
 }
 
+/// Longest a test's client work may take: a broker that stops answering
+/// fails the test (and its Drop kills the broker) instead of hanging the run.
+const TEST_DEADLINE: Duration = Duration::from_secs(120);
+
 fn run<T>(future: impl std::future::Future<Output = T>) -> T {
     glommio::LocalExecutorBuilder::default()
         .io_memory(1 << 20)
         .make()
         .expect("executor")
-        .run(future)
+        .run(async move {
+            let work = std::pin::pin!(future);
+            let deadline = std::pin::pin!(glommio::timer::sleep(TEST_DEADLINE));
+            match futures::future::select(work, deadline).await {
+                futures::future::Either::Left((value, _)) => value,
+                futures::future::Either::Right(_) => panic!("the broker did not answer within {TEST_DEADLINE:?}"),
+            }
+        })
 }
 
 fn data_dir() -> tempfile::TempDir {

@@ -541,12 +541,12 @@ impl PartitionLog {
                 .map_err(std::io::Error::from)
         });
         // The first poll queues the request with glommio's reactor, which
-        // hands queued requests to the kernel only when it runs: between task
-        // queue rounds when nothing is runnable or the time slice is over. An
-        // appender on the fast path never yields, so without help the write
-        // would start only when the appender next waits for it. Parking this
-        // task for a moment lets the reactor run now, and the disk works
-        // while the appender fills the next buffer.
+        // hands queued requests to the kernel when it runs: between task
+        // queue rounds. An appender on the fast path never yields, so the
+        // appender yields its task queue once, letting the reactor start the
+        // write while the next buffer fills. (A timer here, parking the task
+        // for a microsecond, started it sooner, but glommio 0.9 can sleep
+        // through a timer that is due as it goes to sleep: the log hung.)
         let mut poll = std::task::Context::from_waker(std::task::Waker::noop());
         let done = write.as_mut().poll(&mut poll);
         self.inner.state.borrow_mut().pending_write = Some((
@@ -561,7 +561,7 @@ impl PartitionLog {
         if wait {
             self.finish_write_locked().await?;
         } else {
-            glommio::timer::sleep(Duration::from_micros(1)).await;
+            glommio::executor().yield_task_queue_now().await;
         }
         Ok(())
     }
