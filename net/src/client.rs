@@ -240,13 +240,7 @@ impl Connection {
             .request(ApiKey::CreateTopics, &request, &PayloadBuilder::default())
             .await?;
         let results: &ArchivedCreateTopicsResponse = response.message("CreateTopics response")?;
-        for result in results.results.iter() {
-            check(
-                result.error.to_native(),
-                result.message.as_ref().map_or("", |m| m.as_str()),
-            )?;
-        }
-        Ok(())
+        check_topic_results(results.results.iter())
     }
 
     pub async fn delete_topic(&mut self, name: &str) -> Result<(), NetError> {
@@ -257,13 +251,7 @@ impl Connection {
             .request(ApiKey::DeleteTopics, &request, &PayloadBuilder::default())
             .await?;
         let results: &ArchivedDeleteTopicsResponse = response.message("DeleteTopics response")?;
-        for result in results.results.iter() {
-            check(
-                result.error.to_native(),
-                result.message.as_ref().map_or("", |m| m.as_str()),
-            )?;
-        }
-        Ok(())
+        check_topic_results(results.results.iter())
     }
 
     /// Produces record batch frames (laid end to end) to one partition.
@@ -406,6 +394,17 @@ pub(crate) fn produced_offset(response: &Response) -> Result<u64, NetError> {
         partition.message.as_ref().map_or("", |m| m.as_str()),
     )?;
     Ok(partition.base_offset.to_native())
+}
+
+/// The first error among per-topic results of an admin request.
+fn check_topic_results<'a>(results: impl Iterator<Item = &'a ArchivedTopicResult>) -> Result<(), NetError> {
+    for result in results {
+        check(
+            result.error.to_native(),
+            result.message.as_ref().map_or("", |m| m.as_str()),
+        )?;
+    }
+    Ok(())
 }
 
 /// The one partition result a single-partition request gets back.
