@@ -53,7 +53,7 @@ pub fn run(args: Args) -> Result<(), String> {
             let dir = args.data_dir.join(format!("run{run}-{shards}"));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            let broker = crate::broker_process::BrokerProcess::start(&dir, shards)?;
+            let broker = crate::broker_process::BrokerProcess::start(&dir, shards, &[])?;
             let sample = measure(&broker.addr, shards, &args)?;
             eprintln!(
                 "run {}/{}: {shards} shard(s): produce {:.0} MB/s, consume {:.0} MB/s",

@@ -11,7 +11,9 @@ pub struct BrokerProcess {
 }
 
 impl BrokerProcess {
-    pub fn start(data_dir: &Path, shards: usize) -> Result<BrokerProcess, String> {
+    /// Starts a broker with `shards` shards, pinned to `cpus` when given
+    /// (one shard per core listed).
+    pub fn start(data_dir: &Path, shards: usize, cpus: &[usize]) -> Result<BrokerProcess, String> {
         let binary = std::env::current_exe()
             .map_err(|e| e.to_string())?
             .with_file_name("corelog");
@@ -21,16 +23,17 @@ impl BrokerProcess {
                 binary.display()
             ));
         }
-        let mut child = Command::new(&binary)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--shards",
-                &shards.to_string(),
-                "--data-dir",
-            ])
-            .arg(data_dir)
+        let mut command = Command::new(&binary);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir);
+        if cpus.is_empty() {
+            command.args(["--shards", &shards.to_string()]);
+        } else {
+            let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+            command.args(["--cpus", &list.join(",")]);
+        }
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()

@@ -67,15 +67,14 @@ pub fn write(report_dir: &Path) -> Result<(), String> {
         let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
             continue;
         };
-        if let (Some(param), Some(points)) = (json.get("param").and_then(|p| p.as_str()), json["points"].as_array()) {
+        if let (Some(_), Some(points)) = (json.get("params"), json["points"].as_array()) {
             let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
             let cells: Vec<String> = points
                 .iter()
                 .map(|p| {
                     format!(
-                        "{}={}: {:.0} MB/s",
-                        param,
-                        p["value"].as_str().unwrap_or("?"),
+                        "{}: {:.0} MB/s",
+                        p["label"].as_str().unwrap_or("?"),
                         p["outcome"]["produce_mb_per_s"].as_f64().unwrap_or(0.0)
                     )
                 })

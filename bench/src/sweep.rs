@@ -15,26 +15,35 @@ use crate::workload::{execute, load, Outcome, Workload};
 pub struct Args {
     /// A preset file, e.g. bench/workloads/max-produce-1k.toml.
     preset: PathBuf,
-    /// shards, partitions, batch_bytes, message_bytes, acks, producers,
-    /// max_in_flight, or topic.<config> (e.g. topic.flush.ms).
-    #[arg(long)]
-    param: String,
-    #[arg(long, value_delimiter = ',', required = true)]
-    values: Vec<String>,
+    /// NAME=v1,v2,...; repeat for a grid of every combination. NAME is
+    /// shards, partitions, partitions_per_shard, batch_bytes, message_bytes,
+    /// acks, producers, max_in_flight, or topic.<config> (e.g.
+    /// topic.flush.ms).
+    #[arg(long = "param", required = true)]
+    params: Vec<String>,
     /// Measured seconds per point (overrides the preset's duration).
     #[arg(long, default_value_t = 6.0)]
     duration_s: f64,
     #[arg(long, default_value_t = 1.0)]
     warmup_s: f64,
+    /// Client threads pinned to these cores (see `run --client-cpus`).
+    #[arg(long, value_delimiter = ',')]
+    client_cpus: Option<Vec<usize>>,
     #[arg(long, default_value = "corelog-data/bench-sweep")]
     data_dir: PathBuf,
     #[arg(long, default_value_os_t = crate::default_report_dir())]
     report_dir: PathBuf,
 }
 
+/// Sweeps with more points than this are refused: each point is a run of
+/// several seconds against a fresh broker.
+const POINTS_MAX: usize = 64;
+
 #[derive(Serialize)]
 struct Point {
-    value: String,
+    /// `name=value` of each swept parameter, in the order given.
+    label: String,
+    settings: Vec<(String, String)>,
     outcome: Outcome,
 }
 
@@ -47,6 +56,8 @@ fn set(workload: &mut Workload, param: &str, value: &str) -> Result<(), String> 
     match param {
         "shards" => workload.shards = number()?,
         "partitions" => workload.partitions = number()? as u32,
+        // Applied after every other parameter, as shards may be swept too.
+        "partitions_per_shard" => {}
         "batch_bytes" => workload.batch_bytes = number()?,
         "message_bytes" => workload.message_bytes = number()?,
         "producers" => workload.producers = number()?,
@@ -62,41 +73,115 @@ fn set(workload: &mut Workload, param: &str, value: &str) -> Result<(), String> 
     Ok(())
 }
 
+/// Parses `NAME=v1,v2,...`.
+fn parse_param(text: &str) -> Result<(String, Vec<String>), String> {
+    let (name, values) = text
+        .split_once('=')
+        .ok_or_else(|| format!("--param {text}: expected NAME=v1,v2,..."))?;
+    let values: Vec<String> = values.split(',').map(str::to_string).collect();
+    if name.is_empty() || values.iter().any(String::is_empty) {
+        return Err(format!("--param {text}: expected NAME=v1,v2,..."));
+    }
+    Ok((name.to_string(), values))
+}
+
+/// Every combination of the parameters' values, the last parameter
+/// varying fastest.
+fn grid(params: &[(String, Vec<String>)]) -> Vec<Vec<(String, String)>> {
+    params.iter().fold(vec![Vec::new()], |combinations, (name, values)| {
+        combinations
+            .iter()
+            .flat_map(|prefix| {
+                values.iter().map(move |value| {
+                    let mut next = prefix.clone();
+                    next.push((name.clone(), value.clone()));
+                    next
+                })
+            })
+            .collect()
+    })
+}
+
+fn configure(base: &Workload, args: &Args, settings: &[(String, String)]) -> Result<Workload, String> {
+    let mut workload = Workload {
+        duration_s: args.duration_s,
+        warmup_s: args.warmup_s,
+        produce_bytes: None,
+        client_cpus: args.client_cpus.clone().unwrap_or_else(|| base.client_cpus.clone()),
+        ..base.clone()
+    };
+    for (name, value) in settings {
+        set(&mut workload, name, value)?;
+    }
+    if let Some((_, value)) = settings.iter().find(|(name, _)| name == "partitions_per_shard") {
+        let per_shard: u32 = value
+            .parse()
+            .map_err(|_| format!("partitions_per_shard={value}: not a number"))?;
+        workload.partitions = per_shard * workload.shards as u32;
+    }
+    if workload.shards != base.shards {
+        // Pinned broker cores are for the preset's shard count.
+        workload.broker_cpus.clear();
+    }
+    if workload.partitions == 0 || workload.shards == 0 || workload.producers == 0 {
+        return Err(format!("{settings:?}: needs a shard, a partition and a producer"));
+    }
+    Ok(workload)
+}
+
 pub fn run(args: Args) -> Result<(), String> {
     let base = load(&args.preset)?;
+    let params = args
+        .params
+        .iter()
+        .map(|p| parse_param(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let combinations = grid(&params);
+    if combinations.len() > POINTS_MAX {
+        return Err(format!("{} points: at most {POINTS_MAX} per sweep", combinations.len()));
+    }
+    // Check every point before running any.
+    for settings in &combinations {
+        configure(&base, &args, settings)?;
+    }
     let machine = Machine::describe(Path::new("."));
     let mut points = Vec::new();
-    for value in &args.values {
-        let mut workload = Workload {
-            duration_s: args.duration_s,
-            warmup_s: args.warmup_s,
-            produce_bytes: None,
-            ..base.clone()
-        };
-        set(&mut workload, &args.param, value)?;
-        eprintln!("sweep {} {}={value}", base.name, args.param);
+    for settings in combinations {
+        let workload = configure(&base, &args, &settings)?;
+        let label = settings
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        eprintln!("sweep {} {label}", base.name);
         let outcome = execute(&workload, None, &args.data_dir)?;
-        eprintln!();
         points.push(Point {
-            value: value.clone(),
+            label,
+            settings,
             outcome,
         });
     }
-    let stem = format!("sweep-{}-{}", base.name, args.param.replace('.', "-"));
+    let names: Vec<&str> = params.iter().map(|(name, _)| name.as_str()).collect();
+    let stem = format!("sweep-{}-{}", base.name, names.join("-").replace('.', "-"));
     std::fs::create_dir_all(&args.report_dir).map_err(|e| e.to_string())?;
-    plot(&args.report_dir.join(format!("{stem}.svg")), &args.param, &points).map_err(|e| format!("plot: {e}"))?;
+    plot(&args.report_dir.join(format!("{stem}.svg")), &params, &points).map_err(|e| format!("plot: {e}"))?;
+    let command_params: Vec<String> = args.params.iter().map(|p| format!("--param {p}")).collect();
     let mut md = format!(
-        "# Sweep of {} over {}\n\nGenerated by `target/release/corelog-bench sweep bench/workloads/{}.toml --param {} --values {}`; do not edit by hand.\n\n{}\n\nEach point is one run of the workload ({} s measured after {} s of warm-up) against a fresh broker; MB/s counts record bytes (10^6 B/s).\n\n## Machine\n\n{}\n## Results\n\n| {} | produce MB/s | consume MB/s | produce-ack p50 µs | p99 µs | end-to-end p99 µs | broker peak RSS MiB |\n|---|---|---|---|---|---|---|\n",
+        "# Sweep of {} over {}\n\nGenerated by `target/release/corelog-bench sweep bench/workloads/{}.toml {}`; do not edit by hand.\n\n{}\n\nEach point is one run of the workload ({} s measured after {} s of warm-up) against a fresh broker; MB/s counts record bytes (10^6 B/s). Client threads: {}.\n\n## Machine\n\n{}\n## Results\n\n| {} | partitions | produce MB/s | consume MB/s | produce-ack p50 µs | p99 µs | end-to-end p99 µs | broker peak RSS MiB |\n|{}---|---|---|---|---|---|---|\n",
         base.name,
-        args.param,
+        names.join(" × "),
         base.name,
-        args.param,
-        args.values.join(","),
+        command_params.join(" "),
         base.description,
         args.duration_s,
         args.warmup_s,
+        match &args.client_cpus {
+            Some(cpus) => format!("pinned to cores {cpus:?}"),
+            None => "one, unpinned".into(),
+        },
         machine.markdown(),
-        args.param
+        names.join(" | "),
+        "---|".repeat(names.len()),
     );
     let best = points.iter().map(|p| p.outcome.produce_mb_per_s).fold(0.0f64, f64::max);
     for point in &points {
@@ -111,18 +196,23 @@ pub fn run(args: Args) -> Result<(), String> {
         } else {
             "-".into()
         };
+        let values: Vec<&str> = point.settings.iter().map(|(_, v)| v.as_str()).collect();
+        let partitions = configure(&base, &args, &point.settings)?.partitions;
         md.push_str(&format!(
-            "| {} | {rate} | {:.0} | {} | {} | {e2e} | {} |\n",
-            point.value,
+            "| {} | {partitions} | {rate} | {:.0} | {} | {} | {e2e} | {} |\n",
+            values.join(" | "),
             o.consume_mb_per_s,
             o.produce_ack.p50_us,
             o.produce_ack.p99_us,
             o.broker_peak_rss_bytes.map_or("-".into(), |b| (b >> 20).to_string())
         ));
     }
-    md.push_str(&format!("\n![produce throughput over {}]({stem}.svg)\n", args.param));
+    md.push_str(&format!(
+        "\n![produce throughput over {}]({stem}.svg)\n",
+        names.join(" × ")
+    ));
     std::fs::write(args.report_dir.join(format!("{stem}.md")), md).map_err(|e| e.to_string())?;
-    let json = serde_json::json!({ "workload": base.name, "param": args.param, "machine": machine, "points": points });
+    let json = serde_json::json!({ "workload": base.name, "params": names, "machine": machine, "points": points });
     std::fs::write(
         args.report_dir.join(format!("{stem}.json")),
         serde_json::to_string_pretty(&json).expect("json"),
@@ -131,37 +221,107 @@ pub fn run(args: Args) -> Result<(), String> {
     crate::index::write(&args.report_dir)
 }
 
-fn plot(path: &Path, param: &str, points: &[Point]) -> Result<(), Box<dyn std::error::Error>> {
-    let root = SVGBackend::new(path, (800, 360)).into_drawing_area();
+/// Produce throughput against the last parameter's values, one line per
+/// combination of the others.
+fn plot(path: &Path, params: &[(String, Vec<String>)], points: &[Point]) -> Result<(), Box<dyn std::error::Error>> {
+    let (x_name, x_values) = params.last().expect("a parameter");
+    let root = SVGBackend::new(path, (800, 400)).into_drawing_area();
     root.fill(&WHITE)?;
     let top = points.iter().map(|p| p.outcome.produce_mb_per_s).fold(1.0f64, f64::max) * 1.15;
-    let labels: Vec<String> = points.iter().map(|p| p.value.clone()).collect();
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("Produce throughput (MB/s) by {param}"), ("sans-serif", 18))
+        .caption(format!("Produce throughput (MB/s) by {x_name}"), ("sans-serif", 18))
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(55)
-        .build_cartesian_2d(-0.5f64..(points.len() as f64 - 0.5), 0f64..top)?;
+        .build_cartesian_2d(-0.5f64..(x_values.len() as f64 - 0.5), 0f64..top)?;
     chart
         .configure_mesh()
-        .x_labels(points.len())
+        .x_labels(x_values.len())
         .x_label_formatter(&|x| {
             let i = x.round();
             if (x - i).abs() < 1e-6 && i >= 0.0 {
-                labels.get(i as usize).cloned().unwrap_or_default()
+                x_values.get(i as usize).cloned().unwrap_or_default()
             } else {
                 String::new()
             }
         })
-        .x_desc(param)
+        .x_desc(x_name.as_str())
         .y_desc("MB/s")
         .draw()?;
-    let series = points
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (i as f64, p.outcome.produce_mb_per_s));
-    chart.draw_series(LineSeries::new(series.clone(), &BLUE))?;
-    chart.draw_series(series.map(|(x, y)| Circle::new((x, y), 4, BLUE.filled())))?;
+    // Points come in grid order, the last parameter varying fastest.
+    for (line, chunk) in points.chunks(x_values.len()).enumerate() {
+        let color = Palette99::pick(line).to_rgba();
+        let series: Vec<(f64, f64)> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as f64, p.outcome.produce_mb_per_s))
+            .collect();
+        let name = chunk[0].settings[..chunk[0].settings.len() - 1]
+            .iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        chart
+            .draw_series(LineSeries::new(series.clone(), color))?
+            .label(if name.is_empty() { "produce".to_string() } else { name })
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+        chart.draw_series(series.into_iter().map(|(x, y)| Circle::new((x, y), 4, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grid_holds_every_combination_last_fastest() {
+        let params = vec![
+            parse_param("shards=1,2").unwrap(),
+            parse_param("partitions_per_shard=1,4").unwrap(),
+        ];
+        let labels: Vec<String> = grid(&params)
+            .iter()
+            .map(|s| s.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                "shards=1 partitions_per_shard=1",
+                "shards=1 partitions_per_shard=4",
+                "shards=2 partitions_per_shard=1",
+                "shards=2 partitions_per_shard=4"
+            ]
+        );
+        assert!(parse_param("shards").is_err());
+        assert!(parse_param("shards=1,,2").is_err());
+    }
+
+    #[test]
+    fn partitions_per_shard_follows_the_shards_of_the_point() {
+        let base = load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/max-produce-1k.toml")).unwrap();
+        let args = Args {
+            preset: PathBuf::new(),
+            params: vec![],
+            duration_s: 1.0,
+            warmup_s: 0.0,
+            client_cpus: None,
+            data_dir: PathBuf::new(),
+            report_dir: PathBuf::new(),
+        };
+        let settings = vec![
+            ("partitions_per_shard".to_string(), "3".to_string()),
+            ("shards".to_string(), "2".to_string()),
+        ];
+        let workload = configure(&base, &args, &settings).unwrap();
+        assert_eq!((workload.shards, workload.partitions), (2, 6));
+        let bad = vec![("replicas".to_string(), "3".to_string())];
+        assert!(configure(&base, &args, &bad).is_err());
+    }
 }

@@ -15,8 +15,11 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use net::client::Connection;
 use net::messages::{acks, TopicConfig, LATEST_TIMESTAMP};
@@ -42,6 +45,14 @@ pub struct Args {
     /// Skip measuring the machine's limits (disk, loopback).
     #[arg(long)]
     no_limits: bool,
+    /// Client threads, one pinned to each of these cores (overrides the
+    /// preset's client_cpus), e.g. 0 or 2,3.
+    #[arg(long, value_delimiter = ',')]
+    client_cpus: Option<Vec<usize>>,
+    /// Cores of the broker the harness starts, one shard each (overrides
+    /// the preset's shards and broker_cpus).
+    #[arg(long, value_delimiter = ',')]
+    broker_cpus: Option<Vec<usize>>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -73,6 +84,14 @@ pub struct Workload {
     pub catch_up: bool,
     #[serde(default)]
     pub topic_configs: BTreeMap<String, String>,
+    /// Cores for the client threads, one thread pinned to each; empty: one
+    /// unpinned client thread.
+    #[serde(default)]
+    pub client_cpus: Vec<usize>,
+    /// Cores for the broker's shards (the harness's own broker); empty: the
+    /// broker picks `shards` cores.
+    #[serde(default)]
+    pub broker_cpus: Vec<usize>,
     /// What the workload should reach, stated in its report beside what it
     /// reached (never asserted).
     #[serde(default)]
@@ -140,15 +159,24 @@ pub struct Outcome {
     pub broker_peak_rss_bytes: Option<u64>,
 }
 
+/// What one client thread measures; merged across threads at the end.
 struct Shared {
     start: Instant,
     measure_from: Instant,
+    totals: Arc<Totals>,
     produced: RefCell<Vec<(u64, u64)>>,
     consumed: RefCell<Vec<(u64, u64)>>,
     ack: RefCell<Histogram<u64>>,
     e2e: RefCell<Histogram<u64>>,
-    produced_records: RefCell<u64>,
-    consumed_records: RefCell<u64>,
+}
+
+/// Counters every client thread reads: the progress line, the consumers'
+/// drain and a catch-up's start depend on all threads' producers.
+#[derive(Default)]
+struct Totals {
+    produced_records: AtomicU64,
+    consumed_records: AtomicU64,
+    producers_running: AtomicUsize,
 }
 
 impl Shared {
@@ -167,8 +195,26 @@ impl Shared {
     }
 }
 
+/// One client thread's figures.
+struct Part {
+    produced: Vec<(u64, u64)>,
+    consumed: Vec<(u64, u64)>,
+    ack: Histogram<u64>,
+    e2e: Histogram<u64>,
+    produce_end: Instant,
+    consume_start: Option<Instant>,
+    consume_end: Instant,
+}
+
 pub fn run(args: Args) -> Result<(), String> {
-    let workload = load(&args.preset)?;
+    let mut workload = load(&args.preset)?;
+    if let Some(cpus) = args.client_cpus {
+        workload.client_cpus = cpus;
+    }
+    if let Some(cpus) = args.broker_cpus {
+        workload.shards = cpus.len();
+        workload.broker_cpus = cpus;
+    }
     let machine = Machine::describe(Path::new("."));
     let limits = if args.no_limits {
         None
@@ -190,49 +236,13 @@ pub fn execute(workload: &Workload, broker: Option<&str>, data_dir: &Path) -> Re
             let dir = data_dir.join(&workload.name);
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            Some(BrokerProcess::start(&dir, workload.shards)?)
+            Some(BrokerProcess::start(&dir, workload.shards, &workload.broker_cpus)?)
         }
     };
     let addr = broker
         .map(str::to_string)
         .or_else(|| started.as_ref().map(|b| b.addr.clone()))
         .expect("a broker");
-    let mut outcome = glommio::LocalExecutorBuilder::default()
-        .io_memory(8 << 20)
-        // Timers (a fixed rate's schedule) must not wait out glommio's
-        // default 100 ms task quota while consumers keep the queue busy.
-        .preempt_timer(Duration::from_millis(1))
-        .make()
-        .map_err(|e| e.to_string())?
-        .run(drive(addr, workload.clone()))?;
-    outcome.broker_peak_rss_bytes = started.as_ref().and_then(|b| b.peak_rss_bytes());
-    drop(started);
-    let _ = std::fs::remove_dir_all(data_dir.join(&workload.name));
-    Ok(outcome)
-}
-
-/// Reads and checks a preset file.
-pub fn load(path: &Path) -> Result<Workload, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let workload: Workload = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    if workload.message_bytes < STAMP_BYTES || workload.producers == 0 || workload.partitions == 0 {
-        return Err("a workload needs records of at least 8 bytes, a producer and a partition".into());
-    }
-    acks_of(&workload.acks)?;
-    Ok(workload)
-}
-
-fn acks_of(text: &str) -> Result<i8, String> {
-    match text {
-        "1" => Ok(acks::LEADER),
-        "all" | "-1" => Ok(acks::ALL),
-        other => Err(format!(
-            "acks {other}: must be 1 or all (acks 0 has no acknowledgement to time)"
-        )),
-    }
-}
-
-async fn drive(addr: String, workload: Workload) -> Result<Outcome, String> {
     let acks = acks_of(&workload.acks)?;
     let target = match workload.rate.as_str() {
         "max" => None,
@@ -248,7 +258,7 @@ async fn drive(addr: String, workload: Workload) -> Result<Outcome, String> {
                 catch_up: false,
                 ..workload.clone()
             };
-            let max = Box::pin(run_once(&addr, &probe, acks, None)).await?;
+            let max = run_threads(&addr, &probe, acks, None)?;
             Some(max.produce_records_per_s / 2.0)
         }
         number => Some(
@@ -257,37 +267,187 @@ async fn drive(addr: String, workload: Workload) -> Result<Outcome, String> {
                 .map_err(|_| format!("rate {number:?}: max, half-max or a number"))?,
         ),
     };
-    run_once(&addr, &workload, acks, target).await
+    let mut outcome = run_threads(&addr, workload, acks, target)?;
+    outcome.broker_peak_rss_bytes = started.as_ref().and_then(|b| b.peak_rss_bytes());
+    drop(started);
+    let _ = std::fs::remove_dir_all(data_dir.join(&workload.name));
+    Ok(outcome)
 }
 
-async fn run_once(addr: &str, workload: &Workload, acks: i8, target: Option<f64>) -> Result<Outcome, String> {
+/// Reads and checks a preset file.
+pub fn load(path: &Path) -> Result<Workload, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let workload: Workload = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if workload.message_bytes < STAMP_BYTES || workload.producers == 0 || workload.partitions == 0 {
+        return Err("a workload needs records of at least 8 bytes, a producer and a partition".into());
+    }
+    acks_of(&workload.acks)?;
+    if !workload.broker_cpus.is_empty() && workload.broker_cpus.len() != workload.shards {
+        return Err(format!(
+            "{}: broker_cpus names {} cores for {} shards",
+            path.display(),
+            workload.broker_cpus.len(),
+            workload.shards
+        ));
+    }
+    Ok(workload)
+}
+
+fn acks_of(text: &str) -> Result<i8, String> {
+    match text {
+        "1" => Ok(acks::LEADER),
+        "all" | "-1" => Ok(acks::ALL),
+        other => Err(format!(
+            "acks {other}: must be 1 or all (acks 0 has no acknowledgement to time)"
+        )),
+    }
+}
+
+fn client_executor(placement: Placement) -> LocalExecutorBuilder {
+    LocalExecutorBuilder::new(placement)
+        .io_memory(8 << 20)
+        // Timers (a fixed rate's schedule) must not wait out glommio's
+        // default 100 ms task quota while consumers keep the queue busy.
+        .preempt_timer(Duration::from_millis(1))
+}
+
+/// Creates the workload's topic afresh, then runs its producers and
+/// consumers on one client thread per `client_cpus` entry (each pinned to
+/// its core), or on one unpinned thread; producer `p` and consumer `c` run
+/// on thread `p % threads` and `c % threads`.
+fn run_threads(addr: &str, workload: &Workload, acks: i8, target: Option<f64>) -> Result<Outcome, String> {
     let topic = format!("bench-{}", workload.name);
-    let mut admin = Connection::connect(addr).await.map_err(|e| e.to_string())?;
-    let _ = admin.delete_topic(&topic).await;
-    let configs = workload
-        .topic_configs
+    {
+        let (addr, topic, workload) = (addr.to_string(), topic.clone(), workload.clone());
+        client_executor(Placement::Unbound)
+            .make()
+            .map_err(|e| e.to_string())?
+            .run(async move {
+                let mut admin = Connection::connect(&addr).await.map_err(|e| e.to_string())?;
+                let _ = admin.delete_topic(&topic).await;
+                let configs = workload
+                    .topic_configs
+                    .iter()
+                    .map(|(key, value)| TopicConfig {
+                        key: key.clone(),
+                        value: value.clone(),
+                    })
+                    .collect();
+                admin
+                    .create_topic(&topic, workload.partitions, configs)
+                    .await
+                    .map_err(|e| e.to_string())
+            })?;
+    }
+    let placements: Vec<Placement> = if workload.client_cpus.is_empty() {
+        vec![Placement::Unbound]
+    } else {
+        workload.client_cpus.iter().map(|cpu| Placement::Fixed(*cpu)).collect()
+    };
+    let threads = placements.len();
+    let totals = Arc::new(Totals {
+        producers_running: AtomicUsize::new(workload.producers),
+        ..Totals::default()
+    });
+    let start = Instant::now();
+    let handles = placements
+        .into_iter()
+        .enumerate()
+        .map(|(thread, placement)| {
+            let (addr, topic, workload, totals) = (addr.to_string(), topic.clone(), workload.clone(), totals.clone());
+            client_executor(placement)
+                .name(&format!("bench-client-{thread}"))
+                .spawn(move || async move {
+                    run_part(&addr, &topic, &workload, acks, target, start, totals, thread, threads).await
+                })
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let mut parts = Vec::new();
+    for handle in handles {
+        parts.push(handle.join().map_err(|e| e.to_string())??);
+    }
+    eprintln!();
+    Ok(merge(start + Duration::from_secs_f64(workload.warmup_s), parts, target))
+}
+
+fn merge(measure_from: Instant, parts: Vec<Part>, target: Option<f64>) -> Outcome {
+    fn add(into: &mut Vec<(u64, u64)>, from: &[(u64, u64)]) {
+        if into.len() < from.len() {
+            into.resize(from.len(), (0, 0));
+        }
+        for (i, (b, r)) in from.iter().enumerate() {
+            into[i].0 += b;
+            into[i].1 += r;
+        }
+    }
+    let mut produced = Vec::new();
+    let mut consumed = Vec::new();
+    let mut ack = Histogram::new_with_max(LATENCY_MAX_US, 3).expect("histogram");
+    let mut e2e = Histogram::new_with_max(LATENCY_MAX_US, 3).expect("histogram");
+    for part in &parts {
+        add(&mut produced, &part.produced);
+        add(&mut consumed, &part.consumed);
+        ack.add(&part.ack).expect("same histogram bounds");
+        e2e.add(&part.e2e).expect("same histogram bounds");
+    }
+    let produce_end = parts.iter().map(|p| p.produce_end).max().unwrap_or(measure_from);
+    let consume_start = parts
         .iter()
-        .map(|(key, value)| TopicConfig {
-            key: key.clone(),
-            value: value.clone(),
+        .filter_map(|p| p.consume_start)
+        .min()
+        .unwrap_or(measure_from)
+        .max(measure_from);
+    let consume_end = parts.iter().map(|p| p.consume_end).max().unwrap_or(measure_from);
+    let seconds = |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64().max(1e-9);
+    let sum = |series: &[(u64, u64)]| series.iter().fold((0u64, 0u64), |acc, (b, r)| (acc.0 + b, acc.1 + r));
+    let (produced_bytes, produced_records) = sum(&produced);
+    let (consumed_bytes, consumed_records) = sum(&consumed);
+    let produce_seconds = seconds(measure_from, produce_end);
+    let consume_seconds = seconds(consume_start, consume_end);
+    let per_second = (0..produced.len().max(consumed.len()))
+        .map(|s| {
+            let mb = |series: &[(u64, u64)]| series.get(s).map_or(0.0, |(b, _)| *b as f64 / 1e6);
+            (mb(&produced), mb(&consumed))
         })
         .collect();
-    admin
-        .create_topic(&topic, workload.partitions, configs)
-        .await
-        .map_err(|e| e.to_string())?;
+    Outcome {
+        produce_mb_per_s: produced_bytes as f64 / produce_seconds / 1e6,
+        produce_records_per_s: produced_records as f64 / produce_seconds,
+        consume_mb_per_s: consumed_bytes as f64 / consume_seconds / 1e6,
+        consume_records_per_s: consumed_records as f64 / consume_seconds,
+        per_second,
+        produce_ack: Percentiles::of(&ack),
+        end_to_end: Percentiles::of(&e2e),
+        target_records_per_s: target,
+        produced_bytes,
+        consumed_bytes,
+        broker_peak_rss_bytes: None,
+    }
+}
 
-    let start = Instant::now();
+/// One client thread: its share of the producers and consumers.
+#[allow(clippy::too_many_arguments)]
+async fn run_part(
+    addr: &str,
+    topic: &str,
+    workload: &Workload,
+    acks: i8,
+    target: Option<f64>,
+    start: Instant,
+    totals: Arc<Totals>,
+    thread: usize,
+    threads: usize,
+) -> Result<Part, String> {
     let warmup = Duration::from_secs_f64(workload.warmup_s);
     let shared = Rc::new(Shared {
         start,
         measure_from: start + warmup,
+        totals: totals.clone(),
         produced: RefCell::new(Vec::new()),
         consumed: RefCell::new(Vec::new()),
         ack: RefCell::new(Histogram::new_with_max(LATENCY_MAX_US, 3).expect("histogram")),
         e2e: RefCell::new(Histogram::new_with_max(LATENCY_MAX_US, 3).expect("histogram")),
-        produced_records: RefCell::new(0),
-        consumed_records: RefCell::new(0),
     });
     let deadline = start + warmup + Duration::from_secs_f64(workload.duration_s);
     let records_per_batch = (workload.batch_bytes / workload.message_bytes).max(1);
@@ -295,103 +455,34 @@ async fn run_once(addr: &str, workload: &Workload, acks: i8, target: Option<f64>
     let batches_max = workload.produce_bytes.map(|b| b.div_ceil(batch_bytes));
     let interval =
         target.map(|rate| Duration::from_secs_f64(records_per_batch as f64 * workload.producers as f64 / rate));
+    let my_consumers: Vec<usize> = (0..workload.consumers).filter(|c| c % threads == thread).collect();
 
     // Consumers start at the log end, before producing, unless catching up.
     let mut consumers = Vec::new();
-    if workload.consumers > 0 && !workload.catch_up {
-        consumers = start_consumers(addr, &topic, workload, shared.clone(), LATEST_TIMESTAMP).await?;
+    if !my_consumers.is_empty() && !workload.catch_up {
+        consumers = start_consumers(addr, topic, workload, &my_consumers, shared.clone(), LATEST_TIMESTAMP).await?;
     }
-    let progress = spawn_progress(shared.clone(), workload, deadline);
+    let progress = (thread == 0).then(|| spawn_progress(shared.clone(), workload, deadline));
     let producers: Vec<_> = (0..workload.producers)
+        .filter(|p| p % threads == thread)
         .map(|p| {
-            let (addr, topic, shared, workload) = (addr.to_string(), topic.clone(), shared.clone(), workload.clone());
+            let (addr, topic, shared, workload) =
+                (addr.to_string(), topic.to_string(), shared.clone(), workload.clone());
             glommio::spawn_local(async move {
-                let connection = PipelinedConnection::connect(&addr, workload.max_in_flight)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let window = Rc::new(glommio::sync::Semaphore::new(workload.max_in_flight.max(1) as u64));
-                let failure: Rc<RefCell<Option<String>>> = Rc::new(RefCell::new(None));
-                // One batch built once; each send stamps its due time into
-                // every record's value and reseals the checksum, so the
-                // client's cost per batch is a crc and a copy, not an encoding.
-                let value = vec![0x5au8; workload.message_bytes];
-                let mut builder = RecordBatchBuilder::new();
-                for _ in 0..records_per_batch {
-                    builder.push(0, None, Some(&value), vec![]);
-                }
-                let mut frame = builder.build();
-                let stamp_at: Vec<usize> = batch::access(&frame)
-                    .map_err(|e| e.to_string())?
-                    .records
-                    .iter()
-                    .map(|r| r.value.as_ref().expect("a value").as_ptr() as usize - frame.as_ptr() as usize)
-                    .collect();
-                let mut n = 0u64;
-                loop {
-                    if let Some(error) = failure.borrow().clone() {
-                        return Err(error);
-                    }
-                    let sequence = n * workload.producers as u64 + p as u64;
-                    if batches_max.is_some_and(|max| sequence >= max) {
-                        break;
-                    }
-                    let due = match interval {
-                        Some(interval) => {
-                            let due = start + interval.mul_f64(n as f64);
-                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                                glommio::timer::sleep(wait).await;
-                            }
-                            due
-                        }
-                        None => Instant::now(),
-                    };
-                    if due >= deadline {
-                        break;
-                    }
-                    // A full window holds the producer back; the wait counts
-                    // in the latency of the batch that was due.
-                    let permit = window
-                        .clone()
-                        .acquire_static_permit(1)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let stamp = due.duration_since(shared.start).as_nanos() as u64;
-                    for &at in &stamp_at {
-                        frame[at..at + STAMP_BYTES].copy_from_slice(&stamp.to_le_bytes());
-                    }
-                    batch::reseal(&mut frame).map_err(|e| e.to_string())?;
-                    let partition = (sequence % u64::from(workload.partitions)) as u32;
-                    let (connection, topic, shared, failure, frame) = (
-                        connection.clone(),
-                        topic.clone(),
-                        shared.clone(),
-                        failure.clone(),
-                        frame.clone(),
-                    );
-                    glommio::spawn_local(async move {
-                        match connection.produce(&topic, partition, &frame, acks).await {
-                            Ok(_) => {
-                                let now = Instant::now();
-                                *shared.produced_records.borrow_mut() += records_per_batch as u64;
-                                if let Some(second) = shared.second(now) {
-                                    Shared::count(&shared.produced, second, batch_bytes, records_per_batch as u64);
-                                    let latency = now.duration_since(due).as_micros() as u64;
-                                    let _ = shared.ack.borrow_mut().record(latency.clamp(1, LATENCY_MAX_US));
-                                }
-                            }
-                            Err(e) => *failure.borrow_mut() = Some(format!("produce: {e}")),
-                        }
-                        drop(permit);
-                    })
-                    .detach();
-                    n += 1;
-                }
-                // Wait for the requests still in flight.
-                let _ = window.acquire(workload.max_in_flight.max(1) as u64).await;
-                if let Some(error) = failure.borrow().clone() {
-                    return Err(error);
-                }
-                Ok::<(), String>(())
+                let result = produce(
+                    p,
+                    &addr,
+                    &topic,
+                    &workload,
+                    acks,
+                    shared.clone(),
+                    interval,
+                    deadline,
+                    batches_max,
+                )
+                .await;
+                shared.totals.producers_running.fetch_sub(1, Ordering::AcqRel);
+                result
             })
         })
         .collect();
@@ -399,24 +490,32 @@ async fn run_once(addr: &str, workload: &Workload, acks: i8, target: Option<f64>
         producer.await?;
     }
     let produce_end = Instant::now();
-    let produced_records = *shared.produced_records.borrow();
 
-    let mut consume_start = shared.measure_from;
-    if workload.consumers > 0 && workload.catch_up {
-        consume_start = Instant::now();
+    let mut consume_start = None;
+    if !my_consumers.is_empty() && workload.catch_up {
+        // Catching up starts once every thread's producers are done.
+        while totals.producers_running.load(Ordering::Acquire) > 0 {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+        consume_start = Some(Instant::now());
         consumers = start_consumers(
             addr,
-            &topic,
+            topic,
             workload,
+            &my_consumers,
             shared.clone(),
             net::messages::EARLIEST_TIMESTAMP,
         )
         .await?;
     }
-    let consume_window = consume_start;
     if !consumers.is_empty() {
         let give_up = Instant::now() + DRAIN_TIMEOUT;
-        while *shared.consumed_records.borrow() < produced_records && Instant::now() < give_up {
+        loop {
+            let drained = totals.producers_running.load(Ordering::Acquire) == 0
+                && totals.consumed_records.load(Ordering::Acquire) >= totals.produced_records.load(Ordering::Acquire);
+            if drained || Instant::now() >= give_up {
+                break;
+            }
             glommio::timer::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -424,55 +523,140 @@ async fn run_once(addr: &str, workload: &Workload, acks: i8, target: Option<f64>
     for consumer in consumers {
         consumer.cancel();
     }
-    progress.cancel();
-    eprintln!();
-
-    let seconds = |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64().max(1e-9);
-    let sum = |series: &RefCell<Vec<(u64, u64)>>| {
-        series
-            .borrow()
-            .iter()
-            .fold((0u64, 0u64), |acc, (b, r)| (acc.0 + b, acc.1 + r))
-    };
-    let (produced_bytes, produced_counted) = sum(&shared.produced);
-    let (consumed_bytes, consumed_counted) = sum(&shared.consumed);
-    let produce_seconds = seconds(shared.measure_from, produce_end);
-    let consume_seconds = seconds(consume_window.max(shared.measure_from), consume_end);
-    let produced_series = shared.produced.borrow();
-    let consumed_series = shared.consumed.borrow();
-    let per_second = (0..produced_series.len().max(consumed_series.len()))
-        .map(|s| {
-            let mb = |series: &Vec<(u64, u64)>| series.get(s).map_or(0.0, |(b, _)| *b as f64 / 1e6);
-            (mb(&produced_series), mb(&consumed_series))
-        })
-        .collect();
-    let produce_ack = Percentiles::of(&shared.ack.borrow());
-    let end_to_end = Percentiles::of(&shared.e2e.borrow());
-    drop((produced_series, consumed_series));
-    Ok(Outcome {
-        produce_mb_per_s: produced_bytes as f64 / produce_seconds / 1e6,
-        produce_records_per_s: produced_counted as f64 / produce_seconds,
-        consume_mb_per_s: consumed_bytes as f64 / consume_seconds / 1e6,
-        consume_records_per_s: consumed_counted as f64 / consume_seconds,
-        per_second,
-        produce_ack,
-        end_to_end,
-        target_records_per_s: target,
-        produced_bytes,
-        consumed_bytes,
-        broker_peak_rss_bytes: None,
+    if let Some(progress) = progress {
+        progress.cancel();
+    }
+    // Cancelled consumers and the progress line may still hold `shared`
+    // until the executor drops them; take the figures out.
+    let (ack, e2e) = (shared.ack.borrow().clone(), shared.e2e.borrow().clone());
+    Ok(Part {
+        produced: shared.produced.take(),
+        consumed: shared.consumed.take(),
+        ack,
+        e2e,
+        produce_end,
+        consume_start,
+        consume_end,
     })
+}
+
+/// One producer: batches to partitions in turn, as fast as its window of
+/// requests in flight allows or on a fixed schedule.
+#[allow(clippy::too_many_arguments)]
+async fn produce(
+    p: usize,
+    addr: &str,
+    topic: &str,
+    workload: &Workload,
+    acks: i8,
+    shared: Rc<Shared>,
+    interval: Option<Duration>,
+    deadline: Instant,
+    batches_max: Option<u64>,
+) -> Result<(), String> {
+    let records_per_batch = (workload.batch_bytes / workload.message_bytes).max(1);
+    let batch_bytes = (records_per_batch * workload.message_bytes) as u64;
+    let connection = PipelinedConnection::connect(addr, workload.max_in_flight)
+        .await
+        .map_err(|e| e.to_string())?;
+    let window = Rc::new(glommio::sync::Semaphore::new(workload.max_in_flight.max(1) as u64));
+    let failure: Rc<RefCell<Option<String>>> = Rc::new(RefCell::new(None));
+    // One batch built once; each send stamps its due time into every
+    // record's value and reseals the checksum, so the client's cost per
+    // batch is a crc and a copy, not an encoding.
+    let value = vec![0x5au8; workload.message_bytes];
+    let mut builder = RecordBatchBuilder::new();
+    for _ in 0..records_per_batch {
+        builder.push(0, None, Some(&value), vec![]);
+    }
+    let mut frame = builder.build();
+    let stamp_at: Vec<usize> = batch::access(&frame)
+        .map_err(|e| e.to_string())?
+        .records
+        .iter()
+        .map(|r| r.value.as_ref().expect("a value").as_ptr() as usize - frame.as_ptr() as usize)
+        .collect();
+    let mut n = 0u64;
+    loop {
+        if let Some(error) = failure.borrow().clone() {
+            return Err(error);
+        }
+        let sequence = n * workload.producers as u64 + p as u64;
+        if batches_max.is_some_and(|max| sequence >= max) {
+            break;
+        }
+        let due = match interval {
+            Some(interval) => {
+                let due = shared.start + interval.mul_f64(n as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    glommio::timer::sleep(wait).await;
+                }
+                due
+            }
+            None => Instant::now(),
+        };
+        if due >= deadline {
+            break;
+        }
+        // A full window holds the producer back; the wait counts in the
+        // latency of the batch that was due.
+        let permit = window
+            .clone()
+            .acquire_static_permit(1)
+            .await
+            .map_err(|e| e.to_string())?;
+        let stamp = due.duration_since(shared.start).as_nanos() as u64;
+        for &at in &stamp_at {
+            frame[at..at + STAMP_BYTES].copy_from_slice(&stamp.to_le_bytes());
+        }
+        batch::reseal(&mut frame).map_err(|e| e.to_string())?;
+        let partition = (sequence % u64::from(workload.partitions)) as u32;
+        let (connection, topic, shared, failure, frame) = (
+            connection.clone(),
+            topic.to_string(),
+            shared.clone(),
+            failure.clone(),
+            frame.clone(),
+        );
+        glommio::spawn_local(async move {
+            match connection.produce(&topic, partition, &frame, acks).await {
+                Ok(_) => {
+                    let now = Instant::now();
+                    shared
+                        .totals
+                        .produced_records
+                        .fetch_add(records_per_batch as u64, Ordering::AcqRel);
+                    if let Some(second) = shared.second(now) {
+                        Shared::count(&shared.produced, second, batch_bytes, records_per_batch as u64);
+                        let latency = now.duration_since(due).as_micros() as u64;
+                        let _ = shared.ack.borrow_mut().record(latency.clamp(1, LATENCY_MAX_US));
+                    }
+                }
+                Err(e) => *failure.borrow_mut() = Some(format!("produce: {e}")),
+            }
+            drop(permit);
+        })
+        .detach();
+        n += 1;
+    }
+    // Wait for the requests still in flight.
+    let _ = window.acquire(workload.max_in_flight.max(1) as u64).await;
+    if let Some(error) = failure.borrow().clone() {
+        return Err(error);
+    }
+    Ok(())
 }
 
 async fn start_consumers(
     addr: &str,
     topic: &str,
     workload: &Workload,
+    which: &[usize],
     shared: Rc<Shared>,
     from: i64,
 ) -> Result<Vec<glommio::task::JoinHandle<Result<(), String>>>, String> {
     let mut tasks = Vec::new();
-    for c in 0..workload.consumers {
+    for &c in which {
         let partitions: Vec<u32> = (0..workload.partitions)
             .filter(|p| *p as usize % workload.consumers == c)
             .collect();
@@ -514,7 +698,7 @@ async fn start_consumers(
                             records += u64::from(info.record_count);
                             *offset = info.next_offset().0;
                         }
-                        *shared.consumed_records.borrow_mut() += records;
+                        shared.totals.consumed_records.fetch_add(records, Ordering::AcqRel);
                         if let Some(second) = shared.second(now) {
                             Shared::count(&shared.consumed, second, records * message_bytes, records);
                         }
@@ -536,8 +720,8 @@ fn spawn_progress(shared: Rc<Shared>, workload: &Workload, deadline: Instant) ->
         let mut last = (0u64, Instant::now());
         loop {
             glommio::timer::sleep(Duration::from_secs(1)).await;
-            let sent = *shared.produced_records.borrow();
-            let received = *shared.consumed_records.borrow();
+            let sent = shared.totals.produced_records.load(Ordering::Acquire);
+            let received = shared.totals.consumed_records.load(Ordering::Acquire);
             let now = Instant::now();
             let rate = (sent - last.0) as f64 / now.duration_since(last.1).as_secs_f64();
             last = (sent, now);

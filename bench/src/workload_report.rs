@@ -52,9 +52,27 @@ pub fn write(
         workload.produce_bytes.map_or("-".to_string(), |b| format!("{} MiB", b >> 20)),
         workload.catch_up,
     ));
+    let cores = |cpus: &[usize]| cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    md.push_str(&format!(
+        "| broker cores | {} |\n| client threads | {} |\n",
+        if workload.broker_cpus.is_empty() {
+            "the broker's choice".to_string()
+        } else {
+            cores(&workload.broker_cpus)
+        },
+        if workload.client_cpus.is_empty() {
+            "1, unpinned".to_string()
+        } else {
+            format!(
+                "{}, pinned to cores {}",
+                workload.client_cpus.len(),
+                cores(&workload.client_cpus)
+            )
+        },
+    ));
     md.push_str(
-        "\nOne client process (this harness, one glommio executor, unpinned) on the broker's machine. \
-                 Produce-ack latency runs from the moment a batch was due (at a fixed rate, its slot in the schedule: \
+        "\nOne client process (this harness, one glommio executor per client thread; producers and consumers \
+                 spread over the threads) on the broker's machine. Produce-ack latency runs from the moment a batch was due (at a fixed rate, its slot in the schedule: \
                  corrected for coordinated omission) to its response; end-to-end latency from the same moment, \
                  written into each record, to the consumer's receipt. The warm-up is left out of every figure.\n",
     );
