@@ -1,13 +1,35 @@
 //! A `corelog serve` process started by a benchmark from the binary beside
-//! the benchmark's own, stopped (SIGTERM) when dropped.
+//! the benchmark's own, stopped (SIGTERM) by `stop` or when dropped.
 
-use std::io::BufRead;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 pub struct BrokerProcess {
     child: Child,
+    stdout: Option<BufReader<ChildStdout>>,
     pub addr: String,
+    rss: Arc<Mutex<Vec<u64>>>,
+    sampling: Arc<AtomicBool>,
+}
+
+/// What the broker reported of itself when it stopped, summed over shards.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BrokerStats {
+    pub requests: u64,
+    pub records_appended: u64,
+    /// Allocations made by the shards' threads over the broker's life
+    /// (startup, connections, every request).
+    pub allocations: u64,
+    pub allocated_bytes: u64,
+    /// Resident memory (VmRSS) sampled once a second, in bytes.
+    pub rss_samples: Vec<u64>,
+    pub peak_rss_bytes: Option<u64>,
 }
 
 impl BrokerProcess {
@@ -24,9 +46,7 @@ impl BrokerProcess {
             ));
         }
         let mut command = Command::new(&binary);
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir);
+        command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
         if cpus.is_empty() {
             command.args(["--shards", &shards.to_string()]);
         } else {
@@ -38,32 +58,87 @@ impl BrokerProcess {
             .stdout(Stdio::piped())
             .spawn()
             .map_err(|e| format!("start {}: {e}", binary.display()))?;
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("piped"))
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?;
+        stdout.read_line(&mut line).map_err(|e| e.to_string())?;
         let addr = line
             .trim()
             .strip_prefix("corelog listening on ")
             .ok_or_else(|| format!("unexpected broker output {line:?}"))?
             .to_string();
-        Ok(BrokerProcess { child, addr })
+        let (rss, sampling) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(true)));
+        {
+            let (rss, sampling, pid) = (rss.clone(), sampling.clone(), child.id());
+            std::thread::spawn(move || {
+                while sampling.load(Ordering::Acquire) {
+                    match status_kib(pid, "VmRSS:") {
+                        Some(kib) => rss.lock().expect("rss samples").push(kib * 1024),
+                        None => break,
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
+        }
+        Ok(BrokerProcess {
+            child,
+            stdout: Some(stdout),
+            addr,
+            rss,
+            sampling,
+        })
     }
 
-    /// The broker's peak resident memory so far (VmHWM), in bytes.
-    pub fn peak_rss_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
+    /// Stops the broker (SIGTERM: it flushes and closes every log) and
+    /// collects what it reported.
+    pub fn stop(mut self) -> BrokerStats {
+        let mut stats = BrokerStats {
+            peak_rss_bytes: status_kib(self.child.id(), "VmHWM:").map(|kib| kib * 1024),
+            ..BrokerStats::default()
+        };
+        self.sampling.store(false, Ordering::Release);
+        self.terminate();
+        for line in self.stdout.take().expect("stdout").lines().map_while(Result::ok) {
+            let Some(fields) = line.strip_prefix("corelog shard stats: ") else {
+                continue;
+            };
+            for field in fields.split_whitespace() {
+                let Some((key, value)) = field.split_once('=') else {
+                    continue;
+                };
+                let value: u64 = value.parse().unwrap_or(0);
+                match key {
+                    "requests" => stats.requests += value,
+                    "records_appended" => stats.records_appended += value,
+                    "allocations" => stats.allocations += value,
+                    "allocated_bytes" => stats.allocated_bytes += value,
+                    _ => {}
+                }
+            }
+        }
+        stats.rss_samples = self.rss.lock().expect("rss samples").clone();
+        stats
     }
-}
 
-impl Drop for BrokerProcess {
-    fn drop(&mut self) {
+    fn terminate(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
         let _ = self.child.wait();
+    }
+}
+
+/// A `/proc/PID/status` field in KiB.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        self.sampling.store(false, Ordering::Release);
+        if self.stdout.is_some() {
+            self.terminate();
+        }
     }
 }

@@ -27,7 +27,7 @@ use net::pipelined::PipelinedConnection;
 use serde::{Deserialize, Serialize};
 use storage::batch::{self, RecordBatchBuilder};
 
-use crate::broker_process::BrokerProcess;
+use crate::broker_process::{BrokerProcess, BrokerStats};
 use crate::machine::Machine;
 
 #[derive(clap::Args)]
@@ -157,6 +157,9 @@ pub struct Outcome {
     pub produced_bytes: u64,
     pub consumed_bytes: u64,
     pub broker_peak_rss_bytes: Option<u64>,
+    /// What the harness's own broker reported when it stopped.
+    #[serde(default)]
+    pub broker: Option<BrokerStats>,
 }
 
 /// What one client thread measures; merged across threads at the end.
@@ -268,8 +271,11 @@ pub fn execute(workload: &Workload, broker: Option<&str>, data_dir: &Path) -> Re
         ),
     };
     let mut outcome = run_threads(&addr, workload, acks, target)?;
-    outcome.broker_peak_rss_bytes = started.as_ref().and_then(|b| b.peak_rss_bytes());
-    drop(started);
+    if let Some(started) = started {
+        let stats = started.stop();
+        outcome.broker_peak_rss_bytes = stats.peak_rss_bytes;
+        outcome.broker = Some(stats);
+    }
     let _ = std::fs::remove_dir_all(data_dir.join(&workload.name));
     Ok(outcome)
 }
@@ -423,6 +429,7 @@ fn merge(measure_from: Instant, parts: Vec<Part>, target: Option<f64>) -> Outcom
         produced_bytes,
         consumed_bytes,
         broker_peak_rss_bytes: None,
+        broker: None,
     }
 }
 

@@ -121,6 +121,28 @@ pub fn write(
     if let Some(rss) = outcome.broker_peak_rss_bytes {
         md.push_str(&format!("\nBroker peak resident memory (VmHWM): {} MiB.\n", rss >> 20));
     }
+    if let Some(broker) = &outcome.broker {
+        md.push_str("\n### The broker's own figures\n\n");
+        if let (Some(first), Some(last)) = (broker.rss_samples.first(), broker.rss_samples.last()) {
+            let max = broker.rss_samples.iter().max().copied().unwrap_or(0);
+            md.push_str(&format!(
+                "Resident memory sampled each second ({} samples): {} MiB at the start, {} MiB at the end, {} MiB at most.\n\n",
+                broker.rss_samples.len(),
+                first >> 20,
+                last >> 20,
+                max >> 20
+            ));
+        }
+        let per = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
+        md.push_str(&format!(
+            "Allocations by the shards over the broker's life (startup, connections, every request; counted by its allocator): {} for {} requests and {} records appended: {:.2} per request, {:.4} per record.\n",
+            broker.allocations,
+            broker.requests,
+            broker.records_appended,
+            per(broker.allocations, broker.requests),
+            per(broker.allocations, broker.records_appended),
+        ));
+    }
     md.push_str(&format!(
         "\n## Plots\n\n![throughput over time]({throughput_svg})\n\n![latency percentile spectrum]({latency_svg})\n"
     ));

@@ -1,6 +1,7 @@
 //! The `corelog` binary: `serve` runs a broker; the other commands are
 //! clients of a running one (topics, produce, consume).
 
+mod alloc;
 mod cli;
 mod config;
 mod error;
@@ -14,6 +15,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{BrokerConfig, DEFAULT_LISTEN};
+
+#[global_allocator]
+static ALLOCATOR: alloc::CountingAllocator = alloc::CountingAllocator;
 
 #[derive(Parser)]
 #[command(name = "corelog", version, about = "An event streaming broker, one thread per core")]

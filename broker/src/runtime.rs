@@ -115,6 +115,13 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 glommio::spawn_local(crate::server::accept_loop(shard.clone(), listener)).detach();
                 shard.clone().serve_inbox(inbox).await;
                 shard.close_all().await;
+                let (allocations, allocated_bytes) = crate::alloc::thread_allocations();
+                // One line on stdout, read by the benchmark harness.
+                println!(
+                    "corelog shard stats: shard={id} requests={} records_appended={} allocations={allocations} allocated_bytes={allocated_bytes}",
+                    shard.stats.requests.get(),
+                    shard.stats.records_appended.get(),
+                );
                 tracing::info!(shard = id, "shard stopped");
             })
             .map_err(|e| BrokerError::Config(format!("start shard {id}: {e}")))?;

@@ -164,6 +164,7 @@ fn respond<M: codec::Message>(correlation_id: u32, api: ApiKey, message: &M) -> 
 }
 
 async fn handle(shard: &Shard, bytes: &[u8]) -> Option<Vec<Out>> {
+    shard.stats.requests.set(shard.stats.requests.get() + 1);
     let decoder = FrameDecoder {
         frame_bytes_max: shard.config.frame_bytes_max,
     };

@@ -95,6 +95,17 @@ pub struct Shard {
     inboxes: Arc<Vec<flume::Sender<ShardMessage>>>,
     logs: RefCell<HashMap<(String, u32), PartitionLog>>,
     pub connections: Cell<usize>,
+    pub stats: ShardStats,
+}
+
+/// Counters of one shard's work, reported when it stops (beside its
+/// allocations, to show what a request costs).
+#[derive(Default)]
+pub struct ShardStats {
+    /// Requests read from this shard's connections.
+    pub requests: Cell<u64>,
+    /// Records appended to the logs this shard owns.
+    pub records_appended: Cell<u64>,
 }
 
 impl Shard {
@@ -111,6 +122,7 @@ impl Shard {
             inboxes,
             logs: RefCell::new(HashMap::new()),
             connections: Cell::new(0),
+            stats: ShardStats::default(),
         }
     }
 
@@ -283,6 +295,8 @@ impl Shard {
             let appended = log.append(frame).await.map_err(storage_error)?;
             first.get_or_insert(appended);
             last = appended.last_offset;
+            let records = appended.last_offset.0 - appended.base_offset.0 + 1;
+            self.stats.records_appended.set(self.stats.records_appended.get() + records);
         }
         if acks == net::messages::acks::ALL {
             log.wait_durable(last).await.map_err(storage_error)?;
