@@ -46,7 +46,9 @@ impl BrokerProcess {
             ));
         }
         let mut command = Command::new(&binary);
-        command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir);
         if cpus.is_empty() {
             command.args(["--shards", &shards.to_string()]);
         } else {

@@ -1,6 +1,8 @@
 //! The machine's own limits, measured in the same run as a workload: raw
 //! O_DIRECT sequential write and read bandwidth of the data directory's disk
-//! through glommio, and loopback TCP bandwidth between two threads.
+//! through glommio, loopback TCP bandwidth between two threads, and the
+//! loopback round trip between two threads (the floor under any request's
+//! latency on this machine: a wakeup of each side).
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -21,7 +23,16 @@ pub struct Limits {
     pub disk_write_mb_per_s: f64,
     pub disk_read_mb_per_s: f64,
     pub loopback_mb_per_s: f64,
+    /// A 64-byte ping-pong over loopback TCP between two blocking threads,
+    /// paced like a fixed-rate client: median and 99th percentile.
+    #[serde(default)]
+    pub loopback_round_trip_p50_us: f64,
+    #[serde(default)]
+    pub loopback_round_trip_p99_us: f64,
 }
+
+/// Round trips the latency floor measures.
+const ROUND_TRIPS: usize = 5000;
 
 pub fn measure(dir: &Path) -> Result<Limits, String> {
     let _ = std::fs::remove_dir_all(dir);
@@ -40,10 +51,13 @@ pub fn measure(dir: &Path) -> Result<Limits, String> {
             Ok::<_, String>((written.mb_per_s, read))
         })?;
     let _ = std::fs::remove_dir_all(dir);
+    let (round_trip_p50, round_trip_p99) = round_trip()?;
     Ok(Limits {
         disk_write_mb_per_s: write,
         disk_read_mb_per_s: read,
         loopback_mb_per_s: loopback()?,
+        loopback_round_trip_p50_us: round_trip_p50,
+        loopback_round_trip_p99_us: round_trip_p99,
     })
 }
 
@@ -102,4 +116,41 @@ fn loopback() -> Result<f64, String> {
         .map_err(|_| "loopback reader panicked".to_string())?
         .map_err(|e| e.to_string())?;
     Ok(received as f64 / start.elapsed().as_secs_f64() / 1e6)
+}
+
+/// Median and 99th percentile of a 64-byte loopback ping-pong, in µs. The
+/// client pauses 100 µs after each round trip so that both sides go to
+/// sleep and are woken, as at a fixed rate, rather than spinning hot.
+fn round_trip() -> Result<(f64, f64), String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        let mut buffer = [0u8; 64];
+        loop {
+            match stream.read_exact(&mut buffer) {
+                Ok(()) => stream.write_all(&buffer)?,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut samples = Vec::with_capacity(ROUND_TRIPS);
+    let mut buffer = [0x17u8; 64];
+    for _ in 0..ROUND_TRIPS {
+        let start = Instant::now();
+        stream.write_all(&buffer).map_err(|e| e.to_string())?;
+        stream.read_exact(&mut buffer).map_err(|e| e.to_string())?;
+        samples.push(start.elapsed().as_secs_f64() * 1e6);
+        std::thread::sleep(std::time::Duration::from_micros(100));
+    }
+    drop(stream);
+    echo.join()
+        .map_err(|_| "loopback echo panicked".to_string())?
+        .map_err(|e| e.to_string())?;
+    samples.sort_by(f64::total_cmp);
+    Ok((samples[ROUND_TRIPS / 2], samples[ROUND_TRIPS * 99 / 100]))
 }

@@ -18,9 +18,6 @@ use net::{ErrorCode, NetError};
 
 use crate::shard::{FetchBytes, Shard};
 
-/// Pause between looks at the logs while a fetch waits for `min_bytes`.
-const LONG_POLL_STEP: Duration = Duration::from_millis(2);
-
 /// Pieces of one response, written in order.
 enum Out {
     Owned(Vec<u8>),
@@ -382,7 +379,9 @@ async fn metadata(shard: &Shard, request: &ArchivedMetadataRequest) -> MetadataR
 }
 
 /// Serves a fetch: reads every partition asked for, and if fewer than
-/// `min_bytes` came back, looks again until `max_wait_ms` has passed.
+/// `min_bytes` came back, waits for an append to any of them (woken by the
+/// append, on whichever shard owns the partition) and reads again, until
+/// `max_wait_ms` has passed.
 async fn fetch(shard: &Shard, id: u32, request: &ArchivedFetchRequest) -> Vec<Out> {
     let deadline = Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms.to_native()));
     let min_bytes = request.min_bytes.to_native() as usize;
@@ -391,6 +390,8 @@ async fn fetch(shard: &Shard, id: u32, request: &ArchivedFetchRequest) -> Vec<Ou
         let mut pieces = Vec::new();
         let mut topics = Vec::new();
         let mut total = 0usize;
+        // (topic, partition, log end) of each partition read without error.
+        let mut waits = Vec::new();
         for topic in request.topics.iter() {
             let mut partitions = Vec::new();
             for p in topic.partitions.iter() {
@@ -403,6 +404,7 @@ async fn fetch(shard: &Shard, id: u32, request: &ArchivedFetchRequest) -> Vec<Ou
                     .await;
                 partitions.push(match result {
                     Ok(fetched) => {
+                        waits.push((topic.name.as_str(), partition, fetched.high_watermark));
                         let range = PayloadRange {
                             offset: total as u32,
                             len: fetched.bytes.len() as u32,
@@ -445,6 +447,15 @@ async fn fetch(shard: &Shard, id: u32, request: &ArchivedFetchRequest) -> Vec<Ou
             out.extend(pieces);
             return out;
         }
-        glommio::timer::sleep(LONG_POLL_STEP).await;
+        if waits.is_empty() {
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+            continue;
+        }
+        // Whichever partition grows first ends the wait; the others' waits
+        // are dropped (a remote owner's ends at the deadline).
+        let waits = waits
+            .into_iter()
+            .map(|(topic, partition, end)| Box::pin(shard.wait_for_data(topic, partition, end, deadline)));
+        let _ = futures::future::select_all(waits).await;
     }
 }

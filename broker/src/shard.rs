@@ -44,6 +44,15 @@ pub enum ShardMessage {
         timestamp: i64,
         reply: Reply<Option<u64>>,
     },
+    /// A long poll's wait on another shard's partition: answered when the
+    /// log's end moves past `offset` or at `deadline`.
+    WaitForData {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        deadline: std::time::Instant,
+        reply: Reply<bool>,
+    },
     OpenPartitions {
         topic: TopicMeta,
         reply: Reply<()>,
@@ -296,7 +305,9 @@ impl Shard {
             first.get_or_insert(appended);
             last = appended.last_offset;
             let records = appended.last_offset.0 - appended.base_offset.0 + 1;
-            self.stats.records_appended.set(self.stats.records_appended.get() + records);
+            self.stats
+                .records_appended
+                .set(self.stats.records_appended.get() + records);
         }
         if acks == net::messages::acks::ALL {
             log.wait_durable(last).await.map_err(storage_error)?;
@@ -363,6 +374,43 @@ impl Shard {
             high_watermark: read.log_end_offset.0,
             log_start_offset: read.log_start_offset.0,
         })
+    }
+
+    /// Waits until the partition holds `offset` (its end has moved past it)
+    /// or `deadline` passes; returns whether it does. On the owner this is
+    /// woken by the append itself; from another shard the owner waits and
+    /// replies.
+    pub async fn wait_for_data(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        deadline: std::time::Instant,
+    ) -> Result<bool, BrokerError> {
+        let owner = self.owner(topic, partition)?;
+        if owner == self.id {
+            return self.wait_for_data_local(topic, partition, offset, deadline).await;
+        }
+        let topic = topic.to_string();
+        self.ask(owner, |reply| ShardMessage::WaitForData {
+            topic,
+            partition,
+            offset,
+            deadline,
+            reply,
+        })
+        .await
+    }
+
+    async fn wait_for_data_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        deadline: std::time::Instant,
+    ) -> Result<bool, BrokerError> {
+        let log = self.log(topic, partition)?;
+        Ok(log.wait_for_data(Offset(offset), deadline).await)
     }
 
     pub async fn list_offset(&self, topic: &str, partition: u32, timestamp: i64) -> Result<Option<u64>, BrokerError> {
@@ -481,6 +529,18 @@ impl Shard {
                 } => {
                     glommio::spawn_local(async move {
                         let _ = reply.send(shard.list_offset_local(&topic, partition, timestamp).await);
+                    })
+                    .detach();
+                }
+                ShardMessage::WaitForData {
+                    topic,
+                    partition,
+                    offset,
+                    deadline,
+                    reply,
+                } => {
+                    glommio::spawn_local(async move {
+                        let _ = reply.send(shard.wait_for_data_local(&topic, partition, offset, deadline).await);
                     })
                     .detach();
                 }

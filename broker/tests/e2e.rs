@@ -319,26 +319,47 @@ fn a_long_poll_waits_for_data_and_a_slow_consumer_holds_up_no_one() {
                 .await
                 .unwrap();
         }
-        // A long poll at the end of the log returns when data arrives.
-        let waiter = {
-            let addr = addr.clone();
-            glommio::spawn_local(async move {
-                let mut c = Connection::connect(&addr).await.unwrap();
-                let started = std::time::Instant::now();
-                let fetched = c.fetch("poll", 0, 100, 1 << 20, 5_000).await.unwrap();
-                (fetched.batches().len(), started.elapsed())
-            })
-        };
-        glommio::timer::sleep(Duration::from_millis(200)).await;
-        admin
-            .produce("poll", 0, &batch_of(0, 100..101), acks::LEADER)
-            .await
-            .unwrap();
-        let (bytes, waited) = waiter.await;
-        assert!(bytes > 0, "the long poll returned the new batch");
+        // A long poll at the end of the log returns when data arrives, woken
+        // by the append: on the owner shard, or on the other shard through
+        // the owner (each partition is polled from several connections, which
+        // land on both shards).
+        for round in 0..3u64 {
+            for p in 0..2 {
+                let waiters: Vec<_> = (0..2)
+                    .map(|_| {
+                        let addr = addr.clone();
+                        glommio::spawn_local(async move {
+                            let mut c = Connection::connect(&addr).await.unwrap();
+                            let started = std::time::Instant::now();
+                            let fetched = c.fetch("poll", p, 100 + round, 1 << 20, 5_000).await.unwrap();
+                            (fetched.batches().len(), started.elapsed())
+                        })
+                    })
+                    .collect();
+                glommio::timer::sleep(Duration::from_millis(200)).await;
+                admin
+                    .produce("poll", p, &batch_of(p, 100 + round..101 + round), acks::LEADER)
+                    .await
+                    .unwrap();
+                for waiter in waiters {
+                    let (bytes, waited) = waiter.await;
+                    assert!(bytes > 0, "the long poll returned the new batch");
+                    assert!(
+                        waited >= Duration::from_millis(150) && waited < Duration::from_secs(4),
+                        "{waited:?}"
+                    );
+                }
+            }
+        }
+        // With nothing arriving, a long poll returns empty at its max wait.
+        let mut c = Connection::connect(&addr).await.unwrap();
+        let started = std::time::Instant::now();
+        let fetched = c.fetch("poll", 1, 103, 1 << 20, 300).await.unwrap();
+        assert_eq!(fetched.batches().len(), 0);
         assert!(
-            waited >= Duration::from_millis(150) && waited < Duration::from_secs(4),
-            "{waited:?}"
+            started.elapsed() >= Duration::from_millis(290),
+            "{:?}",
+            started.elapsed()
         );
     });
 
@@ -370,7 +391,7 @@ fn a_long_poll_waits_for_data_and_a_slow_consumer_holds_up_no_one() {
         let mut c = Connection::connect(&addr).await.unwrap();
         assert_eq!(
             consume_all(&mut c, "poll", 1).await.len(),
-            100,
+            103,
             "others are served meanwhile"
         );
     });
