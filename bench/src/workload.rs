@@ -771,6 +771,7 @@ mod tests {
                 "catch-up-read",
                 "half-rate-latency",
                 "max-produce-1k",
+                "max-produce-1k-pinned",
                 "produce-consume",
                 "sustained-produce-10g"
             ]

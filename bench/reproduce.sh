@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Regenerates every report in perf-reports/ on this machine: the storage and
+# broker benchmarks, the workload presets and the sweeps that tuning.md
+# cites. About 15 minutes on a 2-core machine; run it on an idle machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release -p corelog -p corelog-bench
+bench=target/release/corelog-bench
+
+$bench storage
+$bench broker
+for preset in bench/workloads/*.toml; do
+    $bench run "$preset"
+done
+
+sweep="$bench sweep bench/workloads/max-produce-1k.toml"
+$sweep --param shards=1,2 --param partitions_per_shard=1,4
+$sweep --param partitions=1,2,4,8
+$sweep --param batch_bytes=4096,16384,65536,262144,524288
+$sweep --param acks=1,all
+$sweep --param topic.flush.ms=1,10,100,1000
+$bench index
