@@ -293,3 +293,198 @@ pub fn consume(args: ConsumeArgs) -> Result<(), String> {
         }
     })
 }
+
+#[derive(clap::Subcommand)]
+pub enum GroupCommand {
+    /// Every consumer group and its state.
+    List,
+    /// A group's members, their partitions, and committed offset and lag
+    /// per partition.
+    Describe { group: String },
+    /// Moves a group's committed offsets (the group must have no members).
+    ResetOffsets {
+        group: String,
+        /// Topics to reset; default: every topic the group has committed.
+        #[arg(long = "topic")]
+        topics: Vec<String>,
+        /// earliest, latest, or an offset.
+        #[arg(long)]
+        to: String,
+    },
+}
+
+/// Where `reset-offsets --to` points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ResetTo {
+    Earliest,
+    Latest,
+    Offset(u64),
+}
+
+fn parse_reset_to(text: &str) -> Result<ResetTo, String> {
+    match text {
+        "earliest" => Ok(ResetTo::Earliest),
+        "latest" => Ok(ResetTo::Latest),
+        number => number
+            .parse()
+            .map(ResetTo::Offset)
+            .map_err(|_| format!("--to {number}: earliest, latest or an offset")),
+    }
+}
+
+pub fn group(broker: &str, command: GroupCommand) -> Result<(), String> {
+    run(async {
+        let mut connection = Connection::connect(broker).await.map_err(|e| e.to_string())?;
+        match command {
+            GroupCommand::List => {
+                for group in connection.list_groups().await.map_err(|e| e.to_string())? {
+                    println!("{}\t{}\t{}", group.group, group.state, group.protocol_type);
+                }
+            }
+            GroupCommand::Describe { group } => {
+                let described = connection.describe_group(&group).await.map_err(|e| e.to_string())?;
+                println!(
+                    "group {} state {} protocol {} generation {} members {}",
+                    described.group,
+                    described.state,
+                    if described.protocol.is_empty() {
+                        "-"
+                    } else {
+                        &described.protocol
+                    },
+                    described.generation,
+                    described.members.len()
+                );
+                let mut owners = std::collections::BTreeMap::new();
+                for member in &described.members {
+                    let assignment: Vec<String> = decode_assignment(&member.assignment)
+                        .into_iter()
+                        .map(|(topic, p)| {
+                            owners.insert((topic.clone(), p), member.member_id.clone());
+                            format!("{topic}-{p}")
+                        })
+                        .collect();
+                    println!(
+                        "  member {} client {} partitions [{}]",
+                        member.member_id,
+                        member.client_id,
+                        assignment.join(", ")
+                    );
+                }
+                let committed = connection
+                    .fetch_offsets(&group, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!(
+                    "  {:<30} {:>9} {:>14} {:>14} {:>10}  member",
+                    "topic", "partition", "committed", "log end", "lag"
+                );
+                for (topic, partition, offset) in committed {
+                    let end = connection
+                        .list_offset(&topic, partition, LATEST_TIMESTAMP)
+                        .await
+                        .ok()
+                        .flatten();
+                    let lag = match (offset, end) {
+                        (Some(o), Some(e)) => e.saturating_sub(o).to_string(),
+                        _ => "-".into(),
+                    };
+                    println!(
+                        "  {:<30} {:>9} {:>14} {:>14} {:>10}  {}",
+                        topic,
+                        partition,
+                        offset.map_or("-".into(), |o| o.to_string()),
+                        end.map_or("-".into(), |e| e.to_string()),
+                        lag,
+                        owners.get(&(topic.clone(), partition)).map_or("-", String::as_str)
+                    );
+                }
+            }
+            GroupCommand::ResetOffsets { group, topics, to } => {
+                let to = parse_reset_to(&to)?;
+                let topics = if topics.is_empty() {
+                    let mut committed: Vec<String> = connection
+                        .fetch_offsets(&group, None)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .into_iter()
+                        .map(|(t, _, _)| t)
+                        .collect();
+                    committed.dedup();
+                    committed
+                } else {
+                    topics
+                };
+                if topics.is_empty() {
+                    return Err(format!(
+                        "group {group} has no committed offsets: name the topics with --topic"
+                    ));
+                }
+                let metadata = connection
+                    .metadata(Some(topics.clone()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut offsets = Vec::new();
+                for topic in &metadata.topics {
+                    if topic.error != 0 {
+                        return Err(format!(
+                            "topic {}: {:?}",
+                            topic.name,
+                            net::ErrorCode::from_code(topic.error)
+                        ));
+                    }
+                    for p in &topic.partitions {
+                        let offset = match to {
+                            ResetTo::Offset(offset) => offset.clamp(p.log_start_offset, p.high_watermark),
+                            ResetTo::Earliest => connection
+                                .list_offset(&topic.name, p.partition, EARLIEST_TIMESTAMP)
+                                .await
+                                .map_err(|e| e.to_string())?
+                                .unwrap_or(0),
+                            ResetTo::Latest => connection
+                                .list_offset(&topic.name, p.partition, LATEST_TIMESTAMP)
+                                .await
+                                .map_err(|e| e.to_string())?
+                                .unwrap_or(0),
+                        };
+                        offsets.push((topic.name.clone(), p.partition, offset));
+                    }
+                }
+                match connection.commit_offsets(&group, -1, "", &offsets).await {
+                    Ok(()) => {}
+                    Err(net::NetError::Rejected {
+                        code: net::ErrorCode::UnknownMemberId,
+                        ..
+                    }) => {
+                        return Err(format!(
+                            "group {group} has active members: stop them before resetting its offsets"
+                        ))
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+                for (topic, partition, offset) in offsets {
+                    println!("{group} {topic} {partition} -> {offset}");
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A consumer member's assignment as (topic, partition) pairs; empty if
+/// the bytes are not a corelog consumer's assignment.
+fn decode_assignment(bytes: &[u8]) -> Vec<(String, u32)> {
+    let mut aligned = rkyv::util::AlignedVec::<16>::new();
+    aligned.extend_from_slice(bytes);
+    rkyv::from_bytes::<net::messages::ConsumerAssignment, rkyv::rancor::Error>(&aligned)
+        .map(|a| {
+            a.partitions
+                .into_iter()
+                .flat_map(|t| {
+                    let topic = t.topic;
+                    t.partitions.into_iter().map(move |p| (topic.clone(), p))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,6 +1,7 @@
 //! The broker's configuration: embedded defaults, a TOML file, then flags.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -36,6 +37,18 @@ pub struct BrokerConfig {
     /// Longest a shard runs tasks before it looks at I/O completions and
     /// timers again (glommio's preempt timer, 100 ms by default there).
     pub task_quota_us: u64,
+    /// Partitions of `__consumer_offsets`, fixed when it is first created:
+    /// a group's coordinator is the owner of partition hash(group) mod this.
+    pub offsets_topic_partitions: u32,
+    pub group_session_timeout_min_ms: u64,
+    pub group_session_timeout_max_ms: u64,
+    /// Members one group may have.
+    pub group_members_max: usize,
+    /// How long the first rebalance of an empty group waits for more
+    /// members (Kafka's group.initial.rebalance.delay.ms).
+    pub group_initial_rebalance_delay_ms: u64,
+    /// Offsets of a group without members expire after this.
+    pub offsets_retention_minutes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -52,6 +65,12 @@ impl Default for BrokerConfig {
             io_memory_bytes: 32 << 20,
             default_partitions: 1,
             task_quota_us: 1000,
+            offsets_topic_partitions: 4,
+            group_session_timeout_min_ms: 1_000,
+            group_session_timeout_max_ms: 300_000,
+            group_members_max: 1_000,
+            group_initial_rebalance_delay_ms: 300,
+            offsets_retention_minutes: 7 * 24 * 60,
         }
     }
 }
@@ -80,6 +99,17 @@ impl BrokerConfig {
         Ok(cpus)
     }
 
+    pub fn group_limits(&self) -> crate::group::GroupLimits {
+        crate::group::GroupLimits {
+            session_timeout_min: Duration::from_millis(self.group_session_timeout_min_ms),
+            session_timeout_max: Duration::from_millis(self.group_session_timeout_max_ms),
+            members_max: self.group_members_max,
+            initial_rebalance_delay: Duration::from_millis(self.group_initial_rebalance_delay_ms),
+            offsets_retention: Duration::from_secs(self.offsets_retention_minutes * 60),
+            ..crate::group::GroupLimits::default()
+        }
+    }
+
     pub fn validate(&self) -> Result<(), BrokerError> {
         let positive = [
             ("frame_bytes_max", self.frame_bytes_max),
@@ -87,6 +117,8 @@ impl BrokerConfig {
             ("inflight_requests_max", self.inflight_requests_max),
             ("shard_queue_depth", self.shard_queue_depth),
             ("task_quota_us", self.task_quota_us as usize),
+            ("offsets_topic_partitions", self.offsets_topic_partitions as usize),
+            ("group_members_max", self.group_members_max),
         ];
         for (name, value) in positive {
             if value == 0 {

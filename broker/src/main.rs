@@ -5,6 +5,8 @@ mod alloc;
 mod cli;
 mod config;
 mod error;
+mod group;
+mod offsets;
 mod runtime;
 mod server;
 mod shard;
@@ -50,6 +52,13 @@ enum Command {
         #[arg(long, global = true, default_value = DEFAULT_LISTEN)]
         broker: String,
     },
+    /// List and describe consumer groups; reset their committed offsets.
+    Group {
+        #[command(subcommand)]
+        command: cli::GroupCommand,
+        #[arg(long, global = true, default_value = DEFAULT_LISTEN)]
+        broker: String,
+    },
     /// Produce lines from standard input, one record each.
     Produce(cli::ProduceArgs),
     /// Print a topic's records, one per line.
@@ -71,6 +80,7 @@ fn main() {
             cpus,
         } => serve(config, data_dir, listen, shards, cpus),
         Command::Topic { command, broker } => cli::topic(&broker, command),
+        Command::Group { command, broker } => cli::group(&broker, command),
         Command::Produce(args) => cli::produce(args),
         Command::Consume(args) => cli::consume(args),
     };

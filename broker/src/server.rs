@@ -18,6 +18,8 @@ use net::{ErrorCode, NetError};
 
 use crate::shard::{FetchBytes, Shard};
 
+mod groups;
+
 /// Pieces of one response, written in order.
 enum Out {
     Owned(Vec<u8>),
@@ -296,6 +298,14 @@ async fn handle(shard: &Shard, bytes: &[u8]) -> Option<Vec<Out>> {
             }
             Some(respond(id, ApiKey::ListOffsets, &ListOffsetsResponse { topics }))
         }
+        Request::OffsetCommit(request) => Some(groups::offset_commit(shard, id, request).await),
+        Request::OffsetFetch(request) => Some(groups::offset_fetch(shard, id, request).await),
+        Request::JoinGroup(request) => Some(groups::join(shard, id, request).await),
+        Request::SyncGroup(request) => Some(groups::sync(shard, id, request).await),
+        Request::Heartbeat(request) => Some(groups::heartbeat(shard, id, request).await),
+        Request::LeaveGroup(request) => Some(groups::leave(shard, id, request).await),
+        Request::ListGroups(_) => Some(groups::list(shard, id).await),
+        Request::DescribeGroups(request) => Some(groups::describe(shard, id, request).await),
     }
 }
 

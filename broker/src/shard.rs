@@ -15,8 +15,13 @@ use std::sync::Arc;
 
 use storage::{Offset, PartitionLog, ReadBytes};
 
+mod groups;
+
+pub use groups::{GroupAnswer, GroupCall};
+
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
+use crate::group::Coordinator;
 use crate::topics::{log_config, partition_dir, Metadata, TopicMeta};
 
 pub type ShardId = u16;
@@ -52,6 +57,11 @@ pub enum ShardMessage {
         offset: u64,
         deadline: std::time::Instant,
         reply: Reply<bool>,
+    },
+    /// A consumer group's request, for the shard that coordinates it.
+    Group {
+        call: GroupCall,
+        reply: Reply<GroupAnswer>,
     },
     OpenPartitions {
         topic: TopicMeta,
@@ -105,6 +115,8 @@ pub struct Shard {
     logs: RefCell<HashMap<(String, u32), PartitionLog>>,
     pub connections: Cell<usize>,
     pub stats: ShardStats,
+    /// The groups whose offsets partitions this shard owns.
+    coordinator: RefCell<Coordinator>,
 }
 
 /// Counters of one shard's work, reported when it stops (beside its
@@ -124,6 +136,7 @@ impl Shard {
         metadata: Arc<Metadata>,
         inboxes: Arc<Vec<flume::Sender<ShardMessage>>>,
     ) -> Shard {
+        let coordinator = RefCell::new(Coordinator::new(config.group_limits()));
         Shard {
             id,
             config,
@@ -132,6 +145,7 @@ impl Shard {
             logs: RefCell::new(HashMap::new()),
             connections: Cell::new(0),
             stats: ShardStats::default(),
+            coordinator,
         }
     }
 
@@ -246,6 +260,7 @@ impl Shard {
         batches: &[u8],
         acks: i8,
     ) -> Result<Produced, BrokerError> {
+        refuse_internal(topic)?;
         let owner = self.owner(topic, partition)?;
         if owner == self.id {
             return self.produce_local(topic, partition, batches, acks).await;
@@ -457,6 +472,7 @@ impl Shard {
         } else {
             partitions
         };
+        refuse_internal(name)?;
         let meta = self.metadata.create(name, partitions, configs)?;
         for owner in owners(&meta) {
             if owner == self.id {
@@ -472,6 +488,7 @@ impl Shard {
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        refuse_internal(name)?;
         let meta = self.metadata.delete(name)?;
         for owner in owners(&meta) {
             if owner == self.id {
@@ -544,6 +561,12 @@ impl Shard {
                     })
                     .detach();
                 }
+                ShardMessage::Group { call, reply } => {
+                    glommio::spawn_local(async move {
+                        let _ = reply.send(shard.group_call_local(call).await);
+                    })
+                    .detach();
+                }
                 ShardMessage::OpenPartitions { topic, reply } => {
                     glommio::spawn_local(async move {
                         let _ = reply.send(shard.open_partitions(&topic).await.map(|_| ()));
@@ -589,6 +612,18 @@ fn owners(meta: &TopicMeta) -> Vec<ShardId> {
     owners.sort_unstable();
     owners.dedup();
     owners
+}
+
+/// Clients neither create, delete nor produce to the broker's internal
+/// topics (`__consumer_offsets`); they read them like any other.
+fn refuse_internal(topic: &str) -> Result<(), BrokerError> {
+    if topic.starts_with("__") {
+        return Err(BrokerError::InvalidTopic {
+            name: topic.to_string(),
+            reason: "topics named __* are the broker's own".into(),
+        });
+    }
+    Ok(())
 }
 
 fn unknown(topic: &str, partition: u32) -> BrokerError {

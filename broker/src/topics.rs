@@ -229,6 +229,7 @@ pub fn log_config(configs: &BTreeMap<String, String>) -> Result<LogConfig, Broke
             "retention.bytes" => config.retention_bytes = if value == "-1" { None } else { Some(number()?) },
             "segment.bytes" => config.segment_bytes = number()?,
             "segment.ms" => config.segment_ms = Some(number()?),
+            "segment.preallocate.bytes" => config.segment_preallocate_bytes = number()?,
             "max.message.bytes" => {
                 let max = number()? as usize;
                 config.batch_bytes_max = max;

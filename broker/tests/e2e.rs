@@ -2,146 +2,17 @@
 //! picks: durability across `kill -9`, requests that cross shards, many
 //! connections, a slow consumer, and bad input of every kind.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
 use std::time::Duration;
 
 use net::client::Connection;
 use net::codec::{self, ApiKey, FrameDecoder, PayloadBuilder};
-use net::messages::{self, acks, ArchivedErrorResponse, EARLIEST_TIMESTAMP};
+use net::messages::{self, acks, ArchivedErrorResponse};
 use net::{ErrorCode, NetError};
-use storage::batch::{self, RecordBatchBuilder};
+use storage::batch::RecordBatchBuilder;
 
-/// A broker process; killed (SIGKILL) when dropped.
-struct Broker {
-    child: Child,
-    addr: String,
-}
-
-impl Broker {
-    fn start(data_dir: &Path, shards: usize) -> Broker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_corelog"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--shards",
-                &shards.to_string(),
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            // A file, not the test's stderr: a broker orphaned by a killed
-            // test must not hold the test runner's output open.
-            .stderr(std::fs::File::create(data_dir.with_extension("log")).expect("broker log file"))
-            .spawn()
-            .expect("the corelog binary starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("the broker reports its address");
-        let addr = line
-            .trim()
-            .strip_prefix("corelog listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Broker { child, addr }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reaped");
-    }
-
-    /// SIGTERM, and wait for a clean exit.
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
-        let status = self.child.wait().expect("reaped");
-        assert!(status.success(), "clean shutdown, got {status}");
-    }
-
-    fn assert_alive(&mut self) {
-        assert!(
-            self.child.try_wait().expect("status").is_none(),
-            "the broker is still running"
-        );
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Longest a test's client work may take: a broker that stops answering
-/// fails the test (and its Drop kills the broker) instead of hanging the run.
-const TEST_DEADLINE: Duration = Duration::from_secs(120);
-
-fn run<T>(future: impl std::future::Future<Output = T>) -> T {
-    glommio::LocalExecutorBuilder::default()
-        .io_memory(1 << 20)
-        .make()
-        .expect("executor")
-        .run(async move {
-            let work = std::pin::pin!(future);
-            let deadline = std::pin::pin!(glommio::timer::sleep(TEST_DEADLINE));
-            match futures::future::select(work, deadline).await {
-                futures::future::Either::Left((value, _)) => value,
-                futures::future::Either::Right(_) => panic!("the broker did not answer within {TEST_DEADLINE:?}"),
-            }
-        })
-}
-
-fn data_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir on disk")
-}
-
-/// A batch of records `<partition>:<n>` for n in `range`.
-fn batch_of(partition: u32, range: std::ops::Range<u64>) -> Vec<u8> {
-    let mut builder = RecordBatchBuilder::new();
-    for n in range {
-        builder.push(
-            1_700_000_000_000,
-            None,
-            Some(format!("{partition}:{n}").as_bytes()),
-            vec![],
-        );
-    }
-    builder.build()
-}
-
-/// Every record value of a partition, read from the start.
-async fn consume_all(connection: &mut Connection, topic: &str, partition: u32) -> Vec<String> {
-    let mut values = Vec::new();
-    let mut next = connection
-        .list_offset(topic, partition, EARLIEST_TIMESTAMP)
-        .await
-        .unwrap()
-        .unwrap();
-    loop {
-        let fetched = connection.fetch(topic, partition, next, 1 << 20, 0).await.unwrap();
-        if fetched.batches().is_empty() {
-            assert_eq!(next, fetched.high_watermark);
-            return values;
-        }
-        for frame in batch::frames(fetched.batches()) {
-            let info = batch::verify_crc(frame).unwrap();
-            for record in batch::access(frame).unwrap().records.iter() {
-                let offset = info.base_offset.0 + u64::from(record.offset_delta.to_native());
-                if offset >= next {
-                    values.push(String::from_utf8(record.value.as_ref().unwrap().to_vec()).unwrap());
-                }
-            }
-            next = info.next_offset().0;
-        }
-    }
-}
+mod common;
+use common::*;
 
 #[test]
 fn acknowledged_records_survive_kill_9() {
@@ -256,8 +127,12 @@ fn topics_persist_and_shutdown_is_clean() {
         let mut c = Connection::connect(&addr).await.unwrap();
         let metadata = c.metadata(None).await.unwrap();
         let names: Vec<&str> = metadata.topics.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, vec!["kept"]);
-        let kept = &metadata.topics[0];
+        assert_eq!(
+            names,
+            vec!["__consumer_offsets", "kept"],
+            "the internal offsets topic is listed too"
+        );
+        let kept = &metadata.topics[1];
         assert_eq!(kept.partitions.len(), 3);
         assert!(
             kept.partitions.iter().all(|p| p.shard == 0),

@@ -208,6 +208,151 @@ impl Connection {
         }
     }
 
+    /// Sends a request and returns its response as an owned message.
+    pub async fn call<Req, Resp>(
+        &mut self,
+        api_key: ApiKey,
+        request: &Req,
+        what: &'static str,
+    ) -> Result<Resp, NetError>
+    where
+        Req: Message,
+        Resp: rkyv::Archive,
+        Resp::Archived: rkyv::Portable
+            + for<'v> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'v, rkyv::rancor::Error>>
+            + rkyv::Deserialize<Resp, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+    {
+        let response = self.request(api_key, request, &PayloadBuilder::default()).await?;
+        let archived: &Resp::Archived = response.message(what)?;
+        rkyv::deserialize::<Resp, rkyv::rancor::Error>(archived).map_err(|e| NetError::Malformed {
+            what,
+            reason: e.to_string(),
+        })
+    }
+
+    pub async fn join_group(&mut self, request: &JoinGroupRequest) -> Result<JoinGroupResponse, NetError> {
+        self.call(ApiKey::JoinGroup, request, "JoinGroup response").await
+    }
+
+    pub async fn sync_group(&mut self, request: &SyncGroupRequest) -> Result<SyncGroupResponse, NetError> {
+        self.call(ApiKey::SyncGroup, request, "SyncGroup response").await
+    }
+
+    /// A member's heartbeat; the coordinator's answer as an error code
+    /// (REBALANCE_IN_PROGRESS: join again).
+    pub async fn heartbeat(&mut self, group: &str, generation: i32, member_id: &str) -> Result<ErrorCode, NetError> {
+        let request = HeartbeatRequest {
+            group: group.to_string(),
+            generation,
+            member_id: member_id.to_string(),
+        };
+        let response: GroupErrorResponse = self.call(ApiKey::Heartbeat, &request, "Heartbeat response").await?;
+        Ok(ErrorCode::from_code(response.error))
+    }
+
+    pub async fn leave_group(&mut self, group: &str, member_id: &str) -> Result<ErrorCode, NetError> {
+        let request = LeaveGroupRequest {
+            group: group.to_string(),
+            member_id: member_id.to_string(),
+        };
+        let response: GroupErrorResponse = self.call(ApiKey::LeaveGroup, &request, "LeaveGroup response").await?;
+        Ok(ErrorCode::from_code(response.error))
+    }
+
+    /// Commits offsets (the next offset to read, per partition); the first
+    /// partition's error, if any, fails the call.
+    pub async fn commit_offsets(
+        &mut self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        offsets: &[(String, u32, u64)],
+    ) -> Result<(), NetError> {
+        let mut topics: Vec<OffsetCommitTopic> = Vec::new();
+        for (topic, partition, offset) in offsets {
+            let entry = OffsetCommitPartition {
+                partition: *partition,
+                offset: *offset,
+                metadata: String::new(),
+            };
+            match topics.last_mut() {
+                Some(last) if last.name == *topic => last.partitions.push(entry),
+                _ => topics.push(OffsetCommitTopic {
+                    name: topic.clone(),
+                    partitions: vec![entry],
+                }),
+            }
+        }
+        let request = OffsetCommitRequest {
+            group: group.to_string(),
+            generation,
+            member_id: member_id.to_string(),
+            topics,
+        };
+        let response: OffsetCommitResponse = self
+            .call(ApiKey::OffsetCommit, &request, "OffsetCommit response")
+            .await?;
+        for topic in &response.topics {
+            for p in &topic.partitions {
+                let code = ErrorCode::from_code(p.error);
+                if code != ErrorCode::None {
+                    return Err(NetError::Rejected {
+                        code,
+                        message: format!("commit of {} partition {} in group {group}", topic.name, p.partition),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Committed offsets of a group: of the partitions named, or all.
+    pub async fn fetch_offsets(
+        &mut self,
+        group: &str,
+        topics: Option<Vec<OffsetFetchTopic>>,
+    ) -> Result<Vec<(String, u32, Option<u64>)>, NetError> {
+        let request = OffsetFetchRequest {
+            group: group.to_string(),
+            topics,
+        };
+        let response: OffsetFetchResponse = self.call(ApiKey::OffsetFetch, &request, "OffsetFetch response").await?;
+        check(response.error, group)?;
+        Ok(response
+            .topics
+            .into_iter()
+            .flat_map(|t| {
+                let name = t.name;
+                t.partitions
+                    .into_iter()
+                    .map(move |p| (name.clone(), p.partition, p.offset))
+            })
+            .collect())
+    }
+
+    pub async fn list_groups(&mut self) -> Result<Vec<ListedGroup>, NetError> {
+        let response: ListGroupsResponse = self
+            .call(ApiKey::ListGroups, &ListGroupsRequest {}, "ListGroups response")
+            .await?;
+        check(response.error, "")?;
+        Ok(response.groups)
+    }
+
+    pub async fn describe_group(&mut self, group: &str) -> Result<DescribedGroup, NetError> {
+        let request = DescribeGroupsRequest {
+            groups: vec![group.to_string()],
+        };
+        let response: DescribeGroupsResponse = self
+            .call(ApiKey::DescribeGroups, &request, "DescribeGroups response")
+            .await?;
+        let described = response.groups.into_iter().next().ok_or_else(|| NetError::Malformed {
+            what: "DescribeGroups response",
+            reason: "no group in it".into(),
+        })?;
+        check(described.error, group)?;
+        Ok(described)
+    }
+
     pub async fn metadata(&mut self, topics: Option<Vec<String>>) -> Result<MetadataResponse, NetError> {
         let response = self
             .request(

@@ -45,10 +45,18 @@ pub enum ApiKey {
     Produce = 4,
     Fetch = 5,
     ListOffsets = 6,
+    OffsetCommit = 7,
+    OffsetFetch = 8,
+    JoinGroup = 9,
+    SyncGroup = 10,
+    Heartbeat = 11,
+    LeaveGroup = 12,
+    ListGroups = 13,
+    DescribeGroups = 14,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 7] = [
+    pub const ALL: [ApiKey; 15] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -56,6 +64,14 @@ impl ApiKey {
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::ListOffsets,
+        ApiKey::OffsetCommit,
+        ApiKey::OffsetFetch,
+        ApiKey::JoinGroup,
+        ApiKey::SyncGroup,
+        ApiKey::Heartbeat,
+        ApiKey::LeaveGroup,
+        ApiKey::ListGroups,
+        ApiKey::DescribeGroups,
     ];
 
     pub fn from_u16(key: u16) -> Option<ApiKey> {

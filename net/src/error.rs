@@ -65,6 +65,18 @@ pub enum ErrorCode {
     InvalidConfig,
     InvalidRequest,
     StorageError,
+    OffsetMetadataTooLarge,
+    CoordinatorNotAvailable,
+    NotCoordinator,
+    IllegalGeneration,
+    InconsistentGroupProtocol,
+    InvalidGroupId,
+    UnknownMemberId,
+    InvalidSessionTimeout,
+    RebalanceInProgress,
+    NonEmptyGroup,
+    GroupIdNotFound,
+    GroupMaxSizeReached,
     Unknown(i16),
 }
 
@@ -88,12 +100,24 @@ impl ErrorCode {
             ErrorCode::InvalidConfig => 40,
             ErrorCode::InvalidRequest => 42,
             ErrorCode::StorageError => 56,
+            ErrorCode::OffsetMetadataTooLarge => 12,
+            ErrorCode::CoordinatorNotAvailable => 15,
+            ErrorCode::NotCoordinator => 16,
+            ErrorCode::IllegalGeneration => 22,
+            ErrorCode::InconsistentGroupProtocol => 23,
+            ErrorCode::InvalidGroupId => 24,
+            ErrorCode::UnknownMemberId => 25,
+            ErrorCode::InvalidSessionTimeout => 26,
+            ErrorCode::RebalanceInProgress => 27,
+            ErrorCode::NonEmptyGroup => 68,
+            ErrorCode::GroupIdNotFound => 69,
+            ErrorCode::GroupMaxSizeReached => 81,
             ErrorCode::Unknown(code) => code,
         }
     }
 
     pub fn from_code(code: i16) -> ErrorCode {
-        const KNOWN: [ErrorCode; 17] = [
+        const KNOWN: [ErrorCode; 29] = [
             ErrorCode::None,
             ErrorCode::UnknownServerError,
             ErrorCode::OffsetOutOfRange,
@@ -111,6 +135,18 @@ impl ErrorCode {
             ErrorCode::InvalidConfig,
             ErrorCode::InvalidRequest,
             ErrorCode::StorageError,
+            ErrorCode::OffsetMetadataTooLarge,
+            ErrorCode::CoordinatorNotAvailable,
+            ErrorCode::NotCoordinator,
+            ErrorCode::IllegalGeneration,
+            ErrorCode::InconsistentGroupProtocol,
+            ErrorCode::InvalidGroupId,
+            ErrorCode::UnknownMemberId,
+            ErrorCode::InvalidSessionTimeout,
+            ErrorCode::RebalanceInProgress,
+            ErrorCode::NonEmptyGroup,
+            ErrorCode::GroupIdNotFound,
+            ErrorCode::GroupMaxSizeReached,
         ];
         KNOWN
             .into_iter()
@@ -122,7 +158,11 @@ impl ErrorCode {
     pub fn is_retriable(self) -> bool {
         matches!(
             self,
-            ErrorCode::RequestTimedOut | ErrorCode::UnknownTopicOrPartition | ErrorCode::StorageError
+            ErrorCode::RequestTimedOut
+                | ErrorCode::UnknownTopicOrPartition
+                | ErrorCode::StorageError
+                | ErrorCode::CoordinatorNotAvailable
+                | ErrorCode::NotCoordinator
         )
     }
 }

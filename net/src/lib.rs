@@ -11,6 +11,7 @@ pub mod client;
 pub mod codec;
 pub mod consumer;
 pub mod error;
+pub mod group;
 pub mod messages;
 pub mod pipelined;
 pub mod producer;

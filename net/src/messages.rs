@@ -299,6 +299,259 @@ pub struct ListOffsetsResponse {
     pub topics: Vec<ListOffsetsTopicResponse>,
 }
 
+// Consumer groups. The coordinator treats protocol metadata and
+// assignments as opaque bytes; `ConsumerSubscription` and
+// `ConsumerAssignment` are what this crate's group consumer puts in them.
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct GroupProtocol {
+    pub name: String,
+    pub metadata: Vec<u8>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct JoinGroupRequest {
+    pub group: String,
+    /// Empty on a member's first join; the coordinator names it.
+    pub member_id: String,
+    pub client_id: String,
+    pub protocol_type: String,
+    pub protocols: Vec<GroupProtocol>,
+    pub session_timeout_ms: u32,
+    pub rebalance_timeout_ms: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct GroupMember {
+    pub member_id: String,
+    pub metadata: Vec<u8>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct JoinGroupResponse {
+    pub error: i16,
+    pub generation: i32,
+    pub protocol: String,
+    pub leader: String,
+    pub member_id: String,
+    /// Every member's metadata, sent to the leader only.
+    pub members: Vec<GroupMember>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct GroupAssignment {
+    pub member_id: String,
+    pub assignment: Vec<u8>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct SyncGroupRequest {
+    pub group: String,
+    pub generation: i32,
+    pub member_id: String,
+    /// The leader's assignment of every member; empty from the others.
+    pub assignments: Vec<GroupAssignment>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct SyncGroupResponse {
+    pub error: i16,
+    pub assignment: Vec<u8>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct HeartbeatRequest {
+    pub group: String,
+    pub generation: i32,
+    pub member_id: String,
+}
+
+/// The answer to a request whose only result is an error code
+/// (Heartbeat, LeaveGroup).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct GroupErrorResponse {
+    pub error: i16,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct LeaveGroupRequest {
+    pub group: String,
+    pub member_id: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct OffsetCommitPartition {
+    pub partition: u32,
+    /// The next offset to consume, as in Kafka.
+    pub offset: u64,
+    pub metadata: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct OffsetCommitTopic {
+    pub name: String,
+    pub partitions: Vec<OffsetCommitPartition>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct OffsetCommitRequest {
+    pub group: String,
+    /// -1 with an empty member id: a commit from outside the group (an
+    /// admin, or a consumer with assigned partitions), allowed while the
+    /// group has no members.
+    pub generation: i32,
+    pub member_id: String,
+    pub topics: Vec<OffsetCommitTopic>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct PartitionError {
+    pub partition: u32,
+    pub error: i16,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TopicPartitionErrors {
+    pub name: String,
+    pub partitions: Vec<PartitionError>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct OffsetCommitResponse {
+    pub topics: Vec<TopicPartitionErrors>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct OffsetFetchTopic {
+    pub name: String,
+    pub partitions: Vec<u32>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct OffsetFetchRequest {
+    pub group: String,
+    /// None: every partition the group has committed.
+    pub topics: Option<Vec<OffsetFetchTopic>>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct OffsetFetchPartition {
+    pub partition: u32,
+    /// None: nothing committed.
+    pub offset: Option<u64>,
+    pub metadata: String,
+    pub error: i16,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct OffsetFetchTopicResponse {
+    pub name: String,
+    pub partitions: Vec<OffsetFetchPartition>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct OffsetFetchResponse {
+    pub error: i16,
+    pub topics: Vec<OffsetFetchTopicResponse>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ListGroupsRequest {}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ListedGroup {
+    pub group: String,
+    pub state: String,
+    pub protocol_type: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ListGroupsResponse {
+    pub error: i16,
+    pub groups: Vec<ListedGroup>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DescribeGroupsRequest {
+    pub groups: Vec<String>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DescribedMember {
+    pub member_id: String,
+    pub client_id: String,
+    pub assignment: Vec<u8>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DescribedGroup {
+    pub group: String,
+    /// GROUP_ID_NOT_FOUND for a group the coordinator does not know.
+    pub error: i16,
+    pub state: String,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub generation: i32,
+    pub members: Vec<DescribedMember>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DescribeGroupsResponse {
+    pub groups: Vec<DescribedGroup>,
+}
+
+/// `protocol_type` of consumer groups.
+pub const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
+
+/// A consumer's protocol metadata: what it subscribes to.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ConsumerSubscription {
+    pub topics: Vec<String>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TopicPartitions {
+    pub topic: String,
+    pub partitions: Vec<u32>,
+}
+
+/// A consumer's assignment, written by the group's leader.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ConsumerAssignment {
+    pub partitions: Vec<TopicPartitions>,
+}
+
 /// A request decoded in place: the validated archive in the receive buffer.
 #[derive(Debug)]
 pub enum Request<'a> {
@@ -309,6 +562,14 @@ pub enum Request<'a> {
     Produce(&'a ArchivedProduceRequest),
     Fetch(&'a ArchivedFetchRequest),
     ListOffsets(&'a ArchivedListOffsetsRequest),
+    OffsetCommit(&'a ArchivedOffsetCommitRequest),
+    OffsetFetch(&'a ArchivedOffsetFetchRequest),
+    JoinGroup(&'a ArchivedJoinGroupRequest),
+    SyncGroup(&'a ArchivedSyncGroupRequest),
+    Heartbeat(&'a ArchivedHeartbeatRequest),
+    LeaveGroup(&'a ArchivedLeaveGroupRequest),
+    ListGroups(&'a ArchivedListGroupsRequest),
+    DescribeGroups(&'a ArchivedDescribeGroupsRequest),
 }
 
 /// Decodes a request frame's body: checks the api key and version are
@@ -335,6 +596,14 @@ pub fn decode_request<'a>(frame: &RequestFrame<'a>) -> Result<Request<'a>, NetEr
         ApiKey::Produce => Request::Produce(access(archive, "Produce request")?),
         ApiKey::Fetch => Request::Fetch(access(archive, "Fetch request")?),
         ApiKey::ListOffsets => Request::ListOffsets(access(archive, "ListOffsets request")?),
+        ApiKey::OffsetCommit => Request::OffsetCommit(access(archive, "OffsetCommit request")?),
+        ApiKey::OffsetFetch => Request::OffsetFetch(access(archive, "OffsetFetch request")?),
+        ApiKey::JoinGroup => Request::JoinGroup(access(archive, "JoinGroup request")?),
+        ApiKey::SyncGroup => Request::SyncGroup(access(archive, "SyncGroup request")?),
+        ApiKey::Heartbeat => Request::Heartbeat(access(archive, "Heartbeat request")?),
+        ApiKey::LeaveGroup => Request::LeaveGroup(access(archive, "LeaveGroup request")?),
+        ApiKey::ListGroups => Request::ListGroups(access(archive, "ListGroups request")?),
+        ApiKey::DescribeGroups => Request::DescribeGroups(access(archive, "DescribeGroups request")?),
     })
 }
 

@@ -1,0 +1,394 @@
+//! A shard's side of consumer groups: routing a group's requests to the
+//! shard that coordinates it (the owner of the group's `__consumer_offsets`
+//! partition), writing commits to that partition's log before they count,
+//! replaying the log into the coordinator when the shard starts, and the
+//! coordinator's clock (session timeouts, rebalance deadlines, expiry).
+
+use std::time::{Duration, Instant};
+
+use net::error::ErrorCode;
+use storage::batch::{self, RecordBatchBuilder};
+
+use super::{Shard, ShardMessage};
+use crate::error::BrokerError;
+use crate::group::{Committed, GroupDescription, GroupState, JoinOutcome, JoinRequest, SyncOutcome};
+use crate::offsets::{self, OffsetKey, OffsetValue, OFFSETS_TOPIC};
+
+/// How often the coordinator's clock advances.
+pub const GROUP_TICK: Duration = Duration::from_millis(100);
+/// Bytes read at a time while replaying the offsets log.
+const REPLAY_READ_BYTES: usize = 1 << 20;
+
+/// A group request, owned so that it can cross to the coordinating shard.
+#[derive(Debug)]
+pub enum GroupCall {
+    Join(JoinRequest),
+    Sync {
+        group: String,
+        generation: i32,
+        member_id: String,
+        assignments: Vec<(String, Vec<u8>)>,
+    },
+    Heartbeat {
+        group: String,
+        generation: i32,
+        member_id: String,
+    },
+    Leave {
+        group: String,
+        member_id: String,
+    },
+    Commit {
+        group: String,
+        generation: i32,
+        member_id: String,
+        /// (topic, partition, next offset, metadata)
+        offsets: Vec<(String, u32, u64, String)>,
+    },
+    FetchOffsets {
+        group: String,
+        only: Option<Vec<(String, u32)>>,
+    },
+    Describe {
+        group: String,
+    },
+    /// The groups this shard coordinates.
+    List,
+}
+
+impl GroupCall {
+    fn group(&self) -> Option<&str> {
+        match self {
+            GroupCall::Join(request) => Some(&request.group),
+            GroupCall::Sync { group, .. }
+            | GroupCall::Heartbeat { group, .. }
+            | GroupCall::Leave { group, .. }
+            | GroupCall::Commit { group, .. }
+            | GroupCall::FetchOffsets { group, .. }
+            | GroupCall::Describe { group } => Some(group),
+            GroupCall::List => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum GroupAnswer {
+    Join(JoinOutcome),
+    Sync(SyncOutcome),
+    Error(ErrorCode),
+    /// Per (topic, partition) of a commit.
+    Committed(Vec<(String, u32, ErrorCode)>),
+    Offsets(Vec<((String, u32), Option<Committed>)>),
+    Described(Option<GroupDescription>),
+    Listed(Vec<(String, GroupState, String)>),
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Shard {
+    /// Partitions of the offsets topic.
+    fn offsets_partitions(&self) -> Result<u32, BrokerError> {
+        let table = self.metadata.snapshot();
+        let topic = table
+            .topics
+            .get(OFFSETS_TOPIC)
+            .ok_or_else(|| BrokerError::Config(format!("the internal topic {OFFSETS_TOPIC} is missing")))?;
+        Ok(topic.shards.len() as u32)
+    }
+
+    /// Serves a group request on the shard that coordinates the group.
+    pub async fn group_call(&self, call: GroupCall) -> Result<GroupAnswer, BrokerError> {
+        let Some(group) = call.group() else {
+            return self.group_call_local(call).await;
+        };
+        let partition = offsets::partition_for_group(group, self.offsets_partitions()?);
+        let owner = self.owner(OFFSETS_TOPIC, partition)?;
+        if owner == self.id {
+            return self.group_call_local(call).await;
+        }
+        self.ask(owner, |reply| ShardMessage::Group { call, reply }).await
+    }
+
+    /// Every group of every shard: ListGroups.
+    pub async fn list_all_groups(&self) -> Result<Vec<(String, GroupState, String)>, BrokerError> {
+        let mut all = Vec::new();
+        for shard in 0..self.inboxes.len() as u16 {
+            let answer = if shard == self.id {
+                self.group_call_local(GroupCall::List).await?
+            } else {
+                self.ask(shard, |reply| ShardMessage::Group {
+                    call: GroupCall::List,
+                    reply,
+                })
+                .await?
+            };
+            if let GroupAnswer::Listed(groups) = answer {
+                all.extend(groups);
+            }
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all)
+    }
+
+    pub(super) async fn group_call_local(&self, call: GroupCall) -> Result<GroupAnswer, BrokerError> {
+        let now = Instant::now();
+        Ok(match call {
+            GroupCall::Join(request) => {
+                let member_id = request.member_id.clone();
+                // The borrow ends with the statement: the wait is outside it.
+                let pending = self.coordinator.borrow_mut().join(request, now);
+                GroupAnswer::Join(
+                    pending
+                        .get(JoinOutcome {
+                            error: ErrorCode::CoordinatorNotAvailable,
+                            generation: -1,
+                            protocol: String::new(),
+                            leader: String::new(),
+                            member_id,
+                            members: Vec::new(),
+                        })
+                        .await,
+                )
+            }
+            GroupCall::Sync {
+                group,
+                generation,
+                member_id,
+                assignments,
+            } => {
+                let pending = self
+                    .coordinator
+                    .borrow_mut()
+                    .sync(&group, generation, &member_id, assignments, now);
+                GroupAnswer::Sync(
+                    pending
+                        .get(SyncOutcome {
+                            error: ErrorCode::CoordinatorNotAvailable,
+                            assignment: Vec::new(),
+                        })
+                        .await,
+                )
+            }
+            GroupCall::Heartbeat {
+                group,
+                generation,
+                member_id,
+            } => GroupAnswer::Error(
+                self.coordinator
+                    .borrow_mut()
+                    .heartbeat(&group, generation, &member_id, now),
+            ),
+            GroupCall::Leave { group, member_id } => {
+                GroupAnswer::Error(self.coordinator.borrow_mut().leave(&group, &member_id, now))
+            }
+            GroupCall::Commit {
+                group,
+                generation,
+                member_id,
+                offsets,
+            } => self.commit(&group, generation, &member_id, offsets).await?,
+            GroupCall::FetchOffsets { group, only } => {
+                GroupAnswer::Offsets(self.coordinator.borrow().offsets(&group, only.as_deref()))
+            }
+            GroupCall::Describe { group } => GroupAnswer::Described(self.coordinator.borrow().describe(&group)),
+            GroupCall::List => GroupAnswer::Listed(self.coordinator.borrow().list()),
+        })
+    }
+
+    /// A commit: checked against the group's generation, written to the
+    /// offsets log and made durable, then applied. Partitions of unknown
+    /// topics, or metadata over the limit, are refused one by one.
+    async fn commit(
+        &self,
+        group: &str,
+        generation: i32,
+        member_id: &str,
+        offsets: Vec<(String, u32, u64, String)>,
+    ) -> Result<GroupAnswer, BrokerError> {
+        let check = self.coordinator.borrow().check_commit(group, generation, member_id);
+        if check != ErrorCode::None {
+            return Ok(GroupAnswer::Committed(
+                offsets.into_iter().map(|(t, p, _, _)| (t, p, check)).collect(),
+            ));
+        }
+        let metadata_max = self.coordinator.borrow().limits().offset_metadata_bytes_max;
+        let table = self.metadata.snapshot();
+        let mut results = Vec::with_capacity(offsets.len());
+        let mut accepted = Vec::new();
+        for (topic, partition, offset, metadata) in offsets {
+            let error = if table.owner(&topic, partition).is_none() {
+                ErrorCode::UnknownTopicOrPartition
+            } else if metadata.len() > metadata_max {
+                ErrorCode::OffsetMetadataTooLarge
+            } else {
+                ErrorCode::None
+            };
+            if error == ErrorCode::None {
+                accepted.push((topic.clone(), partition, offset, metadata));
+            }
+            results.push((topic, partition, error));
+        }
+        if accepted.is_empty() {
+            return Ok(GroupAnswer::Committed(results));
+        }
+        let time = now_ms();
+        let records: Vec<(OffsetKey, Option<OffsetValue>)> = accepted
+            .into_iter()
+            .map(|(topic, partition, offset, metadata)| {
+                (
+                    OffsetKey {
+                        group: group.to_string(),
+                        topic,
+                        partition,
+                    },
+                    Some(OffsetValue {
+                        offset,
+                        commit_time_ms: time,
+                        metadata,
+                    }),
+                )
+            })
+            .collect();
+        if let Err(error) = self.write_offsets(group, records).await {
+            tracing::error!(group, %error, "writing committed offsets failed");
+            for result in results.iter_mut().filter(|r| r.2 == ErrorCode::None) {
+                result.2 = ErrorCode::CoordinatorNotAvailable;
+            }
+        }
+        Ok(GroupAnswer::Committed(results))
+    }
+
+    /// Appends records to the group's offsets partition, waits until they
+    /// are durable, then applies them to the coordinator in log order.
+    async fn write_offsets(
+        &self,
+        group: &str,
+        records: Vec<(OffsetKey, Option<OffsetValue>)>,
+    ) -> Result<(), BrokerError> {
+        let partition = offsets::partition_for_group(group, self.offsets_partitions()?);
+        let log = self.log(OFFSETS_TOPIC, partition)?;
+        let storage = |source| BrokerError::Storage {
+            topic: OFFSETS_TOPIC.to_string(),
+            partition,
+            source,
+        };
+        let mut builder = RecordBatchBuilder::new();
+        for (key, value) in &records {
+            let value = value.as_ref().map(offsets::encode_value);
+            builder.push(now_ms(), Some(&offsets::encode_key(key)), value.as_deref(), vec![]);
+        }
+        let appended = log.append(&builder.build()).await.map_err(storage)?;
+        log.wait_durable(appended.last_offset).await.map_err(storage)?;
+        let now = Instant::now();
+        let mut coordinator = self.coordinator.borrow_mut();
+        for (i, (key, value)) in records.into_iter().enumerate() {
+            let committed = value.map(|v| Committed {
+                offset: v.offset,
+                metadata: v.metadata,
+                commit_time_ms: v.commit_time_ms,
+                log_offset: appended.base_offset.0 + i as u64,
+            });
+            coordinator.apply_commit(&key.group, &key.topic, key.partition, committed, now);
+        }
+        Ok(())
+    }
+
+    /// Replays this shard's partitions of the offsets topic into its
+    /// coordinator: the last record of each key wins.
+    pub async fn load_offsets(&self) -> Result<usize, BrokerError> {
+        let table = self.metadata.snapshot();
+        let Some(topic) = table.topics.get(OFFSETS_TOPIC) else {
+            return Ok(0);
+        };
+        let mut loaded = 0;
+        for (partition, &owner) in topic.shards.iter().enumerate() {
+            let partition = partition as u32;
+            if owner != self.id {
+                continue;
+            }
+            let log = self.log(OFFSETS_TOPIC, partition)?;
+            let storage = |source| BrokerError::Storage {
+                topic: OFFSETS_TOPIC.to_string(),
+                partition,
+                source,
+            };
+            let mut next = log.log_start_offset();
+            while next < log.log_end_offset() {
+                let read = log.read(next, REPLAY_READ_BYTES).await.map_err(storage)?;
+                let now = Instant::now();
+                for frame in batch::frames(&read.bytes) {
+                    let info = batch::verify_crc(frame).map_err(storage)?;
+                    let archived = batch::access(frame).map_err(storage)?;
+                    let mut coordinator = self.coordinator.borrow_mut();
+                    for record in archived.records.iter() {
+                        let log_offset = info.base_offset.0 + u64::from(record.offset_delta.to_native());
+                        let Some(key) = record.key.as_ref().and_then(|k| offsets::decode_key(k)) else {
+                            tracing::warn!(partition, log_offset, "offsets record with an unreadable key; skipped");
+                            continue;
+                        };
+                        let committed = match record.value.as_ref() {
+                            None => None,
+                            Some(bytes) => match offsets::decode_value(bytes) {
+                                Some(v) => Some(Committed {
+                                    offset: v.offset,
+                                    metadata: v.metadata,
+                                    commit_time_ms: v.commit_time_ms,
+                                    log_offset,
+                                }),
+                                None => {
+                                    tracing::warn!(
+                                        partition,
+                                        log_offset,
+                                        "offsets record with an unreadable value; skipped"
+                                    );
+                                    continue;
+                                }
+                            },
+                        };
+                        coordinator.apply_commit(&key.group, &key.topic, key.partition, committed, now);
+                        loaded += 1;
+                    }
+                    next = info.next_offset();
+                }
+                if read.bytes.is_empty() {
+                    break;
+                }
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// The coordinator's clock: runs for the shard's life.
+    pub async fn run_group_clock(&self) {
+        loop {
+            glommio::timer::sleep(GROUP_TICK).await;
+            let expired = self.coordinator.borrow_mut().tick(Instant::now());
+            if expired.is_empty() {
+                continue;
+            }
+            let mut by_group: std::collections::BTreeMap<String, Vec<(OffsetKey, Option<OffsetValue>)>> =
+                std::collections::BTreeMap::new();
+            for (group, topic, partition) in expired {
+                by_group.entry(group.clone()).or_default().push((
+                    OffsetKey {
+                        group,
+                        topic,
+                        partition,
+                    },
+                    None,
+                ));
+            }
+            for (group, tombstones) in by_group {
+                tracing::info!(group = %group, offsets = tombstones.len(), "offsets of an empty group expired");
+                if let Err(error) = self.write_offsets(&group, tombstones).await {
+                    tracing::error!(group = %group, %error, "writing expired offsets failed");
+                }
+            }
+        }
+    }
+}
