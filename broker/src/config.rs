@@ -49,6 +49,11 @@ pub struct BrokerConfig {
     pub group_initial_rebalance_delay_ms: u64,
     /// Offsets of a group without members expire after this.
     pub offsets_retention_minutes: u64,
+    /// An offsets partition larger than this is compacted: its live commits
+    /// are written again and everything before them is deleted.
+    pub offsets_compact_bytes: u64,
+    /// How often offsets partitions are checked for compaction.
+    pub offsets_compact_interval_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -71,6 +76,8 @@ impl Default for BrokerConfig {
             group_members_max: 1_000,
             group_initial_rebalance_delay_ms: 300,
             offsets_retention_minutes: 7 * 24 * 60,
+            offsets_compact_bytes: 128 << 20,
+            offsets_compact_interval_ms: 10_000,
         }
     }
 }

@@ -47,6 +47,18 @@ pub enum BrokerError {
         source: std::io::Error,
     },
 
+    #[error(
+        "{topic}/{partition}: batch of producer {producer_id} epoch {epoch} sequence {sequence} refused: {code:?}"
+    )]
+    ProducerSequence {
+        topic: String,
+        partition: u32,
+        producer_id: i64,
+        epoch: i16,
+        sequence: i32,
+        code: ErrorCode,
+    },
+
     #[error("shard {0} is gone (shutting down)")]
     ShardGone(u16),
 
@@ -68,6 +80,7 @@ impl BrokerError {
             BrokerError::Storage { source, .. } => storage_code(source),
             BrokerError::Io { .. } | BrokerError::Config(_) => ErrorCode::UnknownServerError,
             BrokerError::ShardGone(_) => ErrorCode::RequestTimedOut,
+            BrokerError::ProducerSequence { code, .. } => *code,
         }
     }
 }

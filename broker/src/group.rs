@@ -605,6 +605,20 @@ impl Coordinator {
         }
     }
 
+    /// Every live commit of the groups `owned` selects: what a compaction
+    /// of the offsets log keeps.
+    pub fn commits(&self, owned: impl Fn(&str) -> bool) -> Vec<(String, String, u32, Committed)> {
+        self.groups
+            .iter()
+            .filter(|(id, _)| owned(id))
+            .flat_map(|(id, g)| {
+                g.offsets
+                    .iter()
+                    .map(move |((topic, p), c)| (id.clone(), topic.clone(), *p, c.clone()))
+            })
+            .collect()
+    }
+
     pub fn describe(&self, group_id: &str) -> Option<GroupDescription> {
         let group = self.groups.get(group_id)?;
         Some(GroupDescription {

@@ -7,6 +7,7 @@ mod config;
 mod error;
 mod group;
 mod offsets;
+mod producer_state;
 mod runtime;
 mod server;
 mod shard;

@@ -189,6 +189,13 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         metadata.create(OFFSETS_TOPIC, config.offsets_topic_partitions, offsets_topic_configs())?;
         tracing::info!(partitions = config.offsets_topic_partitions, "created {OFFSETS_TOPIC}");
     }
+    let producer_ids = Arc::new(std::sync::Mutex::new(
+        crate::producer_state::ProducerIdAllocator::open(&config.data_dir).map_err(|source| BrokerError::Io {
+            op: "read producer ids in",
+            path: config.data_dir.clone(),
+            source,
+        })?,
+    ));
     let (reserved, addr) = reserve(&config.listen)?;
     let config = Arc::new(config);
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(config.shard_queue_depth)).unzip();
@@ -200,6 +207,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
     for (id, (cpu, inbox)) in cpus.iter().copied().zip(receivers).enumerate() {
         let id = id as u16;
         let (config, metadata, inboxes, ready) = (config.clone(), metadata.clone(), inboxes.clone(), ready_tx.clone());
+        let producer_ids = producer_ids.clone();
         let core = core_ids.iter().find(|c| c.id == cpu).copied();
         let nudged_threads = nudger.threads.clone();
         let executor = LocalExecutorBuilder::new(Placement::Unbound)
@@ -215,7 +223,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 let _nudged = Nudger::register(&nudged_threads, id as usize);
                 let pinned = core.is_some_and(core_affinity::set_for_current);
                 tracing::info!(shard = id, cpu, pinned, "shard started");
-                let shard = Rc::new(Shard::new(id, config, metadata, inboxes));
+                let shard = Rc::new(Shard::new(id, config, metadata, inboxes, producer_ids));
                 let started = async {
                     let opened = shard.open_owned_partitions().await?;
                     let offsets = shard.load_offsets().await?;

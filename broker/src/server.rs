@@ -306,7 +306,38 @@ async fn handle(shard: &Shard, bytes: &[u8]) -> Option<Vec<Out>> {
         Request::LeaveGroup(request) => Some(groups::leave(shard, id, request).await),
         Request::ListGroups(_) => Some(groups::list(shard, id).await),
         Request::DescribeGroups(request) => Some(groups::describe(shard, id, request).await),
+        Request::InitProducerId(request) => Some(init_producer_id(shard, id, request)),
     }
+}
+
+/// A producer id for an idempotent producer (epoch 0: without a
+/// transactional id nothing fences a producer but its own restart, which
+/// gets a new id).
+fn init_producer_id(shard: &Shard, id: u32, request: &ArchivedInitProducerIdRequest) -> Vec<Out> {
+    if request.transactional_id.is_some() {
+        return error_response(
+            id,
+            ErrorCode::InvalidRequest,
+            "transactional producers are not supported yet",
+        );
+    }
+    let allocated = shard.producer_ids.lock().expect("producer id lock").allocate();
+    let response = match allocated {
+        Ok(producer_id) => InitProducerIdResponse {
+            error: 0,
+            producer_id,
+            producer_epoch: 0,
+        },
+        Err(error) => {
+            tracing::error!(%error, "allocating a producer id failed");
+            InitProducerIdResponse {
+                error: ErrorCode::UnknownServerError.code(),
+                producer_id: -1,
+                producer_epoch: -1,
+            }
+        }
+    };
+    respond(id, ApiKey::InitProducerId, &response)
 }
 
 fn topic_result(name: &str, result: Result<(), crate::error::BrokerError>) -> TopicResult {

@@ -22,6 +22,7 @@ pub use groups::{GroupAnswer, GroupCall};
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::group::Coordinator;
+use crate::producer_state::{Check, ProducerIdAllocator, ProducerStates};
 use crate::topics::{log_config, partition_dir, Metadata, TopicMeta};
 
 pub type ShardId = u16;
@@ -117,6 +118,16 @@ pub struct Shard {
     pub stats: ShardStats,
     /// The groups whose offsets partitions this shard owns.
     coordinator: RefCell<Coordinator>,
+    /// Idempotent producers' sequences, per partition this shard owns.
+    producer_states: RefCell<HashMap<(String, u32), ProducerStates>>,
+    /// One idempotent append at a time per partition: the sequence check,
+    /// the append and the state update must not interleave with another
+    /// batch's (a retry arriving while its original is being appended).
+    idempotent_turns: RefCell<HashMap<(String, u32), Rc<glommio::sync::Semaphore>>>,
+    pub producer_ids: Arc<std::sync::Mutex<ProducerIdAllocator>>,
+    /// Offsets writes appended but not yet applied, per offsets partition: a
+    /// compaction waits until there are none (see `compact_offsets`).
+    offsets_writes: RefCell<HashMap<u32, usize>>,
 }
 
 /// Counters of one shard's work, reported when it stops (beside its
@@ -135,6 +146,7 @@ impl Shard {
         config: Arc<BrokerConfig>,
         metadata: Arc<Metadata>,
         inboxes: Arc<Vec<flume::Sender<ShardMessage>>>,
+        producer_ids: Arc<std::sync::Mutex<ProducerIdAllocator>>,
     ) -> Shard {
         let coordinator = RefCell::new(Coordinator::new(config.group_limits()));
         Shard {
@@ -146,6 +158,10 @@ impl Shard {
             connections: Cell::new(0),
             stats: ShardStats::default(),
             coordinator,
+            producer_states: RefCell::new(HashMap::new()),
+            idempotent_turns: RefCell::new(HashMap::new()),
+            producer_ids,
+            offsets_writes: RefCell::new(HashMap::new()),
         }
     }
 
@@ -179,6 +195,19 @@ impl Shard {
                 shard = self.id, topic = %topic.name, partition, log_start_offset = %log.log_start_offset(),
                 log_end_offset = %log.log_end_offset(), "opened partition"
             );
+            let states = match ProducerStates::load(&dir, log.log_end_offset().0) {
+                Some(states) => states,
+                None => rebuild_producer_states(&log)
+                    .await
+                    .map_err(|source| BrokerError::Storage {
+                        topic: topic.name.clone(),
+                        partition,
+                        source,
+                    })?,
+            };
+            self.producer_states
+                .borrow_mut()
+                .insert((topic.name.clone(), partition), states);
             self.logs.borrow_mut().insert((topic.name.clone(), partition), log);
             opened += 1;
         }
@@ -192,6 +221,9 @@ impl Shard {
                 continue;
             }
             let log = self.logs.borrow_mut().remove(&(topic.name.clone(), partition));
+            self.producer_states
+                .borrow_mut()
+                .remove(&(topic.name.clone(), partition));
             if let Some(log) = log {
                 let _ = log.close().await;
             }
@@ -215,8 +247,19 @@ impl Shard {
     pub async fn close_all(&self) {
         let logs: Vec<((String, u32), PartitionLog)> = self.logs.borrow_mut().drain().collect();
         for ((topic, partition), log) in logs {
+            let dir = log.dir().to_path_buf();
+            let end = log.log_end_offset().0;
             if let Err(error) = log.close().await {
                 tracing::error!(shard = self.id, %topic, partition, %error, "closing partition failed");
+                continue;
+            }
+            // A snapshot of the producers' sequences, valid for exactly this
+            // log end: the next open loads it instead of reading the log.
+            let states = self.producer_states.borrow_mut().remove(&(topic.clone(), partition));
+            if let Some(states) = states.filter(|s| !s.is_empty()) {
+                if let Err(error) = states.save(&dir, end) {
+                    tracing::warn!(shard = self.id, %topic, partition, %error, "producer state snapshot not written");
+                }
             }
         }
     }
@@ -316,7 +359,17 @@ impl Shard {
         let mut first = None;
         let mut last = Offset(0);
         for frame in frames {
-            let appended = log.append(frame).await.map_err(storage_error)?;
+            let header = storage::batch::peek_header(frame).map_err(storage_error)?;
+            let appended = if header.producer_id < 0 {
+                let appended = log.append(frame).await.map_err(storage_error)?;
+                Stored {
+                    base_offset: appended.base_offset,
+                    last_offset: appended.last_offset,
+                    append_time_ms: appended.append_time_ms,
+                }
+            } else {
+                self.append_idempotent(topic, partition, &log, frame, header).await?
+            };
             first.get_or_insert(appended);
             last = appended.last_offset;
             let records = appended.last_offset.0 - appended.base_offset.0 + 1;
@@ -333,6 +386,68 @@ impl Shard {
             append_time_ms: first.append_time_ms,
             log_start_offset: log.log_start_offset().0,
         })
+    }
+
+    /// Appends a batch of an idempotent producer, unless it is a retry of
+    /// one the log holds (answered with that batch's offsets) or out of
+    /// sequence (refused).
+    async fn append_idempotent(
+        &self,
+        topic: &str,
+        partition: u32,
+        log: &PartitionLog,
+        frame: &[u8],
+        header: storage::batch::BatchInfo,
+    ) -> Result<Stored, BrokerError> {
+        let key = (topic.to_string(), partition);
+        let turn = self
+            .idempotent_turns
+            .borrow_mut()
+            .entry(key.clone())
+            .or_insert_with(|| Rc::new(glommio::sync::Semaphore::new(1)))
+            .clone();
+        let _turn = turn
+            .acquire_permit(1)
+            .await
+            .map_err(|_| BrokerError::ShardGone(self.id))?;
+        let check = self
+            .producer_states
+            .borrow()
+            .get(&key)
+            .map_or(Check::Append, |states| states.check(&header));
+        match check {
+            // A retry of a batch the log holds: answer with its offsets.
+            Check::Duplicate { base_offset } => Ok(Stored {
+                base_offset: Offset(base_offset),
+                last_offset: Offset(base_offset + u64::from(header.last_offset_delta)),
+                append_time_ms: -1,
+            }),
+            Check::Refuse(code) => Err(BrokerError::ProducerSequence {
+                topic: topic.to_string(),
+                partition,
+                producer_id: header.producer_id,
+                epoch: header.producer_epoch,
+                sequence: header.base_sequence,
+                code,
+            }),
+            Check::Append => {
+                let appended = log.append(frame).await.map_err(|source| BrokerError::Storage {
+                    topic: topic.to_string(),
+                    partition,
+                    source,
+                })?;
+                let mut stored = header;
+                stored.base_offset = appended.base_offset;
+                if let Some(states) = self.producer_states.borrow_mut().get_mut(&key) {
+                    states.record(&stored);
+                }
+                Ok(Stored {
+                    base_offset: appended.base_offset,
+                    last_offset: appended.last_offset,
+                    append_time_ms: appended.append_time_ms,
+                })
+            }
+        }
     }
 
     pub async fn fetch(
@@ -612,6 +727,42 @@ fn owners(meta: &TopicMeta) -> Vec<ShardId> {
     owners.sort_unstable();
     owners.dedup();
     owners
+}
+
+/// Where a produced batch went.
+#[derive(Clone, Copy)]
+struct Stored {
+    base_offset: Offset,
+    last_offset: Offset,
+    append_time_ms: i64,
+}
+
+/// Bytes read at a time while rebuilding producer state.
+const REBUILD_READ_BYTES: usize = 1 << 20;
+
+/// Rebuilds idempotent producers' state by reading the log's last two
+/// segments (see `producer_state`).
+async fn rebuild_producer_states(log: &PartitionLog) -> Result<ProducerStates, storage::StorageError> {
+    let mut states = ProducerStates::default();
+    let bases = log.segment_base_offsets();
+    let from = bases
+        .len()
+        .checked_sub(2)
+        .map_or(log.log_start_offset(), |i| bases[i])
+        .max(log.log_start_offset());
+    let mut next = from;
+    while next < log.log_end_offset() {
+        let read = log.read(next, REBUILD_READ_BYTES).await?;
+        if read.bytes.is_empty() {
+            break;
+        }
+        for frame in storage::batch::frames(&read.bytes) {
+            let info = storage::batch::peek_header(frame)?;
+            states.record(&info);
+            next = info.next_offset();
+        }
+    }
+    Ok(states)
 }
 
 /// Clients neither create, delete nor produce to the broker's internal

@@ -408,3 +408,47 @@ fn misbehaving_members_and_clients_get_clear_errors() {
     broker.assert_alive();
     broker.stop();
 }
+
+#[test]
+fn a_grown_offsets_log_is_compacted_and_keeps_every_live_commit() {
+    let dir = data_dir();
+    let config = "offsets_compact_bytes = 4096\noffsets_compact_interval_ms = 200\n";
+    let broker = Broker::start_with_config(dir.path(), 2, config);
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut c = Connection::connect(&addr).await.unwrap();
+        c.create_topic("busy", 2, vec![]).await.unwrap();
+        for n in 1..=200u64 {
+            let offsets = [("busy".to_string(), 0, n), ("busy".to_string(), 1, 1000 + n)];
+            c.commit_offsets("compacted", -1, "", &offsets).await.unwrap();
+        }
+        // Wait for a compaction: the offsets partition's log start moves.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let metadata = c.metadata(Some(vec!["__consumer_offsets".into()])).await.unwrap();
+            if metadata.topics[0].partitions.iter().any(|p| p.log_start_offset > 0) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no compaction: {metadata:?}");
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+        }
+        let offsets = c.fetch_offsets("compacted", None).await.unwrap();
+        assert_eq!(
+            offsets,
+            vec![("busy".to_string(), 0, Some(200)), ("busy".to_string(), 1, Some(1200))]
+        );
+    });
+    broker.stop();
+    let broker = Broker::start(dir.path(), 2);
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut c = Connection::connect(&addr).await.unwrap();
+        let offsets = c.fetch_offsets("compacted", None).await.unwrap();
+        assert_eq!(
+            offsets,
+            vec![("busy".to_string(), 0, Some(200)), ("busy".to_string(), 1, Some(1200))],
+            "replayed from the compacted log"
+        );
+    });
+    broker.stop();
+}

@@ -230,6 +230,19 @@ impl Connection {
         })
     }
 
+    /// A producer id and epoch for an idempotent producer.
+    pub async fn init_producer_id(&mut self) -> Result<(i64, i16), NetError> {
+        let response: InitProducerIdResponse = self
+            .call(
+                ApiKey::InitProducerId,
+                &InitProducerIdRequest { transactional_id: None },
+                "InitProducerId response",
+            )
+            .await?;
+        check(response.error, "init producer id")?;
+        Ok((response.producer_id, response.producer_epoch))
+    }
+
     pub async fn join_group(&mut self, request: &JoinGroupRequest) -> Result<JoinGroupResponse, NetError> {
         self.call(ApiKey::JoinGroup, request, "JoinGroup response").await
     }

@@ -53,10 +53,11 @@ pub enum ApiKey {
     LeaveGroup = 12,
     ListGroups = 13,
     DescribeGroups = 14,
+    InitProducerId = 15,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 15] = [
+    pub const ALL: [ApiKey; 16] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -72,6 +73,7 @@ impl ApiKey {
         ApiKey::LeaveGroup,
         ApiKey::ListGroups,
         ApiKey::DescribeGroups,
+        ApiKey::InitProducerId,
     ];
 
     pub fn from_u16(key: u16) -> Option<ApiKey> {

@@ -77,6 +77,9 @@ pub enum ErrorCode {
     NonEmptyGroup,
     GroupIdNotFound,
     GroupMaxSizeReached,
+    OutOfOrderSequenceNumber,
+    InvalidProducerEpoch,
+    InvalidRecord,
     Unknown(i16),
 }
 
@@ -112,12 +115,15 @@ impl ErrorCode {
             ErrorCode::NonEmptyGroup => 68,
             ErrorCode::GroupIdNotFound => 69,
             ErrorCode::GroupMaxSizeReached => 81,
+            ErrorCode::OutOfOrderSequenceNumber => 45,
+            ErrorCode::InvalidProducerEpoch => 47,
+            ErrorCode::InvalidRecord => 87,
             ErrorCode::Unknown(code) => code,
         }
     }
 
     pub fn from_code(code: i16) -> ErrorCode {
-        const KNOWN: [ErrorCode; 29] = [
+        const KNOWN: [ErrorCode; 32] = [
             ErrorCode::None,
             ErrorCode::UnknownServerError,
             ErrorCode::OffsetOutOfRange,
@@ -147,6 +153,9 @@ impl ErrorCode {
             ErrorCode::NonEmptyGroup,
             ErrorCode::GroupIdNotFound,
             ErrorCode::GroupMaxSizeReached,
+            ErrorCode::OutOfOrderSequenceNumber,
+            ErrorCode::InvalidProducerEpoch,
+            ErrorCode::InvalidRecord,
         ];
         KNOWN
             .into_iter()

@@ -528,6 +528,22 @@ pub struct DescribeGroupsResponse {
     pub groups: Vec<DescribedGroup>,
 }
 
+/// Asks for a producer id for an idempotent producer.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct InitProducerIdRequest {
+    /// Transactions are not built yet: must be None.
+    pub transactional_id: Option<String>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct InitProducerIdResponse {
+    pub error: i16,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+}
+
 /// `protocol_type` of consumer groups.
 pub const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
 
@@ -570,6 +586,7 @@ pub enum Request<'a> {
     LeaveGroup(&'a ArchivedLeaveGroupRequest),
     ListGroups(&'a ArchivedListGroupsRequest),
     DescribeGroups(&'a ArchivedDescribeGroupsRequest),
+    InitProducerId(&'a ArchivedInitProducerIdRequest),
 }
 
 /// Decodes a request frame's body: checks the api key and version are
@@ -604,6 +621,7 @@ pub fn decode_request<'a>(frame: &RequestFrame<'a>) -> Result<Request<'a>, NetEr
         ApiKey::LeaveGroup => Request::LeaveGroup(access(archive, "LeaveGroup request")?),
         ApiKey::ListGroups => Request::ListGroups(access(archive, "ListGroups request")?),
         ApiKey::DescribeGroups => Request::DescribeGroups(access(archive, "DescribeGroups request")?),
+        ApiKey::InitProducerId => Request::InitProducerId(access(archive, "InitProducerId request")?),
     })
 }
 

@@ -30,6 +30,11 @@ pub struct ProducerConfig {
     /// Attempts after the first for a retriable error.
     pub retries: u32,
     pub retry_backoff: Duration,
+    /// Idempotence: the broker gives this producer an id, each batch
+    /// carries its sequence per partition, and a retried batch the broker
+    /// already stored is answered with its offsets instead of being stored
+    /// twice. Needs acks all. Each partition then has one batch in flight.
+    pub idempotent: bool,
 }
 
 impl Default for ProducerConfig {
@@ -40,6 +45,7 @@ impl Default for ProducerConfig {
             linger: Duration::from_millis(5),
             retries: 5,
             retry_backoff: Duration::from_millis(100),
+            idempotent: false,
         }
     }
 }
@@ -65,6 +71,13 @@ struct Inner {
     pending: RefCell<HashMap<(String, u32), Pending>>,
     next_generation: Cell<u64>,
     sticky: Cell<u32>,
+    /// (producer id, epoch) of an idempotent producer.
+    identity: Cell<(i64, i16)>,
+    /// The next sequence of each partition.
+    sequences: RefCell<HashMap<(String, u32), i32>>,
+    /// One batch of a partition in flight at a time, so sequences arrive
+    /// in order even across retries.
+    turns: RefCell<HashMap<(String, u32), Rc<Semaphore>>>,
 }
 
 #[derive(Clone)]
@@ -74,7 +87,18 @@ pub struct Producer {
 
 impl Producer {
     pub async fn connect(addr: &str, config: ProducerConfig) -> Result<Producer, NetError> {
-        let connection = Connection::connect(addr).await?;
+        if config.idempotent && config.acks != acks::ALL {
+            return Err(NetError::Malformed {
+                what: "producer config",
+                reason: "an idempotent producer needs acks all".into(),
+            });
+        }
+        let mut connection = Connection::connect(addr).await?;
+        let identity = if config.idempotent {
+            connection.init_producer_id().await?
+        } else {
+            (storage::batch::NO_PRODUCER_ID, storage::batch::NO_PRODUCER_EPOCH)
+        };
         Ok(Producer {
             inner: Rc::new(Inner {
                 addr: addr.to_string(),
@@ -85,6 +109,9 @@ impl Producer {
                 pending: RefCell::new(HashMap::new()),
                 next_generation: Cell::new(0),
                 sticky: Cell::new(0),
+                identity: Cell::new(identity),
+                sequences: RefCell::new(HashMap::new()),
+                turns: RefCell::new(HashMap::new()),
             }),
         })
     }
@@ -192,6 +219,19 @@ impl Producer {
         Ok(rx)
     }
 
+    async fn reset_identity(&self) {
+        let fresh = self
+            .with_connection(|mut c| async move {
+                let result = c.init_producer_id().await;
+                (c, result)
+            })
+            .await;
+        if let Ok(identity) = fresh {
+            self.inner.identity.set(identity);
+            self.inner.sequences.borrow_mut().clear();
+        }
+    }
+
     /// Sends every batch now and waits for their answers.
     pub async fn flush(&self) {
         let slots: Vec<(String, u32)> = self.inner.pending.borrow().keys().cloned().collect();
@@ -211,7 +251,35 @@ impl Producer {
             }
         };
         let Some(batch) = batch else { return };
-        let frame = batch.builder.build();
+        let idempotent = self.inner.config.idempotent;
+        let turn = idempotent.then(|| {
+            self.inner
+                .turns
+                .borrow_mut()
+                .entry(slot.clone())
+                .or_insert_with(|| Rc::new(Semaphore::new(1)))
+                .clone()
+        });
+        let _turn = match &turn {
+            Some(turn) => Some(
+                turn.acquire_permit(1)
+                    .await
+                    .expect("the turn semaphore is never closed"),
+            ),
+            None => None,
+        };
+        let records = batch.waiters.len() as i32;
+        let sequence = self.inner.sequences.borrow().get(slot).copied().unwrap_or(0);
+        let frame = if idempotent {
+            let (id, epoch) = self.inner.identity.get();
+            self.inner
+                .sequences
+                .borrow_mut()
+                .insert(slot.clone(), sequence.wrapping_add(records) & i32::MAX);
+            batch.builder.producer(id, epoch, sequence).build()
+        } else {
+            batch.builder.build()
+        };
         let acks = self.inner.config.acks;
         let mut attempt = 0;
         let result = loop {
@@ -233,6 +301,19 @@ impl Producer {
             attempt += 1;
             glommio::timer::sleep(self.inner.config.retry_backoff * attempt).await;
         };
+        if idempotent {
+            match &result {
+                Ok(_) => {}
+                // Refused for good: the broker did not store it, so the
+                // partition's next batch takes its sequence.
+                Err(NetError::Rejected { code, .. }) if !code.is_retriable() => {
+                    self.inner.sequences.borrow_mut().insert(slot.clone(), sequence);
+                }
+                // Out of retries: whether it was stored is unknown, so start
+                // over as a new producer (Kafka bumps the epoch instead).
+                Err(_) => self.reset_identity().await,
+            }
+        }
         match result {
             Ok(base) => {
                 for (i, waiter) in batch.waiters.into_iter().enumerate() {

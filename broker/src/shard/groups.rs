@@ -18,6 +18,30 @@ use crate::offsets::{self, OffsetKey, OffsetValue, OFFSETS_TOPIC};
 pub const GROUP_TICK: Duration = Duration::from_millis(100);
 /// Bytes read at a time while replaying the offsets log.
 const REPLAY_READ_BYTES: usize = 1 << 20;
+/// Commits per batch when live offsets are rewritten (well under the
+/// batch size limit: a commit record is under 600 bytes).
+const COMPACT_RECORDS_PER_BATCH: usize = 1_000;
+
+/// Counts an offsets write as in flight until dropped.
+struct OffsetsWrite<'a> {
+    writes: &'a std::cell::RefCell<std::collections::HashMap<u32, usize>>,
+    partition: u32,
+}
+
+impl<'a> OffsetsWrite<'a> {
+    fn begin(writes: &'a std::cell::RefCell<std::collections::HashMap<u32, usize>>, partition: u32) -> Self {
+        *writes.borrow_mut().entry(partition).or_insert(0) += 1;
+        OffsetsWrite { writes, partition }
+    }
+}
+
+impl Drop for OffsetsWrite<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.writes.borrow_mut().get_mut(&self.partition) {
+            *n -= 1;
+        }
+    }
+}
 
 /// A group request, owned so that it can cross to the coordinating shard.
 #[derive(Debug)]
@@ -282,6 +306,7 @@ impl Shard {
             let value = value.as_ref().map(offsets::encode_value);
             builder.push(now_ms(), Some(&offsets::encode_key(key)), value.as_deref(), vec![]);
         }
+        let _writing = OffsetsWrite::begin(&self.offsets_writes, partition);
         let appended = log.append(&builder.build()).await.map_err(storage)?;
         log.wait_durable(appended.last_offset).await.map_err(storage)?;
         let now = Instant::now();
@@ -363,10 +388,91 @@ impl Shard {
         Ok(loaded)
     }
 
+    /// Compacts each offsets partition this shard owns that has grown past
+    /// `offsets_compact_bytes`: the live commits of its groups are written
+    /// again at the log's end, then everything before them is deleted. Only
+    /// when no commit is between its append and its application, so no
+    /// acknowledged commit can fall outside what is rewritten.
+    async fn compact_offsets(&self) {
+        let table = self.metadata.snapshot();
+        let Some(topic) = table.topics.get(OFFSETS_TOPIC) else {
+            return;
+        };
+        let partitions = topic.shards.len() as u32;
+        for (partition, &owner) in topic.shards.iter().enumerate() {
+            let partition = partition as u32;
+            if owner != self.id {
+                continue;
+            }
+            let Ok(log) = self.log(OFFSETS_TOPIC, partition) else {
+                continue;
+            };
+            let busy = self.offsets_writes.borrow().get(&partition).copied().unwrap_or(0) > 0;
+            if busy || log.size_bytes() <= self.config.offsets_compact_bytes {
+                continue;
+            }
+            let live = self
+                .coordinator
+                .borrow()
+                .commits(|group| offsets::partition_for_group(group, partitions) == partition);
+            let keep_from = if live.is_empty() {
+                log.log_end_offset()
+            } else {
+                let records = live
+                    .into_iter()
+                    .map(|(group, topic, p, c)| {
+                        (
+                            OffsetKey {
+                                group,
+                                topic,
+                                partition: p,
+                            },
+                            Some(OffsetValue {
+                                offset: c.offset,
+                                commit_time_ms: c.commit_time_ms,
+                                metadata: c.metadata,
+                            }),
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                let from = log.log_end_offset();
+                let mut failed = false;
+                for chunk in records.chunks(COMPACT_RECORDS_PER_BATCH) {
+                    let group = chunk[0].0.group.clone();
+                    if let Err(error) = self.write_offsets(&group, chunk.to_vec()).await {
+                        tracing::error!(partition, %error, "rewriting live offsets failed; compaction skipped");
+                        failed = true;
+                        break;
+                    }
+                }
+                if failed {
+                    continue;
+                }
+                from
+            };
+            let before = log.size_bytes();
+            match log.delete_records_before(keep_from).await {
+                Ok(()) => tracing::info!(
+                    partition,
+                    log_start_offset = keep_from.0,
+                    before,
+                    after = log.size_bytes(),
+                    "compacted offsets"
+                ),
+                Err(error) => tracing::error!(partition, %error, "compacting offsets failed"),
+            }
+        }
+    }
+
     /// The coordinator's clock: runs for the shard's life.
     pub async fn run_group_clock(&self) {
+        let mut last_compaction = Instant::now();
         loop {
             glommio::timer::sleep(GROUP_TICK).await;
+            if last_compaction.elapsed() >= Duration::from_millis(self.config.offsets_compact_interval_ms) {
+                last_compaction = Instant::now();
+                self.compact_offsets().await;
+            }
             let expired = self.coordinator.borrow_mut().tick(Instant::now());
             if expired.is_empty() {
                 continue;

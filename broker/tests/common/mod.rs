@@ -19,6 +19,13 @@ pub struct Broker {
 
 impl Broker {
     pub fn start(data_dir: &Path, shards: usize) -> Broker {
+        Broker::start_with_config(data_dir, shards, "")
+    }
+
+    /// A broker with these lines of TOML configuration (broker/src/config.rs).
+    pub fn start_with_config(data_dir: &Path, shards: usize, config: &str) -> Broker {
+        let config_file = data_dir.with_extension("toml");
+        std::fs::write(&config_file, config).expect("write the broker's config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_corelog"))
             .args([
                 "serve",
@@ -29,6 +36,8 @@ impl Broker {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .arg("--config")
+            .arg(&config_file)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             // A file, not the test's stderr: a broker orphaned by a killed
