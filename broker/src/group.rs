@@ -371,6 +371,13 @@ impl Coordinator {
         if request.protocol_type.is_empty() || request.protocols.is_empty() {
             return refuse(ErrorCode::InconsistentGroupProtocol);
         }
+        let known = self
+            .groups
+            .get(&request.group)
+            .is_some_and(|g| g.members.contains_key(&request.member_id));
+        if !request.member_id.is_empty() && !known {
+            return refuse(ErrorCode::UnknownMemberId);
+        }
         let group = self
             .groups
             .entry(request.group.clone())
@@ -557,13 +564,16 @@ impl Coordinator {
         }
     }
 
-    /// Records a commit that is durable in the offsets log (or replayed
-    /// from it); `None` deletes (a tombstone).
+    /// Records a commit that is durable in the offsets log at `log_offset`
+    /// (or replayed from it); `None` deletes (a tombstone). Of two records
+    /// of one partition applied out of log order, the later in the log
+    /// wins, a tombstone included.
     pub fn apply_commit(
         &mut self,
         group_id: &str,
         topic: &str,
         partition: u32,
+        log_offset: u64,
         committed: Option<Committed>,
         now: Instant,
     ) {
@@ -572,18 +582,19 @@ impl Coordinator {
             .entry(group_id.to_string())
             .or_insert_with(|| Group::new(now));
         let key = (topic.to_string(), partition);
-        match committed {
-            Some(committed) => {
-                let newer = group
-                    .offsets
-                    .get(&key)
-                    .is_none_or(|current| current.log_offset < committed.log_offset);
-                if newer {
+        let newer = group
+            .offsets
+            .get(&key)
+            .is_none_or(|current| current.log_offset < log_offset);
+        if newer {
+            match committed {
+                Some(committed) => {
+                    debug_assert_eq!(committed.log_offset, log_offset);
                     group.offsets.insert(key, committed);
                 }
-            }
-            None => {
-                group.offsets.remove(&key);
+                None => {
+                    group.offsets.remove(&key);
+                }
             }
         }
         if group.offsets.is_empty() && group.members.is_empty() {
@@ -649,8 +660,9 @@ impl Coordinator {
     /// Advances time: members whose session lapsed are removed, rebalances
     /// whose time is up complete. Returns the offsets that expired (groups
     /// empty for longer than the retention), for the caller to tombstone.
-    pub fn tick(&mut self, now: Instant) -> Vec<(String, String, u32)> {
+    pub fn tick(&mut self, now: Instant, now_ms: i64) -> Vec<(String, String, u32)> {
         let limits = self.limits.clone();
+        let retention_ms = limits.offsets_retention.as_millis() as i64;
         let mut expired = Vec::new();
         for (group_id, group) in self.groups.iter_mut() {
             let lapsed: Vec<String> = group
@@ -667,12 +679,23 @@ impl Coordinator {
                 group.remove(&id, now, &limits);
             }
             group.try_complete_join(now, &limits);
+            // As in Kafka: an offset expires once its group has been empty
+            // for the retention and the offset itself is older than that.
             if let Some(since) = group.empty_since {
                 if group.members.is_empty() && now.saturating_duration_since(since) > limits.offsets_retention {
-                    expired.extend(group.offsets.keys().map(|(t, p)| (group_id.clone(), t.clone(), *p)));
+                    expired.extend(
+                        group
+                            .offsets
+                            .iter()
+                            .filter(|(_, c)| now_ms.saturating_sub(c.commit_time_ms) > retention_ms)
+                            .map(|((t, p), _)| (group_id.clone(), t.clone(), *p)),
+                    );
                 }
             }
         }
+        // Groups that hold nothing (every member gone, no offsets) go.
+        self.groups
+            .retain(|_, g| !g.members.is_empty() || !g.offsets.is_empty());
         expired
     }
 }
@@ -797,7 +820,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(6);
         assert_eq!(c.heartbeat("g", 2, &b, t1), ErrorCode::None);
         let t2 = t0 + Duration::from_secs(11);
-        c.tick(t2);
+        c.tick(t2, 0);
         let group = c.describe("g").unwrap();
         assert_eq!(group.state, GroupState::PreparingRebalance);
         assert_eq!(group.members.len(), 1);
@@ -818,9 +841,9 @@ mod tests {
             c.heartbeat("g", 1, &a, t0 + Duration::from_secs(1)),
             ErrorCode::RebalanceInProgress
         );
-        c.tick(t0 + Duration::from_secs(4));
+        c.tick(t0 + Duration::from_secs(4), 0);
         assert!(b.try_recv().unwrap().is_none(), "waits out the rebalance timeout");
-        c.tick(t0 + Duration::from_secs(6));
+        c.tick(t0 + Duration::from_secs(6), 0);
         let joined = b.try_recv().unwrap().unwrap();
         assert_eq!(joined.members.len(), 1);
         assert_eq!(joined.leader, joined.member_id);
@@ -846,8 +869,8 @@ mod tests {
             log_offset: 6,
             ..committed.clone()
         };
-        c.apply_commit("g", "t", 0, Some(committed.clone()), t0);
-        c.apply_commit("g", "t", 0, Some(older), t0);
+        c.apply_commit("g", "t", 0, 7, Some(committed.clone()), t0);
+        c.apply_commit("g", "t", 0, 6, Some(older), t0);
         assert_eq!(
             c.offsets("g", None)[0].1.as_ref().unwrap().offset,
             42,
@@ -861,12 +884,19 @@ mod tests {
             "admin commits to an empty group"
         );
         assert_eq!(c.offsets("g", None), vec![(("t".to_string(), 0), Some(committed))]);
-        assert!(c.tick(t0 + Duration::from_secs(30)).is_empty());
+        // The commit was made at wall-clock time 0: old enough once the
+        // group has been empty for the retention.
+        assert!(c.tick(t0 + Duration::from_secs(30), 1_000_000).is_empty());
         assert_eq!(
-            c.tick(t0 + Duration::from_secs(61)),
+            c.tick(t0 + Duration::from_secs(61), 1_000_000),
             vec![("g".to_string(), "t".to_string(), 0)]
         );
-        c.apply_commit("g", "t", 0, None, t0);
+        // A recent commit outlives the group's emptiness.
+        assert!(c.tick(t0 + Duration::from_secs(61), 30_000).is_empty());
+        // A tombstone older in the log than the commit does not delete it.
+        c.apply_commit("g", "t", 0, 5, None, t0);
+        assert_eq!(c.offsets("g", None).len(), 1);
+        c.apply_commit("g", "t", 0, 8, None, t0);
         assert!(
             c.describe("g").is_none(),
             "a group with no members and no offsets is gone"

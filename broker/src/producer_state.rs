@@ -148,10 +148,6 @@ impl ProducerStates {
         producer.last_offset = batch.last_offset().0;
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.producers.is_empty()
-    }
-
     /// Writes the snapshot (atomically: a temporary file renamed).
     pub fn save(&self, dir: &Path, log_end_offset: u64) -> std::io::Result<()> {
         let snapshot = Snapshot {

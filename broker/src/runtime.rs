@@ -23,110 +23,10 @@ use crate::topics::Metadata;
 /// How long an idle shard keeps polling before it sleeps.
 const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// How often every shard thread is interrupted (see `Nudger`).
-const NUDGE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
-/// A signal whose default action is to be ignored, so a stray one harms
-/// nothing; the broker installs a no-op handler for it.
-const NUDGE_SIGNAL: libc::c_int = libc::SIGURG;
-
-/// glommio 0.9 can put a shard to sleep in `io_uring_enter` although work
-/// is due: a wakeup sent from another thread just as its reactor parks (it
-/// re-checks its shared channels then, not its queue of foreign wakeups),
-/// and, as seen under load, a timer it did not arm. The shard then sleeps
-/// until unrelated I/O arrives, which for a client waiting on it may be
-/// never (measured: produce requests stalled for 30 s and more until a
-/// debugger's interruption woke the shard). The nudger interrupts each
-/// shard thread with a no-op signal every `NUDGE_INTERVAL`: the sleeping
-/// `io_uring_enter` returns EINTR, and the reactor looks at its timers and
-/// queues again. The handler is installed without SA_RESTART for that
-/// reason; the shards' other blocking calls (std::fs on regular files)
-/// are not interrupted by signals or retry on EINTR.
-struct Nudger {
-    /// Each shard thread's pthread id while it runs; a thread clears its
-    /// entry before it exits, under the lock the nudger signals under.
-    threads: Arc<std::sync::Mutex<Vec<Option<libc::pthread_t>>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-extern "C" fn nudged(_: libc::c_int) {}
-
-impl Nudger {
-    fn start(shards: usize) -> Nudger {
-        // SAFETY: installs an async-signal-safe (empty) handler; the
-        // sigaction struct is fully initialized.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = nudged as extern "C" fn(libc::c_int) as usize;
-            action.sa_flags = 0;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(NUDGE_SIGNAL, &action, std::ptr::null_mut());
-        }
-        let threads = Arc::new(std::sync::Mutex::new(vec![None; shards]));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let handle = {
-            let (threads, stop) = (threads.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("shard-nudger".into())
-                .spawn(move || {
-                    while !stop.load(std::sync::atomic::Ordering::Acquire) {
-                        std::thread::sleep(NUDGE_INTERVAL);
-                        let threads = threads.lock().expect("nudger lock");
-                        for thread in threads.iter().flatten() {
-                            // SAFETY: the entry is cleared (under this lock)
-                            // before its thread exits, so the id is live.
-                            unsafe { libc::pthread_kill(*thread, NUDGE_SIGNAL) };
-                        }
-                    }
-                })
-                .expect("start the shard nudger thread")
-        };
-        Nudger {
-            threads,
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    /// Registers the calling shard thread; the guard deregisters it.
-    fn register(threads: &Arc<std::sync::Mutex<Vec<Option<libc::pthread_t>>>>, shard: usize) -> NudgeGuard {
-        // SAFETY: pthread_self has no preconditions.
-        let me = unsafe { libc::pthread_self() };
-        threads.lock().expect("nudger lock")[shard] = Some(me);
-        NudgeGuard {
-            threads: threads.clone(),
-            shard,
-        }
-    }
-}
-
-struct NudgeGuard {
-    threads: Arc<std::sync::Mutex<Vec<Option<libc::pthread_t>>>>,
-    shard: usize,
-}
-
-impl Drop for NudgeGuard {
-    fn drop(&mut self) {
-        if let Ok(mut threads) = self.threads.lock() {
-            threads[self.shard] = None;
-        }
-    }
-}
-
-impl Drop for Nudger {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Release);
-        if let Some(handle) = self.handle.take() {
-            let _ = handle.join();
-        }
-    }
-}
-
 pub struct Running {
     pub addr: SocketAddr,
     inboxes: Arc<Vec<flume::Sender<ShardMessage>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    nudger: Nudger,
 }
 
 impl Running {
@@ -138,8 +38,6 @@ impl Running {
         for thread in self.threads {
             let _ = thread.join();
         }
-        // Only once no shard thread runs.
-        drop(self.nudger);
     }
 }
 
@@ -203,13 +101,11 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), BrokerError>>();
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let mut threads = Vec::new();
-    let nudger = Nudger::start(cpus.len());
     for (id, (cpu, inbox)) in cpus.iter().copied().zip(receivers).enumerate() {
         let id = id as u16;
         let (config, metadata, inboxes, ready) = (config.clone(), metadata.clone(), inboxes.clone(), ready_tx.clone());
         let producer_ids = producer_ids.clone();
         let core = core_ids.iter().find(|c| c.id == cpu).copied();
-        let nudged_threads = nudger.threads.clone();
         let executor = LocalExecutorBuilder::new(Placement::Unbound)
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_bytes)
@@ -220,7 +116,8 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
             // awake through the round trips of cross-shard requests.
             .spin_before_park(SPIN_BEFORE_PARK)
             .spawn(move || async move {
-                let _nudged = Nudger::register(&nudged_threads, id as usize);
+                // glommio 0.9 can sleep with work due; see net::nudge.
+                net::nudge::nudge_this_thread();
                 let pinned = core.is_some_and(core_affinity::set_for_current);
                 tracing::info!(shard = id, cpu, pinned, "shard started");
                 let shard = Rc::new(Shard::new(id, config, metadata, inboxes, producer_ids));
@@ -266,12 +163,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         }));
     }
     drop(ready_tx);
-    let running = Running {
-        addr,
-        inboxes,
-        threads,
-        nudger,
-    };
+    let running = Running { addr, inboxes, threads };
     for _ in 0..shards {
         match ready_rx.recv() {
             Ok(Ok(())) => {}

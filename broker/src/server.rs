@@ -20,6 +20,9 @@ use crate::shard::{FetchBytes, Shard};
 
 mod groups;
 
+/// The longest a fetch may wait for data, whatever it asks.
+const FETCH_MAX_WAIT: Duration = Duration::from_secs(60);
+
 /// Pieces of one response, written in order.
 enum Out {
     Owned(Vec<u8>),
@@ -424,7 +427,8 @@ async fn metadata(shard: &Shard, request: &ArchivedMetadataRequest) -> MetadataR
 /// append, on whichever shard owns the partition) and reads again, until
 /// `max_wait_ms` has passed.
 async fn fetch(shard: &Shard, id: u32, request: &ArchivedFetchRequest) -> Vec<Out> {
-    let deadline = Instant::now() + Duration::from_millis(u64::from(request.max_wait_ms.to_native()));
+    let max_wait = Duration::from_millis(u64::from(request.max_wait_ms.to_native())).min(FETCH_MAX_WAIT);
+    let deadline = Instant::now() + max_wait;
     let min_bytes = request.min_bytes.to_native() as usize;
     let max_bytes = request.max_bytes.to_native() as usize;
     loop {

@@ -128,6 +128,8 @@ pub struct Shard {
     /// Offsets writes appended but not yet applied, per offsets partition: a
     /// compaction waits until there are none (see `compact_offsets`).
     offsets_writes: RefCell<HashMap<u32, usize>>,
+    /// Each offsets partition's append turn (see `write_offsets`).
+    offsets_turns: RefCell<HashMap<u32, Rc<glommio::sync::Semaphore>>>,
 }
 
 /// Counters of one shard's work, reported when it stops (beside its
@@ -162,6 +164,7 @@ impl Shard {
             idempotent_turns: RefCell::new(HashMap::new()),
             producer_ids,
             offsets_writes: RefCell::new(HashMap::new()),
+            offsets_turns: RefCell::new(HashMap::new()),
         }
     }
 
@@ -256,7 +259,8 @@ impl Shard {
             // A snapshot of the producers' sequences, valid for exactly this
             // log end: the next open loads it instead of reading the log.
             let states = self.producer_states.borrow_mut().remove(&(topic.clone(), partition));
-            if let Some(states) = states.filter(|s| !s.is_empty()) {
+            // Written even when empty: the next open then reads no log.
+            if let Some(states) = states {
                 if let Err(error) = states.save(&dir, end) {
                     tracing::warn!(shard = self.id, %topic, partition, %error, "producer state snapshot not written");
                 }
@@ -672,7 +676,18 @@ impl Shard {
                     reply,
                 } => {
                     glommio::spawn_local(async move {
-                        let _ = reply.send(shard.wait_for_data_local(&topic, partition, offset, deadline).await);
+                        // The asking fetch may finish first (another of its
+                        // partitions got data) and drop its end: look every
+                        // REMOTE_WAIT_STEP whether anyone still waits.
+                        loop {
+                            let step = deadline.min(std::time::Instant::now() + REMOTE_WAIT_STEP);
+                            let result = shard.wait_for_data_local(&topic, partition, offset, step).await;
+                            let done = !matches!(result, Ok(false)) || std::time::Instant::now() >= deadline;
+                            if done || reply.is_disconnected() {
+                                let _ = reply.send(result);
+                                break;
+                            }
+                        }
                     })
                     .detach();
                 }
@@ -698,6 +713,10 @@ impl Shard {
         }
     }
 }
+
+/// How often a long-poll wait for another shard looks whether its asker
+/// still waits.
+const REMOTE_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How often a shard waiting on another looks again without being woken.
 const CROSS_SHARD_POLL: std::time::Duration = std::time::Duration::from_millis(1);

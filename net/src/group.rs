@@ -447,7 +447,24 @@ impl GroupConsumer {
         }
         if let Some(interval) = self.config.auto_commit {
             if self.last_commit.elapsed() >= interval {
-                self.commit_sync().await?;
+                match self.commit_sync().await {
+                    Ok(()) => {}
+                    // This member missed a rebalance: another member repeats
+                    // what was not committed; join again.
+                    Err(NetError::Rejected {
+                        code:
+                            code @ (ErrorCode::UnknownMemberId
+                            | ErrorCode::IllegalGeneration
+                            | ErrorCode::RebalanceInProgress),
+                        ..
+                    }) => {
+                        if code == ErrorCode::UnknownMemberId {
+                            self.member_id.clear();
+                        }
+                        self.rejoin().await?;
+                    }
+                    Err(error) => return Err(error),
+                }
             }
         }
         if self.consumers.is_empty() {

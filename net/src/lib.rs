@@ -13,6 +13,7 @@ pub mod consumer;
 pub mod error;
 pub mod group;
 pub mod messages;
+pub mod nudge;
 pub mod pipelined;
 pub mod producer;
 

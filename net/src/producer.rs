@@ -78,6 +78,10 @@ struct Inner {
     /// One batch of a partition in flight at a time, so sequences arrive
     /// in order even across retries.
     turns: RefCell<HashMap<(String, u32), Rc<Semaphore>>>,
+    /// Whether a batch's fate is unknown (or the broker refused the
+    /// sequence), so the producer must start over with a new id before the
+    /// next batch.
+    needs_new_id: Cell<bool>,
 }
 
 #[derive(Clone)]
@@ -112,6 +116,7 @@ impl Producer {
                 identity: Cell::new(identity),
                 sequences: RefCell::new(HashMap::new()),
                 turns: RefCell::new(HashMap::new()),
+                needs_new_id: Cell::new(false),
             }),
         })
     }
@@ -219,17 +224,18 @@ impl Producer {
         Ok(rx)
     }
 
-    async fn reset_identity(&self) {
-        let fresh = self
+    /// A new producer id, with every partition's sequence back at 0.
+    async fn reset_identity(&self) -> Result<(), NetError> {
+        let identity = self
             .with_connection(|mut c| async move {
                 let result = c.init_producer_id().await;
                 (c, result)
             })
-            .await;
-        if let Ok(identity) = fresh {
-            self.inner.identity.set(identity);
-            self.inner.sequences.borrow_mut().clear();
-        }
+            .await?;
+        self.inner.identity.set(identity);
+        self.inner.sequences.borrow_mut().clear();
+        self.inner.needs_new_id.set(false);
+        Ok(())
     }
 
     /// Sends every batch now and waits for their answers.
@@ -268,6 +274,15 @@ impl Producer {
             ),
             None => None,
         };
+        if idempotent && self.inner.needs_new_id.get() {
+            if let Err(error) = self.reset_identity().await {
+                let error = Rc::new(error);
+                for waiter in batch.waiters {
+                    let _ = waiter.send(Err(error.clone()));
+                }
+                return;
+            }
+        }
         let records = batch.waiters.len() as i32;
         let sequence = self.inner.sequences.borrow().get(slot).copied().unwrap_or(0);
         let frame = if idempotent {
@@ -304,14 +319,24 @@ impl Producer {
         if idempotent {
             match &result {
                 Ok(_) => {}
+                // The broker no longer accepts this producer's sequences:
+                // start over as a new producer.
+                Err(NetError::Rejected {
+                    code: ErrorCode::OutOfOrderSequenceNumber | ErrorCode::InvalidProducerEpoch,
+                    ..
+                }) => self.inner.needs_new_id.set(true),
                 // Refused for good: the broker did not store it, so the
                 // partition's next batch takes its sequence.
                 Err(NetError::Rejected { code, .. }) if !code.is_retriable() => {
                     self.inner.sequences.borrow_mut().insert(slot.clone(), sequence);
                 }
                 // Out of retries: whether it was stored is unknown, so start
-                // over as a new producer (Kafka bumps the epoch instead).
-                Err(_) => self.reset_identity().await,
+                // over as a new producer (Kafka bumps the epoch instead),
+                // before the next batch if not now.
+                Err(_) => {
+                    self.inner.needs_new_id.set(true);
+                    let _ = self.reset_identity().await;
+                }
             }
         }
         match result {

@@ -4,7 +4,10 @@
 //! replaying the log into the coordinator when the shard starts, and the
 //! coordinator's clock (session timeouts, rebalance deadlines, expiry).
 
+use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+use glommio::sync::Semaphore;
 
 use net::error::ErrorCode;
 use storage::batch::{self, RecordBatchBuilder};
@@ -22,7 +25,17 @@ const REPLAY_READ_BYTES: usize = 1 << 20;
 /// batch size limit: a commit record is under 600 bytes).
 const COMPACT_RECORDS_PER_BATCH: usize = 1_000;
 
-/// Counts an offsets write as in flight until dropped.
+/// One batch of offsets records.
+fn offsets_batch(records: &[(OffsetKey, Option<OffsetValue>)]) -> Vec<u8> {
+    let mut builder = RecordBatchBuilder::new();
+    for (key, value) in records {
+        let value = value.as_ref().map(offsets::encode_value);
+        builder.push(now_ms(), Some(&offsets::encode_key(key)), value.as_deref(), vec![]);
+    }
+    builder.build()
+}
+
+/// Counts an offsets write as appended but not yet applied until dropped.
 struct OffsetsWrite<'a> {
     writes: &'a std::cell::RefCell<std::collections::HashMap<u32, usize>>,
     partition: u32,
@@ -287,8 +300,19 @@ impl Shard {
         Ok(GroupAnswer::Committed(results))
     }
 
-    /// Appends records to the group's offsets partition, waits until they
-    /// are durable, then applies them to the coordinator in log order.
+    /// The turn of an offsets partition's appends: a compaction holds it
+    /// while it rewrites the live commits, so no commit lands among them.
+    fn offsets_turn(&self, partition: u32) -> Rc<Semaphore> {
+        self.offsets_turns
+            .borrow_mut()
+            .entry(partition)
+            .or_insert_with(|| Rc::new(Semaphore::new(1)))
+            .clone()
+    }
+
+    /// Appends records to their offsets partition, waits until they are
+    /// durable, then applies them to the coordinator (in log order: a
+    /// record applied late loses to a later one already applied).
     async fn write_offsets(
         &self,
         group: &str,
@@ -301,26 +325,34 @@ impl Shard {
             partition,
             source,
         };
-        let mut builder = RecordBatchBuilder::new();
-        for (key, value) in &records {
-            let value = value.as_ref().map(offsets::encode_value);
-            builder.push(now_ms(), Some(&offsets::encode_key(key)), value.as_deref(), vec![]);
-        }
-        let _writing = OffsetsWrite::begin(&self.offsets_writes, partition);
-        let appended = log.append(&builder.build()).await.map_err(storage)?;
+        let batch = offsets_batch(&records);
+        let turn = self.offsets_turn(partition);
+        let (appended, _writing) = {
+            let _turn = turn
+                .acquire_permit(1)
+                .await
+                .map_err(|_| BrokerError::ShardGone(self.id))?;
+            let writing = OffsetsWrite::begin(&self.offsets_writes, partition);
+            (log.append(&batch).await.map_err(storage)?, writing)
+        };
         log.wait_durable(appended.last_offset).await.map_err(storage)?;
+        self.apply_offsets(records, appended.base_offset.0);
+        Ok(())
+    }
+
+    fn apply_offsets(&self, records: Vec<(OffsetKey, Option<OffsetValue>)>, base_offset: u64) {
         let now = Instant::now();
         let mut coordinator = self.coordinator.borrow_mut();
         for (i, (key, value)) in records.into_iter().enumerate() {
+            let log_offset = base_offset + i as u64;
             let committed = value.map(|v| Committed {
                 offset: v.offset,
                 metadata: v.metadata,
                 commit_time_ms: v.commit_time_ms,
-                log_offset: appended.base_offset.0 + i as u64,
+                log_offset,
             });
-            coordinator.apply_commit(&key.group, &key.topic, key.partition, committed, now);
+            coordinator.apply_commit(&key.group, &key.topic, key.partition, log_offset, committed, now);
         }
-        Ok(())
     }
 
     /// Replays this shard's partitions of the offsets topic into its
@@ -375,7 +407,7 @@ impl Shard {
                                 }
                             },
                         };
-                        coordinator.apply_commit(&key.group, &key.topic, key.partition, committed, now);
+                        coordinator.apply_commit(&key.group, &key.topic, key.partition, log_offset, committed, now);
                         loaded += 1;
                     }
                     next = info.next_offset();
@@ -390,9 +422,10 @@ impl Shard {
 
     /// Compacts each offsets partition this shard owns that has grown past
     /// `offsets_compact_bytes`: the live commits of its groups are written
-    /// again at the log's end, then everything before them is deleted. Only
-    /// when no commit is between its append and its application, so no
-    /// acknowledged commit can fall outside what is rewritten.
+    /// again at the log's end, then everything before them is deleted. The
+    /// compaction holds the partition's append turn and first lets every
+    /// commit already appended be applied, so the rewrite holds every
+    /// acknowledged commit and no commit lands among the rewritten ones.
     async fn compact_offsets(&self) {
         let table = self.metadata.snapshot();
         let Some(topic) = table.topics.get(OFFSETS_TOPIC) else {
@@ -407,61 +440,80 @@ impl Shard {
             let Ok(log) = self.log(OFFSETS_TOPIC, partition) else {
                 continue;
             };
-            let busy = self.offsets_writes.borrow().get(&partition).copied().unwrap_or(0) > 0;
-            if busy || log.size_bytes() <= self.config.offsets_compact_bytes {
+            if log.size_bytes() <= self.config.offsets_compact_bytes {
                 continue;
             }
-            let live = self
-                .coordinator
-                .borrow()
-                .commits(|group| offsets::partition_for_group(group, partitions) == partition);
-            let keep_from = if live.is_empty() {
-                log.log_end_offset()
-            } else {
-                let records = live
-                    .into_iter()
-                    .map(|(group, topic, p, c)| {
-                        (
-                            OffsetKey {
-                                group,
-                                topic,
-                                partition: p,
-                            },
-                            Some(OffsetValue {
-                                offset: c.offset,
-                                commit_time_ms: c.commit_time_ms,
-                                metadata: c.metadata,
-                            }),
-                        )
-                    })
-                    .collect::<Vec<_>>();
-                let from = log.log_end_offset();
-                let mut failed = false;
-                for chunk in records.chunks(COMPACT_RECORDS_PER_BATCH) {
-                    let group = chunk[0].0.group.clone();
-                    if let Err(error) = self.write_offsets(&group, chunk.to_vec()).await {
-                        tracing::error!(partition, %error, "rewriting live offsets failed; compaction skipped");
-                        failed = true;
-                        break;
-                    }
-                }
-                if failed {
-                    continue;
-                }
-                from
-            };
-            let before = log.size_bytes();
-            match log.delete_records_before(keep_from).await {
-                Ok(()) => tracing::info!(
-                    partition,
-                    log_start_offset = keep_from.0,
-                    before,
-                    after = log.size_bytes(),
-                    "compacted offsets"
-                ),
-                Err(error) => tracing::error!(partition, %error, "compacting offsets failed"),
+            if let Err(error) = self.compact_offsets_partition(&log, partition, partitions).await {
+                tracing::error!(partition, %error, "compacting offsets failed");
             }
         }
+    }
+
+    async fn compact_offsets_partition(
+        &self,
+        log: &storage::PartitionLog,
+        partition: u32,
+        partitions: u32,
+    ) -> Result<(), BrokerError> {
+        let storage = |source| BrokerError::Storage {
+            topic: OFFSETS_TOPIC.to_string(),
+            partition,
+            source,
+        };
+        let turn = self.offsets_turn(partition);
+        let rewritten = {
+            let _turn = turn
+                .acquire_permit(1)
+                .await
+                .map_err(|_| BrokerError::ShardGone(self.id))?;
+            while self.offsets_writes.borrow().get(&partition).copied().unwrap_or(0) > 0 {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+            let live: Vec<(OffsetKey, Option<OffsetValue>)> = self
+                .coordinator
+                .borrow()
+                .commits(|group| offsets::partition_for_group(group, partitions) == partition)
+                .into_iter()
+                .map(|(group, topic, p, c)| {
+                    (
+                        OffsetKey {
+                            group,
+                            topic,
+                            partition: p,
+                        },
+                        Some(OffsetValue {
+                            offset: c.offset,
+                            commit_time_ms: c.commit_time_ms,
+                            metadata: c.metadata,
+                        }),
+                    )
+                })
+                .collect();
+            let from = log.log_end_offset();
+            let mut rewritten = Vec::new();
+            for chunk in live.chunks(COMPACT_RECORDS_PER_BATCH) {
+                let appended = log.append(&offsets_batch(chunk)).await.map_err(storage)?;
+                rewritten.push((chunk.to_vec(), appended));
+            }
+            (from, rewritten)
+        };
+        let (from, rewritten) = rewritten;
+        if let Some((_, last)) = rewritten.last() {
+            log.wait_durable(last.last_offset).await.map_err(storage)?;
+        }
+        for (records, appended) in rewritten {
+            self.apply_offsets(records, appended.base_offset.0);
+        }
+        let before = log.size_bytes();
+        log.delete_records_before(from).await.map_err(storage)?;
+        tracing::info!(
+            partition,
+            log_start_offset = from.0,
+            before,
+            after = log.size_bytes(),
+            "compacted offsets"
+        );
+        Ok(())
     }
 
     /// The coordinator's clock: runs for the shard's life.
@@ -473,7 +525,7 @@ impl Shard {
                 last_compaction = Instant::now();
                 self.compact_offsets().await;
             }
-            let expired = self.coordinator.borrow_mut().tick(Instant::now());
+            let expired = self.coordinator.borrow_mut().tick(Instant::now(), now_ms());
             if expired.is_empty() {
                 continue;
             }
