@@ -250,11 +250,13 @@ pub fn execute(workload: &Workload, broker: Option<&str>, data_dir: &Path) -> Re
     let target = match workload.rate.as_str() {
         "max" => None,
         "half-max" => {
+            // The probe runs the whole workload, consumers included: half
+            // of a producers-only maximum can be more than the machine
+            // sustains once consumers share it.
             eprintln!("probing the maximum rate for 5 s...");
             let probe = Workload {
                 name: format!("{}-probe", workload.name),
                 rate: "max".into(),
-                consumers: 0,
                 warmup_s: 1.0,
                 duration_s: 5.0,
                 produce_bytes: None,
