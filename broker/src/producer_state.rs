@@ -218,7 +218,9 @@ mod tests {
             states.check(&batch(7, 0, 0, 10, 0)),
             Check::Duplicate { base_offset: 100 }
         );
-        // A fenced epoch; a new epoch starts at 0.
+        // Epoch 0 goes on at 15 (its last batch ended at 14); epoch 1 then
+        // starts again at 0 and fences epoch 0; a jump in epoch must start
+        // at 0.
         assert_eq!(
             states.check(&batch(7, 0, 15, 1, 0)),
             Check::Append,
