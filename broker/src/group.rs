@@ -616,6 +616,23 @@ impl Coordinator {
         }
     }
 
+    /// Whether an offset is expired now (see `tick`).
+    pub fn is_expired(&self, group_id: &str, topic: &str, partition: u32, now: Instant, now_ms: i64) -> bool {
+        let retention = self.limits.offsets_retention;
+        let Some(group) = self.groups.get(group_id) else {
+            return false;
+        };
+        let empty_long_enough = group.members.is_empty()
+            && group
+                .empty_since
+                .is_some_and(|since| now.saturating_duration_since(since) > retention);
+        let old_enough = group
+            .offsets
+            .get(&(topic.to_string(), partition))
+            .is_some_and(|c| now_ms.saturating_sub(c.commit_time_ms) > retention.as_millis() as i64);
+        empty_long_enough && old_enough
+    }
+
     /// Every live commit of the groups `owned` selects: what a compaction
     /// of the offsets log keeps.
     pub fn commits(&self, owned: impl Fn(&str) -> bool) -> Vec<(String, String, u32, Committed)> {
@@ -893,6 +910,9 @@ mod tests {
         );
         // A recent commit outlives the group's emptiness.
         assert!(c.tick(t0 + Duration::from_secs(61), 30_000).is_empty());
+        assert!(c.is_expired("g", "t", 0, t0 + Duration::from_secs(61), 1_000_000));
+        assert!(!c.is_expired("g", "t", 0, t0 + Duration::from_secs(61), 30_000));
+        assert!(!c.is_expired("g", "t", 0, t0 + Duration::from_secs(30), 1_000_000));
         // A tombstone older in the log than the commit does not delete it.
         c.apply_commit("g", "t", 0, 5, None, t0);
         assert_eq!(c.offsets("g", None).len(), 1);

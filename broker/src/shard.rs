@@ -682,7 +682,11 @@ impl Shard {
                         loop {
                             let step = deadline.min(std::time::Instant::now() + REMOTE_WAIT_STEP);
                             let result = shard.wait_for_data_local(&topic, partition, offset, step).await;
-                            let done = !matches!(result, Ok(false)) || std::time::Instant::now() >= deadline;
+                            let now = std::time::Instant::now();
+                            // No data before the step was up: the log is
+                            // closed or failed, and waiting on would spin.
+                            let gave_up_early = matches!(result, Ok(false)) && now < step;
+                            let done = !matches!(result, Ok(false)) || gave_up_early || now >= deadline;
                             if done || reply.is_disconnected() {
                                 let _ = reply.send(result);
                                 break;

@@ -41,9 +41,12 @@ struct Registered(libc::pthread_t);
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        if let Ok(mut threads) = THREADS.lock() {
-            threads.retain(|t| *t != self.0);
-        }
+        // Never skipped, even after a panic elsewhere poisoned the lock: a
+        // stale id would be signalled after its thread is gone.
+        THREADS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|t| *t != self.0);
     }
 }
 
@@ -63,7 +66,7 @@ fn start_nudger() {
         .name("glommio-nudger".into())
         .spawn(|| loop {
             std::thread::sleep(NUDGE_INTERVAL);
-            let threads = THREADS.lock().expect("nudger lock");
+            let threads = THREADS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for thread in threads.iter() {
                 // SAFETY: a thread removes itself (under this lock) before
                 // it exits, so every id here is a live thread's.
@@ -82,7 +85,10 @@ pub fn nudge_this_thread() {
         if slot.is_none() {
             // SAFETY: pthread_self has no preconditions.
             let me = unsafe { libc::pthread_self() };
-            THREADS.lock().expect("nudger lock").push(me);
+            THREADS
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(me);
             *slot = Some(Registered(me));
         }
     });
@@ -99,7 +105,8 @@ mod tests {
             nudge_this_thread();
             // SAFETY: no preconditions.
             let me = unsafe { libc::pthread_self() };
-            assert_eq!(THREADS.lock().unwrap().iter().filter(|t| **t == me).count(), 1);
+            let registered = THREADS.lock().unwrap().iter().filter(|t| **t == me).count();
+            assert_eq!(registered, 1);
             // Nudged meanwhile: the signal interrupts the sleep, which std
             // resumes; the thread lives on.
             std::thread::sleep(Duration::from_millis(20));

@@ -21,9 +21,39 @@ use crate::offsets::{self, OffsetKey, OffsetValue, OFFSETS_TOPIC};
 pub const GROUP_TICK: Duration = Duration::from_millis(100);
 /// Bytes read at a time while replaying the offsets log.
 const REPLAY_READ_BYTES: usize = 1 << 20;
-/// Commits per batch when live offsets are rewritten (well under the
-/// batch size limit: a commit record is under 600 bytes).
-const COMPACT_RECORDS_PER_BATCH: usize = 1_000;
+/// Bytes of records per offsets batch, well under the offsets topic's
+/// batch limit (1 MiB): a commit with the largest metadata is ~4.6 KB.
+const OFFSETS_BATCH_BYTES: usize = 256 << 10;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AppendMode {
+    /// Commits, appended as they come.
+    Commit,
+    /// Tombstones of expired offsets, appended only for offsets still
+    /// expired once every earlier commit is applied.
+    Expire,
+}
+
+/// Splits records into batches of at most `OFFSETS_BATCH_BYTES`.
+fn offsets_chunks(records: Vec<(OffsetKey, Option<OffsetValue>)>) -> Vec<Vec<(OffsetKey, Option<OffsetValue>)>> {
+    let mut chunks = Vec::new();
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for record in records {
+        let (key, value) = &record;
+        let size = 64 + key.group.len() + key.topic.len() + value.as_ref().map_or(0, |v| 32 + v.metadata.len());
+        if !chunk.is_empty() && bytes + size > OFFSETS_BATCH_BYTES {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push(record);
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
 
 /// One batch of offsets records.
 fn offsets_batch(records: &[(OffsetKey, Option<OffsetValue>)]) -> Vec<u8> {
@@ -312,11 +342,21 @@ impl Shard {
 
     /// Appends records to their offsets partition, waits until they are
     /// durable, then applies them to the coordinator (in log order: a
-    /// record applied late loses to a later one already applied).
+    /// record applied late loses to a later one already applied). Records
+    /// go in batches of at most `OFFSETS_BATCH_BYTES`.
     async fn write_offsets(
         &self,
         group: &str,
         records: Vec<(OffsetKey, Option<OffsetValue>)>,
+    ) -> Result<(), BrokerError> {
+        self.append_offsets(group, records, AppendMode::Commit).await
+    }
+
+    async fn append_offsets(
+        &self,
+        group: &str,
+        mut records: Vec<(OffsetKey, Option<OffsetValue>)>,
+        mode: AppendMode,
     ) -> Result<(), BrokerError> {
         let partition = offsets::partition_for_group(group, self.offsets_partitions()?);
         let log = self.log(OFFSETS_TOPIC, partition)?;
@@ -325,19 +365,43 @@ impl Shard {
             partition,
             source,
         };
-        let batch = offsets_batch(&records);
         let turn = self.offsets_turn(partition);
         let (appended, _writing) = {
             let _turn = turn
                 .acquire_permit(1)
                 .await
                 .map_err(|_| BrokerError::ShardGone(self.id))?;
+            if mode == AppendMode::Expire {
+                // Every commit appended before the tombstones must be applied
+                // first, and the offsets still expired then: a commit that
+                // arrived meanwhile must not be deleted by them.
+                self.drain_offsets_writes(partition).await;
+                let (now, now_ms) = (Instant::now(), now_ms());
+                let coordinator = self.coordinator.borrow();
+                records.retain(|(key, _)| coordinator.is_expired(&key.group, &key.topic, key.partition, now, now_ms));
+            }
             let writing = OffsetsWrite::begin(&self.offsets_writes, partition);
-            (log.append(&batch).await.map_err(storage)?, writing)
+            let mut appended = Vec::new();
+            for chunk in offsets_chunks(records) {
+                let info = log.append(&offsets_batch(&chunk)).await.map_err(storage)?;
+                appended.push((chunk, info));
+            }
+            (appended, writing)
         };
-        log.wait_durable(appended.last_offset).await.map_err(storage)?;
-        self.apply_offsets(records, appended.base_offset.0);
+        if let Some((_, last)) = appended.last() {
+            log.wait_durable(last.last_offset).await.map_err(storage)?;
+        }
+        for (chunk, info) in appended {
+            self.apply_offsets(chunk, info.base_offset.0);
+        }
         Ok(())
+    }
+
+    /// Waits until every offsets write appended to `partition` is applied.
+    async fn drain_offsets_writes(&self, partition: u32) {
+        while self.offsets_writes.borrow().get(&partition).copied().unwrap_or(0) > 0 {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     fn apply_offsets(&self, records: Vec<(OffsetKey, Option<OffsetValue>)>, base_offset: u64) {
@@ -466,9 +530,7 @@ impl Shard {
                 .acquire_permit(1)
                 .await
                 .map_err(|_| BrokerError::ShardGone(self.id))?;
-            while self.offsets_writes.borrow().get(&partition).copied().unwrap_or(0) > 0 {
-                glommio::timer::sleep(Duration::from_millis(1)).await;
-            }
+            self.drain_offsets_writes(partition).await;
             let live: Vec<(OffsetKey, Option<OffsetValue>)> = self
                 .coordinator
                 .borrow()
@@ -491,9 +553,9 @@ impl Shard {
                 .collect();
             let from = log.log_end_offset();
             let mut rewritten = Vec::new();
-            for chunk in live.chunks(COMPACT_RECORDS_PER_BATCH) {
-                let appended = log.append(&offsets_batch(chunk)).await.map_err(storage)?;
-                rewritten.push((chunk.to_vec(), appended));
+            for chunk in offsets_chunks(live) {
+                let appended = log.append(&offsets_batch(&chunk)).await.map_err(storage)?;
+                rewritten.push((chunk, appended));
             }
             (from, rewritten)
         };
@@ -543,10 +605,44 @@ impl Shard {
             }
             for (group, tombstones) in by_group {
                 tracing::info!(group = %group, offsets = tombstones.len(), "offsets of an empty group expired");
-                if let Err(error) = self.write_offsets(&group, tombstones).await {
+                if let Err(error) = self.append_offsets(&group, tombstones, AppendMode::Expire).await {
                     tracing::error!(group = %group, %error, "writing expired offsets failed");
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_batches_stay_under_the_batch_limit_whatever_the_metadata() {
+        let records: Vec<(OffsetKey, Option<OffsetValue>)> = (0..1_000u32)
+            .map(|p| {
+                (
+                    OffsetKey {
+                        group: "g".repeat(255),
+                        topic: "t".repeat(249),
+                        partition: p,
+                    },
+                    Some(OffsetValue {
+                        offset: u64::from(p),
+                        commit_time_ms: 0,
+                        metadata: "m".repeat(4096),
+                    }),
+                )
+            })
+            .collect();
+        let chunks = offsets_chunks(records.clone());
+        assert!(chunks.len() > 1);
+        let limit = storage::LogConfig::default().batch_bytes_max;
+        for chunk in &chunks {
+            let batch = offsets_batch(chunk);
+            assert!(batch.len() < limit, "{} bytes", batch.len());
+        }
+        let rejoined: Vec<_> = chunks.into_iter().flatten().collect();
+        assert_eq!(rejoined, records, "every record, in order");
     }
 }
