@@ -3,7 +3,10 @@
 use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use net::client::{partition_for_key, Connection};
+use net::group::{GroupConfig, GroupConsumer, OffsetReset};
 use net::messages::{acks, TopicConfig, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 use storage::batch::{self, RecordBatchBuilder};
 
@@ -55,6 +58,12 @@ pub struct ConsumeArgs {
     broker: String,
     #[arg(long)]
     from_beginning: bool,
+    /// Consume as a member of this consumer group: share the topic's
+    /// partitions with the group's other members, start at the group's
+    /// committed offsets (else as --from-beginning says), and commit what
+    /// was printed every 5 s and on exit.
+    #[arg(long, conflicts_with = "partition")]
+    group: Option<String>,
     #[arg(long, requires = "offset")]
     partition: Option<u32>,
     #[arg(long, requires = "partition")]
@@ -215,6 +224,9 @@ async fn send(
 }
 
 pub fn consume(args: ConsumeArgs) -> Result<(), String> {
+    if let Some(group) = args.group.clone() {
+        return consume_in_group(args, group);
+    }
     run(async move {
         let mut connection = Connection::connect(&args.broker).await.map_err(|e| e.to_string())?;
         let metadata = connection
@@ -293,6 +305,84 @@ pub fn consume(args: ConsumeArgs) -> Result<(), String> {
             }
         }
     })
+}
+
+/// How often a group console consumer commits what it printed.
+const GROUP_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
+
+fn consume_in_group(args: ConsumeArgs, group: String) -> Result<(), String> {
+    run(async move {
+        let config = GroupConfig {
+            auto_commit: None,
+            reset: if args.from_beginning {
+                OffsetReset::Earliest
+            } else {
+                OffsetReset::Latest
+            },
+            client_id: "corelog-console".to_string(),
+            ..GroupConfig::new(&group, &[args.topic.as_str()])
+        };
+        let mut member = GroupConsumer::join(&args.broker, config)
+            .await
+            .map_err(|e| e.to_string())?;
+        // The next offset of each partition, as far as records were printed.
+        let mut printed_to: BTreeMap<u32, u64> = BTreeMap::new();
+        let mut printed = 0u64;
+        let mut last_record = Instant::now();
+        let mut last_commit = Instant::now();
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        let finished = loop {
+            let records = member.poll().await.map_err(|e| e.to_string())?;
+            let mut done = false;
+            for r in &records {
+                if args.print_key {
+                    out.write_all(r.record.key.as_deref().unwrap_or_default())
+                        .and_then(|_| out.write_all(b"\t"))
+                        .map_err(|e| e.to_string())?;
+                }
+                out.write_all(r.record.value.as_deref().unwrap_or_default())
+                    .and_then(|_| out.write_all(b"\n"))
+                    .map_err(|e| e.to_string())?;
+                printed_to.insert(r.record.partition, r.record.offset + 1);
+                printed += 1;
+                if args.max_messages.is_some_and(|max| printed >= max) {
+                    done = true;
+                    break;
+                }
+            }
+            out.flush().map_err(|e| e.to_string())?;
+            if !records.is_empty() {
+                last_record = Instant::now();
+            }
+            let idle = args
+                .timeout_ms
+                .is_some_and(|ms| last_record.elapsed() >= Duration::from_millis(ms));
+            if done || idle {
+                break Ok(());
+            }
+            if last_commit.elapsed() >= GROUP_COMMIT_INTERVAL {
+                last_commit = Instant::now();
+                commit_printed(&mut member, &args.topic, &printed_to).await;
+            }
+        };
+        commit_printed(&mut member, &args.topic, &printed_to).await;
+        member.close().await.map_err(|e| e.to_string())?;
+        finished
+    })
+}
+
+/// Commits the printed positions of the partitions this member still owns
+/// (a partition lost in a rebalance is another member's to commit).
+async fn commit_printed(member: &mut GroupConsumer, topic: &str, printed_to: &BTreeMap<u32, u64>) {
+    let owned: Vec<(String, u32, u64)> = printed_to
+        .iter()
+        .filter(|(p, _)| member.assignment().iter().any(|(t, q)| t == topic && q == *p))
+        .map(|(p, next)| (topic.to_string(), *p, *next))
+        .collect();
+    if let Err(error) = member.commit_positions(&owned).await {
+        eprintln!("corelog: commit failed: {error}");
+    }
 }
 
 #[derive(clap::Subcommand)]

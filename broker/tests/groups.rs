@@ -452,3 +452,54 @@ fn a_grown_offsets_log_is_compacted_and_keeps_every_live_commit() {
     });
     broker.stop();
 }
+
+#[test]
+fn the_console_consumer_in_a_group_resumes_where_it_stopped() {
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    let addr = broker.addr.clone();
+    {
+        let addr = addr.clone();
+        run(async move {
+            let mut c = Connection::connect(&addr).await.unwrap();
+            c.create_topic("lines", 1, vec![]).await.unwrap();
+            c.produce("lines", 0, &batch_of(0, 0..10), acks::ALL).await.unwrap();
+        });
+    }
+    let consume = || {
+        corelog(
+            &addr,
+            &[
+                "consume",
+                "lines",
+                "--group",
+                "console",
+                "--from-beginning",
+                "--max-messages",
+                "4",
+                "--timeout-ms",
+                "10000",
+            ],
+        )
+    };
+    let (ok, out, err) = consume();
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["0:0", "0:1", "0:2", "0:3"]);
+    let (ok, out, err) = consume();
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["0:4", "0:5", "0:6", "0:7"],
+        "the second run starts at the first's commit"
+    );
+    let (ok, out, _) = corelog(&addr, &["group", "describe", "console"]);
+    assert!(ok);
+    let line = out.lines().find(|l| l.trim_start().starts_with("lines")).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        &fields[1..5],
+        &["0", "8", "10", "2"],
+        "partition, committed, log end, lag: {line}"
+    );
+    broker.stop();
+}

@@ -508,6 +508,19 @@ impl GroupConsumer {
             .await
     }
 
+    /// Commits the given positions (next offsets to read) of partitions
+    /// this member owns: for an application that commits exactly what it
+    /// processed rather than everything `poll` returned.
+    pub async fn commit_positions(&mut self, positions: &[(String, u32, u64)]) -> Result<(), NetError> {
+        self.last_commit = Instant::now();
+        if positions.is_empty() {
+            return Ok(());
+        }
+        self.coordinator
+            .commit_offsets(&self.config.group, self.generation, &self.member_id, positions)
+            .await
+    }
+
     /// Leaves the group (committing first with auto-commit), so the others
     /// rebalance at once instead of after the session timeout.
     pub async fn close(mut self) -> Result<(), NetError> {
