@@ -93,6 +93,18 @@ fn run<T>(future: impl std::future::Future<Output = Result<T, String>>) -> Resul
         .run(future)
 }
 
+/// A topic's partition count; an error if the broker does not know it.
+async fn partition_count(connection: &mut Connection, topic: &str) -> Result<u32, String> {
+    let metadata = connection
+        .metadata(Some(vec![topic.to_string()]))
+        .await
+        .map_err(|e| e.to_string())?;
+    match metadata.topics.first() {
+        Some(t) if t.error == 0 && !t.partitions.is_empty() => Ok(t.partitions.len() as u32),
+        _ => Err(format!("unknown topic {topic}")),
+    }
+}
+
 pub fn topic(broker: &str, command: TopicCommand) -> Result<(), String> {
     run(async {
         let mut connection = Connection::connect(broker).await.map_err(|e| e.to_string())?;
@@ -161,14 +173,7 @@ pub fn produce(args: ProduceArgs) -> Result<(), String> {
     };
     run(async move {
         let mut connection = Connection::connect(&args.broker).await.map_err(|e| e.to_string())?;
-        let metadata = connection
-            .metadata(Some(vec![args.topic.clone()]))
-            .await
-            .map_err(|e| e.to_string())?;
-        let partitions = metadata.topics.first().map_or(0, |t| t.partitions.len()) as u32;
-        if partitions == 0 {
-            return Err(format!("unknown topic {}", args.topic));
-        }
+        let partitions = partition_count(&mut connection, &args.topic).await?;
         let mut builders: Vec<RecordBatchBuilder> = (0..partitions).map(|_| RecordBatchBuilder::new()).collect();
         // Records without a key stick to one partition per batch, then move on.
         let mut sticky = 0u32;
@@ -229,14 +234,7 @@ pub fn consume(args: ConsumeArgs) -> Result<(), String> {
     }
     run(async move {
         let mut connection = Connection::connect(&args.broker).await.map_err(|e| e.to_string())?;
-        let metadata = connection
-            .metadata(Some(vec![args.topic.clone()]))
-            .await
-            .map_err(|e| e.to_string())?;
-        let partitions = metadata.topics.first().map_or(0, |t| t.partitions.len()) as u32;
-        if partitions == 0 {
-            return Err(format!("unknown topic {}", args.topic));
-        }
+        let partitions = partition_count(&mut connection, &args.topic).await?;
         let mut positions: Vec<(u32, u64)> = Vec::new();
         match (args.partition, args.offset) {
             (Some(partition), Some(offset)) => positions.push((partition, offset)),
