@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates every report in perf-reports/ on this machine: the storage and
 # broker benchmarks, the workload presets and the sweeps that tuning.md
-# cites. About 15 minutes on a 2-core machine; run it on an idle machine.
+# cites. About 20 minutes on a 2-core machine; run it on an idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p corelog -p corelog-bench
