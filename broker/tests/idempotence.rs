@@ -205,3 +205,78 @@ fn a_producer_whose_answer_is_lost_retries_without_a_duplicate() {
     });
     broker.stop();
 }
+
+#[test]
+fn bad_producer_requests_get_clear_errors_and_lose_nothing() {
+    let dir = data_dir();
+    let mut broker = Broker::start(dir.path(), 1);
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut c = Connection::connect(&addr).await.unwrap();
+        c.create_topic("strict", 1, vec![]).await.unwrap();
+        let producer = c.init_producer_id().await.unwrap();
+        assert_eq!(
+            c.produce("strict", 0, &batch(producer, 0, 0..3), acks::ALL)
+                .await
+                .unwrap(),
+            Some(0)
+        );
+        // Transactions are not built: a transactional id is refused.
+        let transactional = c
+            .call::<_, net::messages::InitProducerIdResponse>(
+                net::codec::ApiKey::InitProducerId,
+                &net::messages::InitProducerIdRequest {
+                    transactional_id: Some("tx".into()),
+                },
+                "InitProducerId response",
+            )
+            .await;
+        assert!(
+            matches!(
+                transactional,
+                Err(NetError::Rejected {
+                    code: ErrorCode::InvalidRequest,
+                    ..
+                })
+            ),
+            "{transactional:?}"
+        );
+        // A producer id with a negative sequence is not a valid batch.
+        let negative = c.produce("strict", 0, &batch(producer, -5, 5..6), acks::ALL).await;
+        assert!(
+            matches!(
+                negative,
+                Err(NetError::Rejected {
+                    code: ErrorCode::InvalidRecord,
+                    ..
+                })
+            ),
+            "{negative:?}"
+        );
+        // An older epoch of a known producer is fenced.
+        let stale = c
+            .produce("strict", 0, &batch((producer.0, 1), 0, 3..4), acks::ALL)
+            .await
+            .unwrap();
+        assert_eq!(stale, Some(3), "epoch 1 starts at 0");
+        let fenced = c.produce("strict", 0, &batch(producer, 3, 4..5), acks::ALL).await;
+        assert!(
+            matches!(
+                fenced,
+                Err(NetError::Rejected {
+                    code: ErrorCode::InvalidProducerEpoch,
+                    ..
+                })
+            ),
+            "{fenced:?}"
+        );
+        let values = consume_all(&mut c, "strict", 0).await;
+        assert_eq!(
+            values,
+            ["v0", "v1", "v2", "v3"],
+            "nothing refused was stored, nothing stored was lost"
+        );
+    });
+    broker.assert_alive();
+    broker.stop();
+}
