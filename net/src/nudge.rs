@@ -1,11 +1,11 @@
-//! A workaround for glommio 0.9 putting an executor to sleep although work
-//! is due: a wakeup sent from another thread just as its reactor parks (it
-//! re-checks its shared channels then, not its queue of foreign wakeups),
-//! and, as seen under load, a timer it did not arm. The executor then
-//! sleeps in `io_uring_enter` until unrelated I/O arrives, which for a
-//! client waiting on a broker (or a broker shard waiting on a client) may
-//! be never: benchmark runs stalled for minutes, on either side, until a
-//! debugger's interruption woke the sleeping thread.
+//! A safety net under glommio's parking. glommio 0.9.0 put an executor to
+//! sleep with runnable tasks when it was preempted just before running
+//! them; corelog builds a copy with that fixed (vendor/glommio/PATCHED.md).
+//! A wakeup sent from another thread just as the reactor parks (it re-checks
+//! its shared channels then, not its queue of foreign wakeups) is suspected
+//! of the same, never caught. An executor asleep in `io_uring_enter` with
+//! work due sleeps until unrelated I/O arrives, which for a client waiting
+//! on a broker (or a shard waiting on a client) may be never.
 //!
 //! `nudge_this_thread` registers the calling thread with a process-wide
 //! nudger that interrupts every registered thread with a no-op signal

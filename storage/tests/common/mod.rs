@@ -4,19 +4,36 @@
 use std::cell::Cell;
 use std::future::Future;
 use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use storage::batch::{self, RecordBatchBuilder};
 use storage::{LogConfig, Offset, PartitionLog};
+
+/// Longest one test's executor may run. A test that outlives it aborts the
+/// test binary with a message: a stalled executor must fail the suite in
+/// minutes, not hold CI until its time limit.
+pub const TEST_DEADLINE: Duration = Duration::from_secs(300);
 
 /// Runs a future on a fresh glommio executor on this thread.
 pub fn run<F, T>(f: impl FnOnce() -> F) -> T
 where
     F: Future<Output = T>,
 {
-    glommio::LocalExecutorBuilder::default()
+    let (finished, watched) = mpsc::channel::<()>();
+    let test = std::thread::current().name().unwrap_or("a storage test").to_owned();
+    std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = watched.recv_timeout(TEST_DEADLINE) {
+            eprintln!("{test} ran past {TEST_DEADLINE:?}: its executor stalled; aborting");
+            std::process::abort();
+        }
+    });
+    let value = glommio::LocalExecutorBuilder::default()
         .make()
         .expect("a glommio executor (io_uring) is available")
-        .run(f())
+        .run(f());
+    drop(finished);
+    value
 }
 
 /// A batch of `count` records whose values name their index in the test:
