@@ -48,6 +48,66 @@ pub mod attributes {
     pub const CONTROL: u16 = 0x20;
 }
 
+/// A transaction marker: the one record of a control batch, written by the
+/// broker into every partition a transaction touched when it ends. Its key
+/// is Kafka's control record key (version 0, then the type, both i16 big
+/// endian), so the Kafka listener serves it unchanged.
+pub mod control {
+    use super::{attributes, RecordBatchBuilder};
+
+    /// The marker's type.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Marker {
+        Abort,
+        Commit,
+    }
+
+    const KEY_VERSION: i16 = 0;
+    const ABORT: i16 = 0;
+    const COMMIT: i16 = 1;
+
+    pub fn key(marker: Marker) -> [u8; 4] {
+        let kind = match marker {
+            Marker::Abort => ABORT,
+            Marker::Commit => COMMIT,
+        };
+        let mut key = [0; 4];
+        key[..2].copy_from_slice(&KEY_VERSION.to_be_bytes());
+        key[2..].copy_from_slice(&kind.to_be_bytes());
+        key
+    }
+
+    /// The marker a control record's key names; None for a key that is not
+    /// one (a newer version, or damage).
+    pub fn parse_key(key: &[u8]) -> Option<Marker> {
+        let key: [u8; 4] = key.try_into().ok()?;
+        if i16::from_be_bytes([key[0], key[1]]) != KEY_VERSION {
+            return None;
+        }
+        match i16::from_be_bytes([key[2], key[3]]) {
+            ABORT => Some(Marker::Abort),
+            COMMIT => Some(Marker::Commit),
+            _ => None,
+        }
+    }
+
+    /// A control batch ending `producer_id`'s transaction in one partition.
+    pub fn batch(producer_id: i64, producer_epoch: i16, marker: Marker, timestamp_ms: i64) -> Vec<u8> {
+        let mut builder = RecordBatchBuilder::new()
+            .producer(producer_id, producer_epoch, super::NO_SEQUENCE)
+            .attributes(attributes::TRANSACTIONAL | attributes::CONTROL);
+        builder.push(timestamp_ms, Some(&key(marker)), None, vec![]);
+        builder.build()
+    }
+
+    /// The marker of a control batch frame (checked), if it is one.
+    pub fn marker_of(frame: &[u8]) -> Option<Marker> {
+        let batch = super::access(frame).ok()?;
+        let record = batch.records.iter().next()?;
+        parse_key(record.key.as_ref()?)
+    }
+}
+
 /// `producer_id` of a producer that is neither idempotent nor transactional.
 pub const NO_PRODUCER_ID: i64 = -1;
 /// `producer_epoch` and `base_sequence` of such a producer.
@@ -608,6 +668,21 @@ mod tests {
         let batch = access(&frame).unwrap();
         assert_eq!(batch.records[2].value.as_ref().unwrap().as_slice(), b"three");
         assert_eq!(batch.records[1].key.as_ref().unwrap().as_slice(), b"k1");
+    }
+
+    #[test]
+    fn control_markers_round_trip_and_unknown_keys_are_not_markers() {
+        for marker in [control::Marker::Abort, control::Marker::Commit] {
+            let frame = control::batch(42, 3, marker, 1_000);
+            let info = verify_crc(&frame).unwrap();
+            assert!(info.is_control() && info.is_transactional());
+            assert_eq!((info.producer_id, info.producer_epoch, info.record_count), (42, 3, 1));
+            assert_eq!(control::marker_of(&frame), Some(marker));
+        }
+        assert_eq!(control::parse_key(&[0, 1, 0, 1]), None, "key version 1");
+        assert_eq!(control::parse_key(&[0, 0, 0, 7]), None, "type 7");
+        assert_eq!(control::parse_key(&[0, 0, 0]), None);
+        assert_eq!(control::marker_of(&sample(&[b"v"])), None, "a data batch");
     }
 
     #[test]

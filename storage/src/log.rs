@@ -100,6 +100,11 @@ impl ReadBytes {
         }
     }
 
+    /// The first `len` bytes, sharing the buffer.
+    pub fn prefix(&self, len: usize) -> ReadBytes {
+        self.slice(0, len)
+    }
+
     fn is_from_disk(&self) -> bool {
         matches!(self, ReadBytes::Disk(_))
     }
