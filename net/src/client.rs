@@ -235,12 +235,94 @@ impl Connection {
         let response: InitProducerIdResponse = self
             .call(
                 ApiKey::InitProducerId,
-                &InitProducerIdRequest { transactional_id: None },
+                &InitProducerIdRequest {
+                    transactional_id: None,
+                    transaction_timeout_ms: -1,
+                },
                 "InitProducerId response",
             )
             .await?;
         check(response.error, "init producer id")?;
         Ok((response.producer_id, response.producer_epoch))
+    }
+
+    /// The producer id of a transactional id, its epoch bumped: any earlier
+    /// holder is fenced and its open transaction aborted.
+    pub async fn init_transactional_id(
+        &mut self,
+        transactional_id: &str,
+        transaction_timeout_ms: i32,
+    ) -> Result<(i64, i16), NetError> {
+        let response: InitProducerIdResponse = self
+            .call(
+                ApiKey::InitProducerId,
+                &InitProducerIdRequest {
+                    transactional_id: Some(transactional_id.to_string()),
+                    transaction_timeout_ms,
+                },
+                "InitProducerId response",
+            )
+            .await?;
+        check(response.error, &format!("init transactional id {transactional_id}"))?;
+        Ok((response.producer_id, response.producer_epoch))
+    }
+
+    /// Adds partitions to the open transaction; the first error, if any.
+    pub async fn add_partitions_to_txn(&mut self, request: &AddPartitionsToTxnRequest) -> Result<(), NetError> {
+        let response: AddPartitionsToTxnResponse = self
+            .call(ApiKey::AddPartitionsToTxn, request, "AddPartitionsToTxn response")
+            .await?;
+        for result in &response.results {
+            check(
+                result.error,
+                &format!(
+                    "add {} partition {} to transaction {}",
+                    result.topic, result.partition, request.transactional_id
+                ),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub async fn add_offsets_to_txn(&mut self, request: &AddOffsetsToTxnRequest) -> Result<(), NetError> {
+        let response: TxnResponse = self
+            .call(ApiKey::AddOffsetsToTxn, request, "AddOffsetsToTxn response")
+            .await?;
+        check(
+            response.error,
+            &format!(
+                "add group {} to transaction {}",
+                request.group, request.transactional_id
+            ),
+        )
+    }
+
+    pub async fn end_txn(&mut self, request: &EndTxnRequest) -> Result<(), NetError> {
+        let response: TxnResponse = self.call(ApiKey::EndTxn, request, "EndTxn response").await?;
+        let what = if request.commit { "commit" } else { "abort" };
+        check(
+            response.error,
+            &format!("{what} transaction {}", request.transactional_id),
+        )
+    }
+
+    /// Commits offsets inside the open transaction; the first error, if any.
+    pub async fn txn_offset_commit(&mut self, request: &TxnOffsetCommitRequest) -> Result<(), NetError> {
+        let response: OffsetCommitResponse = self
+            .call(ApiKey::TxnOffsetCommit, request, "TxnOffsetCommit response")
+            .await?;
+        for topic in &response.topics {
+            for p in &topic.partitions {
+                check(
+                    p.error,
+                    &format!(
+                        "transactional commit of {} partition {} in group {}",
+                        topic.name, p.partition, request.group
+                    ),
+                )?;
+            }
+        }
+        Ok(())
     }
 
     pub async fn join_group(&mut self, request: &JoinGroupRequest) -> Result<JoinGroupResponse, NetError> {
@@ -441,10 +523,32 @@ impl Connection {
         max_bytes: u32,
         max_wait_ms: u32,
     ) -> Result<Fetched, NetError> {
+        self.fetch_isolated(
+            topic,
+            partition,
+            offset,
+            max_bytes,
+            max_wait_ms,
+            isolation::READ_UNCOMMITTED,
+        )
+        .await
+    }
+
+    /// A fetch at an isolation level (`messages::isolation`).
+    pub async fn fetch_isolated(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+        isolation_level: u8,
+    ) -> Result<Fetched, NetError> {
         let request = FetchRequest {
             max_wait_ms,
             min_bytes: 1,
             max_bytes,
+            isolation_level,
             topics: vec![FetchTopic {
                 name: topic.to_string(),
                 partitions: vec![FetchPartition {
@@ -462,14 +566,25 @@ impl Connection {
         let part = single(part, "Fetch response")?;
         check(part.error.to_native(), "")?;
         let high_watermark = part.high_watermark.to_native();
+        let last_stable_offset = part.last_stable_offset.to_native();
         let log_start_offset = part.log_start_offset.to_native();
+        let aborted = part
+            .aborted_transactions
+            .iter()
+            .map(|a| AbortedTransaction {
+                producer_id: a.producer_id.to_native(),
+                first_offset: a.first_offset.to_native(),
+            })
+            .collect();
         let range = (part.records.offset.to_native(), part.records.len.to_native());
         codec::payload_slice(response.payload(), &part.records)?;
         Ok(Fetched {
             response,
             range,
             high_watermark,
+            last_stable_offset,
             log_start_offset,
+            aborted,
         })
     }
 
@@ -497,7 +612,10 @@ pub struct Fetched {
     response: Response,
     range: (u32, u32),
     pub high_watermark: u64,
+    pub last_stable_offset: u64,
     pub log_start_offset: u64,
+    /// READ_COMMITTED: the aborted transactions among the batches.
+    pub aborted: Vec<AbortedTransaction>,
 }
 
 impl Fetched {

@@ -54,10 +54,14 @@ pub enum ApiKey {
     ListGroups = 13,
     DescribeGroups = 14,
     InitProducerId = 15,
+    AddPartitionsToTxn = 16,
+    AddOffsetsToTxn = 17,
+    EndTxn = 18,
+    TxnOffsetCommit = 19,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 16] = [
+    pub const ALL: [ApiKey; 20] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -74,6 +78,10 @@ impl ApiKey {
         ApiKey::ListGroups,
         ApiKey::DescribeGroups,
         ApiKey::InitProducerId,
+        ApiKey::AddPartitionsToTxn,
+        ApiKey::AddOffsetsToTxn,
+        ApiKey::EndTxn,
+        ApiKey::TxnOffsetCommit,
     ];
 
     pub fn from_u16(key: u16) -> Option<ApiKey> {

@@ -1,6 +1,11 @@
 //! The consumer: assigned partitions, a position in each, and `poll`, which
 //! returns the next records. The next fetch is sent as soon as a poll
 //! returns, so it travels while the application works on the last records.
+//!
+//! Transaction markers (control batches) are never returned. At
+//! READ_COMMITTED the broker serves records up to the last stable offset
+//! and names the aborted transactions among them; their records are
+//! dropped here, as Kafka's consumers do.
 
 use std::collections::VecDeque;
 
@@ -9,7 +14,7 @@ use storage::batch;
 
 use crate::client::{Connection, Fetched};
 use crate::error::NetError;
-use crate::messages::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
+use crate::messages::{isolation, AbortedTransaction, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 
 /// Bytes asked of a partition per fetch.
 pub const FETCH_BYTES_MAX: u32 = 1 << 20;
@@ -33,6 +38,7 @@ pub struct Consumer {
     turn: usize,
     in_flight: Option<InFlight>,
     max_wait_ms: u32,
+    isolation_level: u8,
 }
 
 impl Consumer {
@@ -44,7 +50,15 @@ impl Consumer {
             turn: 0,
             in_flight: None,
             max_wait_ms: 100,
+            isolation_level: isolation::READ_UNCOMMITTED,
         })
+    }
+
+    /// READ_COMMITTED: only records of committed transactions (and of no
+    /// transaction), up to the last stable offset. Applies from the next
+    /// fetch sent.
+    pub fn set_isolation_level(&mut self, isolation_level: u8) {
+        self.isolation_level = isolation_level;
     }
 
     /// Long-poll wait of each fetch.
@@ -128,11 +142,11 @@ impl Consumer {
         self.turn += 1;
         let (partition, offset) = self.positions[index];
         let mut connection = self.connection.take().expect("no fetch in flight");
-        let (topic, max_wait) = (self.topic.clone(), self.max_wait_ms);
+        let (topic, max_wait, isolation_level) = (self.topic.clone(), self.max_wait_ms, self.isolation_level);
         self.in_flight = Some(
             glommio::spawn_local(async move {
                 let result = connection
-                    .fetch(&topic, partition, offset, FETCH_BYTES_MAX, max_wait)
+                    .fetch_isolated(&topic, partition, offset, FETCH_BYTES_MAX, max_wait, isolation_level)
                     .await;
                 (connection, index, result)
             })
@@ -153,6 +167,7 @@ impl Consumer {
         let (partition, from) = self.positions[index];
         let mut records = VecDeque::new();
         let mut next = from;
+        let mut aborted = AbortedFilter::new(&fetched.aborted);
         for frame in batch::frames(fetched.batches()) {
             let info = batch::verify_crc(frame).map_err(|e| NetError::Malformed {
                 what: "fetched record batch",
@@ -162,6 +177,10 @@ impl Consumer {
                 what: "fetched record batch",
                 reason: e.to_string(),
             })?;
+            next = next.max(info.next_offset().0);
+            if !aborted.keep(&info, frame) {
+                continue;
+            }
             for record in archived.records.iter() {
                 let offset = info.base_offset.0 + u64::from(record.offset_delta.to_native());
                 if offset < from {
@@ -175,10 +194,109 @@ impl Consumer {
                     value: record.value.as_ref().map(|v| v.to_vec()),
                 });
             }
-            next = next.max(info.next_offset().0);
         }
         self.positions[index].1 = next;
         self.start_fetch();
         Ok(records.into())
+    }
+}
+
+/// Which batches of one fetch reach the application: never a control batch,
+/// and not a transactional batch of a producer whose transaction covering
+/// it was aborted (Kafka's consumer's rule: an aborted transaction applies
+/// from its first offset until its producer's abort marker).
+struct AbortedFilter {
+    /// Aborted transactions not yet reached, first offset last.
+    pending: Vec<AbortedTransaction>,
+    /// Producers whose records are being dropped.
+    dropping: Vec<i64>,
+}
+
+impl AbortedFilter {
+    fn new(aborted: &[AbortedTransaction]) -> AbortedFilter {
+        let mut pending = aborted.to_vec();
+        pending.sort_by_key(|a| std::cmp::Reverse(a.first_offset));
+        AbortedFilter {
+            pending,
+            dropping: Vec::new(),
+        }
+    }
+
+    fn keep(&mut self, info: &batch::BatchInfo, frame: &[u8]) -> bool {
+        while let Some(next) = self.pending.last() {
+            if next.first_offset > info.last_offset().0 {
+                break;
+            }
+            self.dropping.push(next.producer_id);
+            self.pending.pop();
+        }
+        if info.is_control() {
+            if batch::control::marker_of(frame) == Some(batch::control::Marker::Abort) {
+                self.dropping.retain(|&id| id != info.producer_id);
+            }
+            return false;
+        }
+        !(info.is_transactional() && self.dropping.contains(&info.producer_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage::batch::{attributes, control, RecordBatchBuilder};
+
+    fn data(producer_id: i64, transactional: bool, base_offset: u64, records: u32) -> (batch::BatchInfo, Vec<u8>) {
+        let mut builder = RecordBatchBuilder::new().producer(producer_id, 0, 0);
+        if transactional {
+            builder = builder.attributes(attributes::TRANSACTIONAL);
+        }
+        for _ in 0..records {
+            builder.push(0, None, Some(b"v"), vec![]);
+        }
+        let frame = builder.build();
+        let mut info = batch::peek_header(&frame).unwrap();
+        info.base_offset = storage::Offset(base_offset);
+        (info, frame)
+    }
+
+    fn marker(producer_id: i64, marker: control::Marker, offset: u64) -> (batch::BatchInfo, Vec<u8>) {
+        let frame = control::batch(producer_id, 0, marker, 0);
+        let mut info = batch::peek_header(&frame).unwrap();
+        info.base_offset = storage::Offset(offset);
+        (info, frame)
+    }
+
+    #[test]
+    fn aborted_transactions_and_markers_are_dropped_and_the_rest_kept() {
+        // Producer 1 aborts [0, 4], producer 2 commits [2, 6]; producer 1
+        // then writes again in a transaction it commits, and a plain
+        // producer writes throughout.
+        let log = [
+            (data(1, true, 0, 2), true),
+            (data(2, true, 2, 2), false),
+            (data(-1, false, 4, 1), false),
+            (marker(1, control::Marker::Abort, 5), true),
+            (marker(2, control::Marker::Commit, 6), true),
+            (data(1, true, 7, 1), false),
+            (marker(1, control::Marker::Commit, 8), true),
+        ];
+        let mut filter = AbortedFilter::new(&[AbortedTransaction {
+            producer_id: 1,
+            first_offset: 0,
+        }]);
+        for ((info, frame), dropped) in &log {
+            assert_eq!(
+                filter.keep(info, frame),
+                !dropped,
+                "batch at {} of producer {}",
+                info.base_offset.0,
+                info.producer_id
+            );
+        }
+        // At READ_UNCOMMITTED (no aborted list) only markers are dropped.
+        let mut filter = AbortedFilter::new(&[]);
+        for ((info, frame), _) in &log {
+            assert_eq!(filter.keep(info, frame), !info.is_control());
+        }
     }
 }

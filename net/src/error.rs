@@ -80,6 +80,11 @@ pub enum ErrorCode {
     OutOfOrderSequenceNumber,
     InvalidProducerEpoch,
     InvalidRecord,
+    InvalidTxnState,
+    InvalidProducerIdMapping,
+    InvalidTransactionTimeout,
+    ConcurrentTransactions,
+    ProducerFenced,
     Unknown(i16),
 }
 
@@ -118,12 +123,17 @@ impl ErrorCode {
             ErrorCode::OutOfOrderSequenceNumber => 45,
             ErrorCode::InvalidProducerEpoch => 47,
             ErrorCode::InvalidRecord => 87,
+            ErrorCode::InvalidTxnState => 48,
+            ErrorCode::InvalidProducerIdMapping => 49,
+            ErrorCode::InvalidTransactionTimeout => 50,
+            ErrorCode::ConcurrentTransactions => 51,
+            ErrorCode::ProducerFenced => 90,
             ErrorCode::Unknown(code) => code,
         }
     }
 
     pub fn from_code(code: i16) -> ErrorCode {
-        const KNOWN: [ErrorCode; 32] = [
+        const KNOWN: [ErrorCode; 37] = [
             ErrorCode::None,
             ErrorCode::UnknownServerError,
             ErrorCode::OffsetOutOfRange,
@@ -156,6 +166,11 @@ impl ErrorCode {
             ErrorCode::OutOfOrderSequenceNumber,
             ErrorCode::InvalidProducerEpoch,
             ErrorCode::InvalidRecord,
+            ErrorCode::InvalidTxnState,
+            ErrorCode::InvalidProducerIdMapping,
+            ErrorCode::InvalidTransactionTimeout,
+            ErrorCode::ConcurrentTransactions,
+            ErrorCode::ProducerFenced,
         ];
         KNOWN
             .into_iter()
@@ -172,6 +187,7 @@ impl ErrorCode {
                 | ErrorCode::StorageError
                 | ErrorCode::CoordinatorNotAvailable
                 | ErrorCode::NotCoordinator
+                | ErrorCode::ConcurrentTransactions
         )
     }
 }

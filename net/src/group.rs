@@ -78,6 +78,9 @@ pub struct GroupConfig {
     pub reset: OffsetReset,
     /// Long-poll wait of each fetch; keep it well under the session timeout.
     pub max_wait_ms: u32,
+    /// `messages::isolation::READ_COMMITTED` for the consuming side of
+    /// exactly-once pipelines.
+    pub isolation_level: u8,
 }
 
 impl GroupConfig {
@@ -93,6 +96,7 @@ impl GroupConfig {
             auto_commit: Some(Duration::from_secs(5)),
             reset: OffsetReset::Earliest,
             max_wait_ms: 100,
+            isolation_level: crate::messages::isolation::READ_UNCOMMITTED,
         }
     }
 }
@@ -387,6 +391,7 @@ impl GroupConsumer {
         for owned in &assignment.partitions {
             let mut consumer = Consumer::connect(&self.addr, &owned.topic).await?;
             consumer.set_max_wait_ms(self.config.max_wait_ms);
+            consumer.set_isolation_level(self.config.isolation_level);
             consumer.assign(&owned.partitions).await?;
             for &partition in &owned.partitions {
                 let commit = committed

@@ -16,6 +16,7 @@ pub mod messages;
 pub mod nudge;
 pub mod pipelined;
 pub mod producer;
+pub mod transaction;
 
 pub use codec::{ApiKey, FrameDecoder, PayloadBuilder, RequestFrame, ResponseFrame};
 pub use error::{ErrorCode, NetError};

@@ -229,7 +229,27 @@ pub struct FetchRequest {
     pub max_wait_ms: u32,
     pub min_bytes: u32,
     pub max_bytes: u32,
+    /// `isolation::READ_UNCOMMITTED` or `isolation::READ_COMMITTED`.
+    pub isolation_level: u8,
     pub topics: Vec<FetchTopic>,
+}
+
+/// What a fetch may read (Kafka's isolation levels).
+pub mod isolation {
+    /// Up to the high watermark, transactions' records whatever their end.
+    pub const READ_UNCOMMITTED: u8 = 0;
+    /// Up to the last stable offset; the response lists the aborted
+    /// transactions in range so the consumer can drop their records.
+    pub const READ_COMMITTED: u8 = 1;
+}
+
+/// A transaction that was aborted: the consumer drops `producer_id`'s
+/// transactional records from `first_offset` up to its abort marker.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct AbortedTransaction {
+    pub producer_id: i64,
+    pub first_offset: u64,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -238,7 +258,11 @@ pub struct FetchPartitionResponse {
     pub partition: u32,
     pub error: i16,
     pub high_watermark: u64,
+    /// The offset below which every transaction has ended.
+    pub last_stable_offset: u64,
     pub log_start_offset: u64,
+    /// READ_COMMITTED only: the aborted transactions among the records.
+    pub aborted_transactions: Vec<AbortedTransaction>,
     /// Whole record batch frames, laid end to end in the payload.
     pub records: PayloadRange,
 }
@@ -528,12 +552,15 @@ pub struct DescribeGroupsResponse {
     pub groups: Vec<DescribedGroup>,
 }
 
-/// Asks for a producer id for an idempotent producer.
+/// Asks for a producer id: a new one for an idempotent producer, or for a
+/// transactional id the id it has with its epoch bumped (fencing the
+/// previous holder and aborting its open transaction).
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[rkyv(derive(Debug))]
 pub struct InitProducerIdRequest {
-    /// Transactions are not built yet: must be None.
     pub transactional_id: Option<String>,
+    /// How long a transaction may stay open before the broker aborts it.
+    pub transaction_timeout_ms: i32,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -542,6 +569,79 @@ pub struct InitProducerIdResponse {
     pub error: i16,
     pub producer_id: i64,
     pub producer_epoch: i16,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TxnPartitions {
+    pub topic: String,
+    pub partitions: Vec<u32>,
+}
+
+/// Adds partitions to the producer's open transaction (opening it): they
+/// get its marker when it ends.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct AddPartitionsToTxnRequest {
+    pub transactional_id: String,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub topics: Vec<TxnPartitions>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TxnPartitionResult {
+    pub topic: String,
+    pub partition: u32,
+    pub error: i16,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct AddPartitionsToTxnResponse {
+    pub results: Vec<TxnPartitionResult>,
+}
+
+/// Adds a consumer group's offsets partition to the transaction, before
+/// the producer commits offsets in it (TxnOffsetCommit).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct AddOffsetsToTxnRequest {
+    pub transactional_id: String,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub group: String,
+}
+
+/// The answer to AddOffsetsToTxn and EndTxn.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TxnResponse {
+    pub error: i16,
+}
+
+/// Commits or aborts the producer's open transaction: answered once every
+/// partition in it holds the marker.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct EndTxnRequest {
+    pub transactional_id: String,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
+}
+
+/// Offsets committed inside a transaction: they count for the group only
+/// if the transaction commits.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TxnOffsetCommitRequest {
+    pub transactional_id: String,
+    pub group: String,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub topics: Vec<OffsetCommitTopic>,
 }
 
 /// `protocol_type` of consumer groups.
@@ -587,6 +687,10 @@ pub enum Request<'a> {
     ListGroups(&'a ArchivedListGroupsRequest),
     DescribeGroups(&'a ArchivedDescribeGroupsRequest),
     InitProducerId(&'a ArchivedInitProducerIdRequest),
+    AddPartitionsToTxn(&'a ArchivedAddPartitionsToTxnRequest),
+    AddOffsetsToTxn(&'a ArchivedAddOffsetsToTxnRequest),
+    EndTxn(&'a ArchivedEndTxnRequest),
+    TxnOffsetCommit(&'a ArchivedTxnOffsetCommitRequest),
 }
 
 /// Decodes a request frame's body: checks the api key and version are
@@ -622,6 +726,10 @@ pub fn decode_request<'a>(frame: &RequestFrame<'a>) -> Result<Request<'a>, NetEr
         ApiKey::ListGroups => Request::ListGroups(access(archive, "ListGroups request")?),
         ApiKey::DescribeGroups => Request::DescribeGroups(access(archive, "DescribeGroups request")?),
         ApiKey::InitProducerId => Request::InitProducerId(access(archive, "InitProducerId request")?),
+        ApiKey::AddPartitionsToTxn => Request::AddPartitionsToTxn(access(archive, "AddPartitionsToTxn request")?),
+        ApiKey::AddOffsetsToTxn => Request::AddOffsetsToTxn(access(archive, "AddOffsetsToTxn request")?),
+        ApiKey::EndTxn => Request::EndTxn(access(archive, "EndTxn request")?),
+        ApiKey::TxnOffsetCommit => Request::TxnOffsetCommit(access(archive, "TxnOffsetCommit request")?),
     })
 }
 
@@ -778,7 +886,12 @@ mod tests {
                     partition: 3,
                     error: 0,
                     high_watermark: 10,
+                    last_stable_offset: 8,
                     log_start_offset: 0,
+                    aborted_transactions: vec![AbortedTransaction {
+                        producer_id: 4,
+                        first_offset: 2,
+                    }],
                     records: PayloadRange { offset: 0, len: 777 },
                 }],
             }],
@@ -854,6 +967,7 @@ mod tests {
             max_wait_ms: 500,
             min_bytes: 1,
             max_bytes: 1 << 20,
+            isolation_level: isolation::READ_COMMITTED,
             topics: vec![FetchTopic {
                 name: "a".into(),
                 partitions: vec![FetchPartition {
