@@ -52,8 +52,17 @@ pub struct BrokerConfig {
     /// An offsets partition larger than this is compacted: its live commits
     /// are written again and everything before them is deleted.
     pub offsets_compact_bytes: u64,
-    /// How often offsets partitions are checked for compaction.
+    /// How often offsets partitions are checked for compaction (the
+    /// transaction state log's too, against the same size).
     pub offsets_compact_interval_ms: u64,
+    /// Partitions of `__transaction_state`, fixed when it is first created:
+    /// a transactional id's coordinator owns partition hash(id) mod this.
+    pub transaction_state_partitions: u32,
+    /// Longest transaction timeout a producer may ask for.
+    pub transaction_max_timeout_ms: i32,
+    /// How often each partition's producer state is written to its
+    /// snapshot while it changes: a crash replays the log after it.
+    pub producer_snapshot_interval_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -78,6 +87,9 @@ impl Default for BrokerConfig {
             offsets_retention_minutes: 7 * 24 * 60,
             offsets_compact_bytes: 128 << 20,
             offsets_compact_interval_ms: 10_000,
+            transaction_state_partitions: 4,
+            transaction_max_timeout_ms: 900_000,
+            producer_snapshot_interval_ms: 30_000,
         }
     }
 }
@@ -126,6 +138,18 @@ impl BrokerConfig {
             ("task_quota_us", self.task_quota_us as usize),
             ("offsets_topic_partitions", self.offsets_topic_partitions as usize),
             ("group_members_max", self.group_members_max),
+            (
+                "transaction_state_partitions",
+                self.transaction_state_partitions as usize,
+            ),
+            (
+                "transaction_max_timeout_ms",
+                self.transaction_max_timeout_ms.max(0) as usize,
+            ),
+            (
+                "producer_snapshot_interval_ms",
+                self.producer_snapshot_interval_ms as usize,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -12,6 +12,7 @@ mod runtime;
 mod server;
 mod shard;
 mod topics;
+mod txn;
 
 use std::path::PathBuf;
 

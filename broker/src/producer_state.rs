@@ -10,18 +10,26 @@
 //! start right after the last one. A higher epoch starts again at 0; a
 //! lower epoch is fenced.
 //!
-//! The state is rebuilt from the log: at a clean shutdown it is written to
-//! `producers.json` in the partition's directory with the log end offset it
-//! covers; at open, a snapshot that covers the whole log is loaded, and
-//! otherwise (a crash) the state is rebuilt by reading the log's last two
-//! segments. A producer whose last batch lies further back is met as a new
-//! one (its next batch is accepted whatever its sequence).
+//! Transactions are tracked here too: the first offset of each producer's
+//! open transaction in this partition (the last stable offset is the least
+//! of them) and the aborted transactions (first offset, marker offset), so
+//! a READ_COMMITTED fetch can name those in its range.
+//!
+//! The state is a function of the log. It is written to `producers.json`
+//! in the partition's directory with the log end offset it covers, at a
+//! clean shutdown and every `producer_snapshot_interval_ms` while it
+//! changes; at open the snapshot is read (and removed) and the log after
+//! the offset it covers is replayed into it; without one, the whole log is.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
+use std::collections::BTreeMap;
+
+use net::messages::AbortedTransaction;
 use net::ErrorCode;
 use serde::{Deserialize, Serialize};
+use storage::batch::control::Marker;
 use storage::batch::BatchInfo;
 
 /// Batches of each producer remembered for recognizing retries: Kafka's
@@ -59,9 +67,39 @@ pub enum Check {
     Refuse(ErrorCode),
 }
 
+/// Aborted transactions one partition remembers; past this the oldest is
+/// forgotten (a READ_COMMITTED consumer of data that old would see its
+/// records) with a warning.
+pub const ABORTED_KEPT: usize = 100_000;
+
+/// A transaction aborted in this partition: the producer's transactional
+/// records from `first_offset` to the abort marker at `last_offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbortedTxn {
+    pub producer_id: i64,
+    pub first_offset: u64,
+    pub last_offset: u64,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerStates {
     producers: HashMap<i64, Producer>,
+    /// Each producer's open transaction here: its first offset.
+    #[serde(default)]
+    ongoing: BTreeMap<i64, u64>,
+    /// Aborted transactions, in marker (log) order.
+    #[serde(default)]
+    aborted: VecDeque<AbortedTxn>,
+    /// Producers the transaction coordinator announced (AddPartitionsToTxn)
+    /// with their epochs: only they may open a transaction here, so no
+    /// transactional batch lands where no marker will follow. Not in the
+    /// snapshot: the coordinator announces open transactions again when it
+    /// starts.
+    #[serde(skip)]
+    expected: HashMap<i64, i16>,
+    /// Changed since the last snapshot.
+    #[serde(skip)]
+    dirty: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,18 +115,33 @@ fn next_seq(seq: i32, records: u32) -> i32 {
 
 impl ProducerStates {
     pub fn check(&self, batch: &BatchInfo) -> Check {
+        if batch.is_control() {
+            // Markers are the broker's to write.
+            return Check::Refuse(ErrorCode::InvalidRecord);
+        }
         if batch.producer_id < 0 {
-            return Check::Append;
+            return if batch.is_transactional() {
+                Check::Refuse(ErrorCode::InvalidRecord)
+            } else {
+                Check::Append
+            };
         }
         if batch.base_sequence < 0 || batch.producer_epoch < 0 {
             return Check::Refuse(ErrorCode::InvalidRecord);
         }
-        let Some(producer) = self.producers.get(&batch.producer_id) else {
-            return Check::Append;
-        };
-        if batch.producer_epoch < producer.epoch {
+        let known = self.producers.get(&batch.producer_id);
+        if known.is_some_and(|p| batch.producer_epoch < p.epoch) {
             return Check::Refuse(ErrorCode::InvalidProducerEpoch);
         }
+        if batch.is_transactional()
+            && !self.ongoing.contains_key(&batch.producer_id)
+            && self.expected.get(&batch.producer_id) != Some(&batch.producer_epoch)
+        {
+            return Check::Refuse(ErrorCode::InvalidTxnState);
+        }
+        let Some(producer) = known else {
+            return Check::Append;
+        };
         if batch.producer_epoch > producer.epoch {
             return if batch.base_sequence == 0 {
                 Check::Append
@@ -114,9 +167,21 @@ impl ProducerStates {
         }
     }
 
-    /// Records a batch the log holds (just appended, or read back).
-    pub fn record(&mut self, batch: &BatchInfo) {
-        if batch.producer_id < 0 || batch.base_sequence < 0 {
+    /// Records a batch the log holds (just appended, or read back); a
+    /// control batch with its marker.
+    pub fn record(&mut self, batch: &BatchInfo, marker: Option<Marker>) {
+        if batch.producer_id < 0 {
+            return;
+        }
+        self.dirty = true;
+        if batch.is_control() {
+            self.end_transaction(batch, marker);
+            return;
+        }
+        if batch.is_transactional() {
+            self.ongoing.entry(batch.producer_id).or_insert(batch.base_offset.0);
+        }
+        if batch.base_sequence < 0 {
             return;
         }
         if !self.producers.contains_key(&batch.producer_id) && self.producers.len() >= PRODUCERS_MAX {
@@ -148,6 +213,105 @@ impl ProducerStates {
         producer.last_offset = batch.last_offset().0;
     }
 
+    /// A transaction marker: the producer's open transaction here ends. Its
+    /// epoch (bumped when the coordinator aborts on a timeout) fences
+    /// earlier epochs from now on.
+    fn end_transaction(&mut self, marker_batch: &BatchInfo, marker: Option<Marker>) {
+        let producer_id = marker_batch.producer_id;
+        self.expected.remove(&producer_id);
+        let first = self.ongoing.remove(&producer_id);
+        if let (Some(first_offset), Some(Marker::Abort)) = (first, marker) {
+            if self.aborted.len() == ABORTED_KEPT {
+                let forgotten = self.aborted.pop_front();
+                tracing::warn!(
+                    ?forgotten,
+                    "aborted transactions past the limit: the oldest is forgotten"
+                );
+            }
+            self.aborted.push_back(AbortedTxn {
+                producer_id,
+                first_offset,
+                last_offset: marker_batch.base_offset.0,
+            });
+        }
+        if let Some(producer) = self.producers.get_mut(&producer_id) {
+            if marker_batch.producer_epoch > producer.epoch {
+                producer.epoch = marker_batch.producer_epoch;
+                producer.batches.clear();
+            }
+        } else {
+            self.producers.insert(
+                producer_id,
+                Producer {
+                    epoch: marker_batch.producer_epoch,
+                    batches: VecDeque::new(),
+                    last_offset: marker_batch.base_offset.0,
+                },
+            );
+        }
+    }
+
+    /// The coordinator added this partition to `producer_id`'s transaction.
+    pub fn expect(&mut self, producer_id: i64, epoch: i16) {
+        self.expected.insert(producer_id, epoch);
+    }
+
+    /// Whether the coordinator added this partition to the transaction of
+    /// `producer_id` at `epoch` (and no marker has ended it since).
+    pub fn expects(&self, producer_id: i64, epoch: i16) -> bool {
+        self.expected.get(&producer_id) == Some(&epoch)
+    }
+
+    /// Whether `producer_id` may write a marker at `epoch`: not one older
+    /// than the producer's.
+    pub fn marker_epoch_ok(&self, producer_id: i64, epoch: i16) -> bool {
+        self.producers.get(&producer_id).is_none_or(|p| epoch >= p.epoch)
+    }
+
+    /// The offset below which every transaction has ended.
+    pub fn last_stable_offset(&self, high_watermark: u64) -> u64 {
+        self.ongoing
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(high_watermark)
+            .min(high_watermark)
+    }
+
+    /// Whether any transaction is open in this partition.
+    pub fn has_open_transactions(&self) -> bool {
+        !self.ongoing.is_empty()
+    }
+
+    /// The aborted transactions whose records may lie in `[from, to)`.
+    pub fn aborted_between(&self, from: u64, to: u64) -> Vec<AbortedTransaction> {
+        self.aborted
+            .iter()
+            .filter(|a| a.last_offset >= from && a.first_offset < to)
+            .map(|a| AbortedTransaction {
+                producer_id: a.producer_id,
+                first_offset: a.first_offset,
+            })
+            .collect()
+    }
+
+    /// Forgets aborted transactions wholly before the log start.
+    pub fn prune(&mut self, log_start_offset: u64) {
+        while self.aborted.front().is_some_and(|a| a.last_offset < log_start_offset) {
+            self.aborted.pop_front();
+            self.dirty = true;
+        }
+    }
+
+    /// Whether the state changed since `saved` was last called.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    pub fn saved(&mut self) {
+        self.dirty = false;
+    }
+
     /// Writes the snapshot (atomically: a temporary file renamed).
     pub fn save(&self, dir: &Path, log_end_offset: u64) -> std::io::Result<()> {
         let snapshot = Snapshot {
@@ -165,15 +329,16 @@ impl ProducerStates {
         std::fs::rename(&temp, dir.join(SNAPSHOT_FILE))
     }
 
-    /// The snapshot in `dir`, if there is one that covers exactly the log
-    /// up to `log_end_offset`. Any snapshot is removed once read: after a
-    /// later crash it would be stale.
-    pub fn load(dir: &Path, log_end_offset: u64) -> Option<ProducerStates> {
+    /// The snapshot in `dir` and the log end offset it covers, if there is
+    /// one that covers no more than the log's `log_end_offset`. It is removed
+    /// once read: the log may be cut below it by a later recovery, and only
+    /// snapshots written after this open describe this log.
+    pub fn load(dir: &Path, log_end_offset: u64) -> Option<(ProducerStates, u64)> {
         let path = dir.join(SNAPSHOT_FILE);
         let bytes = std::fs::read(&path).ok()?;
         let _ = std::fs::remove_file(&path);
         let snapshot: Snapshot = serde_json::from_slice(&bytes).ok()?;
-        (snapshot.log_end_offset == log_end_offset).then_some(snapshot.states)
+        (snapshot.log_end_offset <= log_end_offset).then_some((snapshot.states, snapshot.log_end_offset))
     }
 }
 
@@ -201,7 +366,7 @@ mod tests {
         let mut states = ProducerStates::default();
         let first = batch(7, 0, 0, 10, 100);
         assert_eq!(states.check(&first), Check::Append);
-        states.record(&first);
+        states.record(&first, None);
         assert_eq!(
             states.check(&batch(7, 0, 0, 10, 0)),
             Check::Duplicate { base_offset: 100 }
@@ -213,7 +378,7 @@ mod tests {
         );
         let second = batch(7, 0, 10, 5, 110);
         assert_eq!(states.check(&second), Check::Append);
-        states.record(&second);
+        states.record(&second, None);
         assert_eq!(
             states.check(&batch(7, 0, 0, 10, 0)),
             Check::Duplicate { base_offset: 100 }
@@ -226,7 +391,7 @@ mod tests {
             Check::Append,
             "epoch 0 is current: 15 follows 14"
         );
-        states.record(&batch(7, 1, 0, 1, 120));
+        states.record(&batch(7, 1, 0, 1, 120), None);
         assert_eq!(
             states.check(&batch(7, 0, 16, 1, 0)),
             Check::Refuse(ErrorCode::InvalidProducerEpoch)
@@ -243,7 +408,7 @@ mod tests {
     fn only_the_last_batches_are_remembered() {
         let mut states = ProducerStates::default();
         for n in 0..(BATCHES_KEPT as i32 + 2) {
-            states.record(&batch(1, 0, n * 2, 2, n as u64 * 2));
+            states.record(&batch(1, 0, n * 2, 2, n as u64 * 2), None);
         }
         assert_eq!(
             states.check(&batch(1, 0, 0, 2, 0)),
@@ -262,7 +427,7 @@ mod tests {
     #[test]
     fn sequences_wrap() {
         let mut states = ProducerStates::default();
-        states.record(&batch(3, 0, i32::MAX - 1, 2, 0));
+        states.record(&batch(3, 0, i32::MAX - 1, 2, 0), None);
         assert_eq!(states.check(&batch(3, 0, 0, 1, 0)), Check::Append);
     }
 
@@ -270,12 +435,101 @@ mod tests {
     fn a_snapshot_is_used_only_for_the_log_it_covers() {
         let dir = tempfile::tempdir().unwrap();
         let mut states = ProducerStates::default();
-        states.record(&batch(9, 0, 0, 4, 0));
+        states.record(&batch(9, 0, 0, 4, 0), None);
         states.save(dir.path(), 4).unwrap();
-        assert_eq!(ProducerStates::load(dir.path(), 4), Some(states.clone()));
+        let (mut loaded, covered) = ProducerStates::load(dir.path(), 4).unwrap();
+        loaded.dirty = true;
+        assert_eq!((loaded, covered), (states.clone(), 4));
         assert_eq!(ProducerStates::load(dir.path(), 4), None, "read once");
         states.save(dir.path(), 4).unwrap();
-        assert_eq!(ProducerStates::load(dir.path(), 5), None, "the log moved on after it");
+        assert_eq!(
+            ProducerStates::load(dir.path(), 6).map(|(_, covered)| covered),
+            Some(4),
+            "the log after it is replayed"
+        );
+        states.save(dir.path(), 4).unwrap();
+        assert_eq!(ProducerStates::load(dir.path(), 3), None, "the log was cut below it");
+    }
+
+    fn transactional(producer_id: i64, base_offset: u64, records: u32) -> BatchInfo {
+        let mut info = batch(producer_id, 0, 0, records, base_offset);
+        info.attributes |= storage::batch::attributes::TRANSACTIONAL;
+        info
+    }
+
+    fn marker(producer_id: i64, epoch: i16, offset: u64) -> BatchInfo {
+        let mut info = batch(producer_id, epoch, -1, 1, offset);
+        info.attributes |= storage::batch::attributes::TRANSACTIONAL | storage::batch::attributes::CONTROL;
+        info
+    }
+
+    #[test]
+    fn open_transactions_hold_the_last_stable_offset_and_aborts_are_listed() {
+        let mut states = ProducerStates::default();
+        states.expect(1, 0);
+        states.expect(2, 0);
+        assert_eq!(states.last_stable_offset(10), 10, "no transaction: the high watermark");
+        states.record(&transactional(1, 10, 2), None);
+        let mut second = transactional(2, 12, 3);
+        second.base_sequence = 0;
+        states.record(&second, None);
+        let mut more = transactional(1, 15, 1);
+        more.base_sequence = 2;
+        states.record(&more, None);
+        assert_eq!(states.last_stable_offset(16), 10);
+        assert!(states.has_open_transactions());
+        states.record(&marker(1, 0, 16), Some(Marker::Abort));
+        assert_eq!(states.last_stable_offset(17), 12, "producer 2 is still open");
+        states.record(&marker(2, 0, 17), Some(Marker::Commit));
+        assert_eq!(states.last_stable_offset(18), 18);
+        assert!(!states.has_open_transactions());
+        let aborted = vec![AbortedTransaction {
+            producer_id: 1,
+            first_offset: 10,
+        }];
+        assert_eq!(states.aborted_between(0, 18), aborted);
+        assert_eq!(states.aborted_between(16, 18), aborted, "its marker is in range");
+        assert_eq!(states.aborted_between(17, 18), vec![], "wholly before");
+        assert_eq!(states.aborted_between(0, 10), vec![], "wholly after");
+        states.prune(17);
+        assert_eq!(states.aborted_between(0, 18), vec![]);
+    }
+
+    #[test]
+    fn only_an_announced_producer_opens_a_transaction_and_markers_come_from_the_broker() {
+        let mut states = ProducerStates::default();
+        let first = transactional(4, 0, 1);
+        assert_eq!(states.check(&first), Check::Refuse(ErrorCode::InvalidTxnState));
+        states.expect(4, 0);
+        assert_eq!(states.check(&first), Check::Append);
+        states.record(&first, None);
+        states.record(&marker(4, 0, 1), Some(Marker::Commit));
+        let mut next = transactional(4, 2, 1);
+        next.base_sequence = 1;
+        assert_eq!(
+            states.check(&next),
+            Check::Refuse(ErrorCode::InvalidTxnState),
+            "the marker ended the announcement"
+        );
+        assert_eq!(states.check(&marker(4, 0, 3)), Check::Refuse(ErrorCode::InvalidRecord));
+        let mut anonymous = transactional(-1, 0, 1);
+        anonymous.producer_epoch = -1;
+        assert_eq!(states.check(&anonymous), Check::Refuse(ErrorCode::InvalidRecord));
+    }
+
+    #[test]
+    fn a_marker_with_a_bumped_epoch_fences_the_old_one() {
+        let mut states = ProducerStates::default();
+        states.expect(5, 0);
+        states.record(&transactional(5, 0, 1), None);
+        states.record(&marker(5, 1, 1), Some(Marker::Abort));
+        assert_eq!(
+            states.check(&transactional(5, 0, 1)),
+            Check::Refuse(ErrorCode::InvalidProducerEpoch),
+            "the aborted transaction's producer is fenced"
+        );
+        assert!(!states.marker_epoch_ok(5, 0));
+        assert!(states.marker_epoch_ok(5, 1));
     }
 }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::offsets::OFFSETS_TOPIC;
+use crate::txn::TXN_STATE_TOPIC;
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
@@ -87,6 +88,17 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         metadata.create(OFFSETS_TOPIC, config.offsets_topic_partitions, offsets_topic_configs())?;
         tracing::info!(partitions = config.offsets_topic_partitions, "created {OFFSETS_TOPIC}");
     }
+    if !metadata.snapshot().topics.contains_key(TXN_STATE_TOPIC) {
+        metadata.create(
+            TXN_STATE_TOPIC,
+            config.transaction_state_partitions,
+            offsets_topic_configs(),
+        )?;
+        tracing::info!(
+            partitions = config.transaction_state_partitions,
+            "created {TXN_STATE_TOPIC}"
+        );
+    }
     let producer_ids = Arc::new(std::sync::Mutex::new(
         crate::producer_state::ProducerIdAllocator::open(&config.data_dir).map_err(|source| BrokerError::Io {
             op: "read producer ids in",
@@ -125,6 +137,8 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                     let opened = shard.open_owned_partitions().await?;
                     let offsets = shard.load_offsets().await?;
                     tracing::info!(shard = id, offsets, "loaded committed offsets");
+                    let txns = shard.load_txns().await?;
+                    tracing::info!(shard = id, txns, "loaded transaction states");
                     let listener = glommio::net::TcpListener::bind(addr).map_err(|e| BrokerError::Io {
                         op: "listen on",
                         path: addr.to_string().into(),
@@ -145,8 +159,11 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 glommio::spawn_local(crate::server::accept_loop(shard.clone(), listener)).detach();
                 let clock = shard.clone();
                 let clock = glommio::spawn_local(async move { clock.run_group_clock().await }).detach();
+                let txn_clock = shard.clone();
+                let txn_clock = glommio::spawn_local(async move { txn_clock.run_txn_clock().await }).detach();
                 shard.clone().serve_inbox(inbox).await;
                 clock.cancel();
+                txn_clock.cancel();
                 shard.close_all().await;
                 let (allocations, allocated_bytes) = crate::alloc::thread_allocations();
                 // One line on stdout, read by the benchmark harness.

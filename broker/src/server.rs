@@ -19,6 +19,7 @@ use net::{ErrorCode, NetError};
 use crate::shard::{FetchBytes, Shard};
 
 mod groups;
+mod txns;
 
 /// The longest a fetch may wait for data, whatever it asks.
 const FETCH_MAX_WAIT: Duration = Duration::from_secs(60);
@@ -309,21 +310,23 @@ async fn handle(shard: &Shard, bytes: &[u8]) -> Option<Vec<Out>> {
         Request::LeaveGroup(request) => Some(groups::leave(shard, id, request).await),
         Request::ListGroups(_) => Some(groups::list(shard, id).await),
         Request::DescribeGroups(request) => Some(groups::describe(shard, id, request).await),
-        Request::InitProducerId(request) => Some(init_producer_id(shard, id, request)),
+        Request::InitProducerId(request) => Some(match request.transactional_id.as_ref() {
+            None => init_producer_id(shard, id),
+            Some(transactional_id) => {
+                txns::init_transactional(shard, id, transactional_id, request.transaction_timeout_ms.to_native()).await
+            }
+        }),
+        Request::AddPartitionsToTxn(request) => Some(txns::add_partitions(shard, id, request).await),
+        Request::AddOffsetsToTxn(request) => Some(txns::add_offsets(shard, id, request).await),
+        Request::EndTxn(request) => Some(txns::end(shard, id, request).await),
+        Request::TxnOffsetCommit(request) => Some(groups::txn_offset_commit(shard, id, request).await),
     }
 }
 
 /// A producer id for an idempotent producer (epoch 0: without a
 /// transactional id nothing fences a producer but its own restart, which
 /// gets a new id).
-fn init_producer_id(shard: &Shard, id: u32, request: &ArchivedInitProducerIdRequest) -> Vec<Out> {
-    if request.transactional_id.is_some() {
-        return error_response(
-            id,
-            ErrorCode::InvalidRequest,
-            "transactional producers are not supported yet",
-        );
-    }
+fn init_producer_id(shard: &Shard, id: u32) -> Vec<Out> {
     let allocated = shard.producer_ids.lock().expect("producer id lock").allocate();
     let response = match allocated {
         Ok(producer_id) => InitProducerIdResponse {
@@ -445,7 +448,13 @@ async fn fetch(shard: &Shard, id: u32, request: &ArchivedFetchRequest) -> Vec<Ou
                     .min(max_bytes.saturating_sub(total))
                     .max(1);
                 let result = shard
-                    .fetch(&topic.name, partition, p.offset.to_native(), budget as u32)
+                    .fetch(
+                        &topic.name,
+                        partition,
+                        p.offset.to_native(),
+                        budget as u32,
+                        request.isolation_level,
+                    )
                     .await;
                 partitions.push(match result {
                     Ok(fetched) => {
@@ -459,7 +468,9 @@ async fn fetch(shard: &Shard, id: u32, request: &ArchivedFetchRequest) -> Vec<Ou
                             partition,
                             error: 0,
                             high_watermark: fetched.high_watermark,
+                            last_stable_offset: fetched.last_stable_offset,
                             log_start_offset: fetched.log_start_offset,
+                            aborted_transactions: fetched.aborted,
                             records: range,
                         };
                         if !fetched.bytes.is_empty() {
@@ -471,7 +482,9 @@ async fn fetch(shard: &Shard, id: u32, request: &ArchivedFetchRequest) -> Vec<Ou
                         partition,
                         error: error.code().code(),
                         high_watermark: 0,
+                        last_stable_offset: 0,
                         log_start_offset: 0,
+                        aborted_transactions: Vec::new(),
                         records: PayloadRange::default(),
                     },
                 });

@@ -16,14 +16,19 @@ use std::sync::Arc;
 use storage::{Offset, PartitionLog, ReadBytes};
 
 mod groups;
+mod txns;
 
 pub use groups::{GroupAnswer, GroupCall};
+pub use txns::{TxnAnswer, TxnCall};
 
 use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::group::Coordinator;
 use crate::producer_state::{Check, ProducerIdAllocator, ProducerStates};
 use crate::topics::{log_config, partition_dir, Metadata, TopicMeta};
+use crate::txn::TxnCoordinator;
+use net::messages::{isolation, AbortedTransaction};
+use storage::batch::control::Marker;
 
 pub type ShardId = u16;
 type Reply<T> = flume::Sender<Result<T, BrokerError>>;
@@ -42,6 +47,7 @@ pub enum ShardMessage {
         partition: u32,
         offset: u64,
         max_bytes: u32,
+        isolation_level: u8,
         reply: Reply<Fetched<Vec<u8>>>,
     },
     ListOffset {
@@ -63,6 +69,28 @@ pub enum ShardMessage {
     Group {
         call: GroupCall,
         reply: Reply<GroupAnswer>,
+    },
+    /// A transactional producer's request, for its coordinating shard.
+    Txn {
+        call: TxnCall,
+        reply: Reply<TxnAnswer>,
+    },
+    /// The coordinator added the partition to a producer's transaction.
+    ExpectTxn {
+        topic: String,
+        partition: u32,
+        producer_id: i64,
+        epoch: i16,
+        reply: Reply<()>,
+    },
+    /// A transaction ended: write its marker into the partition.
+    WriteMarker {
+        topic: String,
+        partition: u32,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        reply: Reply<()>,
     },
     OpenPartitions {
         topic: TopicMeta,
@@ -86,7 +114,10 @@ pub struct Produced {
 pub struct Fetched<B> {
     pub bytes: B,
     pub high_watermark: u64,
+    pub last_stable_offset: u64,
     pub log_start_offset: u64,
+    /// READ_COMMITTED: the aborted transactions among the bytes.
+    pub aborted: Vec<AbortedTransaction>,
 }
 
 /// Fetched bytes: the log's own read buffer on the owning shard, or a copy
@@ -130,6 +161,15 @@ pub struct Shard {
     offsets_writes: RefCell<HashMap<u32, usize>>,
     /// Each offsets partition's append turn (see `write_offsets`).
     offsets_turns: RefCell<HashMap<u32, Rc<glommio::sync::Semaphore>>>,
+    /// The transactional ids whose `__transaction_state` partitions this
+    /// shard owns.
+    txn_coordinator: RefCell<TxnCoordinator>,
+    /// One request at a time per `__transaction_state` partition.
+    txn_turns: RefCell<HashMap<u32, Rc<glommio::sync::Semaphore>>>,
+    /// Offsets committed in transactions not yet ended, per offsets
+    /// partition and producer id: applied on a commit marker, dropped on
+    /// an abort.
+    txn_offsets: RefCell<HashMap<(u32, i64), Vec<txns::PendingOffset>>>,
 }
 
 /// Counters of one shard's work, reported when it stops (beside its
@@ -151,6 +191,7 @@ impl Shard {
         producer_ids: Arc<std::sync::Mutex<ProducerIdAllocator>>,
     ) -> Shard {
         let coordinator = RefCell::new(Coordinator::new(config.group_limits()));
+        let max_timeout_ms = config.transaction_max_timeout_ms;
         Shard {
             id,
             config,
@@ -165,6 +206,9 @@ impl Shard {
             producer_ids,
             offsets_writes: RefCell::new(HashMap::new()),
             offsets_turns: RefCell::new(HashMap::new()),
+            txn_coordinator: RefCell::new(TxnCoordinator::new(max_timeout_ms)),
+            txn_turns: RefCell::new(HashMap::new()),
+            txn_offsets: RefCell::new(HashMap::new()),
         }
     }
 
@@ -198,16 +242,15 @@ impl Shard {
                 shard = self.id, topic = %topic.name, partition, log_start_offset = %log.log_start_offset(),
                 log_end_offset = %log.log_end_offset(), "opened partition"
             );
-            let states = match ProducerStates::load(&dir, log.log_end_offset().0) {
-                Some(states) => states,
-                None => rebuild_producer_states(&log)
-                    .await
-                    .map_err(|source| BrokerError::Storage {
-                        topic: topic.name.clone(),
-                        partition,
-                        source,
-                    })?,
-            };
+            let (states, covered) =
+                ProducerStates::load(&dir, log.log_end_offset().0).unwrap_or_else(|| (ProducerStates::default(), 0));
+            let states = replay_producer_states(&log, states, Offset(covered))
+                .await
+                .map_err(|source| BrokerError::Storage {
+                    topic: topic.name.clone(),
+                    partition,
+                    source,
+                })?;
             self.producer_states
                 .borrow_mut()
                 .insert((topic.name.clone(), partition), states);
@@ -263,6 +306,47 @@ impl Shard {
             if let Some(states) = states {
                 if let Err(error) = states.save(&dir, end) {
                     tracing::warn!(shard = self.id, %topic, partition, %error, "producer state snapshot not written");
+                }
+            }
+        }
+    }
+
+    /// Writes the snapshot of each partition whose producer state changed
+    /// since its last one, so a crash replays only the log after it. Each is
+    /// taken under the partition's idempotent turn: every batch that changes
+    /// the state is appended and recorded under it, so the state matches
+    /// the log up to its end. Internal topics are left to a full replay.
+    pub async fn snapshot_producer_states(&self) {
+        let dirty: Vec<(String, u32)> = self
+            .producer_states
+            .borrow()
+            .iter()
+            .filter(|((topic, _), states)| states.is_dirty() && !topic.starts_with("__"))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in dirty {
+            let turn = self
+                .idempotent_turns
+                .borrow_mut()
+                .entry(key.clone())
+                .or_insert_with(|| Rc::new(glommio::sync::Semaphore::new(1)))
+                .clone();
+            let Ok(_turn) = turn.acquire_permit(1).await else {
+                return;
+            };
+            let Ok(log) = self.log(&key.0, key.1) else {
+                continue;
+            };
+            let end = log.log_end_offset().0;
+            let mut states = self.producer_states.borrow_mut();
+            let Some(states) = states.get_mut(&key) else {
+                continue;
+            };
+            states.prune(log.log_start_offset().0);
+            match states.save(log.dir(), end) {
+                Ok(()) => states.saved(),
+                Err(error) => {
+                    tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, %error, "producer state snapshot not written")
                 }
             }
         }
@@ -364,7 +448,8 @@ impl Shard {
         let mut last = Offset(0);
         for frame in frames {
             let header = storage::batch::peek_header(frame).map_err(storage_error)?;
-            let appended = if header.producer_id < 0 {
+            let plain = header.producer_id < 0 && !header.is_transactional() && !header.is_control();
+            let appended = if plain {
                 let appended = log.append(frame).await.map_err(storage_error)?;
                 Stored {
                     base_offset: appended.base_offset,
@@ -443,7 +528,7 @@ impl Shard {
                 let mut stored = header;
                 stored.base_offset = appended.base_offset;
                 if let Some(states) = self.producer_states.borrow_mut().get_mut(&key) {
-                    states.record(&stored);
+                    states.record(&stored, None);
                 }
                 Ok(Stored {
                     base_offset: appended.base_offset,
@@ -460,14 +545,19 @@ impl Shard {
         partition: u32,
         offset: u64,
         max_bytes: u32,
+        isolation_level: u8,
     ) -> Result<Fetched<FetchBytes>, BrokerError> {
         let owner = self.owner(topic, partition)?;
         if owner == self.id {
-            let fetched = self.fetch_local(topic, partition, offset, max_bytes).await?;
+            let fetched = self
+                .fetch_local(topic, partition, offset, max_bytes, isolation_level)
+                .await?;
             return Ok(Fetched {
                 bytes: FetchBytes::Local(fetched.bytes),
                 high_watermark: fetched.high_watermark,
+                last_stable_offset: fetched.last_stable_offset,
                 log_start_offset: fetched.log_start_offset,
+                aborted: fetched.aborted,
             });
         }
         let topic = topic.to_string();
@@ -477,22 +567,28 @@ impl Shard {
                 partition,
                 offset,
                 max_bytes,
+                isolation_level,
                 reply,
             })
             .await?;
         Ok(Fetched {
             bytes: FetchBytes::Remote(fetched.bytes),
             high_watermark: fetched.high_watermark,
+            last_stable_offset: fetched.last_stable_offset,
             log_start_offset: fetched.log_start_offset,
+            aborted: fetched.aborted,
         })
     }
 
+    /// Reads from the partition; at READ_COMMITTED only batches below the
+    /// last stable offset, with the aborted transactions among them.
     async fn fetch_local(
         &self,
         topic: &str,
         partition: u32,
         offset: u64,
         max_bytes: u32,
+        isolation_level: u8,
     ) -> Result<Fetched<ReadBytes>, BrokerError> {
         let log = self.log(topic, partition)?;
         let read = log
@@ -503,10 +599,41 @@ impl Shard {
                 partition,
                 source,
             })?;
+        let high_watermark = read.log_end_offset.0;
+        let key = (topic.to_string(), partition);
+        let last_stable_offset = self
+            .producer_states
+            .borrow()
+            .get(&key)
+            .map_or(high_watermark, |s| s.last_stable_offset(high_watermark));
+        let mut bytes = read.bytes;
+        let mut aborted = Vec::new();
+        if isolation_level == isolation::READ_COMMITTED {
+            let mut stable_bytes = 0;
+            for frame in storage::batch::frames(&bytes) {
+                let info = storage::batch::peek_header(frame).map_err(|source| BrokerError::Storage {
+                    topic: topic.to_string(),
+                    partition,
+                    source,
+                })?;
+                if info.last_offset().0 >= last_stable_offset {
+                    break;
+                }
+                stable_bytes += frame.len();
+            }
+            if stable_bytes < bytes.len() {
+                bytes = bytes.prefix(stable_bytes);
+            }
+            if let Some(states) = self.producer_states.borrow().get(&key) {
+                aborted = states.aborted_between(offset, last_stable_offset);
+            }
+        }
         Ok(Fetched {
-            bytes: read.bytes,
-            high_watermark: read.log_end_offset.0,
+            bytes,
+            high_watermark,
+            last_stable_offset,
             log_start_offset: read.log_start_offset.0,
+            aborted,
         })
     }
 
@@ -645,14 +772,19 @@ impl Shard {
                     partition,
                     offset,
                     max_bytes,
+                    isolation_level,
                     reply,
                 } => {
                     glommio::spawn_local(async move {
-                        let fetched = shard.fetch_local(&topic, partition, offset, max_bytes).await;
+                        let fetched = shard
+                            .fetch_local(&topic, partition, offset, max_bytes, isolation_level)
+                            .await;
                         let _ = reply.send(fetched.map(|f| Fetched {
                             bytes: f.bytes.to_vec(),
                             high_watermark: f.high_watermark,
+                            last_stable_offset: f.last_stable_offset,
                             log_start_offset: f.log_start_offset,
+                            aborted: f.aborted,
                         }));
                     })
                     .detach();
@@ -698,6 +830,39 @@ impl Shard {
                 ShardMessage::Group { call, reply } => {
                     glommio::spawn_local(async move {
                         let _ = reply.send(shard.group_call_local(call).await);
+                    })
+                    .detach();
+                }
+                ShardMessage::Txn { call, reply } => {
+                    glommio::spawn_local(async move {
+                        let _ = reply.send(shard.txn_call_local(call).await);
+                    })
+                    .detach();
+                }
+                ShardMessage::ExpectTxn {
+                    topic,
+                    partition,
+                    producer_id,
+                    epoch,
+                    reply,
+                } => {
+                    let _ = reply.send(shard.expect_txn_local(&topic, partition, producer_id, epoch));
+                }
+                ShardMessage::WriteMarker {
+                    topic,
+                    partition,
+                    producer_id,
+                    epoch,
+                    commit,
+                    reply,
+                } => {
+                    glommio::spawn_local(async move {
+                        let marker = if commit { Marker::Commit } else { Marker::Abort };
+                        let _ = reply.send(
+                            shard
+                                .write_marker_local(&topic, partition, producer_id, epoch, marker)
+                                .await,
+                        );
                     })
                     .detach();
                 }
@@ -763,17 +928,15 @@ struct Stored {
 /// Bytes read at a time while rebuilding producer state.
 const REBUILD_READ_BYTES: usize = 1 << 20;
 
-/// Rebuilds idempotent producers' state by reading the log's last two
-/// segments (see `producer_state`).
-async fn rebuild_producer_states(log: &PartitionLog) -> Result<ProducerStates, storage::StorageError> {
-    let mut states = ProducerStates::default();
-    let bases = log.segment_base_offsets();
-    let from = bases
-        .len()
-        .checked_sub(2)
-        .map_or(log.log_start_offset(), |i| bases[i])
-        .max(log.log_start_offset());
-    let mut next = from;
+/// Brings producer state up to the log's end by reading the log from
+/// `covered` (where its snapshot ends; the log start without one): see
+/// `producer_state`.
+async fn replay_producer_states(
+    log: &PartitionLog,
+    mut states: ProducerStates,
+    covered: Offset,
+) -> Result<ProducerStates, storage::StorageError> {
+    let mut next = covered.max(log.log_start_offset());
     while next < log.log_end_offset() {
         let read = log.read(next, REBUILD_READ_BYTES).await?;
         if read.bytes.is_empty() {
@@ -781,10 +944,19 @@ async fn rebuild_producer_states(log: &PartitionLog) -> Result<ProducerStates, s
         }
         for frame in storage::batch::frames(&read.bytes) {
             let info = storage::batch::peek_header(frame)?;
-            states.record(&info);
-            next = info.next_offset();
+            // A batch before `covered` is in the snapshot already.
+            if info.base_offset >= covered {
+                let marker = if info.is_control() {
+                    storage::batch::control::marker_of(frame)
+                } else {
+                    None
+                };
+                states.record(&info, marker);
+            }
+            next = next.max(info.next_offset());
         }
     }
+    states.prune(log.log_start_offset().0);
     Ok(states)
 }
 

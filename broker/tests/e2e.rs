@@ -129,10 +129,10 @@ fn topics_persist_and_shutdown_is_clean() {
         let names: Vec<&str> = metadata.topics.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
             names,
-            vec!["__consumer_offsets", "kept"],
-            "the internal offsets topic is listed too"
+            vec!["__consumer_offsets", "__transaction_state", "kept"],
+            "the internal topics are listed too"
         );
-        let kept = &metadata.topics[1];
+        let kept = &metadata.topics[2];
         assert_eq!(kept.partitions.len(), 3);
         assert!(
             kept.partitions.iter().all(|p| p.shard == 0),
@@ -244,6 +244,7 @@ fn a_long_poll_waits_for_data_and_a_slow_consumer_holds_up_no_one() {
         max_wait_ms: 0,
         min_bytes: 1,
         max_bytes: 1 << 20,
+        isolation_level: messages::isolation::READ_UNCOMMITTED,
         topics: vec![messages::FetchTopic {
             name: "poll".into(),
             partitions: vec![messages::FetchPartition {

@@ -221,21 +221,13 @@ fn bad_producer_requests_get_clear_errors_and_lose_nothing() {
                 .unwrap(),
             Some(0)
         );
-        // Transactions are not built: a transactional id is refused.
-        let transactional = c
-            .call::<_, net::messages::InitProducerIdResponse>(
-                net::codec::ApiKey::InitProducerId,
-                &net::messages::InitProducerIdRequest {
-                    transactional_id: Some("tx".into()),
-                },
-                "InitProducerId response",
-            )
-            .await;
+        // A transactional id with a timeout past the broker's limit.
+        let transactional = c.init_transactional_id("tx", i32::MAX).await;
         assert!(
             matches!(
                 transactional,
                 Err(NetError::Rejected {
-                    code: ErrorCode::InvalidRequest,
+                    code: ErrorCode::InvalidTransactionTimeout,
                     ..
                 })
             ),

@@ -113,8 +113,31 @@ pub(super) async fn leave(shard: &Shard, id: u32, request: &ArchivedLeaveGroupRe
 }
 
 pub(super) async fn offset_commit(shard: &Shard, id: u32, request: &ArchivedOffsetCommitRequest) -> Vec<Out> {
-    let offsets: Vec<(String, u32, u64, String)> = request
-        .topics
+    let offsets = commit_offsets(&request.topics);
+    let call = GroupCall::Commit {
+        group: request.group.to_string(),
+        generation: request.generation.to_native(),
+        member_id: request.member_id.to_string(),
+        offsets,
+    };
+    commit_response(shard, id, ApiKey::OffsetCommit, call).await
+}
+
+/// TxnOffsetCommit: offsets that count if the producer's transaction
+/// commits.
+pub(super) async fn txn_offset_commit(shard: &Shard, id: u32, request: &ArchivedTxnOffsetCommitRequest) -> Vec<Out> {
+    let call = GroupCall::TxnCommit {
+        group: request.group.to_string(),
+        producer_id: request.producer_id.to_native(),
+        epoch: request.producer_epoch.to_native(),
+        offsets: commit_offsets(&request.topics),
+    };
+    commit_response(shard, id, ApiKey::TxnOffsetCommit, call).await
+}
+
+/// (topic, partition, offset, metadata) of a commit request.
+fn commit_offsets(topics: &rkyv::vec::ArchivedVec<ArchivedOffsetCommitTopic>) -> Vec<(String, u32, u64, String)> {
+    topics
         .iter()
         .flat_map(|t| {
             t.partitions.iter().map(|p| {
@@ -126,13 +149,17 @@ pub(super) async fn offset_commit(shard: &Shard, id: u32, request: &ArchivedOffs
                 )
             })
         })
-        .collect();
-    let keys: Vec<(String, u32)> = offsets.iter().map(|(t, p, _, _)| (t.clone(), *p)).collect();
-    let call = GroupCall::Commit {
-        group: request.group.to_string(),
-        generation: request.generation.to_native(),
-        member_id: request.member_id.to_string(),
-        offsets,
+        .collect()
+}
+
+/// Runs a commit call; the answer per partition, in an OffsetCommit
+/// response.
+async fn commit_response(shard: &Shard, id: u32, api: ApiKey, call: GroupCall) -> Vec<Out> {
+    let keys: Vec<(String, u32)> = match &call {
+        GroupCall::Commit { offsets, .. } | GroupCall::TxnCommit { offsets, .. } => {
+            offsets.iter().map(|(t, p, _, _)| (t.clone(), *p)).collect()
+        }
+        _ => Vec::new(),
     };
     let results: Vec<(String, u32, i16)> = match shard.group_call(call).await {
         Ok(GroupAnswer::Committed(results)) => results.into_iter().map(|(t, p, e)| (t, p, e.code())).collect(),
@@ -151,7 +178,7 @@ pub(super) async fn offset_commit(shard: &Shard, id: u32, request: &ArchivedOffs
             }),
         }
     }
-    respond(id, ApiKey::OffsetCommit, &OffsetCommitResponse { topics })
+    respond(id, api, &OffsetCommitResponse { topics })
 }
 
 pub(super) async fn offset_fetch(shard: &Shard, id: u32, request: &ArchivedOffsetFetchRequest) -> Vec<Out> {

@@ -112,6 +112,14 @@ pub enum GroupCall {
         /// (topic, partition, next offset, metadata)
         offsets: Vec<(String, u32, u64, String)>,
     },
+    /// Offsets committed inside a transaction (TxnOffsetCommit).
+    TxnCommit {
+        group: String,
+        producer_id: i64,
+        epoch: i16,
+        /// (topic, partition, next offset, metadata)
+        offsets: Vec<(String, u32, u64, String)>,
+    },
     FetchOffsets {
         group: String,
         only: Option<Vec<(String, u32)>>,
@@ -131,6 +139,7 @@ impl GroupCall {
             | GroupCall::Heartbeat { group, .. }
             | GroupCall::Leave { group, .. }
             | GroupCall::Commit { group, .. }
+            | GroupCall::TxnCommit { group, .. }
             | GroupCall::FetchOffsets { group, .. }
             | GroupCall::Describe { group } => Some(group),
             GroupCall::List => None,
@@ -159,7 +168,7 @@ fn now_ms() -> i64 {
 
 impl Shard {
     /// Partitions of the offsets topic.
-    fn offsets_partitions(&self) -> Result<u32, BrokerError> {
+    pub(super) fn offsets_partitions(&self) -> Result<u32, BrokerError> {
         let table = self.metadata.snapshot();
         let topic = table
             .topics
@@ -259,6 +268,12 @@ impl Shard {
                 member_id,
                 offsets,
             } => self.commit(&group, generation, &member_id, offsets).await?,
+            GroupCall::TxnCommit {
+                group,
+                producer_id,
+                epoch,
+                offsets,
+            } => self.txn_commit(&group, producer_id, epoch, offsets).await?,
             GroupCall::FetchOffsets { group, only } => {
                 GroupAnswer::Offsets(self.coordinator.borrow().offsets(&group, only.as_deref()))
             }
@@ -330,9 +345,111 @@ impl Shard {
         Ok(GroupAnswer::Committed(results))
     }
 
+    /// Offsets committed inside a transaction: written to the offsets log as
+    /// a transactional batch of the producer and made durable, then held
+    /// until the transaction's marker applies them (commit) or drops them.
+    /// The coordinator must have added the group to the transaction.
+    async fn txn_commit(
+        &self,
+        group: &str,
+        producer_id: i64,
+        epoch: i16,
+        offsets: Vec<(String, u32, u64, String)>,
+    ) -> Result<GroupAnswer, BrokerError> {
+        let partition = offsets::partition_for_group(group, self.offsets_partitions()?);
+        let key = (OFFSETS_TOPIC.to_string(), partition);
+        let expected = self
+            .producer_states
+            .borrow()
+            .get(&key)
+            .is_some_and(|s| s.expects(producer_id, epoch));
+        let refuse_all = |offsets: Vec<(String, u32, u64, String)>, code| {
+            GroupAnswer::Committed(offsets.into_iter().map(|(t, p, _, _)| (t, p, code)).collect())
+        };
+        if !expected {
+            return Ok(refuse_all(offsets, ErrorCode::InvalidTxnState));
+        }
+        let metadata_max = self.coordinator.borrow().limits().offset_metadata_bytes_max;
+        let table = self.metadata.snapshot();
+        if offsets
+            .iter()
+            .any(|(t, p, _, m)| table.owner(t, *p).is_none() || m.len() > metadata_max)
+        {
+            return Ok(refuse_all(offsets, ErrorCode::UnknownTopicOrPartition));
+        }
+        if offsets.is_empty() {
+            return Ok(GroupAnswer::Committed(Vec::new()));
+        }
+        let time = now_ms();
+        let records: Vec<(OffsetKey, OffsetValue)> = offsets
+            .iter()
+            .map(|(topic, p, offset, metadata)| {
+                (
+                    OffsetKey {
+                        group: group.to_string(),
+                        topic: topic.clone(),
+                        partition: *p,
+                    },
+                    OffsetValue {
+                        offset: *offset,
+                        commit_time_ms: time,
+                        metadata: metadata.clone(),
+                    },
+                )
+            })
+            .collect();
+        let mut builder = RecordBatchBuilder::new()
+            .producer(producer_id, epoch, batch::NO_SEQUENCE)
+            .attributes(batch::attributes::TRANSACTIONAL);
+        for (k, v) in &records {
+            builder.push(
+                time,
+                Some(&offsets::encode_key(k)),
+                Some(&offsets::encode_value(v)),
+                vec![],
+            );
+        }
+        let frame = builder.build();
+        let log = self.log(OFFSETS_TOPIC, partition)?;
+        let storage = |source| BrokerError::Storage {
+            topic: OFFSETS_TOPIC.to_string(),
+            partition,
+            source,
+        };
+        let turn = self.offsets_turn(partition);
+        let appended = {
+            let _turn = turn
+                .acquire_permit(1)
+                .await
+                .map_err(|_| BrokerError::ShardGone(self.id))?;
+            log.append(&frame).await.map_err(storage)?
+        };
+        log.wait_durable(appended.last_offset).await.map_err(storage)?;
+        let mut info = batch::peek_header(&frame).map_err(storage)?;
+        info.base_offset = appended.base_offset;
+        if let Some(states) = self.producer_states.borrow_mut().get_mut(&key) {
+            states.record(&info, None);
+        }
+        let mut pending = self.txn_offsets.borrow_mut();
+        let pending = pending.entry((partition, producer_id)).or_default();
+        for (i, (key, value)) in records.into_iter().enumerate() {
+            pending.push(super::txns::PendingOffset {
+                key,
+                value,
+                log_offset: appended.base_offset.0 + i as u64,
+            });
+        }
+        Ok(GroupAnswer::Committed(
+            offsets
+                .into_iter()
+                .map(|(t, p, _, _)| (t, p, ErrorCode::None))
+                .collect(),
+        ))
+    }
+
     /// The turn of an offsets partition's appends: a compaction holds it
     /// while it rewrites the live commits, so no commit lands among them.
-    fn offsets_turn(&self, partition: u32) -> Rc<Semaphore> {
+    pub(super) fn offsets_turn(&self, partition: u32) -> Rc<Semaphore> {
         self.offsets_turns
             .borrow_mut()
             .entry(partition)
@@ -445,6 +562,14 @@ impl Shard {
                 for frame in batch::frames(&read.bytes) {
                     let info = batch::verify_crc(frame).map_err(storage)?;
                     let archived = batch::access(frame).map_err(storage)?;
+                    if info.is_control() {
+                        if let Some(marker) = batch::control::marker_of(frame) {
+                            self.end_txn_offsets(partition, info.producer_id, marker);
+                        }
+                        next = info.next_offset();
+                        continue;
+                    }
+                    let transactional = info.is_transactional();
                     let mut coordinator = self.coordinator.borrow_mut();
                     for record in archived.records.iter() {
                         let log_offset = info.base_offset.0 + u64::from(record.offset_delta.to_native());
@@ -471,6 +596,25 @@ impl Shard {
                                 }
                             },
                         };
+                        if transactional {
+                            // Counts only if the transaction's marker commits.
+                            if let Some(c) = committed {
+                                self.txn_offsets
+                                    .borrow_mut()
+                                    .entry((partition, info.producer_id))
+                                    .or_default()
+                                    .push(super::txns::PendingOffset {
+                                        key,
+                                        value: OffsetValue {
+                                            offset: c.offset,
+                                            commit_time_ms: c.commit_time_ms,
+                                            metadata: c.metadata,
+                                        },
+                                        log_offset,
+                                    });
+                            }
+                            continue;
+                        }
                         coordinator.apply_commit(&key.group, &key.topic, key.partition, log_offset, committed, now);
                         loaded += 1;
                     }
@@ -505,6 +649,16 @@ impl Shard {
                 continue;
             };
             if log.size_bytes() <= self.config.offsets_compact_bytes {
+                continue;
+            }
+            // A rewrite would drop the records of a transaction still open.
+            let open = self
+                .producer_states
+                .borrow()
+                .get(&(OFFSETS_TOPIC.to_string(), partition))
+                .is_some_and(|s| s.has_open_transactions())
+                || self.txn_offsets.borrow().keys().any(|(p, _)| *p == partition);
+            if open {
                 continue;
             }
             if let Err(error) = self.compact_offsets_partition(&log, partition, partitions).await {

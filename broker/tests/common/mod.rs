@@ -140,6 +140,10 @@ pub async fn consume_all(connection: &mut Connection, topic: &str, partition: u3
         }
         for frame in batch::frames(fetched.batches()) {
             let info = batch::verify_crc(frame).unwrap();
+            if info.is_control() {
+                next = info.next_offset().0;
+                continue;
+            }
             for record in batch::access(frame).unwrap().records.iter() {
                 let offset = info.base_offset.0 + u64::from(record.offset_delta.to_native());
                 if offset >= next {
