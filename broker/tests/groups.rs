@@ -503,3 +503,45 @@ fn the_console_consumer_in_a_group_resumes_where_it_stopped() {
     );
     broker.stop();
 }
+
+#[test]
+fn async_commits_land_in_order_and_a_new_member_resumes_at_the_last() {
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut c = Connection::connect(&addr).await.unwrap();
+        c.create_topic("async", 1, vec![]).await.unwrap();
+        c.produce("async", 0, &batch_of(0, 0..30), acks::ALL).await.unwrap();
+        let mut member = GroupConsumer::join(&addr, config("async-group", "async"))
+            .await
+            .unwrap();
+        let mut seen = 0;
+        while seen < 30 {
+            seen += member.poll().await.unwrap().len();
+            // A commit per poll, none awaited: each waits for the last.
+            member.commit_async().await.unwrap();
+        }
+        member.wait_commits().await.unwrap();
+        let committed = c.fetch_offsets("async-group", None).await.unwrap();
+        assert_eq!(committed, vec![("async".to_string(), 0, Some(30))]);
+        member.close().await.unwrap();
+        c.produce("async", 0, &batch_of(0, 30..35), acks::ALL).await.unwrap();
+        let mut next = GroupConsumer::join(&addr, config("async-group", "async"))
+            .await
+            .unwrap();
+        let mut values = Vec::new();
+        while values.len() < 5 {
+            for r in next.poll().await.unwrap() {
+                values.push(String::from_utf8(r.record.value.unwrap()).unwrap());
+            }
+        }
+        assert_eq!(
+            values,
+            ["0:30", "0:31", "0:32", "0:33", "0:34"],
+            "resumed at the async commit"
+        );
+        next.close().await.unwrap();
+    });
+    broker.stop();
+}

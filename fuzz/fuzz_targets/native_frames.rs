@@ -40,6 +40,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = access::<messages::ArchivedDescribeGroupsResponse>(frame.archive, "describe groups");
         let _ = access::<messages::ArchivedListGroupsResponse>(frame.archive, "list groups");
         let _ = access::<messages::ArchivedInitProducerIdResponse>(frame.archive, "init producer id");
+        let _ = access::<messages::ArchivedAddPartitionsToTxnResponse>(frame.archive, "add partitions");
+        let _ = access::<messages::ArchivedTxnResponse>(frame.archive, "txn");
         // What a group's leader and members read from each other's bytes.
         let _ = access::<messages::ArchivedConsumerSubscription>(frame.archive, "subscription");
         let _ = access::<messages::ArchivedConsumerAssignment>(frame.archive, "assignment");

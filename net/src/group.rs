@@ -119,6 +119,10 @@ pub struct GroupConsumer {
     turn: usize,
     last_heartbeat: Instant,
     last_commit: Instant,
+    /// The commit `commit_async` sent, on its own connection, and that
+    /// connection when idle.
+    async_commit: Option<glommio::task::JoinHandle<(Connection, Result<(), NetError>)>>,
+    committer: Option<Connection>,
 }
 
 fn encode<T>(value: &T) -> Vec<u8>
@@ -230,6 +234,8 @@ impl GroupConsumer {
             turn: 0,
             last_heartbeat: Instant::now(),
             last_commit: Instant::now(),
+            async_commit: None,
+            committer: None,
         };
         consumer.rejoin().await?;
         Ok(consumer)
@@ -500,9 +506,51 @@ impl GroupConsumer {
             .collect()
     }
 
+    /// Commits the positions of what `poll` has returned without waiting
+    /// for the answer (Kafka's commitAsync): the commit travels on a second
+    /// connection while the application goes on. One is in flight at a
+    /// time, so commits land in order: this first waits for the previous
+    /// one and returns its error, if it failed.
+    pub async fn commit_async(&mut self) -> Result<(), NetError> {
+        let previous = self.wait_commits().await;
+        self.last_commit = Instant::now();
+        let positions = self.positions();
+        if positions.is_empty() {
+            return previous;
+        }
+        let mut connection = match self.committer.take() {
+            Some(connection) => connection,
+            None => Connection::connect(&self.addr).await?,
+        };
+        let (group, generation, member_id) = (self.config.group.clone(), self.generation, self.member_id.clone());
+        self.async_commit = Some(
+            glommio::spawn_local(async move {
+                let result = connection
+                    .commit_offsets(&group, generation, &member_id, &positions)
+                    .await;
+                (connection, result)
+            })
+            .detach(),
+        );
+        previous
+    }
+
+    /// Waits for the commit `commit_async` sent, if any; its outcome.
+    pub async fn wait_commits(&mut self) -> Result<(), NetError> {
+        let Some(task) = self.async_commit.take() else {
+            return Ok(());
+        };
+        let (connection, result) = task.await.expect("commit task finished");
+        if result.is_ok() {
+            self.committer = Some(connection);
+        }
+        result
+    }
+
     /// Commits the positions of what `poll` has returned, and waits until
-    /// the coordinator has them durably.
+    /// the coordinator has them durably (after any `commit_async` in flight).
     pub async fn commit_sync(&mut self) -> Result<(), NetError> {
+        self.wait_commits().await?;
         self.last_commit = Instant::now();
         let positions = self.positions();
         if positions.is_empty() {
@@ -529,6 +577,7 @@ impl GroupConsumer {
     /// Leaves the group (committing first with auto-commit), so the others
     /// rebalance at once instead of after the session timeout.
     pub async fn close(mut self) -> Result<(), NetError> {
+        self.wait_commits().await?;
         if self.config.auto_commit.is_some() {
             self.commit_sync().await?;
         }
