@@ -76,6 +76,11 @@ pub struct ConsumeArgs {
     /// Print `key<TAB>value`.
     #[arg(long)]
     print_key: bool,
+    /// read_uncommitted (every record, markers excepted) or read_committed
+    /// (only records of committed transactions and of none, up to the last
+    /// stable offset).
+    #[arg(long, default_value = "read_uncommitted", value_parser = ["read_uncommitted", "read_committed"])]
+    isolation_level: String,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -256,6 +261,11 @@ pub fn consume(args: ConsumeArgs) -> Result<(), String> {
         }
         let mut printed = 0u64;
         let mut last_record = Instant::now();
+        let isolation_level = if args.isolation_level == "read_committed" {
+            net::messages::isolation::READ_COMMITTED
+        } else {
+            net::messages::isolation::READ_UNCOMMITTED
+        };
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
         loop {
@@ -263,12 +273,19 @@ pub fn consume(args: ConsumeArgs) -> Result<(), String> {
             for (partition, offset) in positions.iter_mut() {
                 let wait = if progressed { 0 } else { 100 };
                 let fetched = connection
-                    .fetch(&args.topic, *partition, *offset, FETCH_BYTES_MAX, wait)
+                    .fetch_isolated(&args.topic, *partition, *offset, FETCH_BYTES_MAX, wait, isolation_level)
                     .await
                     .map_err(|e| e.to_string())?;
+                let mut aborted = net::consumer::AbortedFilter::new(&fetched.aborted);
                 for frame in batch::frames(fetched.batches()) {
                     let info = batch::verify_crc(frame).map_err(|e| e.to_string())?;
                     let archived = batch::access(frame).map_err(|e| e.to_string())?;
+                    if !aborted.keep(&info, frame) {
+                        // Markers and aborted records are skipped, not printed.
+                        *offset = (*offset).max(info.next_offset().0);
+                        progressed = true;
+                        continue;
+                    }
                     for record in archived.records.iter() {
                         let record_offset = info.base_offset.0 + u64::from(record.offset_delta.to_native());
                         if record_offset < *offset {
@@ -318,6 +335,11 @@ fn consume_in_group(args: ConsumeArgs, group: String) -> Result<(), String> {
                 OffsetReset::Latest
             },
             client_id: "corelog-console".to_string(),
+            isolation_level: if args.isolation_level == "read_committed" {
+                net::messages::isolation::READ_COMMITTED
+            } else {
+                net::messages::isolation::READ_UNCOMMITTED
+            },
             ..GroupConfig::new(&group, &[args.topic.as_str()])
         };
         let mut member = GroupConsumer::join(&args.broker, config)

@@ -121,7 +121,7 @@ fn aborted_records_are_invisible_to_read_committed_and_open_ones_hold_it_back() 
     let dir = data_dir();
     let broker = Broker::start(dir.path(), 2);
     let addr = broker.addr.clone();
-    run(async move {
+    let checked = run(async move {
         let mut c = Connection::connect(&addr).await.unwrap();
         c.create_topic(TOPIC, PARTITIONS, vec![]).await.unwrap();
         c.produce(TOPIC, 0, &plain(&["plain-a"]), acks::ALL).await.unwrap();
@@ -166,7 +166,23 @@ fn aborted_records_are_invisible_to_read_committed_and_open_ones_hold_it_back() 
             let (hw, lso) = offsets(&mut c, partition).await;
             assert_eq!(hw, lso, "partition {partition}: nothing open");
         }
+        (committed_values, addr)
     });
+    // The console consumer at both levels: markers are never printed.
+    let (committed_values, addr) = checked;
+    let console = |level: &str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_corelog"))
+            .args(["consume", TOPIC, "--from-beginning", "--timeout-ms", "1000"])
+            .args(["--isolation-level", level, "--broker", &addr])
+            .output()
+            .expect("corelog runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        sorted(String::from_utf8(output.stdout).unwrap().lines().map(str::to_string).collect())
+    };
+    let mut visible = committed_values;
+    visible.extend(["plain-a".to_string(), "plain-b".to_string()]);
+    assert_eq!(console("read_committed"), sorted(visible));
+    assert_eq!(console("read_uncommitted").len(), 17, "6 committed, 9 aborted, 2 plain");
     broker.stop();
 }
 

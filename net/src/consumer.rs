@@ -205,7 +205,7 @@ impl Consumer {
 /// and not a transactional batch of a producer whose transaction covering
 /// it was aborted (Kafka's consumer's rule: an aborted transaction applies
 /// from its first offset until its producer's abort marker).
-struct AbortedFilter {
+pub struct AbortedFilter {
     /// Aborted transactions not yet reached, first offset last.
     pending: Vec<AbortedTransaction>,
     /// Producers whose records are being dropped.
@@ -213,7 +213,7 @@ struct AbortedFilter {
 }
 
 impl AbortedFilter {
-    fn new(aborted: &[AbortedTransaction]) -> AbortedFilter {
+    pub fn new(aborted: &[AbortedTransaction]) -> AbortedFilter {
         let mut pending = aborted.to_vec();
         pending.sort_by_key(|a| std::cmp::Reverse(a.first_offset));
         AbortedFilter {
@@ -222,7 +222,9 @@ impl AbortedFilter {
         }
     }
 
-    fn keep(&mut self, info: &batch::BatchInfo, frame: &[u8]) -> bool {
+    /// Whether the batch (`frame`, whose header is `info`) reaches the
+    /// application; call it for every batch of a fetch, in order.
+    pub fn keep(&mut self, info: &batch::BatchInfo, frame: &[u8]) -> bool {
         while let Some(next) = self.pending.last() {
             if next.first_offset > info.last_offset().0 {
                 break;
