@@ -81,12 +81,19 @@ pub struct AbortedTxn {
     pub last_offset: u64,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct OpenTxn {
+    first_offset: u64,
+    epoch: i16,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerStates {
     producers: HashMap<i64, Producer>,
-    /// Each producer's open transaction here: its first offset.
+    /// Each producer's open transaction here: its first offset and the
+    /// epoch it was opened at.
     #[serde(default)]
-    ongoing: BTreeMap<i64, u64>,
+    ongoing: BTreeMap<i64, OpenTxn>,
     /// Aborted transactions, in marker (log) order.
     #[serde(default)]
     aborted: VecDeque<AbortedTxn>,
@@ -133,11 +140,20 @@ impl ProducerStates {
         if known.is_some_and(|p| batch.producer_epoch < p.epoch) {
             return Check::Refuse(ErrorCode::InvalidProducerEpoch);
         }
-        if batch.is_transactional()
-            && !self.ongoing.contains_key(&batch.producer_id)
-            && self.expected.get(&batch.producer_id) != Some(&batch.producer_epoch)
-        {
-            return Check::Refuse(ErrorCode::InvalidTxnState);
+        match self.ongoing.get(&batch.producer_id) {
+            // While its transaction is open here, a producer writes at that
+            // transaction's epoch only: a jump in epoch would let it outrun
+            // the marker that must end the transaction.
+            Some(open) if batch.producer_epoch != open.epoch => {
+                return Check::Refuse(ErrorCode::InvalidTxnState);
+            }
+            Some(_) if !batch.is_transactional() => return Check::Refuse(ErrorCode::InvalidTxnState),
+            None if batch.is_transactional()
+                && self.expected.get(&batch.producer_id) != Some(&batch.producer_epoch) =>
+            {
+                return Check::Refuse(ErrorCode::InvalidTxnState);
+            }
+            _ => {}
         }
         let Some(producer) = known else {
             return Check::Append;
@@ -179,7 +195,10 @@ impl ProducerStates {
             return;
         }
         if batch.is_transactional() {
-            self.ongoing.entry(batch.producer_id).or_insert(batch.base_offset.0);
+            self.ongoing.entry(batch.producer_id).or_insert(OpenTxn {
+                first_offset: batch.base_offset.0,
+                epoch: batch.producer_epoch,
+            });
         }
         if batch.base_sequence < 0 {
             return;
@@ -220,7 +239,7 @@ impl ProducerStates {
         let producer_id = marker_batch.producer_id;
         self.expected.remove(&producer_id);
         let first = self.ongoing.remove(&producer_id);
-        if let (Some(first_offset), Some(Marker::Abort)) = (first, marker) {
+        if let (Some(OpenTxn { first_offset, .. }), Some(Marker::Abort)) = (first, marker) {
             if self.aborted.len() == ABORTED_KEPT {
                 let forgotten = self.aborted.pop_front();
                 tracing::warn!(
@@ -262,17 +281,26 @@ impl ProducerStates {
         self.expected.get(&producer_id) == Some(&epoch)
     }
 
-    /// Whether `producer_id` may write a marker at `epoch`: not one older
-    /// than the producer's.
+    /// Whether `producer_id` may write a marker at `epoch`: one that ends
+    /// its open transaction here (at that transaction's epoch or later),
+    /// else one not older than the producer's epoch.
     pub fn marker_epoch_ok(&self, producer_id: i64, epoch: i16) -> bool {
-        self.producers.get(&producer_id).is_none_or(|p| epoch >= p.epoch)
+        match self.ongoing.get(&producer_id) {
+            Some(open) => epoch >= open.epoch,
+            None => self.producers.get(&producer_id).is_none_or(|p| epoch >= p.epoch),
+        }
+    }
+
+    /// Marks the state as changed, so the next snapshot is written.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
     }
 
     /// The offset below which every transaction has ended.
     pub fn last_stable_offset(&self, high_watermark: u64) -> u64 {
         self.ongoing
             .values()
-            .copied()
+            .map(|open| open.first_offset)
             .min()
             .unwrap_or(high_watermark)
             .min(high_watermark)
@@ -515,6 +543,28 @@ mod tests {
         let mut anonymous = transactional(-1, 0, 1);
         anonymous.producer_epoch = -1;
         assert_eq!(states.check(&anonymous), Check::Refuse(ErrorCode::InvalidRecord));
+    }
+
+    #[test]
+    fn an_open_transaction_pins_its_producers_epoch_until_its_marker() {
+        let mut states = ProducerStates::default();
+        states.expect(6, 0);
+        states.record(&transactional(6, 0, 1), None);
+        let mut jump = transactional(6, 1, 1);
+        jump.producer_epoch = 5;
+        assert_eq!(states.check(&jump), Check::Refuse(ErrorCode::InvalidTxnState));
+        let mut plain = batch(6, 5, 0, 1, 1);
+        plain.attributes = 0;
+        assert_eq!(
+            states.check(&plain),
+            Check::Refuse(ErrorCode::InvalidTxnState),
+            "not even outside the transaction"
+        );
+        assert!(
+            states.marker_epoch_ok(6, 0),
+            "the marker at the transaction's epoch ends it"
+        );
+        assert!(!states.marker_epoch_ok(6, -1));
     }
 
     #[test]

@@ -242,15 +242,21 @@ impl Shard {
                 shard = self.id, topic = %topic.name, partition, log_start_offset = %log.log_start_offset(),
                 log_end_offset = %log.log_end_offset(), "opened partition"
             );
-            let (states, covered) =
-                ProducerStates::load(&dir, log.log_end_offset().0).unwrap_or_else(|| (ProducerStates::default(), 0));
-            let states = replay_producer_states(&log, states, Offset(covered))
+            // A snapshot that ends before the log start may miss markers
+            // retention has since deleted: the log alone is the truth then.
+            let (states, covered) = ProducerStates::load(&dir, log.log_end_offset().0)
+                .filter(|(_, covered)| *covered >= log.log_start_offset().0)
+                .unwrap_or_else(|| (ProducerStates::default(), 0));
+            let mut states = replay_producer_states(&log, states, Offset(covered))
                 .await
                 .map_err(|source| BrokerError::Storage {
                     topic: topic.name.clone(),
                     partition,
                     source,
                 })?;
+            // The snapshot read was removed: write a new one soon, or a
+            // second crash would replay this partition's whole log.
+            states.mark_dirty();
             self.producer_states
                 .borrow_mut()
                 .insert((topic.name.clone(), partition), states);

@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 pub const TXN_STATE_TOPIC: &str = "__transaction_state";
 /// Partitions one transaction may touch.
 pub const TXN_PARTITIONS_MAX: usize = 10_000;
+/// Largest encoded state of one transaction: far under the state log's
+/// batch limit (1 MiB), whatever its topics' names.
+pub const TXN_STATE_BYTES_MAX: usize = 256 << 10;
 /// Transactional ids one shard coordinates.
 pub const TXN_IDS_MAX: usize = 100_000;
 /// Longest transactional id accepted.
@@ -219,7 +222,7 @@ impl TxnCoordinator {
             next.started_ms = now_ms;
         }
         next.partitions.extend(partitions.iter().cloned());
-        if next.partitions.len() > TXN_PARTITIONS_MAX {
+        if next.partitions.len() > TXN_PARTITIONS_MAX || encode(&next).len() > TXN_STATE_BYTES_MAX {
             return Step::Refuse(ErrorCode::InvalidRequest);
         }
         Step::Write(next)

@@ -177,7 +177,13 @@ fn aborted_records_are_invisible_to_read_committed_and_open_ones_hold_it_back() 
             .output()
             .expect("corelog runs");
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        sorted(String::from_utf8(output.stdout).unwrap().lines().map(str::to_string).collect())
+        sorted(
+            String::from_utf8(output.stdout)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect(),
+        )
     };
     let mut visible = committed_values;
     visible.extend(["plain-a".to_string(), "plain-b".to_string()]);
@@ -281,12 +287,23 @@ fn an_abandoned_transaction_times_out_and_its_producer_is_fenced() {
     broker.stop();
 }
 
+fn raw_batch(producer: (i64, i16), sequence: i32, value: &str) -> Vec<u8> {
+    let mut builder = RecordBatchBuilder::new()
+        .producer(producer.0, producer.1, sequence)
+        .attributes(attributes::TRANSACTIONAL);
+    builder.push(0, None, Some(value.as_bytes()), vec![]);
+    builder.build()
+}
+
 #[test]
 fn kill_9_mid_transaction_ends_it_whole_after_restart() {
     let dir = data_dir();
-    let broker = Broker::start(dir.path(), 2);
+    // Producer state snapshots every 100 ms: the restart loads one taken
+    // while the transactions were open and replays the log after it.
+    let config = "producer_snapshot_interval_ms = 100\n";
+    let broker = Broker::start_with_config(dir.path(), 2, config);
     let addr = broker.addr.clone();
-    let open_values = run(async move {
+    let (done_values, resumed) = run(async move {
         let mut c = Connection::connect(&addr).await.unwrap();
         c.create_topic(TOPIC, PARTITIONS, vec![]).await.unwrap();
         let mut done = TransactionalProducer::init(&addr, "done", Duration::from_secs(60))
@@ -301,28 +318,73 @@ fn kill_9_mid_transaction_ends_it_whole_after_restart() {
         open.begin().unwrap();
         send_values(&mut open, "open", 6).await;
         open.flush().await.unwrap();
-        values
+        // A transaction that goes on after the restart: partitions 0 and 1
+        // added, only partition 0 written before the crash.
+        let resumed = c.init_transactional_id("resumed", 60_000).await.unwrap();
+        c.add_partitions_to_txn(&AddPartitionsToTxnRequest {
+            transactional_id: "resumed".into(),
+            producer_id: resumed.0,
+            producer_epoch: resumed.1,
+            topics: vec![TxnPartitions {
+                topic: TOPIC.into(),
+                partitions: vec![0, 1],
+            }],
+        })
+        .await
+        .unwrap();
+        c.produce(TOPIC, 0, &raw_batch(resumed, 0, "resumed-0"), acks::ALL)
+            .await
+            .unwrap();
+        glommio::timer::sleep(Duration::from_millis(400)).await;
+        // Opened after the snapshot: the restart finds it in the replay,
+        // and its 1 s timeout aborts it.
+        let mut late = TransactionalProducer::init(&addr, "late", Duration::from_secs(1))
+            .await
+            .unwrap();
+        late.begin().unwrap();
+        send_values(&mut late, "late", 3).await;
+        late.flush().await.unwrap();
+        (values, resumed)
     });
     broker.kill9();
+    assert!(
+        dir.path().join(format!("{TOPIC}-0")).join("producers.json").exists(),
+        "a snapshot was taken while the transactions were open"
+    );
 
-    let broker = Broker::start(dir.path(), 2);
+    let broker = Broker::start_with_config(dir.path(), 2, config);
     let addr = broker.addr.clone();
     run(async move {
         let mut c = Connection::connect(&addr).await.unwrap();
         let (hw, lso) = offsets(&mut c, 0).await;
-        assert!(lso < hw, "the open transaction is still open after the restart");
-        // Its producer comes back: initializing the id aborts what it left.
+        assert!(lso < hw, "the open transactions are still open after the restart");
+        // The resumed transaction's producer writes to the partition it had
+        // added before the crash, and commits.
+        c.produce(TOPIC, 1, &raw_batch(resumed, 0, "resumed-1"), acks::ALL)
+            .await
+            .unwrap();
+        c.end_txn(&EndTxnRequest {
+            transactional_id: "resumed".into(),
+            producer_id: resumed.0,
+            producer_epoch: resumed.1,
+            commit: true,
+        })
+        .await
+        .unwrap();
+        // The open one's producer comes back: initializing the id aborts
+        // what it left.
         let mut again = TransactionalProducer::init(&addr, "open", Duration::from_secs(60))
             .await
             .unwrap();
         wait_until_stable(&addr).await;
+        let mut visible = done_values;
+        visible.extend(["resumed-0".to_string(), "resumed-1".to_string()]);
         assert_eq!(
             read_all(&addr, isolation::READ_COMMITTED).await,
-            sorted(open_values.clone())
+            sorted(visible.clone())
         );
-        assert_eq!(read_all(&addr, isolation::READ_UNCOMMITTED).await.len(), 12);
+        assert_eq!(read_all(&addr, isolation::READ_UNCOMMITTED).await.len(), 17);
         again.begin().unwrap();
-        let mut visible = open_values;
         visible.extend(send_values(&mut again, "again", 3).await);
         again.commit().await.unwrap();
         assert_eq!(read_all(&addr, isolation::READ_COMMITTED).await, sorted(visible));
@@ -338,7 +400,7 @@ fn kill_9_during_a_commit_leaves_all_or_nothing() {
         let dir = data_dir();
         let broker = Broker::start(dir.path(), 2);
         let addr = broker.addr.clone();
-        run(async move {
+        let acknowledged = run(async move {
             let mut c = Connection::connect(&addr).await.unwrap();
             c.create_topic(TOPIC, PARTITIONS, vec![]).await.unwrap();
             let mut producer = TransactionalProducer::init(&addr, "racing", Duration::from_secs(1))
@@ -350,7 +412,7 @@ fn kill_9_during_a_commit_leaves_all_or_nothing() {
             let committing = glommio::spawn_local(async move { producer.commit().await }).detach();
             glommio::timer::sleep(Duration::from_micros(delay_us)).await;
             broker.kill9();
-            let _ = committing.await;
+            matches!(committing.await, Some(Ok(())))
         });
         let broker = Broker::start(dir.path(), 2);
         let addr = broker.addr.clone();
@@ -367,6 +429,10 @@ fn kill_9_during_a_commit_leaves_all_or_nothing() {
                 committed.is_empty() || committed.len() == 30,
                 "all or nothing, got {} records",
                 committed.len()
+            );
+            assert!(
+                !acknowledged || committed.len() == 30,
+                "an acknowledged commit is never lost"
             );
             assert_eq!(read_all(&addr, isolation::READ_UNCOMMITTED).await.len(), 30);
         });
@@ -465,7 +531,11 @@ fn bad_transactional_requests_get_clear_errors_and_lose_nothing() {
         assert_eq!(newer, epoch + 1);
         rejected(c.add_partitions_to_txn(&add(TOPIC)).await, ErrorCode::ProducerFenced);
         // Nothing above reached the log; plain records still go in.
-        c.produce(TOPIC, 1, &plain(&["after"]), acks::ALL).await.unwrap();
+        assert_eq!(
+            c.produce(TOPIC, 1, &plain(&["after"]), acks::ALL).await.unwrap(),
+            Some(0),
+            "nothing refused above reached the log"
+        );
         assert_eq!(read(&addr, TOPIC, 1, isolation::READ_COMMITTED).await, vec!["after"]);
     });
     broker.stop();

@@ -52,6 +52,8 @@ pub struct TransactionalProducer {
     sequences: HashMap<(String, u32), i32>,
     /// Partitions added to the open transaction.
     added: BTreeSet<(String, u32)>,
+    /// A group's offsets were added to the open transaction.
+    offsets_added: bool,
     /// Records not yet sent, per partition.
     pending: BTreeMap<(String, u32), RecordBatchBuilder>,
     open: bool,
@@ -71,6 +73,7 @@ impl TransactionalProducer {
             epoch,
             sequences: HashMap::new(),
             added: BTreeSet::new(),
+            offsets_added: false,
             pending: BTreeMap::new(),
             open: false,
         })
@@ -177,6 +180,7 @@ impl TransactionalProducer {
             group: group.to_string(),
         };
         retry!(self.connection.add_offsets_to_txn(&request))?;
+        self.offsets_added = true;
         let mut topics: Vec<OffsetCommitTopic> = Vec::new();
         for (topic, partition, offset) in offsets {
             let entry = OffsetCommitPartition {
@@ -222,6 +226,11 @@ impl TransactionalProducer {
     }
 
     async fn end(&mut self, commit: bool) -> Result<(), NetError> {
+        if self.added.is_empty() && !self.offsets_added {
+            // Nothing reached the broker: there is nothing to end.
+            self.open = false;
+            return Ok(());
+        }
         let request = EndTxnRequest {
             transactional_id: self.transactional_id.clone(),
             producer_id: self.producer_id,
@@ -231,6 +240,7 @@ impl TransactionalProducer {
         retry!(self.connection.end_txn(&request))?;
         self.open = false;
         self.added.clear();
+        self.offsets_added = false;
         Ok(())
     }
 }

@@ -358,17 +358,9 @@ impl Shard {
     ) -> Result<GroupAnswer, BrokerError> {
         let partition = offsets::partition_for_group(group, self.offsets_partitions()?);
         let key = (OFFSETS_TOPIC.to_string(), partition);
-        let expected = self
-            .producer_states
-            .borrow()
-            .get(&key)
-            .is_some_and(|s| s.expects(producer_id, epoch));
         let refuse_all = |offsets: Vec<(String, u32, u64, String)>, code| {
             GroupAnswer::Committed(offsets.into_iter().map(|(t, p, _, _)| (t, p, code)).collect())
         };
-        if !expected {
-            return Ok(refuse_all(offsets, ErrorCode::InvalidTxnState));
-        }
         let metadata_max = self.coordinator.borrow().limits().offset_metadata_bytes_max;
         let table = self.metadata.snapshot();
         if offsets
@@ -416,35 +408,67 @@ impl Shard {
             partition,
             source,
         };
-        let turn = self.offsets_turn(partition);
-        let appended = {
-            let _turn = turn
+        // The partition's idempotent turn, then its append turn, as a marker
+        // takes them: the check that the transaction is open, the append,
+        // and holding the offsets as pending happen with no marker and no
+        // compaction between them.
+        let idempotent_turn = self
+            .idempotent_turns
+            .borrow_mut()
+            .entry(key.clone())
+            .or_insert_with(|| Rc::new(Semaphore::new(1)))
+            .clone();
+        let offsets_turn = self.offsets_turn(partition);
+        let last_offset = {
+            let _idempotent = idempotent_turn
                 .acquire_permit(1)
                 .await
                 .map_err(|_| BrokerError::ShardGone(self.id))?;
-            log.append(&frame).await.map_err(storage)?
+            let _append = offsets_turn
+                .acquire_permit(1)
+                .await
+                .map_err(|_| BrokerError::ShardGone(self.id))?;
+            let expected = self
+                .producer_states
+                .borrow()
+                .get(&key)
+                .is_some_and(|s| s.expects(producer_id, epoch));
+            if !expected {
+                return Ok(refuse_all(offsets, ErrorCode::InvalidTxnState));
+            }
+            let appended = log.append(&frame).await.map_err(storage)?;
+            let mut info = batch::peek_header(&frame).map_err(storage)?;
+            info.base_offset = appended.base_offset;
+            if let Some(states) = self.producer_states.borrow_mut().get_mut(&key) {
+                states.record(&info, None);
+            }
+            let mut pending = self.txn_offsets.borrow_mut();
+            let pending = pending.entry((partition, producer_id)).or_default();
+            for (i, (key, value)) in records.into_iter().enumerate() {
+                pending.push(super::txns::PendingOffset {
+                    key,
+                    value,
+                    log_offset: appended.base_offset.0 + i as u64,
+                });
+            }
+            appended.last_offset
         };
-        log.wait_durable(appended.last_offset).await.map_err(storage)?;
-        let mut info = batch::peek_header(&frame).map_err(storage)?;
-        info.base_offset = appended.base_offset;
-        if let Some(states) = self.producer_states.borrow_mut().get_mut(&key) {
-            states.record(&info, None);
-        }
-        let mut pending = self.txn_offsets.borrow_mut();
-        let pending = pending.entry((partition, producer_id)).or_default();
-        for (i, (key, value)) in records.into_iter().enumerate() {
-            pending.push(super::txns::PendingOffset {
-                key,
-                value,
-                log_offset: appended.base_offset.0 + i as u64,
-            });
-        }
+        log.wait_durable(last_offset).await.map_err(storage)?;
         Ok(GroupAnswer::Committed(
             offsets
                 .into_iter()
                 .map(|(t, p, _, _)| (t, p, ErrorCode::None))
                 .collect(),
         ))
+    }
+
+    /// Whether a transaction with commits in this offsets partition is open.
+    fn offsets_transactions_open(&self, partition: u32) -> bool {
+        self.producer_states
+            .borrow()
+            .get(&(OFFSETS_TOPIC.to_string(), partition))
+            .is_some_and(|s| s.has_open_transactions())
+            || self.txn_offsets.borrow().keys().any(|(p, _)| *p == partition)
     }
 
     /// The turn of an offsets partition's appends: a compaction holds it
@@ -652,13 +676,7 @@ impl Shard {
                 continue;
             }
             // A rewrite would drop the records of a transaction still open.
-            let open = self
-                .producer_states
-                .borrow()
-                .get(&(OFFSETS_TOPIC.to_string(), partition))
-                .is_some_and(|s| s.has_open_transactions())
-                || self.txn_offsets.borrow().keys().any(|(p, _)| *p == partition);
-            if open {
+            if self.offsets_transactions_open(partition) {
                 continue;
             }
             if let Err(error) = self.compact_offsets_partition(&log, partition, partitions).await {
@@ -685,6 +703,11 @@ impl Shard {
                 .await
                 .map_err(|_| BrokerError::ShardGone(self.id))?;
             self.drain_offsets_writes(partition).await;
+            // Checked again under the turn: a transactional commit may have
+            // landed while this waited for it.
+            if self.offsets_transactions_open(partition) {
+                return Ok(());
+            }
             let live: Vec<(OffsetKey, Option<OffsetValue>)> = self
                 .coordinator
                 .borrow()

@@ -581,13 +581,11 @@ impl Shard {
             }
             if last_retry.elapsed() >= RETRY_PREPARED {
                 last_retry = std::time::Instant::now();
-                let prepared = self
-                    .txn_coordinator
-                    .borrow()
-                    .unfinished()
-                    .into_iter()
-                    .any(|(_, m)| m.state != TxnState::Ongoing);
-                if prepared {
+                // Prepared transactions whose markers failed are finished;
+                // open ones are announced again (an announcement that failed
+                // at start would refuse their producer's next partition).
+                let unfinished = !self.txn_coordinator.borrow().unfinished().is_empty();
+                if unfinished {
                     self.recover_txns().await;
                 }
             }
@@ -642,11 +640,16 @@ impl Shard {
             .states(|id| offsets::partition_for_group(id, partitions) == partition);
         let from = log.log_end_offset();
         let mut last = None;
-        for chunk in live.chunks(COMPACT_STATES_PER_BATCH) {
-            let mut builder = RecordBatchBuilder::new();
-            for (id, meta) in chunk {
-                builder.push(now_ms(), Some(id.as_bytes()), Some(&txn::encode(meta)), vec![]);
+        let mut builder = RecordBatchBuilder::new();
+        for (id, meta) in live {
+            let value = txn::encode(&meta);
+            if !builder.is_empty() && builder.payload_bytes() + id.len() + value.len() > COMPACT_BATCH_BYTES {
+                let full = std::mem::take(&mut builder);
+                last = Some(log.append(&full.build()).await.map_err(storage)?.last_offset);
             }
+            builder.push(now_ms(), Some(id.as_bytes()), Some(&value), vec![]);
+        }
+        if !builder.is_empty() {
             last = Some(log.append(&builder.build()).await.map_err(storage)?.last_offset);
         }
         if let Some(last) = last {
@@ -665,10 +668,10 @@ impl Shard {
     }
 }
 
-/// States per batch in a compaction's rewrite: each is under 1 KiB plus its
-/// partitions, far under the batch limit at this count for transactions of
-/// ordinary size.
-const COMPACT_STATES_PER_BATCH: usize = 64;
+/// Bytes of states per batch in a compaction's rewrite: with one state at
+/// most `TXN_STATE_BYTES_MAX`, a batch stays under the log's 1 MiB limit.
+const COMPACT_BATCH_BYTES: usize = 512 << 10;
 
-/// How often prepared transactions whose markers failed are tried again.
+/// How often prepared transactions whose markers failed are tried again, and
+/// open ones announced again.
 const RETRY_PREPARED: Duration = Duration::from_secs(5);
