@@ -47,7 +47,14 @@ impl BrokerProcess {
         }
         let mut command = Command::new(&binary);
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--kafka-listen",
+                "none",
+                "--data-dir",
+            ])
             .arg(data_dir);
         if cpus.is_empty() {
             command.args(["--shards", &shards.to_string()]);

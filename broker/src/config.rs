@@ -9,6 +9,8 @@ use crate::error::BrokerError;
 
 /// The native protocol's default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9292";
+/// The Kafka listener's default address (Kafka's port).
+pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -17,6 +19,12 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     /// Native protocol address; every shard accepts on it (SO_REUSEPORT).
     pub listen: String,
+    /// Kafka protocol address, served by every shard like `listen`;
+    /// "none" turns the Kafka listener off.
+    pub kafka_listen: String,
+    /// host:port Kafka clients are told to connect to (Metadata,
+    /// FindCoordinator); default: the bound Kafka address.
+    pub kafka_advertised: Option<String>,
     /// Number of shards (one executor each); default: one per core.
     pub shards: Option<usize>,
     /// Cores to pin shards to, one shard per core listed.
@@ -70,6 +78,8 @@ impl Default for BrokerConfig {
         BrokerConfig {
             data_dir: PathBuf::from("corelog-data"),
             listen: DEFAULT_LISTEN.to_string(),
+            kafka_listen: DEFAULT_KAFKA_LISTEN.to_string(),
+            kafka_advertised: None,
             shards: None,
             cpus: None,
             frame_bytes_max: net::codec::FRAME_BYTES_MAX_DEFAULT,

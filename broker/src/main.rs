@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod error;
 mod group;
+mod kafka;
 mod offsets;
 mod producer_state;
 mod runtime;
@@ -41,6 +42,10 @@ enum Command {
         /// Address of the native protocol; port 0 picks a free port.
         #[arg(long)]
         listen: Option<String>,
+        /// Address of the Kafka protocol (default 127.0.0.1:9092; "none":
+        /// off); port 0 picks a free port.
+        #[arg(long)]
+        kafka_listen: Option<String>,
         #[arg(long, conflicts_with = "cpus")]
         shards: Option<usize>,
         /// Cores to run shards on, e.g. 0,2,4.
@@ -78,9 +83,10 @@ fn main() {
             config,
             data_dir,
             listen,
+            kafka_listen,
             shards,
             cpus,
-        } => serve(config, data_dir, listen, shards, cpus),
+        } => serve(config, data_dir, listen, kafka_listen, shards, cpus),
         Command::Topic { command, broker } => cli::topic(&broker, command),
         Command::Group { command, broker } => cli::group(&broker, command),
         Command::Produce(args) => cli::produce(args),
@@ -96,6 +102,7 @@ fn serve(
     config_file: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     listen: Option<String>,
+    kafka_listen: Option<String>,
     shards: Option<usize>,
     cpus: Option<Vec<usize>>,
 ) -> Result<(), String> {
@@ -108,6 +115,9 @@ fn serve(
     }
     if let Some(listen) = listen {
         config.listen = listen;
+    }
+    if let Some(kafka_listen) = kafka_listen {
+        config.kafka_listen = kafka_listen;
     }
     if shards.is_some() {
         config.shards = shards;
@@ -122,6 +132,10 @@ fn serve(
     let running = runtime::start(config).map_err(|e| e.to_string())?;
     tracing::info!(addr = %running.addr, data_dir = %data_dir.display(), "corelog listening");
     println!("corelog listening on {}", running.addr);
+    if let Some(kafka_addr) = running.kafka_addr {
+        tracing::info!(addr = %kafka_addr, "kafka listener");
+        println!("corelog kafka listening on {kafka_addr}");
+    }
     if let Some(signal) = signals.forever().next() {
         tracing::info!(signal, "shutting down: flushing and closing partitions");
     }

@@ -26,6 +26,8 @@ const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_millis(2
 
 pub struct Running {
     pub addr: SocketAddr,
+    /// The Kafka listener's bound address, if it is on.
+    pub kafka_addr: Option<SocketAddr>,
     inboxes: Arc<Vec<flume::Sender<ShardMessage>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -107,6 +109,15 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         })?,
     ));
     let (reserved, addr) = reserve(&config.listen)?;
+    let kafka = if config.kafka_listen == "none" {
+        None
+    } else {
+        Some(reserve(&config.kafka_listen)?)
+    };
+    let kafka_addr = kafka.as_ref().map(|(_, addr)| *addr);
+    let advertised = kafka_addr
+        .map(|bound| crate::kafka::advertised(config.kafka_advertised.as_deref(), bound))
+        .transpose()?;
     let config = Arc::new(config);
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(config.shard_queue_depth)).unzip();
     let inboxes = Arc::new(senders);
@@ -117,6 +128,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         let id = id as u16;
         let (config, metadata, inboxes, ready) = (config.clone(), metadata.clone(), inboxes.clone(), ready_tx.clone());
         let producer_ids = producer_ids.clone();
+        let advertised = advertised.clone();
         let core = core_ids.iter().find(|c| c.id == cpu).copied();
         let executor = LocalExecutorBuilder::new(Placement::Unbound)
             .name(&format!("shard-{id}"))
@@ -144,12 +156,20 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                         path: addr.to_string().into(),
                         source: e.into(),
                     })?;
+                    let kafka_listener = match kafka_addr {
+                        Some(kafka_addr) => Some(glommio::net::TcpListener::bind(kafka_addr).map_err(|e| BrokerError::Io {
+                            op: "listen (kafka) on",
+                            path: kafka_addr.to_string().into(),
+                            source: e.into(),
+                        })?),
+                        None => None,
+                    };
                     tracing::info!(shard = id, partitions = opened, "recovered partitions; accepting");
-                    Ok::<_, BrokerError>(listener)
+                    Ok::<_, BrokerError>((listener, kafka_listener))
                 }
                 .await;
-                let listener = match started {
-                    Ok(listener) => listener,
+                let (listener, kafka_listener) = match started {
+                    Ok(listeners) => listeners,
                     Err(error) => {
                         let _ = ready.send(Err(error));
                         return;
@@ -157,6 +177,10 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 };
                 let _ = ready.send(Ok(()));
                 glommio::spawn_local(crate::server::accept_loop(shard.clone(), listener)).detach();
+                if let (Some(kafka_listener), Some(advertised)) = (kafka_listener, advertised) {
+                    glommio::spawn_local(crate::kafka::accept_loop(shard.clone(), kafka_listener, Rc::new(advertised)))
+                        .detach();
+                }
                 let clock = shard.clone();
                 let clock = glommio::spawn_local(async move { clock.run_group_clock().await }).detach();
                 let txn_clock = shard.clone();
@@ -180,7 +204,12 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         }));
     }
     drop(ready_tx);
-    let running = Running { addr, inboxes, threads };
+    let running = Running {
+        addr,
+        kafka_addr,
+        inboxes,
+        threads,
+    };
     for _ in 0..shards {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -195,5 +224,6 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         }
     }
     drop(reserved);
+    drop(kafka);
     Ok(running)
 }

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod consumer;
 pub mod error;
 pub mod group;
+pub mod kafka;
 pub mod messages;
 pub mod nudge;
 pub mod pipelined;

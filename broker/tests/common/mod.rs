@@ -15,6 +15,8 @@ use storage::batch::{self, RecordBatchBuilder};
 pub struct Broker {
     child: Child,
     pub addr: String,
+    /// The Kafka listener's address.
+    pub kafka_addr: String,
 }
 
 impl Broker {
@@ -31,6 +33,8 @@ impl Broker {
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
+                "--kafka-listen",
+                "127.0.0.1:0",
                 "--shards",
                 &shards.to_string(),
                 "--data-dir",
@@ -45,17 +49,22 @@ impl Broker {
             .stderr(std::fs::File::create(data_dir.with_extension("log")).expect("broker log file"))
             .spawn()
             .expect("the corelog binary starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("the broker reports its address");
-        let addr = line
-            .trim()
-            .strip_prefix("corelog listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Broker { child, addr }
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut read = |prefix: &str| {
+            let mut line = String::new();
+            stdout.read_line(&mut line).expect("the broker reports its addresses");
+            line.trim()
+                .strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("unexpected line {line:?}, expected {prefix:?}"))
+                .to_string()
+        };
+        let addr = read("corelog listening on ");
+        let kafka_addr = read("corelog kafka listening on ");
+        Broker {
+            child,
+            addr,
+            kafka_addr,
+        }
     }
 
     pub fn kill9(mut self) {

@@ -1,0 +1,543 @@
+//! The Kafka listener: Kafka's wire protocol served by every shard, beside
+//! the native one, over the same partition ownership and routing. Each
+//! request is decoded with `net::kafka` (the `kafka-protocol` crate), served
+//! through the shard's own operations, and answered in order on its
+//! connection (Kafka clients rely on that; a connection serves one request
+//! at a time, as a Kafka broker does).
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use net::kafka::kafka_protocol::messages::api_versions_response::ApiVersion;
+use net::kafka::kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use net::kafka::kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use net::kafka::kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use net::kafka::kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use net::kafka::kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use net::kafka::kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use net::kafka::kafka_protocol::messages::*;
+use net::kafka::kafka_protocol::protocol::StrBytes;
+use net::kafka::{self as wire, Decoded};
+use net::messages::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
+use net::ErrorCode;
+
+use crate::error::BrokerError;
+use crate::shard::Shard;
+
+mod groups;
+
+/// The longest a fetch may wait, whatever it asks.
+const FETCH_MAX_WAIT: Duration = Duration::from_secs(60);
+/// The node id corelog gives itself in Kafka's metadata.
+pub const NODE_ID: i32 = 0;
+
+fn name(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+fn topic_name(s: &str) -> TopicName {
+    TopicName(name(s))
+}
+
+/// Where Kafka clients are told to connect: the advertised address, else
+/// the bound one.
+#[derive(Clone, Debug)]
+pub struct Advertised {
+    pub host: String,
+    pub port: i32,
+}
+
+/// The advertised address from `kafka_advertised` ("host:port"), else the
+/// bound address.
+pub fn advertised(configured: Option<&str>, bound: std::net::SocketAddr) -> Result<Advertised, BrokerError> {
+    let Some(configured) = configured else {
+        return Ok(Advertised {
+            host: bound.ip().to_string(),
+            port: i32::from(bound.port()),
+        });
+    };
+    let (host, port) = configured
+        .rsplit_once(':')
+        .ok_or_else(|| BrokerError::Config(format!("kafka_advertised {configured:?} is not host:port")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| BrokerError::Config(format!("kafka_advertised {configured:?}: bad port")))?;
+    Ok(Advertised {
+        host: host.to_string(),
+        port: i32::from(port),
+    })
+}
+
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, advertised: Rc<Advertised>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(shard = shard.id, %error, "kafka accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if shard.connections.get() >= shard.config.connections_max {
+            tracing::warn!(
+                shard = shard.id,
+                "connection limit reached; closing a new Kafka connection"
+            );
+            continue;
+        }
+        shard.connections.set(shard.connections.get() + 1);
+        let (shard, advertised) = (shard.clone(), advertised.clone());
+        glommio::spawn_local(async move {
+            if let Err(error) = connection(&shard, stream, &advertised).await {
+                tracing::debug!(shard = shard.id, %error, "kafka connection ended");
+            }
+            shard.connections.set(shard.connections.get() - 1);
+        })
+        .detach();
+    }
+}
+
+async fn connection(shard: &Shard, mut stream: TcpStream, advertised: &Advertised) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let max = shard.config.frame_bytes_max;
+    let mut out = BytesMut::new();
+    loop {
+        let mut prefix = [0u8; wire::LENGTH_BYTES];
+        match stream.read_exact(&mut prefix).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let length = match wire::frame_length(&prefix, max) {
+            Ok(Some(length)) => length,
+            Ok(None) => unreachable!("four bytes were read"),
+            Err(error) => {
+                // The stream cannot be resynchronized.
+                tracing::warn!(shard = shard.id, %error, "refusing a Kafka frame and closing the connection");
+                return Ok(());
+            }
+        };
+        let mut message = vec![0u8; length];
+        stream.read_exact(&mut message).await?;
+        shard.stats.requests.set(shard.stats.requests.get() + 1);
+        out.clear();
+        match wire::decode_request(Bytes::from(message)) {
+            Ok(Decoded::Request { header, version, body }) => {
+                let api = ApiKey::try_from(header.request_api_key).expect("decoded requests have known keys");
+                let Some(response) = handle(shard, advertised, version, *body).await else {
+                    continue; // acks=0
+                };
+                if let Err(error) = wire::encode_response(header.correlation_id, api, version, &response, &mut out) {
+                    tracing::error!(shard = shard.id, %error, "a Kafka response did not encode; closing");
+                    return Ok(());
+                }
+            }
+            Ok(Decoded::Unsupported {
+                api_key,
+                version,
+                correlation_id,
+            }) => {
+                tracing::debug!(shard = shard.id, api_key, version, "unsupported Kafka API or version");
+                // Kafka answers an ApiVersions it cannot parse with v0 and
+                // its versions; any other API with UNSUPPORTED_VERSION in the
+                // version asked, which only ApiVersions can carry for an
+                // unknown API: answer with ApiVersions v0 as Kafka does.
+                let response = api_versions(ErrorCode::UnsupportedVersion.code());
+                wire::encode_response(correlation_id, ApiKey::ApiVersions, 0, &response, &mut out)
+                    .expect("ApiVersions v0 encodes");
+                if api_key != ApiKey::ApiVersions as i16 {
+                    stream.write_all(&out).await?;
+                    return Ok(());
+                }
+            }
+            Err(error) => {
+                tracing::warn!(shard = shard.id, %error, "malformed Kafka request; closing the connection");
+                return Ok(());
+            }
+        }
+        stream.write_all(&out).await?;
+    }
+}
+
+fn api_versions(error_code: i16) -> ResponseKind {
+    let api_keys = wire::SUPPORTED
+        .iter()
+        .map(|(api, min, max)| {
+            ApiVersion::default()
+                .with_api_key(*api as i16)
+                .with_min_version(*min)
+                .with_max_version(*max)
+        })
+        .collect();
+    ResponseKind::ApiVersions(
+        ApiVersionsResponse::default()
+            .with_error_code(error_code)
+            .with_api_keys(api_keys),
+    )
+}
+
+async fn handle(shard: &Shard, advertised: &Advertised, version: i16, body: RequestKind) -> Option<ResponseKind> {
+    Some(match body {
+        RequestKind::ApiVersions(_) => api_versions(0),
+        RequestKind::Metadata(request) => metadata(shard, advertised, request).await,
+        RequestKind::Produce(request) => return produce(shard, request).await,
+        RequestKind::Fetch(request) => fetch(shard, request).await,
+        RequestKind::ListOffsets(request) => list_offsets(shard, version, request).await,
+        RequestKind::CreateTopics(request) => create_topics(shard, request).await,
+        RequestKind::DeleteTopics(request) => delete_topics(shard, request).await,
+        RequestKind::InitProducerId(request) => init_producer_id(shard, request).await,
+        RequestKind::FindCoordinator(request) => groups::find_coordinator(advertised, version, request),
+        RequestKind::JoinGroup(request) => groups::join(shard, request).await,
+        RequestKind::SyncGroup(request) => groups::sync(shard, request).await,
+        RequestKind::Heartbeat(request) => groups::heartbeat(shard, request).await,
+        RequestKind::LeaveGroup(request) => groups::leave(shard, version, request).await,
+        RequestKind::OffsetCommit(request) => groups::offset_commit(shard, request).await,
+        RequestKind::OffsetFetch(request) => groups::offset_fetch(shard, version, request).await,
+        RequestKind::ListGroups(_) => groups::list(shard).await,
+        RequestKind::DescribeGroups(request) => groups::describe(shard, request).await,
+        RequestKind::AddPartitionsToTxn(request) => groups::add_partitions_to_txn(shard, request).await,
+        RequestKind::AddOffsetsToTxn(request) => groups::add_offsets_to_txn(shard, request).await,
+        RequestKind::EndTxn(request) => groups::end_txn(shard, request).await,
+        RequestKind::TxnOffsetCommit(request) => groups::txn_offset_commit(shard, request).await,
+        other => {
+            // Decoding refuses APIs outside `SUPPORTED`; one listed there but
+            // not served here is a bug, answered rather than dropped.
+            tracing::error!(?other, "a supported Kafka API without a handler");
+            api_versions(ErrorCode::UnsupportedVersion.code())
+        }
+    })
+}
+
+async fn metadata(shard: &Shard, advertised: &Advertised, request: MetadataRequest) -> ResponseKind {
+    let table = shard.metadata.snapshot();
+    let names: Vec<String> = match &request.topics {
+        Some(topics) => topics
+            .iter()
+            .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+            .collect(),
+        None => table.topics.keys().cloned().collect(),
+    };
+    let topics = names
+        .into_iter()
+        .map(|topic| {
+            let Some(meta) = table.topics.get(&topic) else {
+                return MetadataResponseTopic::default()
+                    .with_name(Some(topic_name(&topic)))
+                    .with_error_code(ErrorCode::UnknownTopicOrPartition.code());
+            };
+            let partitions = (0..meta.shards.len() as i32)
+                .map(|p| {
+                    MetadataResponsePartition::default()
+                        .with_partition_index(p)
+                        .with_leader_id(BrokerId(NODE_ID))
+                        .with_replica_nodes(vec![BrokerId(NODE_ID)])
+                        .with_isr_nodes(vec![BrokerId(NODE_ID)])
+                })
+                .collect();
+            MetadataResponseTopic::default()
+                .with_name(Some(topic_name(&topic)))
+                .with_is_internal(topic.starts_with("__"))
+                .with_partitions(partitions)
+        })
+        .collect();
+    ResponseKind::Metadata(
+        MetadataResponse::default()
+            .with_brokers(vec![MetadataResponseBroker::default()
+                .with_node_id(BrokerId(NODE_ID))
+                .with_host(name(&advertised.host))
+                .with_port(advertised.port)])
+            .with_cluster_id(Some(name("corelog")))
+            .with_controller_id(BrokerId(NODE_ID))
+            .with_topics(topics),
+    )
+}
+
+async fn produce(shard: &Shard, request: ProduceRequest) -> Option<ResponseKind> {
+    let acks = match request.acks {
+        -1 => net::messages::acks::ALL,
+        0 => net::messages::acks::NONE,
+        1 => net::messages::acks::LEADER,
+        _ => i8::MAX, // refused below as INVALID_REQUIRED_ACKS
+    };
+    let mut responses = Vec::new();
+    for topic in request.topic_data {
+        let name = topic.name.0.to_string();
+        let mut partitions = Vec::new();
+        for data in topic.partition_data {
+            let partition = data.index;
+            let result = match (u32::try_from(partition), data.records) {
+                (Ok(p), Some(records)) if acks != i8::MAX => match wire::records::to_storage(records) {
+                    Ok(frames) => shard.produce(&name, p, &frames, acks).await,
+                    Err(error) => Err(BrokerError::CorruptBatches {
+                        topic: name.clone(),
+                        partition: p,
+                        reason: error.to_string(),
+                    }),
+                },
+                (_, _) if acks == i8::MAX => Err(BrokerError::InvalidAcks(request.acks as i8)),
+                _ => Err(BrokerError::UnknownTopicOrPartition {
+                    topic: name.clone(),
+                    partition: partition.max(0) as u32,
+                }),
+            };
+            partitions.push(match result {
+                Ok(produced) => PartitionProduceResponse::default()
+                    .with_index(partition)
+                    .with_base_offset(produced.base_offset as i64)
+                    .with_log_append_time_ms(produced.append_time_ms.max(-1))
+                    .with_log_start_offset(produced.log_start_offset as i64),
+                Err(error) => {
+                    tracing::debug!(shard = shard.id, %error, "kafka produce refused");
+                    PartitionProduceResponse::default()
+                        .with_index(partition)
+                        .with_error_code(error.code().code())
+                        .with_base_offset(-1)
+                        .with_log_append_time_ms(-1)
+                        .with_error_message(Some(StrBytes::from_string(error.to_string())))
+                }
+            });
+        }
+        responses.push(
+            TopicProduceResponse::default()
+                .with_name(topic.name)
+                .with_partition_responses(partitions),
+        );
+    }
+    if request.acks == 0 {
+        return None;
+    }
+    Some(ResponseKind::Produce(
+        ProduceResponse::default().with_responses(responses),
+    ))
+}
+
+/// A fetch: reads every partition asked for; with fewer than `min_bytes`
+/// it waits for an append to any of them until `max_wait_ms`, as the
+/// native fetch does.
+async fn fetch(shard: &Shard, request: FetchRequest) -> ResponseKind {
+    let max_wait = Duration::from_millis(request.max_wait_ms.max(0) as u64).min(FETCH_MAX_WAIT);
+    let deadline = Instant::now() + max_wait;
+    let min_bytes = request.min_bytes.max(0) as usize;
+    let max_bytes = if request.max_bytes <= 0 {
+        usize::MAX
+    } else {
+        request.max_bytes as usize
+    };
+    let isolation = if request.isolation_level == 1 {
+        net::messages::isolation::READ_COMMITTED
+    } else {
+        net::messages::isolation::READ_UNCOMMITTED
+    };
+    loop {
+        let mut total = 0usize;
+        let mut waits: Vec<(String, u32, u64)> = Vec::new();
+        let mut responses = Vec::new();
+        for topic in &request.topics {
+            let name = topic.topic.0.to_string();
+            let mut partitions = Vec::new();
+            for p in &topic.partitions {
+                let partition = p.partition;
+                let budget = (p.partition_max_bytes.max(1) as usize)
+                    .min(max_bytes.saturating_sub(total))
+                    .max(1);
+                let data = fetch_partition(shard, &name, partition, p.fetch_offset, budget, isolation).await;
+                if let Ok((data, end)) = &data {
+                    total += data.records.as_ref().map_or(0, |r| r.len());
+                    waits.push((name.clone(), partition as u32, *end));
+                }
+                partitions.push(match data {
+                    Ok((data, _)) => data,
+                    Err(code) => PartitionData::default()
+                        .with_partition_index(partition)
+                        .with_error_code(code.code())
+                        .with_high_watermark(-1)
+                        .with_last_stable_offset(-1)
+                        .with_log_start_offset(-1)
+                        .with_records(Some(Bytes::new())),
+                });
+            }
+            responses.push(
+                FetchableTopicResponse::default()
+                    .with_topic(topic.topic.clone())
+                    .with_partitions(partitions),
+            );
+        }
+        if total >= min_bytes.max(1) || Instant::now() >= deadline || waits.is_empty() {
+            return ResponseKind::Fetch(FetchResponse::default().with_responses(responses));
+        }
+        let waits = waits
+            .iter()
+            .map(|(topic, partition, end)| Box::pin(shard.wait_for_data(topic, *partition, *end, deadline)));
+        let _ = futures::future::select_all(waits).await;
+    }
+}
+
+/// One partition of a fetch, and its log end (to wait on).
+async fn fetch_partition(
+    shard: &Shard,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    budget: usize,
+    isolation: u8,
+) -> Result<(PartitionData, u64), ErrorCode> {
+    let partition_u = u32::try_from(partition).map_err(|_| ErrorCode::UnknownTopicOrPartition)?;
+    if offset < 0 {
+        return Err(ErrorCode::OffsetOutOfRange);
+    }
+    let fetched = shard
+        .fetch(topic, partition_u, offset as u64, budget as u32, isolation)
+        .await
+        .map_err(|e| e.code())?;
+    if (offset as u64) > fetched.high_watermark || (offset as u64) < fetched.log_start_offset {
+        return Err(ErrorCode::OffsetOutOfRange);
+    }
+    let records = wire::records::to_kafka(&fetched.bytes).map_err(|_| ErrorCode::CorruptMessage)?;
+    let aborted = (isolation == net::messages::isolation::READ_COMMITTED).then(|| {
+        fetched
+            .aborted
+            .iter()
+            .map(|a| {
+                net::kafka::kafka_protocol::messages::fetch_response::AbortedTransaction::default()
+                    .with_producer_id(ProducerId(a.producer_id))
+                    .with_first_offset(a.first_offset as i64)
+            })
+            .collect()
+    });
+    let data = PartitionData::default()
+        .with_partition_index(partition)
+        .with_high_watermark(fetched.high_watermark as i64)
+        .with_last_stable_offset(fetched.last_stable_offset as i64)
+        .with_log_start_offset(fetched.log_start_offset as i64)
+        .with_aborted_transactions(aborted)
+        .with_records(Some(records));
+    Ok((data, fetched.high_watermark))
+}
+
+async fn list_offsets(shard: &Shard, version: i16, request: ListOffsetsRequest) -> ResponseKind {
+    let mut topics = Vec::new();
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let mut partitions = Vec::new();
+        for p in topic.partitions {
+            let timestamp = match p.timestamp {
+                -1 => LATEST_TIMESTAMP,
+                -2 => EARLIEST_TIMESTAMP,
+                ts => ts,
+            };
+            let result = match u32::try_from(p.partition_index) {
+                Ok(partition) => shard.list_offset(&name, partition, timestamp).await,
+                Err(_) => Err(BrokerError::UnknownTopicOrPartition {
+                    topic: name.clone(),
+                    partition: 0,
+                }),
+            };
+            let response = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
+            partitions.push(match result {
+                // No record at or after the timestamp: Kafka answers -1.
+                Ok(offset) => response
+                    .with_offset(offset.map_or(-1, |o| o as i64))
+                    .with_timestamp(-1)
+                    .with_leader_epoch(if version >= 4 { 0 } else { -1 }),
+                Err(error) => response.with_error_code(error.code().code()).with_offset(-1),
+            });
+        }
+        topics.push(
+            ListOffsetsTopicResponse::default()
+                .with_name(topic.name)
+                .with_partitions(partitions),
+        );
+    }
+    ResponseKind::ListOffsets(ListOffsetsResponse::default().with_topics(topics))
+}
+
+async fn create_topics(shard: &Shard, request: CreateTopicsRequest) -> ResponseKind {
+    let mut results = Vec::new();
+    for topic in request.topics {
+        let name = topic.name.0.to_string();
+        let configs: BTreeMap<String, String> = topic
+            .configs
+            .iter()
+            .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
+            .collect();
+        let partitions = if topic.num_partitions < 0 {
+            0
+        } else {
+            topic.num_partitions as u32
+        };
+        let result = if topic.num_partitions == 0 {
+            Err(BrokerError::InvalidPartitions(0))
+        } else if request.validate_only {
+            Ok(())
+        } else {
+            shard.create_topic(&name, partitions, configs).await
+        };
+        let count = shard
+            .metadata
+            .snapshot()
+            .topics
+            .get(&name)
+            .map_or(-1, |t| t.shards.len() as i32);
+        results.push(match result {
+            Ok(()) => CreatableTopicResult::default()
+                .with_name(topic.name)
+                .with_num_partitions(count)
+                .with_replication_factor(1),
+            Err(error) => CreatableTopicResult::default()
+                .with_name(topic.name)
+                .with_error_code(error.code().code())
+                .with_error_message(Some(StrBytes::from_string(error.to_string())))
+                .with_num_partitions(-1)
+                .with_replication_factor(-1),
+        });
+    }
+    ResponseKind::CreateTopics(CreateTopicsResponse::default().with_topics(results))
+}
+
+async fn delete_topics(shard: &Shard, request: DeleteTopicsRequest) -> ResponseKind {
+    let mut names: Vec<TopicName> = request.topic_names;
+    names.extend(request.topics.into_iter().filter_map(|t| t.name));
+    let mut responses = Vec::new();
+    for topic in names {
+        let result = shard.delete_topic(&topic.0).await;
+        let response = DeletableTopicResult::default().with_name(Some(topic));
+        responses.push(match result {
+            Ok(()) => response,
+            Err(error) => response
+                .with_error_code(error.code().code())
+                .with_error_message(Some(StrBytes::from_string(error.to_string()))),
+        });
+    }
+    ResponseKind::DeleteTopics(DeleteTopicsResponse::default().with_responses(responses))
+}
+
+async fn init_producer_id(shard: &Shard, request: InitProducerIdRequest) -> ResponseKind {
+    let answer = match request.transactional_id {
+        None => {
+            let allocated = shard.producer_ids.lock().unwrap_or_else(|p| p.into_inner()).allocate();
+            allocated.map(|id| (id, 0)).map_err(|error| {
+                tracing::error!(%error, "allocating a producer id failed");
+                ErrorCode::UnknownServerError
+            })
+        }
+        Some(id) => groups::init_transactional(shard, &id.0, request.transaction_timeout_ms).await,
+    };
+    let response = match answer {
+        Ok((producer_id, epoch)) => InitProducerIdResponse::default()
+            .with_producer_id(ProducerId(producer_id))
+            .with_producer_epoch(epoch),
+        Err(code) => InitProducerIdResponse::default()
+            .with_error_code(code.code())
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1),
+    };
+    ResponseKind::InitProducerId(response)
+}

@@ -1,0 +1,304 @@
+//! The Kafka listener against real Kafka clients: kcat (librdkafka) and the
+//! Python clients kafka-python and confluent-kafka (librdkafka), which
+//! `.ci/run` installs. Without them a test says so and passes, except
+//! under `CI=true`, where they must be there.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use net::client::Connection;
+
+mod common;
+use common::*;
+
+/// Whether `program --version`-like probing finds the tool; under CI a
+/// missing tool fails the test.
+fn available(what: &str, probe: &mut Command) -> bool {
+    let found = probe
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{what} is missing; .ci/run installs it"
+        );
+        eprintln!("skipped: {what} is not installed (.ci/run installs it)");
+    }
+    found
+}
+
+fn python_clients() -> bool {
+    available(
+        "the Python Kafka clients",
+        Command::new("python3").args(["-c", "import kafka, confluent_kafka"]),
+    )
+}
+
+fn kcat() -> bool {
+    available("kcat", Command::new("kcat").arg("-V"))
+}
+
+fn python(scenario: &str, bootstrap: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_clients/clients.py");
+    let output = Command::new("python3")
+        .args([script, scenario, bootstrap])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("ok"),
+        "{scenario} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn kcat_run(args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new("kcat")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcat runs");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(stdin.as_bytes())
+        .expect("kcat reads its input");
+    let output = child.wait_with_output().expect("kcat ends");
+    assert!(
+        output.status.success(),
+        "kcat {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+#[test]
+fn kcat_produces_and_consumes_keys_values_and_headers() {
+    if !kcat() {
+        return;
+    }
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut c = Connection::connect(&addr).await.unwrap();
+        c.create_topic("lines", 2, vec![]).await.unwrap();
+    });
+    let bootstrap = broker.kafka_addr.clone();
+    for (partition, acks) in [("0", "1"), ("1", "all"), ("0", "0")] {
+        let input: String = (0..5).map(|i| format!("k{partition}{acks}{i}:v{i}\n")).collect();
+        kcat_run(
+            &[
+                "-b",
+                &bootstrap,
+                "-P",
+                "-t",
+                "lines",
+                "-p",
+                partition,
+                "-K",
+                ":",
+                "-H",
+                "origin=kcat",
+                "-X",
+                &format!("acks={acks}"),
+            ],
+            &input,
+        );
+    }
+    let consumed = kcat_run(
+        &[
+            "-b",
+            &bootstrap,
+            "-C",
+            "-t",
+            "lines",
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+            "%p %o %k %s %h\n",
+        ],
+        "",
+    );
+    let mut lines: Vec<&str> = consumed.lines().collect();
+    lines.sort();
+    let mut expected = Vec::new();
+    for (partition, acks, base) in [("0", "1", 0), ("0", "0", 5), ("1", "all", 0)] {
+        for i in 0..5 {
+            expected.push(format!(
+                "{partition} {} k{partition}{acks}{i} v{i} origin=kcat",
+                base + i
+            ));
+        }
+    }
+    expected.sort();
+    assert_eq!(lines, expected);
+    // Watermarks through the Kafka listener: kcat's metadata and query.
+    let listed = kcat_run(&["-b", &bootstrap, "-L", "-t", "lines"], "");
+    assert!(listed.contains("topic \"lines\" with 2 partitions"), "{listed}");
+    let end = kcat_run(&["-b", &bootstrap, "-Q", "-t", "lines:0:-1"], "");
+    assert!(end.contains("offset 10"), "{end}");
+    broker.stop();
+}
+
+#[test]
+fn kafka_python_admin_produce_and_fetch_round_trip_exactly() {
+    if !python_clients() {
+        return;
+    }
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    python("kafka-python-roundtrip", &broker.kafka_addr);
+    broker.stop();
+}
+
+#[test]
+fn a_librdkafka_group_shares_partitions_and_resumes_from_commits() {
+    if !python_clients() {
+        return;
+    }
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    python("confluent-groups", &broker.kafka_addr);
+    broker.stop();
+}
+
+#[test]
+fn an_idempotent_librdkafka_producer_is_seen_exactly_once() {
+    if !python_clients() {
+        return;
+    }
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    python("confluent-idempotent", &broker.kafka_addr);
+    broker.stop();
+}
+
+#[test]
+fn librdkafka_transactions_are_read_committed_and_commit_offsets() {
+    if !python_clients() {
+        return;
+    }
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    python("confluent-transactions", &broker.kafka_addr);
+    broker.stop();
+}
+
+#[test]
+fn batches_compressed_with_every_codec_are_stored_and_served() {
+    if !python_clients() {
+        return;
+    }
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 1);
+    python("confluent-compression", &broker.kafka_addr);
+    broker.stop();
+}
+
+mod raw {
+    //! Bad input on the Kafka listener, over a raw socket.
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use bytes::{Bytes, BytesMut};
+    use net::kafka::kafka_protocol::messages::{
+        ApiKey, ApiVersionsResponse, MetadataRequest, MetadataResponse, RequestHeader, ResponseHeader,
+    };
+    use net::kafka::kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+
+    use super::common::*;
+
+    fn send(stream: &mut TcpStream, api: ApiKey, version: i16, body: &impl Encodable, header_version: i16) {
+        let mut out = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(7)
+            .with_client_id(Some(StrBytes::from_static_str("raw")))
+            .encode(&mut out, header_version)
+            .unwrap();
+        body.encode(&mut out, version.min(12)).unwrap();
+        let mut frame = (out.len() as i32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&out);
+        stream.write_all(&frame).unwrap();
+    }
+
+    fn receive(stream: &mut TcpStream) -> Option<Bytes> {
+        let mut length = [0u8; 4];
+        stream.read_exact(&mut length).ok()?;
+        let mut body = vec![0u8; i32::from_be_bytes(length) as usize];
+        stream.read_exact(&mut body).ok()?;
+        Some(Bytes::from(body))
+    }
+
+    fn closed(stream: &mut TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(stream.read(&mut byte), Ok(0) | Err(_))
+    }
+
+    #[test]
+    fn bad_kafka_requests_get_kafkas_errors_and_the_broker_stays_up() {
+        let dir = data_dir();
+        let mut broker = Broker::start(dir.path(), 2);
+        let kafka_addr = broker.kafka_addr.clone();
+        let connect = || {
+            let s = TcpStream::connect(&kafka_addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        };
+        // An ApiVersions of a version corelog does not know: answered in v0
+        // with UNSUPPORTED_VERSION and the versions it has; the connection
+        // stays for the client's retry.
+        let mut stream = connect();
+        send(&mut stream, ApiKey::ApiVersions, 99, &MetadataRequest::default(), 2);
+        let mut response = receive(&mut stream).expect("an answer");
+        let header = ResponseHeader::decode(&mut response, 0).unwrap();
+        assert_eq!(header.correlation_id, 7);
+        let versions = ApiVersionsResponse::decode(&mut response, 0).unwrap();
+        assert_eq!(versions.error_code, 35);
+        assert!(versions.api_keys.iter().any(|k| k.api_key == ApiKey::Produce as i16));
+        // Metadata of an unknown topic: UNKNOWN_TOPIC_OR_PARTITION, not a
+        // topic created behind the client's back.
+        let request = MetadataRequest::default().with_topics(Some(vec![
+            net::kafka::kafka_protocol::messages::metadata_request::MetadataRequestTopic::default().with_name(Some(
+                net::kafka::kafka_protocol::messages::TopicName(StrBytes::from_static_str("nowhere")),
+            )),
+        ]));
+        send(&mut stream, ApiKey::Metadata, 9, &request, 2);
+        let mut response = receive(&mut stream).expect("an answer on the same connection");
+        ResponseHeader::decode(&mut response, 1).unwrap();
+        let metadata = MetadataResponse::decode(&mut response, 9).unwrap();
+        assert_eq!(metadata.topics[0].error_code, 3);
+        // Bytes that are no request: the connection is closed (the stream
+        // cannot be resynchronized), the broker stays up.
+        let mut garbage = connect();
+        garbage
+            .write_all(&[0, 0, 0, 12, 0, 3, 0, 9, 1, 2, 3, 4, 5, 6, 7, 8])
+            .unwrap();
+        assert!(closed(&mut garbage));
+        let mut huge = connect();
+        huge.write_all(&i32::MAX.to_be_bytes()).unwrap();
+        assert!(closed(&mut huge), "a frame over the limit closes the connection");
+        let mut negative = connect();
+        negative.write_all(&(-5i32).to_be_bytes()).unwrap();
+        assert!(closed(&mut negative));
+        // A client that vanishes mid-frame harms no one.
+        let mut vanishing = connect();
+        vanishing.write_all(&[0, 0, 1, 0, 0, 3]).unwrap();
+        drop(vanishing);
+        broker.assert_alive();
+        let mut stream = connect();
+        send(&mut stream, ApiKey::Metadata, 9, &MetadataRequest::default(), 2);
+        assert!(receive(&mut stream).is_some(), "still serving");
+        broker.stop();
+    }
+}

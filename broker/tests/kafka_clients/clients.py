@@ -1,0 +1,300 @@
+"""Real Kafka clients against a corelog broker's Kafka listener.
+
+Run by broker/tests/kafka.rs: `python3 clients.py SCENARIO BOOTSTRAP`.
+Each scenario raises (non-zero exit) on the first thing that differs from
+what a Kafka broker would do, and prints "ok" at the end.
+"""
+
+import sys
+import time
+
+BOOTSTRAP = sys.argv[2]
+DEADLINE_S = 60
+
+
+def until(what, done, timeout=DEADLINE_S):
+    end = time.time() + timeout
+    while not done():
+        if time.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+
+
+def kafka_python_roundtrip():
+    """kafka-python: admin create/delete, produce with acks 0, 1 and all,
+    keys, values and headers back exactly in per-partition order,
+    watermarks, and an oversize record refused."""
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import NewTopic
+    from kafka.errors import MessageSizeTooLargeError, KafkaError
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, request_timeout_ms=10000)
+    admin.create_topics([NewTopic("py", num_partitions=4, replication_factor=1)])
+    assert "py" in admin.list_topics(), admin.list_topics()
+
+    sent = {p: [] for p in range(4)}
+    for acks in (0, 1, "all"):
+        producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks=acks, linger_ms=5,
+                                 max_request_size=8 << 20)
+        for i in range(60):
+            partition = i % 4
+            key = f"k-{acks}-{i}".encode()
+            value = f"v-{acks}-{i}".encode() * (1 + i % 7)
+            headers = [("h", str(i).encode()), ("acks", str(acks).encode())]
+            producer.send("py", key=key, value=value, headers=headers, partition=partition)
+            sent[partition].append((key, value, headers))
+        producer.flush()
+        if acks != 0:
+            # An oversize record (the topic's batch limit is 1 MiB) is refused.
+            future = producer.send("py", value=b"x" * (2 << 20), partition=0)
+            try:
+                future.get(timeout=10)
+                raise AssertionError("an oversize record was accepted")
+            except MessageSizeTooLargeError:
+                pass
+            except KafkaError as e:
+                assert "TooLarge" in type(e).__name__, repr(e)
+        producer.close()
+
+    consumer = KafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False,
+                             consumer_timeout_ms=3000)
+    partitions = [TopicPartition("py", p) for p in range(4)]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning()
+    got = {p: [] for p in range(4)}
+    total = sum(len(v) for v in sent.values())
+    end = time.time() + DEADLINE_S
+    while sum(len(v) for v in got.values()) < total and time.time() < end:
+        for tp, records in consumer.poll(timeout_ms=500).items():
+            for r in records:
+                got[tp.partition].append((r.key, r.value, [(k, v) for k, v in r.headers]))
+    for p in range(4):
+        assert got[p] == sent[p], f"partition {p}: {len(got[p])} records differ from {len(sent[p])} sent"
+    ends = consumer.end_offsets(partitions)
+    for tp in partitions:
+        assert ends[tp] == len(sent[tp.partition]), (tp, ends[tp], len(sent[tp.partition]))
+    begins = consumer.beginning_offsets(partitions)
+    assert all(v == 0 for v in begins.values()), begins
+    consumer.close()
+
+    admin.delete_topics(["py"])
+    until("the topic to go", lambda: "py" not in admin.list_topics())
+    admin.close()
+
+
+def confluent_groups():
+    """confluent-kafka (librdkafka): two members of a group share a
+    four-partition topic, commit, close; a new member resumes at the
+    commits; a second group reads everything."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    for f in admin.create_topics([NewTopic("shared", num_partitions=4, replication_factor=1)]).values():
+        f.result(10)
+
+    producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 5})
+    for i in range(200):
+        producer.produce("shared", key=str(i).encode(), value=f"first-{i}".encode(), partition=i % 4)
+    assert producer.flush(20) == 0
+
+    def member(name):
+        return Consumer({
+            "bootstrap.servers": BOOTSTRAP,
+            "group.id": "g",
+            "client.id": name,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500,
+        })
+
+    a, b = member("a"), member("b")
+    a.subscribe(["shared"])
+    b.subscribe(["shared"])
+    seen = {"a": [], "b": []}
+    owners = {}
+    end = time.time() + DEADLINE_S
+    while len(seen["a"]) + len(seen["b"]) < 200:
+        assert time.time() < end, f"consumed {len(seen['a'])} + {len(seen['b'])} of 200"
+        for name, consumer in (("a", a), ("b", b)):
+            m = consumer.poll(0.2)
+            if m is None or m.error():
+                continue
+            seen[name].append(m.value())
+            owners.setdefault(m.partition(), set()).add(name)
+            consumer.commit(message=m, asynchronous=False)
+    values = sorted(seen["a"] + seen["b"])
+    assert values == sorted(f"first-{i}".encode() for i in range(200)), "each record once"
+    assert seen["a"] and seen["b"], "both members got partitions"
+    a.close()
+    b.close()
+
+    for i in range(40):
+        producer.produce("shared", value=f"second-{i}".encode(), partition=i % 4)
+    assert producer.flush(20) == 0
+
+    resumed = member("c")
+    resumed.subscribe(["shared"])
+    again = []
+    end = time.time() + DEADLINE_S
+    while len(again) < 40 and time.time() < end:
+        m = resumed.poll(0.5)
+        if m is not None and not m.error():
+            again.append(m.value())
+    time.sleep(1)
+    m = resumed.poll(1.0)
+    assert m is None or m.error(), "nothing beyond the new records"
+    assert sorted(again) == sorted(f"second-{i}".encode() for i in range(40)), again[:5]
+    resumed.close()
+
+    other = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "other",
+                      "auto.offset.reset": "earliest"})
+    other.subscribe(["shared"])
+    everything = []
+    end = time.time() + DEADLINE_S
+    while len(everything) < 240 and time.time() < end:
+        m = other.poll(0.5)
+        if m is not None and not m.error():
+            everything.append(m.value())
+    assert len(everything) == 240, len(everything)
+    other.close()
+
+
+def confluent_idempotent():
+    """An idempotent librdkafka producer: every record exactly once, in
+    order."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    for f in admin.create_topics([NewTopic("once", num_partitions=1, replication_factor=1)]).values():
+        f.result(10)
+    producer = Producer({"bootstrap.servers": BOOTSTRAP, "enable.idempotence": True,
+                         "linger.ms": 2, "acks": "all"})
+    for i in range(500):
+        producer.produce("once", value=str(i).encode())
+    assert producer.flush(20) == 0
+    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "once-reader",
+                         "auto.offset.reset": "earliest"})
+    consumer.assign([TopicPartition("once", 0, 0)])
+    got = []
+    end = time.time() + DEADLINE_S
+    while len(got) < 500 and time.time() < end:
+        m = consumer.poll(0.5)
+        if m is not None and not m.error():
+            got.append(int(m.value()))
+    assert got == list(range(500)), (len(got), got[:10])
+    low, high = consumer.get_watermark_offsets(TopicPartition("once", 0), timeout=10)
+    assert (low, high) == (0, 500), (low, high)
+    consumer.close()
+
+
+def confluent_transactions():
+    """A librdkafka transactional producer: an aborted transaction is
+    invisible to a read_committed consumer and visible to a
+    read_uncommitted one; a consume-transform-produce transaction commits
+    its input offsets with its output."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    for f in admin.create_topics([NewTopic(t, num_partitions=2, replication_factor=1)
+                                  for t in ("txn-in", "txn-out")]).values():
+        f.result(10)
+    plain = Producer({"bootstrap.servers": BOOTSTRAP})
+    for i in range(10):
+        plain.produce("txn-in", value=f"in-{i}".encode(), partition=i % 2)
+    assert plain.flush(20) == 0
+
+    producer = Producer({"bootstrap.servers": BOOTSTRAP, "transactional.id": "pipeline",
+                         "transaction.timeout.ms": 30000})
+    producer.init_transactions(20)
+    producer.begin_transaction()
+    for i in range(5):
+        producer.produce("txn-out", value=f"aborted-{i}".encode(), partition=i % 2)
+    producer.flush(20)
+    producer.abort_transaction(20)
+
+    source = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "pipeline-group",
+                       "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                       "isolation.level": "read_committed"})
+    source.subscribe(["txn-in"])
+    taken = []
+    end = time.time() + DEADLINE_S
+    while len(taken) < 10 and time.time() < end:
+        m = source.poll(0.5)
+        if m is not None and not m.error():
+            taken.append(m)
+    assert len(taken) == 10, len(taken)
+    producer.begin_transaction()
+    for m in taken:
+        producer.produce("txn-out", value=b"out-" + m.value(), partition=m.partition())
+    positions = source.position([TopicPartition("txn-in", p) for p in range(2)])
+    producer.send_offsets_to_transaction(positions, source.consumer_group_metadata(), 20)
+    producer.commit_transaction(20)
+    source.close()
+
+    def read(isolation):
+        c = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"reader-{isolation}",
+                      "auto.offset.reset": "earliest", "isolation.level": isolation})
+        c.assign([TopicPartition("txn-out", p, 0) for p in range(2)])
+        values = []
+        idle_until = time.time() + 3
+        while time.time() < idle_until:
+            m = c.poll(0.3)
+            if m is not None and not m.error():
+                values.append(m.value())
+                idle_until = time.time() + 2
+        c.close()
+        return sorted(values)
+
+    committed = sorted(f"out-in-{i}".encode() for i in range(10))
+    assert read("read_committed") == committed, read("read_committed")
+    everything = sorted(committed + [f"aborted-{i}".encode() for i in range(5)])
+    assert read("read_uncommitted") == everything
+
+    check = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "pipeline-group"})
+    offsets = check.committed([TopicPartition("txn-in", p) for p in range(2)], timeout=10)
+    assert sorted(tp.offset for tp in offsets) == [5, 5], offsets
+    check.close()
+
+
+def confluent_compression():
+    """Batches compressed by librdkafka with each codec are stored and read
+    back."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    admin.create_topics([NewTopic("packed", num_partitions=1, replication_factor=1)])["packed"].result(10)
+    expected = []
+    for codec in ("gzip", "snappy", "lz4", "zstd"):
+        producer = Producer({"bootstrap.servers": BOOTSTRAP, "compression.type": codec, "linger.ms": 20})
+        for i in range(50):
+            value = f"{codec}-{i}-".encode() * 20
+            producer.produce("packed", value=value, partition=0)
+            expected.append(value)
+        assert producer.flush(20) == 0
+    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "packed-reader"})
+    consumer.assign([TopicPartition("packed", 0, 0)])
+    got = []
+    end = time.time() + DEADLINE_S
+    while len(got) < len(expected) and time.time() < end:
+        m = consumer.poll(0.5)
+        if m is not None and not m.error():
+            got.append(m.value())
+    assert got == expected, (len(got), len(expected))
+    consumer.close()
+
+
+SCENARIOS = {
+    "confluent-transactions": confluent_transactions,
+    "confluent-compression": confluent_compression,
+    "kafka-python-roundtrip": kafka_python_roundtrip,
+    "confluent-groups": confluent_groups,
+    "confluent-idempotent": confluent_idempotent,
+}
+
+if __name__ == "__main__":
+    SCENARIOS[sys.argv[1]]()
+    print("ok")
