@@ -15,6 +15,9 @@ use glommio::net::{TcpListener, TcpStream};
 use net::kafka::kafka_protocol::messages::api_versions_response::ApiVersion;
 use net::kafka::kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use net::kafka::kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use net::kafka::kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
 use net::kafka::kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use net::kafka::kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -59,6 +62,11 @@ pub struct Advertised {
 /// bound address.
 pub fn advertised(configured: Option<&str>, bound: std::net::SocketAddr) -> Result<Advertised, BrokerError> {
     let Some(configured) = configured else {
+        if bound.ip().is_unspecified() {
+            return Err(BrokerError::Config(format!(
+                "kafka_listen {bound} is a wildcard address: set kafka_advertised to the host:port clients reach"
+            )));
+        }
         return Ok(Advertised {
             host: bound.ip().to_string(),
             port: i32::from(bound.port()),
@@ -194,6 +202,7 @@ async fn handle(shard: &Shard, advertised: &Advertised, version: i16, body: Requ
         RequestKind::CreateTopics(request) => create_topics(shard, request).await,
         RequestKind::DeleteTopics(request) => delete_topics(shard, request).await,
         RequestKind::InitProducerId(request) => init_producer_id(shard, request).await,
+        RequestKind::DescribeConfigs(request) => describe_configs(shard, request),
         RequestKind::FindCoordinator(request) => groups::find_coordinator(advertised, version, request),
         RequestKind::JoinGroup(request) => groups::join(shard, request).await,
         RequestKind::SyncGroup(request) => groups::sync(shard, request).await,
@@ -268,8 +277,14 @@ async fn produce(shard: &Shard, request: ProduceRequest) -> Option<ResponseKind>
         _ => i8::MAX, // refused below as INVALID_REQUIRED_ACKS
     };
     let mut responses = Vec::new();
+    let table = shard.metadata.snapshot();
     for topic in request.topic_data {
         let name = topic.name.0.to_string();
+        // Kafka reports the broker's time only for LogAppendTime topics.
+        let log_append_time = table
+            .topics
+            .get(&name)
+            .is_some_and(|t| t.configs.get("message.timestamp.type").map(String::as_str) == Some("LogAppendTime"));
         let mut partitions = Vec::new();
         for data in topic.partition_data {
             let partition = data.index;
@@ -292,7 +307,11 @@ async fn produce(shard: &Shard, request: ProduceRequest) -> Option<ResponseKind>
                 Ok(produced) => PartitionProduceResponse::default()
                     .with_index(partition)
                     .with_base_offset(produced.base_offset as i64)
-                    .with_log_append_time_ms(produced.append_time_ms.max(-1))
+                    .with_log_append_time_ms(if log_append_time {
+                        produced.append_time_ms.max(-1)
+                    } else {
+                        -1
+                    })
                     .with_log_start_offset(produced.log_start_offset as i64),
                 Err(error) => {
                     tracing::debug!(shard = shard.id, %error, "kafka produce refused");
@@ -345,10 +364,20 @@ async fn fetch(shard: &Shard, request: FetchRequest) -> ResponseKind {
             let mut partitions = Vec::new();
             for p in &topic.partitions {
                 let partition = p.partition;
+                // Past the response's max_bytes the other partitions answer
+                // with their watermarks and no records (Kafka lets only the
+                // first partition with data exceed the limit).
+                let full = total > 0 && total >= max_bytes;
                 let budget = (p.partition_max_bytes.max(1) as usize)
                     .min(max_bytes.saturating_sub(total))
                     .max(1);
-                let data = fetch_partition(shard, &name, partition, p.fetch_offset, budget, isolation).await;
+                let mut data = fetch_partition(shard, &name, partition, p.fetch_offset, budget, isolation).await;
+                if full {
+                    if let Ok((data, _)) = &mut data {
+                        data.records = Some(Bytes::new());
+                        data.aborted_transactions = None;
+                    }
+                }
                 if let Ok((data, end)) = &data {
                     total += data.records.as_ref().map_or(0, |r| r.len());
                     waits.push((name.clone(), partition as u32, *end));
@@ -370,7 +399,7 @@ async fn fetch(shard: &Shard, request: FetchRequest) -> ResponseKind {
                     .with_partitions(partitions),
             );
         }
-        if total >= min_bytes.max(1) || Instant::now() >= deadline || waits.is_empty() {
+        if total >= min_bytes || Instant::now() >= deadline || waits.is_empty() {
             return ResponseKind::Fetch(FetchResponse::default().with_responses(responses));
         }
         let waits = waits
@@ -434,6 +463,11 @@ async fn list_offsets(shard: &Shard, version: i16, request: ListOffsetsRequest) 
                 ts => ts,
             };
             let result = match u32::try_from(p.partition_index) {
+                // READ_COMMITTED's latest offset is the last stable one.
+                Ok(partition) if timestamp == LATEST_TIMESTAMP && request.isolation_level == 1 => shard
+                    .fetch(&name, partition, 0, 1, net::messages::isolation::READ_COMMITTED)
+                    .await
+                    .map(|f| Some(f.last_stable_offset)),
                 Ok(partition) => shard.list_offset(&name, partition, timestamp).await,
                 Err(_) => Err(BrokerError::UnknownTopicOrPartition {
                     topic: name.clone(),
@@ -540,4 +574,73 @@ async fn init_producer_id(shard: &Shard, request: InitProducerIdRequest) -> Resp
             .with_producer_epoch(-1),
     };
     ResponseKind::InitProducerId(response)
+}
+
+/// Kafka's resource types in DescribeConfigs.
+const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
+/// Kafka's config sources: set on the topic, or the broker's default.
+const SOURCE_TOPIC: i8 = 1;
+const SOURCE_DEFAULT: i8 = 5;
+
+/// DescribeConfigs: a topic's configs as corelog applies them (those set at
+/// creation, then the defaults of every key it knows); a broker's as none
+/// it lets clients change.
+fn describe_configs(shard: &Shard, request: DescribeConfigsRequest) -> ResponseKind {
+    let table = shard.metadata.snapshot();
+    let results = request
+        .resources
+        .into_iter()
+        .map(|resource| {
+            let result = DescribeConfigsResult::default()
+                .with_resource_type(resource.resource_type)
+                .with_resource_name(resource.resource_name.clone());
+            let wanted = |key: &str| {
+                resource
+                    .configuration_keys
+                    .as_ref()
+                    .is_none_or(|keys| keys.iter().any(|k| k.as_str() == key))
+            };
+            match resource.resource_type {
+                RESOURCE_TOPIC => {
+                    let Some(topic) = table.topics.get(resource.resource_name.as_str()) else {
+                        return result.with_error_code(ErrorCode::UnknownTopicOrPartition.code());
+                    };
+                    let mut configs = Vec::new();
+                    let defaults = crate::topics::config_defaults();
+                    // Keys set on the topic that have no default (flush.ms,
+                    // flush.bytes) come first.
+                    for (key, value) in &topic.configs {
+                        if wanted(key) && !defaults.iter().any(|(k, _)| k == key) {
+                            configs.push(
+                                DescribeConfigsResourceResult::default()
+                                    .with_name(name(key))
+                                    .with_value(Some(name(value)))
+                                    .with_config_source(SOURCE_TOPIC),
+                            );
+                        }
+                    }
+                    for (key, default) in defaults {
+                        if !wanted(key) {
+                            continue;
+                        }
+                        let (value, source) = match topic.configs.get(key) {
+                            Some(value) => (value.clone(), SOURCE_TOPIC),
+                            None => (default, SOURCE_DEFAULT),
+                        };
+                        configs.push(
+                            DescribeConfigsResourceResult::default()
+                                .with_name(name(key))
+                                .with_value(Some(StrBytes::from_string(value)))
+                                .with_config_source(source),
+                        );
+                    }
+                    result.with_configs(configs)
+                }
+                RESOURCE_BROKER => result,
+                _ => result.with_error_code(ErrorCode::InvalidRequest.code()),
+            }
+        })
+        .collect();
+    ResponseKind::DescribeConfigs(DescribeConfigsResponse::default().with_results(results))
 }

@@ -215,6 +215,30 @@ fn validate_name(name: &str) -> Result<(), BrokerError> {
 
 /// The partition log settings of a topic: the storage defaults, then the
 /// topic's configs (Kafka's keys where Kafka has one).
+/// Every topic config key `log_config` knows, with the value a topic has
+/// when it does not set it (Kafka's spelling, for DescribeConfigs).
+pub fn config_defaults() -> Vec<(&'static str, String)> {
+    let d = LogConfig::default();
+    let optional = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
+    vec![
+        ("retention.ms", optional(d.retention_ms)),
+        ("retention.bytes", optional(d.retention_bytes)),
+        ("segment.bytes", d.segment_bytes.to_string()),
+        ("segment.ms", optional(d.segment_ms)),
+        ("segment.preallocate.bytes", d.segment_preallocate_bytes.to_string()),
+        ("max.message.bytes", d.batch_bytes_max.to_string()),
+        ("flush.every.append", "false".to_string()),
+        (
+            "message.timestamp.type",
+            match d.timestamp_type {
+                storage::TimestampType::CreateTime => "CreateTime",
+                storage::TimestampType::LogAppendTime => "LogAppendTime",
+            }
+            .to_string(),
+        ),
+    ]
+}
+
 pub fn log_config(configs: &BTreeMap<String, String>) -> Result<LogConfig, BrokerError> {
     let mut config = LogConfig::default();
     for (key, value) in configs {

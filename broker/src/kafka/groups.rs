@@ -299,8 +299,29 @@ pub(super) async fn offset_fetch(shard: &Shard, version: i16, request: OffsetFet
             }
         }
         other => {
+            let code = error_of(other);
             if version >= 2 {
-                response.error_code = error_of(other);
+                response.error_code = code;
+            } else {
+                // v1 has no top-level error: each partition asked carries it.
+                for topic in request.topics.iter().flatten() {
+                    response.topics.push(
+                        OffsetFetchResponseTopic::default()
+                            .with_name(topic.name.clone())
+                            .with_partitions(
+                                topic
+                                    .partition_indexes
+                                    .iter()
+                                    .map(|p| {
+                                        OffsetFetchResponsePartition::default()
+                                            .with_partition_index(*p)
+                                            .with_committed_offset(-1)
+                                            .with_error_code(code)
+                                    })
+                                    .collect(),
+                            ),
+                    );
+                }
             }
         }
     }

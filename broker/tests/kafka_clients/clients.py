@@ -88,9 +88,16 @@ def confluent_groups():
     from confluent_kafka import Consumer, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 
+    from confluent_kafka.admin import ConfigResource
+
     admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
-    for f in admin.create_topics([NewTopic("shared", num_partitions=4, replication_factor=1)]).values():
+    shared = NewTopic("shared", num_partitions=4, replication_factor=1, config={"retention.ms": "3600000"})
+    for f in admin.create_topics([shared]).values():
         f.result(10)
+    described = admin.describe_configs([ConfigResource("topic", "shared")])
+    configs = list(described.values())[0].result(10)
+    assert configs["retention.ms"].value == "3600000", configs["retention.ms"]
+    assert configs["segment.bytes"].value == str(1 << 30), configs["segment.bytes"]
 
     producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 5})
     for i in range(200):

@@ -24,7 +24,8 @@ pub const LENGTH_BYTES: usize = 4;
 pub const SUPPORTED: &[(KafkaApi, i16, i16)] = &[
     (KafkaApi::Produce, 3, 9),
     (KafkaApi::Fetch, 4, 12),
-    (KafkaApi::ListOffsets, 1, 7),
+    // v7 adds MAX_TIMESTAMP (-3) lookups, which corelog does not serve.
+    (KafkaApi::ListOffsets, 1, 6),
     (KafkaApi::Metadata, 1, 12),
     (KafkaApi::OffsetCommit, 2, 8),
     (KafkaApi::OffsetFetch, 1, 7),
@@ -37,7 +38,9 @@ pub const SUPPORTED: &[(KafkaApi, i16, i16)] = &[
     (KafkaApi::ListGroups, 0, 4),
     (KafkaApi::ApiVersions, 0, 3),
     (KafkaApi::CreateTopics, 2, 7),
-    (KafkaApi::DeleteTopics, 1, 6),
+    // v6 deletes by topic id; corelog's topics have names only.
+    (KafkaApi::DeleteTopics, 1, 5),
+    (KafkaApi::DescribeConfigs, 1, 4),
     (KafkaApi::InitProducerId, 0, 4),
     (KafkaApi::AddPartitionsToTxn, 0, 3),
     (KafkaApi::AddOffsetsToTxn, 0, 3),

@@ -18,6 +18,13 @@ use storage::batch::{self, attributes, RecordBatchBuilder, RecordHeader};
 
 use crate::error::NetError;
 
+/// Largest Kafka batch accepted, on the wire and once decompressed (the
+/// patched kafka-protocol's `DECOMPRESSED_BYTES_MAX`): decoding makes a
+/// record struct per record, so this bounds what one batch can cost.
+pub const KAFKA_BATCH_BYTES_MAX: usize = kafka_protocol::compression::DECOMPRESSED_BYTES_MAX;
+/// Bytes of a v2 batch before its records.
+const BATCH_HEADER_BYTES: usize = 61;
+
 fn malformed(reason: String) -> NetError {
     NetError::Malformed {
         what: "Kafka record batch",
@@ -31,6 +38,19 @@ fn malformed(reason: String) -> NetError {
 pub fn to_storage(mut kafka: Bytes) -> Result<Vec<u8>, NetError> {
     let mut frames = Vec::new();
     while !kafka.is_empty() {
+        // The batch's own length (after the offset and length fields) is
+        // checked before the decoder sees it.
+        if kafka.len() < BATCH_HEADER_BYTES {
+            return Err(malformed(format!("{} bytes, shorter than a batch header", kafka.len())));
+        }
+        let length = i32::from_be_bytes(kafka[8..12].try_into().expect("4 bytes"));
+        let total = 12usize.saturating_add(usize::try_from(length).unwrap_or(usize::MAX));
+        if total > KAFKA_BATCH_BYTES_MAX || total > kafka.len() || total < BATCH_HEADER_BYTES {
+            return Err(malformed(format!(
+                "a batch of {total} bytes ({} left, at most {KAFKA_BATCH_BYTES_MAX})",
+                kafka.len()
+            )));
+        }
         let set = RecordBatchDecoder::decode(&mut kafka).map_err(|e| malformed(e.to_string()))?;
         let Some(first) = set.records.first() else {
             return Err(malformed("a batch without records".into()));
@@ -210,6 +230,57 @@ mod tests {
         )
         .unwrap();
         assert!(to_storage(again.freeze()).is_err());
+    }
+
+    /// A batch header with a valid checksum whose counts claim far more
+    /// than its bytes hold: refused without allocating for the claim.
+    fn lying_batch(record_count: i32, compression_bits: i16, records: &[u8]) -> Bytes {
+        let mut body = Vec::new();
+        body.extend_from_slice(&0i32.to_be_bytes()); // partition leader epoch
+        body.push(2); // magic
+        let crc_at = body.len();
+        body.extend_from_slice(&0u32.to_be_bytes());
+        let crc_from = body.len();
+        body.extend_from_slice(&compression_bits.to_be_bytes()); // attributes
+        body.extend_from_slice(&0i32.to_be_bytes()); // last offset delta
+        body.extend_from_slice(&0i64.to_be_bytes()); // first timestamp
+        body.extend_from_slice(&0i64.to_be_bytes()); // max timestamp
+        body.extend_from_slice(&(-1i64).to_be_bytes()); // producer id
+        body.extend_from_slice(&(-1i16).to_be_bytes()); // producer epoch
+        body.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
+        body.extend_from_slice(&record_count.to_be_bytes());
+        body.extend_from_slice(records);
+        let crc = crc32c::crc32c(&body[crc_from..]);
+        body[crc_at..crc_at + 4].copy_from_slice(&crc.to_be_bytes());
+        let mut batch = Vec::new();
+        batch.extend_from_slice(&0i64.to_be_bytes()); // base offset
+        batch.extend_from_slice(&(body.len() as i32).to_be_bytes());
+        batch.extend_from_slice(&body);
+        Bytes::from(batch)
+    }
+
+    #[test]
+    fn counts_and_sizes_that_lie_are_refused_without_allocating_for_them() {
+        // 2^31 records in a few bytes.
+        assert!(to_storage(lying_batch(i32::MAX, 0, &[0; 16])).is_err());
+        // One record claiming 2^30 headers: length 10, attributes, deltas,
+        // key -1, value -1, header count as a zigzag varint.
+        let record = [20, 0, 0, 0, 1, 1, 0x80, 0x80, 0x80, 0x80, 0x08];
+        assert!(to_storage(lying_batch(1, 0, &record)).is_err());
+        // A gzip bomb: 64 MiB of zeros in a few KiB.
+        let mut bomb = Vec::new();
+        {
+            use std::io::Write;
+            let mut encoder = flate2::write::GzEncoder::new(&mut bomb, flate2::Compression::best());
+            encoder.write_all(&vec![0u8; 64 << 20]).unwrap();
+            encoder.finish().unwrap();
+        }
+        assert!(bomb.len() < 1 << 20);
+        assert!(to_storage(lying_batch(1, 1, &bomb)).is_err());
+        // A batch length past the limit, or past the bytes there.
+        let mut long = lying_batch(1, 0, &[0; 16]).to_vec();
+        long[8..12].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert!(to_storage(Bytes::from(long)).is_err());
     }
 
     #[test]
