@@ -14,6 +14,8 @@ pub struct BrokerProcess {
     child: Child,
     stdout: Option<BufReader<ChildStdout>>,
     pub addr: String,
+    /// The Kafka listener's address, when started with it.
+    pub kafka_addr: Option<String>,
     rss: Arc<Mutex<Vec<u64>>>,
     sampling: Arc<AtomicBool>,
 }
@@ -36,6 +38,15 @@ impl BrokerProcess {
     /// Starts a broker with `shards` shards, pinned to `cpus` when given
     /// (one shard per core listed).
     pub fn start(data_dir: &Path, shards: usize, cpus: &[usize]) -> Result<BrokerProcess, String> {
+        BrokerProcess::start_with(data_dir, shards, cpus, false)
+    }
+
+    /// Starts a broker with its Kafka listener on a free port too.
+    pub fn start_with_kafka(data_dir: &Path, shards: usize) -> Result<BrokerProcess, String> {
+        BrokerProcess::start_with(data_dir, shards, &[], true)
+    }
+
+    fn start_with(data_dir: &Path, shards: usize, cpus: &[usize], kafka: bool) -> Result<BrokerProcess, String> {
         let binary = std::env::current_exe()
             .map_err(|e| e.to_string())?
             .with_file_name("corelog");
@@ -52,7 +63,7 @@ impl BrokerProcess {
                 "--listen",
                 "127.0.0.1:0",
                 "--kafka-listen",
-                "none",
+                if kafka { "127.0.0.1:0" } else { "none" },
                 "--data-dir",
             ])
             .arg(data_dir);
@@ -75,6 +86,18 @@ impl BrokerProcess {
             .strip_prefix("corelog listening on ")
             .ok_or_else(|| format!("unexpected broker output {line:?}"))?
             .to_string();
+        let kafka_addr = if kafka {
+            let mut line = String::new();
+            stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+            Some(
+                line.trim()
+                    .strip_prefix("corelog kafka listening on ")
+                    .ok_or_else(|| format!("unexpected broker output {line:?}"))?
+                    .to_string(),
+            )
+        } else {
+            None
+        };
         let (rss, sampling) = (Arc::new(Mutex::new(Vec::new())), Arc::new(AtomicBool::new(true)));
         {
             let (rss, sampling, pid) = (rss.clone(), sampling.clone(), child.id());
@@ -92,6 +115,7 @@ impl BrokerProcess {
             child,
             stdout: Some(stdout),
             addr,
+            kafka_addr,
             rss,
             sampling,
         })

@@ -8,6 +8,7 @@
 mod broker_bench;
 mod broker_process;
 mod index;
+mod kafka_bench;
 mod limits;
 mod machine;
 mod storage_bench;
@@ -35,6 +36,9 @@ enum Command {
     Storage(storage_bench::Args),
     /// Produce and consume throughput of a broker with 1 and with 2 shards.
     Broker(broker_bench::Args),
+    /// Produce and consume throughput through the Kafka listener against
+    /// the native protocol, on one broker.
+    Kafka(kafka_bench::Args),
     /// Run a workload preset (bench/workloads/*.toml) and write its report.
     Run(workload::Args),
     /// Run a workload at each value of one parameter; one table and plot.
@@ -54,6 +58,7 @@ fn main() {
     let result = match cli.command {
         Command::Storage(args) => storage_bench::run(args),
         Command::Broker(args) => broker_bench::run(args),
+        Command::Kafka(args) => kafka_bench::run(args),
         Command::Run(args) => workload::run(args),
         Command::Sweep(args) => sweep::run(args),
         Command::Index { report_dir } => index::write(&report_dir),
