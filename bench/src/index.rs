@@ -54,6 +54,25 @@ pub fn write(report_dir: &Path) -> Result<(), String> {
             rate(2, |s| s.consume_mb_per_s),
         ));
     }
+    let kafka = report_dir.join("kafka.json");
+    if let Ok(text) = std::fs::read_to_string(&kafka) {
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", kafka.display()))?;
+        let samples: Vec<crate::kafka_bench::Sample> =
+            serde_json::from_value(json["samples"].clone()).map_err(|e| format!("{}: {e}", kafka.display()))?;
+        let rate = |protocol: &str, f: fn(&crate::kafka_bench::Sample) -> f64| {
+            median(samples.iter().filter(|s| s.protocol == protocol).map(f).collect())
+        };
+        let (produce, consume) = (
+            rate("kafka", |s| s.produce_mb_per_s),
+            rate("kafka", |s| s.consume_mb_per_s),
+        );
+        out.push_str(&format!(
+            "| [kafka.md](kafka.md) | 1 KiB records through the Kafka listener, acks=1: produce {produce:.0} MB/s \
+             ({:.0}% of native), consume {consume:.0} MB/s ({:.0}% of native) |\n",
+            100.0 * produce / rate("native", |s| s.produce_mb_per_s),
+            100.0 * consume / rate("native", |s| s.consume_mb_per_s),
+        ));
+    }
     let mut workloads: Vec<PathBuf> = std::fs::read_dir(report_dir)
         .map_err(|e| format!("{}: {e}", report_dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
