@@ -331,12 +331,7 @@ impl Shard {
             .map(|(key, _)| key.clone())
             .collect();
         for key in dirty {
-            let turn = self
-                .idempotent_turns
-                .borrow_mut()
-                .entry(key.clone())
-                .or_insert_with(|| Rc::new(glommio::sync::Semaphore::new(1)))
-                .clone();
+            let turn = self.idempotent_turn(&key);
             let Ok(_turn) = turn.acquire_permit(1).await else {
                 return;
             };
@@ -356,6 +351,17 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// A partition's idempotent turn: appends that change its producer state
+    /// (idempotent and transactional batches, markers, transactional offset
+    /// commits) and its snapshots take it, one at a time.
+    fn idempotent_turn(&self, key: &(String, u32)) -> Rc<glommio::sync::Semaphore> {
+        self.idempotent_turns
+            .borrow_mut()
+            .entry(key.clone())
+            .or_insert_with(|| Rc::new(glommio::sync::Semaphore::new(1)))
+            .clone()
     }
 
     fn owner(&self, topic: &str, partition: u32) -> Result<ShardId, BrokerError> {
@@ -495,12 +501,7 @@ impl Shard {
         header: storage::batch::BatchInfo,
     ) -> Result<Stored, BrokerError> {
         let key = (topic.to_string(), partition);
-        let turn = self
-            .idempotent_turns
-            .borrow_mut()
-            .entry(key.clone())
-            .or_insert_with(|| Rc::new(glommio::sync::Semaphore::new(1)))
-            .clone();
+        let turn = self.idempotent_turn(&key);
         let _turn = turn
             .acquire_permit(1)
             .await

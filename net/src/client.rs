@@ -363,21 +363,7 @@ impl Connection {
         member_id: &str,
         offsets: &[(String, u32, u64)],
     ) -> Result<(), NetError> {
-        let mut topics: Vec<OffsetCommitTopic> = Vec::new();
-        for (topic, partition, offset) in offsets {
-            let entry = OffsetCommitPartition {
-                partition: *partition,
-                offset: *offset,
-                metadata: String::new(),
-            };
-            match topics.last_mut() {
-                Some(last) if last.name == *topic => last.partitions.push(entry),
-                _ => topics.push(OffsetCommitTopic {
-                    name: topic.clone(),
-                    partitions: vec![entry],
-                }),
-            }
-        }
+        let topics = commit_topics(offsets);
         let request = OffsetCommitRequest {
             group: group.to_string(),
             generation,
@@ -636,6 +622,27 @@ pub(crate) fn owned(buffer: &[u8], frame: &ResponseFrame<'_>, used: usize) -> Re
         archive: (archive_start, archive_start + frame.archive.len()),
         payload: (payload_start, payload_start + frame.payload.len()),
     }
+}
+
+/// (topic, partition, next offset) as the topics of a commit request, a
+/// topic's partitions together while they come in a run.
+pub fn commit_topics(offsets: &[(String, u32, u64)]) -> Vec<OffsetCommitTopic> {
+    let mut topics: Vec<OffsetCommitTopic> = Vec::new();
+    for (topic, partition, offset) in offsets {
+        let entry = OffsetCommitPartition {
+            partition: *partition,
+            offset: *offset,
+            metadata: String::new(),
+        };
+        match topics.last_mut() {
+            Some(last) if last.name == *topic => last.partitions.push(entry),
+            _ => topics.push(OffsetCommitTopic {
+                name: topic.clone(),
+                partitions: vec![entry],
+            }),
+        }
+    }
+    topics
 }
 
 pub(crate) fn produce_request<'a>(

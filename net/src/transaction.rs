@@ -181,21 +181,7 @@ impl TransactionalProducer {
         };
         retry!(self.connection.add_offsets_to_txn(&request))?;
         self.offsets_added = true;
-        let mut topics: Vec<OffsetCommitTopic> = Vec::new();
-        for (topic, partition, offset) in offsets {
-            let entry = OffsetCommitPartition {
-                partition: *partition,
-                offset: *offset,
-                metadata: String::new(),
-            };
-            match topics.last_mut() {
-                Some(last) if last.name == *topic => last.partitions.push(entry),
-                _ => topics.push(OffsetCommitTopic {
-                    name: topic.clone(),
-                    partitions: vec![entry],
-                }),
-            }
-        }
+        let topics = crate::client::commit_topics(offsets);
         let request = TxnOffsetCommitRequest {
             transactional_id: self.transactional_id.clone(),
             group: group.to_string(),

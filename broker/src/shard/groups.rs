@@ -412,12 +412,7 @@ impl Shard {
         // takes them: the check that the transaction is open, the append,
         // and holding the offsets as pending happen with no marker and no
         // compaction between them.
-        let idempotent_turn = self
-            .idempotent_turns
-            .borrow_mut()
-            .entry(key.clone())
-            .or_insert_with(|| Rc::new(Semaphore::new(1)))
-            .clone();
+        let idempotent_turn = self.idempotent_turn(&key);
         let offsets_turn = self.offsets_turn(partition);
         let last_offset = {
             let _idempotent = idempotent_turn

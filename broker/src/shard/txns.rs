@@ -375,12 +375,7 @@ impl Shard {
             source,
         };
         let key = (topic.to_string(), partition);
-        let turn = self
-            .idempotent_turns
-            .borrow_mut()
-            .entry(key.clone())
-            .or_insert_with(|| Rc::new(Semaphore::new(1)))
-            .clone();
+        let turn = self.idempotent_turn(&key);
         let _turn = turn
             .acquire_permit(1)
             .await
