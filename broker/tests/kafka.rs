@@ -309,6 +309,53 @@ mod raw {
         frame.extend_from_slice(&body);
         lying.write_all(&frame).unwrap();
         assert!(closed(&mut lying));
+        // A commit with a negative offset: that partition refused with
+        // INVALID_REQUEST, the others committed, nothing else moved.
+        let native = broker.addr.clone();
+        run(async move {
+            let mut c = net::client::Connection::connect(&native).await.unwrap();
+            c.create_topic("committed", 2, vec![]).await.unwrap();
+        });
+        let mut stream = connect();
+        use net::kafka::kafka_protocol::messages::offset_commit_request::{
+            OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+        };
+        use net::kafka::kafka_protocol::messages::{GroupId, OffsetCommitRequest, OffsetCommitResponse, TopicName};
+        let commit = OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("g")))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(vec![OffsetCommitRequestTopic::default()
+                .with_name(TopicName(StrBytes::from_static_str("committed")))
+                .with_partitions(vec![
+                    OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(-5),
+                    OffsetCommitRequestPartition::default()
+                        .with_partition_index(1)
+                        .with_committed_offset(3),
+                ])]);
+        send(&mut stream, ApiKey::OffsetCommit, 2, &commit, 1);
+        let mut response = receive(&mut stream).expect("an answer");
+        ResponseHeader::decode(&mut response, 0).unwrap();
+        let committed = OffsetCommitResponse::decode(&mut response, 2).unwrap();
+        let codes: Vec<(i32, i16)> = committed.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition_index, p.error_code))
+            .collect();
+        assert_eq!(codes, vec![(1, 0), (0, 42)]);
+        let offsets = run({
+            let native = broker.addr.clone();
+            async move {
+                let mut c = net::client::Connection::connect(&native).await.unwrap();
+                c.fetch_offsets("g", None).await.unwrap()
+            }
+        });
+        assert_eq!(
+            offsets,
+            vec![("committed".to_string(), 1, Some(3))],
+            "partition 0 has no commit"
+        );
         // A client that vanishes mid-frame harms no one.
         let mut vanishing = connect();
         vanishing.write_all(&[0, 0, 1, 0, 0, 3]).unwrap();

@@ -183,44 +183,57 @@ pub(super) async fn leave(shard: &Shard, version: i16, request: LeaveGroupReques
     ResponseKind::LeaveGroup(response)
 }
 
-/// (topic, partition, offset, metadata) of Kafka's commit topics; a
-/// negative partition or offset is refused as the coordinator refuses an
-/// unknown partition.
-fn commits<'a>(
-    topics: impl Iterator<Item = (&'a TopicName, Vec<(i32, i64, Option<&'a StrBytes>)>)>,
-) -> Vec<(String, u32, u64, String)> {
-    let mut out = Vec::new();
-    for (topic, partitions) in topics {
-        for (partition, offset, metadata) in partitions {
-            out.push((
-                topic.0.to_string(),
-                u32::try_from(partition).unwrap_or(u32::MAX),
-                u64::try_from(offset).unwrap_or(0),
-                metadata.map(|m| m.to_string()).unwrap_or_default(),
-            ));
-        }
-    }
-    out
+/// A commit request's partitions: those for the coordinator as (topic,
+/// partition, offset, metadata), and those refused here (a negative
+/// partition or offset: the coordinator's offsets are unsigned, and a
+/// negative one stored as anything would move the group).
+struct Commits {
+    accepted: Vec<(String, u32, u64, String)>,
+    refused: Vec<(String, i32)>,
 }
 
-/// Per (topic, partition) error codes of a commit, grouped by topic.
-fn commit_results(
-    answer: Result<GroupAnswer, BrokerError>,
-    asked: &[(String, u32, u64, String)],
-) -> Vec<(String, Vec<(i32, i16)>)> {
-    let results: Vec<(String, u32, i16)> = match answer {
-        Ok(GroupAnswer::Committed(results)) => results.into_iter().map(|(t, p, e)| (t, p, e.code())).collect(),
+fn commits<'a>(topics: impl Iterator<Item = (&'a TopicName, Vec<(i32, i64, Option<&'a StrBytes>)>)>) -> Commits {
+    let mut commits = Commits {
+        accepted: Vec::new(),
+        refused: Vec::new(),
+    };
+    for (topic, partitions) in topics {
+        for (partition, offset, metadata) in partitions {
+            match (u32::try_from(partition), u64::try_from(offset)) {
+                (Ok(p), Ok(offset)) => commits.accepted.push((
+                    topic.0.to_string(),
+                    p,
+                    offset,
+                    metadata.map(|m| m.to_string()).unwrap_or_default(),
+                )),
+                _ => commits.refused.push((topic.0.to_string(), partition)),
+            }
+        }
+    }
+    commits
+}
+
+/// Per (topic, partition) error codes of a commit, grouped by topic; the
+/// partitions refused before the coordinator with INVALID_REQUEST.
+fn commit_results(answer: Result<GroupAnswer, BrokerError>, commits: &Commits) -> Vec<(String, Vec<(i32, i16)>)> {
+    let mut results: Vec<(String, i32, i16)> = match answer {
+        Ok(GroupAnswer::Committed(results)) => results.into_iter().map(|(t, p, e)| (t, p as i32, e.code())).collect(),
         other => {
             let code = error_of(other);
-            asked.iter().map(|(t, p, _, _)| (t.clone(), *p, code)).collect()
+            commits
+                .accepted
+                .iter()
+                .map(|(t, p, _, _)| (t.clone(), *p as i32, code))
+                .collect()
         }
     };
+    let invalid = ErrorCode::InvalidRequest.code();
+    results.extend(commits.refused.iter().map(|(t, p)| (t.clone(), *p, invalid)));
     let mut topics: Vec<(String, Vec<(i32, i16)>)> = Vec::new();
     for (topic, partition, code) in results {
-        let entry = (partition as i32, code);
-        match topics.last_mut() {
-            Some(last) if last.0 == topic => last.1.push(entry),
-            _ => topics.push((topic, vec![entry])),
+        match topics.iter_mut().find(|t| t.0 == topic) {
+            Some(existing) => existing.1.push((partition, code)),
+            None => topics.push((topic, vec![(partition, code)])),
         }
     }
     topics
@@ -240,7 +253,7 @@ pub(super) async fn offset_commit(shard: &Shard, request: OffsetCommitRequest) -
         group: request.group_id.0.to_string(),
         generation: request.generation_id_or_member_epoch,
         member_id: request.member_id.to_string(),
-        offsets: offsets.clone(),
+        offsets: offsets.accepted.clone(),
     };
     let topics = commit_results(shard.group_call(call).await, &offsets)
         .into_iter()
@@ -464,7 +477,7 @@ pub(super) async fn txn_offset_commit(shard: &Shard, request: TxnOffsetCommitReq
         group: request.group_id.0.to_string(),
         producer_id: request.producer_id.0,
         epoch: request.producer_epoch,
-        offsets: offsets.clone(),
+        offsets: offsets.accepted.clone(),
     };
     let topics = commit_results(shard.group_call(call).await, &offsets)
         .into_iter()
