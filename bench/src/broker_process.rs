@@ -46,7 +46,7 @@ impl BrokerProcess {
         BrokerProcess::start_with(data_dir, shards, &[], true)
     }
 
-    fn start_with(data_dir: &Path, shards: usize, cpus: &[usize], kafka: bool) -> Result<BrokerProcess, String> {
+    pub fn start_with(data_dir: &Path, shards: usize, cpus: &[usize], kafka: bool) -> Result<BrokerProcess, String> {
         let binary = std::env::current_exe()
             .map_err(|e| e.to_string())?
             .with_file_name("corelog");

@@ -8,23 +8,19 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
-use futures::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 use net::client::Connection;
 use net::kafka::kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use net::kafka::kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use net::kafka::kafka_protocol::messages::{
-    ApiKey, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, FetchRequest, FetchResponse, ProduceRequest, ProduceResponse, TopicName,
 };
-use net::kafka::kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use net::kafka::kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use net::kafka::kafka_protocol::protocol::StrBytes;
+use net::kafka::kafka_protocol::records::RecordBatchDecoder;
 use net::messages::{acks, EARLIEST_TIMESTAMP};
 use serde::{Deserialize, Serialize};
 use storage::batch::{self, RecordBatchBuilder};
 
+use crate::kafka_client::{BatchTemplate, KafkaConnection};
 use crate::machine::Machine;
 use crate::storage_bench::median;
 
@@ -51,8 +47,6 @@ pub struct Args {
 
 const RECORD_BYTES: usize = 1024;
 const BATCH_RECORDS: usize = 60;
-const PRODUCE_VERSION: i16 = 9;
-const FETCH_VERSION: i16 = 12;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Sample {
@@ -97,85 +91,6 @@ pub fn run(args: Args) -> Result<(), String> {
     crate::index::write(&args.report_dir)
 }
 
-/// One Kafka connection: a request at a time, answered in order.
-struct KafkaConnection {
-    stream: TcpStream,
-    correlation_id: i32,
-    out: BytesMut,
-}
-
-impl KafkaConnection {
-    async fn connect(addr: &str) -> Result<KafkaConnection, String> {
-        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        Ok(KafkaConnection {
-            stream,
-            correlation_id: 0,
-            out: BytesMut::new(),
-        })
-    }
-
-    async fn call<Req: Encodable, Resp: Decodable>(
-        &mut self,
-        api: ApiKey,
-        version: i16,
-        body: &Req,
-    ) -> Result<Resp, String> {
-        self.correlation_id += 1;
-        self.out.clear();
-        self.out.extend_from_slice(&[0; 4]);
-        RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("corelog-bench")))
-            .encode(&mut self.out, api.request_header_version(version))
-            .map_err(|e| e.to_string())?;
-        body.encode(&mut self.out, version).map_err(|e| e.to_string())?;
-        let length = (self.out.len() - 4) as i32;
-        self.out[..4].copy_from_slice(&length.to_be_bytes());
-        self.stream.write_all(&self.out).await.map_err(|e| e.to_string())?;
-        let mut prefix = [0u8; 4];
-        self.stream.read_exact(&mut prefix).await.map_err(|e| e.to_string())?;
-        let mut response = vec![0u8; i32::from_be_bytes(prefix) as usize];
-        self.stream.read_exact(&mut response).await.map_err(|e| e.to_string())?;
-        let mut response = Bytes::from(response);
-        ResponseHeader::decode(&mut response, api.response_header_version(version)).map_err(|e| e.to_string())?;
-        Resp::decode(&mut response, version).map_err(|e| e.to_string())
-    }
-}
-
-fn kafka_batch(value: &[u8]) -> Bytes {
-    let records: Vec<Record> = (0..BATCH_RECORDS as i64)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i,
-            sequence: -1 + i as i32,
-            timestamp: 0,
-            key: None,
-            value: Some(Bytes::copy_from_slice(value)),
-            headers: Default::default(),
-        })
-        .collect();
-    let mut out = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut out,
-        records.iter(),
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .expect("a batch encodes");
-    out.freeze()
-}
-
 fn measure(native: &str, kafka: &str, protocol: &'static str, args: &Args) -> Result<Sample, String> {
     let (native, kafka) = (native.to_string(), kafka.to_string());
     let (partitions, connections, bytes) = (args.partitions, args.connections, args.bytes);
@@ -196,7 +111,7 @@ fn measure(native: &str, kafka: &str, protocol: &'static str, args: &Args) -> Re
                 builder.push(0, None, Some(&value), vec![]);
             }
             let native_frame = Rc::new(builder.build());
-            let kafka_frame = kafka_batch(&value);
+            let kafka_frame = BatchTemplate::new(BATCH_RECORDS, &value).stamp(0, 0);
             let batches = bytes.div_ceil((BATCH_RECORDS * RECORD_BYTES) as u64);
             let started = Instant::now();
             let tasks: Vec<_> = (0..connections)
@@ -226,8 +141,7 @@ fn measure(native: &str, kafka: &str, protocol: &'static str, args: &Args) -> Re
                                         .with_partition_data(vec![PartitionProduceData::default()
                                             .with_index(partition)
                                             .with_records(Some(kafka_frame.clone()))])]);
-                                let response: ProduceResponse =
-                                    connection.call(ApiKey::Produce, PRODUCE_VERSION, &request).await?;
+                                let response: ProduceResponse = connection.call(ApiKey::Produce, &request).await?;
                                 let code = response.responses[0].partition_responses[0].error_code;
                                 if code != 0 {
                                     return Err(format!("Kafka produce refused: error {code}"));
@@ -308,7 +222,7 @@ async fn consume(native: &str, kafka: &str, protocol: &str, partition: u32) -> R
                     .with_partition(partition as i32)
                     .with_fetch_offset(next)
                     .with_partition_max_bytes(1 << 20)])]);
-        let response: FetchResponse = connection.call(ApiKey::Fetch, FETCH_VERSION, &request).await?;
+        let response: FetchResponse = connection.call(ApiKey::Fetch, &request).await?;
         let data = &response.responses[0].partitions[0];
         if data.error_code != 0 {
             return Err(format!("Kafka fetch refused: error {}", data.error_code));
@@ -339,8 +253,8 @@ fn render(machine: &Machine, samples: &[Sample], args: &Args) -> String {
         "One `corelog serve` process with {} shard(s) per protocol and run. {} connections produce batches of \
          {BATCH_RECORDS} records of 1 KiB with acks=1, one request at a time per connection, {} MiB in all, round \
          robin over {} partitions; then one connection per partition fetches everything back (1 MiB per fetch). \
-         Native: corelog's client. Kafka: a minimal client on the kafka-protocol crate (Produce v{PRODUCE_VERSION}, \
-         Fetch v{FETCH_VERSION}, uncompressed v2 batches, every fetched record decoded), so both sides do the \
+         Native: corelog's client. Kafka: a minimal client on the kafka-protocol crate (Produce and \
+         Fetch at the highest versions both speak: v9 and v12, uncompressed v2 batches, every fetched record decoded), so both sides do the \
          same work and the gap is the broker's conversion at its Kafka edge. Values count towards MB/s (10^6 \
          bytes/s). {} runs, interleaved; medians, with each run in brackets.\n\n",
         args.shards,

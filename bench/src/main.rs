@@ -9,6 +9,7 @@ mod broker_bench;
 mod broker_process;
 mod index;
 mod kafka_bench;
+mod kafka_client;
 mod limits;
 mod machine;
 mod storage_bench;

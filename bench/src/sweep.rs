@@ -17,7 +17,7 @@ pub struct Args {
     preset: PathBuf,
     /// NAME=v1,v2,...; repeat for a grid of every combination. NAME is
     /// shards, partitions, partitions_per_shard, batch_bytes, message_bytes,
-    /// acks, producers, max_in_flight, or topic.<config> (e.g.
+    /// acks, protocol, producers, max_in_flight, or topic.<config> (e.g.
     /// topic.flush.ms).
     #[arg(long = "param", required = true)]
     params: Vec<String>,
@@ -70,6 +70,10 @@ fn set(workload: &mut Workload, param: &str, value: &str) -> Result<(), String> 
         "producers" => workload.producers = number()?,
         "max_in_flight" => workload.max_in_flight = number()?,
         "acks" => workload.acks = value.to_string(),
+        "protocol" => {
+            crate::workload::check_protocol(value)?;
+            workload.protocol = value.to_string();
+        }
         other => match other.strip_prefix("topic.") {
             Some(key) => {
                 workload.topic_configs.insert(key.to_string(), value.to_string());

@@ -12,8 +12,10 @@
 //! the consumer's receipt of the record.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,12 +24,14 @@ use std::time::{Duration, Instant};
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use net::client::Connection;
+use net::kafka::kafka_protocol::messages::TopicName;
 use net::messages::{acks, TopicConfig, LATEST_TIMESTAMP};
 use net::pipelined::PipelinedConnection;
 use serde::{Deserialize, Serialize};
 use storage::batch::{self, RecordBatchBuilder};
 
 use crate::broker_process::{BrokerProcess, BrokerStats};
+use crate::kafka_client::{self, BatchTemplate, KafkaConnection, PipelinedProducer};
 use crate::machine::Machine;
 
 #[derive(clap::Args)]
@@ -53,6 +57,11 @@ pub struct Args {
     /// the preset's shards and broker_cpus).
     #[arg(long, value_delimiter = ',')]
     broker_cpus: Option<Vec<usize>>,
+    /// "native" or "kafka" (overrides the preset's protocol). With kafka,
+    /// `--broker` is a Kafka bootstrap address, of corelog's Kafka listener
+    /// or of any Kafka-compatible broker.
+    #[arg(long)]
+    protocol: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -69,6 +78,10 @@ pub struct Workload {
     pub batch_bytes: usize,
     /// "1" or "all".
     pub acks: String,
+    /// "native" (corelog's protocol) or "kafka" (Kafka's protocol, through
+    /// the broker's Kafka listener or any Kafka-compatible broker).
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
     /// Produce requests each producer keeps in flight (Kafka's
     /// max.in.flight.requests.per.connection).
     #[serde(default = "default_in_flight")]
@@ -100,6 +113,24 @@ pub struct Workload {
 
 fn default_in_flight() -> usize {
     5
+}
+
+fn default_protocol() -> String {
+    "native".into()
+}
+
+impl Workload {
+    pub fn kafka(&self) -> bool {
+        self.protocol == "kafka"
+    }
+
+    /// The report's file stem: a Kafka run of a preset beside its native one.
+    pub fn report_name(&self) -> String {
+        match self.kafka() {
+            true => format!("{}-kafka", self.name),
+            false => self.name.clone(),
+        }
+    }
 }
 
 /// Shortest record that carries its due time.
@@ -218,6 +249,10 @@ pub fn run(args: Args) -> Result<(), String> {
         workload.shards = cpus.len();
         workload.broker_cpus = cpus;
     }
+    if let Some(protocol) = args.protocol {
+        workload.protocol = protocol;
+        check_protocol(&workload.protocol)?;
+    }
     let machine = Machine::describe(Path::new("."));
     let limits = if args.no_limits {
         None
@@ -239,13 +274,20 @@ pub fn execute(workload: &Workload, broker: Option<&str>, data_dir: &Path) -> Re
             let dir = data_dir.join(&workload.name);
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            Some(BrokerProcess::start(&dir, workload.shards, &workload.broker_cpus)?)
+            Some(BrokerProcess::start_with(
+                &dir,
+                workload.shards,
+                &workload.broker_cpus,
+                workload.kafka(),
+            )?)
         }
     };
-    let addr = broker
-        .map(str::to_string)
-        .or_else(|| started.as_ref().map(|b| b.addr.clone()))
-        .expect("a broker");
+    let addr = match (broker, &started) {
+        (Some(addr), _) => addr.to_string(),
+        (None, Some(started)) if workload.kafka() => started.kafka_addr.clone().expect("a Kafka listener"),
+        (None, Some(started)) => started.addr.clone(),
+        (None, None) => unreachable!("a broker given or started"),
+    };
     let acks = acks_of(&workload.acks)?;
     let target = match workload.rate.as_str() {
         "max" => None,
@@ -290,6 +332,7 @@ pub fn load(path: &Path) -> Result<Workload, String> {
         return Err("a workload needs records of at least 8 bytes, a producer and a partition".into());
     }
     acks_of(&workload.acks)?;
+    check_protocol(&workload.protocol)?;
     if !workload.broker_cpus.is_empty() && workload.broker_cpus.len() != workload.shards {
         return Err(format!(
             "{}: broker_cpus names {} cores for {} shards",
@@ -308,6 +351,13 @@ fn acks_of(text: &str) -> Result<i8, String> {
         other => Err(format!(
             "acks {other}: must be 1 or all (acks 0 has no acknowledgement to time)"
         )),
+    }
+}
+
+pub fn check_protocol(text: &str) -> Result<(), String> {
+    match text {
+        "native" | "kafka" => Ok(()),
+        other => Err(format!("protocol {other}: must be native or kafka")),
     }
 }
 
@@ -333,6 +383,10 @@ fn run_threads(addr: &str, workload: &Workload, acks: i8, target: Option<f64>) -
             .make()
             .map_err(|e| e.to_string())?
             .run(async move {
+                if workload.kafka() {
+                    return kafka_client::recreate_topic(&addr, &topic, workload.partitions, &workload.topic_configs)
+                        .await;
+                }
                 let mut admin = Connection::connect(&addr).await.map_err(|e| e.to_string())?;
                 let _ = admin.delete_topic(&topic).await;
                 let configs = workload
@@ -568,26 +622,9 @@ async fn produce(
 ) -> Result<(), String> {
     let records_per_batch = (workload.batch_bytes / workload.message_bytes).max(1);
     let batch_bytes = (records_per_batch * workload.message_bytes) as u64;
-    let connection = PipelinedConnection::connect(addr, workload.max_in_flight)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut sender = Sender::connect(addr, topic, workload, records_per_batch).await?;
     let window = Rc::new(glommio::sync::Semaphore::new(workload.max_in_flight.max(1) as u64));
     let failure: Rc<RefCell<Option<String>>> = Rc::new(RefCell::new(None));
-    // One batch built once; each send stamps its due time into every
-    // record's value and reseals the checksum, so the client's cost per
-    // batch is a crc and a copy, not an encoding.
-    let value = vec![0x5au8; workload.message_bytes];
-    let mut builder = RecordBatchBuilder::new();
-    for _ in 0..records_per_batch {
-        builder.push(0, None, Some(&value), vec![]);
-    }
-    let mut frame = builder.build();
-    let stamp_at: Vec<usize> = batch::access(&frame)
-        .map_err(|e| e.to_string())?
-        .records
-        .iter()
-        .map(|r| r.value.as_ref().expect("a value").as_ptr() as usize - frame.as_ptr() as usize)
-        .collect();
     let mut n = 0u64;
     loop {
         if let Some(error) = failure.borrow().clone() {
@@ -618,20 +655,11 @@ async fn produce(
             .await
             .map_err(|e| e.to_string())?;
         let stamp = due.duration_since(shared.start).as_nanos() as u64;
-        for &at in &stamp_at {
-            frame[at..at + STAMP_BYTES].copy_from_slice(&stamp.to_le_bytes());
-        }
-        batch::reseal(&mut frame).map_err(|e| e.to_string())?;
         let partition = (sequence % u64::from(workload.partitions)) as u32;
-        let (connection, topic, shared, failure, frame) = (
-            connection.clone(),
-            topic.to_string(),
-            shared.clone(),
-            failure.clone(),
-            frame.clone(),
-        );
+        let request = sender.send(partition, stamp, acks)?;
+        let (shared, failure) = (shared.clone(), failure.clone());
         glommio::spawn_local(async move {
-            match connection.produce(&topic, partition, &frame, acks).await {
+            match request.await {
                 Ok(_) => {
                     let now = Instant::now();
                     shared
@@ -659,6 +687,110 @@ async fn produce(
     Ok(())
 }
 
+/// A producer's connection and batch, on either protocol. Each send stamps
+/// the batch's due time into every record's value and reseals its checksum,
+/// so the client's cost per batch is a crc and a copy, not an encoding.
+enum Sender {
+    Native {
+        topic: Rc<str>,
+        connection: PipelinedConnection,
+        frame: Vec<u8>,
+        stamp_at: Vec<usize>,
+    },
+    Kafka {
+        topic: TopicName,
+        /// Each partition's leader, by partition.
+        leaders: Vec<PipelinedProducer>,
+        template: BatchTemplate,
+    },
+}
+
+type Produced = Pin<Box<dyn Future<Output = Result<(), String>>>>;
+
+impl Sender {
+    async fn connect(addr: &str, topic: &str, workload: &Workload, records: usize) -> Result<Sender, String> {
+        let value = vec![0x5au8; workload.message_bytes];
+        if workload.kafka() {
+            let leaders = KafkaConnection::connect(addr).await?.leaders(topic).await?;
+            let mut connections: HashMap<String, PipelinedProducer> = HashMap::new();
+            let mut by_partition = Vec::with_capacity(leaders.len());
+            for leader in leaders {
+                if !connections.contains_key(&leader) {
+                    connections.insert(leader.clone(), PipelinedProducer::connect(&leader).await?);
+                }
+                by_partition.push(connections[&leader].clone());
+            }
+            return Ok(Sender::Kafka {
+                topic: kafka_client::topic_name(topic),
+                leaders: by_partition,
+                template: BatchTemplate::new(records, &value),
+            });
+        }
+        let connection = PipelinedConnection::connect(addr, workload.max_in_flight)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut builder = RecordBatchBuilder::new();
+        for _ in 0..records {
+            builder.push(0, None, Some(&value), vec![]);
+        }
+        let frame = builder.build();
+        let stamp_at: Vec<usize> = batch::access(&frame)
+            .map_err(|e| e.to_string())?
+            .records
+            .iter()
+            .map(|r| r.value.as_ref().expect("a value").as_ptr() as usize - frame.as_ptr() as usize)
+            .collect();
+        Ok(Sender::Native {
+            topic: topic.into(),
+            connection,
+            frame,
+            stamp_at,
+        })
+    }
+
+    /// Stamps the batch and returns its produce request, to be awaited.
+    fn send(&mut self, partition: u32, stamp: u64, acks: i8) -> Result<Produced, String> {
+        match self {
+            Sender::Native {
+                topic,
+                connection,
+                frame,
+                stamp_at,
+            } => {
+                for &at in stamp_at.iter() {
+                    frame[at..at + STAMP_BYTES].copy_from_slice(&stamp.to_le_bytes());
+                }
+                batch::reseal(frame).map_err(|e| e.to_string())?;
+                let (topic, connection, frame) = (topic.clone(), connection.clone(), frame.clone());
+                Ok(Box::pin(async move {
+                    connection
+                        .produce(&topic, partition, &frame, acks)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }))
+            }
+            Sender::Kafka {
+                topic,
+                leaders,
+                template,
+            } => {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                let batch = template.stamp(stamp, now_ms);
+                let (topic, leader) = (topic.clone(), leaders[partition as usize].clone());
+                Ok(Box::pin(async move {
+                    leader
+                        .produce(&topic, partition as i32, batch, i16::from(acks))
+                        .await
+                        .map(|_| ())
+                }))
+            }
+        }
+    }
+}
+
 async fn start_consumers(
     addr: &str,
     topic: &str,
@@ -672,6 +804,10 @@ async fn start_consumers(
         let partitions: Vec<u32> = (0..workload.partitions)
             .filter(|p| *p as usize % workload.consumers == c)
             .collect();
+        if workload.kafka() {
+            tasks.extend(start_kafka_consumer(addr, topic, workload, &partitions, shared.clone(), from).await?);
+            continue;
+        }
         let mut connection = Connection::connect(addr).await.map_err(|e| e.to_string())?;
         let mut positions = Vec::new();
         for &partition in &partitions {
@@ -682,8 +818,7 @@ async fn start_consumers(
                 .unwrap_or(0);
             positions.push((partition, offset));
         }
-        let (topic, shared, message_bytes) = (topic.to_string(), shared.clone(), workload.message_bytes as u64);
-        let catch_up = workload.catch_up;
+        let (topic, shared, workload) = (topic.to_string(), shared.clone(), workload.clone());
         tasks.push(
             glommio::spawn_local(async move {
                 loop {
@@ -692,28 +827,20 @@ async fn start_consumers(
                             .fetch(&topic, *partition, *offset, 1 << 20, 100)
                             .await
                             .map_err(|e| e.to_string())?;
-                        let now = Instant::now();
-                        let now_ns = now.duration_since(shared.start).as_nanos() as u64;
+                        let received = Received::now(&shared, &workload);
                         let mut records = 0u64;
                         for frame in batch::frames(fetched.batches()) {
                             let info = batch::verify_crc(frame).map_err(|e| e.to_string())?;
                             let archived = batch::access(frame).map_err(|e| e.to_string())?;
                             for record in archived.records.iter() {
-                                let Some(value) = record.value.as_ref() else { continue };
-                                let stamp = u64::from_le_bytes(value[..STAMP_BYTES].try_into().expect("8 bytes"));
-                                let latency_us = now_ns.saturating_sub(stamp) / 1000;
-                                // Catching up, a record's age is not a latency.
-                                if !catch_up && shared.second(now).is_some() {
-                                    let _ = shared.e2e.borrow_mut().record(latency_us.clamp(1, LATENCY_MAX_US));
+                                if let Some(value) = record.value.as_ref() {
+                                    received.value(value);
                                 }
                             }
                             records += u64::from(info.record_count);
                             *offset = info.next_offset().0;
                         }
-                        shared.totals.consumed_records.fetch_add(records, Ordering::AcqRel);
-                        if let Some(second) = shared.second(now) {
-                            Shared::count(&shared.consumed, second, records * message_bytes, records);
-                        }
+                        received.count(records);
                     }
                 }
             })
@@ -721,6 +848,101 @@ async fn start_consumers(
         );
     }
     Ok(tasks)
+}
+
+/// A Kafka consumer of `partitions`: one connection and fetch loop per
+/// partition leader, each fetch asking for all of that leader's partitions.
+async fn start_kafka_consumer(
+    bootstrap: &str,
+    topic: &str,
+    workload: &Workload,
+    partitions: &[u32],
+    shared: Rc<Shared>,
+    from: i64,
+) -> Result<Vec<glommio::task::JoinHandle<Result<(), String>>>, String> {
+    let leaders = KafkaConnection::connect(bootstrap).await?.leaders(topic).await?;
+    let mut by_leader: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for &partition in partitions {
+        let leader = leaders
+            .get(partition as usize)
+            .ok_or_else(|| format!("{topic}/{partition}: no leader"))?;
+        by_leader.entry(leader.clone()).or_default().push(partition as i32);
+    }
+    let timestamp = if from == net::messages::EARLIEST_TIMESTAMP {
+        -2
+    } else {
+        -1
+    };
+    let mut tasks = Vec::new();
+    for (leader, partitions) in by_leader {
+        let mut connection = KafkaConnection::connect(&leader).await?;
+        let offsets = connection.list_offsets(topic, &partitions, timestamp).await?;
+        let mut positions: Vec<(i32, i64)> = partitions.into_iter().zip(offsets).collect();
+        let (topic, shared, workload) = (topic.to_string(), shared.clone(), workload.clone());
+        tasks.push(
+            glommio::spawn_local(async move {
+                loop {
+                    let mut values: Vec<u64> = Vec::new();
+                    let records = connection
+                        .fetch(&topic, &mut positions, 100, |value| {
+                            values.push(u64::from_le_bytes(value[..STAMP_BYTES].try_into().expect("8 bytes")))
+                        })
+                        .await?;
+                    let received = Received::now(&shared, &workload);
+                    for stamp in values {
+                        received.stamp(stamp);
+                    }
+                    received.count(records);
+                }
+            })
+            .detach(),
+        );
+    }
+    Ok(tasks)
+}
+
+/// Records received by a consumer at one moment: their end-to-end
+/// latencies and counts.
+struct Received<'a> {
+    shared: &'a Shared,
+    now: Instant,
+    now_ns: u64,
+    /// Catching up, a record's age is not a latency.
+    timed: bool,
+    message_bytes: u64,
+}
+
+impl<'a> Received<'a> {
+    fn now(shared: &'a Shared, workload: &Workload) -> Received<'a> {
+        let now = Instant::now();
+        Received {
+            shared,
+            now,
+            now_ns: now.duration_since(shared.start).as_nanos() as u64,
+            timed: !workload.catch_up && shared.second(now).is_some(),
+            message_bytes: workload.message_bytes as u64,
+        }
+    }
+
+    fn value(&self, value: &[u8]) {
+        if let Some(stamp) = value.get(..STAMP_BYTES) {
+            self.stamp(u64::from_le_bytes(stamp.try_into().expect("8 bytes")));
+        }
+    }
+
+    fn stamp(&self, stamp: u64) {
+        if self.timed {
+            let latency_us = self.now_ns.saturating_sub(stamp) / 1000;
+            let _ = self.shared.e2e.borrow_mut().record(latency_us.clamp(1, LATENCY_MAX_US));
+        }
+    }
+
+    fn count(&self, records: u64) {
+        self.shared.totals.consumed_records.fetch_add(records, Ordering::AcqRel);
+        if let Some(second) = self.shared.second(self.now) {
+            Shared::count(&self.shared.consumed, second, records * self.message_bytes, records);
+        }
+    }
 }
 
 fn spawn_progress(shared: Rc<Shared>, workload: &Workload, deadline: Instant) -> glommio::task::JoinHandle<()> {
