@@ -85,6 +85,11 @@ pub struct JoinRequest {
     pub protocols: Vec<(String, Vec<u8>)>,
     pub session_timeout: Duration,
     pub rebalance_timeout: Duration,
+    /// KIP-394 (Kafka's JoinGroup v4 and later): a member joining without
+    /// an id is answered MEMBER_ID_REQUIRED with one, and counts as a
+    /// member only when it joins again with it, so a client that gives up
+    /// after its first join leaves no member behind to wait out.
+    pub require_member_id: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -343,7 +348,14 @@ pub struct Coordinator {
     limits: GroupLimits,
     groups: BTreeMap<String, Group>,
     next_member: u64,
+    /// Ids given with MEMBER_ID_REQUIRED and not yet joined with, by
+    /// (group, member id), until when they may be.
+    pending_members: BTreeMap<(String, String), Instant>,
 }
+
+/// Ids given out with MEMBER_ID_REQUIRED and not yet used, over all groups
+/// of a coordinator; each expires after its session timeout.
+pub const PENDING_MEMBERS_MAX: usize = 4096;
 
 impl Coordinator {
     pub fn new(limits: GroupLimits) -> Coordinator {
@@ -351,6 +363,7 @@ impl Coordinator {
             limits,
             groups: BTreeMap::new(),
             next_member: 0,
+            pending_members: BTreeMap::new(),
         }
     }
 
@@ -371,12 +384,33 @@ impl Coordinator {
         if request.protocol_type.is_empty() || request.protocols.is_empty() {
             return refuse(ErrorCode::InconsistentGroupProtocol);
         }
+        self.pending_members.retain(|_, until| *until > now);
+        let pending = self
+            .pending_members
+            .remove(&(request.group.clone(), request.member_id.clone()))
+            .is_some();
         let known = self
             .groups
             .get(&request.group)
             .is_some_and(|g| g.members.contains_key(&request.member_id));
-        if !request.member_id.is_empty() && !known {
+        if !request.member_id.is_empty() && !known && !pending {
             return refuse(ErrorCode::UnknownMemberId);
+        }
+        if request.member_id.is_empty() && request.require_member_id {
+            let members = self.groups.get(&request.group).map_or(0, |g| g.members.len());
+            if members >= limits.members_max {
+                return refuse(ErrorCode::GroupMaxSizeReached);
+            }
+            if self.pending_members.len() >= PENDING_MEMBERS_MAX {
+                return refuse(ErrorCode::CoordinatorNotAvailable);
+            }
+            self.next_member += 1;
+            let member_id = format!("{}-{}-{}", request.client_id, now_nanos_tag(), self.next_member);
+            self.pending_members.insert(
+                (request.group.clone(), member_id.clone()),
+                now + request.session_timeout,
+            );
+            return Pending::Ready(JoinOutcome::error(ErrorCode::MemberIdRequired, &member_id));
         }
         let group = self
             .groups
@@ -393,12 +427,16 @@ impl Coordinator {
                 return refuse(ErrorCode::InconsistentGroupProtocol);
             }
         }
-        let member_id = if request.member_id.is_empty() {
+        let member_id = if request.member_id.is_empty() || pending {
             if group.members.len() >= limits.members_max {
                 return refuse(ErrorCode::GroupMaxSizeReached);
             }
-            self.next_member += 1;
-            format!("{}-{}-{}", request.client_id, now_nanos_tag(), self.next_member)
+            if pending {
+                request.member_id.clone()
+            } else {
+                self.next_member += 1;
+                format!("{}-{}-{}", request.client_id, now_nanos_tag(), self.next_member)
+            }
         } else if group.members.contains_key(&request.member_id) {
             request.member_id.clone()
         } else {
@@ -746,6 +784,7 @@ mod tests {
             protocols: vec![("range".into(), b"meta".to_vec())],
             session_timeout: Duration::from_secs(10),
             rebalance_timeout: Duration::from_secs(5),
+            require_member_id: false,
         }
     }
 
@@ -781,6 +820,42 @@ mod tests {
         assert_eq!(c.check_commit("g", 1, &id), ErrorCode::None);
         assert_eq!(c.check_commit("g", 0, &id), ErrorCode::IllegalGeneration);
         assert_eq!(c.check_commit("g", -1, ""), ErrorCode::UnknownMemberId);
+    }
+
+    #[test]
+    fn kafka_members_get_their_id_first_and_join_with_it() {
+        let mut c = Coordinator::new(limits());
+        let now = Instant::now();
+        let first = JoinRequest {
+            require_member_id: true,
+            ..join_request("")
+        };
+        let given = ready(c.join(first, now));
+        assert_eq!(given.error, ErrorCode::MemberIdRequired);
+        assert!(!given.member_id.is_empty());
+        assert!(c.describe("g").is_none_or(|g| g.members.is_empty()), "not a member yet");
+        let joined = ready(c.join(join_request(&given.member_id), now));
+        assert_eq!(joined.error, ErrorCode::None);
+        assert_eq!(joined.member_id, given.member_id);
+        assert_eq!(joined.leader, given.member_id);
+        // An id used once is a member's; a made-up one is refused.
+        assert_eq!(
+            ready(c.join(join_request("made-up"), now)).error,
+            ErrorCode::UnknownMemberId
+        );
+        // An id not joined with within the session timeout expires.
+        let late = ready(c.join(
+            JoinRequest {
+                require_member_id: true,
+                ..join_request("")
+            },
+            now,
+        ));
+        let later = now + Duration::from_secs(11);
+        assert_eq!(
+            ready(c.join(join_request(&late.member_id), later)).error,
+            ErrorCode::UnknownMemberId
+        );
     }
 
     #[test]

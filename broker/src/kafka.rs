@@ -152,18 +152,25 @@ async fn connection(shard: &Shard, mut stream: TcpStream, advertised: &Advertise
                 api_key,
                 version,
                 correlation_id,
+                request,
             }) => {
                 tracing::debug!(shard = shard.id, api_key, version, "unsupported Kafka API or version");
-                // Kafka answers an ApiVersions it cannot parse with v0 and
-                // its versions; any other API with UNSUPPORTED_VERSION in the
-                // version asked, which only ApiVersions can carry for an
-                // unknown API: answer with ApiVersions v0 as Kafka does.
-                let response = api_versions(ErrorCode::UnsupportedVersion.code());
-                wire::encode_response(correlation_id, ApiKey::ApiVersions, 0, &response, &mut out)
-                    .expect("ApiVersions v0 encodes");
-                if api_key != ApiKey::ApiVersions as i16 {
-                    stream.write_all(&out).await?;
-                    return Ok(());
+                // The API's own response at the version asked, with
+                // UNSUPPORTED_VERSION in its error fields; where there is
+                // none (ApiVersions itself, an API or version the crate does
+                // not know), ApiVersions v0 with the error and the versions
+                // served, as Kafka answers an ApiVersions it cannot parse.
+                // Either way the connection stays open: frames are
+                // length-delimited, so the next request is readable.
+                let code = ErrorCode::UnsupportedVersion.code();
+                let own = request.zip(ApiKey::try_from(api_key).ok()).and_then(|(request, api)| {
+                    let response = wire::unsupported::error_response(&request, version, code)?;
+                    wire::encode_response(correlation_id, api, version, &response, &mut out).ok()
+                });
+                if own.is_none() {
+                    out.clear();
+                    wire::encode_response(correlation_id, ApiKey::ApiVersions, 0, &api_versions(code), &mut out)
+                        .expect("ApiVersions v0 encodes");
                 }
             }
             Err(error) => {
@@ -204,7 +211,7 @@ async fn handle(shard: &Shard, advertised: &Advertised, version: i16, body: Requ
         RequestKind::InitProducerId(request) => init_producer_id(shard, request).await,
         RequestKind::DescribeConfigs(request) => describe_configs(shard, request),
         RequestKind::FindCoordinator(request) => groups::find_coordinator(advertised, version, request),
-        RequestKind::JoinGroup(request) => groups::join(shard, request).await,
+        RequestKind::JoinGroup(request) => groups::join(shard, version, request).await,
         RequestKind::SyncGroup(request) => groups::sync(shard, request).await,
         RequestKind::Heartbeat(request) => groups::heartbeat(shard, request).await,
         RequestKind::LeaveGroup(request) => groups::leave(shard, version, request).await,
@@ -281,10 +288,7 @@ async fn produce(shard: &Shard, request: ProduceRequest) -> Option<ResponseKind>
     for topic in request.topic_data {
         let name = topic.name.0.to_string();
         // Kafka reports the broker's time only for LogAppendTime topics.
-        let log_append_time = table
-            .topics
-            .get(&name)
-            .is_some_and(|t| t.configs.get("message.timestamp.type").map(String::as_str) == Some("LogAppendTime"));
+        let log_append_time = log_append_time(&table, &name);
         let mut partitions = Vec::new();
         for data in topic.partition_data {
             let partition = data.index;
@@ -356,6 +360,7 @@ async fn fetch(shard: &Shard, request: FetchRequest) -> ResponseKind {
         net::messages::isolation::READ_UNCOMMITTED
     };
     loop {
+        let table = shard.metadata.snapshot();
         let mut total = 0usize;
         let mut waits: Vec<(String, u32, u64)> = Vec::new();
         let mut responses = Vec::new();
@@ -371,7 +376,16 @@ async fn fetch(shard: &Shard, request: FetchRequest) -> ResponseKind {
                 let budget = (p.partition_max_bytes.max(1) as usize)
                     .min(max_bytes.saturating_sub(total))
                     .max(1);
-                let mut data = fetch_partition(shard, &name, partition, p.fetch_offset, budget, isolation).await;
+                let mut data = fetch_partition(
+                    shard,
+                    &name,
+                    partition,
+                    p.fetch_offset,
+                    budget,
+                    isolation,
+                    log_append_time(&table, &name),
+                )
+                .await;
                 if full {
                     if let Ok((data, _)) = &mut data {
                         data.records = Some(Bytes::new());
@@ -409,6 +423,13 @@ async fn fetch(shard: &Shard, request: FetchRequest) -> ResponseKind {
     }
 }
 
+fn log_append_time(table: &crate::topics::TopicTable, topic: &str) -> bool {
+    table
+        .topics
+        .get(topic)
+        .is_some_and(|t| t.configs.get("message.timestamp.type").map(String::as_str) == Some("LogAppendTime"))
+}
+
 /// One partition of a fetch, and its log end (to wait on).
 async fn fetch_partition(
     shard: &Shard,
@@ -417,6 +438,7 @@ async fn fetch_partition(
     offset: i64,
     budget: usize,
     isolation: u8,
+    log_append_time: bool,
 ) -> Result<(PartitionData, u64), ErrorCode> {
     let partition_u = u32::try_from(partition).map_err(|_| ErrorCode::UnknownTopicOrPartition)?;
     if offset < 0 {
@@ -429,7 +451,7 @@ async fn fetch_partition(
     if (offset as u64) > fetched.high_watermark || (offset as u64) < fetched.log_start_offset {
         return Err(ErrorCode::OffsetOutOfRange);
     }
-    let records = wire::records::to_kafka(&fetched.bytes).map_err(|_| ErrorCode::CorruptMessage)?;
+    let records = wire::records::to_kafka(&fetched.bytes, log_append_time).map_err(|_| ErrorCode::CorruptMessage)?;
     let aborted = (isolation == net::messages::isolation::READ_COMMITTED).then(|| {
         fetched
             .aborted
@@ -475,11 +497,19 @@ async fn list_offsets(shard: &Shard, version: i16, request: ListOffsetsRequest) 
                 }),
             };
             let response = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
+            // A lookup by time answers with the found record's timestamp.
+            let found_at = match (&result, u32::try_from(p.partition_index)) {
+                (Ok(Some(offset)), Ok(partition)) if timestamp >= 0 => {
+                    let log_append = log_append_time(&shard.metadata.snapshot(), &name);
+                    record_timestamp(shard, &name, partition, *offset, log_append).await
+                }
+                _ => -1,
+            };
             partitions.push(match result {
                 // No record at or after the timestamp: Kafka answers -1.
                 Ok(offset) => response
                     .with_offset(offset.map_or(-1, |o| o as i64))
-                    .with_timestamp(-1)
+                    .with_timestamp(found_at)
                     .with_leader_epoch(if version >= 4 { 0 } else { -1 }),
                 Err(error) => response.with_error_code(error.code().code()).with_offset(-1),
             });
@@ -491,6 +521,37 @@ async fn list_offsets(shard: &Shard, version: i16, request: ListOffsetsRequest) 
         );
     }
     ResponseKind::ListOffsets(ListOffsetsResponse::default().with_topics(topics))
+}
+
+/// The timestamp of the record at `offset` (the append time on a
+/// LogAppendTime topic), or -1 where it cannot be read.
+async fn record_timestamp(shard: &Shard, topic: &str, partition: u32, offset: u64, log_append: bool) -> i64 {
+    let Ok(fetched) = shard
+        .fetch(topic, partition, offset, 1, net::messages::isolation::READ_UNCOMMITTED)
+        .await
+    else {
+        return -1;
+    };
+    for frame in storage::batch::frames(&fetched.bytes) {
+        let Ok(info) = storage::batch::verify_crc(frame) else {
+            return -1;
+        };
+        if offset < info.base_offset.0 || offset > info.last_offset().0 {
+            continue;
+        }
+        if log_append {
+            return info.append_time_ms;
+        }
+        let Ok(archived) = storage::batch::access(frame) else {
+            return -1;
+        };
+        return archived
+            .records
+            .iter()
+            .find(|r| info.base_offset.0 + u64::from(r.offset_delta.to_native()) == offset)
+            .map_or(-1, |r| info.first_timestamp_ms + r.timestamp_delta_ms.to_native());
+    }
+    -1
 }
 
 async fn create_topics(shard: &Shard, request: CreateTopicsRequest) -> ResponseKind {
@@ -510,16 +571,21 @@ async fn create_topics(shard: &Shard, request: CreateTopicsRequest) -> ResponseK
         let result = if topic.num_partitions == 0 {
             Err(BrokerError::InvalidPartitions(0))
         } else if request.validate_only {
-            Ok(())
+            shard.validate_topic(&name, partitions, &configs)
         } else {
             shard.create_topic(&name, partitions, configs).await
         };
-        let count = shard
-            .metadata
-            .snapshot()
-            .topics
-            .get(&name)
-            .map_or(-1, |t| t.shards.len() as i32);
+        let count = match request.validate_only {
+            // What would have been created.
+            true if partitions == 0 => shard.config.default_partitions as i32,
+            true => partitions as i32,
+            false => shard
+                .metadata
+                .snapshot()
+                .topics
+                .get(&name)
+                .map_or(-1, |t| t.shards.len() as i32),
+        };
         results.push(match result {
             Ok(()) => CreatableTopicResult::default()
                 .with_name(topic.name)

@@ -714,6 +714,22 @@ impl Shard {
     }
 
     /// Creates a topic and opens its partitions on their owners.
+    /// Checks that `create_topic` would accept the topic, creating nothing.
+    pub fn validate_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<(), BrokerError> {
+        refuse_internal(name)?;
+        let partitions = if partitions == 0 {
+            self.config.default_partitions
+        } else {
+            partitions
+        };
+        self.metadata.validate_create(name, partitions, configs)
+    }
+
     pub async fn create_topic(
         &self,
         name: &str,

@@ -109,6 +109,25 @@ impl Metadata {
         self.table.read().expect("topic table lock").clone()
     }
 
+    /// Checks that `create` would accept the topic, creating nothing
+    /// (CreateTopics with validate_only).
+    pub fn validate_create(
+        &self,
+        name: &str,
+        partitions: u32,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<(), BrokerError> {
+        validate_name(name)?;
+        if partitions == 0 || partitions > PARTITIONS_MAX {
+            return Err(BrokerError::InvalidPartitions(partitions));
+        }
+        log_config(configs)?;
+        if self.snapshot().topics.contains_key(name) {
+            return Err(BrokerError::TopicAlreadyExists(name.to_string()));
+        }
+        Ok(())
+    }
+
     /// Adds a topic, its partitions spread over the least loaded shards.
     pub fn create(
         &self,
@@ -116,11 +135,7 @@ impl Metadata {
         partitions: u32,
         configs: BTreeMap<String, String>,
     ) -> Result<TopicMeta, BrokerError> {
-        validate_name(name)?;
-        if partitions == 0 || partitions > PARTITIONS_MAX {
-            return Err(BrokerError::InvalidPartitions(partitions));
-        }
-        log_config(&configs)?;
+        self.validate_create(name, partitions, &configs)?;
         let mut guard = self.table.write().expect("topic table lock");
         if guard.topics.contains_key(name) {
             return Err(BrokerError::TopicAlreadyExists(name.to_string()));

@@ -77,6 +77,9 @@ pub enum ErrorCode {
     NonEmptyGroup,
     GroupIdNotFound,
     GroupMaxSizeReached,
+    /// KIP-394: a new member of a Kafka group is given its id first and
+    /// joins again with it.
+    MemberIdRequired,
     OutOfOrderSequenceNumber,
     InvalidProducerEpoch,
     InvalidRecord,
@@ -120,6 +123,7 @@ impl ErrorCode {
             ErrorCode::NonEmptyGroup => 68,
             ErrorCode::GroupIdNotFound => 69,
             ErrorCode::GroupMaxSizeReached => 81,
+            ErrorCode::MemberIdRequired => 79,
             ErrorCode::OutOfOrderSequenceNumber => 45,
             ErrorCode::InvalidProducerEpoch => 47,
             ErrorCode::InvalidRecord => 87,
@@ -133,7 +137,7 @@ impl ErrorCode {
     }
 
     pub fn from_code(code: i16) -> ErrorCode {
-        const KNOWN: [ErrorCode; 37] = [
+        const KNOWN: [ErrorCode; 38] = [
             ErrorCode::None,
             ErrorCode::UnknownServerError,
             ErrorCode::OffsetOutOfRange,
@@ -163,6 +167,7 @@ impl ErrorCode {
             ErrorCode::NonEmptyGroup,
             ErrorCode::GroupIdNotFound,
             ErrorCode::GroupMaxSizeReached,
+            ErrorCode::MemberIdRequired,
             ErrorCode::OutOfOrderSequenceNumber,
             ErrorCode::InvalidProducerEpoch,
             ErrorCode::InvalidRecord,

@@ -77,7 +77,7 @@ pub(super) fn find_coordinator(advertised: &Advertised, version: i16, request: F
     ResponseKind::FindCoordinator(response)
 }
 
-pub(super) async fn join(shard: &Shard, request: JoinGroupRequest) -> ResponseKind {
+pub(super) async fn join(shard: &Shard, version: i16, request: JoinGroupRequest) -> ResponseKind {
     let member_id = request.member_id.to_string();
     let call = GroupCall::Join(JoinRequest {
         group: request.group_id.0.to_string(),
@@ -96,6 +96,7 @@ pub(super) async fn join(shard: &Shard, request: JoinGroupRequest) -> ResponseKi
         } else {
             request.session_timeout_ms.max(0) as u64
         }),
+        require_member_id: version >= 4,
     });
     let response = match shard.group_call(call).await {
         Ok(GroupAnswer::Join(outcome)) => JoinGroupResponse::default()

@@ -43,6 +43,7 @@ pub(super) async fn join(shard: &Shard, id: u32, request: &ArchivedJoinGroupRequ
             .collect(),
         session_timeout: Duration::from_millis(u64::from(request.session_timeout_ms.to_native())),
         rebalance_timeout: Duration::from_millis(u64::from(request.rebalance_timeout_ms.to_native())),
+        require_member_id: false,
     });
     let response = match shard.group_call(call).await {
         Ok(GroupAnswer::Join(outcome)) => JoinGroupResponse {

@@ -11,6 +11,7 @@ use kafka_protocol::protocol::{Decodable, Encodable};
 use crate::error::NetError;
 
 pub mod records;
+pub mod unsupported;
 
 pub use kafka_protocol;
 
@@ -90,6 +91,9 @@ pub enum Decoded {
         api_key: i16,
         version: i16,
         correlation_id: i32,
+        /// The request, where the crate knows its API at that version: the
+        /// error can then be the API's own response (`unsupported`).
+        request: Option<Box<RequestKind>>,
     },
 }
 
@@ -108,19 +112,26 @@ pub fn decode_request(message: Bytes) -> Result<Decoded, NetError> {
     let api_key = i16::from_be_bytes([message[0], message[1]]);
     let version = i16::from_be_bytes([message[2], message[3]]);
     let correlation_id = i32::from_be_bytes([message[4], message[5], message[6], message[7]]);
-    let unsupported = Decoded::Unsupported {
+    let unsupported = |request| Decoded::Unsupported {
         api_key,
         version,
         correlation_id,
+        request,
     };
     let Ok(api) = KafkaApi::try_from(api_key) else {
-        return Ok(unsupported);
+        return Ok(unsupported(None));
     };
-    match supported(api) {
-        Some((min, max)) if (min..=max).contains(&version) => {}
-        _ => return Ok(unsupported),
-    }
+    let served = supported(api).is_some_and(|(min, max)| (min..=max).contains(&version));
     let mut buf = message;
+    if !served {
+        // Versions the crate knows decode (or the answer is the generic
+        // one); a request that does not is unanswerable in its own format.
+        let request = RequestHeader::decode(&mut buf, api.request_header_version(version))
+            .and_then(|_| RequestKind::decode(api, &mut buf, version))
+            .ok()
+            .map(Box::new);
+        return Ok(unsupported(request));
+    }
     let header = RequestHeader::decode(&mut buf, api.request_header_version(version))
         .map_err(|e| malformed(format!("{api:?} v{version} header: {e}")))?;
     let body =
@@ -202,7 +213,8 @@ mod tests {
             Decoded::Unsupported {
                 api_key: 3,
                 version: 13,
-                correlation_id: 42
+                correlation_id: 42,
+                request: Some(_),
             }
         ));
         let mut unknown = BytesMut::new();

@@ -88,8 +88,10 @@ pub fn to_storage(mut kafka: Bytes) -> Result<Vec<u8>, NetError> {
 
 /// Stored batch frames (as a fetch reads them) as Kafka v2 batches.
 /// Records before `from` in the first batch are served too, as Kafka does:
-/// the client skips them.
-pub fn to_kafka(frames: &[u8]) -> Result<Bytes, NetError> {
+/// the client skips them. For a LogAppendTime topic (`log_append_time`)
+/// each batch says so in its attributes and carries the broker's append
+/// time as its max timestamp, which clients then give every record.
+pub fn to_kafka(frames: &[u8], log_append_time: bool) -> Result<Bytes, NetError> {
     let mut out = BytesMut::with_capacity(frames.len() + frames.len() / 4);
     let options = RecordEncodeOptions {
         version: 2,
@@ -99,7 +101,7 @@ pub fn to_kafka(frames: &[u8]) -> Result<Bytes, NetError> {
     for frame in batch::frames(frames) {
         let info = batch::verify_crc(frame).map_err(|e| malformed(e.to_string()))?;
         let archived = batch::access(frame).map_err(|e| malformed(e.to_string()))?;
-        let log_append = info.attributes & attributes::TIMESTAMP_LOG_APPEND_TIME != 0;
+        let log_append = log_append_time || info.attributes & attributes::TIMESTAMP_LOG_APPEND_TIME != 0;
         records.clear();
         for (i, record) in archived.records.iter().enumerate() {
             let delta = record.offset_delta.to_native();
@@ -136,9 +138,38 @@ pub fn to_kafka(frames: &[u8]) -> Result<Bytes, NetError> {
                 headers,
             });
         }
+        let start = out.len();
         RecordBatchEncoder::encode(&mut out, records.iter(), &options).map_err(|e| malformed(e.to_string()))?;
+        if log_append {
+            // The encoder leaves the timestamp type out of the attributes.
+            set_log_append_time(&mut out[start..], info.append_time_ms);
+        }
     }
     Ok(out.freeze())
+}
+
+// Kafka's record batch v2 layout, for `set_log_append_time`.
+const KAFKA_CRC_AT: usize = 17;
+const KAFKA_ATTRIBUTES_AT: usize = 21;
+const KAFKA_MAX_TIMESTAMP_AT: usize = 35;
+const KAFKA_TIMESTAMP_TYPE_LOG_APPEND: u16 = 0x08;
+
+/// Marks each encoded Kafka batch in `batches` LogAppendTime with
+/// `append_time_ms` as its max timestamp, and recomputes its CRC (which
+/// covers attributes to the end), as Kafka's broker does on append.
+fn set_log_append_time(batches: &mut [u8], append_time_ms: i64) {
+    let mut at = 0;
+    while at < batches.len() {
+        let length = i32::from_be_bytes(batches[at + 8..at + 12].try_into().expect("4 bytes"));
+        let batch = &mut batches[at..at + 12 + length as usize];
+        let attributes = u16::from_be_bytes([batch[KAFKA_ATTRIBUTES_AT], batch[KAFKA_ATTRIBUTES_AT + 1]]);
+        batch[KAFKA_ATTRIBUTES_AT..KAFKA_ATTRIBUTES_AT + 2]
+            .copy_from_slice(&(attributes | KAFKA_TIMESTAMP_TYPE_LOG_APPEND).to_be_bytes());
+        batch[KAFKA_MAX_TIMESTAMP_AT..KAFKA_MAX_TIMESTAMP_AT + 8].copy_from_slice(&append_time_ms.to_be_bytes());
+        let crc = crc32c::crc32c(&batch[KAFKA_ATTRIBUTES_AT..]);
+        batch[KAFKA_CRC_AT..KAFKA_CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+        at += batch.len();
+    }
 }
 
 #[cfg(test)]
@@ -196,7 +227,7 @@ mod tests {
                 if producer_id >= 0 {
                     assert_eq!((info.producer_epoch, info.base_sequence), (2, 10));
                 }
-                let mut served = to_kafka(&frames).unwrap();
+                let mut served = to_kafka(&frames, false).unwrap();
                 let set = RecordBatchDecoder::decode(&mut served).unwrap();
                 assert_eq!(set.records.len(), 3, "one stored batch, one Kafka batch");
                 assert!(served.is_empty());
@@ -213,9 +244,47 @@ mod tests {
     }
 
     #[test]
+    fn log_append_time_topics_serve_the_append_time_marked_as_such() {
+        let mut frames = to_storage(kafka_batch(Compression::None, -1, false)).unwrap();
+        let limits = batch::BatchLimits {
+            batch_bytes_max: 1 << 20,
+            record_bytes_max: 1 << 20,
+        };
+        let info = batch::check_frame(&frames, &limits).unwrap();
+        batch::stamp(&mut frames, &info, storage::Offset(40), 1_700_000_123_456);
+        let served = to_kafka(&frames, true).unwrap();
+        assert_eq!(
+            u16::from_be_bytes([served[KAFKA_ATTRIBUTES_AT], served[KAFKA_ATTRIBUTES_AT + 1]]) & 0x08,
+            0x08
+        );
+        assert_eq!(
+            i64::from_be_bytes(
+                served[KAFKA_MAX_TIMESTAMP_AT..KAFKA_MAX_TIMESTAMP_AT + 8]
+                    .try_into()
+                    .unwrap()
+            ),
+            1_700_000_123_456
+        );
+        let crc = u32::from_be_bytes(served[KAFKA_CRC_AT..KAFKA_CRC_AT + 4].try_into().unwrap());
+        assert_eq!(
+            crc,
+            crc32c::crc32c(&served[KAFKA_ATTRIBUTES_AT..]),
+            "the CRC covers the new attributes"
+        );
+        let set = RecordBatchDecoder::decode(&mut served.clone()).unwrap();
+        assert!(set.records.iter().all(|r| r.timestamp_type == TimestampType::LogAppend));
+        assert_eq!(set.records[2].offset, 42);
+        // CreateTime topics keep the producer's timestamps.
+        let created = to_kafka(&frames, false).unwrap();
+        let set = RecordBatchDecoder::decode(&mut created.clone()).unwrap();
+        assert!(set.records.iter().all(|r| r.timestamp_type == TimestampType::Creation));
+        assert_eq!(set.records[1].timestamp, 1_001);
+    }
+
+    #[test]
     fn markers_are_served_as_control_batches_and_refused_from_clients() {
         let marker = batch::control::batch(9, 1, batch::control::Marker::Commit, 5);
-        let mut served = to_kafka(&marker).unwrap();
+        let mut served = to_kafka(&marker, false).unwrap();
         let set = RecordBatchDecoder::decode(&mut served).unwrap();
         assert!(set.records[0].control && set.records[0].transactional);
         assert_eq!(set.records[0].key.as_deref(), Some(&[0u8, 0, 0, 1][..]));
