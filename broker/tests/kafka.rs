@@ -1,5 +1,5 @@
 //! The Kafka listener against real Kafka clients: kcat (librdkafka) and the
-//! Python clients kafka-python and confluent-kafka (librdkafka), which
+//! Python clients kafka-python, confluent-kafka (librdkafka) and aiokafka, which
 //! `.ci/run` installs. Without them a test says so and passes, except
 //! under `CI=true`, where they must be there.
 
@@ -32,7 +32,7 @@ fn available(what: &str, probe: &mut Command) -> bool {
 fn python_clients() -> bool {
     available(
         "the Python Kafka clients",
-        Command::new("python3").args(["-c", "import kafka, confluent_kafka"]),
+        Command::new("python3").args(["-c", "import kafka, confluent_kafka, aiokafka"]),
     )
 }
 
@@ -163,6 +163,28 @@ fn kafka_python_admin_produce_and_fetch_round_trip_exactly() {
 }
 
 #[test]
+fn timestamps_lookups_by_time_and_validate_only_topic_creation() {
+    if !python_clients() {
+        return;
+    }
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    python("kafka-python-times", &broker.kafka_addr);
+    broker.stop();
+}
+
+#[test]
+fn aiokafka_produces_and_a_group_resumes_from_its_commits() {
+    if !python_clients() {
+        return;
+    }
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    python("aiokafka-roundtrip", &broker.kafka_addr);
+    broker.stop();
+}
+
+#[test]
 fn a_librdkafka_group_shares_partitions_and_resumes_from_commits() {
     if !python_clients() {
         return;
@@ -235,6 +257,21 @@ mod raw {
         stream.write_all(&frame).unwrap();
     }
 
+    fn send_raw(stream: &mut TcpStream, api_key: i16, version: i16, header_version: i16, body: &[u8]) {
+        let mut out = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(api_key)
+            .with_request_api_version(version)
+            .with_correlation_id(7)
+            .with_client_id(Some(StrBytes::from_static_str("raw")))
+            .encode(&mut out, header_version)
+            .unwrap();
+        out.extend_from_slice(body);
+        let mut frame = (out.len() as i32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&out);
+        stream.write_all(&frame).unwrap();
+    }
+
     fn receive(stream: &mut TcpStream) -> Option<Bytes> {
         let mut length = [0u8; 4];
         stream.read_exact(&mut length).ok()?;
@@ -281,6 +318,29 @@ mod raw {
         ResponseHeader::decode(&mut response, 1).unwrap();
         let metadata = MetadataResponse::decode(&mut response, 9).unwrap();
         assert_eq!(metadata.topics[0].error_code, 3);
+        // A version corelog does not serve, of an API it does: that API's
+        // own response at that version, with UNSUPPORTED_VERSION where it
+        // has error codes; the connection stays.
+        let mut body = BytesMut::new();
+        request.encode(&mut body, 13).unwrap();
+        send_raw(&mut stream, ApiKey::Metadata as i16, 13, 2, &body);
+        let mut response = receive(&mut stream).expect("an answer");
+        assert_eq!(ResponseHeader::decode(&mut response, 1).unwrap().correlation_id, 7);
+        let metadata = MetadataResponse::decode(&mut response, 13).unwrap();
+        assert_eq!((metadata.error_code, metadata.topics[0].error_code), (35, 35));
+        // An API unknown to Kafka: ApiVersions v0 with UNSUPPORTED_VERSION
+        // and what is served; the connection stays.
+        send_raw(&mut stream, 999, 0, 1, &[]);
+        let mut response = receive(&mut stream).expect("an answer");
+        ResponseHeader::decode(&mut response, 0).unwrap();
+        assert_eq!(ApiVersionsResponse::decode(&mut response, 0).unwrap().error_code, 35);
+        send(&mut stream, ApiKey::Metadata, 9, &request, 2);
+        let mut response = receive(&mut stream).expect("the connection still serves");
+        ResponseHeader::decode(&mut response, 1).unwrap();
+        assert_eq!(
+            MetadataResponse::decode(&mut response, 9).unwrap().topics[0].error_code,
+            3
+        );
         // Bytes that are no request: the connection is closed (the stream
         // cannot be resynchronized), the broker stays up.
         let mut garbage = connect();
@@ -364,6 +424,52 @@ mod raw {
         let mut stream = connect();
         send(&mut stream, ApiKey::Metadata, 9, &MetadataRequest::default(), 2);
         assert!(receive(&mut stream).is_some(), "still serving");
+        broker.stop();
+    }
+
+    #[test]
+    fn a_kafka_group_member_is_given_its_id_before_it_joins() {
+        use net::kafka::kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+        use net::kafka::kafka_protocol::messages::{GroupId, JoinGroupRequest, JoinGroupResponse};
+        let dir = data_dir();
+        let broker = Broker::start(dir.path(), 2);
+        let mut stream = TcpStream::connect(&broker.kafka_addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let join = |member_id: &str| {
+            JoinGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("raw-group")))
+                .with_session_timeout_ms(10_000)
+                .with_rebalance_timeout_ms(10_000)
+                .with_member_id(StrBytes::from_string(member_id.to_string()))
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![JoinGroupRequestProtocol::default()
+                    .with_name(StrBytes::from_static_str("range"))
+                    .with_metadata(Bytes::from_static(b"m"))])
+        };
+        let mut call = |request: &JoinGroupRequest, version: i16| {
+            send(&mut stream, ApiKey::JoinGroup, version, request, 1);
+            let mut response = receive(&mut stream).expect("an answer");
+            ResponseHeader::decode(&mut response, 0).unwrap();
+            JoinGroupResponse::decode(&mut response, version).unwrap()
+        };
+        // v4 and later (KIP-394): the id first, with MEMBER_ID_REQUIRED.
+        let given = call(&join(""), 5);
+        assert_eq!(given.error_code, 79);
+        assert!(!given.member_id.is_empty());
+        let joined = call(&join(&given.member_id), 5);
+        assert_eq!(joined.error_code, 0);
+        assert_eq!(
+            (joined.member_id.as_str(), joined.leader.as_str()),
+            (given.member_id.as_str(), given.member_id.as_str())
+        );
+        assert_eq!(joined.generation_id, 1);
+        // An id the broker never gave is refused.
+        assert_eq!(call(&join("made-up"), 5).error_code, 25);
+        // v3 and earlier join in one step.
+        let old = join("").with_group_id(GroupId(StrBytes::from_static_str("old-group")));
+        let joined = call(&old, 3);
+        assert_eq!(joined.error_code, 0);
+        assert!(!joined.member_id.is_empty());
         broker.stop();
     }
 }

@@ -294,7 +294,114 @@ def confluent_compression():
     consumer.close()
 
 
+def kafka_python_times():
+    """kafka-python: a LogAppendTime topic serves the broker's append time
+    marked as such; offsets_for_times finds the first record at or after a
+    time with that record's timestamp; CreateTopics with validate_only
+    checks everything and creates nothing."""
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import NewTopic
+    from kafka.errors import InvalidConfigurationError, KafkaError, TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, request_timeout_ms=10000)
+    admin.create_topics([NewTopic("created-time", 1, 1),
+                         NewTopic("append-time", 1, 1,
+                                  topic_configs={"message.timestamp.type": "LogAppendTime"})])
+    before_ms = int(time.time() * 1000)
+    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=0)
+    for i in range(10):
+        # Old, distinct producer timestamps: 1000, 2000, ... 10000.
+        producer.send("created-time", value=b"c%d" % i, timestamp_ms=1000 * (i + 1)).get(timeout=10)
+        producer.send("append-time", value=b"a%d" % i, timestamp_ms=1000 * (i + 1)).get(timeout=10)
+    producer.close()
+
+    consumer = KafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False,
+                             consumer_timeout_ms=3000, auto_offset_reset="earliest")
+    created, appended = TopicPartition("created-time", 0), TopicPartition("append-time", 0)
+    consumer.assign([created, appended])
+    got = {created: [], appended: []}
+    end = time.time() + DEADLINE_S
+    while (len(got[created]) < 10 or len(got[appended]) < 10) and time.time() < end:
+        for tp, records in consumer.poll(timeout_ms=500).items():
+            got[tp].extend(records)
+    assert [r.timestamp for r in got[created]] == [1000 * (i + 1) for i in range(10)], got[created]
+    assert all(r.timestamp_type == 0 for r in got[created]), [r.timestamp_type for r in got[created]]
+    for r in got[appended]:
+        assert r.timestamp_type == 1, r
+        assert before_ms - 1000 <= r.timestamp <= time.time() * 1000 + 1000, (r.timestamp, before_ms)
+
+    found = consumer.offsets_for_times({created: 4500})
+    assert (found[created].offset, found[created].timestamp) == (4, 5000), found
+    found = consumer.offsets_for_times({created: 99999})
+    assert found[created] is None, found
+    found = consumer.offsets_for_times({appended: before_ms - 60000})
+    assert found[appended].offset == 0 and found[appended].timestamp >= before_ms - 1000, found
+    consumer.close()
+
+    admin.create_topics([NewTopic("validated", 3, 1)], validate_only=True)
+    assert "validated" not in admin.list_topics(), admin.list_topics()
+    for bad, error in ((NewTopic("validated", 3, 1, topic_configs={"retention.ms": "soon"}),
+                        InvalidConfigurationError),
+                       (NewTopic("created-time", 1, 1), TopicAlreadyExistsError)):
+        try:
+            admin.create_topics([bad], validate_only=True)
+            raise AssertionError(f"validate_only accepted {bad}")
+        except error:
+            pass
+    assert "validated" not in admin.list_topics(), admin.list_topics()
+    admin.close()
+
+
+def aiokafka_roundtrip():
+    """aiokafka: produce with acks=all (keys, values, headers), a consumer
+    group that commits, and a second member of the group resuming exactly
+    after the commits."""
+    import asyncio
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    async def run():
+        admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+        await admin.start()
+        await admin.create_topics([NewTopic("aio", num_partitions=2, replication_factor=1)])
+        await admin.close()
+
+        producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", enable_idempotence=True)
+        await producer.start()
+        sent = []
+        for i in range(100):
+            key, value = b"k%d" % i, b"v%d" % i * (1 + i % 5)
+            headers = [("i", str(i).encode())]
+            await producer.send_and_wait("aio", value=value, key=key, headers=headers, partition=i % 2)
+            sent.append((i % 2, key, value, headers))
+        await producer.stop()
+
+        async def consume(count):
+            consumer = AIOKafkaConsumer("aio", bootstrap_servers=BOOTSTRAP, group_id="aio-group",
+                                        enable_auto_commit=False, auto_offset_reset="earliest")
+            await consumer.start()
+            got = []
+            deadline = time.time() + DEADLINE_S
+            while len(got) < count and time.time() < deadline:
+                batches = await consumer.getmany(timeout_ms=500, max_records=count - len(got))
+                for tp, records in batches.items():
+                    got.extend((tp.partition, r.key, r.value, list(r.headers)) for r in records)
+            await consumer.commit()
+            await consumer.stop()
+            return got
+
+        first = await consume(60)
+        rest = await consume(40)
+        got = sorted(first + rest, key=lambda r: (r[0], int(r[1][1:])))
+        expected = sorted(sent, key=lambda r: (r[0], int(r[1][1:])))
+        assert got == expected, (len(first), len(rest))
+
+    asyncio.run(run())
+
+
 SCENARIOS = {
+    "kafka-python-times": kafka_python_times,
+    "aiokafka-roundtrip": aiokafka_roundtrip,
     "confluent-transactions": confluent_transactions,
     "confluent-compression": confluent_compression,
     "kafka-python-roundtrip": kafka_python_roundtrip,
