@@ -8,12 +8,8 @@
 //! are already Kafka's). The formats differ, so each record's bytes are
 //! copied once each way.
 
-use bytes::{Bytes, BytesMut};
-use indexmap::IndexMap;
-use kafka_protocol::protocol::StrBytes;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::records::RecordBatchDecoder;
 use storage::batch::{self, attributes, RecordBatchBuilder, RecordHeader};
 
 use crate::error::NetError;
@@ -91,90 +87,130 @@ pub fn to_storage(mut kafka: Bytes) -> Result<Vec<u8>, NetError> {
 /// the client skips them. For a LogAppendTime topic (`log_append_time`)
 /// each batch says so in its attributes and carries the broker's append
 /// time as its max timestamp, which clients then give every record.
+///
+/// Written straight from the archived records into one buffer: each
+/// record's bytes are copied once and nothing is allocated per record (a
+/// fetch is the hot path of every Kafka consumer).
 pub fn to_kafka(frames: &[u8], log_append_time: bool) -> Result<Bytes, NetError> {
-    let mut out = BytesMut::with_capacity(frames.len() + frames.len() / 4);
-    let options = RecordEncodeOptions {
-        version: 2,
-        compression: Compression::None,
-    };
-    let mut records = Vec::new();
+    let mut out = BytesMut::with_capacity(frames.len() + frames.len() / 8);
     for frame in batch::frames(frames) {
         let info = batch::verify_crc(frame).map_err(|e| malformed(e.to_string()))?;
         let archived = batch::access(frame).map_err(|e| malformed(e.to_string()))?;
         let log_append = log_append_time || info.attributes & attributes::TIMESTAMP_LOG_APPEND_TIME != 0;
-        records.clear();
-        for (i, record) in archived.records.iter().enumerate() {
-            let delta = record.offset_delta.to_native();
-            let headers: IndexMap<StrBytes, Option<Bytes>> = record
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        StrBytes::from_string(h.key.to_string()),
-                        h.value.as_ref().map(|v| Bytes::copy_from_slice(v)),
-                    )
-                })
-                .collect();
-            records.push(Record {
-                transactional: info.is_transactional(),
-                control: info.is_control(),
-                delete_horizon: false,
-                partition_leader_epoch: 0,
-                producer_id: info.producer_id,
-                producer_epoch: info.producer_epoch,
-                timestamp_type: if log_append {
-                    TimestampType::LogAppend
-                } else {
-                    TimestampType::Creation
-                },
-                offset: (info.base_offset.0 + u64::from(delta)) as i64,
-                // The encoder keeps records in one batch while offset minus
-                // sequence stays the same, and writes the first record's
-                // sequence as the batch's: -1 (none) stays -1.
-                sequence: info.base_sequence.wrapping_add(i as i32),
-                timestamp: info.first_timestamp_ms + record.timestamp_delta_ms.to_native(),
-                key: record.key.as_ref().map(|k| Bytes::copy_from_slice(k)),
-                value: record.value.as_ref().map(|v| Bytes::copy_from_slice(v)),
-                headers,
-            });
+        let mut kafka_attributes = 0u16;
+        if log_append {
+            kafka_attributes |= KAFKA_TIMESTAMP_TYPE_LOG_APPEND;
+        }
+        if info.is_transactional() {
+            kafka_attributes |= KAFKA_TRANSACTIONAL;
+        }
+        if info.is_control() {
+            kafka_attributes |= KAFKA_CONTROL;
         }
         let start = out.len();
-        RecordBatchEncoder::encode(&mut out, records.iter(), &options).map_err(|e| malformed(e.to_string()))?;
-        if log_append {
-            // The encoder leaves the timestamp type out of the attributes.
-            set_log_append_time(&mut out[start..], info.append_time_ms);
+        out.put_i64(info.base_offset.0 as i64);
+        out.put_i32(0); // batch length, set below
+        out.put_i32(0); // partition leader epoch
+        out.put_i8(2); // magic
+        out.put_u32(0); // crc, set below
+        out.put_u16(kafka_attributes);
+        out.put_i32(info.last_offset_delta as i32);
+        out.put_i64(info.first_timestamp_ms);
+        out.put_i64(if log_append {
+            info.append_time_ms
+        } else {
+            info.max_timestamp_ms
+        });
+        out.put_i64(info.producer_id);
+        out.put_i16(info.producer_epoch);
+        out.put_i32(info.base_sequence);
+        out.put_i32(info.record_count as i32);
+        debug_assert_eq!(out.len() - start, BATCH_HEADER_BYTES);
+        for record in archived.records.iter() {
+            let key = record.key.as_ref().map(|k| &k[..]);
+            let value = record.value.as_ref().map(|v| &v[..]);
+            let timestamp_delta = record.timestamp_delta_ms.to_native();
+            let offset_delta = i64::from(record.offset_delta.to_native());
+            let mut length = 1 + varint_len(timestamp_delta) + varint_len(offset_delta);
+            length += bytes_len(key) + bytes_len(value) + varint_len(record.headers.len() as i64);
+            for header in record.headers.iter() {
+                length += bytes_len(Some(header.key.as_bytes())) + bytes_len(header.value.as_ref().map(|v| &v[..]));
+            }
+            put_varint(&mut out, length as i64);
+            out.put_i8(0); // record attributes, unused
+            put_varint(&mut out, timestamp_delta);
+            put_varint(&mut out, offset_delta);
+            put_bytes(&mut out, key);
+            put_bytes(&mut out, value);
+            put_varint(&mut out, record.headers.len() as i64);
+            for header in record.headers.iter() {
+                put_bytes(&mut out, Some(header.key.as_bytes()));
+                put_bytes(&mut out, header.value.as_ref().map(|v| &v[..]));
+            }
         }
+        let batch = &mut out[start..];
+        let batch_length = i32::try_from(batch.len() - KAFKA_LENGTH_END).map_err(|_| malformed("batch over 2 GiB".into()))?;
+        batch[KAFKA_LENGTH_AT..KAFKA_LENGTH_END].copy_from_slice(&batch_length.to_be_bytes());
+        let crc = crc32c::crc32c(&batch[KAFKA_ATTRIBUTES_AT..]);
+        batch[KAFKA_CRC_AT..KAFKA_CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
     }
     Ok(out.freeze())
 }
 
-// Kafka's record batch v2 layout, for `set_log_append_time`.
+// Kafka's record batch v2 layout (DefaultRecordBatch).
+const KAFKA_LENGTH_AT: usize = 8;
+const KAFKA_LENGTH_END: usize = 12;
 const KAFKA_CRC_AT: usize = 17;
 const KAFKA_ATTRIBUTES_AT: usize = 21;
+#[cfg(test)]
 const KAFKA_MAX_TIMESTAMP_AT: usize = 35;
 const KAFKA_TIMESTAMP_TYPE_LOG_APPEND: u16 = 0x08;
+const KAFKA_TRANSACTIONAL: u16 = 0x10;
+const KAFKA_CONTROL: u16 = 0x20;
 
-/// Marks each encoded Kafka batch in `batches` LogAppendTime with
-/// `append_time_ms` as its max timestamp, and recomputes its CRC (which
-/// covers attributes to the end), as Kafka's broker does on append.
-fn set_log_append_time(batches: &mut [u8], append_time_ms: i64) {
-    let mut at = 0;
-    while at < batches.len() {
-        let length = i32::from_be_bytes(batches[at + 8..at + 12].try_into().expect("4 bytes"));
-        let batch = &mut batches[at..at + 12 + length as usize];
-        let attributes = u16::from_be_bytes([batch[KAFKA_ATTRIBUTES_AT], batch[KAFKA_ATTRIBUTES_AT + 1]]);
-        batch[KAFKA_ATTRIBUTES_AT..KAFKA_ATTRIBUTES_AT + 2]
-            .copy_from_slice(&(attributes | KAFKA_TIMESTAMP_TYPE_LOG_APPEND).to_be_bytes());
-        batch[KAFKA_MAX_TIMESTAMP_AT..KAFKA_MAX_TIMESTAMP_AT + 8].copy_from_slice(&append_time_ms.to_be_bytes());
-        let crc = crc32c::crc32c(&batch[KAFKA_ATTRIBUTES_AT..]);
-        batch[KAFKA_CRC_AT..KAFKA_CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
-        at += batch.len();
+/// Bytes of `value` as a zigzag varint (Kafka's record fields).
+fn varint_len(value: i64) -> usize {
+    let zigzag = ((value << 1) ^ (value >> 63)) as u64;
+    (64 - (zigzag | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+fn put_varint(out: &mut BytesMut, value: i64) {
+    let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
+    while zigzag >= 0x80 {
+        out.put_u8(zigzag as u8 | 0x80);
+        zigzag >>= 7;
+    }
+    out.put_u8(zigzag as u8);
+}
+
+/// Bytes of a length-prefixed field (-1 for none).
+fn bytes_len(bytes: Option<&[u8]>) -> usize {
+    match bytes {
+        Some(b) => varint_len(b.len() as i64) + b.len(),
+        None => varint_len(-1),
+    }
+}
+
+fn put_bytes(out: &mut BytesMut, bytes: Option<&[u8]>) {
+    match bytes {
+        Some(b) => {
+            put_varint(out, b.len() as i64);
+            out.extend_from_slice(b);
+        }
+        None => put_varint(out, -1),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// (timestamp, key, value, headers) of a record.
+    type RecordParts = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>);
 
     fn kafka_batch(compression: Compression, producer_id: i64, transactional: bool) -> Bytes {
         let records: Vec<Record> = (0..3)
@@ -239,6 +275,82 @@ mod tests {
                     assert_eq!(record.headers.len(), 1);
                     assert_eq!(record.transactional, transactional);
                 }
+            }
+        }
+    }
+
+    fn record_strategy() -> impl Strategy<Value = RecordParts> {
+        (
+            -5_000i64..5_000_000,
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..3000)),
+            proptest::collection::vec(
+                ("[a-z]{0,12}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))),
+                0..3,
+            ),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever a stored batch holds comes out as a Kafka batch that
+        /// Kafka's decoder (the crate's, CRC checked) reads back exactly.
+        #[test]
+        fn stored_batches_serve_as_kafka_batches_that_decode_exactly(
+            records in proptest::collection::vec(record_strategy(), 1..40),
+            producer in proptest::option::of((0i64..1 << 40, 0i16..100, 0i32..1 << 20)),
+            transactional in any::<bool>(),
+            log_append in any::<bool>(),
+            base_offset in 0u64..1 << 40,
+        ) {
+            let mut builder = RecordBatchBuilder::new();
+            if let Some((id, epoch, sequence)) = producer {
+                builder = builder.producer(id, epoch, sequence);
+            }
+            if transactional {
+                builder = builder.attributes(attributes::TRANSACTIONAL);
+            }
+            for (timestamp, key, value, headers) in &records {
+                let headers = headers
+                    .iter()
+                    .map(|(key, value)| RecordHeader { key: key.clone(), value: value.clone() })
+                    .collect();
+                builder.push(1_700_000_000_000 + timestamp, key.as_deref(), value.as_deref(), headers);
+            }
+            let mut frame = builder.build();
+            let limits = batch::BatchLimits { batch_bytes_max: 8 << 20, record_bytes_max: 8 << 20 };
+            let info = batch::check_frame(&frame, &limits).unwrap();
+            batch::stamp(&mut frame, &info, storage::Offset(base_offset), 1_800_000_000_000);
+            let served = to_kafka(&frame, log_append).unwrap();
+            let mut decoding = served.clone();
+            let set = RecordBatchDecoder::decode(&mut decoding).unwrap();
+            prop_assert!(decoding.is_empty());
+            prop_assert_eq!(set.records.len(), records.len());
+            for (i, (got, (timestamp, key, value, headers))) in set.records.iter().zip(&records).enumerate() {
+                prop_assert_eq!(got.offset, (base_offset + i as u64) as i64);
+                prop_assert_eq!(got.timestamp, 1_700_000_000_000 + timestamp);
+                prop_assert_eq!(got.key.as_deref(), key.as_deref());
+                prop_assert_eq!(got.value.as_deref(), value.as_deref());
+                let got_headers: Vec<(String, Option<Vec<u8>>)> =
+                    got.headers.iter().map(|(k, v)| (k.to_string(), v.as_ref().map(|v| v.to_vec()))).collect();
+                // Kafka's headers may repeat a key; the crate keeps the last.
+                let mut expected: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+                for (k, v) in headers {
+                    match expected.iter_mut().find(|(e, _)| e == k) {
+                        Some(slot) => slot.1 = v.clone(),
+                        None => expected.push((k.clone(), v.clone())),
+                    }
+                }
+                prop_assert_eq!(got_headers, expected);
+                prop_assert_eq!(got.transactional, transactional);
+                prop_assert_eq!(got.producer_id, producer.map_or(-1, |p| p.0));
+                prop_assert_eq!(got.producer_epoch, producer.map_or(-1, |p| p.1));
+                let log_append_type = got.timestamp_type == TimestampType::LogAppend;
+                prop_assert_eq!(log_append_type, log_append);
+            }
+            if let Some((_, _, sequence)) = producer {
+                prop_assert_eq!(set.records[0].sequence, sequence);
             }
         }
     }
