@@ -52,6 +52,8 @@ pub mod attributes {
 /// broker into every partition a transaction touched when it ends. Its key
 /// is Kafka's control record key (version 0, then the type, both i16 big
 /// endian), so the Kafka listener serves it unchanged.
+pub mod borrowed;
+
 pub mod control {
     use super::{attributes, RecordBatchBuilder};
 

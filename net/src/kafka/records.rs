@@ -10,6 +10,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::records::RecordBatchDecoder;
+use storage::batch::borrowed::{BatchProducer, RecordRef};
 use storage::batch::{self, attributes, RecordBatchBuilder, RecordHeader};
 
 use crate::error::NetError;
@@ -47,6 +48,19 @@ pub fn to_storage(mut kafka: Bytes) -> Result<Vec<u8>, NetError> {
                 kafka.len()
             )));
         }
+        let attributes = u16::from_be_bytes([kafka[KAFKA_ATTRIBUTES_AT], kafka[KAFKA_ATTRIBUTES_AT + 1]]);
+        if attributes & KAFKA_COMPRESSION_MASK == 0 {
+            // Uncompressed: archived straight from the request's bytes.
+            let batch = kafka.split_to(total);
+            let (producer, records) = walk_batch(&batch)?;
+            let built = batch::borrowed::build(producer, &records);
+            // A request's one batch (the usual case) is not copied again.
+            match frames.is_empty() {
+                true => frames = built,
+                false => frames.extend_from_slice(&built),
+            }
+            continue;
+        }
         let set = RecordBatchDecoder::decode(&mut kafka).map_err(|e| malformed(e.to_string()))?;
         let Some(first) = set.records.first() else {
             return Err(malformed("a batch without records".into()));
@@ -80,6 +94,124 @@ pub fn to_storage(mut kafka: Bytes) -> Result<Vec<u8>, NetError> {
         frames.extend_from_slice(&builder.build());
     }
     Ok(frames)
+}
+
+/// The producer fields and records of one uncompressed v2 batch, checked
+/// (magic, CRC, lengths, record count, UTF-8 header keys), borrowing its
+/// bytes: one allocation per batch (the record list), none per record but
+/// a record's list of headers when it has some.
+fn walk_batch(batch: &[u8]) -> Result<(BatchProducer, Vec<RecordRef<'_>>), NetError> {
+    if batch[KAFKA_MAGIC_AT] != 2 {
+        return Err(malformed(format!(
+            "record batch magic {} (only v2 is served)",
+            batch[KAFKA_MAGIC_AT]
+        )));
+    }
+    let crc = u32::from_be_bytes(batch[KAFKA_CRC_AT..KAFKA_CRC_AT + 4].try_into().expect("4 bytes"));
+    let actual = crc32c::crc32c(&batch[KAFKA_ATTRIBUTES_AT..]);
+    if crc != actual {
+        return Err(malformed(format!(
+            "CRC {crc:#010x} where the bytes give {actual:#010x}"
+        )));
+    }
+    let be_i64 = |at: usize| i64::from_be_bytes(batch[at..at + 8].try_into().expect("8 bytes"));
+    let be_i32 = |at: usize| i32::from_be_bytes(batch[at..at + 4].try_into().expect("4 bytes"));
+    let attributes = u16::from_be_bytes([batch[KAFKA_ATTRIBUTES_AT], batch[KAFKA_ATTRIBUTES_AT + 1]]);
+    if attributes & KAFKA_CONTROL != 0 {
+        return Err(malformed("a control batch from a client".into()));
+    }
+    let producer = BatchProducer {
+        producer_id: be_i64(KAFKA_PRODUCER_ID_AT),
+        producer_epoch: i16::from_be_bytes([batch[KAFKA_PRODUCER_EPOCH_AT], batch[KAFKA_PRODUCER_EPOCH_AT + 1]]),
+        base_sequence: be_i32(KAFKA_BASE_SEQUENCE_AT),
+        attributes: if attributes & KAFKA_TRANSACTIONAL != 0 {
+            attributes::TRANSACTIONAL
+        } else {
+            0
+        },
+    };
+    let base_timestamp = be_i64(KAFKA_BASE_TIMESTAMP_AT);
+    let count = be_i32(KAFKA_RECORD_COUNT_AT);
+    if count <= 0 {
+        return Err(malformed(format!("a batch claiming {count} records")));
+    }
+    // Every record takes at least 7 bytes: the count cannot make the list
+    // larger than the bytes present.
+    let mut records = Vec::with_capacity((count as usize).min(batch.len() / 7));
+    let mut at = BATCH_HEADER_BYTES;
+    for i in 0..count {
+        let bad = |what: &str| malformed(format!("record {i} of {count}: {what}"));
+        let length = read_varint(batch, &mut at).ok_or_else(|| bad("cut inside its length"))?;
+        let end = usize::try_from(length)
+            .ok()
+            .and_then(|l| at.checked_add(l))
+            .filter(|end| *end <= batch.len())
+            .ok_or_else(|| bad("longer than its batch"))?;
+        let record = &batch[..end];
+        at += 1; // attributes, unused in v2
+        let timestamp_delta = read_varint(record, &mut at).ok_or_else(|| bad("cut inside its timestamp"))?;
+        read_varint(record, &mut at).ok_or_else(|| bad("cut inside its offset delta"))?;
+        let key = read_bytes(record, &mut at).ok_or_else(|| bad("key runs past the record"))?;
+        let value = read_bytes(record, &mut at).ok_or_else(|| bad("value runs past the record"))?;
+        let header_count = read_varint(record, &mut at).ok_or_else(|| bad("cut inside its header count"))?;
+        if header_count < 0 || header_count as usize > end - at {
+            return Err(bad("header count out of range"));
+        }
+        let mut headers = Vec::new();
+        for _ in 0..header_count {
+            let key = read_bytes(record, &mut at)
+                .flatten()
+                .ok_or_else(|| bad("header key missing or past the record"))?;
+            let key = std::str::from_utf8(key).map_err(|_| bad("header key not UTF-8"))?;
+            let value = read_bytes(record, &mut at).ok_or_else(|| bad("header value runs past the record"))?;
+            headers.push(batch::borrowed::HeaderRef { key, value });
+        }
+        if at != end {
+            return Err(bad("its fields do not fill its length"));
+        }
+        records.push(RecordRef {
+            timestamp_ms: base_timestamp.wrapping_add(timestamp_delta),
+            key,
+            value,
+            headers,
+        });
+    }
+    if at != batch.len() {
+        return Err(malformed(format!(
+            "{} bytes after the batch's {count} records",
+            batch.len() - at
+        )));
+    }
+    Ok((producer, records))
+}
+
+/// A zigzag varint (Kafka's record fields) at `*at`, moving past it.
+fn read_varint(bytes: &[u8], at: &mut usize) -> Option<i64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some((value >> 1) as i64 ^ -((value & 1) as i64));
+        }
+    }
+    None
+}
+
+/// A length-prefixed field at `*at` (None inside: length -1), moving past
+/// it; None when it runs past `bytes`.
+fn read_bytes<'a>(bytes: &'a [u8], at: &mut usize) -> Option<Option<&'a [u8]>> {
+    let length = read_varint(bytes, at)?;
+    if length < 0 {
+        return (length == -1).then_some(None);
+    }
+    let end = at
+        .checked_add(usize::try_from(length).ok()?)
+        .filter(|end| *end <= bytes.len())?;
+    let field = &bytes[*at..end];
+    *at = end;
+    Some(Some(field))
 }
 
 /// Stored batch frames (as a fetch reads them) as Kafka v2 batches.
@@ -149,7 +281,8 @@ pub fn to_kafka(frames: &[u8], log_append_time: bool) -> Result<Bytes, NetError>
             }
         }
         let batch = &mut out[start..];
-        let batch_length = i32::try_from(batch.len() - KAFKA_LENGTH_END).map_err(|_| malformed("batch over 2 GiB".into()))?;
+        let batch_length =
+            i32::try_from(batch.len() - KAFKA_LENGTH_END).map_err(|_| malformed("batch over 2 GiB".into()))?;
         batch[KAFKA_LENGTH_AT..KAFKA_LENGTH_END].copy_from_slice(&batch_length.to_be_bytes());
         let crc = crc32c::crc32c(&batch[KAFKA_ATTRIBUTES_AT..]);
         batch[KAFKA_CRC_AT..KAFKA_CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
@@ -167,6 +300,13 @@ const KAFKA_MAX_TIMESTAMP_AT: usize = 35;
 const KAFKA_TIMESTAMP_TYPE_LOG_APPEND: u16 = 0x08;
 const KAFKA_TRANSACTIONAL: u16 = 0x10;
 const KAFKA_CONTROL: u16 = 0x20;
+const KAFKA_COMPRESSION_MASK: u16 = 0x07;
+const KAFKA_MAGIC_AT: usize = 16;
+const KAFKA_BASE_TIMESTAMP_AT: usize = 27;
+const KAFKA_PRODUCER_ID_AT: usize = 43;
+const KAFKA_PRODUCER_EPOCH_AT: usize = 51;
+const KAFKA_BASE_SEQUENCE_AT: usize = 53;
+const KAFKA_RECORD_COUNT_AT: usize = 57;
 
 /// Bytes of `value` as a zigzag varint (Kafka's record fields).
 fn varint_len(value: i64) -> usize {
@@ -285,7 +425,10 @@ mod tests {
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..3000)),
             proptest::collection::vec(
-                ("[a-z]{0,12}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40))),
+                (
+                    "[a-z]{0,12}",
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+                ),
                 0..3,
             ),
         )
@@ -352,6 +495,112 @@ mod tests {
             if let Some((_, _, sequence)) = producer {
                 prop_assert_eq!(set.records[0].sequence, sequence);
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(100))]
+
+        /// A produced Kafka batch becomes the same storage batch whether it
+        /// came uncompressed (walked in place) or compressed (decoded), and
+        /// that batch holds every field the client sent.
+        #[test]
+        fn produced_batches_store_every_field_compressed_or_not(
+            records in proptest::collection::vec(record_strategy(), 1..30),
+            producer in proptest::option::of((0i64..1 << 40, 0i16..100, 0i32..1 << 20)),
+            transactional in any::<bool>(),
+        ) {
+            let (id, epoch, sequence) = producer.unwrap_or((-1, -1, -1));
+            let kafka_records: Vec<Record> = records
+                .iter()
+                .enumerate()
+                .map(|(i, (timestamp, key, value, headers))| Record {
+                    transactional,
+                    control: false,
+                    delete_horizon: false,
+                    partition_leader_epoch: 0,
+                    producer_id: id,
+                    producer_epoch: epoch,
+                    timestamp_type: TimestampType::Creation,
+                    offset: i as i64,
+                    sequence: sequence.wrapping_add(i as i32),
+                    timestamp: 1_700_000_000_000 + timestamp,
+                    key: key.clone().map(Bytes::from),
+                    value: value.clone().map(Bytes::from),
+                    // Kafka's decoder keeps one value per header key: keys
+                    // made unique so both paths see the same headers.
+                    headers: headers
+                        .iter()
+                        .enumerate()
+                        .map(|(j, (k, v))| (StrBytes::from_string(format!("{k}{j}")), v.clone().map(Bytes::from)))
+                        .collect(),
+                })
+                .collect();
+            let encode = |compression| {
+                let mut out = BytesMut::new();
+                RecordBatchEncoder::encode(
+                    &mut out,
+                    kafka_records.iter(),
+                    &RecordEncodeOptions { version: 2, compression },
+                )
+                .unwrap();
+                out.freeze()
+            };
+            let walked = to_storage(encode(Compression::None)).unwrap();
+            let decoded = to_storage(encode(Compression::Gzip)).unwrap();
+            prop_assert_eq!(&walked, &decoded);
+            let info = batch::verify_crc(&walked).unwrap();
+            prop_assert_eq!((info.producer_id, info.producer_epoch, info.base_sequence), (id, epoch, sequence));
+            prop_assert_eq!(info.is_transactional(), transactional);
+            let archived = batch::access(&walked).unwrap();
+            for (stored, sent) in archived.records.iter().zip(&kafka_records) {
+                prop_assert_eq!(info.first_timestamp_ms + stored.timestamp_delta_ms.to_native(), sent.timestamp);
+                prop_assert_eq!(stored.key.as_ref().map(|k| &k[..]), sent.key.as_deref());
+                prop_assert_eq!(stored.value.as_ref().map(|v| &v[..]), sent.value.as_deref());
+                prop_assert_eq!(stored.headers.len(), sent.headers.len());
+            }
+        }
+
+        /// A flipped byte in an uncompressed batch is refused (CRC, or a
+        /// length or count the bytes do not hold), never stored or panicked on.
+        #[test]
+        fn a_damaged_batch_is_refused(
+            records in proptest::collection::vec(record_strategy(), 1..5),
+            at in any::<proptest::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let kafka_records: Vec<Record> = records
+                .iter()
+                .enumerate()
+                .map(|(i, (timestamp, key, value, _))| Record {
+                    transactional: false,
+                    control: false,
+                    delete_horizon: false,
+                    partition_leader_epoch: 0,
+                    producer_id: -1,
+                    producer_epoch: -1,
+                    timestamp_type: TimestampType::Creation,
+                    offset: i as i64,
+                    sequence: -1 + i as i32,
+                    timestamp: *timestamp,
+                    key: key.clone().map(Bytes::from),
+                    value: value.clone().map(Bytes::from),
+                    headers: Default::default(),
+                })
+                .collect();
+            let mut out = BytesMut::new();
+            RecordBatchEncoder::encode(
+                &mut out,
+                kafka_records.iter(),
+                &RecordEncodeOptions { version: 2, compression: Compression::None },
+            )
+            .unwrap();
+            let at = at.index(out.len());
+            // Bytes outside the CRC: the base offset (ignored) and the
+            // partition leader epoch (ignored); the length is checked.
+            prop_assume!(!(0..8).contains(&at) && !(12..16).contains(&at));
+            out[at] ^= flip;
+            prop_assert!(to_storage(out.freeze()).is_err());
         }
     }
 
