@@ -143,6 +143,7 @@ pub struct KafkaConnection {
     stream: TcpStream,
     correlation_id: i32,
     out: BytesMut,
+    input: BytesMut,
     pub versions: Versions,
 }
 
@@ -159,6 +160,7 @@ impl KafkaConnection {
             stream,
             correlation_id: 0,
             out: BytesMut::new(),
+            input: BytesMut::new(),
             versions: Versions(HashMap::new()),
         };
         let request = ApiVersionsRequest::default()
@@ -201,12 +203,18 @@ impl KafkaConnection {
             .read_exact(&mut prefix)
             .await
             .map_err(|e| format!("read from {addr}: {e}"))?;
-        let mut response = vec![0u8; frame_length(prefix, addr)?];
+        // One receive buffer per connection: once the last response's bytes
+        // are dropped, reserving takes their memory back instead of
+        // allocating (and faulting in) a fetch's megabytes again.
+        let length = frame_length(prefix, addr)?;
+        self.input.clear();
+        self.input.reserve(length);
+        self.input.resize(length, 0);
         self.stream
-            .read_exact(&mut response)
+            .read_exact(&mut self.input[..])
             .await
             .map_err(|e| format!("read from {addr}: {e}"))?;
-        decode_response(Bytes::from(response), api, version)
+        decode_response(self.input.split().freeze(), api, version)
     }
 
     /// Each partition's leader, as "host:port", by partition index.
@@ -594,7 +602,7 @@ impl BatchTemplate {
         let mut values = Vec::with_capacity(records.len());
         let mut at = BATCH_HEADER_BYTES;
         while at < bytes.len() {
-            let (value, next) = record_value(&bytes, at).expect("the encoder's own batch walks");
+            let (value, _, next) = record_value(&bytes, at).expect("the encoder's own batch walks");
             values.push(value.expect("a value").0);
             at = next;
         }
@@ -638,30 +646,32 @@ fn varint(bytes: &[u8], at: &mut usize) -> Result<i64, String> {
     Err("varint longer than 10 bytes".into())
 }
 
-/// The record at `at` in an uncompressed batch: its value's (start, length)
-/// and offset delta, and where the next record starts.
+/// The record at `at` in an uncompressed batch: its value's (start,
+/// length) if it has one, its offset delta, and where the next record
+/// starts.
 #[allow(clippy::type_complexity)]
-fn record_value(batch: &[u8], mut at: usize) -> Result<(Option<(usize, usize, i64)>, usize), String> {
+fn record_value(batch: &[u8], mut at: usize) -> Result<(Option<(usize, usize)>, i64, usize), String> {
     let length = varint(batch, &mut at)?;
     let end = at
         .checked_add(usize::try_from(length).map_err(|_| "negative record length")?)
         .filter(|end| *end <= batch.len())
         .ok_or("record runs past its batch")?;
+    let record = &batch[..end];
     at += 1; // attributes
-    varint(batch, &mut at)?; // timestamp delta
-    let offset_delta = varint(batch, &mut at)?;
-    let key = varint(batch, &mut at)?;
+    varint(record, &mut at)?; // timestamp delta
+    let offset_delta = varint(record, &mut at)?;
+    let key = varint(record, &mut at)?;
     if key > 0 {
         at += key as usize;
     }
-    let value_length = varint(batch, &mut at)?;
+    let value_length = varint(record, &mut at)?;
     if value_length < 0 {
-        return Ok((None, end));
+        return Ok((None, offset_delta, end));
     }
     if at + value_length as usize > end {
         return Err("value runs past its record".into());
     }
-    Ok((Some((at, value_length as usize, offset_delta)), end))
+    Ok((Some((at, value_length as usize)), offset_delta, end))
 }
 
 /// Walks the v2 batches fetched from `from`: checks each CRC, skips control
@@ -695,12 +705,13 @@ pub fn walk_batches(mut bytes: &[u8], from: i64, each: &mut impl FnMut(&[u8])) -
             if attributes & COMPRESSION_MASK == 0 {
                 let mut at = BATCH_HEADER_BYTES;
                 for _ in 0..be_i32(batch, RECORD_COUNT_AT) {
-                    let (value, end) = record_value(batch, at).map_err(|e| format!("batch at {base_offset}: {e}"))?;
-                    if let Some((start, length, delta)) = value {
-                        if base_offset + delta >= from {
+                    let (value, delta, end) =
+                        record_value(batch, at).map_err(|e| format!("batch at {base_offset}: {e}"))?;
+                    if base_offset + delta >= from {
+                        if let Some((start, length)) = value {
                             each(&batch[start..start + length]);
-                            records += 1;
                         }
+                        records += 1;
                     }
                     at = end;
                 }
@@ -711,8 +722,8 @@ pub fn walk_batches(mut bytes: &[u8], from: i64, each: &mut impl FnMut(&[u8])) -
                 for record in set.records.iter().filter(|r| r.offset >= from) {
                     if let Some(value) = &record.value {
                         each(value);
-                        records += 1;
                     }
+                    records += 1;
                 }
             }
         }

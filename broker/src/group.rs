@@ -385,10 +385,8 @@ impl Coordinator {
             return refuse(ErrorCode::InconsistentGroupProtocol);
         }
         self.pending_members.retain(|_, until| *until > now);
-        let pending = self
-            .pending_members
-            .remove(&(request.group.clone(), request.member_id.clone()))
-            .is_some();
+        let pending_key = (request.group.clone(), request.member_id.clone());
+        let pending = self.pending_members.contains_key(&pending_key);
         let known = self
             .groups
             .get(&request.group)
@@ -397,8 +395,15 @@ impl Coordinator {
             return refuse(ErrorCode::UnknownMemberId);
         }
         if request.member_id.is_empty() && request.require_member_id {
+            // Ids handed out count against the group's size, as Kafka counts
+            // its pending members.
             let members = self.groups.get(&request.group).map_or(0, |g| g.members.len());
-            if members >= limits.members_max {
+            let group_pending = self
+                .pending_members
+                .range((request.group.clone(), String::new())..)
+                .take_while(|((group, _), _)| *group == request.group)
+                .count();
+            if members + group_pending >= limits.members_max {
                 return refuse(ErrorCode::GroupMaxSizeReached);
             }
             if self.pending_members.len() >= PENDING_MEMBERS_MAX {
@@ -432,6 +437,8 @@ impl Coordinator {
                 return refuse(ErrorCode::GroupMaxSizeReached);
             }
             if pending {
+                // Its id is now a member's: no longer pending.
+                self.pending_members.remove(&pending_key);
                 request.member_id.clone()
             } else {
                 self.next_member += 1;
@@ -855,6 +862,21 @@ mod tests {
         assert_eq!(
             ready(c.join(join_request(&late.member_id), later)).error,
             ErrorCode::UnknownMemberId
+        );
+        // Ids handed out count against the group's size.
+        let mut small = Coordinator::new(GroupLimits {
+            members_max: 2,
+            ..limits()
+        });
+        let first_join = || JoinRequest {
+            require_member_id: true,
+            ..join_request("")
+        };
+        assert_eq!(ready(small.join(first_join(), now)).error, ErrorCode::MemberIdRequired);
+        assert_eq!(ready(small.join(first_join(), now)).error, ErrorCode::MemberIdRequired);
+        assert_eq!(
+            ready(small.join(first_join(), now)).error,
+            ErrorCode::GroupMaxSizeReached
         );
     }
 

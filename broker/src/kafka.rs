@@ -155,22 +155,36 @@ async fn connection(shard: &Shard, mut stream: TcpStream, advertised: &Advertise
                 request,
             }) => {
                 tracing::debug!(shard = shard.id, api_key, version, "unsupported Kafka API or version");
+                // A produce with acks=0 expects no answer, whatever its version.
+                if let Some(RequestKind::Produce(produce)) = request.as_deref() {
+                    if produce.acks == 0 {
+                        continue;
+                    }
+                }
                 // The API's own response at the version asked, with
-                // UNSUPPORTED_VERSION in its error fields; where there is
-                // none (ApiVersions itself, an API or version the crate does
-                // not know), ApiVersions v0 with the error and the versions
-                // served, as Kafka answers an ApiVersions it cannot parse.
-                // Either way the connection stays open: frames are
-                // length-delimited, so the next request is readable.
+                // UNSUPPORTED_VERSION in its error fields, on a connection
+                // that stays open (frames are length-delimited, so the next
+                // request is readable).
                 let code = ErrorCode::UnsupportedVersion.code();
                 let own = request.zip(ApiKey::try_from(api_key).ok()).and_then(|(request, api)| {
                     let response = wire::unsupported::error_response(&request, version, code)?;
                     wire::encode_response(correlation_id, api, version, &response, &mut out).ok()
                 });
                 if own.is_none() {
+                    // No response of that API at that version can be built
+                    // (ApiVersions itself, an API unknown to Kafka, a version
+                    // before v2 record batches): ApiVersions v0 with the error
+                    // and the versions served, as Kafka answers an ApiVersions
+                    // it cannot parse. Only for ApiVersions is that the format
+                    // the client reads; any other client would misread it as
+                    // its own response, so that connection is closed after it.
                     out.clear();
                     wire::encode_response(correlation_id, ApiKey::ApiVersions, 0, &api_versions(code), &mut out)
                         .expect("ApiVersions v0 encodes");
+                    if api_key != ApiKey::ApiVersions as i16 {
+                        stream.write_all(&out).await?;
+                        return Ok(());
+                    }
                 }
             }
             Err(error) => {

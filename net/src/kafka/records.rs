@@ -9,15 +9,14 @@
 //! copied once each way.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use kafka_protocol::records::RecordBatchDecoder;
 use storage::batch::borrowed::{BatchProducer, RecordRef};
-use storage::batch::{self, attributes, RecordBatchBuilder, RecordHeader};
+use storage::batch::{self, attributes};
 
 use crate::error::NetError;
 
 /// Largest Kafka batch accepted, on the wire and once decompressed (the
-/// patched kafka-protocol's `DECOMPRESSED_BYTES_MAX`): decoding makes a
-/// record struct per record, so this bounds what one batch can cost.
+/// patched kafka-protocol's `DECOMPRESSED_BYTES_MAX`): this bounds what one
+/// batch can cost (its records walked, a storage frame built from them).
 pub const KAFKA_BATCH_BYTES_MAX: usize = kafka_protocol::compression::DECOMPRESSED_BYTES_MAX;
 /// Bytes of a v2 batch before its records.
 const BATCH_HEADER_BYTES: usize = 61;
@@ -48,59 +47,37 @@ pub fn to_storage(mut kafka: Bytes) -> Result<Vec<u8>, NetError> {
                 kafka.len()
             )));
         }
-        let attributes = u16::from_be_bytes([kafka[KAFKA_ATTRIBUTES_AT], kafka[KAFKA_ATTRIBUTES_AT + 1]]);
-        if attributes & KAFKA_COMPRESSION_MASK == 0 {
-            // Uncompressed: archived straight from the request's bytes.
-            let batch = kafka.split_to(total);
-            let (producer, records) = walk_batch(&batch)?;
-            let built = batch::borrowed::build(producer, &records);
-            // A request's one batch (the usual case) is not copied again.
-            match frames.is_empty() {
-                true => frames = built,
-                false => frames.extend_from_slice(&built),
-            }
-            continue;
-        }
-        let set = RecordBatchDecoder::decode(&mut kafka).map_err(|e| malformed(e.to_string()))?;
-        let Some(first) = set.records.first() else {
-            return Err(malformed("a batch without records".into()));
+        let batch = kafka.split_to(total);
+        let header = check_batch(&batch)?;
+        // Uncompressed records are archived straight from the request's
+        // bytes; compressed ones from the decompressed bytes.
+        let records = match header.compression {
+            0 => batch.slice(BATCH_HEADER_BYTES..),
+            codec => decompress(codec, batch.slice(BATCH_HEADER_BYTES..))?,
         };
-        if first.control {
-            return Err(malformed("a control batch from a client".into()));
+        let walked = walk_records(&records, &header)?;
+        let built = batch::borrowed::build(header.producer, &walked);
+        // A request's one batch (the usual case) is not copied again.
+        match frames.is_empty() {
+            true => frames = built,
+            false => frames.extend_from_slice(&built),
         }
-        let mut builder = RecordBatchBuilder::new()
-            .producer(first.producer_id, first.producer_epoch, first.sequence)
-            .attributes(if first.transactional {
-                attributes::TRANSACTIONAL
-            } else {
-                0
-            });
-        for record in &set.records {
-            let headers = record
-                .headers
-                .iter()
-                .map(|(key, value)| RecordHeader {
-                    key: key.to_string(),
-                    value: value.as_ref().map(|v| v.to_vec()),
-                })
-                .collect();
-            builder.push(
-                record.timestamp,
-                record.key.as_deref(),
-                record.value.as_deref(),
-                headers,
-            );
-        }
-        frames.extend_from_slice(&builder.build());
     }
     Ok(frames)
 }
 
-/// The producer fields and records of one uncompressed v2 batch, checked
-/// (magic, CRC, lengths, record count, UTF-8 header keys), borrowing its
-/// bytes: one allocation per batch (the record list), none per record but
-/// a record's list of headers when it has some.
-fn walk_batch(batch: &[u8]) -> Result<(BatchProducer, Vec<RecordRef<'_>>), NetError> {
+/// What a v2 batch's header says, once checked.
+struct BatchHeaderFields {
+    producer: BatchProducer,
+    compression: u16,
+    base_timestamp: i64,
+    count: i32,
+}
+
+/// Checks a whole v2 batch's header and CRC (which covers the records as
+/// sent, compressed or not). Control batches are refused: markers are the
+/// broker's to write.
+fn check_batch(batch: &[u8]) -> Result<BatchHeaderFields, NetError> {
     if batch[KAFKA_MAGIC_AT] != 2 {
         return Err(malformed(format!(
             "record batch magic {} (only v2 is served)",
@@ -120,41 +97,76 @@ fn walk_batch(batch: &[u8]) -> Result<(BatchProducer, Vec<RecordRef<'_>>), NetEr
     if attributes & KAFKA_CONTROL != 0 {
         return Err(malformed("a control batch from a client".into()));
     }
-    let producer = BatchProducer {
-        producer_id: be_i64(KAFKA_PRODUCER_ID_AT),
-        producer_epoch: i16::from_be_bytes([batch[KAFKA_PRODUCER_EPOCH_AT], batch[KAFKA_PRODUCER_EPOCH_AT + 1]]),
-        base_sequence: be_i32(KAFKA_BASE_SEQUENCE_AT),
-        attributes: if attributes & KAFKA_TRANSACTIONAL != 0 {
-            attributes::TRANSACTIONAL
-        } else {
-            0
-        },
-    };
-    let base_timestamp = be_i64(KAFKA_BASE_TIMESTAMP_AT);
     let count = be_i32(KAFKA_RECORD_COUNT_AT);
     if count <= 0 {
         return Err(malformed(format!("a batch claiming {count} records")));
     }
-    // Every record takes at least 7 bytes: the count cannot make the list
-    // larger than the bytes present.
-    let mut records = Vec::with_capacity((count as usize).min(batch.len() / 7));
-    let mut at = BATCH_HEADER_BYTES;
+    // Kafka refuses a batch whose offsets do not cover its records.
+    let last_offset_delta = be_i32(KAFKA_LAST_OFFSET_DELTA_AT);
+    if i64::from(last_offset_delta) + 1 != i64::from(count) {
+        return Err(malformed(format!(
+            "last offset delta {last_offset_delta} for {count} records"
+        )));
+    }
+    Ok(BatchHeaderFields {
+        producer: BatchProducer {
+            producer_id: be_i64(KAFKA_PRODUCER_ID_AT),
+            producer_epoch: i16::from_be_bytes([batch[KAFKA_PRODUCER_EPOCH_AT], batch[KAFKA_PRODUCER_EPOCH_AT + 1]]),
+            base_sequence: be_i32(KAFKA_BASE_SEQUENCE_AT),
+            attributes: if attributes & KAFKA_TRANSACTIONAL != 0 {
+                attributes::TRANSACTIONAL
+            } else {
+                0
+            },
+        },
+        compression: attributes & KAFKA_COMPRESSION_MASK,
+        base_timestamp: be_i64(KAFKA_BASE_TIMESTAMP_AT),
+        count,
+    })
+}
+
+/// A batch's records section decompressed (at most
+/// `KAFKA_BATCH_BYTES_MAX`, the patched crate's cap).
+fn decompress(codec: u16, mut compressed: Bytes) -> Result<Bytes, NetError> {
+    use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
+    let take = |buf: &mut Bytes| Ok(std::mem::take(buf));
+    match codec {
+        1 => Gzip::decompress(&mut compressed, take),
+        2 => Snappy::decompress(&mut compressed, take),
+        3 => Lz4::decompress(&mut compressed, take),
+        4 => Zstd::decompress(&mut compressed, take),
+        other => return Err(malformed(format!("compression codec {other}"))),
+    }
+    .map_err(|e| malformed(e.to_string()))
+}
+
+/// The records of a checked batch (`records`: the bytes after its header,
+/// decompressed), borrowing their keys, values and headers: one allocation
+/// per batch (the record list), none per record but a record's list of
+/// headers when it has some. Kafka lets header keys repeat; all are kept.
+fn walk_records<'a>(records: &'a [u8], header: &BatchHeaderFields) -> Result<Vec<RecordRef<'a>>, NetError> {
+    let count = header.count;
+    // Records are at least 7 bytes each, so the count cannot reserve more
+    // than the bytes present; and at most a bounded first reservation.
+    let mut walked = Vec::with_capacity((count as usize).min(records.len() / 7).min(RECORDS_RESERVED_MAX));
+    let mut at = 0;
+    let mut first_timestamp = None;
     for i in 0..count {
         let bad = |what: &str| malformed(format!("record {i} of {count}: {what}"));
-        let length = read_varint(batch, &mut at).ok_or_else(|| bad("cut inside its length"))?;
+        let length = read_varint(records, &mut at).ok_or_else(|| bad("cut inside its length"))?;
         let end = usize::try_from(length)
             .ok()
             .and_then(|l| at.checked_add(l))
-            .filter(|end| *end <= batch.len())
+            .filter(|end| *end <= records.len())
             .ok_or_else(|| bad("longer than its batch"))?;
-        let record = &batch[..end];
+        let record = &records[..end];
         at += 1; // attributes, unused in v2
         let timestamp_delta = read_varint(record, &mut at).ok_or_else(|| bad("cut inside its timestamp"))?;
         read_varint(record, &mut at).ok_or_else(|| bad("cut inside its offset delta"))?;
         let key = read_bytes(record, &mut at).ok_or_else(|| bad("key runs past the record"))?;
         let value = read_bytes(record, &mut at).ok_or_else(|| bad("value runs past the record"))?;
         let header_count = read_varint(record, &mut at).ok_or_else(|| bad("cut inside its header count"))?;
-        if header_count < 0 || header_count as usize > end - at {
+        if header_count < 0 || header_count as usize > end.saturating_sub(at) {
             return Err(bad("header count out of range"));
         }
         let mut headers = Vec::new();
@@ -169,20 +181,28 @@ fn walk_batch(batch: &[u8]) -> Result<(BatchProducer, Vec<RecordRef<'_>>), NetEr
         if at != end {
             return Err(bad("its fields do not fill its length"));
         }
-        records.push(RecordRef {
-            timestamp_ms: base_timestamp.wrapping_add(timestamp_delta),
+        // Timestamps must stay within i64 of each other: the storage batch
+        // keeps each as a delta from the first.
+        let timestamp = header
+            .base_timestamp
+            .checked_add(timestamp_delta)
+            .filter(|t| first_timestamp.is_none_or(|first: i64| t.checked_sub(first).is_some()))
+            .ok_or_else(|| bad("timestamp out of range"))?;
+        first_timestamp.get_or_insert(timestamp);
+        walked.push(RecordRef {
+            timestamp_ms: timestamp,
             key,
             value,
             headers,
         });
     }
-    if at != batch.len() {
+    if at != records.len() {
         return Err(malformed(format!(
             "{} bytes after the batch's {count} records",
-            batch.len() - at
+            records.len() - at
         )));
     }
-    Ok((producer, records))
+    Ok(walked)
 }
 
 /// A zigzag varint (Kafka's record fields) at `*at`, moving past it.
@@ -307,6 +327,9 @@ const KAFKA_PRODUCER_ID_AT: usize = 43;
 const KAFKA_PRODUCER_EPOCH_AT: usize = 51;
 const KAFKA_BASE_SEQUENCE_AT: usize = 53;
 const KAFKA_RECORD_COUNT_AT: usize = 57;
+const KAFKA_LAST_OFFSET_DELTA_AT: usize = 23;
+/// Most record slots reserved before a batch's records are read.
+const RECORDS_RESERVED_MAX: usize = 1024;
 
 /// Bytes of `value` as a zigzag varint (Kafka's record fields).
 fn varint_len(value: i64) -> usize {
@@ -344,8 +367,11 @@ fn put_bytes(out: &mut BytesMut, bytes: Option<&[u8]>) {
 #[cfg(test)]
 mod tests {
     use kafka_protocol::protocol::StrBytes;
-    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
     use proptest::prelude::*;
+    use storage::batch::{RecordBatchBuilder, RecordHeader};
 
     use super::*;
 
@@ -527,8 +553,7 @@ mod tests {
                     timestamp: 1_700_000_000_000 + timestamp,
                     key: key.clone().map(Bytes::from),
                     value: value.clone().map(Bytes::from),
-                    // Kafka's decoder keeps one value per header key: keys
-                    // made unique so both paths see the same headers.
+                    // The crate's encoder keeps one value per header key.
                     headers: headers
                         .iter()
                         .enumerate()

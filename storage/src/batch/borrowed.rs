@@ -71,12 +71,19 @@ impl Default for BatchProducer {
 
 /// Encodes `records` into a frame with its checksum set, as
 /// `RecordBatchBuilder::build` would from the same records. Base offset
-/// and append time are zero until the log stamps them.
+/// and append time are zero until the log stamps them. Every timestamp must
+/// lie within i64 of the first (callers check what clients send).
 pub fn build(producer: BatchProducer, records: &[RecordRef<'_>]) -> Vec<u8> {
     assert!(!records.is_empty(), "a record batch holds at least one record");
     let count = records.len();
     let first_timestamp_ms = records[0].timestamp_ms;
     let max_timestamp_ms = records.iter().map(|r| r.timestamp_ms).max().expect("a record");
+    assert!(
+        records
+            .iter()
+            .all(|r| r.timestamp_ms.checked_sub(first_timestamp_ms).is_some()),
+        "record timestamps must lie within i64 of the first: the batch keeps deltas"
+    );
     let batch = BatchRef {
         header: BatchHeader {
             crc: 0,
@@ -198,7 +205,10 @@ impl BatchRef<'_, '_> {
         let first = self.header.first_timestamp_ms;
         self.records.iter().enumerate().map(move |(i, record)| Placed {
             offset_delta: i as u32,
-            timestamp_delta_ms: record.timestamp_ms - first,
+            timestamp_delta_ms: record
+                .timestamp_ms
+                .checked_sub(first)
+                .expect("record timestamps within i64 of the first (`build` checks)"),
             record,
         })
     }
