@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates every report in perf-reports/ on this machine: the storage and
 # broker benchmarks, the workload presets and the sweeps that tuning.md
-# cites. About 20 minutes on a 2-core machine; run it on an idle machine.
+# cites. About 25 minutes on a 2-core machine; run it on an idle machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p corelog -p corelog-bench
@@ -19,4 +19,8 @@ $sweep --param partitions=1,2,4,8
 $sweep --param batch_bytes=4096,16384,65536,262144,524288
 $sweep --param acks=1,all
 $sweep --param topic.flush.ms=1,10,100,1000
+# Kafka's protocol against the native one, same workloads, same broker.
+$sweep --param protocol=native,kafka
+$bench sweep bench/workloads/produce-consume.toml --param protocol=native,kafka
+$bench kafka
 $bench index

@@ -630,6 +630,32 @@ mod tests {
     }
 
     #[test]
+    fn a_served_batch_produced_again_stores_the_same_records_repeated_header_keys_included() {
+        let mut builder = RecordBatchBuilder::new().producer(5, 1, 9);
+        for i in 0..3u8 {
+            builder.push(
+                1_000 + i64::from(i),
+                Some(&[i]),
+                (i != 1).then_some(&[i, i][..]),
+                vec![
+                    RecordHeader {
+                        key: "trace".into(),
+                        value: Some(vec![i]),
+                    },
+                    RecordHeader {
+                        key: "trace".into(),
+                        value: None,
+                    },
+                ],
+            );
+        }
+        let original = builder.build();
+        let served = to_kafka(&original, false).unwrap();
+        let stored = to_storage(served).unwrap();
+        assert_eq!(stored, original, "Kafka's batch carries every field of the stored one");
+    }
+
+    #[test]
     fn log_append_time_topics_serve_the_append_time_marked_as_such() {
         let mut frames = to_storage(kafka_batch(Compression::None, -1, false)).unwrap();
         let limits = batch::BatchLimits {
