@@ -570,8 +570,39 @@ async fn record_timestamp(shard: &Shard, topic: &str, partition: u32, offset: u6
 
 async fn create_topics(shard: &Shard, request: CreateTopicsRequest) -> ResponseKind {
     let mut results = Vec::new();
-    for topic in request.topics {
+    let named = |name: &TopicName| request.topics.iter().filter(|t| t.name == *name).count();
+    let duplicated: Vec<bool> = request.topics.iter().map(|t| named(&t.name) > 1).collect();
+    for (topic, duplicated) in request.topics.into_iter().zip(duplicated) {
         let name = topic.name.0.to_string();
+        // As Kafka: a name twice in one request creates neither; one node
+        // holds one replica (-1 is the broker's default, that one).
+        let refused = if duplicated {
+            Some((
+                ErrorCode::InvalidRequest,
+                format!("topic {name} is named twice in one request"),
+            ))
+        } else if topic.replication_factor == 0 || topic.replication_factor < -1 || topic.replication_factor > 1 {
+            Some((
+                ErrorCode::InvalidReplicationFactor,
+                format!(
+                    "replication factor {} for topic {name}: this broker is one node, so 1 (or -1 for the default)",
+                    topic.replication_factor
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refused {
+            results.push(
+                CreatableTopicResult::default()
+                    .with_name(topic.name)
+                    .with_error_code(code.code())
+                    .with_error_message(Some(StrBytes::from_string(message)))
+                    .with_num_partitions(-1)
+                    .with_replication_factor(-1),
+            );
+            continue;
+        }
         let configs: BTreeMap<String, String> = topic
             .configs
             .iter()

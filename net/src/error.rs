@@ -64,6 +64,7 @@ pub enum ErrorCode {
     InvalidPartitions,
     InvalidConfig,
     InvalidRequest,
+    InvalidReplicationFactor,
     StorageError,
     OffsetMetadataTooLarge,
     CoordinatorNotAvailable,
@@ -110,6 +111,7 @@ impl ErrorCode {
             ErrorCode::InvalidPartitions => 37,
             ErrorCode::InvalidConfig => 40,
             ErrorCode::InvalidRequest => 42,
+            ErrorCode::InvalidReplicationFactor => 38,
             ErrorCode::StorageError => 56,
             ErrorCode::OffsetMetadataTooLarge => 12,
             ErrorCode::CoordinatorNotAvailable => 15,
@@ -137,7 +139,7 @@ impl ErrorCode {
     }
 
     pub fn from_code(code: i16) -> ErrorCode {
-        const KNOWN: [ErrorCode; 38] = [
+        const KNOWN: [ErrorCode; 39] = [
             ErrorCode::None,
             ErrorCode::UnknownServerError,
             ErrorCode::OffsetOutOfRange,
@@ -154,6 +156,7 @@ impl ErrorCode {
             ErrorCode::InvalidPartitions,
             ErrorCode::InvalidConfig,
             ErrorCode::InvalidRequest,
+            ErrorCode::InvalidReplicationFactor,
             ErrorCode::StorageError,
             ErrorCode::OffsetMetadataTooLarge,
             ErrorCode::CoordinatorNotAvailable,

@@ -349,6 +349,17 @@ def kafka_python_times():
         except error:
             pass
     assert "validated" not in admin.list_topics(), admin.list_topics()
+    # One node holds one replica; a name twice in one request creates neither.
+    from kafka.errors import InvalidReplicationFactorError, InvalidRequestError
+    for bad, error in (([NewTopic("replicated", 1, 3)], InvalidReplicationFactorError),
+                       ([NewTopic("twice", 1, 1), NewTopic("twice", 2, 1)], InvalidRequestError)):
+        try:
+            admin.create_topics(bad)
+            raise AssertionError(f"accepted {bad}")
+        except error:
+            pass
+    topics = admin.list_topics()
+    assert "replicated" not in topics and "twice" not in topics, topics
     admin.close()
 
 
