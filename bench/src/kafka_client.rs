@@ -634,16 +634,7 @@ fn be_i32(bytes: &[u8], at: usize) -> i32 {
 
 /// A zigzag varint (Kafka's record fields) at `*at`, moving past it.
 fn varint(bytes: &[u8], at: &mut usize) -> Result<i64, String> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*at).ok_or("record cut inside a varint")?;
-        *at += 1;
-        value |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok((value >> 1) as i64 ^ -((value & 1) as i64));
-        }
-    }
-    Err("varint longer than 10 bytes".into())
+    net::kafka::records::read_varint(bytes, at).ok_or_else(|| "record cut inside a varint".to_string())
 }
 
 /// The record at `at` in an uncompressed batch: its value's (start,
@@ -660,18 +651,10 @@ fn record_value(batch: &[u8], mut at: usize) -> Result<(Option<(usize, usize)>, 
     at += 1; // attributes
     varint(record, &mut at)?; // timestamp delta
     let offset_delta = varint(record, &mut at)?;
-    let key = varint(record, &mut at)?;
-    if key > 0 {
-        at += key as usize;
-    }
-    let value_length = varint(record, &mut at)?;
-    if value_length < 0 {
-        return Ok((None, offset_delta, end));
-    }
-    if at + value_length as usize > end {
-        return Err("value runs past its record".into());
-    }
-    Ok((Some((at, value_length as usize)), offset_delta, end))
+    net::kafka::records::read_bytes(record, &mut at).ok_or("key runs past its record")?;
+    let value = net::kafka::records::read_bytes(record, &mut at).ok_or("value runs past its record")?;
+    // A value ends where `at` now stands.
+    Ok((value.map(|v| (at - v.len(), v.len())), offset_delta, end))
 }
 
 /// Walks the v2 batches fetched from `from`: checks each CRC, skips control

@@ -205,8 +205,9 @@ fn walk_records<'a>(records: &'a [u8], header: &BatchHeaderFields) -> Result<Vec
     Ok(walked)
 }
 
-/// A zigzag varint (Kafka's record fields) at `*at`, moving past it.
-fn read_varint(bytes: &[u8], at: &mut usize) -> Option<i64> {
+/// A zigzag varint (Kafka's record fields) at `*at`, moving past it; None
+/// when the bytes end inside it or it runs past 10 bytes.
+pub fn read_varint(bytes: &[u8], at: &mut usize) -> Option<i64> {
     let mut value = 0u64;
     for shift in (0..64).step_by(7) {
         let byte = *bytes.get(*at)?;
@@ -221,7 +222,7 @@ fn read_varint(bytes: &[u8], at: &mut usize) -> Option<i64> {
 
 /// A length-prefixed field at `*at` (None inside: length -1), moving past
 /// it; None when it runs past `bytes`.
-fn read_bytes<'a>(bytes: &'a [u8], at: &mut usize) -> Option<Option<&'a [u8]>> {
+pub fn read_bytes<'a>(bytes: &'a [u8], at: &mut usize) -> Option<Option<&'a [u8]>> {
     let length = read_varint(bytes, at)?;
     if length < 0 {
         return (length == -1).then_some(None);
