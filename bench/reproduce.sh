@@ -22,5 +22,6 @@ $sweep --param topic.flush.ms=1,10,100,1000
 # Kafka's protocol against the native one, same workloads, same broker.
 $sweep --param protocol=native,kafka
 $bench sweep bench/workloads/produce-consume.toml --param protocol=native,kafka
+$bench sweep bench/workloads/catch-up-read.toml --param protocol=native,kafka
 $bench kafka
 $bench index
