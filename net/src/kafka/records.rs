@@ -35,7 +35,7 @@ pub fn to_storage(mut kafka: Bytes) -> Result<Vec<u8>, NetError> {
     let mut frames = Vec::new();
     while !kafka.is_empty() {
         // The batch's own length (after the offset and length fields) is
-        // checked before the decoder sees it.
+        // checked before its records are walked.
         if kafka.len() < BATCH_HEADER_BYTES {
             return Err(malformed(format!("{} bytes, shorter than a batch header", kafka.len())));
         }
