@@ -353,6 +353,29 @@ mod raw {
         ResponseHeader::decode(&mut response, 0).unwrap();
         assert_eq!(ApiVersionsResponse::decode(&mut response, 0).unwrap().error_code, 35);
         assert!(closed(&mut unknown));
+        // A negative partition added to a transaction: refused, the other
+        // partitions not attempted (it was once read as partition 0).
+        {
+            use net::kafka::kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+            use net::kafka::kafka_protocol::messages::{
+                AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, TopicName, TransactionalId,
+            };
+            let add = AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str("t")))
+                .with_v3_and_below_topics(vec![AddPartitionsToTxnTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("nowhere")))
+                    .with_partitions(vec![-1, 0])]);
+            send(&mut stream, ApiKey::AddPartitionsToTxn, 3, &add, 2);
+            let mut response = receive(&mut stream).expect("an answer");
+            ResponseHeader::decode(&mut response, 1).unwrap();
+            let added = AddPartitionsToTxnResponse::decode(&mut response, 3).unwrap();
+            let codes: Vec<(i32, i16)> = added.results_by_topic_v3_and_below[0]
+                .results_by_partition
+                .iter()
+                .map(|p| (p.partition_index, p.partition_error_code))
+                .collect();
+            assert_eq!(codes, vec![(-1, 3), (0, 55)]);
+        }
         // Bytes that are no request: the connection is closed (the stream
         // cannot be resynchronized), the broker stays up.
         let mut garbage = connect();

@@ -64,6 +64,8 @@ pub enum ErrorCode {
     InvalidPartitions,
     InvalidConfig,
     InvalidRequest,
+    /// A part of a request refused for another part's sake.
+    OperationNotAttempted,
     InvalidReplicationFactor,
     StorageError,
     OffsetMetadataTooLarge,
@@ -111,6 +113,7 @@ impl ErrorCode {
             ErrorCode::InvalidPartitions => 37,
             ErrorCode::InvalidConfig => 40,
             ErrorCode::InvalidRequest => 42,
+            ErrorCode::OperationNotAttempted => 55,
             ErrorCode::InvalidReplicationFactor => 38,
             ErrorCode::StorageError => 56,
             ErrorCode::OffsetMetadataTooLarge => 12,
@@ -139,7 +142,7 @@ impl ErrorCode {
     }
 
     pub fn from_code(code: i16) -> ErrorCode {
-        const KNOWN: [ErrorCode; 39] = [
+        const KNOWN: [ErrorCode; 40] = [
             ErrorCode::None,
             ErrorCode::UnknownServerError,
             ErrorCode::OffsetOutOfRange,
@@ -156,6 +159,7 @@ impl ErrorCode {
             ErrorCode::InvalidPartitions,
             ErrorCode::InvalidConfig,
             ErrorCode::InvalidRequest,
+            ErrorCode::OperationNotAttempted,
             ErrorCode::InvalidReplicationFactor,
             ErrorCode::StorageError,
             ErrorCode::OffsetMetadataTooLarge,

@@ -4,9 +4,6 @@
 
 use std::time::Duration;
 
-use net::kafka::kafka_protocol::messages::add_partitions_to_txn_response::{
-    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
-};
 use net::kafka::kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use net::kafka::kafka_protocol::messages::find_coordinator_response::Coordinator;
 use net::kafka::kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
@@ -407,13 +404,24 @@ pub(super) async fn init_transactional(shard: &Shard, id: &str, timeout_ms: i32)
 
 pub(super) async fn add_partitions_to_txn(shard: &Shard, request: AddPartitionsToTxnRequest) -> ResponseKind {
     let topics = request.v3_and_below_topics;
+    let respond = |code: &dyn Fn(i32) -> i16| {
+        ResponseKind::AddPartitionsToTxn(
+            AddPartitionsToTxnResponse::default()
+                .with_results_by_topic_v3_and_below(net::kafka::add_partitions_results(&topics, code)),
+        )
+    };
+    // A negative partition exists nowhere: refused, and (as Kafka answers
+    // a request it cannot take whole) the others not attempted.
+    if topics.iter().any(|t| t.partitions.iter().any(|p| *p < 0)) {
+        let (unknown, skipped) = (
+            ErrorCode::UnknownTopicOrPartition.code(),
+            ErrorCode::OperationNotAttempted.code(),
+        );
+        return respond(&|p| if p < 0 { unknown } else { skipped });
+    }
     let partitions: Vec<(String, u32)> = topics
         .iter()
-        .flat_map(|t| {
-            t.partitions
-                .iter()
-                .map(move |p| (t.name.0.to_string(), (*p).max(0) as u32))
-        })
+        .flat_map(|t| t.partitions.iter().map(move |p| (t.name.0.to_string(), *p as u32)))
         .collect();
     let call = TxnCall::AddPartitions {
         id: request.v3_and_below_transactional_id.0.to_string(),
@@ -422,24 +430,7 @@ pub(super) async fn add_partitions_to_txn(shard: &Shard, request: AddPartitionsT
         partitions,
     };
     let code = txn_code(shard.txn_call(call).await);
-    let results = topics
-        .into_iter()
-        .map(|t| {
-            AddPartitionsToTxnTopicResult::default()
-                .with_results_by_partition(
-                    t.partitions
-                        .iter()
-                        .map(|p| {
-                            AddPartitionsToTxnPartitionResult::default()
-                                .with_partition_index(*p)
-                                .with_partition_error_code(code)
-                        })
-                        .collect(),
-                )
-                .with_name(t.name)
-        })
-        .collect();
-    ResponseKind::AddPartitionsToTxn(AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(results))
+    respond(&|_| code)
 }
 
 pub(super) async fn add_offsets_to_txn(shard: &Shard, request: AddOffsetsToTxnRequest) -> ResponseKind {

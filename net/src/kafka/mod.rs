@@ -167,6 +167,34 @@ pub fn encode_response(
     Ok(())
 }
 
+/// AddPartitionsToTxn's per-partition results for `topics`, each
+/// partition's error code from `code` (given its index).
+pub fn add_partitions_results(
+    topics: &[kafka_protocol::messages::add_partitions_to_txn_request::AddPartitionsToTxnTopic],
+    code: impl Fn(i32) -> i16,
+) -> Vec<kafka_protocol::messages::add_partitions_to_txn_response::AddPartitionsToTxnTopicResult> {
+    use kafka_protocol::messages::add_partitions_to_txn_response::{
+        AddPartitionsToTxnPartitionResult, AddPartitionsToTxnTopicResult,
+    };
+    topics
+        .iter()
+        .map(|t| {
+            AddPartitionsToTxnTopicResult::default()
+                .with_name(t.name.clone())
+                .with_results_by_partition(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            AddPartitionsToTxnPartitionResult::default()
+                                .with_partition_index(*p)
+                                .with_partition_error_code(code(*p))
+                        })
+                        .collect(),
+                )
+        })
+        .collect()
+}
+
 /// Reads the correlation id back from an encoded response (for tests and
 /// clients).
 pub fn response_correlation_id(message: &[u8]) -> Option<i32> {

@@ -4,9 +4,7 @@
 //! or resource the request named), so a client reads a clear error on a
 //! connection that stays open instead of a dropped connection.
 
-use kafka_protocol::messages::add_partitions_to_txn_response::{
-    AddPartitionsToTxnPartitionResult, AddPartitionsToTxnResult, AddPartitionsToTxnTopicResult,
-};
+use kafka_protocol::messages::add_partitions_to_txn_response::AddPartitionsToTxnResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_configs_response::DescribeConfigsResult;
@@ -301,14 +299,14 @@ pub fn error_response(request: &RequestKind, version: i16, code: i16) -> Option<
                         .map(|t| {
                             AddPartitionsToTxnResult::default()
                                 .with_transactional_id(t.transactional_id.clone())
-                                .with_topic_results(txn_topic_results(&t.topics, code))
+                                .with_topic_results(super::add_partitions_results(&t.topics, |_| code))
                         })
                         .collect(),
                 ),
         ),
         RequestKind::AddPartitionsToTxn(r) => ResponseKind::AddPartitionsToTxn(
             AddPartitionsToTxnResponse::default()
-                .with_results_by_topic_v3_and_below(txn_topic_results(&r.v3_and_below_topics, code)),
+                .with_results_by_topic_v3_and_below(super::add_partitions_results(&r.v3_and_below_topics, |_| code)),
         ),
         RequestKind::AddOffsetsToTxn(_) => {
             ResponseKind::AddOffsetsToTxn(AddOffsetsToTxnResponse::default().with_error_code(code))
@@ -337,29 +335,6 @@ pub fn error_response(request: &RequestKind, version: i16, code: i16) -> Option<
         ),
         _ => return None,
     })
-}
-
-fn txn_topic_results(
-    topics: &[add_partitions_to_txn_request::AddPartitionsToTxnTopic],
-    code: i16,
-) -> Vec<AddPartitionsToTxnTopicResult> {
-    topics
-        .iter()
-        .map(|t| {
-            AddPartitionsToTxnTopicResult::default()
-                .with_name(t.name.clone())
-                .with_results_by_partition(
-                    t.partitions
-                        .iter()
-                        .map(|p| {
-                            AddPartitionsToTxnPartitionResult::default()
-                                .with_partition_index(*p)
-                                .with_partition_error_code(code)
-                        })
-                        .collect(),
-                )
-        })
-        .collect()
 }
 
 #[cfg(test)]
