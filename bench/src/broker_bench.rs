@@ -82,7 +82,6 @@ pub fn run(args: Args) -> Result<(), String> {
 
 fn measure(addr: &str, shards: usize, args: &Args) -> Result<Sample, String> {
     let (addr, partitions, connections, bytes) = (addr.to_string(), args.partitions, args.connections, args.bytes);
-    net::nudge::nudge_this_thread();
     glommio::LocalExecutorBuilder::default()
         .io_memory(4 << 20)
         .make()

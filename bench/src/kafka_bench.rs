@@ -94,7 +94,6 @@ pub fn run(args: Args) -> Result<(), String> {
 fn measure(native: &str, kafka: &str, protocol: &'static str, args: &Args) -> Result<Sample, String> {
     let (native, kafka) = (native.to_string(), kafka.to_string());
     let (partitions, connections, bytes) = (args.partitions, args.connections, args.bytes);
-    net::nudge::nudge_this_thread();
     glommio::LocalExecutorBuilder::default()
         .io_memory(4 << 20)
         .make()

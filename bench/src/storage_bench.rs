@@ -106,10 +106,7 @@ pub fn run(args: Args) -> Result<(), String> {
         glommio::Placement::Fixed(0)
     })
     .io_memory(IO_MEMORY_BYTES)
-    .spawn(move || async move {
-        net::nudge::nudge_this_thread();
-        measure(&data_dir, &sizes, no_flush_only, bytes, runs, flush_limit).await
-    })
+    .spawn(move || async move { measure(&data_dir, &sizes, no_flush_only, bytes, runs, flush_limit).await })
     .map_err(|e| format!("start executor: {e}"))?
     .join()
     .map_err(|e| format!("benchmark thread: {e}"))??;

@@ -375,8 +375,6 @@ fn client_executor(placement: Placement) -> LocalExecutorBuilder {
 /// on thread `p % threads` and `c % threads`.
 fn run_threads(addr: &str, workload: &Workload, acks: i8, target: Option<f64>) -> Result<Outcome, String> {
     let topic = format!("bench-{}", workload.name);
-    // glommio 0.9 can sleep with work due; see net::nudge.
-    net::nudge::nudge_this_thread();
     {
         let (addr, topic, workload) = (addr.to_string(), topic.clone(), workload.clone());
         client_executor(Placement::Unbound)
@@ -422,7 +420,6 @@ fn run_threads(addr: &str, workload: &Workload, acks: i8, target: Option<f64>) -
             client_executor(placement)
                 .name(&format!("bench-client-{thread}"))
                 .spawn(move || async move {
-                    net::nudge::nudge_this_thread();
                     run_part(&addr, &topic, &workload, acks, target, start, totals, thread, threads).await
                 })
                 .map_err(|e| e.to_string())

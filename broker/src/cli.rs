@@ -90,7 +90,6 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
 }
 
 fn run<T>(future: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
-    net::nudge::nudge_this_thread();
     glommio::LocalExecutorBuilder::default()
         .io_memory(1 << 20)
         .make()

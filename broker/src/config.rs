@@ -11,6 +11,10 @@ use crate::error::BrokerError;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9292";
 /// The Kafka listener's default address (Kafka's port).
 pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
+/// `spin_before_park_us` unless configured (measured: tuning.md).
+pub const SPIN_BEFORE_PARK_US_DEFAULT: u64 = 0;
+/// Longest spin before park accepted: past it a shard is a busy loop.
+pub const SPIN_BEFORE_PARK_US_MAX: u64 = 1_000_000;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -45,6 +49,11 @@ pub struct BrokerConfig {
     /// Longest a shard runs tasks before it looks at I/O completions and
     /// timers again (glommio's preempt timer, 100 ms by default there).
     pub task_quota_us: u64,
+    /// How long a shard with nothing to run keeps polling for completions
+    /// and messages before it sleeps in the kernel. Spinning saves the
+    /// wake-up of a sleeping core (tens of µs) for work that arrives within
+    /// it, at the price of a busy core meanwhile; see tuning.md.
+    pub spin_before_park_us: u64,
     /// Partitions of `__consumer_offsets`, fixed when it is first created:
     /// a group's coordinator is the owner of partition hash(group) mod this.
     pub offsets_topic_partitions: u32,
@@ -89,6 +98,7 @@ impl Default for BrokerConfig {
             io_memory_bytes: 32 << 20,
             default_partitions: 1,
             task_quota_us: 1000,
+            spin_before_park_us: SPIN_BEFORE_PARK_US_DEFAULT,
             offsets_topic_partitions: 4,
             group_session_timeout_min_ms: 1_000,
             group_session_timeout_max_ms: 300_000,
@@ -165,6 +175,12 @@ impl BrokerConfig {
             if value == 0 {
                 return Err(BrokerError::Config(format!("{name} must be positive")));
             }
+        }
+        if self.spin_before_park_us > SPIN_BEFORE_PARK_US_MAX {
+            return Err(BrokerError::Config(format!(
+                "spin_before_park_us {} is over the limit of {SPIN_BEFORE_PARK_US_MAX}",
+                self.spin_before_park_us
+            )));
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 use crate::offsets::OFFSETS_TOPIC;
 use crate::txn::TXN_STATE_TOPIC;
@@ -20,9 +20,6 @@ use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::shard::{Shard, ShardMessage};
 use crate::topics::Metadata;
-
-/// How long an idle shard keeps polling before it sleeps.
-const SPIN_BEFORE_PARK: std::time::Duration = std::time::Duration::from_millis(20);
 
 pub struct Running {
     pub addr: SocketAddr,
@@ -129,20 +126,24 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         let (config, metadata, inboxes, ready) = (config.clone(), metadata.clone(), inboxes.clone(), ready_tx.clone());
         let producer_ids = producer_ids.clone();
         let advertised = advertised.clone();
-        let core = core_ids.iter().find(|c| c.id == cpu).copied();
-        let executor = LocalExecutorBuilder::new(Placement::Unbound)
+        // glommio pins a Fixed executor's thread itself (before it allocates,
+        // so its memory is the core's node's) and only spins before parking
+        // on a pinned executor.
+        let pinned = core_ids.iter().any(|c| c.id == cpu);
+        let placement = if pinned {
+            Placement::Fixed(cpu)
+        } else {
+            Placement::Unbound
+        };
+        let executor = LocalExecutorBuilder::new(placement)
+            // Its blocking calls run on a thread the kernel may place on
+            // any core, not queued behind the shard on its own.
+            .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
             .name(&format!("shard-{id}"))
             .io_memory(config.io_memory_bytes)
             .preempt_timer(std::time::Duration::from_micros(config.task_quota_us))
-            // glommio 0.9 can lose a wakeup sent from another thread (a flume
-            // message or reply between shards) at the moment its reactor goes
-            // to sleep. Spinning a while before sleeping keeps the reactor
-            // awake through the round trips of cross-shard requests.
-            .spin_before_park(SPIN_BEFORE_PARK)
+            .spin_before_park(std::time::Duration::from_micros(config.spin_before_park_us))
             .spawn(move || async move {
-                // glommio 0.9 can sleep with work due; see net::nudge.
-                net::nudge::nudge_this_thread();
-                let pinned = core.is_some_and(core_affinity::set_for_current);
                 tracing::info!(shard = id, cpu, pinned, "shard started");
                 let shard = Rc::new(Shard::new(id, config, metadata, inboxes, producer_ids));
                 let started = async {

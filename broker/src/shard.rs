@@ -31,7 +31,9 @@ use net::messages::{isolation, AbortedTransaction};
 use storage::batch::control::Marker;
 
 pub type ShardId = u16;
-type Reply<T> = flume::Sender<Result<T, BrokerError>>;
+/// The owner's answer to one cross-shard request. A oneshot, so the owner
+/// can see the asker give up (`cancellation`) without looking.
+type Reply<T> = futures::channel::oneshot::Sender<Result<T, BrokerError>>;
 
 /// What one shard asks of another.
 pub enum ShardMessage {
@@ -380,20 +382,15 @@ impl Shard {
     }
 
     async fn ask<T>(&self, owner: ShardId, message: impl FnOnce(Reply<T>) -> ShardMessage) -> Result<T, BrokerError> {
-        let (reply, answer) = flume::bounded(1);
-        let mut message = message(reply);
-        // A full inbox makes the sender wait: backpressure between shards.
-        loop {
-            match self.inboxes[owner as usize].try_send(message) {
-                Ok(()) => break,
-                Err(flume::TrySendError::Full(back)) => {
-                    message = back;
-                    glommio::timer::sleep(CROSS_SHARD_POLL).await;
-                }
-                Err(flume::TrySendError::Disconnected(_)) => return Err(BrokerError::ShardGone(owner)),
-            }
-        }
-        receive(&answer).await.map_err(|_| BrokerError::ShardGone(owner))?
+        let (reply, answer) = futures::channel::oneshot::channel();
+        // A full inbox makes the sender wait, woken when the owner takes a
+        // message: backpressure between shards.
+        self.inboxes[owner as usize]
+            .send_async(message(reply))
+            .await
+            .map_err(|_| BrokerError::ShardGone(owner))?;
+        // A dropped reply (the owner stopped before answering) is a gone shard.
+        answer.await.map_err(|_| BrokerError::ShardGone(owner))?
     }
 
     pub async fn produce(
@@ -774,7 +771,7 @@ impl Shard {
 
     /// Serves other shards' requests until told to shut down.
     pub async fn serve_inbox(self: Rc<Self>, inbox: flume::Receiver<ShardMessage>) {
-        while let Ok(message) = receive(&inbox).await {
+        while let Ok(message) = inbox.recv_async().await {
             let shard = self.clone();
             match message {
                 ShardMessage::Shutdown => break,
@@ -828,24 +825,18 @@ impl Shard {
                     partition,
                     offset,
                     deadline,
-                    reply,
+                    mut reply,
                 } => {
                     glommio::spawn_local(async move {
                         // The asking fetch may finish first (another of its
-                        // partitions got data) and drop its end: look every
-                        // REMOTE_WAIT_STEP whether anyone still waits.
-                        loop {
-                            let step = deadline.min(std::time::Instant::now() + REMOTE_WAIT_STEP);
-                            let result = shard.wait_for_data_local(&topic, partition, offset, step).await;
-                            let now = std::time::Instant::now();
-                            // No data before the step was up: the log is
-                            // closed or failed, and waiting on would spin.
-                            let gave_up_early = matches!(result, Ok(false)) && now < step;
-                            let done = !matches!(result, Ok(false)) || gave_up_early || now >= deadline;
-                            if done || reply.is_disconnected() {
-                                let _ = reply.send(result);
-                                break;
-                            }
+                        // partitions got data) and drop its end: the wait
+                        // ends then, woken by the drop.
+                        let waited = std::pin::pin!(shard.wait_for_data_local(&topic, partition, offset, deadline));
+                        let abandoned = std::pin::pin!(reply.cancellation());
+                        if let futures::future::Either::Left((result, _)) =
+                            futures::future::select(waited, abandoned).await
+                        {
+                            let _ = reply.send(result);
                         }
                     })
                     .detach();
@@ -902,33 +893,6 @@ impl Shard {
                     .detach();
                 }
             }
-        }
-    }
-}
-
-/// How often a long-poll wait for another shard looks whether its asker
-/// still waits.
-const REMOTE_WAIT_STEP: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// How often a shard waiting on another looks again without being woken.
-const CROSS_SHARD_POLL: std::time::Duration = std::time::Duration::from_millis(1);
-
-/// Receives from a channel fed by another shard. glommio 0.9 can lose a
-/// wakeup sent from another thread at the moment its reactor goes to sleep
-/// (it re-checks its own channels, not its queue of foreign wakers), which
-/// left cross-shard requests waiting forever; so besides the channel's own
-/// wakeup, the receiver looks again every `CROSS_SHARD_POLL`.
-async fn receive<T>(channel: &flume::Receiver<T>) -> Result<T, flume::RecvError> {
-    loop {
-        match channel.try_recv() {
-            Ok(value) => return Ok(value),
-            Err(flume::TryRecvError::Disconnected) => return Err(flume::RecvError::Disconnected),
-            Err(flume::TryRecvError::Empty) => {}
-        }
-        let woken = std::pin::pin!(channel.recv_async());
-        let tick = std::pin::pin!(glommio::timer::sleep(CROSS_SHARD_POLL));
-        if let futures::future::Either::Left((received, _)) = futures::future::select(woken, tick).await {
-            return received;
         }
     }
 }

@@ -14,7 +14,6 @@ pub mod error;
 pub mod group;
 pub mod kafka;
 pub mod messages;
-pub mod nudge;
 pub mod pipelined;
 pub mod producer;
 pub mod transaction;

@@ -100,7 +100,6 @@ impl Drop for Broker {
 pub const TEST_DEADLINE: Duration = Duration::from_secs(120);
 
 pub fn run<T>(future: impl std::future::Future<Output = T>) -> T {
-    net::nudge::nudge_this_thread();
     glommio::LocalExecutorBuilder::default()
         .io_memory(1 << 20)
         .make()
