@@ -29,6 +29,13 @@ pub struct BrokerConfig {
     /// host:port Kafka clients are told to connect to (Metadata,
     /// FindCoordinator); default: the bound Kafka address.
     pub kafka_advertised: Option<String>,
+    /// Each shard also accepts Kafka clients on a port of its own and is
+    /// advertised as a broker of its own there, so clients send each
+    /// partition's requests straight to its owning core (the shared
+    /// `kafka_listen` port stays the bootstrap). The ports follow
+    /// `kafka_listen`'s: shard i on port + 1 + i, or free ones when it is 0.
+    /// Off, the node is one broker and requests hop between cores.
+    pub kafka_shard_ports: bool,
     /// Number of shards (one executor each); default: one per core.
     pub shards: Option<usize>,
     /// Cores to pin shards to, one shard per core listed.
@@ -89,6 +96,7 @@ impl Default for BrokerConfig {
             listen: DEFAULT_LISTEN.to_string(),
             kafka_listen: DEFAULT_KAFKA_LISTEN.to_string(),
             kafka_advertised: None,
+            kafka_shard_ports: true,
             shards: None,
             cpus: None,
             frame_bytes_max: net::codec::FRAME_BYTES_MAX_DEFAULT,

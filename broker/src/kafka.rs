@@ -39,7 +39,8 @@ mod groups;
 
 /// The longest a fetch may wait, whatever it asks.
 const FETCH_MAX_WAIT: Duration = Duration::from_secs(60);
-/// The node id corelog gives itself in Kafka's metadata.
+/// The node id corelog gives itself in Kafka's metadata when its shards
+/// are not brokers of their own.
 pub const NODE_ID: i32 = 0;
 
 fn name(s: &str) -> StrBytes {
@@ -84,7 +85,46 @@ pub fn advertised(configured: Option<&str>, bound: std::net::SocketAddr) -> Resu
     })
 }
 
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, advertised: Rc<Advertised>) {
+/// Where Kafka clients are told to connect. With shard ports, every shard is
+/// a broker of its own in Metadata and FindCoordinator (broker id = shard
+/// id) at a port only it accepts on, so an unchanged client sends each
+/// partition's requests to the core that owns it, and the group and
+/// transaction requests to the coordinating core; the shared port stays the
+/// bootstrap. Without, the node is broker `NODE_ID` at the shared port and
+/// requests for another shard's partitions cross cores.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    pub bootstrap: Advertised,
+    /// Each shard's own address, by shard id; empty without shard ports.
+    pub shards: Vec<Advertised>,
+}
+
+impl Endpoints {
+    /// The broker id clients know shard `shard` by.
+    pub fn broker_of(&self, shard: crate::shard::ShardId) -> i32 {
+        if self.shards.is_empty() {
+            NODE_ID
+        } else {
+            i32::from(shard)
+        }
+    }
+
+    /// Every broker id with its address.
+    fn brokers(&self) -> Vec<(i32, &Advertised)> {
+        if self.shards.is_empty() {
+            vec![(NODE_ID, &self.bootstrap)]
+        } else {
+            self.shards.iter().enumerate().map(|(id, a)| (id as i32, a)).collect()
+        }
+    }
+
+    /// The address of the broker clients know shard `shard` by.
+    fn of(&self, shard: crate::shard::ShardId) -> &Advertised {
+        self.shards.get(usize::from(shard)).unwrap_or(&self.bootstrap)
+    }
+}
+
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, advertised: Rc<Endpoints>) {
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -113,7 +153,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, advertised: Rc
     }
 }
 
-async fn connection(shard: &Shard, mut stream: TcpStream, advertised: &Advertised) -> std::io::Result<()> {
+async fn connection(shard: &Shard, mut stream: TcpStream, advertised: &Endpoints) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let max = shard.config.frame_bytes_max;
     let mut out = BytesMut::new();
@@ -213,7 +253,7 @@ fn api_versions(error_code: i16) -> ResponseKind {
     )
 }
 
-async fn handle(shard: &Shard, advertised: &Advertised, version: i16, body: RequestKind) -> Option<ResponseKind> {
+async fn handle(shard: &Shard, advertised: &Endpoints, version: i16, body: RequestKind) -> Option<ResponseKind> {
     Some(match body {
         RequestKind::ApiVersions(_) => api_versions(0),
         RequestKind::Metadata(request) => metadata(shard, advertised, request).await,
@@ -224,7 +264,7 @@ async fn handle(shard: &Shard, advertised: &Advertised, version: i16, body: Requ
         RequestKind::DeleteTopics(request) => delete_topics(shard, request).await,
         RequestKind::InitProducerId(request) => init_producer_id(shard, request).await,
         RequestKind::DescribeConfigs(request) => describe_configs(shard, request),
-        RequestKind::FindCoordinator(request) => groups::find_coordinator(advertised, version, request),
+        RequestKind::FindCoordinator(request) => groups::find_coordinator(shard, advertised, version, request),
         RequestKind::JoinGroup(request) => groups::join(shard, version, request).await,
         RequestKind::SyncGroup(request) => groups::sync(shard, request).await,
         RequestKind::Heartbeat(request) => groups::heartbeat(shard, request).await,
@@ -246,7 +286,7 @@ async fn handle(shard: &Shard, advertised: &Advertised, version: i16, body: Requ
     })
 }
 
-async fn metadata(shard: &Shard, advertised: &Advertised, request: MetadataRequest) -> ResponseKind {
+async fn metadata(shard: &Shard, advertised: &Endpoints, request: MetadataRequest) -> ResponseKind {
     let table = shard.metadata.snapshot();
     let names: Vec<String> = match &request.topics {
         Some(topics) => topics
@@ -263,13 +303,17 @@ async fn metadata(shard: &Shard, advertised: &Advertised, request: MetadataReque
                     .with_name(Some(topic_name(&topic)))
                     .with_error_code(ErrorCode::UnknownTopicOrPartition.code());
             };
-            let partitions = (0..meta.shards.len() as i32)
-                .map(|p| {
+            let partitions = meta
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(p, owner)| {
+                    let leader = BrokerId(advertised.broker_of(*owner));
                     MetadataResponsePartition::default()
-                        .with_partition_index(p)
-                        .with_leader_id(BrokerId(NODE_ID))
-                        .with_replica_nodes(vec![BrokerId(NODE_ID)])
-                        .with_isr_nodes(vec![BrokerId(NODE_ID)])
+                        .with_partition_index(p as i32)
+                        .with_leader_id(leader)
+                        .with_replica_nodes(vec![leader])
+                        .with_isr_nodes(vec![leader])
                 })
                 .collect();
             MetadataResponseTopic::default()
@@ -280,12 +324,20 @@ async fn metadata(shard: &Shard, advertised: &Advertised, request: MetadataReque
         .collect();
     ResponseKind::Metadata(
         MetadataResponse::default()
-            .with_brokers(vec![MetadataResponseBroker::default()
-                .with_node_id(BrokerId(NODE_ID))
-                .with_host(name(&advertised.host))
-                .with_port(advertised.port)])
+            .with_brokers(
+                advertised
+                    .brokers()
+                    .into_iter()
+                    .map(|(id, at)| {
+                        MetadataResponseBroker::default()
+                            .with_node_id(BrokerId(id))
+                            .with_host(name(&at.host))
+                            .with_port(at.port)
+                    })
+                    .collect(),
+            )
             .with_cluster_id(Some(name("corelog")))
-            .with_controller_id(BrokerId(NODE_ID))
+            .with_controller_id(BrokerId(advertised.broker_of(0)))
             .with_topics(topics),
     )
 }

@@ -135,6 +135,9 @@ fn serve(
     if let Some(kafka_addr) = running.kafka_addr {
         tracing::info!(addr = %kafka_addr, "kafka listener");
         println!("corelog kafka listening on {kafka_addr}");
+        for (shard, addr) in running.kafka_shard_addrs.iter().enumerate() {
+            tracing::info!(shard, %addr, "kafka listener of the shard's own (its broker id)");
+        }
     }
     if let Some(signal) = signals.forever().next() {
         tracing::info!(signal, "shutting down: flushing and closing partitions");

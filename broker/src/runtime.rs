@@ -25,6 +25,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The Kafka listener's bound address, if it is on.
     pub kafka_addr: Option<SocketAddr>,
+    /// Each shard's own Kafka address, by shard id (`kafka_shard_ports`).
+    pub kafka_shard_addrs: Vec<SocketAddr>,
     inboxes: Arc<Vec<flume::Sender<ShardMessage>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -49,6 +51,10 @@ fn reserve(listen: &str) -> Result<(socket2::Socket, SocketAddr), BrokerError> {
         .map_err(|e| BrokerError::Config(format!("listen address {listen}: {e}")))?
         .next()
         .ok_or_else(|| BrokerError::Config(format!("listen address {listen} resolves to nothing")))?;
+    reserve_addr(addr, listen)
+}
+
+fn reserve_addr(addr: SocketAddr, listen: &str) -> Result<(socket2::Socket, SocketAddr), BrokerError> {
     let io = |source| BrokerError::Io {
         op: "reserve listen address",
         path: listen.into(),
@@ -112,8 +118,36 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         Some(reserve(&config.kafka_listen)?)
     };
     let kafka_addr = kafka.as_ref().map(|(_, addr)| *addr);
+    // Each shard's own Kafka port, reserved like the shared one so that every
+    // shard can advertise all of them before any accepts.
+    let kafka_shards = match kafka_addr {
+        Some(bound) if config.kafka_shard_ports => (0..shards)
+            .map(|shard| {
+                let port = match bound.port() {
+                    0 => 0,
+                    port => port.checked_add(1 + shard).ok_or_else(|| {
+                        BrokerError::Config(format!("kafka shard port for shard {shard} is past 65535"))
+                    })?,
+                };
+                let addr = SocketAddr::new(bound.ip(), port);
+                reserve_addr(addr, &format!("kafka port of shard {shard}"))
+            })
+            .collect::<Result<Vec<_>, BrokerError>>()?,
+        _ => Vec::new(),
+    };
+    let kafka_shard_addrs: Vec<SocketAddr> = kafka_shards.iter().map(|(_, addr)| *addr).collect();
     let advertised = kafka_addr
-        .map(|bound| crate::kafka::advertised(config.kafka_advertised.as_deref(), bound))
+        .map(|bound| -> Result<_, BrokerError> {
+            let bootstrap = crate::kafka::advertised(config.kafka_advertised.as_deref(), bound)?;
+            let shards = kafka_shard_addrs
+                .iter()
+                .map(|addr| crate::kafka::Advertised {
+                    host: bootstrap.host.clone(),
+                    port: i32::from(addr.port()),
+                })
+                .collect();
+            Ok(crate::kafka::Endpoints { bootstrap, shards })
+        })
         .transpose()?;
     let config = Arc::new(config);
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(config.shard_queue_depth)).unzip();
@@ -126,6 +160,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         let (config, metadata, inboxes, ready) = (config.clone(), metadata.clone(), inboxes.clone(), ready_tx.clone());
         let producer_ids = producer_ids.clone();
         let advertised = advertised.clone();
+        let kafka_shard_addr = kafka_shard_addrs.get(usize::from(id)).copied();
         // glommio pins a Fixed executor's thread itself (before it allocates,
         // so its memory is the core's node's) and only spins before parking
         // on a pinned executor.
@@ -157,19 +192,23 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                         path: addr.to_string().into(),
                         source: e.into(),
                     })?;
-                    let kafka_listener = match kafka_addr {
-                        Some(kafka_addr) => Some(glommio::net::TcpListener::bind(kafka_addr).map_err(|e| BrokerError::Io {
+                    let kafka_listen = |addr: SocketAddr| {
+                        glommio::net::TcpListener::bind(addr).map_err(|e| BrokerError::Io {
                             op: "listen (kafka) on",
-                            path: kafka_addr.to_string().into(),
+                            path: addr.to_string().into(),
                             source: e.into(),
-                        })?),
-                        None => None,
+                        })
                     };
+                    let kafka_listeners = kafka_addr
+                        .into_iter()
+                        .chain(kafka_shard_addr)
+                        .map(kafka_listen)
+                        .collect::<Result<Vec<_>, _>>()?;
                     tracing::info!(shard = id, partitions = opened, "recovered partitions; accepting");
-                    Ok::<_, BrokerError>((listener, kafka_listener))
+                    Ok::<_, BrokerError>((listener, kafka_listeners))
                 }
                 .await;
-                let (listener, kafka_listener) = match started {
+                let (listener, kafka_listeners) = match started {
                     Ok(listeners) => listeners,
                     Err(error) => {
                         let _ = ready.send(Err(error));
@@ -178,9 +217,16 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 };
                 let _ = ready.send(Ok(()));
                 glommio::spawn_local(crate::server::accept_loop(shard.clone(), listener)).detach();
-                if let (Some(kafka_listener), Some(advertised)) = (kafka_listener, advertised) {
-                    glommio::spawn_local(crate::kafka::accept_loop(shard.clone(), kafka_listener, Rc::new(advertised)))
+                if let Some(advertised) = advertised {
+                    let advertised = Rc::new(advertised);
+                    for kafka_listener in kafka_listeners {
+                        glommio::spawn_local(crate::kafka::accept_loop(
+                            shard.clone(),
+                            kafka_listener,
+                            advertised.clone(),
+                        ))
                         .detach();
+                    }
                 }
                 let clock = shard.clone();
                 let clock = glommio::spawn_local(async move { clock.run_group_clock().await }).detach();
@@ -192,10 +238,16 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 shard.close_all().await;
                 let (allocations, allocated_bytes) = crate::alloc::thread_allocations();
                 // One line on stdout, read by the benchmark harness.
+                let stats = &shard.stats;
                 println!(
-                    "corelog shard stats: shard={id} requests={} records_appended={} allocations={allocations} allocated_bytes={allocated_bytes}",
-                    shard.stats.requests.get(),
-                    shard.stats.records_appended.get(),
+                    "corelog shard stats: shard={id} requests={} records_appended={} allocations={allocations} allocated_bytes={allocated_bytes} produce_local={} produce_hops={} fetch_local={} fetch_hops={} hops={}",
+                    stats.requests.get(),
+                    stats.records_appended.get(),
+                    stats.produce_local.get(),
+                    stats.produce_hops.get(),
+                    stats.fetch_local.get(),
+                    stats.fetch_hops.get(),
+                    stats.hops.get(),
                 );
                 tracing::info!(shard = id, "shard stopped");
             })
@@ -208,6 +260,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
     let running = Running {
         addr,
         kafka_addr,
+        kafka_shard_addrs,
         inboxes,
         threads,
     };
@@ -226,5 +279,6 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
     }
     drop(reserved);
     drop(kafka);
+    drop(kafka_shards);
     Ok(running)
 }

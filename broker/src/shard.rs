@@ -182,6 +182,18 @@ pub struct ShardStats {
     pub requests: Cell<u64>,
     /// Records appended to the logs this shard owns.
     pub records_appended: Cell<u64>,
+    /// Partition produces and fetches this shard's connections asked for,
+    /// served here or sent to the owning shard (a hop between cores).
+    pub produce_local: Cell<u64>,
+    pub produce_hops: Cell<u64>,
+    pub fetch_local: Cell<u64>,
+    pub fetch_hops: Cell<u64>,
+    /// Requests of any kind this shard sent to another.
+    pub hops: Cell<u64>,
+}
+
+fn bump(counter: &Cell<u64>) {
+    counter.set(counter.get() + 1);
 }
 
 impl Shard {
@@ -382,6 +394,7 @@ impl Shard {
     }
 
     async fn ask<T>(&self, owner: ShardId, message: impl FnOnce(Reply<T>) -> ShardMessage) -> Result<T, BrokerError> {
+        bump(&self.stats.hops);
         let (reply, answer) = futures::channel::oneshot::channel();
         // A full inbox makes the sender wait, woken when the owner takes a
         // message: backpressure between shards.
@@ -403,8 +416,10 @@ impl Shard {
         refuse_internal(topic)?;
         let owner = self.owner(topic, partition)?;
         if owner == self.id {
+            bump(&self.stats.produce_local);
             return self.produce_local(topic, partition, batches, acks).await;
         }
+        bump(&self.stats.produce_hops);
         let (topic, batches) = (topic.to_string(), batches.to_vec());
         self.ask(owner, |reply| ShardMessage::Produce {
             topic,
@@ -553,6 +568,7 @@ impl Shard {
     ) -> Result<Fetched<FetchBytes>, BrokerError> {
         let owner = self.owner(topic, partition)?;
         if owner == self.id {
+            bump(&self.stats.fetch_local);
             let fetched = self
                 .fetch_local(topic, partition, offset, max_bytes, isolation_level)
                 .await?;
@@ -564,6 +580,7 @@ impl Shard {
                 aborted: fetched.aborted,
             });
         }
+        bump(&self.stats.fetch_hops);
         let topic = topic.to_string();
         let fetched = self
             .ask(owner, |reply| ShardMessage::Fetch {

@@ -41,9 +41,14 @@ fn kcat() -> bool {
 }
 
 fn python(scenario: &str, bootstrap: &str) {
+    python_with(scenario, bootstrap, &[]);
+}
+
+fn python_with(scenario: &str, bootstrap: &str, args: &[&str]) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_clients/clients.py");
     let output = Command::new("python3")
         .args([script, scenario, bootstrap])
+        .args(args)
         .output()
         .expect("python3 runs");
     assert!(
@@ -160,6 +165,48 @@ fn kafka_python_admin_produce_and_fetch_round_trip_exactly() {
     let broker = Broker::start(dir.path(), 2);
     python("kafka-python-roundtrip", &broker.kafka_addr);
     broker.stop();
+}
+
+/// Each shard is a Kafka broker of its own (`kafka_shard_ports`, on by
+/// default): unchanged librdkafka and kafka-python clients send every
+/// partition's produce and fetch to the core that owns it, which the
+/// shards' counters show; with the switch off the node is one broker and
+/// the same load crosses cores.
+#[test]
+fn shard_aware_kafka_clients_send_each_partition_to_its_owner() {
+    if !python_clients() {
+        return;
+    }
+    let sum = |shards: &[std::collections::BTreeMap<String, u64>], key: &str| -> u64 {
+        shards
+            .iter()
+            .map(|s| s.get(key).copied().expect("the counter is printed"))
+            .sum()
+    };
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    python_with("shard-aware", &broker.kafka_addr, &["2"]);
+    let shards = broker.stop_with_stats();
+    assert_eq!(shards.len(), 2);
+    assert_eq!(sum(&shards, "produce_hops"), 0, "no produce crossed shards: {shards:?}");
+    assert_eq!(sum(&shards, "fetch_hops"), 0, "no fetch crossed shards: {shards:?}");
+    assert!(
+        sum(&shards, "produce_local") >= 16,
+        "both clients produced to all 8 partitions: {shards:?}"
+    );
+    assert!(
+        shards.iter().all(|s| s["produce_local"] > 0),
+        "both shards served produces: {shards:?}"
+    );
+
+    let dir = data_dir();
+    let broker = Broker::start_with_config(dir.path(), 2, "kafka_shard_ports = false\n");
+    python_with("shard-aware", &broker.kafka_addr, &["1"]);
+    let shards = broker.stop_with_stats();
+    assert!(
+        sum(&shards, "produce_hops") > 0,
+        "one broker for two shards: produces hop: {shards:?}"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Kafka's group and transaction requests, served by the same coordinators
-//! as the native ones (`shard::groups`, `shard::txns`). corelog is one node:
-//! it is every group's and transactional id's coordinator.
+//! as the native ones (`shard::groups`, `shard::txns`). A group's or
+//! transactional id's coordinator is the shard owning its internal
+//! partition; FindCoordinator names it (`Endpoints`).
 
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use net::kafka::kafka_protocol::messages::*;
 use net::kafka::kafka_protocol::protocol::StrBytes;
 use net::ErrorCode;
 
-use super::{name, Advertised, NODE_ID};
+use super::{name, Endpoints};
 use crate::error::BrokerError;
 use crate::group::JoinRequest;
 use crate::shard::{GroupAnswer, GroupCall, Shard, TxnAnswer, TxnCall};
@@ -52,24 +53,53 @@ fn txn_code(answer: Result<TxnAnswer, BrokerError>) -> i16 {
     }
 }
 
-pub(super) fn find_coordinator(advertised: &Advertised, version: i16, request: FindCoordinatorRequest) -> ResponseKind {
-    let host = name(&advertised.host);
-    let mut response = FindCoordinatorResponse::default()
-        .with_node_id(BrokerId(NODE_ID))
-        .with_host(host.clone())
-        .with_port(advertised.port);
+/// The coordinator of each key: the shard owning the key's partition of
+/// `__consumer_offsets` (groups) or `__transaction_state` (transactional
+/// ids), as a broker of its own when shards have ports.
+pub(super) fn find_coordinator(
+    shard: &Shard,
+    advertised: &Endpoints,
+    version: i16,
+    request: FindCoordinatorRequest,
+) -> ResponseKind {
+    // Kafka's key types: 0 a group, 1 a transactional id.
+    let transactional = request.key_type == 1;
+    let coordinator = |key: &str| {
+        let owner = if transactional {
+            shard.txn_coordinator(key)
+        } else {
+            shard.group_coordinator(key)
+        };
+        match owner {
+            Ok(owner) => (ErrorCode::None, advertised.broker_of(owner), advertised.of(owner)),
+            Err(error) => {
+                tracing::warn!(%error, key, "no coordinator");
+                (ErrorCode::CoordinatorNotAvailable, -1, &advertised.bootstrap)
+            }
+        }
+    };
+    let mut response = FindCoordinatorResponse::default();
     if version >= 4 {
         response.coordinators = request
             .coordinator_keys
             .into_iter()
             .map(|key| {
+                let (code, id, at) = coordinator(&key);
                 Coordinator::default()
                     .with_key(key)
-                    .with_node_id(BrokerId(NODE_ID))
-                    .with_host(host.clone())
-                    .with_port(advertised.port)
+                    .with_error_code(code.code())
+                    .with_node_id(BrokerId(id))
+                    .with_host(name(&at.host))
+                    .with_port(at.port)
             })
             .collect();
+    } else {
+        let (code, id, at) = coordinator(&request.key);
+        response = response
+            .with_error_code(code.code())
+            .with_node_id(BrokerId(id))
+            .with_host(name(&at.host))
+            .with_port(at.port);
     }
     ResponseKind::FindCoordinator(response)
 }

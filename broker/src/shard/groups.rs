@@ -12,7 +12,7 @@ use glommio::sync::Semaphore;
 use net::error::ErrorCode;
 use storage::batch::{self, RecordBatchBuilder};
 
-use super::{Shard, ShardMessage};
+use super::{Shard, ShardId, ShardMessage};
 use crate::error::BrokerError;
 use crate::group::{Committed, GroupDescription, GroupState, JoinOutcome, JoinRequest, SyncOutcome};
 use crate::offsets::{self, OffsetKey, OffsetValue, OFFSETS_TOPIC};
@@ -177,13 +177,18 @@ impl Shard {
         Ok(topic.shards.len() as u32)
     }
 
+    /// The shard that coordinates `group`: the owner of its offsets partition.
+    pub fn group_coordinator(&self, group: &str) -> Result<ShardId, BrokerError> {
+        let partition = offsets::partition_for_group(group, self.offsets_partitions()?);
+        self.owner(OFFSETS_TOPIC, partition)
+    }
+
     /// Serves a group request on the shard that coordinates the group.
     pub async fn group_call(&self, call: GroupCall) -> Result<GroupAnswer, BrokerError> {
         let Some(group) = call.group() else {
             return self.group_call_local(call).await;
         };
-        let partition = offsets::partition_for_group(group, self.offsets_partitions()?);
-        let owner = self.owner(OFFSETS_TOPIC, partition)?;
+        let owner = self.group_coordinator(group)?;
         if owner == self.id {
             return self.group_call_local(call).await;
         }

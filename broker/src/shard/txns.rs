@@ -12,7 +12,7 @@ use glommio::sync::Semaphore;
 use net::ErrorCode;
 use storage::batch::{self, control, control::Marker, RecordBatchBuilder};
 
-use super::{Shard, ShardMessage};
+use super::{Shard, ShardId, ShardMessage};
 use crate::error::BrokerError;
 use crate::offsets::{self, OffsetKey, OffsetValue, OFFSETS_TOPIC};
 use crate::txn::{self, InitStep, Step, TxnMeta, TxnState, TXN_STATE_TOPIC};
@@ -104,10 +104,15 @@ impl Shard {
             .clone()
     }
 
+    /// The shard that coordinates transactional id `id`: the owner of its
+    /// transaction state partition.
+    pub fn txn_coordinator(&self, id: &str) -> Result<ShardId, BrokerError> {
+        self.owner(TXN_STATE_TOPIC, self.txn_partition(id)?)
+    }
+
     /// Serves a transactional request on the shard that coordinates its id.
     pub async fn txn_call(&self, call: TxnCall) -> Result<TxnAnswer, BrokerError> {
-        let partition = self.txn_partition(call.id())?;
-        let owner = self.owner(TXN_STATE_TOPIC, partition)?;
+        let owner = self.txn_coordinator(call.id())?;
         if owner == self.id {
             return self.txn_call_local(call).await;
         }

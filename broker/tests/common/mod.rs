@@ -14,6 +14,7 @@ use storage::batch::{self, RecordBatchBuilder};
 /// A broker process; killed (SIGKILL) when dropped.
 pub struct Broker {
     child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
     pub addr: String,
     /// The Kafka listener's address.
     pub kafka_addr: String,
@@ -62,6 +63,7 @@ impl Broker {
         let kafka_addr = read("corelog kafka listening on ");
         Broker {
             child,
+            stdout,
             addr,
             kafka_addr,
         }
@@ -73,11 +75,32 @@ impl Broker {
     }
 
     /// SIGTERM, and wait for a clean exit.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        self.stop_with_stats();
+    }
+
+    /// SIGTERM, a clean exit, and the counters each shard printed as it
+    /// stopped (`corelog shard stats:`), one map per shard.
+    pub fn stop_with_stats(mut self) -> Vec<std::collections::BTreeMap<String, u64>> {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
         let status = self.child.wait().expect("reaped");
         assert!(status.success(), "clean shutdown, got {status}");
+        let mut shards = Vec::new();
+        let mut line = String::new();
+        while self.stdout.read_line(&mut line).is_ok_and(|n| n > 0) {
+            if let Some(fields) = line.trim().strip_prefix("corelog shard stats: ") {
+                shards.push(
+                    fields
+                        .split_whitespace()
+                        .filter_map(|f| f.split_once('='))
+                        .map(|(k, v)| (k.to_string(), v.parse().expect("a counter")))
+                        .collect(),
+                );
+            }
+            line.clear();
+        }
+        shards
     }
 
     pub fn assert_alive(&mut self) {

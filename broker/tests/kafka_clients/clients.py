@@ -1,6 +1,6 @@
 """Real Kafka clients against a corelog broker's Kafka listener.
 
-Run by broker/tests/kafka.rs: `python3 clients.py SCENARIO BOOTSTRAP`.
+Run by broker/tests/kafka.rs: `python3 clients.py SCENARIO BOOTSTRAP [ARG]`.
 Each scenario raises (non-zero exit) on the first thing that differs from
 what a Kafka broker would do, and prints "ok" at the end.
 """
@@ -410,6 +410,57 @@ def aiokafka_roundtrip():
     asyncio.run(run())
 
 
+def shard_aware():
+    """librdkafka (confluent-kafka) and kafka-python see every shard as a
+    broker of its own and produce and fetch each partition at its owner:
+    the test then reads the broker's per-shard counters."""
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    shards = int(sys.argv[3])  # the brokers the metadata should list
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    for f in admin.create_topics([NewTopic("routed", num_partitions=8, replication_factor=1)]).values():
+        f.result(10)
+    cluster = admin.list_topics(timeout=10)
+    ports = {b.port for b in cluster.brokers.values()}
+    assert len(cluster.brokers) == shards and len(ports) == shards, cluster.brokers
+    # Brokers of their own: the shared port is only the bootstrap.
+    bootstrap_port = int(BOOTSTRAP.rsplit(":", 1)[1])
+    assert (bootstrap_port in ports) == (shards == 1), (bootstrap_port, ports)
+    leaders = {p.id: p.leader for p in cluster.topics["routed"].partitions.values()}
+    assert set(leaders.values()) == set(range(shards)), leaders
+
+    producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 5, "acks": "all"})
+    for i in range(400):
+        producer.produce("routed", value=f"rd-{i}".encode(), partition=i % 8)
+    assert producer.flush(20) == 0
+
+    py = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks=1, linger_ms=5)
+    for i in range(400):
+        py.send("routed", value=f"py-{i}".encode(), partition=i % 8)
+    py.flush()
+    py.close()
+
+    consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "routed-rd",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe(["routed"])
+    got = 0
+    end = time.time() + DEADLINE_S
+    while got < 800:
+        assert time.time() < end, f"librdkafka consumed {got} of 800"
+        m = consumer.poll(0.2)
+        if m is not None and not m.error():
+            got += 1
+    consumer.close()
+
+    reader = KafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False, consumer_timeout_ms=3000)
+    reader.assign([TopicPartition("routed", p) for p in range(8)])
+    reader.seek_to_beginning()
+    assert sum(1 for _ in reader) == 800
+    reader.close()
+
+
 SCENARIOS = {
     "kafka-python-times": kafka_python_times,
     "aiokafka-roundtrip": aiokafka_roundtrip,
@@ -418,6 +469,7 @@ SCENARIOS = {
     "kafka-python-roundtrip": kafka_python_roundtrip,
     "confluent-groups": confluent_groups,
     "confluent-idempotent": confluent_idempotent,
+    "shard-aware": shard_aware,
 }
 
 if __name__ == "__main__":
