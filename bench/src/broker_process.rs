@@ -29,6 +29,22 @@ pub struct BrokerStats {
     /// (startup, connections, every request).
     pub allocations: u64,
     pub allocated_bytes: u64,
+    /// Partition produces and fetches served by the shard whose connection
+    /// asked, and those sent to the owning shard (a hop between cores).
+    #[serde(default)]
+    pub produce_local: u64,
+    #[serde(default)]
+    pub produce_hops: u64,
+    #[serde(default)]
+    pub fetch_local: u64,
+    #[serde(default)]
+    pub fetch_hops: u64,
+    /// Task queue runs past the task quota by more than the broker's stall
+    /// threshold, and the worst of each shard: (shard, µs over, frames).
+    #[serde(default)]
+    pub stalls: u64,
+    #[serde(default)]
+    pub worst_stalls: Vec<(u64, u64, String)>,
     /// Resident memory (VmRSS) sampled once a second, in bytes.
     pub rss_samples: Vec<u64>,
     pub peak_rss_bytes: Option<u64>,
@@ -47,6 +63,18 @@ impl BrokerProcess {
     }
 
     pub fn start_with(data_dir: &Path, shards: usize, cpus: &[usize], kafka: bool) -> Result<BrokerProcess, String> {
+        BrokerProcess::start_configured(data_dir, shards, cpus, kafka, &std::collections::BTreeMap::new())
+    }
+
+    /// A broker with these configuration keys (TOML values), written to a
+    /// file beside its data directory.
+    pub fn start_configured(
+        data_dir: &Path,
+        shards: usize,
+        cpus: &[usize],
+        kafka: bool,
+        configs: &std::collections::BTreeMap<String, String>,
+    ) -> Result<BrokerProcess, String> {
         let binary = std::env::current_exe()
             .map_err(|e| e.to_string())?
             .with_file_name("corelog");
@@ -67,6 +95,12 @@ impl BrokerProcess {
                 "--data-dir",
             ])
             .arg(data_dir);
+        if !configs.is_empty() {
+            let file = data_dir.with_extension("toml");
+            let text: String = configs.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+            std::fs::write(&file, text).map_err(|e| format!("write {}: {e}", file.display()))?;
+            command.arg("--config").arg(&file);
+        }
         if cpus.is_empty() {
             command.args(["--shards", &shards.to_string()]);
         } else {
@@ -131,6 +165,19 @@ impl BrokerProcess {
         self.sampling.store(false, Ordering::Release);
         self.terminate();
         for line in self.stdout.take().expect("stdout").lines().map_while(Result::ok) {
+            if let Some(stall) = line.strip_prefix("corelog shard stall: ") {
+                // shard=N overage_us=N at=frames (the frames last: they hold spaces)
+                let field = |key: &str| {
+                    stall
+                        .split_whitespace()
+                        .find_map(|f| f.strip_prefix(key))
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                let at = stall.split_once("at=").map_or("", |(_, at)| at).to_string();
+                stats.worst_stalls.push((field("shard="), field("overage_us="), at));
+                continue;
+            }
             let Some(fields) = line.strip_prefix("corelog shard stats: ") else {
                 continue;
             };
@@ -144,6 +191,11 @@ impl BrokerProcess {
                     "records_appended" => stats.records_appended += value,
                     "allocations" => stats.allocations += value,
                     "allocated_bytes" => stats.allocated_bytes += value,
+                    "produce_local" => stats.produce_local += value,
+                    "produce_hops" => stats.produce_hops += value,
+                    "fetch_local" => stats.fetch_local += value,
+                    "fetch_hops" => stats.fetch_hops += value,
+                    "stalls" => stats.stalls += value,
                     _ => {}
                 }
             }

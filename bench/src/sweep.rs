@@ -17,8 +17,8 @@ pub struct Args {
     preset: PathBuf,
     /// NAME=v1,v2,...; repeat for a grid of every combination. NAME is
     /// shards, partitions, partitions_per_shard, batch_bytes, message_bytes,
-    /// acks, protocol, producers, max_in_flight, or topic.<config> (e.g.
-    /// topic.flush.ms).
+    /// acks, protocol, producers, max_in_flight, topic.<config> (e.g.
+    /// topic.flush.ms), or broker.<key> (e.g. broker.spin_before_park_us).
     #[arg(long = "param", required = true)]
     params: Vec<String>,
     /// Measured seconds per point (overrides the preset's duration).
@@ -74,12 +74,15 @@ fn set(workload: &mut Workload, param: &str, value: &str) -> Result<(), String> 
             crate::workload::check_protocol(value)?;
             workload.protocol = value.to_string();
         }
-        other => match other.strip_prefix("topic.") {
-            Some(key) => {
+        other => {
+            if let Some(key) = other.strip_prefix("topic.") {
                 workload.topic_configs.insert(key.to_string(), value.to_string());
+            } else if let Some(key) = other.strip_prefix("broker.") {
+                workload.broker_configs.insert(key.to_string(), value.to_string());
+            } else {
+                return Err(format!("cannot sweep {other}"));
             }
-            None => return Err(format!("cannot sweep {other}")),
-        },
+        }
     }
     Ok(())
 }

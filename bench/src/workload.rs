@@ -97,6 +97,10 @@ pub struct Workload {
     pub catch_up: bool,
     #[serde(default)]
     pub topic_configs: BTreeMap<String, String>,
+    /// Broker configuration keys (broker/src/config.rs) for the broker the
+    /// workload starts, as TOML values (`spin_before_park_us = "50"`).
+    #[serde(default)]
+    pub broker_configs: BTreeMap<String, String>,
     /// Cores for the client threads, one thread pinned to each; empty: one
     /// unpinned client thread.
     #[serde(default)]
@@ -274,11 +278,12 @@ pub fn execute(workload: &Workload, broker: Option<&str>, data_dir: &Path) -> Re
             let dir = data_dir.join(&workload.name);
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-            Some(BrokerProcess::start_with(
+            Some(BrokerProcess::start_configured(
                 &dir,
                 workload.shards,
                 &workload.broker_cpus,
                 workload.kafka(),
+                &workload.broker_configs,
             )?)
         }
     };
@@ -690,7 +695,8 @@ async fn produce(
 enum Sender {
     Native {
         topic: Rc<str>,
-        connection: PipelinedConnection,
+        /// Each partition's leader (its owning shard), by partition.
+        leaders: Vec<PipelinedConnection>,
         frame: Vec<u8>,
         stamp_at: Vec<usize>,
     },
@@ -723,9 +729,17 @@ impl Sender {
                 template: BatchTemplate::new(records, &value),
             });
         }
-        let connection = PipelinedConnection::connect(addr, workload.max_in_flight)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut connections: HashMap<String, PipelinedConnection> = HashMap::new();
+        let mut leaders = Vec::new();
+        for leader in native_leaders(addr, topic).await? {
+            if !connections.contains_key(&leader) {
+                let connection = PipelinedConnection::connect(&leader, workload.max_in_flight)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                connections.insert(leader.clone(), connection);
+            }
+            leaders.push(connections[&leader].clone());
+        }
         let mut builder = RecordBatchBuilder::new();
         for _ in 0..records {
             builder.push(0, None, Some(&value), vec![]);
@@ -739,7 +753,7 @@ impl Sender {
             .collect();
         Ok(Sender::Native {
             topic: topic.into(),
-            connection,
+            leaders,
             frame,
             stamp_at,
         })
@@ -750,7 +764,7 @@ impl Sender {
         match self {
             Sender::Native {
                 topic,
-                connection,
+                leaders,
                 frame,
                 stamp_at,
             } => {
@@ -758,7 +772,7 @@ impl Sender {
                     frame[at..at + STAMP_BYTES].copy_from_slice(&stamp.to_le_bytes());
                 }
                 batch::reseal(frame).map_err(|e| e.to_string())?;
-                let (topic, connection, frame) = (topic.clone(), connection.clone(), frame.clone());
+                let (topic, connection, frame) = (topic.clone(), leaders[partition as usize].clone(), frame.clone());
                 Ok(Box::pin(async move {
                     connection
                         .produce(&topic, partition, &frame, acks)
@@ -788,6 +802,39 @@ impl Sender {
     }
 }
 
+/// Each partition's leader address, by partition, from the native
+/// metadata: with shard ports, the owning shard's own port.
+async fn native_leaders(addr: &str, topic: &str) -> Result<Vec<String>, String> {
+    let metadata = Connection::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?
+        .metadata(Some(vec![topic.to_string()]))
+        .await
+        .map_err(|e| e.to_string())?;
+    let topic_meta = metadata
+        .topics
+        .iter()
+        .find(|t| t.name == topic && t.error == 0)
+        .ok_or_else(|| format!("topic {topic} is not in the metadata"))?;
+    topic_meta
+        .partitions
+        .iter()
+        .map(|p| {
+            metadata
+                .brokers
+                .iter()
+                .find(|b| b.node_id == p.leader)
+                .map(|b| format!("{}:{}", b.host, b.port))
+                .ok_or_else(|| {
+                    format!(
+                        "partition {} of {topic}: leader {} is not a listed broker",
+                        p.partition, p.leader
+                    )
+                })
+        })
+        .collect()
+}
+
 async fn start_consumers(
     addr: &str,
     topic: &str,
@@ -805,22 +852,35 @@ async fn start_consumers(
             tasks.extend(start_kafka_consumer(addr, topic, workload, &partitions, shared.clone(), from).await?);
             continue;
         }
-        let mut connection = Connection::connect(addr).await.map_err(|e| e.to_string())?;
+        // One connection per leader (owning shard) of this consumer's partitions.
+        let leaders = native_leaders(addr, topic).await?;
+        let mut connections: Vec<(String, Connection)> = Vec::new();
         let mut positions = Vec::new();
         for &partition in &partitions {
-            let offset = connection
+            let leader = &leaders[partition as usize];
+            let at = match connections.iter().position(|(a, _)| a == leader) {
+                Some(at) => at,
+                None => {
+                    let connection = Connection::connect(leader).await.map_err(|e| e.to_string())?;
+                    connections.push((leader.clone(), connection));
+                    connections.len() - 1
+                }
+            };
+            let offset = connections[at]
+                .1
                 .list_offset(topic, partition, from)
                 .await
                 .map_err(|e| e.to_string())?
                 .unwrap_or(0);
-            positions.push((partition, offset));
+            positions.push((partition, offset, at));
         }
         let (topic, shared, workload) = (topic.to_string(), shared.clone(), workload.clone());
         tasks.push(
             glommio::spawn_local(async move {
                 loop {
-                    for (partition, offset) in positions.iter_mut() {
-                        let fetched = connection
+                    for (partition, offset, at) in positions.iter_mut() {
+                        let fetched = connections[*at]
+                            .1
                             .fetch(&topic, *partition, *offset, 1 << 20, 100)
                             .await
                             .map_err(|e| e.to_string())?;

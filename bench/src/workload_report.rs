@@ -152,6 +152,24 @@ pub fn write(
             per(broker.allocations, broker.requests),
             per(broker.allocations, broker.records_appended),
         ));
+        let share = |hops: u64, local: u64| 100.0 * per(hops, hops + local);
+        md.push_str(&format!(
+            "\nRequests that crossed shards (served by another core than the one whose connection received them): {:.1}% of {} partition produces, {:.1}% of {} partition fetches.\n",
+            share(broker.produce_hops, broker.produce_local),
+            broker.produce_hops + broker.produce_local,
+            share(broker.fetch_hops, broker.fetch_local),
+            broker.fetch_hops + broker.fetch_local,
+        ));
+        md.push_str(&format!(
+            "\nStalls (a shard's task queue running past its task quota by more than the broker's `stall_threshold_us`, sampled by glommio's stall detector): {}.\n",
+            broker.stalls
+        ));
+        if !broker.worst_stalls.is_empty() {
+            md.push_str("\n| shard | over budget µs | where (corelog's innermost frames) |\n|---|---|---|\n");
+            for (shard, overage_us, at) in &broker.worst_stalls {
+                md.push_str(&format!("| {shard} | {overage_us} | `{at}` |\n"));
+            }
+        }
     }
     md.push_str(&format!(
         "\n## Plots\n\n![throughput over time]({throughput_svg})\n\n![latency percentile spectrum]({latency_svg})\n"

@@ -29,13 +29,14 @@ pub struct BrokerConfig {
     /// host:port Kafka clients are told to connect to (Metadata,
     /// FindCoordinator); default: the bound Kafka address.
     pub kafka_advertised: Option<String>,
-    /// Each shard also accepts Kafka clients on a port of its own and is
-    /// advertised as a broker of its own there, so clients send each
-    /// partition's requests straight to its owning core (the shared
-    /// `kafka_listen` port stays the bootstrap). The ports follow
-    /// `kafka_listen`'s: shard i on port + 1 + i, or free ones when it is 0.
-    /// Off, the node is one broker and requests hop between cores.
-    pub kafka_shard_ports: bool,
+    /// Each shard also accepts clients, on either protocol, on ports of its
+    /// own and is advertised as a broker of its own there, so clients send
+    /// each partition's requests straight to its owning core (the shared
+    /// `listen` and `kafka_listen` ports stay the bootstrap). The ports
+    /// follow the shared ones: shard i on port + 1 + i, or free ones when
+    /// the shared port is 0. Off, the node is one broker and requests hop
+    /// between cores.
+    pub shard_ports: bool,
     /// Number of shards (one executor each); default: one per core.
     pub shards: Option<usize>,
     /// Cores to pin shards to, one shard per core listed.
@@ -61,6 +62,10 @@ pub struct BrokerConfig {
     /// wake-up of a sleeping core (tens of µs) for work that arrives within
     /// it, at the price of a busy core meanwhile; see tuning.md.
     pub spin_before_park_us: u64,
+    /// A task queue that runs this long past `task_quota_us` is a stall:
+    /// logged with the frames that ran, counted and its worst kept in the
+    /// shard stats (glommio's stall detector). 0 turns detection off.
+    pub stall_threshold_us: u64,
     /// Partitions of `__consumer_offsets`, fixed when it is first created:
     /// a group's coordinator is the owner of partition hash(group) mod this.
     pub offsets_topic_partitions: u32,
@@ -96,7 +101,7 @@ impl Default for BrokerConfig {
             listen: DEFAULT_LISTEN.to_string(),
             kafka_listen: DEFAULT_KAFKA_LISTEN.to_string(),
             kafka_advertised: None,
-            kafka_shard_ports: true,
+            shard_ports: true,
             shards: None,
             cpus: None,
             frame_bytes_max: net::codec::FRAME_BYTES_MAX_DEFAULT,
@@ -107,6 +112,7 @@ impl Default for BrokerConfig {
             default_partitions: 1,
             task_quota_us: 1000,
             spin_before_park_us: SPIN_BEFORE_PARK_US_DEFAULT,
+            stall_threshold_us: 5_000,
             offsets_topic_partitions: 4,
             group_session_timeout_min_ms: 1_000,
             group_session_timeout_max_ms: 300_000,

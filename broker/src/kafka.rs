@@ -719,7 +719,7 @@ async fn delete_topics(shard: &Shard, request: DeleteTopicsRequest) -> ResponseK
 async fn init_producer_id(shard: &Shard, request: InitProducerIdRequest) -> ResponseKind {
     let answer = match request.transactional_id {
         None => {
-            let allocated = shard.producer_ids.lock().unwrap_or_else(|p| p.into_inner()).allocate();
+            let allocated = shard.allocate_producer_id().await;
             allocated.map(|id| (id, 0)).map_err(|error| {
                 tracing::error!(%error, "allocating a producer id failed");
                 ErrorCode::UnknownServerError

@@ -12,6 +12,7 @@ mod producer_state;
 mod runtime;
 mod server;
 mod shard;
+mod stalls;
 mod topics;
 mod txn;
 
@@ -132,6 +133,9 @@ fn serve(
     let running = runtime::start(config).map_err(|e| e.to_string())?;
     tracing::info!(addr = %running.addr, data_dir = %data_dir.display(), "corelog listening");
     println!("corelog listening on {}", running.addr);
+    for (shard, addr) in running.shard_addrs.iter().enumerate() {
+        tracing::info!(shard, %addr, "native listener of the shard's own (its node id)");
+    }
     if let Some(kafka_addr) = running.kafka_addr {
         tracing::info!(addr = %kafka_addr, "kafka listener");
         println!("corelog kafka listening on {kafka_addr}");

@@ -342,19 +342,16 @@ impl ProducerStates {
 
     /// Writes the snapshot (atomically: a temporary file renamed).
     pub fn save(&self, dir: &Path, log_end_offset: u64) -> std::io::Result<()> {
-        let snapshot = Snapshot {
+        write_snapshot(dir, &self.encode_snapshot(log_end_offset)?)
+    }
+
+    /// The snapshot's bytes, valid for exactly `log_end_offset`.
+    pub fn encode_snapshot(&self, log_end_offset: u64) -> std::io::Result<Vec<u8>> {
+        serde_json::to_vec(&Snapshot {
             log_end_offset,
             states: self.clone(),
-        };
-        let temp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-        let bytes = serde_json::to_vec(&snapshot).map_err(std::io::Error::other)?;
-        {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&temp)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&temp, dir.join(SNAPSHOT_FILE))
+        })
+        .map_err(std::io::Error::other)
     }
 
     /// The snapshot in `dir` and the log end offset it covers, if there is
@@ -368,6 +365,19 @@ impl ProducerStates {
         let snapshot: Snapshot = serde_json::from_slice(&bytes).ok()?;
         (snapshot.log_end_offset <= log_end_offset).then_some((snapshot.states, snapshot.log_end_offset))
     }
+}
+
+/// Writes snapshot bytes into `dir` (atomically: a temporary file synced,
+/// then renamed). Blocking: the shard runs it off its thread.
+pub fn write_snapshot(dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temp, dir.join(SNAPSHOT_FILE))
 }
 
 #[cfg(test)]

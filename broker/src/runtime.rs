@@ -7,6 +7,7 @@
 //! listen, report the address. SIGINT or SIGTERM asks every shard to stop:
 //! it stops taking requests from other shards, flushes and closes its logs.
 
+use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -25,7 +26,9 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The Kafka listener's bound address, if it is on.
     pub kafka_addr: Option<SocketAddr>,
-    /// Each shard's own Kafka address, by shard id (`kafka_shard_ports`).
+    /// Each shard's own native and Kafka addresses, by shard id
+    /// (`shard_ports`; empty without).
+    pub shard_addrs: Vec<SocketAddr>,
     pub kafka_shard_addrs: Vec<SocketAddr>,
     inboxes: Arc<Vec<flume::Sender<ShardMessage>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -118,23 +121,46 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         Some(reserve(&config.kafka_listen)?)
     };
     let kafka_addr = kafka.as_ref().map(|(_, addr)| *addr);
-    // Each shard's own Kafka port, reserved like the shared one so that every
+    // Each shard's own ports, reserved like the shared ones so that every
     // shard can advertise all of them before any accepts.
-    let kafka_shards = match kafka_addr {
-        Some(bound) if config.kafka_shard_ports => (0..shards)
+    let reserve_shards = |bound: SocketAddr, configured: &str, listener: &str| {
+        if !config.shard_ports {
+            return Ok(Vec::new());
+        }
+        // Free ports for the shards when the shared one was left to the
+        // kernel too (the bound port is then a random one, its successors
+        // anyone's).
+        let fixed = configured
+            .rsplit_once(':')
+            .and_then(|(_, port)| port.parse::<u16>().ok())
+            .is_some_and(|port| port != 0);
+        (0..shards)
             .map(|shard| {
-                let port = match bound.port() {
-                    0 => 0,
-                    port => port.checked_add(1 + shard).ok_or_else(|| {
-                        BrokerError::Config(format!("kafka shard port for shard {shard} is past 65535"))
-                    })?,
+                let port = if fixed {
+                    bound
+                        .port()
+                        .checked_add(1 + shard)
+                        .ok_or_else(|| BrokerError::Config(format!("{listener} port of shard {shard} is past 65535")))?
+                } else {
+                    0
                 };
-                let addr = SocketAddr::new(bound.ip(), port);
-                reserve_addr(addr, &format!("kafka port of shard {shard}"))
+                reserve_addr(
+                    SocketAddr::new(bound.ip(), port),
+                    &format!("{listener} port of shard {shard}"),
+                )
             })
-            .collect::<Result<Vec<_>, BrokerError>>()?,
-        _ => Vec::new(),
+            .collect::<Result<Vec<_>, BrokerError>>()
     };
+    let native_shards = reserve_shards(addr, &config.listen, "native")?;
+    let shard_addrs: Vec<SocketAddr> = native_shards.iter().map(|(_, addr)| *addr).collect();
+    let kafka_shards = match kafka_addr {
+        Some(bound) => reserve_shards(bound, &config.kafka_listen, "kafka")?,
+        None => Vec::new(),
+    };
+    let native = Arc::new(crate::server::Endpoints {
+        bootstrap: addr,
+        shards: shard_addrs.clone(),
+    });
     let kafka_shard_addrs: Vec<SocketAddr> = kafka_shards.iter().map(|(_, addr)| *addr).collect();
     let advertised = kafka_addr
         .map(|bound| -> Result<_, BrokerError> {
@@ -161,6 +187,8 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         let producer_ids = producer_ids.clone();
         let advertised = advertised.clone();
         let kafka_shard_addr = kafka_shard_addrs.get(usize::from(id)).copied();
+        let shard_addr = shard_addrs.get(usize::from(id)).copied();
+        let native = native.clone();
         // glommio pins a Fixed executor's thread itself (before it allocates,
         // so its memory is the core's node's) and only spins before parking
         // on a pinned executor.
@@ -170,7 +198,12 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         } else {
             Placement::Unbound
         };
+        let (detector, stall_log) =
+            crate::stalls::Detector::new(id, std::time::Duration::from_micros(config.stall_threshold_us));
+        let detector =
+            (config.stall_threshold_us > 0).then(|| Box::new(detector) as Box<dyn glommio::StallDetectionHandler>);
         let executor = LocalExecutorBuilder::new(placement)
+            .detect_stalls(detector)
             // Its blocking calls run on a thread the kernel may place on
             // any core, not queued behind the shard on its own.
             .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
@@ -187,11 +220,17 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                     tracing::info!(shard = id, offsets, "loaded committed offsets");
                     let txns = shard.load_txns().await?;
                     tracing::info!(shard = id, txns, "loaded transaction states");
-                    let listener = glommio::net::TcpListener::bind(addr).map_err(|e| BrokerError::Io {
-                        op: "listen on",
-                        path: addr.to_string().into(),
-                        source: e.into(),
-                    })?;
+                    let listen = |addr: SocketAddr| {
+                        glommio::net::TcpListener::bind(addr).map_err(|e| BrokerError::Io {
+                            op: "listen on",
+                            path: addr.to_string().into(),
+                            source: e.into(),
+                        })
+                    };
+                    let listeners = std::iter::once(addr)
+                        .chain(shard_addr)
+                        .map(listen)
+                        .collect::<Result<Vec<_>, _>>()?;
                     let kafka_listen = |addr: SocketAddr| {
                         glommio::net::TcpListener::bind(addr).map_err(|e| BrokerError::Io {
                             op: "listen (kafka) on",
@@ -205,10 +244,10 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                         .map(kafka_listen)
                         .collect::<Result<Vec<_>, _>>()?;
                     tracing::info!(shard = id, partitions = opened, "recovered partitions; accepting");
-                    Ok::<_, BrokerError>((listener, kafka_listeners))
+                    Ok::<_, BrokerError>((listeners, kafka_listeners))
                 }
                 .await;
-                let (listener, kafka_listeners) = match started {
+                let (listeners, kafka_listeners) = match started {
                     Ok(listeners) => listeners,
                     Err(error) => {
                         let _ = ready.send(Err(error));
@@ -216,7 +255,10 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                     }
                 };
                 let _ = ready.send(Ok(()));
-                glommio::spawn_local(crate::server::accept_loop(shard.clone(), listener)).detach();
+                let native = Rc::new(native.as_ref().clone());
+                for listener in listeners {
+                    glommio::spawn_local(crate::server::accept_loop(shard.clone(), listener, native.clone())).detach();
+                }
                 if let Some(advertised) = advertised {
                     let advertised = Rc::new(advertised);
                     for kafka_listener in kafka_listeners {
@@ -237,10 +279,17 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 txn_clock.cancel();
                 shard.close_all().await;
                 let (allocations, allocated_bytes) = crate::alloc::thread_allocations();
-                // One line on stdout, read by the benchmark harness.
+                // One line on stdout, read by the benchmark harness; a
+                // reader gone already (a closed pipe) is no reason to fail.
                 let stats = &shard.stats;
-                println!(
-                    "corelog shard stats: shard={id} requests={} records_appended={} allocations={allocations} allocated_bytes={allocated_bytes} produce_local={} produce_hops={} fetch_local={} fetch_hops={} hops={}",
+                let (stall_fields, stall_lines) = crate::stalls::summary(id, &stall_log);
+                let mut stdout = std::io::stdout().lock();
+                for line in stall_lines {
+                    let _ = writeln!(stdout, "{line}");
+                }
+                let _ = writeln!(
+                    stdout,
+                    "corelog shard stats: shard={id} requests={} records_appended={} allocations={allocations} allocated_bytes={allocated_bytes} produce_local={} produce_hops={} fetch_local={} fetch_hops={} hops={} {stall_fields}",
                     stats.requests.get(),
                     stats.records_appended.get(),
                     stats.produce_local.get(),
@@ -260,6 +309,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
     let running = Running {
         addr,
         kafka_addr,
+        shard_addrs,
         kafka_shard_addrs,
         inboxes,
         threads,
@@ -280,5 +330,6 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
     drop(reserved);
     drop(kafka);
     drop(kafka_shards);
+    drop(native_shards);
     Ok(running)
 }

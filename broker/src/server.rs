@@ -39,7 +39,45 @@ impl Out {
     }
 }
 
-pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+/// Where native clients are told to connect: with `shard_ports`, every
+/// shard is a broker of its own (node id = shard id) at a port only it
+/// accepts on, and each partition's leader is its owning shard; without,
+/// the node is broker 0 at the shared port (as `kafka::Endpoints`).
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    pub bootstrap: std::net::SocketAddr,
+    /// Each shard's own address, by shard id; empty without shard ports.
+    pub shards: Vec<std::net::SocketAddr>,
+}
+
+impl Endpoints {
+    fn broker_of(&self, shard: crate::shard::ShardId) -> u32 {
+        if self.shards.is_empty() {
+            0
+        } else {
+            u32::from(shard)
+        }
+    }
+
+    fn brokers(&self) -> Vec<BrokerInfo> {
+        let info = |node_id, addr: &std::net::SocketAddr| BrokerInfo {
+            node_id,
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        };
+        if self.shards.is_empty() {
+            vec![info(0, &self.bootstrap)]
+        } else {
+            self.shards
+                .iter()
+                .enumerate()
+                .map(|(id, a)| info(id as u32, a))
+                .collect()
+        }
+    }
+}
+
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, endpoints: Rc<Endpoints>) {
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
@@ -59,10 +97,10 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             continue;
         }
         shard.connections.set(shard.connections.get() + 1);
-        let shard = shard.clone();
+        let (shard, endpoints) = (shard.clone(), endpoints.clone());
         glommio::spawn_local(async move {
             let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            if let Err(error) = connection(shard.clone(), stream).await {
+            if let Err(error) = connection(shard.clone(), stream, endpoints).await {
                 tracing::debug!(shard = shard.id, %peer, %error, "connection ended");
             }
             shard.connections.set(shard.connections.get() - 1);
@@ -71,7 +109,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-async fn connection(shard: Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
+async fn connection(shard: Rc<Shard>, stream: TcpStream, endpoints: Rc<Endpoints>) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let (mut reader, mut writer) = stream.split();
     let inflight_max = shard.config.inflight_requests_max;
@@ -131,9 +169,9 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream) -> std::io::Result<()> 
             Ok(permit) => permit,
             Err(_) => break Ok(()),
         };
-        let (shard, responses) = (shard.clone(), responses.clone());
+        let (shard, responses, endpoints) = (shard.clone(), responses.clone(), endpoints.clone());
         glommio::spawn_local(async move {
-            if let Some(response) = handle(&shard, &frame).await {
+            if let Some(response) = handle(&shard, &endpoints, &frame).await {
                 let _ = responses.send(response).await;
             }
             drop(permit);
@@ -166,7 +204,7 @@ fn respond<M: codec::Message>(correlation_id: u32, api: ApiKey, message: &M) -> 
     }
 }
 
-async fn handle(shard: &Shard, bytes: &[u8]) -> Option<Vec<Out>> {
+async fn handle(shard: &Shard, endpoints: &Endpoints, bytes: &[u8]) -> Option<Vec<Out>> {
     shard.stats.requests.set(shard.stats.requests.get() + 1);
     let decoder = FrameDecoder {
         frame_bytes_max: shard.config.frame_bytes_max,
@@ -201,7 +239,11 @@ async fn handle(shard: &Shard, bytes: &[u8]) -> Option<Vec<Out>> {
             };
             Some(respond(id, ApiKey::ApiVersions, &response))
         }
-        Request::Metadata(request) => Some(respond(id, ApiKey::Metadata, &metadata(shard, request).await)),
+        Request::Metadata(request) => Some(respond(
+            id,
+            ApiKey::Metadata,
+            &metadata(shard, endpoints, request).await,
+        )),
         Request::CreateTopics(request) => {
             let mut results = Vec::new();
             for topic in request.topics.iter() {
@@ -311,7 +353,7 @@ async fn handle(shard: &Shard, bytes: &[u8]) -> Option<Vec<Out>> {
         Request::ListGroups(_) => Some(groups::list(shard, id).await),
         Request::DescribeGroups(request) => Some(groups::describe(shard, id, request).await),
         Request::InitProducerId(request) => Some(match request.transactional_id.as_ref() {
-            None => init_producer_id(shard, id),
+            None => init_producer_id(shard, id).await,
             Some(transactional_id) => {
                 txns::init_transactional(shard, id, transactional_id, request.transaction_timeout_ms.to_native()).await
             }
@@ -326,8 +368,8 @@ async fn handle(shard: &Shard, bytes: &[u8]) -> Option<Vec<Out>> {
 /// A producer id for an idempotent producer (epoch 0: without a
 /// transactional id nothing fences a producer but its own restart, which
 /// gets a new id).
-fn init_producer_id(shard: &Shard, id: u32) -> Vec<Out> {
-    let allocated = shard.producer_ids.lock().expect("producer id lock").allocate();
+async fn init_producer_id(shard: &Shard, id: u32) -> Vec<Out> {
+    let allocated = shard.allocate_producer_id().await;
     let response = match allocated {
         Ok(producer_id) => InitProducerIdResponse {
             error: 0,
@@ -361,7 +403,7 @@ fn topic_result(name: &str, result: Result<(), crate::error::BrokerError>) -> To
     }
 }
 
-async fn metadata(shard: &Shard, request: &ArchivedMetadataRequest) -> MetadataResponse {
+async fn metadata(shard: &Shard, endpoints: &Endpoints, request: &ArchivedMetadataRequest) -> MetadataResponse {
     let table = shard.metadata.snapshot();
     let names: Vec<String> = match request.topics.as_ref() {
         Some(names) => names.iter().map(|n| n.to_string()).collect(),
@@ -390,7 +432,7 @@ async fn metadata(shard: &Shard, request: &ArchivedMetadataRequest) -> MetadataR
             partitions.push(PartitionMetadata {
                 partition,
                 error,
-                leader: 0,
+                leader: endpoints.broker_of(owner),
                 shard: owner,
                 log_start_offset,
                 high_watermark,
@@ -411,16 +453,7 @@ async fn metadata(shard: &Shard, request: &ArchivedMetadataRequest) -> MetadataR
         });
     }
     MetadataResponse {
-        brokers: vec![BrokerInfo {
-            node_id: 0,
-            host: shard.config.listen.rsplit_once(':').map_or("", |(h, _)| h).to_string(),
-            port: shard
-                .config
-                .listen
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse().ok())
-                .unwrap_or(0),
-        }],
+        brokers: endpoints.brokers(),
         topics,
     }
 }

@@ -294,17 +294,16 @@ impl Shard {
                 let _ = log.close().await;
             }
             let dir = partition_dir(&self.config.data_dir, &topic.name, partition);
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(BrokerError::Io {
-                        op: "remove partition directory",
-                        path: dir,
-                        source,
-                    })
-                }
-            }
+            storage::blocking::off_shard(move || match std::fs::remove_dir_all(&dir) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(BrokerError::Io {
+                    op: "remove partition directory",
+                    path: dir,
+                    source,
+                }),
+            })
+            .await?;
         }
         Ok(())
     }
@@ -353,13 +352,29 @@ impl Shard {
                 continue;
             };
             let end = log.log_end_offset().0;
-            let mut states = self.producer_states.borrow_mut();
-            let Some(states) = states.get_mut(&key) else {
-                continue;
+            let encoded = {
+                let mut states = self.producer_states.borrow_mut();
+                let Some(states) = states.get_mut(&key) else {
+                    continue;
+                };
+                states.prune(log.log_start_offset().0);
+                states.encode_snapshot(end)
             };
-            states.prune(log.log_start_offset().0);
-            match states.save(log.dir(), end) {
-                Ok(()) => states.saved(),
+            // The write and its fsync go off the shard; the turn, held
+            // meanwhile, keeps the state as encoded.
+            let dir = log.dir().to_path_buf();
+            let written = match encoded {
+                Ok(bytes) => {
+                    storage::blocking::off_shard(move || crate::producer_state::write_snapshot(&dir, &bytes)).await
+                }
+                Err(error) => Err(error),
+            };
+            match written {
+                Ok(()) => {
+                    if let Some(states) = self.producer_states.borrow_mut().get_mut(&key) {
+                        states.saved();
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(shard = self.id, topic = %key.0, partition = key.1, %error, "producer state snapshot not written")
                 }
@@ -756,7 +771,9 @@ impl Shard {
             partitions
         };
         refuse_internal(name)?;
-        let meta = self.metadata.create(name, partitions, configs)?;
+        // The topic table is rewritten and synced: off the shard.
+        let (metadata, topic) = (self.metadata.clone(), name.to_string());
+        let meta = storage::blocking::off_shard(move || metadata.create(&topic, partitions, configs)).await?;
         for owner in owners(&meta) {
             if owner == self.id {
                 self.open_partitions(&meta).await?;
@@ -772,7 +789,8 @@ impl Shard {
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
         refuse_internal(name)?;
-        let meta = self.metadata.delete(name)?;
+        let (metadata, topic) = (self.metadata.clone(), name.to_string());
+        let meta = storage::blocking::off_shard(move || metadata.delete(&topic)).await?;
         for owner in owners(&meta) {
             if owner == self.id {
                 self.delete_partitions(&meta).await?;

@@ -167,7 +167,7 @@ fn kafka_python_admin_produce_and_fetch_round_trip_exactly() {
     broker.stop();
 }
 
-/// Each shard is a Kafka broker of its own (`kafka_shard_ports`, on by
+/// Each shard is a Kafka broker of its own (`shard_ports`, on by
 /// default): unchanged librdkafka and kafka-python clients send every
 /// partition's produce and fetch to the core that owns it, which the
 /// shards' counters show; with the switch off the node is one broker and
@@ -200,7 +200,7 @@ fn shard_aware_kafka_clients_send_each_partition_to_its_owner() {
     );
 
     let dir = data_dir();
-    let broker = Broker::start_with_config(dir.path(), 2, "kafka_shard_ports = false\n");
+    let broker = Broker::start_with_config(dir.path(), 2, "shard_ports = false\n");
     python_with("shard-aware", &broker.kafka_addr, &["1"]);
     let shards = broker.stop_with_stats();
     assert!(

@@ -9,6 +9,7 @@
 //! on the glommio executor that opened it and is driven from there.
 
 pub mod batch;
+pub mod blocking;
 pub mod error;
 pub mod offset;
 

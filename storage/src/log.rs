@@ -29,6 +29,7 @@ use glommio::sync::Semaphore;
 use crate::batch::{
     self, check_frame, frame_length, peek_header, verify_crc, BatchInfo, BatchLimits, FRAME_LENGTH_BYTES,
 };
+use crate::blocking::off_shard;
 use crate::config::{FlushPolicy, LogConfig, TimestampType};
 use crate::error::{io_error, Result, StorageError};
 use crate::index::{relative, OffsetIndex, TimeIndex};
@@ -279,7 +280,7 @@ impl PartitionLog {
         }
         let next_offset = active.next_offset;
         segments.insert(active_base, active);
-        sync_dir(&dir)?;
+        sync_dir(&dir).await?;
 
         let first_base = *segments.keys().next().expect("at least the active segment");
         let log_start_offset = checkpoint.unwrap_or(first_base).max(first_base).min(next_offset);
@@ -684,8 +685,8 @@ impl PartitionLog {
                 active.time_index.encode(),
             )
         };
-        write_index_file(&segment_path(&self.inner.dir, base, OFFSET_INDEX_SUFFIX), &offset_index)?;
-        write_index_file(&segment_path(&self.inner.dir, base, TIME_INDEX_SUFFIX), &time_index)?;
+        write_index_file(segment_path(&self.inner.dir, base, OFFSET_INDEX_SUFFIX), offset_index).await?;
+        write_index_file(segment_path(&self.inner.dir, base, TIME_INDEX_SUFFIX), time_index).await?;
         Ok(())
     }
 
@@ -709,7 +710,7 @@ impl PartitionLog {
             }
         };
         // The new file must survive a crash along with the data synced into it.
-        sync_dir(&self.inner.dir)?;
+        sync_dir(&self.inner.dir).await?;
         let mut st = self.inner.state.borrow_mut();
         let sealed = st.appender.replace(appender).expect("an open log has an appender");
         st.active_mut().read_file = Some(sealed.file.clone());
@@ -1119,7 +1120,7 @@ impl PartitionLog {
                 return Err(e);
             }
         };
-        sync_dir(&self.inner.dir)?;
+        sync_dir(&self.inner.dir).await?;
         let mut st = self.inner.state.borrow_mut();
         st.next_offset = segment.next_offset;
         st.durable_offset = segment.next_offset;
@@ -1146,7 +1147,7 @@ impl PartitionLog {
                 return Err(e);
             }
         }
-        write_log_start_checkpoint(&self.inner.dir, start)?;
+        write_log_start_checkpoint(&self.inner.dir, start).await?;
         let (segment, appender) = match recover_active_segment(&self.inner.dir, start, &self.inner.config).await {
             Ok(recovered) => recovered,
             Err(e) => {
@@ -1154,7 +1155,7 @@ impl PartitionLog {
                 return Err(e);
             }
         };
-        sync_dir(&self.inner.dir)?;
+        sync_dir(&self.inner.dir).await?;
         let mut st = self.inner.state.borrow_mut();
         st.segments.insert(start, segment);
         st.appender = Some(appender);
@@ -1191,7 +1192,7 @@ impl PartitionLog {
             self.flush_locked().await?;
         }
         self.inner.state.borrow_mut().log_start_offset = offset;
-        write_log_start_checkpoint(&self.inner.dir, offset)?;
+        write_log_start_checkpoint(&self.inner.dir, offset).await?;
         self.delete_sealed_segments_locked(|segment, _| segment.next_offset <= offset)
             .await?;
         Ok(())
@@ -1381,13 +1382,11 @@ async fn open_sealed_segment(dir: &Path, base: Offset, next: Offset, config: &Lo
             }
             segment.index_max_timestamp();
             write_index_file(
-                &segment_path(dir, base, OFFSET_INDEX_SUFFIX),
-                &segment.offset_index.encode(),
-            )?;
-            write_index_file(
-                &segment_path(dir, base, TIME_INDEX_SUFFIX),
-                &segment.time_index.encode(),
-            )?;
+                segment_path(dir, base, OFFSET_INDEX_SUFFIX),
+                segment.offset_index.encode(),
+            )
+            .await?;
+            write_index_file(segment_path(dir, base, TIME_INDEX_SUFFIX), segment.time_index.encode()).await?;
             Ok(segment)
         }
     }
@@ -1430,21 +1429,26 @@ async fn recover_active_segment(dir: &Path, base: Offset, config: &LogConfig) ->
     Ok((scan.segment, appender))
 }
 
-fn write_index_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut file = std::fs::File::create(path).map_err(|e| io_error("create index", path, e))?;
-    file.write_all(bytes).map_err(|e| io_error("write index", path, e))?;
-    file.sync_data().map_err(|e| io_error("sync index", path, e))
+/// Writes and syncs a small file (an index, a checkpoint) off the shard.
+async fn write_index_file(path: PathBuf, bytes: Vec<u8>) -> Result<()> {
+    off_shard(move || {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&path).map_err(|e| io_error("create index", &path, e))?;
+        file.write_all(&bytes).map_err(|e| io_error("write index", &path, e))?;
+        file.sync_data().map_err(|e| io_error("sync index", &path, e))
+    })
+    .await
 }
 
 async fn remove_index_files(dir: &Path, base: Offset) -> Result<()> {
     for suffix in [OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX] {
         let path = segment_path(dir, base, suffix);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error("remove index", &path, e)),
-        }
+        off_shard(move || match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("remove index", &path, e)),
+        })
+        .await?;
     }
     Ok(())
 }
@@ -1473,16 +1477,22 @@ fn read_log_start_checkpoint(dir: &Path) -> Result<Option<Offset>> {
     }
 }
 
-fn write_log_start_checkpoint(dir: &Path, offset: Offset) -> Result<()> {
+async fn write_log_start_checkpoint(dir: &Path, offset: Offset) -> Result<()> {
     let path = dir.join(LOG_START_CHECKPOINT);
     let temp = dir.join(format!("{LOG_START_CHECKPOINT}.tmp"));
-    write_index_file(&temp, offset.0.to_string().as_bytes())?;
-    std::fs::rename(&temp, &path).map_err(|e| io_error("rename log start checkpoint", &path, e))?;
-    sync_dir(dir)
+    write_index_file(temp.clone(), offset.0.to_string().into_bytes()).await?;
+    off_shard(move || std::fs::rename(&temp, &path).map_err(|e| io_error("rename log start checkpoint", &path, e)))
+        .await?;
+    sync_dir(dir).await
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error("sync log directory", dir, e))
+/// Makes a directory's entries (a new, renamed or removed file) durable.
+async fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = dir.to_path_buf();
+    off_shard(move || {
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error("sync log directory", &dir, e))
+    })
+    .await
 }

@@ -134,7 +134,7 @@ impl Shard {
                     InitStep::Refuse(code) => return error(code),
                     InitStep::AbortFirst(aborting) => self.end_transaction(partition, &id, aborting, true).await?,
                     InitStep::NewId { timeout_ms } => {
-                        let producer_id = self.allocate_producer_id()?;
+                        let producer_id = self.allocate_producer_id().await?;
                         let meta = TxnMeta {
                             producer_id,
                             epoch: 0,
@@ -204,13 +204,17 @@ impl Shard {
         }
     }
 
-    fn allocate_producer_id(&self) -> Result<i64, BrokerError> {
-        let mut ids = self.producer_ids.lock().unwrap_or_else(|p| p.into_inner());
-        ids.allocate().map_err(|source| BrokerError::Io {
-            op: "reserve producer ids in",
-            path: self.config.data_dir.clone(),
-            source,
-        })
+    /// A fresh producer id. Reserving a block of them writes and syncs a
+    /// file under a lock all shards share: done off the shard.
+    pub async fn allocate_producer_id(&self) -> Result<i64, BrokerError> {
+        let ids = self.producer_ids.clone();
+        storage::blocking::off_shard(move || ids.lock().unwrap_or_else(|p| p.into_inner()).allocate())
+            .await
+            .map_err(|source| BrokerError::Io {
+                op: "reserve producer ids in",
+                path: self.config.data_dir.clone(),
+                source,
+            })
     }
 
     async fn add_to_transaction(

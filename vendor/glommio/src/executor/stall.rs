@@ -38,6 +38,38 @@ impl fmt::Debug for StallDetection<'_> {
     }
 }
 
+// corelog patch: accessors, so a handler can keep what it needs (the
+// fields are private in 0.9.0), and the trace handed over unresolved.
+impl StallDetection<'_> {
+    /// The executor (reactor) id.
+    pub fn executor(&self) -> usize {
+        self.executor
+    }
+
+    /// The task queue that ran past its budget.
+    pub fn queue_name(&self) -> &str {
+        self.queue_name
+    }
+
+    /// How long the queue was expected to run at most (its preemption
+    /// budget plus the handler's threshold).
+    pub fn budget(&self) -> Duration {
+        self.budget
+    }
+
+    /// How far past the budget it ran.
+    pub fn overage(&self) -> Duration {
+        self.overage
+    }
+
+    /// The stack of the stalled thread, sampled when the budget ran out.
+    /// Unresolved (no symbol names yet): resolving reads debug info and can
+    /// take long, which a handler should do off the executor's thread.
+    pub fn into_trace(self) -> backtrace::Backtrace {
+        self.trace
+    }
+}
+
 impl fmt::Display for StallDetection<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -264,14 +296,15 @@ impl<'detector> Drop for StallDetectorGuard<'detector> {
         while let Ok(frame) = self.detector.rx.try_recv() {
             frames.push(frame);
         }
-        let mut strace = backtrace::Backtrace::from(frames);
+        let strace = backtrace::Backtrace::from(frames);
 
         if strace.frames().is_empty() {
             return;
         }
 
         let elapsed = self.start.elapsed();
-        strace.resolve();
+        // corelog patch: not resolved here, on the executor's thread (see
+        // `StallDetection::into_trace`).
         self.detector.stall_handler.stall(StallDetection {
             executor: self.detector.id,
             queue_name: &self.queue_name,
