@@ -45,6 +45,10 @@ pub struct BrokerStats {
     pub stalls: u64,
     #[serde(default)]
     pub worst_stalls: Vec<(u64, u64, String)>,
+    /// The shards' latency fields (`request_wait_p99_us`, …), the worst
+    /// shard's value of each.
+    #[serde(default)]
+    pub latencies_us: std::collections::BTreeMap<String, u64>,
     /// Resident memory (VmRSS) sampled once a second, in bytes.
     pub rss_samples: Vec<u64>,
     pub peak_rss_bytes: Option<u64>,
@@ -196,6 +200,10 @@ impl BrokerProcess {
                     "fetch_local" => stats.fetch_local += value,
                     "fetch_hops" => stats.fetch_hops += value,
                     "stalls" => stats.stalls += value,
+                    key if key.ends_with("_us") && !key.starts_with("stall") => {
+                        let worst = stats.latencies_us.entry(key.to_string()).or_insert(0);
+                        *worst = (*worst).max(value);
+                    }
                     _ => {}
                 }
             }

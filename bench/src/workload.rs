@@ -188,6 +188,11 @@ pub struct Outcome {
     pub per_second: Vec<(f64, f64)>,
     pub produce_ack: Percentiles,
     pub end_to_end: Percentiles,
+    /// From a batch's due time to the client handing it to its connection:
+    /// the load generator's own delay (its executor busy, its window full),
+    /// part of every produce acknowledgement's latency.
+    #[serde(default)]
+    pub send_delay: Option<Percentiles>,
     pub target_records_per_s: Option<f64>,
     pub produced_bytes: u64,
     pub consumed_bytes: u64,
@@ -206,6 +211,7 @@ struct Shared {
     consumed: RefCell<Vec<(u64, u64)>>,
     ack: RefCell<Histogram<u64>>,
     e2e: RefCell<Histogram<u64>>,
+    send_delay: RefCell<Histogram<u64>>,
 }
 
 /// Counters every client thread reads: the progress line, the consumers'
@@ -239,6 +245,7 @@ struct Part {
     consumed: Vec<(u64, u64)>,
     ack: Histogram<u64>,
     e2e: Histogram<u64>,
+    send_delay: Histogram<u64>,
     produce_end: Instant,
     consume_start: Option<Instant>,
     consume_end: Instant,
@@ -452,11 +459,13 @@ fn merge(measure_from: Instant, parts: Vec<Part>, target: Option<f64>) -> Outcom
     let mut consumed = Vec::new();
     let mut ack = Histogram::new_with_max(LATENCY_MAX_US, 3).expect("histogram");
     let mut e2e = Histogram::new_with_max(LATENCY_MAX_US, 3).expect("histogram");
+    let mut send_delay = Histogram::new_with_max(LATENCY_MAX_US, 3).expect("histogram");
     for part in &parts {
         add(&mut produced, &part.produced);
         add(&mut consumed, &part.consumed);
         ack.add(&part.ack).expect("same histogram bounds");
         e2e.add(&part.e2e).expect("same histogram bounds");
+        send_delay.add(&part.send_delay).expect("same histogram bounds");
     }
     let produce_end = parts.iter().map(|p| p.produce_end).max().unwrap_or(measure_from);
     let consume_start = parts
@@ -486,6 +495,7 @@ fn merge(measure_from: Instant, parts: Vec<Part>, target: Option<f64>) -> Outcom
         per_second,
         produce_ack: Percentiles::of(&ack),
         end_to_end: Percentiles::of(&e2e),
+        send_delay: Some(Percentiles::of(&send_delay)),
         target_records_per_s: target,
         produced_bytes,
         consumed_bytes,
@@ -516,6 +526,7 @@ async fn run_part(
         consumed: RefCell::new(Vec::new()),
         ack: RefCell::new(Histogram::new_with_max(LATENCY_MAX_US, 3).expect("histogram")),
         e2e: RefCell::new(Histogram::new_with_max(LATENCY_MAX_US, 3).expect("histogram")),
+        send_delay: RefCell::new(Histogram::new_with_max(LATENCY_MAX_US, 3).expect("histogram")),
     });
     let deadline = start + warmup + Duration::from_secs_f64(workload.duration_s);
     let records_per_batch = (workload.batch_bytes / workload.message_bytes).max(1);
@@ -597,11 +608,13 @@ async fn run_part(
     // Cancelled consumers and the progress line may still hold `shared`
     // until the executor drops them; take the figures out.
     let (ack, e2e) = (shared.ack.borrow().clone(), shared.e2e.borrow().clone());
+    let send_delay = shared.send_delay.borrow().clone();
     Ok(Part {
         produced: shared.produced.take(),
         consumed: shared.consumed.take(),
         ack,
         e2e,
+        send_delay,
         produce_end,
         consume_start,
         consume_end,
@@ -659,6 +672,11 @@ async fn produce(
         let stamp = due.duration_since(shared.start).as_nanos() as u64;
         let partition = (sequence % u64::from(workload.partitions)) as u32;
         let request = sender.send(partition, stamp, acks)?;
+        let sent = Instant::now();
+        if shared.second(sent).is_some() {
+            let delay = sent.duration_since(due).as_micros() as u64;
+            let _ = shared.send_delay.borrow_mut().record(delay.clamp(1, LATENCY_MAX_US));
+        }
         let (shared, failure) = (shared.clone(), failure.clone());
         glommio::spawn_local(async move {
             match request.await {

@@ -128,6 +128,9 @@ pub fn write(
     };
     md.push_str(&row("produce acknowledgement", &outcome.produce_ack));
     md.push_str(&row("end to end", &outcome.end_to_end));
+    if let Some(delay) = &outcome.send_delay {
+        md.push_str(&row("of which the client's send delay (due to written)", delay));
+    }
     if let Some(rss) = outcome.broker_peak_rss_bytes {
         md.push_str(&format!("\nBroker peak resident memory (VmHWM): {} MiB.\n", rss >> 20));
     }
@@ -160,6 +163,22 @@ pub fn write(
             share(broker.fetch_hops, broker.fetch_local),
             broker.fetch_hops + broker.fetch_local,
         ));
+        if let Some(wait) = broker.latencies_us.get("request_wait_p99_us").filter(|_| {
+            broker
+                .latencies_us
+                .get("produce_service_max_us")
+                .is_some_and(|max| *max > 0)
+        }) {
+            let at = |key: &str| broker.latencies_us.get(key).copied().unwrap_or(0);
+            md.push_str(&format!(
+                "\nInside the broker (the worst shard's): a native request read whole waited p50 {} / p99 {wait} / max {} µs for its handler to run (Kafka's are served in order by their connection's task); a produce took p50 {} / p99 {} / max {} µs from its handler starting to its response ready (append, durability for acks=all, a hop).\n",
+                at("request_wait_p50_us"),
+                at("request_wait_max_us"),
+                at("produce_service_p50_us"),
+                at("produce_service_p99_us"),
+                at("produce_service_max_us"),
+            ));
+        }
         md.push_str(&format!(
             "\nStalls (a shard's task queue running past its task quota by more than the broker's `stall_threshold_us`, sampled by glommio's stall detector): {}.\n",
             broker.stalls

@@ -12,7 +12,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:9292";
 /// The Kafka listener's default address (Kafka's port).
 pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
 /// `spin_before_park_us` unless configured (measured: tuning.md).
-pub const SPIN_BEFORE_PARK_US_DEFAULT: u64 = 0;
+pub const SPIN_BEFORE_PARK_US_DEFAULT: u64 = 50;
 /// Longest spin before park accepted: past it a shard is a busy loop.
 pub const SPIN_BEFORE_PARK_US_MAX: u64 = 1_000_000;
 

@@ -343,6 +343,7 @@ async fn metadata(shard: &Shard, advertised: &Endpoints, request: MetadataReques
 }
 
 async fn produce(shard: &Shard, request: ProduceRequest) -> Option<ResponseKind> {
+    let started = Instant::now();
     let acks = match request.acks {
         -1 => net::messages::acks::ALL,
         0 => net::messages::acks::NONE,
@@ -400,6 +401,7 @@ async fn produce(shard: &Shard, request: ProduceRequest) -> Option<ResponseKind>
                 .with_partition_responses(partitions),
         );
     }
+    shard.stats.produce_service.record(started.elapsed());
     if request.acks == 0 {
         return None;
     }

@@ -170,7 +170,9 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, endpoints: Rc<Endpoints
             Err(_) => break Ok(()),
         };
         let (shard, responses, endpoints) = (shard.clone(), responses.clone(), endpoints.clone());
+        let read_at = Instant::now();
         glommio::spawn_local(async move {
+            shard.stats.request_wait.record(read_at.elapsed());
             if let Some(response) = handle(&shard, &endpoints, &frame).await {
                 let _ = responses.send(response).await;
             }
@@ -267,6 +269,7 @@ async fn handle(shard: &Shard, endpoints: &Endpoints, bytes: &[u8]) -> Option<Ve
             Some(respond(id, ApiKey::DeleteTopics, &DeleteTopicsResponse { results }))
         }
         Request::Produce(request) => {
+            let started = Instant::now();
             let acks = request.acks;
             let mut topics = Vec::new();
             for topic in request.topics.iter() {
@@ -311,6 +314,7 @@ async fn handle(shard: &Shard, endpoints: &Endpoints, bytes: &[u8]) -> Option<Ve
                     partitions,
                 });
             }
+            shard.stats.produce_service.record(started.elapsed());
             if acks == acks::NONE {
                 return None;
             }

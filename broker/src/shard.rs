@@ -190,6 +190,46 @@ pub struct ShardStats {
     pub fetch_hops: Cell<u64>,
     /// Requests of any kind this shard sent to another.
     pub hops: Cell<u64>,
+    /// How long a native request read whole waited before its handler ran
+    /// (the shard busy with other tasks; a Kafka connection serves its
+    /// requests in order, in its own task), and how long a produce on either
+    /// protocol took from its handler starting to its response ready
+    /// (append, flush for acks=all, a hop): where the broker's share of a
+    /// produce's latency goes.
+    pub request_wait: Latencies,
+    pub produce_service: Latencies,
+}
+
+/// A latency histogram of one shard (µs, 3 significant digits).
+pub struct Latencies(RefCell<hdrhistogram::Histogram<u64>>);
+
+/// Longest latency recorded as itself; longer ones count as this.
+const LATENCY_MAX_US: u64 = 60_000_000;
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Latencies(RefCell::new(
+            hdrhistogram::Histogram::new_with_max(LATENCY_MAX_US, 3).expect("valid histogram bounds"),
+        ))
+    }
+}
+
+impl Latencies {
+    pub fn record(&self, latency: std::time::Duration) {
+        let us = (latency.as_micros() as u64).clamp(1, LATENCY_MAX_US);
+        self.0.borrow_mut().saturating_record(us);
+    }
+
+    /// `name_p50_us=… name_p99_us=… name_max_us=…` for the stats line.
+    pub fn fields(&self, name: &str) -> String {
+        let h = self.0.borrow();
+        format!(
+            "{name}_p50_us={} {name}_p99_us={} {name}_max_us={}",
+            h.value_at_quantile(0.50),
+            h.value_at_quantile(0.99),
+            h.max()
+        )
+    }
 }
 
 fn bump(counter: &Cell<u64>) {

@@ -108,6 +108,45 @@ fn watch(name: &str, progress: Arc<AtomicU64>, sides: Vec<Box<dyn FnOnce() -> La
     all
 }
 
+/// Answers every ping with a pong until the pings stop; the latency of each
+/// ping's wake is recorded.
+async fn answer_pings(pings: &flume::Receiver<Instant>, pongs: &flume::Sender<Instant>) -> Latencies {
+    let mut latencies = Latencies::default();
+    while let Ok(sent) = pings.recv_async().await {
+        latencies.record(sent.elapsed());
+        pongs.send_async(Instant::now()).await.unwrap();
+    }
+    latencies
+}
+
+/// Pings from a plain thread, each after a pause of up to `jitter_ns`
+/// (xorshift), and waits for each pong; `progress` counts the rounds.
+fn ping_from_thread(
+    rounds: u64,
+    progress: &AtomicU64,
+    pings: &flume::Sender<Instant>,
+    pongs: &flume::Receiver<Instant>,
+    jitter_ns: u64,
+) -> Latencies {
+    let mut latencies = Latencies::default();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..rounds {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let pause = Instant::now();
+        let spin = Duration::from_nanos(seed % jitter_ns.max(1));
+        while pause.elapsed() < spin {
+            std::hint::spin_loop();
+        }
+        pings.send(Instant::now()).unwrap();
+        let sent = pongs.recv().unwrap();
+        latencies.record(sent.elapsed());
+        progress.store(round + 1, Ordering::Relaxed);
+    }
+    latencies
+}
+
 /// An executor as a shard's, without the nets: no spin before park, no
 /// nudging signal.
 fn executor(name: &str) -> LocalExecutorBuilder {
@@ -141,14 +180,7 @@ fn a_ping_pong_between_executors_never_loses_a_wake() {
     });
     let ponger = Box::new(move || {
         executor("ponger")
-            .spawn(move || async move {
-                let mut latencies = Latencies::default();
-                while let Ok(sent) = ping_rx.recv_async().await {
-                    latencies.record(sent.elapsed());
-                    pong_tx.send_async(Instant::now()).await.unwrap();
-                }
-                latencies
-            })
+            .spawn(move || async move { answer_pings(&ping_rx, &pong_tx).await })
             .unwrap()
             .join()
             .unwrap()
@@ -169,26 +201,8 @@ fn a_thread_waking_a_parking_executor_never_loses_a_wake() {
     let (request_tx, request_rx) = flume::bounded::<Instant>(1);
     let (answer_tx, answer_rx) = flume::bounded::<Instant>(1);
     let counter = progress.clone();
-    let thread_side = Box::new(move || {
-        let mut latencies = Latencies::default();
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        for round in 0..rounds {
-            // xorshift: pauses of 0 to ~30 µs, around the executor's park.
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let pause = Instant::now();
-            let spin = Duration::from_nanos(seed % 30_000);
-            while pause.elapsed() < spin {
-                std::hint::spin_loop();
-            }
-            request_tx.send(Instant::now()).unwrap();
-            let sent = answer_rx.recv().unwrap();
-            latencies.record(sent.elapsed());
-            counter.store(round + 1, Ordering::Relaxed);
-        }
-        latencies
-    });
+    // Pauses of 0 to ~30 µs, around the executor's park.
+    let thread_side = Box::new(move || ping_from_thread(rounds, &counter, &request_tx, &answer_rx, 30_000));
     let executor_side = Box::new(move || {
         executor("woken")
             .spawn(move || async move {
@@ -198,11 +212,7 @@ fn a_thread_waking_a_parking_executor_never_loses_a_wake() {
                     }
                 })
                 .detach();
-                let mut latencies = Latencies::default();
-                while let Ok(sent) = request_rx.recv_async().await {
-                    latencies.record(sent.elapsed());
-                    answer_tx.send_async(Instant::now()).await.unwrap();
-                }
+                let latencies = answer_pings(&request_rx, &answer_tx).await;
                 clock.cancel();
                 latencies
             })
@@ -289,16 +299,7 @@ fn a_preempted_executor_still_runs_tasks_woken_from_another_thread() {
     let (request_tx, request_rx) = flume::bounded::<Instant>(1);
     let (answer_tx, answer_rx) = flume::bounded::<Instant>(1);
     let counter = progress.clone();
-    let thread_side = Box::new(move || {
-        let mut latencies = Latencies::default();
-        for round in 0..rounds {
-            request_tx.send(Instant::now()).unwrap();
-            let sent = answer_rx.recv().unwrap();
-            latencies.record(sent.elapsed());
-            counter.store(round + 1, Ordering::Relaxed);
-        }
-        latencies
-    });
+    let thread_side = Box::new(move || ping_from_thread(rounds, &counter, &request_tx, &answer_rx, 0));
     let executor_side = Box::new(move || {
         executor("preempted")
             .preempt_timer(Duration::from_micros(50))
@@ -317,11 +318,7 @@ fn a_preempted_executor_still_runs_tasks_woken_from_another_thread() {
                     }
                 })
                 .detach();
-                let mut latencies = Latencies::default();
-                while let Ok(sent) = request_rx.recv_async().await {
-                    latencies.record(sent.elapsed());
-                    answer_tx.send_async(Instant::now()).await.unwrap();
-                }
+                let latencies = answer_pings(&request_rx, &answer_tx).await;
                 busy.cancel();
                 latencies
             })
