@@ -15,6 +15,7 @@ done
 
 sweep="$bench sweep bench/workloads/max-produce-1k.toml"
 $sweep --param shards=1,2 --param partitions_per_shard=1,4
+$sweep --param shards=1,2
 $sweep --param partitions=1,2,4,8
 $sweep --param batch_bytes=4096,16384,65536,262144,524288
 $sweep --param acks=1,all
@@ -23,5 +24,7 @@ $sweep --param topic.flush.ms=1,10,100,1000
 $sweep --param protocol=native,kafka
 $bench sweep bench/workloads/produce-consume.toml --param protocol=native,kafka
 $bench sweep bench/workloads/catch-up-read.toml --param protocol=native,kafka
+$bench sweep bench/workloads/half-rate-latency.toml --param broker.spin_before_park_us=0,50,200,1000
+$bench run bench/workloads/half-rate-latency.toml --protocol kafka
 $bench kafka
 $bench index
