@@ -2,7 +2,9 @@
 //! O_DIRECT sequential write and read bandwidth of the data directory's disk
 //! through glommio, loopback TCP bandwidth between two threads, and the
 //! loopback round trip between two threads (the floor under any request's
-//! latency on this machine: a wakeup of each side).
+//! latency on this machine: a wakeup of each side), and the latency of a
+//! small O_DIRECT write made durable with fdatasync (the floor under an
+//! acks=all produce).
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -29,7 +31,17 @@ pub struct Limits {
     pub loopback_round_trip_p50_us: f64,
     #[serde(default)]
     pub loopback_round_trip_p99_us: f64,
+    /// A 16 KiB O_DIRECT write at the end of a preallocated file, then
+    /// fdatasync, one after another: median and 99th percentile.
+    #[serde(default)]
+    pub fdatasync_p50_us: f64,
+    #[serde(default)]
+    pub fdatasync_p99_us: f64,
 }
+
+/// Durable writes the fdatasync floor times, and the size of each.
+const SYNCED_WRITES: u64 = 400;
+const SYNCED_WRITE_BYTES: usize = 16 << 10;
 
 /// Round trips the latency floor measures.
 const ROUND_TRIPS: usize = 5000;
@@ -38,7 +50,7 @@ pub fn measure(dir: &Path) -> Result<Limits, String> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let dir_owned = dir.to_path_buf();
-    let (write, read) = glommio::LocalExecutorBuilder::default()
+    let (write, read, (fdatasync_p50, fdatasync_p99)) = glommio::LocalExecutorBuilder::default()
         .io_memory(64 << 20)
         .make()
         .map_err(|e| e.to_string())?
@@ -48,7 +60,8 @@ pub fn measure(dir: &Path) -> Result<Limits, String> {
                 .map_err(|e| e.to_string())?;
             let written = crate::storage_bench::raw_write(&dir_owned, 0, DISK_BYTES, true).await?;
             let read = read_back(&dir_owned.join("raw")).await?;
-            Ok::<_, String>((written.mb_per_s, read))
+            let synced = synced_writes(&dir_owned.join("synced")).await?;
+            Ok::<_, String>((written.mb_per_s, read, synced))
         })?;
     let _ = std::fs::remove_dir_all(dir);
     let (round_trip_p50, round_trip_p99) = round_trip()?;
@@ -58,7 +71,39 @@ pub fn measure(dir: &Path) -> Result<Limits, String> {
         loopback_mb_per_s: loopback()?,
         loopback_round_trip_p50_us: round_trip_p50,
         loopback_round_trip_p99_us: round_trip_p99,
+        fdatasync_p50_us: fdatasync_p50,
+        fdatasync_p99_us: fdatasync_p99,
     })
+}
+
+/// Times `SYNCED_WRITES` appends of 16 KiB, each made durable before the
+/// next, as a partition's group commit does at its slowest.
+async fn synced_writes(path: &Path) -> Result<(f64, f64), String> {
+    let file = glommio::io::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .dma_open(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let total = SYNCED_WRITES * SYNCED_WRITE_BYTES as u64;
+    file.pre_allocate(total, false).await.map_err(|e| e.to_string())?;
+    file.fdatasync().await.map_err(|e| e.to_string())?;
+    let mut latencies = Vec::with_capacity(SYNCED_WRITES as usize);
+    for i in 0..SYNCED_WRITES {
+        let mut buffer = file.alloc_dma_buffer(SYNCED_WRITE_BYTES);
+        buffer.as_bytes_mut().fill(0x5a);
+        let started = Instant::now();
+        file.write_at(buffer, i * SYNCED_WRITE_BYTES as u64)
+            .await
+            .map_err(|e| e.to_string())?;
+        file.fdatasync().await.map_err(|e| e.to_string())?;
+        latencies.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    file.close().await.map_err(|e| e.to_string())?;
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    Ok((at(0.50), at(0.99)))
 }
 
 /// Reads the file written by the raw write back, 2 MiB at a time, eight

@@ -118,6 +118,12 @@ pub fn write(
             "\nLatency floor: a 64-byte ping-pong between two threads over loopback TCP (each side asleep until woken, as at a fixed rate) takes {:.0} µs at the median and {:.0} µs at p99 on this machine; every request's latency below includes at least one such round trip.\n",
             limits.loopback_round_trip_p50_us, limits.loopback_round_trip_p99_us
         ));
+        if limits.fdatasync_p99_us > 0.0 {
+            md.push_str(&format!(
+                "\nDurability floor: a 16 KiB O_DIRECT write made durable with fdatasync, one after another, takes {:.0} µs at the median and {:.0} µs at p99 on this disk; an acks=all produce waits for at least one.\n",
+                limits.fdatasync_p50_us, limits.fdatasync_p99_us
+            ));
+        }
     }
     md.push_str("\n### Latency (µs)\n\n| | count | p50 | p90 | p99 | p99.9 | p99.99 | max |\n|---|---|---|---|---|---|---|---|\n");
     let row = |label: &str, p: &Percentiles| {
