@@ -1071,6 +1071,7 @@ mod tests {
             [
                 "acks-all-flush",
                 "catch-up-read",
+                "half-rate-acks-all",
                 "half-rate-latency",
                 "max-produce-1k",
                 "max-produce-1k-pinned",

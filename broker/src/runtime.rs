@@ -1,10 +1,11 @@
 //! Starting and stopping the shards.
 //!
-//! Startup order: load the topic table; reserve the listen address (binding
-//! port 0 resolves it once, so that every shard binds the same port with
-//! SO_REUSEPORT); start one executor thread per shard, each pinned to its
-//! core, opening (recovering) its own partitions before it accepts; once all
-//! listen, report the address. SIGINT or SIGTERM asks every shard to stop:
+//! Startup order: load the topic table; reserve the listen addresses
+//! (binding port 0 resolves it once, so that every shard binds the same port
+//! with SO_REUSEPORT) and, with `shard_ports`, each shard's own ports, so
+//! every shard can advertise all of them; start one executor thread per
+//! shard, each pinned to its core, opening (recovering) its own partitions
+//! before it accepts; once all listen, report the address. SIGINT or SIGTERM asks every shard to stop:
 //! it stops taking requests from other shards, flushes and closes its logs.
 
 use std::io::Write;

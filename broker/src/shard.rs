@@ -160,7 +160,7 @@ pub struct Shard {
     pub producer_ids: Arc<std::sync::Mutex<ProducerIdAllocator>>,
     /// Offsets writes appended but not yet applied, per offsets partition: a
     /// compaction waits until there are none (see `compact_offsets`).
-    offsets_writes: RefCell<HashMap<u32, usize>>,
+    offsets_writes: RefCell<HashMap<u32, Rc<glommio::sync::Semaphore>>>,
     /// Each offsets partition's append turn (see `write_offsets`).
     offsets_turns: RefCell<HashMap<u32, Rc<glommio::sync::Semaphore>>>,
     /// The transactional ids whose `__transaction_state` partitions this

@@ -66,25 +66,11 @@ fn offsets_batch(records: &[(OffsetKey, Option<OffsetValue>)]) -> Vec<u8> {
 }
 
 /// Counts an offsets write as appended but not yet applied until dropped.
-struct OffsetsWrite<'a> {
-    writes: &'a std::cell::RefCell<std::collections::HashMap<u32, usize>>,
-    partition: u32,
-}
-
-impl<'a> OffsetsWrite<'a> {
-    fn begin(writes: &'a std::cell::RefCell<std::collections::HashMap<u32, usize>>, partition: u32) -> Self {
-        *writes.borrow_mut().entry(partition).or_insert(0) += 1;
-        OffsetsWrite { writes, partition }
-    }
-}
-
-impl Drop for OffsetsWrite<'_> {
-    fn drop(&mut self) {
-        if let Some(n) = self.writes.borrow_mut().get_mut(&self.partition) {
-            *n -= 1;
-        }
-    }
-}
+/// Offsets writes of one partition appended but not yet applied, at most:
+/// each holds a unit of the partition's `offsets_writes` semaphore from its
+/// append until it is applied, and an expiry takes all of them to wait for
+/// every one in flight, woken by the last one's release.
+const OFFSETS_WRITES_MAX: u64 = 1 << 20;
 
 /// A group request, owned so that it can cross to the coordinating shard.
 #[derive(Debug)]
@@ -521,7 +507,12 @@ impl Shard {
                 let coordinator = self.coordinator.borrow();
                 records.retain(|(key, _)| coordinator.is_expired(&key.group, &key.topic, key.partition, now, now_ms));
             }
-            let writing = OffsetsWrite::begin(&self.offsets_writes, partition);
+            // Under the partition's turn an expiry is not draining, so a unit
+            // is free (in flight are fewer writes than the limit).
+            let writing = self
+                .offsets_writes_of(partition)
+                .try_acquire_static_permit(1)
+                .map_err(|_| BrokerError::ShardGone(self.id))?;
             let mut appended = Vec::new();
             for chunk in offsets_chunks(records) {
                 let info = log.append(&offsets_batch(&chunk)).await.map_err(storage)?;
@@ -538,10 +529,21 @@ impl Shard {
         Ok(())
     }
 
+    /// The semaphore counting `partition`'s offsets writes in flight.
+    fn offsets_writes_of(&self, partition: u32) -> Rc<Semaphore> {
+        self.offsets_writes
+            .borrow_mut()
+            .entry(partition)
+            .or_insert_with(|| Rc::new(Semaphore::new(OFFSETS_WRITES_MAX)))
+            .clone()
+    }
+
     /// Waits until every offsets write appended to `partition` is applied.
+    /// Called under the partition's turn, so no new write begins meanwhile.
     async fn drain_offsets_writes(&self, partition: u32) {
-        while self.offsets_writes.borrow().get(&partition).copied().unwrap_or(0) > 0 {
-            glommio::timer::sleep(Duration::from_millis(1)).await;
+        let writes = self.offsets_writes_of(partition);
+        if writes.acquire(OFFSETS_WRITES_MAX).await.is_ok() {
+            writes.signal(OFFSETS_WRITES_MAX);
         }
     }
 
