@@ -530,6 +530,13 @@ fn producer_and_consumer_round_trip() {
         };
         assert_eq!(again.offset, 0);
     });
+    // The producer sent each partition's batches to its owning shard (shard
+    // ports): none crossed cores.
+    let shards = broker.stop_with_stats();
+    let hops: u64 = shards.iter().map(|s| s["produce_hops"]).sum();
+    let local: u64 = shards.iter().map(|s| s["produce_local"]).sum();
+    assert_eq!(hops, 0, "{shards:?}");
+    assert!(shards.iter().all(|s| s["produce_local"] > 0) && local > 0, "{shards:?}");
 }
 
 #[test]

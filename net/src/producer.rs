@@ -35,6 +35,11 @@ pub struct ProducerConfig {
     /// already stored is answered with its offsets instead of being stored
     /// twice. Needs acks all. Each partition then has one batch in flight.
     pub idempotent: bool,
+    /// Send each partition's batches to its leader as the metadata names it
+    /// (with shard ports, the core that owns it). Off, everything goes to
+    /// the address connected to, which routes it: for a producer that
+    /// reaches the broker only through that address (a proxy, a NAT).
+    pub follow_leaders: bool,
 }
 
 impl Default for ProducerConfig {
@@ -46,6 +51,7 @@ impl Default for ProducerConfig {
             retries: 5,
             retry_backoff: Duration::from_millis(100),
             idempotent: false,
+            follow_leaders: true,
         }
     }
 }
@@ -61,13 +67,33 @@ struct Pending {
     generation: u64,
 }
 
+/// A connection to one broker address, one request at a time on it.
+struct Link {
+    connection: RefCell<Option<Connection>>,
+    sending: Semaphore,
+}
+
+impl Link {
+    fn new(connection: Option<Connection>) -> Rc<Link> {
+        Rc::new(Link {
+            connection: RefCell::new(connection),
+            sending: Semaphore::new(1),
+        })
+    }
+}
+
 struct Inner {
+    /// The bootstrap address: metadata and producer ids, and every partition
+    /// whose leader is not known or cannot be reached.
     addr: String,
     config: ProducerConfig,
-    connection: RefCell<Option<Connection>>,
-    /// One request at a time on the connection.
-    sending: Semaphore,
+    /// A link per broker address: the bootstrap and each partition leader
+    /// (a shard of its own when the broker has shard ports), so every
+    /// partition's batches go to the core that owns it.
+    links: RefCell<HashMap<String, Rc<Link>>>,
     partitions: RefCell<HashMap<String, u32>>,
+    /// Each partition's leader address, from the metadata.
+    leaders: RefCell<HashMap<(String, u32), String>>,
     pending: RefCell<HashMap<(String, u32), Pending>>,
     next_generation: Cell<u64>,
     sticky: Cell<u32>,
@@ -107,9 +133,9 @@ impl Producer {
             inner: Rc::new(Inner {
                 addr: addr.to_string(),
                 config,
-                connection: RefCell::new(Some(connection)),
-                sending: Semaphore::new(1),
+                links: RefCell::new(HashMap::from([(addr.to_string(), Link::new(Some(connection)))])),
                 partitions: RefCell::new(HashMap::new()),
+                leaders: RefCell::new(HashMap::new()),
                 pending: RefCell::new(HashMap::new()),
                 next_generation: Cell::new(0),
                 sticky: Cell::new(0),
@@ -126,16 +152,22 @@ impl Producer {
             return Ok(n);
         }
         let metadata = self
-            .with_connection(|mut c| async move {
+            .with_connection(&self.inner.addr, |mut c| async move {
                 let result = c.metadata(Some(vec![topic.to_string()])).await;
                 (c, result)
             })
             .await?;
-        let count = metadata
-            .topics
-            .first()
-            .filter(|t| t.error == 0)
-            .map_or(0, |t| t.partitions.len() as u32);
+        let found = metadata.topics.first().filter(|t| t.error == 0);
+        let count = found.map_or(0, |t| t.partitions.len() as u32);
+        let follow = self.inner.config.follow_leaders;
+        for partition in found.iter().filter(|_| follow).flat_map(|t| t.partitions.iter()) {
+            if let Some(leader) = metadata.brokers.iter().find(|b| b.node_id == partition.leader) {
+                self.inner.leaders.borrow_mut().insert(
+                    (topic.to_string(), partition.partition),
+                    format!("{}:{}", leader.host, leader.port),
+                );
+            }
+        }
         if count == 0 {
             return Err(NetError::Rejected {
                 code: ErrorCode::UnknownTopicOrPartition,
@@ -146,30 +178,45 @@ impl Producer {
         Ok(count)
     }
 
-    /// Runs `f` with the connection, reconnecting first if it was lost.
-    async fn with_connection<T, F, Fut>(&self, f: F) -> Result<T, NetError>
+    /// Runs `f` with the connection to `addr`, connecting first if there is
+    /// none or it was lost.
+    async fn with_connection<T, F, Fut>(&self, addr: &str, f: F) -> Result<T, NetError>
     where
         F: FnOnce(Connection) -> Fut,
         Fut: std::future::Future<Output = (Connection, Result<T, NetError>)>,
     {
-        let _turn = self
+        let link = self
             .inner
+            .links
+            .borrow_mut()
+            .entry(addr.to_string())
+            .or_insert_with(|| Link::new(None))
+            .clone();
+        let _turn = link
             .sending
             .acquire_permit(1)
             .await
-            .map_err(|_| NetError::ConnectionClosed {
-                addr: self.inner.addr.clone(),
-            })?;
-        let connection = self.inner.connection.borrow_mut().take();
+            .map_err(|_| NetError::ConnectionClosed { addr: addr.to_string() })?;
+        let connection = link.connection.borrow_mut().take();
         let connection = match connection {
             Some(c) => c,
-            None => Connection::connect(&self.inner.addr).await?,
+            None => Connection::connect(addr).await?,
         };
         let (connection, result) = f(connection).await;
         if !matches!(result, Err(NetError::Io { .. } | NetError::ConnectionClosed { .. })) {
-            *self.inner.connection.borrow_mut() = Some(connection);
+            *link.connection.borrow_mut() = Some(connection);
         }
         result
+    }
+
+    /// Where `slot`'s batches go: its leader, else the bootstrap address.
+    fn leader(&self, slot: &(String, u32)) -> String {
+        self.inner
+            .leaders
+            .borrow()
+            .get(slot)
+            .cloned()
+            .unwrap_or_else(|| self.inner.addr.clone())
     }
 
     /// Adds a record to its partition's batch and returns a future of its
@@ -227,7 +274,7 @@ impl Producer {
     /// A new producer id, with every partition's sequence back at 0.
     async fn reset_identity(&self) -> Result<(), NetError> {
         let identity = self
-            .with_connection(|mut c| async move {
+            .with_connection(&self.inner.addr, |mut c| async move {
                 let result = c.init_producer_id().await;
                 (c, result)
             })
@@ -299,12 +346,18 @@ impl Producer {
         let mut attempt = 0;
         let result = loop {
             let frame = &frame;
+            let leader = self.leader(slot);
             let result = self
-                .with_connection(|mut c| async move {
+                .with_connection(&leader, |mut c| async move {
                     let result = c.produce(&slot.0, slot.1, frame, acks).await;
                     (c, result)
                 })
                 .await;
+            // A leader that cannot be reached (an advertised port a firewall
+            // closes): the bootstrap address routes to the owner instead.
+            if matches!(result, Err(NetError::Io { .. })) && leader != self.inner.addr {
+                self.inner.leaders.borrow_mut().remove(slot);
+            }
             let retriable = match &result {
                 Err(NetError::Rejected { code, .. }) => code.is_retriable(),
                 Err(NetError::Io { .. } | NetError::ConnectionClosed { .. }) => true,
