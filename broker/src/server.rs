@@ -165,12 +165,14 @@ async fn connection(shard: Rc<Shard>, stream: TcpStream, endpoints: Rc<Endpoints
                 Err(e)
             };
         }
+        // The wait counts from here: a full window of requests in flight
+        // holds a request back as much as a busy shard does.
+        let read_at = Instant::now();
         let permit = match inflight.clone().acquire_static_permit(1).await {
             Ok(permit) => permit,
             Err(_) => break Ok(()),
         };
         let (shard, responses, endpoints) = (shard.clone(), responses.clone(), endpoints.clone());
-        let read_at = Instant::now();
         glommio::spawn_local(async move {
             shard.stats.request_wait.record(read_at.elapsed());
             if let Some(response) = handle(&shard, &endpoints, &frame).await {

@@ -191,7 +191,8 @@ pub struct ShardStats {
     /// Requests of any kind this shard sent to another.
     pub hops: Cell<u64>,
     /// How long a native request read whole waited before its handler ran
-    /// (the shard busy with other tasks; a Kafka connection serves its
+    /// (its connection's window of requests in flight full, or the shard
+    /// busy with other tasks; a Kafka connection serves its
     /// requests in order, in its own task), and how long a produce on either
     /// protocol took from its handler starting to its response ready
     /// (append, flush for acks=all, a hop): where the broker's share of a
