@@ -199,3 +199,23 @@ impl BrokerConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid_and_a_spin_past_its_limit_is_refused() {
+        BrokerConfig::default()
+            .validate()
+            .expect("the embedded defaults are valid");
+        let spinning = BrokerConfig {
+            spin_before_park_us: SPIN_BEFORE_PARK_US_MAX + 1,
+            ..BrokerConfig::default()
+        };
+        let error = spinning.validate().expect_err("a spin past the limit is refused");
+        assert!(error.to_string().contains("spin_before_park_us"), "{error}");
+        let unknown: Result<BrokerConfig, _> = toml::from_str("spin_before_parks_us = 5");
+        assert!(unknown.is_err(), "an unknown key is refused");
+    }
+}
