@@ -49,6 +49,11 @@ pub struct BrokerStats {
     /// shard's value of each.
     #[serde(default)]
     pub latencies_us: std::collections::BTreeMap<String, u64>,
+    /// Flushes (fdatasync of a segment) of the logs the shards closed.
+    pub log_flushes: u64,
+    /// Bytes of active segments the logs wrote with zeros ahead of their
+    /// writes (they are flushed often).
+    pub log_zeroed_bytes: u64,
     /// Resident memory (VmRSS) sampled once a second, in bytes.
     pub rss_samples: Vec<u64>,
     pub peak_rss_bytes: Option<u64>,
@@ -200,6 +205,8 @@ impl BrokerProcess {
                     "fetch_local" => stats.fetch_local += value,
                     "fetch_hops" => stats.fetch_hops += value,
                     "stalls" => stats.stalls += value,
+                    "log_flushes" => stats.log_flushes += value,
+                    "log_zeroed_bytes" => stats.log_zeroed_bytes += value,
                     key if key.ends_with("_us") && !key.starts_with("stall") => {
                         let worst = stats.latencies_us.entry(key.to_string()).or_insert(0);
                         *worst = (*worst).max(value);

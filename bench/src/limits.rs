@@ -37,6 +37,12 @@ pub struct Limits {
     pub fdatasync_p50_us: f64,
     #[serde(default)]
     pub fdatasync_p99_us: f64,
+    /// The same writes again over the blocks just written (as a log that
+    /// zeroes ahead writes): no extent to convert, no journal commit.
+    #[serde(default)]
+    pub fdatasync_overwrite_p50_us: f64,
+    #[serde(default)]
+    pub fdatasync_overwrite_p99_us: f64,
 }
 
 /// Durable writes the fdatasync floor times, and the size of each.
@@ -50,7 +56,7 @@ pub fn measure(dir: &Path) -> Result<Limits, String> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let dir_owned = dir.to_path_buf();
-    let (write, read, (fdatasync_p50, fdatasync_p99)) = glommio::LocalExecutorBuilder::default()
+    let (write, read, synced) = glommio::LocalExecutorBuilder::default()
         .io_memory(64 << 20)
         .make()
         .map_err(|e| e.to_string())?
@@ -71,14 +77,24 @@ pub fn measure(dir: &Path) -> Result<Limits, String> {
         loopback_mb_per_s: loopback()?,
         loopback_round_trip_p50_us: round_trip_p50,
         loopback_round_trip_p99_us: round_trip_p99,
-        fdatasync_p50_us: fdatasync_p50,
-        fdatasync_p99_us: fdatasync_p99,
+        fdatasync_p50_us: synced.fresh.0,
+        fdatasync_p99_us: synced.fresh.1,
+        fdatasync_overwrite_p50_us: synced.overwrite.0,
+        fdatasync_overwrite_p99_us: synced.overwrite.1,
     })
 }
 
+/// Median and 99th percentile (µs) of durable writes into fresh
+/// preallocated space, and over blocks already written.
+struct SyncedWrites {
+    fresh: (f64, f64),
+    overwrite: (f64, f64),
+}
+
 /// Times `SYNCED_WRITES` appends of 16 KiB, each made durable before the
-/// next, as a partition's group commit does at its slowest.
-async fn synced_writes(path: &Path) -> Result<(f64, f64), String> {
+/// next, as a partition's group commit does at its slowest: into fresh
+/// preallocated space, then over the same blocks.
+async fn synced_writes(path: &Path) -> Result<SyncedWrites, String> {
     let file = glommio::io::OpenOptions::new()
         .create(true)
         .read(true)
@@ -89,21 +105,28 @@ async fn synced_writes(path: &Path) -> Result<(f64, f64), String> {
     let total = SYNCED_WRITES * SYNCED_WRITE_BYTES as u64;
     file.pre_allocate(total, false).await.map_err(|e| e.to_string())?;
     file.fdatasync().await.map_err(|e| e.to_string())?;
-    let mut latencies = Vec::with_capacity(SYNCED_WRITES as usize);
-    for i in 0..SYNCED_WRITES {
-        let mut buffer = file.alloc_dma_buffer(SYNCED_WRITE_BYTES);
-        buffer.as_bytes_mut().fill(0x5a);
-        let started = Instant::now();
-        file.write_at(buffer, i * SYNCED_WRITE_BYTES as u64)
-            .await
-            .map_err(|e| e.to_string())?;
-        file.fdatasync().await.map_err(|e| e.to_string())?;
-        latencies.push(started.elapsed().as_secs_f64() * 1e6);
+    let mut passes = Vec::new();
+    for _ in 0..2 {
+        let mut latencies = Vec::with_capacity(SYNCED_WRITES as usize);
+        for i in 0..SYNCED_WRITES {
+            let mut buffer = file.alloc_dma_buffer(SYNCED_WRITE_BYTES);
+            buffer.as_bytes_mut().fill(0x5a);
+            let started = Instant::now();
+            file.write_at(buffer, i * SYNCED_WRITE_BYTES as u64)
+                .await
+                .map_err(|e| e.to_string())?;
+            file.fdatasync().await.map_err(|e| e.to_string())?;
+            latencies.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+        latencies.sort_by(f64::total_cmp);
+        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+        passes.push((at(0.50), at(0.99)));
     }
     file.close().await.map_err(|e| e.to_string())?;
-    latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
-    Ok((at(0.50), at(0.99)))
+    Ok(SyncedWrites {
+        fresh: passes[0],
+        overwrite: passes[1],
+    })
 }
 
 /// Reads the file written by the raw write back, 2 MiB at a time, eight

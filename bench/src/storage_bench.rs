@@ -39,10 +39,18 @@ pub struct Args {
     /// Only the raw baseline and the no-flush log cells (for profiling).
     #[arg(long)]
     no_flush_only: bool,
+    /// The log's `segment_zero_ahead_bytes` (0: never zero ahead; a flush
+    /// per append zeroes ahead at the default). A run that sets it writes
+    /// no report.
+    #[arg(long)]
+    segment_zero_ahead_bytes: Option<u64>,
     /// Where the report is written.
     #[arg(long, default_value_os_t = crate::default_report_dir())]
     report_dir: PathBuf,
 }
+
+/// `Args::segment_zero_ahead_bytes`, set once before the executor starts.
+static ZERO_AHEAD_BYTES: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 const RECORD_BYTES: usize = 1024;
 const BATCH_SIZES: [usize; 3] = [16 << 10, 64 << 10, 1 << 20];
@@ -100,6 +108,11 @@ pub fn run(args: Args) -> Result<(), String> {
         args.batch_sizes.clone()
     };
     let no_flush_only = args.no_flush_only;
+    if let Some(bytes) = args.segment_zero_ahead_bytes {
+        ZERO_AHEAD_BYTES
+            .set(bytes)
+            .map_err(|_| "zero-ahead set twice".to_string())?;
+    }
     let samples = LocalExecutorBuilder::new(if std::env::var_os("CORELOG_BENCH_UNPINNED").is_some() {
         glommio::Placement::Unbound
     } else {
@@ -113,7 +126,7 @@ pub fn run(args: Args) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&args.data_dir);
     let report = render(&machine, &samples, bytes, runs, flush_limit);
     println!("{report}");
-    if !args.quick && !args.no_flush_only && args.batch_sizes.is_empty() {
+    if !args.quick && !args.no_flush_only && args.batch_sizes.is_empty() && args.segment_zero_ahead_bytes.is_none() {
         std::fs::create_dir_all(&args.report_dir).map_err(|e| e.to_string())?;
         let md = args.report_dir.join("storage.md");
         std::fs::write(&md, &report).map_err(|e| format!("write {}: {e}", md.display()))?;
@@ -147,9 +160,14 @@ fn batches(batch_bytes: usize) -> Vec<Rc<Vec<u8>>> {
 }
 
 fn log_config(flush: FlushPolicy) -> LogConfig {
+    let default = LogConfig::default();
     LogConfig {
         flush,
-        ..LogConfig::default()
+        segment_zero_ahead_bytes: ZERO_AHEAD_BYTES
+            .get()
+            .copied()
+            .unwrap_or(default.segment_zero_ahead_bytes),
+        ..default
     }
 }
 

@@ -290,7 +290,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 }
                 let _ = writeln!(
                     stdout,
-                    "corelog shard stats: shard={id} requests={} records_appended={} allocations={allocations} allocated_bytes={allocated_bytes} produce_local={} produce_hops={} fetch_local={} fetch_hops={} hops={} {stall_fields} {} {}",
+                    "corelog shard stats: shard={id} requests={} records_appended={} allocations={allocations} allocated_bytes={allocated_bytes} produce_local={} produce_hops={} fetch_local={} fetch_hops={} hops={} {stall_fields} {} {} {} {}",
                     stats.requests.get(),
                     stats.records_appended.get(),
                     stats.produce_local.get(),
@@ -300,6 +300,8 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                     stats.hops.get(),
                     stats.request_wait.fields("request_wait"),
                     stats.produce_service.fields("produce_service"),
+                    stats.durable_wait.fields("durable_wait"),
+                    stats.flush_fields(),
                 );
                 tracing::info!(shard = id, "shard stopped");
             })

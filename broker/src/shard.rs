@@ -199,6 +199,17 @@ pub struct ShardStats {
     /// produce's latency goes.
     pub request_wait: Latencies,
     pub produce_service: Latencies,
+    /// How long an acks=all produce waited for its batches to be durable
+    /// (the share of `produce_service` that is the flush).
+    pub durable_wait: Latencies,
+    /// The flushes of the logs this shard closed, summed (see
+    /// `storage::LogStats`): how many, and their time in fdatasync and in
+    /// all.
+    pub log_flushes: Cell<u64>,
+    pub log_sync_time: Cell<std::time::Duration>,
+    pub log_sync_time_max: Cell<std::time::Duration>,
+    pub log_flush_time: Cell<std::time::Duration>,
+    pub log_zeroed_bytes: Cell<u64>,
 }
 
 /// A latency histogram of one shard (µs, 3 significant digits).
@@ -229,6 +240,32 @@ impl Latencies {
             h.value_at_quantile(0.50),
             h.value_at_quantile(0.99),
             h.max()
+        )
+    }
+}
+
+impl ShardStats {
+    fn add_log(&self, log: &storage::LogStats) {
+        self.log_flushes.set(self.log_flushes.get() + log.flushes);
+        self.log_sync_time.set(self.log_sync_time.get() + log.sync_time);
+        self.log_sync_time_max
+            .set(self.log_sync_time_max.get().max(log.sync_time_max));
+        self.log_flush_time.set(self.log_flush_time.get() + log.flush_time);
+        self.log_zeroed_bytes
+            .set(self.log_zeroed_bytes.get() + log.zeroed_bytes);
+    }
+
+    /// `log_flushes=… log_zeroed_bytes=… log_sync_mean_us=… log_sync_max_us=… log_flush_mean_us=…`
+    /// for the stats line.
+    pub fn flush_fields(&self) -> String {
+        let flushes = self.log_flushes.get().max(1) as f64;
+        format!(
+            "log_flushes={} log_zeroed_bytes={} log_sync_mean_us={:.0} log_sync_max_us={} log_flush_mean_us={:.0}",
+            self.log_flushes.get(),
+            self.log_zeroed_bytes.get(),
+            self.log_sync_time.get().as_secs_f64() * 1e6 / flushes,
+            self.log_sync_time_max.get().as_micros(),
+            self.log_flush_time.get().as_secs_f64() * 1e6 / flushes,
         )
     }
 }
@@ -355,6 +392,7 @@ impl Shard {
         for ((topic, partition), log) in logs {
             let dir = log.dir().to_path_buf();
             let end = log.log_end_offset().0;
+            self.stats.add_log(&log.stats());
             if let Err(error) = log.close().await {
                 tracing::error!(shard = self.id, %topic, partition, %error, "closing partition failed");
                 continue;
@@ -547,7 +585,9 @@ impl Shard {
                 .set(self.stats.records_appended.get() + records);
         }
         if acks == net::messages::acks::ALL {
+            let waiting = std::time::Instant::now();
             log.wait_durable(last).await.map_err(storage_error)?;
+            self.stats.durable_wait.record(waiting.elapsed());
         }
         let first = first.expect("at least one frame");
         Ok(Produced {

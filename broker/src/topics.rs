@@ -241,6 +241,7 @@ pub fn config_defaults() -> Vec<(&'static str, String)> {
         ("segment.bytes", d.segment_bytes.to_string()),
         ("segment.ms", optional(d.segment_ms)),
         ("segment.preallocate.bytes", d.segment_preallocate_bytes.to_string()),
+        ("segment.zero.ahead.bytes", d.segment_zero_ahead_bytes.to_string()),
         ("max.message.bytes", d.batch_bytes_max.to_string()),
         ("flush.every.append", "false".to_string()),
         (
@@ -269,6 +270,7 @@ pub fn log_config(configs: &BTreeMap<String, String>) -> Result<LogConfig, Broke
             "segment.bytes" => config.segment_bytes = number()?,
             "segment.ms" => config.segment_ms = Some(number()?),
             "segment.preallocate.bytes" => config.segment_preallocate_bytes = number()?,
+            "segment.zero.ahead.bytes" => config.segment_zero_ahead_bytes = number()?,
             "max.message.bytes" => {
                 let max = number()? as usize;
                 config.batch_bytes_max = max;

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use glommio::io::{DmaFile, ReadResult};
+use glommio::io::{DmaBuffer, DmaFile, ReadResult};
 use glommio::sync::Semaphore;
 
 use crate::batch::{
@@ -153,10 +153,37 @@ struct State {
     flush_waiters: Vec<futures::channel::oneshot::Sender<()>>,
     /// Readers waiting for the log end to move (long-polling consumers).
     data_waiters: Vec<futures::channel::oneshot::Sender<()>>,
+    /// Whether the log is flushed often enough to zero ahead of its writes
+    /// (see `LogConfig::segment_zero_ahead_bytes`), decided again after every
+    /// `ZERO_AHEAD_DECISION_BYTES` appended from the bytes and flushes since.
+    zero_ahead: bool,
+    decision_bytes: u64,
+    decision_flushes: u64,
+    /// The zero write running ahead of the active segment's writes.
+    zeroing: Option<Zeroing>,
+    /// Zeros the zero writes write, allocated once the log first zeroes.
+    zero_buffer: Option<Rc<DmaBuffer>>,
     stats: LogStats,
     failed: bool,
     closed: bool,
 }
+
+/// A zero write of `[from, end)` of the active segment and the fdatasync
+/// after it, running as its own task so that both go to the disk while the
+/// log goes on appending.
+struct Zeroing {
+    task: glommio::Task<std::io::Result<()>>,
+    from: u64,
+    end: u64,
+}
+
+/// A log whose flushes each covered at most this many appended bytes on
+/// average (over the last `ZERO_AHEAD_DECISION_BYTES`) is flushed often: it
+/// zeroes ahead. Past it, the fdatasyncs saved cost less than the zeros.
+const ZERO_AHEAD_FLUSH_BYTES_MAX: u64 = 256 << 10;
+const ZERO_AHEAD_DECISION_BYTES: u64 = 4 << 20;
+/// The size of one zero write (or the zero-ahead distance, if smaller).
+const ZERO_WRITE_BYTES: u64 = 1 << 20;
 
 /// A segment write handed to io_uring, awaited later.
 type PendingWrite = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<usize>>>>;
@@ -174,6 +201,15 @@ pub struct LogStats {
     pub rolls: u64,
     /// The longest a roll held the log's appends.
     pub roll_time_max: Duration,
+    /// Time flushes spent in fdatasync, and the longest one: against the
+    /// disk's own fdatasync latency, what a flush adds around it.
+    pub sync_time: Duration,
+    pub sync_time_max: Duration,
+    /// Time flushes spent from taking the io lock to the end of their
+    /// fdatasync (the padded write of the buffer's tail, then the sync).
+    pub flush_time: Duration,
+    /// Bytes of active segments written with zeros ahead of their writes.
+    pub zeroed_bytes: u64,
 }
 
 impl State {
@@ -305,6 +341,11 @@ impl PartitionLog {
                 flushing: false,
                 flush_waiters: Vec::new(),
                 data_waiters: Vec::new(),
+                zero_ahead: false,
+                decision_bytes: 0,
+                decision_flushes: 0,
+                zeroing: None,
+                zero_buffer: None,
                 stats: LogStats::default(),
                 failed: false,
                 closed: false,
@@ -420,6 +461,7 @@ impl PartitionLog {
         st.active_mut()
             .note_batch(position, &stamped, config.timestamp_type, config.index_interval_bytes);
         st.unflushed_bytes += frame.len() as u64;
+        st.decision_bytes += frame.len() as u64;
         st.next_offset = stamped.next_offset();
         for waiter in st.data_waiters.drain(..) {
             let _ = waiter.send(());
@@ -531,7 +573,7 @@ impl PartitionLog {
     /// without, appends go on filling the next buffer while it runs.
     async fn write_out_locked(&self, pad: bool, wait: bool) -> Result<()> {
         self.finish_write_locked().await?;
-        self.preallocate_locked().await?;
+        self.prepare_space_locked().await?;
         let sealed = {
             let mut st = self.inner.state.borrow_mut();
             st.usable(&self.inner.dir)?;
@@ -572,19 +614,45 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Extends the active segment's file ahead of the bytes to be written.
-    /// A failure here (a full disk) changes nothing: the bytes stay in the
-    /// buffer and the next write or flush tries again.
-    async fn preallocate_locked(&self) -> Result<()> {
-        let config = &self.inner.config;
-        let (file, path, needed, preallocated) = {
+    /// Readies the active segment's file for a write up to the block that
+    /// holds the last byte appended: a zero write running there is waited
+    /// for, the file is extended past it (fallocate), and a log flushed often
+    /// starts zeroing further ahead.
+    async fn prepare_space_locked(&self) -> Result<()> {
+        let (needed, zeroed_end) = {
             let st = self.inner.state.borrow();
             let appender = st.appender();
-            let needed = crate::segment::align_up(appender.position_appended());
+            (
+                crate::segment::align_up(appender.position_appended()),
+                appender.zeroed_end,
+            )
+        };
+        if needed > zeroed_end {
+            self.settle_zeroing_locked().await;
+        }
+        self.preallocate_locked(needed).await?;
+        {
+            let mut st = self.inner.state.borrow_mut();
+            let appender = st.appender_mut();
+            // The write about to go covers up to `needed`: no zero write may
+            // start below it.
+            appender.zeroed_end = appender.zeroed_end.max(needed);
+        }
+        self.zero_ahead_locked(needed);
+        Ok(())
+    }
+
+    /// Extends the active segment's file to hold `needed` bytes.
+    /// A failure here (a full disk) changes nothing: the bytes stay in the
+    /// buffer and the next write or flush tries again.
+    async fn preallocate_locked(&self, needed: u64) -> Result<()> {
+        let config = &self.inner.config;
+        let (file, path, preallocated) = {
+            let st = self.inner.state.borrow();
+            let appender = st.appender();
             (
                 appender.file.clone(),
                 appender.path().to_path_buf(),
-                needed,
                 appender.preallocated,
             )
         };
@@ -597,8 +665,86 @@ impl PartitionLog {
         file.pre_allocate(target, false)
             .await
             .map_err(|e| io_error("preallocate segment", &path, e))?;
-        self.inner.state.borrow_mut().appender_mut().preallocated = target;
+        let mut st = self.inner.state.borrow_mut();
+        let appender = st.appender_mut();
+        appender.preallocated = appender.preallocated.max(target);
         Ok(())
+    }
+
+    /// Decides again, when it is due, whether the log is flushed often; if
+    /// it is and no zero write runs, starts one at the active segment's
+    /// `zeroed_end` when that is less than `segment_zero_ahead_bytes` ahead
+    /// of `needed`.
+    fn zero_ahead_locked(&self, needed: u64) {
+        let config = &self.inner.config;
+        let mut st = self.inner.state.borrow_mut();
+        if st.decision_bytes >= ZERO_AHEAD_DECISION_BYTES {
+            st.zero_ahead = config.segment_zero_ahead_bytes > 0
+                && st.decision_flushes > 0
+                && st.decision_bytes / st.decision_flushes <= ZERO_AHEAD_FLUSH_BYTES_MAX;
+            st.decision_bytes = 0;
+            st.decision_flushes = 0;
+        }
+        if !st.zero_ahead || st.zeroing.is_some() {
+            return;
+        }
+        let from = st.appender().zeroed_end;
+        let segment_end = crate::segment::align_up(config.segment_bytes);
+        if from >= needed + config.segment_zero_ahead_bytes || from >= segment_end {
+            return;
+        }
+        let file = st.appender().file.clone();
+        let len = ZERO_WRITE_BYTES.min(config.segment_zero_ahead_bytes) as usize;
+        let zeros = st
+            .zero_buffer
+            .get_or_insert_with(|| {
+                let mut zeros = file.alloc_dma_buffer(len);
+                zeros.as_bytes_mut().fill(0);
+                Rc::new(zeros)
+            })
+            .clone();
+        let task = glommio::spawn_local(async move {
+            let written = file.write_rc_at(zeros, from).await.map_err(std::io::Error::from)?;
+            if written != len {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("short zero write: {written} of {len} bytes"),
+                ));
+            }
+            // The sync commits the extents the zeros turned from unwritten
+            // to written, so that the flushes over them need not.
+            file.fdatasync().await.map_err(std::io::Error::from)
+        });
+        st.zeroing = Some(Zeroing {
+            task,
+            from,
+            end: from + len as u64,
+        });
+    }
+
+    /// Waits for the running zero write, if any. It only readies space, so
+    /// its failure (a full disk) fails nothing: the log stops zeroing until
+    /// it decides again, and the writes go to the space as it is.
+    async fn settle_zeroing_locked(&self) {
+        let Some(zeroing) = self.inner.state.borrow_mut().zeroing.take() else {
+            return;
+        };
+        let result = zeroing.task.await;
+        let mut st = self.inner.state.borrow_mut();
+        match result {
+            Ok(()) => {
+                st.stats.zeroed_bytes += zeroing.end - zeroing.from;
+                let appender = st.appender_mut();
+                appender.preallocated = appender.preallocated.max(zeroing.end);
+            }
+            Err(error) => {
+                tracing::warn!(path = %st.appender().path().display(), from = zeroing.from, %error, "zeroing ahead of the segment's writes failed; the log stops zeroing for now");
+                st.zero_ahead = false;
+            }
+        }
+        // Either way no zero write touches `[from, end)` any more.
+        let appender = st.appender_mut();
+        appender.zeroed_end = appender.zeroed_end.max(zeroing.end);
     }
 
     /// Waits for the running write, if any, and accounts for its result.
@@ -638,6 +784,7 @@ impl PartitionLog {
     }
 
     async fn flush_locked(&self) -> Result<()> {
+        let started = std::time::Instant::now();
         let (target, unflushed) = {
             let st = self.inner.state.borrow();
             (st.next_offset, st.unflushed_bytes)
@@ -647,19 +794,28 @@ impl PartitionLog {
             let st = self.inner.state.borrow();
             (st.appender().file.clone(), st.appender().path().to_path_buf())
         };
+        let syncing = std::time::Instant::now();
         if let Err(e) = file.fdatasync().await {
             return Err(self.fail("fdatasync segment", &path, e));
         }
+        let synced = syncing.elapsed();
         let mut st = self.inner.state.borrow_mut();
         st.durable_offset = st.durable_offset.max(target);
         st.unflushed_bytes -= unflushed;
+        st.decision_flushes += 1;
         st.stats.flushes += 1;
+        st.stats.sync_time += synced;
+        st.stats.sync_time_max = st.stats.sync_time_max.max(synced);
+        st.stats.flush_time += started.elapsed();
         Ok(())
     }
 
     /// Writes out and syncs the active segment, cuts its file to its logical
     /// size and writes its index files. Afterwards it can be sealed or closed.
     async fn finish_active_locked(&self) -> Result<()> {
+        // A zero write landing after the cut below would extend the file
+        // again.
+        self.settle_zeroing_locked().await;
         self.flush_locked().await?;
         let (file, path, end) = {
             let st = self.inner.state.borrow();
@@ -1053,6 +1209,7 @@ impl PartitionLog {
                 });
             }
         }
+        self.settle_zeroing_locked().await;
         self.flush_locked().await?;
         let (base, position) = {
             let st = self.inner.state.borrow();
@@ -1133,6 +1290,7 @@ impl PartitionLog {
 
     /// Deletes every segment and starts the log afresh, empty, at `start`.
     async fn truncate_fully_locked(&self, start: Offset) -> Result<()> {
+        self.settle_zeroing_locked().await;
         let doomed: Vec<Offset> = {
             let mut st = self.inner.state.borrow_mut();
             st.appender = None;

@@ -168,6 +168,10 @@ pub struct SegmentAppender {
     position_submitted: u64,
     /// The file's size: preallocated ahead of the writes.
     pub preallocated: u64,
+    /// No zero-ahead write (see `LogConfig::segment_zero_ahead_bytes`) ever
+    /// touches the file below this: it is at or past every position data has
+    /// been handed to the disk for, and a zero write only starts from it.
+    pub zeroed_end: u64,
 }
 
 /// A sealed buffer ready to be written at `position`.
@@ -212,6 +216,7 @@ impl SegmentAppender {
             in_flight: None,
             position_submitted: end,
             preallocated: end,
+            zeroed_end: align_up(end),
         })
     }
 

@@ -459,6 +459,14 @@ fn invalid_config_is_refused() {
                 flush: FlushPolicy::IntervalMs(0),
                 ..LogConfig::default()
             },
+            LogConfig {
+                segment_zero_ahead_bytes: 1000,
+                ..LogConfig::default()
+            },
+            LogConfig {
+                segment_zero_ahead_bytes: 1 << 30,
+                ..LogConfig::default()
+            },
         ] {
             let err = PartitionLog::open(dir.path(), config).await.err().expect("refused");
             assert!(matches!(err, StorageError::InvalidConfig { .. }), "{err}");
@@ -573,5 +581,107 @@ fn a_long_poll_wakes_on_append_and_times_out_without_one() {
             "already there"
         );
         log.close().await.unwrap();
+    });
+}
+
+/// A log flushed after every append zeroes its active segment ahead of its
+/// writes (so that ext4 need not convert unwritten extents and commit its
+/// journal in each flush). No zero write may land on a record: every record
+/// reads back, after rolls, a truncation, and a reopen without a close (the
+/// files as a crash leaves them), and each sealed segment's file ends at its
+/// last batch.
+#[test]
+fn a_log_flushed_often_zeroes_ahead_and_keeps_every_record() {
+    let dir = test_dir();
+    let config = LogConfig {
+        segment_bytes: 6 << 20,
+        segment_preallocate_bytes: 1 << 20,
+        segment_zero_ahead_bytes: 2 << 20,
+        ..LogConfig::default()
+    };
+    run(|| async {
+        let log = PartitionLog::open(dir.path(), config.clone()).await.unwrap();
+        // Where each segment's last batch ends, by segment base offset.
+        let mut ends = std::collections::BTreeMap::new();
+        let mut appended = 0u64;
+        for tag in 0..1200u64 {
+            let frame = batch(tag, 16, 1000, 0);
+            let info = log.append(&frame).await.unwrap();
+            log.wait_durable(info.last_offset).await.unwrap();
+            ends.insert(info.segment_base_offset, info.position.0 + frame.len() as u64);
+            appended += 16;
+        }
+        let stats = log.stats();
+        assert!(stats.zeroed_bytes >= 4 << 20, "zeroed ahead: {stats:?}");
+        assert!(stats.rolls >= 2, "{stats:?}");
+        assert_eq!(read_all(&log, 1 << 20).await.len() as u64, appended);
+        let bases = log.segment_base_offsets();
+        for base in &bases[..bases.len() - 1] {
+            let path = storage::segment::segment_path(dir.path(), *base, storage::segment::LOG_SUFFIX);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len(),
+                ends[base],
+                "sealed segment {base} ends at its last batch, no zeros after it"
+            );
+        }
+        // Cut inside the active segment while it is being zeroed ahead.
+        let cut = Offset(appended - 40 * 16);
+        log.truncate_to(cut).await.unwrap();
+        assert_eq!(log.log_end_offset(), cut);
+        for tag in 0..100u64 {
+            let info = log.append(&batch(10_000 + tag, 16, 1000, 0)).await.unwrap();
+            log.wait_durable(info.last_offset).await.unwrap();
+        }
+        let end = log.log_end_offset();
+        assert_eq!(end, Offset(cut.0 + 1600));
+        drop(log);
+
+        let log = PartitionLog::open(dir.path(), config.clone()).await.unwrap();
+        assert_eq!(log.log_end_offset(), end, "every durable record survived");
+        let seen = read_all(&log, 1 << 20).await;
+        assert_eq!(seen.len() as u64, end.0);
+        for (i, s) in seen.iter().enumerate() {
+            let tag = if (i as u64) < cut.0 {
+                i as u64 / 16
+            } else {
+                10_000 + (i as u64 - cut.0) / 16
+            };
+            assert_eq!(s.key, tag.to_le_bytes(), "record {i}");
+            assert!(
+                s.value.starts_with(format!("{tag}-{}-", i % 16).as_bytes()),
+                "record {i}"
+            );
+        }
+        log.close().await.unwrap();
+    });
+}
+
+/// Zeroing ahead writes every byte twice: a log flushed rarely, or told not
+/// to, never does it.
+#[test]
+fn a_log_flushed_rarely_or_told_not_to_never_zeroes() {
+    let dir = test_dir();
+    run(|| async {
+        let rare = PartitionLog::open(&dir.path().join("rare"), LogConfig::default())
+            .await
+            .unwrap();
+        for tag in 0..400u64 {
+            rare.append(&batch(tag, 16, 1000, 0)).await.unwrap();
+        }
+        rare.flush().await.unwrap();
+        let off = LogConfig {
+            segment_zero_ahead_bytes: 0,
+            ..LogConfig::default()
+        };
+        let told = PartitionLog::open(&dir.path().join("told"), off).await.unwrap();
+        for tag in 0..400u64 {
+            let info = told.append(&batch(tag, 16, 1000, 0)).await.unwrap();
+            told.wait_durable(info.last_offset).await.unwrap();
+        }
+        assert_eq!(rare.stats().zeroed_bytes, 0);
+        assert_eq!(told.stats().zeroed_bytes, 0);
+        assert_eq!(told.stats().flushes, 400);
+        rare.close().await.unwrap();
+        told.close().await.unwrap();
     });
 }
