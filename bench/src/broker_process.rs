@@ -50,13 +50,35 @@ pub struct BrokerStats {
     #[serde(default)]
     pub latencies_us: std::collections::BTreeMap<String, u64>,
     /// Flushes (fdatasync of a segment) of the logs the shards closed.
+    #[serde(default)]
     pub log_flushes: u64,
     /// Bytes of active segments the logs wrote with zeros ahead of their
     /// writes (they are flushed often).
+    #[serde(default)]
     pub log_zeroed_bytes: u64,
+    /// The shards' time on a CPU and their lives, summed over shards.
+    #[serde(default)]
+    pub shard_cpu_ms: u64,
+    #[serde(default)]
+    pub shard_wall_ms: u64,
+    /// Shards that reported.
+    #[serde(default)]
+    pub shards: u64,
     /// Resident memory (VmRSS) sampled once a second, in bytes.
     pub rss_samples: Vec<u64>,
     pub peak_rss_bytes: Option<u64>,
+}
+
+impl BrokerStats {
+    /// The shards' CPU time over their lives, as a share of one core (a
+    /// broker of two shards busy all the time shows 200).
+    pub fn cpu_percent_of_a_core(&self) -> Option<f64> {
+        (self.shard_wall_ms > 0).then(|| {
+            // Summed over shards: the wall of one shard is the broker's life.
+            let shards = self.shards.max(1) as f64;
+            100.0 * self.shard_cpu_ms as f64 / (self.shard_wall_ms as f64 / shards)
+        })
+    }
 }
 
 impl BrokerProcess {
@@ -190,6 +212,7 @@ impl BrokerProcess {
             let Some(fields) = line.strip_prefix("corelog shard stats: ") else {
                 continue;
             };
+            stats.shards += 1;
             for field in fields.split_whitespace() {
                 let Some((key, value)) = field.split_once('=') else {
                     continue;
@@ -207,6 +230,8 @@ impl BrokerProcess {
                     "stalls" => stats.stalls += value,
                     "log_flushes" => stats.log_flushes += value,
                     "log_zeroed_bytes" => stats.log_zeroed_bytes += value,
+                    "cpu_ms" => stats.shard_cpu_ms += value,
+                    "wall_ms" => stats.shard_wall_ms += value,
                     key if key.ends_with("_us") && !key.starts_with("stall") => {
                         let worst = stats.latencies_us.entry(key.to_string()).or_insert(0);
                         *worst = (*worst).max(value);

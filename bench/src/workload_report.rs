@@ -164,6 +164,14 @@ pub fn write(
             per(broker.allocations, broker.requests),
             per(broker.allocations, broker.records_appended),
         ));
+        if let Some(cpu) = broker.cpu_percent_of_a_core() {
+            md.push_str(&format!(
+                "\nThe broker's {} shard thread(s) ran on a CPU {:.1} s in {:.1} s: {cpu:.0}% of one core (spinning before parking included; the kernel's I/O workers and the client are not).\n",
+                broker.shards,
+                broker.shard_cpu_ms as f64 / 1e3,
+                broker.shard_wall_ms as f64 / 1e3 / broker.shards.max(1) as f64,
+            ));
+        }
         let share = |hops: u64, local: u64| 100.0 * per(hops, hops + local);
         md.push_str(&format!(
             "\nRequests that crossed shards (served by another core than the one whose connection received them): {:.1}% of {} partition produces, {:.1}% of {} partition fetches.\n",

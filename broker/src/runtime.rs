@@ -214,6 +214,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
             .spin_before_park(std::time::Duration::from_micros(config.spin_before_park_us))
             .spawn(move || async move {
                 tracing::info!(shard = id, cpu, pinned, "shard started");
+                let born = std::time::Instant::now();
                 let shard = Rc::new(Shard::new(id, config, metadata, inboxes, producer_ids));
                 let started = async {
                     let opened = shard.open_owned_partitions().await?;
@@ -290,7 +291,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 }
                 let _ = writeln!(
                     stdout,
-                    "corelog shard stats: shard={id} requests={} records_appended={} allocations={allocations} allocated_bytes={allocated_bytes} produce_local={} produce_hops={} fetch_local={} fetch_hops={} hops={} {stall_fields} {} {} {} {}",
+                    "corelog shard stats: shard={id} requests={} records_appended={} allocations={allocations} allocated_bytes={allocated_bytes} produce_local={} produce_hops={} fetch_local={} fetch_hops={} hops={} {stall_fields} {} {} {} {} cpu_ms={} wall_ms={}",
                     stats.requests.get(),
                     stats.records_appended.get(),
                     stats.produce_local.get(),
@@ -302,6 +303,8 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                     stats.produce_service.fields("produce_service"),
                     stats.durable_wait.fields("durable_wait"),
                     stats.flush_fields(),
+                    thread_cpu_time().map_or(0, |t| t.as_millis()),
+                    born.elapsed().as_millis(),
                 );
                 tracing::info!(shard = id, "shard stopped");
             })
@@ -337,4 +340,13 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
     drop(kafka_shards);
     drop(native_shards);
     Ok(running)
+}
+
+/// Time the calling thread has run on a CPU (the scheduler's own count,
+/// nanoseconds, from /proc): beside its wall time, how much of a core a
+/// shard used, spinning before it parks included.
+fn thread_cpu_time() -> Option<std::time::Duration> {
+    let schedstat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns = schedstat.split_whitespace().next()?.parse().ok()?;
+    Some(std::time::Duration::from_nanos(ns))
 }

@@ -685,3 +685,40 @@ fn a_log_flushed_rarely_or_told_not_to_never_zeroes() {
         told.close().await.unwrap();
     });
 }
+
+/// A flush seals a buffer of a few blocks; once written, that buffer is the
+/// one a later seal takes over again (two take turns), at its full size.
+#[test]
+fn written_write_buffers_are_reused() {
+    let dir = test_dir();
+    let path = dir.path().join("00000000000000000000.log");
+    run(|| async move {
+        let buffer_bytes = 64 << 10;
+        storage::device::prime_iopoll_probe(path.parent().unwrap())
+            .await
+            .unwrap();
+        let mut appender = storage::segment::SegmentAppender::open(&path, 0, buffer_bytes)
+            .await
+            .unwrap();
+        let mut sealed = Vec::new();
+        for round in 0..4u8 {
+            appender.append(&[round; 5000]);
+            let write = appender.seal(true).expect("bytes to write");
+            sealed.push(write.buffer.as_ptr() as usize);
+            let written = write.file.write_rc_at(write.buffer, write.position).await.unwrap();
+            assert_eq!(
+                written,
+                (5000 * (round as usize + 1)).next_multiple_of(4096) - write.position as usize
+            );
+            appender.write_done();
+        }
+        assert_eq!(sealed[0], sealed[2], "the first buffer came back");
+        assert_eq!(sealed[1], sealed[3], "the second buffer came back");
+        assert_ne!(sealed[0], sealed[1]);
+        let read = appender.file.read_at(0, 20000).await.unwrap();
+        for round in 0..4u8 {
+            let at = round as usize * 5000;
+            assert!(read[at..at + 5000].iter().all(|b| *b == round), "round {round}");
+        }
+    });
+}

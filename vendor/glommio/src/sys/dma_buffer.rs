@@ -87,6 +87,8 @@ pub struct DmaBuffer {
     // Invariant: trim + size are at most one byte past the original allocation.
     trim: usize,
     size: usize,
+    // The size it was allocated with (corelog: see `restore_size`).
+    capacity: usize,
 }
 
 impl DmaBuffer {
@@ -95,6 +97,7 @@ impl DmaBuffer {
             storage: BufferStorage::Sys(SysAlloc::new(size)?),
             size,
             trim: 0,
+            capacity: size,
         })
     }
 
@@ -103,6 +106,7 @@ impl DmaBuffer {
             storage,
             size,
             trim: 0,
+            capacity: size,
         }
     }
 
@@ -120,6 +124,14 @@ impl DmaBuffer {
     pub fn trim_to_size(&mut self, newsize: usize) {
         assert!(newsize <= self.size);
         self.size = newsize;
+    }
+
+    /// Gives back the length `trim_to_size` took away: the buffer addresses
+    /// all it was allocated with again, so that it can be reused for another
+    /// write instead of freed and allocated anew (added for corelog).
+    pub fn restore_size(&mut self) {
+        self.trim = 0;
+        self.size = self.capacity;
     }
 
     /// Returns a representation of the current addressable contents of this
