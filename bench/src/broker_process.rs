@@ -61,6 +61,19 @@ pub struct BrokerStats {
     pub shard_cpu_ms: u64,
     #[serde(default)]
     pub shard_wall_ms: u64,
+    /// Bytes the logs read from disk outside read-ahead, and in read-ahead
+    /// chunks; reads served from read-ahead, reads that started a stream,
+    /// reads joined across two chunks.
+    #[serde(default)]
+    pub disk_read_bytes: u64,
+    #[serde(default)]
+    pub read_ahead_bytes: u64,
+    #[serde(default)]
+    pub read_ahead_hits: u64,
+    #[serde(default)]
+    pub read_ahead_misses: u64,
+    #[serde(default)]
+    pub read_ahead_joined: u64,
     /// Shards that reported.
     #[serde(default)]
     pub shards: u64,
@@ -231,6 +244,11 @@ impl BrokerProcess {
                     "log_flushes" => stats.log_flushes += value,
                     "log_zeroed_bytes" => stats.log_zeroed_bytes += value,
                     "cpu_ms" => stats.shard_cpu_ms += value,
+                    "disk_read_bytes" => stats.disk_read_bytes += value,
+                    "read_ahead_bytes" => stats.read_ahead_bytes += value,
+                    "read_ahead_hits" => stats.read_ahead_hits += value,
+                    "read_ahead_misses" => stats.read_ahead_misses += value,
+                    "read_ahead_joined" => stats.read_ahead_joined += value,
                     "wall_ms" => stats.shard_wall_ms += value,
                     key if key.ends_with("_us") && !key.starts_with("stall") => {
                         let worst = stats.latencies_us.entry(key.to_string()).or_insert(0);

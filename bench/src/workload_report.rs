@@ -164,6 +164,16 @@ pub fn write(
             per(broker.allocations, broker.requests),
             per(broker.allocations, broker.records_appended),
         ));
+        if broker.disk_read_bytes + broker.read_ahead_bytes > 0 {
+            md.push_str(&format!(
+                "\nReads from disk: {} MiB read ahead of consumers (in chunks, several in flight) and {} MiB read directly; {} reads served from read-ahead ({} of them joining a batch across two chunks), {} reads no stream held (each starts one).\n",
+                broker.read_ahead_bytes >> 20,
+                broker.disk_read_bytes >> 20,
+                broker.read_ahead_hits,
+                broker.read_ahead_joined,
+                broker.read_ahead_misses,
+            ));
+        }
         if let Some(cpu) = broker.cpu_percent_of_a_core() {
             md.push_str(&format!(
                 "\nThe broker's {} shard thread(s) ran on a CPU {:.1} s in {:.1} s: {cpu:.0}% of one core (spinning before parking included; the kernel's I/O workers and the client are not).\n",

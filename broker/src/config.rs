@@ -50,8 +50,15 @@ pub struct BrokerConfig {
     /// Depth of each shard's inbox of cross-shard requests; senders wait
     /// when it is full.
     pub shard_queue_depth: usize,
-    /// Memory each shard registers with io_uring for DMA buffers.
+    /// Memory each shard registers with io_uring for DMA buffers: the
+    /// partitions' write buffers and the chunks read ahead of consumers.
+    /// Registered memory is locked (memlock) and resident; buffers beyond it
+    /// come from the system allocator, mapped and unmapped each time.
     pub io_memory_bytes: usize,
+    /// The most each shard holds read ahead of its consumers at once (a
+    /// share of `io_memory_bytes`); a topic's `read.ahead.bytes` bounds each
+    /// reader.
+    pub read_ahead_shard_bytes: usize,
     /// Partitions of a topic created without a count.
     pub default_partitions: u32,
     /// Longest a shard runs tasks before it looks at I/O completions and
@@ -108,7 +115,8 @@ impl Default for BrokerConfig {
             connections_max: 4096,
             inflight_requests_max: 64,
             shard_queue_depth: 1024,
-            io_memory_bytes: 32 << 20,
+            io_memory_bytes: 128 << 20,
+            read_ahead_shard_bytes: 64 << 20,
             default_partitions: 1,
             task_quota_us: 1000,
             spin_before_park_us: SPIN_BEFORE_PARK_US_DEFAULT,
@@ -189,6 +197,12 @@ impl BrokerConfig {
             if value == 0 {
                 return Err(BrokerError::Config(format!("{name} must be positive")));
             }
+        }
+        if self.read_ahead_shard_bytes > self.io_memory_bytes {
+            return Err(BrokerError::Config(format!(
+                "read_ahead_shard_bytes {} is more than io_memory_bytes {}: read-ahead comes out of that memory",
+                self.read_ahead_shard_bytes, self.io_memory_bytes
+            )));
         }
         if self.spin_before_park_us > SPIN_BEFORE_PARK_US_MAX {
             return Err(BrokerError::Config(format!(

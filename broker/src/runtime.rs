@@ -214,6 +214,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
             .spin_before_park(std::time::Duration::from_micros(config.spin_before_park_us))
             .spawn(move || async move {
                 tracing::info!(shard = id, cpu, pinned, "shard started");
+                storage::read_ahead::set_thread_budget(config.read_ahead_shard_bytes);
                 let born = std::time::Instant::now();
                 let shard = Rc::new(Shard::new(id, config, metadata, inboxes, producer_ids));
                 let started = async {
@@ -291,7 +292,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 }
                 let _ = writeln!(
                     stdout,
-                    "corelog shard stats: shard={id} requests={} records_appended={} allocations={allocations} allocated_bytes={allocated_bytes} produce_local={} produce_hops={} fetch_local={} fetch_hops={} hops={} {stall_fields} {} {} {} {} cpu_ms={} wall_ms={}",
+                    "corelog shard stats: shard={id} requests={} records_appended={} allocations={allocations} allocated_bytes={allocated_bytes} produce_local={} produce_hops={} fetch_local={} fetch_hops={} hops={} {stall_fields} {} {} {} {} {} cpu_ms={} wall_ms={}",
                     stats.requests.get(),
                     stats.records_appended.get(),
                     stats.produce_local.get(),
@@ -303,6 +304,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                     stats.produce_service.fields("produce_service"),
                     stats.durable_wait.fields("durable_wait"),
                     stats.flush_fields(),
+                    stats.read_fields(),
                     thread_cpu_time().map_or(0, |t| t.as_millis()),
                     born.elapsed().as_millis(),
                 );

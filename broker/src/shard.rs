@@ -210,6 +210,10 @@ pub struct ShardStats {
     pub log_sync_time_max: Cell<std::time::Duration>,
     pub log_flush_time: Cell<std::time::Duration>,
     pub log_zeroed_bytes: Cell<u64>,
+    /// Reads of the logs this shard closed, summed: from disk without
+    /// read-ahead, and what read-ahead did.
+    pub log_disk_read_bytes: Cell<u64>,
+    pub log_read_ahead: Cell<storage::read_ahead::ReadAheadStats>,
 }
 
 /// A latency histogram of one shard (µs, 3 significant digits).
@@ -253,6 +257,35 @@ impl ShardStats {
         self.log_flush_time.set(self.log_flush_time.get() + log.flush_time);
         self.log_zeroed_bytes
             .set(self.log_zeroed_bytes.get() + log.zeroed_bytes);
+        self.log_disk_read_bytes
+            .set(self.log_disk_read_bytes.get() + log.disk_read_bytes);
+        let mut ahead = self.log_read_ahead.get();
+        let more = log.read_ahead;
+        ahead.hits += more.hits;
+        ahead.misses += more.misses;
+        ahead.chunks += more.chunks;
+        ahead.chunk_bytes += more.chunk_bytes;
+        ahead.wasted_chunks += more.wasted_chunks;
+        ahead.joined += more.joined;
+        ahead.bypassed += more.bypassed;
+        self.log_read_ahead.set(ahead);
+    }
+
+    /// `disk_read_bytes=… read_ahead_hits=…` for the stats line: bytes read
+    /// from disk (directly, and in read-ahead chunks) and how reads were
+    /// served.
+    pub fn read_fields(&self) -> String {
+        let a = self.log_read_ahead.get();
+        format!(
+            "disk_read_bytes={} read_ahead_bytes={} read_ahead_hits={} read_ahead_misses={} read_ahead_joined={} read_ahead_bypassed={} read_ahead_wasted_chunks={}",
+            self.log_disk_read_bytes.get(),
+            a.chunk_bytes,
+            a.hits,
+            a.misses,
+            a.joined,
+            a.bypassed,
+            a.wasted_chunks,
+        )
     }
 
     /// `log_flushes=… log_zeroed_bytes=… log_sync_mean_us=… log_sync_max_us=… log_flush_mean_us=…`

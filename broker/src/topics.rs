@@ -242,6 +242,7 @@ pub fn config_defaults() -> Vec<(&'static str, String)> {
         ("segment.ms", optional(d.segment_ms)),
         ("segment.preallocate.bytes", d.segment_preallocate_bytes.to_string()),
         ("segment.zero.ahead.bytes", d.segment_zero_ahead_bytes.to_string()),
+        ("read.ahead.bytes", d.read_ahead_bytes.to_string()),
         ("max.message.bytes", d.batch_bytes_max.to_string()),
         ("flush.every.append", "false".to_string()),
         (
@@ -271,6 +272,7 @@ pub fn log_config(configs: &BTreeMap<String, String>) -> Result<LogConfig, Broke
             "segment.ms" => config.segment_ms = Some(number()?),
             "segment.preallocate.bytes" => config.segment_preallocate_bytes = number()?,
             "segment.zero.ahead.bytes" => config.segment_zero_ahead_bytes = number()?,
+            "read.ahead.bytes" => config.read_ahead_bytes = number()? as usize,
             "max.message.bytes" => {
                 let max = number()? as usize;
                 config.batch_bytes_max = max;

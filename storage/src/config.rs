@@ -58,6 +58,11 @@ pub struct LogConfig {
     /// WAL segments for the same reason). A log flushed rarely keeps plain
     /// preallocation: zeroing would write every byte twice.
     pub segment_zero_ahead_bytes: u64,
+    /// How far ahead of a reader reading from disk the log reads, in chunks
+    /// of `read_ahead::READ_AHEAD_CHUNK_BYTES`, several in flight (see
+    /// `read_ahead`); 0 never. Bounded per shard too
+    /// (`read_ahead::set_thread_budget`).
+    pub read_ahead_bytes: usize,
     pub flush: FlushPolicy,
     /// Delete sealed segments whose newest timestamp is older than this.
     pub retention_ms: Option<u64>,
@@ -72,6 +77,9 @@ pub struct LogConfig {
 /// `LogConfig::segment_zero_ahead_bytes`).
 pub const SEGMENT_ZERO_AHEAD_BYTES_MAX: u64 = 256 << 20;
 
+/// The most a log reads ahead of one reader.
+pub const READ_AHEAD_BYTES_MAX: usize = 256 << 20;
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -83,6 +91,7 @@ impl Default for LogConfig {
             write_buffer_bytes: 2 << 20,
             segment_preallocate_bytes: 32 << 20,
             segment_zero_ahead_bytes: 4 << 20,
+            read_ahead_bytes: 8 << 20,
             flush: FlushPolicy::Manual,
             retention_ms: Some(7 * 24 * 3600 * 1000),
             retention_bytes: None,
@@ -143,6 +152,12 @@ impl LogConfig {
             return invalid(format!(
                 "segment_zero_ahead_bytes {} must be a multiple of {BLOCK_BYTES} and at most {SEGMENT_ZERO_AHEAD_BYTES_MAX}",
                 self.segment_zero_ahead_bytes
+            ));
+        }
+        if self.read_ahead_bytes > READ_AHEAD_BYTES_MAX || self.read_ahead_bytes % BLOCK_BYTES != 0 {
+            return invalid(format!(
+                "read_ahead_bytes {} must be a multiple of {BLOCK_BYTES} and at most {READ_AHEAD_BYTES_MAX}",
+                self.read_ahead_bytes
             ));
         }
         if let FlushPolicy::IntervalMs(0) | FlushPolicy::Bytes(0) = self.flush {

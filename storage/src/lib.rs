@@ -19,6 +19,7 @@ pub mod config;
 pub mod device;
 pub mod index;
 pub mod log;
+pub mod read_ahead;
 pub mod recovery;
 pub mod segment;
 

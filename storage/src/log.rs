@@ -34,6 +34,7 @@ use crate::config::{FlushPolicy, LogConfig, TimestampType};
 use crate::error::{io_error, Result, StorageError};
 use crate::index::{relative, OffsetIndex, TimeIndex};
 use crate::offset::{FilePosition, Offset};
+use crate::read_ahead::{ReadAhead, ReadAheadStats};
 use crate::recovery::scan_segment;
 use crate::segment::{
     parse_segment_name, segment_path, Segment, SegmentAppender, LOG_SUFFIX, OFFSET_INDEX_SUFFIX, TIME_INDEX_SUFFIX,
@@ -77,6 +78,9 @@ pub enum ReadBytes {
         bytes: Rc<Vec<u8>>,
         start: usize,
         end: usize,
+        /// Copied from disk reads (a batch joined across two read-ahead
+        /// chunks): its crc is checked like a disk read's.
+        from_disk: bool,
     },
 }
 
@@ -86,6 +90,7 @@ impl ReadBytes {
             bytes: Rc::new(Vec::new()),
             start: 0,
             end: 0,
+            from_disk: false,
         }
     }
 
@@ -93,10 +98,16 @@ impl ReadBytes {
         assert!(from + len <= self.len());
         match self {
             ReadBytes::Disk(r) => ReadBytes::Disk(ReadResult::slice(r, from, len).expect("slice within bounds")),
-            ReadBytes::Memory { bytes, start, .. } => ReadBytes::Memory {
+            ReadBytes::Memory {
+                bytes,
+                start,
+                from_disk,
+                ..
+            } => ReadBytes::Memory {
                 bytes: bytes.clone(),
                 start: start + from,
                 end: start + from + len,
+                from_disk: *from_disk,
             },
         }
     }
@@ -107,7 +118,7 @@ impl ReadBytes {
     }
 
     fn is_from_disk(&self) -> bool {
-        matches!(self, ReadBytes::Disk(_))
+        matches!(self, ReadBytes::Disk(_) | ReadBytes::Memory { from_disk: true, .. })
     }
 }
 
@@ -117,7 +128,7 @@ impl Deref for ReadBytes {
     fn deref(&self) -> &[u8] {
         match self {
             ReadBytes::Disk(r) => r,
-            ReadBytes::Memory { bytes, start, end } => &bytes[*start..*end],
+            ReadBytes::Memory { bytes, start, end, .. } => &bytes[*start..*end],
         }
     }
 }
@@ -163,6 +174,7 @@ struct State {
     zeroing: Option<Zeroing>,
     /// Zeros the zero writes write, allocated once the log first zeroes.
     zero_buffer: Option<Rc<DmaBuffer>>,
+    read_ahead: ReadAhead,
     stats: LogStats,
     failed: bool,
     closed: bool,
@@ -184,6 +196,16 @@ const ZERO_AHEAD_FLUSH_BYTES_MAX: u64 = 256 << 10;
 const ZERO_AHEAD_DECISION_BYTES: u64 = 4 << 20;
 /// The size of one zero write (or the zero-ahead distance, if smaller).
 const ZERO_WRITE_BYTES: u64 = 1 << 20;
+
+/// What a read found in the read-ahead streams.
+enum AheadRead {
+    Served(ReadBytes),
+    /// A stream holds the start, but not the first batch whole (a batch
+    /// larger than two chunks, or one running past the chunks issued so
+    /// far): read it directly, and keep the stream for the reads after it.
+    Bypass,
+    NoStream,
+}
 
 /// A segment write handed to io_uring, awaited later.
 type PendingWrite = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<usize>>>>;
@@ -210,6 +232,9 @@ pub struct LogStats {
     pub flush_time: Duration,
     /// Bytes of active segments written with zeros ahead of their writes.
     pub zeroed_bytes: u64,
+    /// Bytes read from disk by reads no read-ahead stream covered.
+    pub disk_read_bytes: u64,
+    pub read_ahead: ReadAheadStats,
 }
 
 impl State {
@@ -346,6 +371,7 @@ impl PartitionLog {
                 decision_flushes: 0,
                 zeroing: None,
                 zero_buffer: None,
+                read_ahead: ReadAhead::default(),
                 stats: LogStats::default(),
                 failed: false,
                 closed: false,
@@ -1044,13 +1070,16 @@ impl PartitionLog {
     }
 
     /// Reads up to `len` bytes of segment `base` at `start`, from memory if
-    /// they are still in the active segment's buffers, else from disk.
+    /// they are still in the active segment's buffers, else from a
+    /// read-ahead stream, else from disk (starting a stream). `start` is
+    /// where a batch begins.
     async fn read_range(&self, base: Offset, start: u64, len: usize) -> Result<ReadBytes> {
         enum Source {
             Disk(Rc<DmaFile>),
             Open(PathBuf),
         }
-        let (source, len, memory_start) = {
+        let ahead = self.inner.config.read_ahead_bytes;
+        let (source, len, memory_start, final_end) = {
             let mut st = self.inner.state.borrow_mut();
             st.usable(&self.inner.dir)?;
             let is_active = st.active().base_offset == base;
@@ -1061,6 +1090,9 @@ impl PartitionLog {
             if len == 0 {
                 return Ok(ReadBytes::empty());
             }
+            let segment_size = segment.size;
+            let read_file = segment.read_file.clone();
+            let log_path = segment.log_path.clone();
             if is_active {
                 let appender = st.appender();
                 let memory_start = appender.memory_start();
@@ -1071,20 +1103,37 @@ impl PartitionLog {
                         bytes: Rc::new(bytes),
                         start: 0,
                         end: len,
+                        from_disk: false,
                     });
                 }
-                (Source::Disk(appender.file.clone()), len, Some(memory_start))
-            } else if let Some(file) = &segment.read_file {
-                let file = file.clone();
+                (
+                    Source::Disk(appender.file.clone()),
+                    len,
+                    Some(memory_start),
+                    memory_start,
+                )
+            } else if let Some(file) = read_file {
                 if let Some(i) = st.open_reads.iter().position(|b| *b == base) {
                     st.open_reads.remove(i);
                 }
                 st.open_reads.push_back(base);
-                (Source::Disk(file), len, None)
+                (Source::Disk(file), len, None, segment_size)
             } else {
-                (Source::Open(segment.log_path.clone()), len, None)
+                (Source::Open(log_path), len, None, segment_size)
             }
         };
+        let straddles_memory = memory_start.is_some_and(|boundary| start + len as u64 > boundary);
+        let mut streamed = false;
+        if ahead > 0 && !straddles_memory {
+            match self.read_ahead_hit(base, start, len, final_end).await? {
+                AheadRead::Served(bytes) => return Ok(bytes),
+                AheadRead::Bypass => {
+                    streamed = true;
+                    self.inner.state.borrow_mut().stats.read_ahead.bypassed += 1;
+                }
+                AheadRead::NoStream => {}
+            }
+        }
         let file = match source {
             Source::Disk(file) => file,
             Source::Open(path) => {
@@ -1104,9 +1153,22 @@ impl PartitionLog {
                 file
             }
         };
+        if ahead > 0 && !straddles_memory && !streamed {
+            // A reader no stream covers: read ahead of it from here on,
+            // this read being the stream's first chunk.
+            {
+                let mut st = self.inner.state.borrow_mut();
+                let st = &mut *st;
+                st.stats.read_ahead.misses += 1;
+                st.read_ahead.start(base, file.clone(), start, &mut st.stats.read_ahead);
+            }
+            if let AheadRead::Served(bytes) = self.read_ahead_hit(base, start, len, final_end).await? {
+                return Ok(bytes);
+            }
+        }
         let path = || segment_path(&self.inner.dir, base, LOG_SUFFIX);
         match memory_start {
-            Some(boundary) if start + len as u64 > boundary => {
+            Some(boundary) if straddles_memory => {
                 // Part on disk, part in memory: join them in one buffer.
                 let disk_len = (boundary - start) as usize;
                 let disk = file
@@ -1126,6 +1188,7 @@ impl PartitionLog {
                     bytes: Rc::new(bytes),
                     start: 0,
                     end: len,
+                    from_disk: true,
                 })
             }
             _ => {
@@ -1133,9 +1196,92 @@ impl PartitionLog {
                     .read_at(start, len)
                     .await
                     .map_err(|e| io_error("read segment", &path(), e))?;
+                self.inner.state.borrow_mut().stats.disk_read_bytes += bytes.len() as u64;
                 Ok(ReadBytes::Disk(bytes))
             }
         }
+    }
+
+    /// Serves `[start, start + len)` of segment `base` from a read-ahead
+    /// stream if one holds `start`, topping the stream up first (its reads
+    /// go to the disk while this one waits). A slice of one chunk when the
+    /// first batch lies in it; else that batch joined from two chunks (a
+    /// copy, once per chunk boundary). None: no stream holds it.
+    async fn read_ahead_hit(&self, base: Offset, start: u64, len: usize, final_end: u64) -> Result<AheadRead> {
+        let hit = {
+            let mut st = self.inner.state.borrow_mut();
+            let st = &mut *st;
+            // Looking up first drops the chunks read already, so that the
+            // top-up reads as far ahead of this read as it may.
+            let found = st.read_ahead.lookup(base, start);
+            st.read_ahead.top_up(
+                base,
+                final_end,
+                self.inner.config.read_ahead_bytes,
+                &mut st.stats.read_ahead,
+            );
+            match found.or_else(|| st.read_ahead.lookup(base, start)) {
+                Some(hit) => hit,
+                None => return Ok(AheadRead::NoStream),
+            }
+        };
+        let path = || segment_path(&self.inner.dir, base, LOG_SUFFIX);
+        let failed = |e: Rc<String>| io_error("read ahead segment", &path(), std::io::Error::other(e.to_string()));
+        let chunk = hit.read.await.map_err(failed)?;
+        let offset = (start - hit.chunk_start) as usize;
+        let avail = hit.chunk_len.min(chunk.len()).saturating_sub(offset);
+        if avail == 0 {
+            return Ok(AheadRead::Bypass);
+        }
+        let first = frame_length(&chunk[offset..offset + avail]);
+        if len <= avail || first.is_some_and(|f| f <= avail) {
+            self.inner.state.borrow_mut().stats.read_ahead.hits += 1;
+            let served = ReadResult::slice(&chunk, offset, len.min(avail)).expect("within the chunk");
+            return Ok(AheadRead::Served(ReadBytes::Disk(served)));
+        }
+        // The first batch (or its length prefix) runs into the next chunk.
+        let Some((next_start, next_len, next)) = hit.next else {
+            return Ok(AheadRead::Bypass);
+        };
+        if next_start != hit.chunk_start + hit.chunk_len as u64 {
+            return Ok(AheadRead::Bypass);
+        }
+        let next = next.await.map_err(failed)?;
+        let next_avail = next_len.min(next.len());
+        let first = match first {
+            Some(first) => first,
+            None => {
+                // The length prefix itself straddles the chunks.
+                let mut prefix = [0u8; FRAME_LENGTH_BYTES];
+                let tail = &chunk[offset..offset + avail];
+                if avail + next_avail < FRAME_LENGTH_BYTES {
+                    return Ok(AheadRead::Bypass);
+                }
+                prefix[..avail].copy_from_slice(tail);
+                prefix[avail..].copy_from_slice(&next[..FRAME_LENGTH_BYTES - avail]);
+                match frame_length(&prefix) {
+                    Some(first) => first,
+                    None => return Ok(AheadRead::Bypass),
+                }
+            }
+        };
+        if first > avail + next_avail {
+            // A batch larger than what the two chunks hold: read it directly.
+            return Ok(AheadRead::Bypass);
+        }
+        let joined_len = len.min(first);
+        let mut bytes = Vec::with_capacity(joined_len);
+        bytes.extend_from_slice(&chunk[offset..offset + avail]);
+        bytes.extend_from_slice(&next[..joined_len - avail]);
+        let mut st = self.inner.state.borrow_mut();
+        st.stats.read_ahead.hits += 1;
+        st.stats.read_ahead.joined += 1;
+        Ok(AheadRead::Served(ReadBytes::Memory {
+            bytes: Rc::new(bytes),
+            start: 0,
+            end: joined_len,
+            from_disk: true,
+        }))
     }
 
     /// The first offset whose record timestamp is at or after `timestamp_ms`
@@ -1239,6 +1385,8 @@ impl PartitionLog {
         let doomed: Vec<Offset> = {
             let mut st = self.inner.state.borrow_mut();
             st.appender = None;
+            // Chunks read ahead may hold the bytes cut below.
+            st.read_ahead.clear();
             let doomed: Vec<Offset> = st.segments.range(base..).map(|(b, _)| *b).skip(1).collect();
             for b in &doomed {
                 st.segments.remove(b);
@@ -1295,6 +1443,7 @@ impl PartitionLog {
             let mut st = self.inner.state.borrow_mut();
             st.appender = None;
             st.open_reads.clear();
+            st.read_ahead.clear();
             let doomed = st.segments.keys().copied().collect();
             st.segments.clear();
             doomed
@@ -1396,6 +1545,8 @@ impl PartitionLog {
                 .collect();
             for base in &deleted {
                 st.segments.remove(base);
+                let st = &mut *st;
+                st.read_ahead.forget_segment(*base, &mut st.stats.read_ahead);
             }
             st.open_reads.retain(|b| !deleted.contains(b));
             let first_base = *st.segments.keys().next().expect("the active segment stays");

@@ -722,3 +722,121 @@ fn written_write_buffers_are_reused() {
         }
     });
 }
+
+/// Sequential readers served by read-ahead get exactly what readers of a
+/// log without it get: across chunk boundaries (batches straddling two
+/// chunks, batches larger than a chunk), rolls, a reader jumping back, a
+/// truncation and deleted segments; and read-ahead served most reads.
+#[test]
+fn read_ahead_serves_what_the_disk_holds() {
+    let dir = test_dir();
+    let with = LogConfig {
+        segment_bytes: 1 << 20,
+        write_buffer_bytes: 512 << 10,
+        batch_bytes_max: 256 << 10,
+        record_bytes_max: 256 << 10,
+        read_ahead_bytes: 16 << 10,
+        ..LogConfig::default()
+    };
+    let without = LogConfig {
+        read_ahead_bytes: 0,
+        ..with.clone()
+    };
+    run(|| async {
+        let ahead = PartitionLog::open(&dir.path().join("ahead"), with).await.unwrap();
+        let plain = PartitionLog::open(&dir.path().join("plain"), without).await.unwrap();
+        for tag in 0..400u64 {
+            // Mostly 0.5-20 KiB batches, every 50th one of 100 KiB.
+            let (count, value_bytes) = if tag % 50 == 49 {
+                (1, 100_000)
+            } else {
+                (1 + tag as usize % 40, 500)
+            };
+            let frame = batch(tag, count, value_bytes, tag as i64);
+            ahead.append(&frame).await.unwrap();
+            plain.append(&frame).await.unwrap();
+        }
+        ahead.flush().await.unwrap();
+        plain.flush().await.unwrap();
+        assert!(ahead.segment_base_offsets().len() >= 3);
+        let same = |a: Vec<Seen>, b: Vec<Seen>| {
+            assert_eq!(a.len(), b.len());
+            assert!(a == b, "read-ahead served other bytes than the disk holds");
+        };
+        for max_bytes in [6 << 10, 64 << 10, 1 << 20] {
+            same(read_all(&ahead, max_bytes).await, read_all(&plain, max_bytes).await);
+        }
+        let stats = ahead.stats().read_ahead;
+        // Chunks of 8 KiB: a reader crosses one every read or two, a 100 KiB
+        // batch is read around them.
+        assert!(stats.hits > stats.misses, "read-ahead served most reads: {stats:?}");
+        assert!(stats.joined > 0, "some batches straddled two chunks: {stats:?}");
+        assert!(
+            stats.bypassed > 0,
+            "batches larger than two chunks were read directly: {stats:?}"
+        );
+        assert_eq!(plain.stats().read_ahead.hits, 0);
+
+        // A reader that jumps back reads the same batches either way (read
+        // ahead, a read may end at a chunk's end: fewer of them).
+        for from in [Offset(10), Offset(3000), Offset(5)] {
+            let a = ahead.read(from, 32 << 10).await.unwrap();
+            let b = plain.read(from, 32 << 10).await.unwrap();
+            assert!(!a.bytes.is_empty() && b.bytes.starts_with(&a.bytes), "read from {from}");
+            assert!(a.next_offset > from && a.next_offset <= b.next_offset);
+        }
+
+        // A cut drops what read-ahead read of the cut range.
+        let cut = Offset(ahead.log_end_offset().0 / 2);
+        ahead.truncate_to(cut).await.unwrap();
+        plain.truncate_to(cut).await.unwrap();
+        for tag in 1000..1100u64 {
+            let frame = batch(tag, 7, 900, 0);
+            ahead.append(&frame).await.unwrap();
+            plain.append(&frame).await.unwrap();
+        }
+        ahead.flush().await.unwrap();
+        plain.flush().await.unwrap();
+        same(read_all(&ahead, 20 << 10).await, read_all(&plain, 20 << 10).await);
+
+        // Deleted segments are not served.
+        let second = ahead.segment_base_offsets()[1];
+        ahead.delete_records_before(second).await.unwrap();
+        plain.delete_records_before(second).await.unwrap();
+        assert!(matches!(
+            ahead.read(Offset(0), 1 << 20).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        same(read_all(&ahead, 20 << 10).await, read_all(&plain, 20 << 10).await);
+        ahead.close().await.unwrap();
+        plain.close().await.unwrap();
+    });
+}
+
+/// A shard's read-ahead budget smaller than one chunk: nothing is read
+/// ahead, and reads are served as before.
+#[test]
+fn a_read_ahead_budget_below_one_chunk_reads_nothing_ahead() {
+    let dir = test_dir();
+    run(|| async {
+        storage::read_ahead::set_thread_budget(4096);
+        let config = LogConfig {
+            write_buffer_bytes: 256 << 10,
+            batch_bytes_max: 64 << 10,
+            record_bytes_max: 64 << 10,
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(dir.path(), config).await.unwrap();
+        for tag in 0..300u64 {
+            log.append(&batch(tag, 10, 1000, 0)).await.unwrap();
+        }
+        log.flush().await.unwrap();
+        assert_eq!(read_all(&log, 64 << 10).await.len(), 3000);
+        let stats = log.stats().read_ahead;
+        assert_eq!((stats.hits, stats.chunks), (0, 0), "{stats:?}");
+        assert!(stats.misses > 0);
+        assert_eq!(storage::read_ahead::thread_bytes_in_use(), 0);
+        log.close().await.unwrap();
+        storage::read_ahead::set_thread_budget(storage::read_ahead::READ_AHEAD_THREAD_BYTES_DEFAULT);
+    });
+}

@@ -44,6 +44,8 @@ fn config(retention_bytes: Option<u64>) -> LogConfig {
         record_bytes_max: 32 << 10,
         retention_bytes,
         retention_ms: None,
+        // Chunks of three blocks: reads cross chunk boundaries often.
+        read_ahead_bytes: 12 << 10,
         ..LogConfig::default()
     }
 }
@@ -90,6 +92,15 @@ proptest! {
                         } else {
                             let first = storage::batch::verify_crc(&read.bytes).unwrap();
                             assert!(first.base_offset <= from && from <= first.last_offset());
+                            // Every record served is the model's: nothing
+                            // truncated or deleted comes back from read-ahead.
+                            let start = model.records.partition_point(|(o, _)| *o < from);
+                            let served = records_of(&read.bytes, from);
+                            assert!(!served.is_empty());
+                            for (i, (offset, value)) in served.iter().enumerate() {
+                                assert_eq!(Some(&(*offset, value.clone())), model.records.get(start + i), "read from {from}");
+                            }
+                            assert_eq!(read.next_offset, served.last().unwrap().0.next());
                         }
                     }
                     Op::Reopen => {
@@ -145,4 +156,20 @@ proptest! {
             log.close().await.unwrap();
         });
     }
+}
+
+/// The (offset, value) of every record at or after `from` in `bytes`.
+fn records_of(bytes: &[u8], from: Offset) -> Vec<(Offset, Vec<u8>)> {
+    let mut records = Vec::new();
+    for frame in storage::batch::frames(bytes) {
+        let info = storage::batch::verify_crc(frame).expect("served batches carry their crc");
+        let archived = storage::batch::access(frame).expect("served batches validate");
+        for record in archived.records.iter() {
+            let offset = info.base_offset.plus(u64::from(record.offset_delta.to_native()));
+            if offset >= from {
+                records.push((offset, record.value.as_ref().map(|v| v.to_vec()).unwrap_or_default()));
+            }
+        }
+    }
+    records
 }
