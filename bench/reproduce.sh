@@ -26,5 +26,12 @@ $bench sweep bench/workloads/produce-consume.toml --param protocol=native,kafka
 $bench sweep bench/workloads/catch-up-read.toml --param protocol=native,kafka
 $bench sweep bench/workloads/half-rate-latency.toml --param broker.spin_before_park_us=0,50,200,1000
 $bench run bench/workloads/half-rate-latency.toml --protocol kafka
+# Durability: zeroing ahead and spinning under acks=all.
+$bench sweep bench/workloads/half-rate-acks-all.toml --param topic.segment.zero.ahead.bytes=0,4194304
+$bench sweep bench/workloads/half-rate-acks-all.toml --param broker.spin_before_park_us=0,50
+$sweep --param message_bytes=128,1024
+# The read path: read-ahead, and the registered memory it reads into.
+$bench sweep bench/workloads/catch-up-read.toml --param topic.read.ahead.bytes=0,8388608
+$bench sweep bench/workloads/catch-up-read.toml --param broker.io_memory_bytes=33554432,134217728
 $bench kafka
 $bench index

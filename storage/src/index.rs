@@ -51,6 +51,15 @@ impl OffsetIndex {
         }
     }
 
+    /// The last indexed batch start in `(after, at_most]`: a position no
+    /// batch straddles (batches lie end to end), for read-ahead to end a
+    /// chunk at.
+    pub fn batch_start_in(&self, after: u64, at_most: u64) -> Option<u64> {
+        let n = self.entries.partition_point(|e| u64::from(e.position) <= at_most);
+        let position = u64::from(self.entries.get(n.checked_sub(1)?)?.position);
+        (position > after).then_some(position)
+    }
+
     /// Drops entries at or past `position` (after a truncation).
     pub fn truncate_to_position(&mut self, position: FilePosition) {
         let keep = self.entries.partition_point(|e| u64::from(e.position) < position.0);
@@ -213,6 +222,28 @@ mod tests {
             }
             let decoded = OffsetIndex::decode(&index.encode(), u64::MAX, u64::MAX).unwrap();
             prop_assert_eq!(decoded.entries(), index.entries());
+        }
+
+        #[test]
+        fn batch_start_in_agrees_with_a_linear_scan(
+            gaps in prop::collection::vec((1u32..50, 1u32..5000), 0..200),
+            probes in prop::collection::vec((0u64..600_000, 0u64..20_000), 1..50),
+        ) {
+            let mut index = OffsetIndex::default();
+            let (mut offset, mut position) = (0u32, 0u32);
+            for (d_offset, d_position) in gaps {
+                offset += d_offset;
+                position += d_position;
+                index.push(OffsetIndexEntry { relative_offset: offset, position });
+            }
+            for (after, span) in probes {
+                let at_most = after + span;
+                let linear = index.entries().iter().rev()
+                    .map(|e| u64::from(e.position))
+                    .find(|p| *p <= at_most)
+                    .filter(|p| *p > after);
+                prop_assert_eq!(index.batch_start_in(after, at_most), linear);
+            }
         }
 
         #[test]

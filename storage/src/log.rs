@@ -1214,13 +1214,23 @@ impl PartitionLog {
             // Looking up first drops the chunks read already, so that the
             // top-up reads as far ahead of this read as it may.
             let found = st.read_ahead.lookup(base, start);
-            st.read_ahead.top_up(
+            let sealed = st.active().base_offset != base;
+            let State {
+                read_ahead,
+                segments,
+                stats,
+                ..
+            } = st;
+            let index = segments.get(&base).map(|s| &s.offset_index);
+            read_ahead.top_up(
                 base,
                 final_end,
+                sealed,
                 self.inner.config.read_ahead_bytes,
-                &mut st.stats.read_ahead,
+                |after, at_most| index.and_then(|i| i.batch_start_in(after, at_most)),
+                &mut stats.read_ahead,
             );
-            match found.or_else(|| st.read_ahead.lookup(base, start)) {
+            match found.or_else(|| read_ahead.lookup(base, start)) {
                 Some(hit) => hit,
                 None => return Ok(AheadRead::NoStream),
             }
@@ -1239,15 +1249,23 @@ impl PartitionLog {
             let served = ReadResult::slice(&chunk, offset, len.min(avail)).expect("within the chunk");
             return Ok(AheadRead::Served(ReadBytes::Disk(served)));
         }
-        // The first batch (or its length prefix) runs into the next chunk.
+        // The first batch (or its length prefix) runs into the next chunk,
+        // which starts at or a little before this one's end.
         let Some((next_start, next_len, next)) = hit.next else {
             return Ok(AheadRead::Bypass);
         };
-        if next_start != hit.chunk_start + hit.chunk_len as u64 {
+        let chunk_end = start + avail as u64;
+        if next_start > chunk_end {
             return Ok(AheadRead::Bypass);
         }
         let next = next.await.map_err(failed)?;
-        let next_avail = next_len.min(next.len());
+        let skip = (chunk_end - next_start) as usize;
+        let next_end = next_len.min(next.len());
+        if skip > next_end {
+            return Ok(AheadRead::Bypass);
+        }
+        let next = &next[skip..next_end];
+        let next_avail = next.len();
         let first = match first {
             Some(first) => first,
             None => {

@@ -58,8 +58,11 @@ pub fn thread_bytes_in_use() -> usize {
 pub(crate) type ChunkRead = Shared<futures::future::LocalBoxFuture<'static, Result<ReadResult, Rc<String>>>>;
 
 struct Chunk {
+    /// Where its read starts (block aligned).
     start: u64,
-    /// Bytes of the chunk that are final on disk (the read may return more).
+    /// Bytes from `start` that the chunk serves: final on disk, and ending
+    /// where a batch starts when the index knows one (the read may return
+    /// more).
     len: usize,
     read: ChunkRead,
 }
@@ -80,7 +83,8 @@ struct Stream {
     base: Offset,
     file: Rc<DmaFile>,
     chunks: VecDeque<Chunk>,
-    /// Where the next chunk starts.
+    /// Where the next chunk's bytes start (a batch start, or where the last
+    /// chunk had to end).
     next: u64,
     last_used: u64,
 }
@@ -151,7 +155,6 @@ impl ReadAhead {
     /// there, or the least recently used).
     pub(crate) fn start(&mut self, base: Offset, file: Rc<DmaFile>, from: u64, stats: &mut ReadAheadStats) {
         self.clock += 1;
-        let from = align_down(from);
         let stream = Stream {
             base,
             file,
@@ -175,8 +178,19 @@ impl ReadAhead {
 
     /// Issues chunk reads on every stream of segment `base` until each holds
     /// `ahead` bytes, none reaching past `limit` (where the segment's final
-    /// bytes on disk end), within this thread's budget.
-    pub(crate) fn top_up(&mut self, base: Offset, limit: u64, ahead: usize, stats: &mut ReadAheadStats) {
+    /// bytes on disk end; a batch ends there if `limit_is_batch_end`),
+    /// within this thread's budget. A chunk ends where
+    /// `batch_start_in(after, at_most)` says a batch starts, so that batches
+    /// rarely straddle two chunks.
+    pub(crate) fn top_up(
+        &mut self,
+        base: Offset,
+        limit: u64,
+        limit_is_batch_end: bool,
+        ahead: usize,
+        batch_start_in: impl Fn(u64, u64) -> Option<u64>,
+        stats: &mut ReadAheadStats,
+    ) {
         for stream in self.streams.iter_mut().filter(|s| s.base == base) {
             loop {
                 let held: usize = stream.chunks.iter().map(|c| c.len).sum();
@@ -185,13 +199,20 @@ impl ReadAhead {
                 }
                 // At least two chunks in flight, whatever the distance.
                 let chunk = READ_AHEAD_CHUNK_BYTES.min(align_down(ahead as u64 / 2).max(BLOCK_BYTES as u64) as usize);
-                let len = chunk.min((limit - stream.next) as usize);
+                let target = (stream.next + chunk as u64).min(limit);
+                let end = if target == limit && limit_is_batch_end {
+                    limit
+                } else {
+                    batch_start_in(stream.next, target).unwrap_or(target)
+                };
+                let start = align_down(stream.next);
+                let len = (end - start) as usize;
                 let budget = BUDGET.with(|b| b.get());
                 if IN_USE.with(|u| u.get()) + len > budget {
                     break;
                 }
                 IN_USE.with(|u| u.set(u.get() + len));
-                let (file, start) = (stream.file.clone(), stream.next);
+                let file = stream.file.clone();
                 let aligned = len.next_multiple_of(BLOCK_BYTES);
                 let read = glommio::spawn_local(async move {
                     file.read_at_aligned(start, aligned)
@@ -201,7 +222,7 @@ impl ReadAhead {
                 .boxed_local()
                 .shared();
                 stream.chunks.push_back(Chunk { start, len, read });
-                stream.next += len as u64;
+                stream.next = end;
                 stats.chunks += 1;
                 stats.chunk_bytes += len as u64;
             }
