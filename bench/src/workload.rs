@@ -1071,11 +1071,13 @@ mod tests {
             [
                 "acks-all-flush",
                 "catch-up-read",
+                "catch-up-read-1p",
                 "half-rate-acks-all",
                 "half-rate-latency",
                 "max-produce-1k",
                 "max-produce-1k-pinned",
                 "produce-consume",
+                "produce-consume-1p",
                 "sustained-produce-10g"
             ]
         );

@@ -202,19 +202,28 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// An offset index whose entries step by each (offset, position) gap.
+    fn offset_index_of(gaps: &[(u32, u32)]) -> OffsetIndex {
+        let mut index = OffsetIndex::default();
+        let (mut offset, mut position) = (0u32, 0u32);
+        for (d_offset, d_position) in gaps {
+            offset += d_offset;
+            position += d_position;
+            index.push(OffsetIndexEntry {
+                relative_offset: offset,
+                position,
+            });
+        }
+        index
+    }
+
     proptest! {
         #[test]
         fn offset_lookup_agrees_with_a_linear_scan(
             gaps in prop::collection::vec((1u32..50, 1u32..5000), 0..200),
             probes in prop::collection::vec(0u32..20_000, 1..50),
         ) {
-            let mut index = OffsetIndex::default();
-            let (mut offset, mut position) = (0u32, 0u32);
-            for (d_offset, d_position) in gaps {
-                offset += d_offset;
-                position += d_position;
-                index.push(OffsetIndexEntry { relative_offset: offset, position });
-            }
+            let index = offset_index_of(&gaps);
             for probe in probes {
                 let linear = index.entries().iter().rev().find(|e| e.relative_offset <= probe)
                     .map_or(0, |e| u64::from(e.position));
@@ -229,13 +238,7 @@ mod tests {
             gaps in prop::collection::vec((1u32..50, 1u32..5000), 0..200),
             probes in prop::collection::vec((0u64..600_000, 0u64..20_000), 1..50),
         ) {
-            let mut index = OffsetIndex::default();
-            let (mut offset, mut position) = (0u32, 0u32);
-            for (d_offset, d_position) in gaps {
-                offset += d_offset;
-                position += d_position;
-                index.push(OffsetIndexEntry { relative_offset: offset, position });
-            }
+            let index = offset_index_of(&gaps);
             for (after, span) in probes {
                 let at_most = after + span;
                 let linear = index.entries().iter().rev()
