@@ -174,7 +174,9 @@ struct State {
     zeroing: Option<Zeroing>,
     /// Zeros the zero writes write, allocated once the log first zeroes.
     zero_buffer: Option<Rc<DmaBuffer>>,
-    read_ahead: ReadAhead,
+    /// Shared with the thread's registry (`read_ahead::register`), which
+    /// reclaims idle streams for other logs' readers.
+    read_ahead: Rc<RefCell<ReadAhead>>,
     stats: LogStats,
     failed: bool,
     closed: bool,
@@ -371,12 +373,13 @@ impl PartitionLog {
                 decision_flushes: 0,
                 zeroing: None,
                 zero_buffer: None,
-                read_ahead: ReadAhead::default(),
+                read_ahead: Rc::new(RefCell::new(ReadAhead::default())),
                 stats: LogStats::default(),
                 failed: false,
                 closed: false,
             }),
         });
+        crate::read_ahead::register(&inner.state.borrow().read_ahead);
         if let FlushPolicy::IntervalMs(ms) = inner.config.flush {
             spawn_interval_flusher(Rc::downgrade(&inner), Duration::from_millis(ms));
         }
@@ -1160,7 +1163,9 @@ impl PartitionLog {
                 let mut st = self.inner.state.borrow_mut();
                 let st = &mut *st;
                 st.stats.read_ahead.misses += 1;
-                st.read_ahead.start(base, file.clone(), start, &mut st.stats.read_ahead);
+                st.read_ahead
+                    .borrow_mut()
+                    .start(base, file.clone(), start, &mut st.stats.read_ahead);
             }
             if let AheadRead::Served(bytes) = self.read_ahead_hit(base, start, len, final_end).await? {
                 return Ok(bytes);
@@ -1213,14 +1218,11 @@ impl PartitionLog {
             let st = &mut *st;
             // Looking up first drops the chunks read already, so that the
             // top-up reads as far ahead of this read as it may.
-            let found = st.read_ahead.lookup(base, start);
+            let read_ahead = st.read_ahead.clone();
+            let mut read_ahead = read_ahead.borrow_mut();
+            let found = read_ahead.lookup(base, start);
             let sealed = st.active().base_offset != base;
-            let State {
-                read_ahead,
-                segments,
-                stats,
-                ..
-            } = st;
+            let State { segments, stats, .. } = &mut *st;
             let index = segments.get(&base).map(|s| &s.offset_index);
             read_ahead.top_up(
                 base,
@@ -1404,7 +1406,7 @@ impl PartitionLog {
             let mut st = self.inner.state.borrow_mut();
             st.appender = None;
             // Chunks read ahead may hold the bytes cut below.
-            st.read_ahead.clear();
+            st.read_ahead.borrow_mut().clear();
             let doomed: Vec<Offset> = st.segments.range(base..).map(|(b, _)| *b).skip(1).collect();
             for b in &doomed {
                 st.segments.remove(b);
@@ -1461,7 +1463,7 @@ impl PartitionLog {
             let mut st = self.inner.state.borrow_mut();
             st.appender = None;
             st.open_reads.clear();
-            st.read_ahead.clear();
+            st.read_ahead.borrow_mut().clear();
             let doomed = st.segments.keys().copied().collect();
             st.segments.clear();
             doomed
@@ -1564,7 +1566,9 @@ impl PartitionLog {
             for base in &deleted {
                 st.segments.remove(base);
                 let st = &mut *st;
-                st.read_ahead.forget_segment(*base, &mut st.stats.read_ahead);
+                st.read_ahead
+                    .borrow_mut()
+                    .forget_segment(*base, &mut st.stats.read_ahead);
             }
             st.open_reads.retain(|b| !deleted.contains(b));
             let first_base = *st.segments.keys().next().expect("the active segment stays");

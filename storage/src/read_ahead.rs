@@ -18,9 +18,10 @@
 //! block a flush rewrote lies above). Truncation and segment deletion drop
 //! the streams they touch.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
 
 use futures::future::{FutureExt, Shared};
 use glommio::io::{DmaFile, ReadResult};
@@ -37,9 +38,48 @@ pub const READ_AHEAD_STREAMS_MAX: usize = 8;
 /// The per-thread budget before `set_thread_budget` is called.
 pub const READ_AHEAD_THREAD_BYTES_DEFAULT: usize = 256 << 20;
 
+/// A stream unused this long gives its chunks back when a reader of any
+/// log on the thread finds the budget spent: a reader that went away must
+/// not hold the shard's read-ahead.
+pub const READ_AHEAD_IDLE: Duration = Duration::from_secs(1);
+
 thread_local! {
     static BUDGET: Cell<usize> = const { Cell::new(READ_AHEAD_THREAD_BYTES_DEFAULT) };
     static IN_USE: Cell<usize> = const { Cell::new(0) };
+    /// The read-ahead of every log open on this thread, for `reclaim_idle`.
+    static LOGS: RefCell<Vec<Weak<RefCell<ReadAhead>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Makes a log's read-ahead known to the thread, so that its idle streams
+/// can be reclaimed for readers of other logs.
+pub(crate) fn register(read_ahead: &Rc<RefCell<ReadAhead>>) {
+    LOGS.with(|logs| {
+        let mut logs = logs.borrow_mut();
+        logs.retain(|log| log.strong_count() > 0);
+        logs.push(Rc::downgrade(read_ahead));
+    });
+}
+
+/// Drops the chunks of every stream on this thread idle since before
+/// `idle_before` (except in the log being read, whose state is borrowed:
+/// its own streams are replaced by recency). Returns the bytes freed.
+fn reclaim_idle(idle_before: Instant) -> usize {
+    let before = IN_USE.with(|u| u.get());
+    LOGS.with(|logs| {
+        let mut logs = logs.borrow_mut();
+        logs.retain(|log| log.strong_count() > 0);
+        for log in logs.iter().filter_map(Weak::upgrade) {
+            let Ok(mut read_ahead) = log.try_borrow_mut() else {
+                continue;
+            };
+            let read_ahead = &mut *read_ahead;
+            for stream in read_ahead.streams.iter_mut().filter(|s| s.last_used_at < idle_before) {
+                read_ahead.reclaimed_chunks += stream.chunks.len() as u64;
+                stream.chunks.clear();
+            }
+        }
+    });
+    before - IN_USE.with(|u| u.get())
 }
 
 /// Bounds the bytes all read-ahead on this thread (a shard) holds at once.
@@ -87,6 +127,7 @@ struct Stream {
     /// chunk had to end).
     next: u64,
     last_used: u64,
+    last_used_at: Instant,
 }
 
 /// The read-ahead streams of one partition log.
@@ -94,6 +135,8 @@ struct Stream {
 pub(crate) struct ReadAhead {
     streams: Vec<Stream>,
     clock: u64,
+    /// Chunks dropped by another log's reader reclaiming idle streams.
+    pub(crate) reclaimed_chunks: u64,
 }
 
 /// What a read found in a stream: the chunk holding its start, and the one
@@ -137,6 +180,7 @@ impl ReadAhead {
             s.base == base && from <= start && start <= s.next
         })?;
         stream.last_used = clock;
+        stream.last_used_at = Instant::now();
         while stream.chunks.front().is_some_and(|c| c.end() <= start) {
             stream.chunks.pop_front();
         }
@@ -161,6 +205,7 @@ impl ReadAhead {
             chunks: VecDeque::new(),
             next: from,
             last_used: self.clock,
+            last_used_at: Instant::now(),
         };
         if let Some(i) = self.streams.iter().position(|s| s.base == base && s.next == from) {
             stats.wasted_chunks += self.streams[i].chunks.len() as u64;
@@ -208,7 +253,9 @@ impl ReadAhead {
                 let start = align_down(stream.next);
                 let len = (end - start) as usize;
                 let budget = BUDGET.with(|b| b.get());
-                if IN_USE.with(|u| u.get()) + len > budget {
+                if IN_USE.with(|u| u.get()) + len > budget
+                    && (reclaim_idle(Instant::now() - READ_AHEAD_IDLE) == 0 || IN_USE.with(|u| u.get()) + len > budget)
+                {
                     break;
                 }
                 IN_USE.with(|u| u.set(u.get() + len));

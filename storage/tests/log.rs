@@ -840,3 +840,57 @@ fn a_read_ahead_budget_below_one_chunk_reads_nothing_ahead() {
         storage::read_ahead::set_thread_budget(storage::read_ahead::READ_AHEAD_THREAD_BYTES_DEFAULT);
     });
 }
+
+/// A reader that went away does not keep the shard's read-ahead: once its
+/// stream has been idle for `READ_AHEAD_IDLE`, a reader of another log that
+/// finds the budget spent takes it over.
+#[test]
+fn idle_streams_give_their_budget_to_readers_of_other_logs() {
+    let dir = test_dir();
+    run(|| async {
+        let config = LogConfig {
+            write_buffer_bytes: 256 << 10,
+            batch_bytes_max: 64 << 10,
+            record_bytes_max: 64 << 10,
+            read_ahead_bytes: 64 << 10,
+            ..LogConfig::default()
+        };
+        let (a, b) = (
+            PartitionLog::open(&dir.path().join("a"), config.clone()).await.unwrap(),
+            PartitionLog::open(&dir.path().join("b"), config).await.unwrap(),
+        );
+        for tag in 0..300u64 {
+            a.append(&batch(tag, 10, 1000, 0)).await.unwrap();
+            b.append(&batch(tag, 10, 1000, 0)).await.unwrap();
+        }
+        a.flush().await.unwrap();
+        b.flush().await.unwrap();
+        // Room for one stream's two chunks of about 32 KiB (a chunk counts
+        // from the block its read starts in).
+        storage::read_ahead::set_thread_budget(72 << 10);
+        a.read(Offset(0), 16 << 10).await.unwrap();
+        assert_eq!(
+            a.stats().read_ahead.chunks,
+            2,
+            "{:?} in use {}",
+            a.stats().read_ahead,
+            storage::read_ahead::thread_bytes_in_use()
+        );
+        b.read(Offset(0), 16 << 10).await.unwrap();
+        assert_eq!(b.stats().read_ahead.chunks, 0, "the budget is a's");
+        glommio::timer::sleep(storage::read_ahead::READ_AHEAD_IDLE + std::time::Duration::from_millis(200)).await;
+        assert_eq!(read_all(&b, 16 << 10).await.len(), 3000);
+        assert!(b.stats().read_ahead.chunks > 0, "b read ahead once a's stream was idle");
+        assert!(b.stats().read_ahead.hits > 0);
+        // a's reader comes back: its stream restarts and reads correctly.
+        assert_eq!(read_all(&a, 16 << 10).await.len(), 3000);
+        a.close().await.unwrap();
+        b.close().await.unwrap();
+        assert_eq!(
+            storage::read_ahead::thread_bytes_in_use(),
+            0,
+            "closed logs hold nothing"
+        );
+        storage::read_ahead::set_thread_budget(storage::read_ahead::READ_AHEAD_THREAD_BYTES_DEFAULT);
+    });
+}
