@@ -72,9 +72,7 @@ fn reclaim_idle(idle_before: Instant) -> usize {
             let Ok(mut read_ahead) = log.try_borrow_mut() else {
                 continue;
             };
-            let read_ahead = &mut *read_ahead;
             for stream in read_ahead.streams.iter_mut().filter(|s| s.last_used_at < idle_before) {
-                read_ahead.reclaimed_chunks += stream.chunks.len() as u64;
                 stream.chunks.clear();
             }
         }
@@ -135,8 +133,6 @@ struct Stream {
 pub(crate) struct ReadAhead {
     streams: Vec<Stream>,
     clock: u64,
-    /// Chunks dropped by another log's reader reclaiming idle streams.
-    pub(crate) reclaimed_chunks: u64,
 }
 
 /// What a read found in a stream: the chunk holding its start, and the one
