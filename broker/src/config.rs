@@ -229,6 +229,15 @@ mod tests {
         };
         let error = spinning.validate().expect_err("a spin past the limit is refused");
         assert!(error.to_string().contains("spin_before_park_us"), "{error}");
+        let overdrawn = BrokerConfig {
+            io_memory_bytes: 32 << 20,
+            read_ahead_shard_bytes: 64 << 20,
+            ..BrokerConfig::default()
+        };
+        let error = overdrawn
+            .validate()
+            .expect_err("read-ahead larger than the registered memory is refused");
+        assert!(error.to_string().contains("read_ahead_shard_bytes"), "{error}");
         let unknown: Result<BrokerConfig, _> = toml::from_str("spin_before_parks_us = 5");
         assert!(unknown.is_err(), "an unknown key is refused");
     }

@@ -467,6 +467,14 @@ fn invalid_config_is_refused() {
                 segment_zero_ahead_bytes: 1 << 30,
                 ..LogConfig::default()
             },
+            LogConfig {
+                read_ahead_bytes: 5000,
+                ..LogConfig::default()
+            },
+            LogConfig {
+                read_ahead_bytes: 1 << 30,
+                ..LogConfig::default()
+            },
         ] {
             let err = PartitionLog::open(dir.path(), config).await.err().expect("refused");
             assert!(matches!(err, StorageError::InvalidConfig { .. }), "{err}");
