@@ -74,6 +74,24 @@ pub struct BrokerStats {
     pub read_ahead_misses: u64,
     #[serde(default)]
     pub read_ahead_joined: u64,
+    /// The shards' batch caches: reads of bytes past the write buffers
+    /// served from memory and not, bytes served, bytes kept from write
+    /// buffers and from disk reads, and the most any shard held at once
+    /// (summed over shards) against their capacity.
+    #[serde(default)]
+    pub cache_hits: u64,
+    #[serde(default)]
+    pub cache_misses: u64,
+    #[serde(default)]
+    pub cache_hit_bytes: u64,
+    #[serde(default)]
+    pub cache_written_bytes: u64,
+    #[serde(default)]
+    pub cache_read_bytes: u64,
+    #[serde(default)]
+    pub cache_held_max_bytes: u64,
+    #[serde(default)]
+    pub cache_capacity_bytes: u64,
     /// Shards that reported.
     #[serde(default)]
     pub shards: u64,
@@ -249,6 +267,13 @@ impl BrokerProcess {
                     "read_ahead_hits" => stats.read_ahead_hits += value,
                     "read_ahead_misses" => stats.read_ahead_misses += value,
                     "read_ahead_joined" => stats.read_ahead_joined += value,
+                    "cache_hits" => stats.cache_hits += value,
+                    "cache_misses" => stats.cache_misses += value,
+                    "cache_hit_bytes" => stats.cache_hit_bytes += value,
+                    "cache_written_bytes" => stats.cache_written_bytes += value,
+                    "cache_read_bytes" => stats.cache_read_bytes += value,
+                    "cache_held_max_bytes" => stats.cache_held_max_bytes += value,
+                    "cache_capacity_bytes" => stats.cache_capacity_bytes += value,
                     "wall_ms" => stats.shard_wall_ms += value,
                     key if key.ends_with("_us") && !key.starts_with("stall") => {
                         let worst = stats.latencies_us.entry(key.to_string()).or_insert(0);

@@ -68,6 +68,8 @@ fn set(workload: &mut Workload, param: &str, value: &str) -> Result<(), String> 
         "batch_bytes" => workload.batch_bytes = number()?,
         "message_bytes" => workload.message_bytes = number()?,
         "producers" => workload.producers = number()?,
+        // 0 against the preset's: produce alone beside produce with consumers.
+        "consumers" => workload.consumers = number()?,
         "max_in_flight" => workload.max_in_flight = number()?,
         "acks" => workload.acks = value.to_string(),
         "protocol" => {

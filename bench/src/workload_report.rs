@@ -174,6 +174,19 @@ pub fn write(
                 broker.read_ahead_misses,
             ));
         }
+        if broker.cache_hits + broker.cache_misses > 0 {
+            md.push_str(&format!(
+                "\nBatch cache (capacity {} MiB over the shards; at most {} MiB held): {} reads past the write buffers served from memory ({} MiB), {} not ({:.1}% hits); kept {} MiB of written buffers and {} MiB read from disk.\n",
+                broker.cache_capacity_bytes >> 20,
+                broker.cache_held_max_bytes >> 20,
+                broker.cache_hits,
+                broker.cache_hit_bytes >> 20,
+                broker.cache_misses,
+                100.0 * per(broker.cache_hits, broker.cache_hits + broker.cache_misses),
+                broker.cache_written_bytes >> 20,
+                broker.cache_read_bytes >> 20,
+            ));
+        }
         if let Some(cpu) = broker.cpu_percent_of_a_core() {
             md.push_str(&format!(
                 "\nThe broker's {} shard thread(s) ran on a CPU {:.1} s in {:.1} s: {cpu:.0}% of one core (spinning before parking included; the kernel's I/O workers and the client are not).\n",

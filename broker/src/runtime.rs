@@ -181,6 +181,8 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
     let inboxes = Arc::new(senders);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), BrokerError>>();
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
+    let read_cache_bytes = config.read_cache_shard_bytes(usize::from(shards));
+    tracing::info!(shards, read_cache_bytes, "batch cache per shard");
     let mut threads = Vec::new();
     for (id, (cpu, inbox)) in cpus.iter().copied().zip(receivers).enumerate() {
         let id = id as u16;
@@ -215,6 +217,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
             .spawn(move || async move {
                 tracing::info!(shard = id, cpu, pinned, "shard started");
                 storage::read_ahead::set_thread_budget(config.read_ahead_shard_bytes);
+                storage::batch_cache::set_thread_capacity(read_cache_bytes);
                 let born = std::time::Instant::now();
                 let shard = Rc::new(Shard::new(id, config, metadata, inboxes, producer_ids));
                 let started = async {

@@ -276,8 +276,11 @@ impl ShardStats {
     /// served.
     pub fn read_fields(&self) -> String {
         let a = self.log_read_ahead.get();
+        // The shard's own thread: its batch cache.
+        let c = storage::batch_cache::thread_stats();
         format!(
-            "disk_read_bytes={} read_ahead_bytes={} read_ahead_hits={} read_ahead_misses={} read_ahead_joined={} read_ahead_bypassed={} read_ahead_wasted_chunks={}",
+            "disk_read_bytes={} read_ahead_bytes={} read_ahead_hits={} read_ahead_misses={} read_ahead_joined={} read_ahead_bypassed={} read_ahead_wasted_chunks={} \
+             cache_hits={} cache_misses={} cache_hit_bytes={} cache_written_bytes={} cache_read_bytes={} cache_rejected={} cache_evicted={} cache_held_max_bytes={} cache_capacity_bytes={}",
             self.log_disk_read_bytes.get(),
             a.chunk_bytes,
             a.hits,
@@ -285,6 +288,15 @@ impl ShardStats {
             a.joined,
             a.bypassed,
             a.wasted_chunks,
+            c.hits,
+            c.misses,
+            c.hit_bytes,
+            c.written_bytes,
+            c.read_bytes,
+            c.rejected,
+            c.evicted_entries,
+            c.held_bytes_max,
+            c.capacity_bytes,
         )
     }
 

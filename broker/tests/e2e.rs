@@ -641,3 +641,66 @@ fn a_pipelined_connection_keeps_a_window_of_requests_in_flight() {
         }
     });
 }
+
+/// A consumer catching up on what was just written reads it from the shard's
+/// batch cache, not from disk; with the cache off, the same reads go to the
+/// disk, and return the same records.
+#[test]
+fn a_consumer_catching_up_reads_from_the_batch_cache() {
+    use net::consumer::Consumer;
+    use net::producer::{Producer, ProducerConfig};
+
+    let mut counters = Vec::new();
+    for cache in ["read_cache_bytes = 67108864", "read_cache_bytes = 0"] {
+        let dir = data_dir();
+        let broker = Broker::start_with_config(dir.path(), 1, cache);
+        let addr = broker.addr.clone();
+        run(async move {
+            let mut admin = Connection::connect(&addr).await.unwrap();
+            admin.create_topic("recent", 1, vec![]).await.unwrap();
+            let producer = Producer::connect(
+                &addr,
+                ProducerConfig {
+                    batch_bytes: 64 << 10,
+                    linger: Duration::from_millis(5),
+                    ..ProducerConfig::default()
+                },
+            )
+            .await
+            .unwrap();
+            // 10 MB: several 2 MiB write buffers written and sealed.
+            let mut futures = Vec::new();
+            for i in 0..10_000u32 {
+                let mut value = format!("record-{i}-").into_bytes();
+                value.resize(1000, b'.');
+                futures.push(producer.send("recent", None, Some(&value), vec![], 0).await.unwrap());
+            }
+            producer.flush().await;
+            for future in futures {
+                future.await.expect("resolved").expect("stored");
+            }
+            let mut consumer = Consumer::connect(&addr, "recent").await.unwrap();
+            consumer.set_max_wait_ms(10);
+            consumer.assign_all().await.unwrap();
+            let mut seen = 0u32;
+            while seen < 10_000 {
+                for record in consumer.poll().await.unwrap() {
+                    assert_eq!(record.offset, u64::from(seen));
+                    let value = record.value.expect("a value");
+                    assert!(value.starts_with(format!("record-{seen}-").as_bytes()));
+                    seen += 1;
+                }
+            }
+        });
+        counters.push(broker.stop_with_stats().remove(0));
+    }
+    let (cached, uncached) = (&counters[0], &counters[1]);
+    assert!(cached["cache_hits"] > 0, "{cached:?}");
+    assert_eq!(cached["disk_read_bytes"] + cached["read_ahead_bytes"], 0, "{cached:?}");
+    assert!(cached["cache_written_bytes"] >= 6 << 20, "{cached:?}");
+    assert_eq!(uncached["cache_hits"], 0, "{uncached:?}");
+    assert!(
+        uncached["disk_read_bytes"] + uncached["read_ahead_bytes"] >= 6 << 20,
+        "{uncached:?}"
+    );
+}

@@ -4,11 +4,13 @@
 //! of record batches written with O_DIRECT through glommio's DMA files, with a
 //! sparse `.index` (offset to position) and `.timeindex` (timestamp to
 //! offset) beside it. This crate owns the record batch format, segments and
-//! their indexes, recovery of a torn tail, flushing with group commit, and
-//! retention. It knows nothing of sockets or shards: a `PartitionLog` lives
-//! on the glommio executor that opened it and is driven from there.
+//! their indexes, recovery of a torn tail, flushing with group commit,
+//! read-ahead and the batch cache for readers, and retention. It knows
+//! nothing of sockets or shards: a `PartitionLog` lives on the glommio
+//! executor that opened it and is driven from there.
 
 pub mod batch;
+pub mod batch_cache;
 pub mod blocking;
 pub mod error;
 pub mod offset;

@@ -69,11 +69,25 @@ pub struct AppendInfo {
     pub segment_base_offset: Offset,
 }
 
-/// Bytes of whole batch frames, laid end to end, from the disk (no copy) or
-/// from the active segment's write buffer (copied once).
+/// Bytes of whole batch frames, laid end to end: from the disk (no copy),
+/// from a segment write buffer sealed for its write or kept by the batch
+/// cache (no copy), or from the active segment's unsealed buffer (copied
+/// once).
 #[derive(Debug)]
 pub enum ReadBytes {
     Disk(ReadResult),
+    Buffer {
+        buffer: Rc<DmaBuffer>,
+        start: usize,
+        end: usize,
+    },
+    /// From a batch cache arena (the bytes of write buffers a flush sealed
+    /// with little in them, gathered).
+    Arena {
+        arena: Rc<crate::batch_cache::Arena>,
+        start: usize,
+        end: usize,
+    },
     Memory {
         bytes: Rc<Vec<u8>>,
         start: usize,
@@ -98,6 +112,16 @@ impl ReadBytes {
         assert!(from + len <= self.len());
         match self {
             ReadBytes::Disk(r) => ReadBytes::Disk(ReadResult::slice(r, from, len).expect("slice within bounds")),
+            ReadBytes::Buffer { buffer, start, .. } => ReadBytes::Buffer {
+                buffer: buffer.clone(),
+                start: start + from,
+                end: start + from + len,
+            },
+            ReadBytes::Arena { arena, start, .. } => ReadBytes::Arena {
+                arena: arena.clone(),
+                start: start + from,
+                end: start + from + len,
+            },
             ReadBytes::Memory {
                 bytes,
                 start,
@@ -128,6 +152,8 @@ impl Deref for ReadBytes {
     fn deref(&self) -> &[u8] {
         match self {
             ReadBytes::Disk(r) => r,
+            ReadBytes::Buffer { buffer, start, end } => &buffer.allocated_bytes()[*start..*end],
+            ReadBytes::Arena { arena, start, end } => &arena.bytes()[*start..*end],
             ReadBytes::Memory { bytes, start, end, .. } => &bytes[*start..*end],
         }
     }
@@ -157,8 +183,9 @@ struct State {
     unflushed_bytes: u64,
     /// Sealed segments with an open read handle, least recently used first.
     open_reads: VecDeque<Offset>,
-    /// The write of a sealed buffer, running while appends fill the next one.
-    pending_write: Option<(PendingWrite, usize)>,
+    /// The write of a sealed buffer, running while appends fill the next
+    /// one: the write, its length, and the base offset of its segment.
+    pending_write: Option<(PendingWrite, usize, Offset)>,
     /// A task is flushing for `wait_durable`; others wait for it to finish.
     flushing: bool,
     flush_waiters: Vec<futures::channel::oneshot::Sender<()>>,
@@ -177,6 +204,10 @@ struct State {
     /// Shared with the thread's registry (`read_ahead::register`), which
     /// reclaims idle streams for other logs' readers.
     read_ahead: Rc<RefCell<ReadAhead>>,
+    /// Counts truncations and segment deletions: a read from disk that
+    /// began before one may hold bytes no longer in the log, and is not
+    /// given to the batch cache.
+    cut_epoch: u64,
     stats: LogStats,
     failed: bool,
     closed: bool,
@@ -288,6 +319,8 @@ enum NeedsIo {
 }
 
 struct Inner {
+    /// The log's name in the thread's batch cache.
+    id: u64,
     dir: PathBuf,
     config: LogConfig,
     limits: BatchLimits,
@@ -349,7 +382,9 @@ impl PartitionLog {
         let log_start_offset = checkpoint.unwrap_or(first_base).max(first_base).min(next_offset);
         tracing::info!(dir = %dir.display(), segments = segments.len(), %log_start_offset, log_end_offset = %next_offset, "recovered partition log");
 
+        let id = crate::batch_cache::new_log_id();
         let inner = Rc::new(Inner {
+            id,
             limits: config.batch_limits(),
             config,
             dir,
@@ -373,7 +408,8 @@ impl PartitionLog {
                 decision_flushes: 0,
                 zeroing: None,
                 zero_buffer: None,
-                read_ahead: Rc::new(RefCell::new(ReadAhead::default())),
+                read_ahead: Rc::new(RefCell::new(ReadAhead::new(id))),
+                cut_epoch: 0,
                 stats: LogStats::default(),
                 failed: false,
                 closed: false,
@@ -610,6 +646,7 @@ impl PartitionLog {
         };
         let Some(write) = sealed else { return Ok(()) };
         let expected = write.buffer.len();
+        let segment_base = self.inner.state.borrow().active().base_offset;
         let mut write: PendingWrite = Box::pin(async move {
             write
                 .file
@@ -634,6 +671,7 @@ impl PartitionLog {
                 }
             }),
             expected,
+            segment_base,
         ));
         if wait {
             self.finish_write_locked().await?;
@@ -778,14 +816,28 @@ impl PartitionLog {
 
     /// Waits for the running write, if any, and accounts for its result.
     async fn finish_write_locked(&self) -> Result<()> {
-        let Some((task, expected)) = self.inner.state.borrow_mut().pending_write.take() else {
+        let Some((task, expected, segment_base)) = self.inner.state.borrow_mut().pending_write.take() else {
             return Ok(());
         };
         let waited = std::time::Instant::now();
         let result = task.await;
         let path = {
             let mut st = self.inner.state.borrow_mut();
-            st.appender_mut().write_done();
+            let written = st.appender_mut().write_done();
+            if matches!(result, Ok(n) if n == expected) {
+                // The written buffer serves its readers from the batch cache
+                // from now on; one the cache does not keep is written again.
+                let kept = crate::batch_cache::insert_written(
+                    self.inner.id,
+                    segment_base,
+                    written.position,
+                    written.end,
+                    written.buffer,
+                );
+                if let Err(buffer) = kept {
+                    st.appender_mut().give_spare(buffer);
+                }
+            }
             st.stats.writes += 1;
             st.stats.bytes_written += expected as u64;
             st.stats.write_wait += waited.elapsed();
@@ -1082,9 +1134,10 @@ impl PartitionLog {
             Open(PathBuf),
         }
         let ahead = self.inner.config.read_ahead_bytes;
-        let (source, len, memory_start, final_end) = {
+        let (source, len, memory_start, final_end, cut_epoch) = {
             let mut st = self.inner.state.borrow_mut();
             st.usable(&self.inner.dir)?;
+            let cut_epoch = st.cut_epoch;
             let is_active = st.active().base_offset == base;
             let Some(segment) = st.segments.get(&base) else {
                 return Ok(ReadBytes::empty()); // deleted by retention meanwhile
@@ -1099,6 +1152,18 @@ impl PartitionLog {
             if is_active {
                 let appender = st.appender();
                 let memory_start = appender.memory_start();
+                if let Some(in_flight) = appender.in_flight().filter(|f| start >= f.position && start < f.end) {
+                    // Sealed and immutable while its write runs: a slice. A
+                    // batch starting in it ends in it (the appender never
+                    // splits one across buffers).
+                    let from = (start - in_flight.position) as usize;
+                    let len = len.min((in_flight.end - start) as usize);
+                    return Ok(ReadBytes::Buffer {
+                        buffer: in_flight.buffer.clone(),
+                        start: from,
+                        end: from + len,
+                    });
+                }
                 if start >= memory_start {
                     let mut bytes = vec![0; len];
                     appender.copy_from_memory(start, &mut bytes);
@@ -1114,18 +1179,22 @@ impl PartitionLog {
                     len,
                     Some(memory_start),
                     memory_start,
+                    cut_epoch,
                 )
             } else if let Some(file) = read_file {
                 if let Some(i) = st.open_reads.iter().position(|b| *b == base) {
                     st.open_reads.remove(i);
                 }
                 st.open_reads.push_back(base);
-                (Source::Disk(file), len, None, segment_size)
+                (Source::Disk(file), len, None, segment_size, cut_epoch)
             } else {
-                (Source::Open(log_path), len, None, segment_size)
+                (Source::Open(log_path), len, None, segment_size, cut_epoch)
             }
         };
         let straddles_memory = memory_start.is_some_and(|boundary| start + len as u64 > boundary);
+        if let Some(bytes) = crate::batch_cache::lookup(self.inner.id, base, start, len) {
+            return Ok(bytes);
+        }
         let mut streamed = false;
         if ahead > 0 && !straddles_memory {
             match self.read_ahead_hit(base, start, len, final_end).await? {
@@ -1201,7 +1270,14 @@ impl PartitionLog {
                     .read_at(start, len)
                     .await
                     .map_err(|e| io_error("read segment", &path(), e))?;
-                self.inner.state.borrow_mut().stats.disk_read_bytes += bytes.len() as u64;
+                let mut st = self.inner.state.borrow_mut();
+                st.stats.disk_read_bytes += bytes.len() as u64;
+                // Unless bytes were cut or deleted meanwhile (what the read
+                // returned may be gone from the log), the batch cache keeps
+                // what was read.
+                if st.cut_epoch == cut_epoch {
+                    crate::batch_cache::insert_read(self.inner.id, base, start, bytes.len(), bytes.clone(), true);
+                }
                 Ok(ReadBytes::Disk(bytes))
             }
         }
@@ -1405,8 +1481,10 @@ impl PartitionLog {
         let doomed: Vec<Offset> = {
             let mut st = self.inner.state.borrow_mut();
             st.appender = None;
-            // Chunks read ahead may hold the bytes cut below.
+            // Chunks read ahead and cached may hold the bytes cut below.
             st.read_ahead.borrow_mut().clear();
+            st.cut_epoch += 1;
+            crate::batch_cache::forget_segments_from(self.inner.id, base);
             let doomed: Vec<Offset> = st.segments.range(base..).map(|(b, _)| *b).skip(1).collect();
             for b in &doomed {
                 st.segments.remove(b);
@@ -1464,6 +1542,8 @@ impl PartitionLog {
             st.appender = None;
             st.open_reads.clear();
             st.read_ahead.borrow_mut().clear();
+            st.cut_epoch += 1;
+            crate::batch_cache::forget_log(self.inner.id);
             let doomed = st.segments.keys().copied().collect();
             st.segments.clear();
             doomed
@@ -1563,8 +1643,10 @@ impl PartitionLog {
                 .take_while(|s| s.base_offset != active_base && doomed(s, log_start))
                 .map(|s| s.base_offset)
                 .collect();
+            st.cut_epoch += u64::from(!deleted.is_empty());
             for base in &deleted {
                 st.segments.remove(base);
+                crate::batch_cache::forget_segment(self.inner.id, *base);
                 let st = &mut *st;
                 st.read_ahead
                     .borrow_mut()
@@ -1593,6 +1675,7 @@ impl PartitionLog {
             let mut st = self.inner.state.borrow_mut();
             st.closed = true;
             st.open_reads.clear();
+            crate::batch_cache::forget_log(self.inner.id);
             let mut files: Vec<Rc<DmaFile>> = st.segments.values_mut().filter_map(|s| s.read_file.take()).collect();
             files.extend(st.appender.take().map(|appender| appender.file.clone()));
             files
@@ -1605,6 +1688,14 @@ impl PartitionLog {
             file.close_rc().await.map_err(|e| io_error("close segment", &path, e))?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // A log dropped without a close (a crash in a test, a failed open
+        // elsewhere) leaves nothing of its own in the thread's cache.
+        crate::batch_cache::forget_log(self.id);
     }
 }
 

@@ -129,8 +129,10 @@ struct Stream {
 }
 
 /// The read-ahead streams of one partition log.
-#[derive(Default)]
 pub(crate) struct ReadAhead {
+    /// The log's id in the thread's batch cache, which keeps the chunks
+    /// read already.
+    log: u64,
     streams: Vec<Stream>,
     clock: u64,
 }
@@ -164,8 +166,17 @@ pub struct ReadAheadStats {
 }
 
 impl ReadAhead {
+    pub(crate) fn new(log: u64) -> ReadAhead {
+        ReadAhead {
+            log,
+            streams: Vec::new(),
+            clock: 0,
+        }
+    }
+
     /// The stream chunk holding `start` of segment `base`; chunks wholly
-    /// before it are dropped (read already).
+    /// before it are dropped (read already: the batch cache may keep them
+    /// for other readers).
     pub(crate) fn lookup(&mut self, base: Offset, start: u64) -> Option<Hit> {
         self.clock += 1;
         let clock = self.clock;
@@ -178,7 +189,10 @@ impl ReadAhead {
         stream.last_used = clock;
         stream.last_used_at = Instant::now();
         while stream.chunks.front().is_some_and(|c| c.end() <= start) {
-            stream.chunks.pop_front();
+            let read = stream.chunks.pop_front().expect("checked");
+            if let Some(Ok(bytes)) = read.read.peek() {
+                crate::batch_cache::insert_read(self.log, base, read.start, read.len, bytes.clone(), false);
+            }
         }
         let mut chunks = stream.chunks.iter();
         let chunk = chunks.next()?;

@@ -145,12 +145,15 @@ impl Segment {
 /// block boundary of the file, so every write is aligned. An append copies
 /// the batch into the buffer and returns: the bytes are readable at once, from
 /// memory, but not durable. When the buffer is full, or on a flush, the
-/// buffer is sealed (it becomes `in_flight`, shared with the write) and the
-/// spare buffer takes over, beginning with a copy of the partial last block.
-/// A written buffer becomes the spare: a log flushed thousands of times a
+/// buffer is sealed (it becomes `in_flight`, shared with the write and with
+/// readers) and the spare buffer takes over, beginning with a copy of the
+/// partial last block. A written buffer goes to the batch cache, or becomes
+/// the spare if the cache does not keep it; without a spare the next seal
+/// takes a buffer the cache evicted. So a log flushed thousands of times a
 /// second reuses its two buffers rather than allocating 2 MiB (and, past
 /// glommio's registered pool, mapping, faulting in and unmapping it) per
-/// flush.
+/// flush, and a log whose buffers the cache keeps takes back the ones it
+/// evicts.
 ///
 /// Invariants: `position_written` is block aligned and at most `buffer_base`;
 /// bytes below `memory_start()` are on disk; at most one write is in flight
@@ -165,8 +168,8 @@ pub struct SegmentAppender {
     buffer_base: u64,
     /// Bytes of the buffer holding data.
     buffer_len: usize,
-    /// A sealed buffer being written, with its file position.
-    in_flight: Option<(u64, Rc<DmaBuffer>)>,
+    /// A sealed buffer being written.
+    in_flight: Option<InFlight>,
     /// The buffer the next seal takes over, once one has been written.
     spare: Option<DmaBuffer>,
     /// Logical end of what has been handed to the disk (the last write may
@@ -178,6 +181,14 @@ pub struct SegmentAppender {
     /// touches the file below this: it is at or past every position data has
     /// been handed to the disk for, and a zero write only starts from it.
     pub zeroed_end: u64,
+}
+
+/// A sealed buffer: bytes `[position, end)` of the segment from its first
+/// byte (its write may stop short of `end`, at the last whole block).
+pub struct InFlight {
+    pub position: u64,
+    pub end: u64,
+    pub buffer: Rc<DmaBuffer>,
 }
 
 /// A sealed buffer ready to be written at `position`.
@@ -240,7 +251,13 @@ impl SegmentAppender {
     pub fn memory_start(&self) -> u64 {
         self.in_flight
             .as_ref()
-            .map_or(self.buffer_base, |(position, _)| *position)
+            .map_or(self.buffer_base, |in_flight| in_flight.position)
+    }
+
+    /// The sealed buffer being written, if any: readers are served from it
+    /// without a copy.
+    pub fn in_flight(&self) -> Option<&InFlight> {
+        self.in_flight.as_ref()
     }
 
     pub fn free_bytes(&self) -> usize {
@@ -281,6 +298,7 @@ impl SegmentAppender {
         let mut next = self
             .spare
             .take()
+            .or_else(|| crate::batch_cache::recycled_buffer(self.buffer_bytes))
             .unwrap_or_else(|| self.file.alloc_dma_buffer(self.buffer_bytes));
         debug_assert_eq!(next.len(), self.buffer_bytes);
         let tail = self.buffer_len - whole;
@@ -295,7 +313,11 @@ impl SegmentAppender {
         let sealed = Rc::new(sealed);
         let position = self.buffer_base;
         let end = self.position_appended();
-        self.in_flight = Some((position, sealed.clone()));
+        self.in_flight = Some(InFlight {
+            position,
+            end,
+            buffer: sealed.clone(),
+        });
         self.buffer_base += whole as u64;
         self.buffer_len = tail;
         self.position_submitted = if pad {
@@ -312,12 +334,16 @@ impl SegmentAppender {
     }
 
     /// The write of the sealed buffer finished (or failed: then the log is
-    /// failed and the appender is never used again).
-    pub fn write_done(&mut self) {
-        let (_, sealed) = self.in_flight.take().expect("a write was in flight");
-        // The finished write has dropped its share; a buffer still shared
-        // (nothing does that today) is simply freed.
-        if let Ok(mut buffer) = Rc::try_unwrap(sealed) {
+    /// failed and the appender is never used again). Returns the buffer, for
+    /// the batch cache or `give_spare`.
+    pub fn write_done(&mut self) -> InFlight {
+        self.in_flight.take().expect("a write was in flight")
+    }
+
+    /// Takes a written buffer back as the next seal's, unless a reader still
+    /// holds a slice of it (then it is freed with the reader's).
+    pub fn give_spare(&mut self, buffer: Rc<DmaBuffer>) {
+        if let Ok(mut buffer) = Rc::try_unwrap(buffer) {
             buffer.restore_size();
             self.spare = Some(buffer);
         }
@@ -332,11 +358,11 @@ impl SegmentAppender {
         let mut filled = 0;
         // The in-flight buffer may overlap the current one by one block (a
         // flush wrote the partial block): the current buffer is newer.
-        if let Some((base, sealed)) = &self.in_flight {
+        if let Some(in_flight) = &self.in_flight {
             if at < self.buffer_base {
                 let n = ((self.buffer_base - at) as usize).min(out.len());
-                let from = (at - base) as usize;
-                out[..n].copy_from_slice(&sealed.as_bytes()[from..from + n]);
+                let from = (at - in_flight.position) as usize;
+                out[..n].copy_from_slice(&in_flight.buffer.as_bytes()[from..from + n]);
                 filled = n;
                 at += n as u64;
             }

@@ -902,3 +902,173 @@ fn idle_streams_give_their_budget_to_readers_of_other_logs() {
         storage::read_ahead::set_thread_budget(storage::read_ahead::READ_AHEAD_THREAD_BYTES_DEFAULT);
     });
 }
+
+/// The batch cache serves what was just written, and what was read from disk
+/// once, from memory, byte for byte what the disk holds; a cache too small
+/// for one buffer keeps nothing; a truncated or deleted range is never
+/// served from it; a closed log leaves nothing in it.
+#[test]
+fn the_batch_cache_serves_recent_batches_and_never_what_was_cut() {
+    use storage::batch_cache::{set_thread_capacity, thread_stats};
+    let dir = test_dir();
+    let config = LogConfig {
+        segment_bytes: 2 << 20,
+        write_buffer_bytes: 256 << 10,
+        batch_bytes_max: 128 << 10,
+        record_bytes_max: 128 << 10,
+        // Without read-ahead every miss is a read from disk of its own.
+        read_ahead_bytes: 0,
+        ..LogConfig::default()
+    };
+    run(|| async {
+        set_thread_capacity(16 << 20);
+        let log = PartitionLog::open(dir.path(), config).await.unwrap();
+        // The last batch is small: one that the active segment's memory
+        // begins inside is read joined from disk and memory, not cached.
+        for tag in 0..410u64 {
+            // 1-20 KiB batches, every 40th one of 100 KiB.
+            let (count, value_bytes) = if tag % 40 == 39 {
+                (1, 100_000)
+            } else {
+                (1 + tag as usize % 20, 1000)
+            };
+            log.append(&batch(tag, count, value_bytes, tag as i64)).await.unwrap();
+        }
+        log.flush().await.unwrap();
+        assert!(log.segment_base_offsets().len() >= 2);
+        let written = thread_stats();
+        assert!(written.written_entries > 0, "{written:?}");
+        assert!(written.held_bytes <= 16 << 20);
+
+        // Everything written is in memory: no read goes to the disk.
+        let from_memory = read_all(&log, 64 << 10).await;
+        assert_eq!(log.stats().disk_read_bytes, 0, "{:?}", thread_stats());
+        assert!(thread_stats().hits > 0);
+
+        // The disk holds the same: read it with the cache off.
+        set_thread_capacity(0);
+        assert_eq!(thread_stats().held_bytes, 0, "switched off, it holds nothing");
+        let from_disk = read_all(&log, 64 << 10).await;
+        assert!(
+            from_memory == from_disk,
+            "the cache served other bytes than the disk holds"
+        );
+        let disk_bytes = log.stats().disk_read_bytes;
+        assert!(disk_bytes > 0);
+
+        // Read once from disk, then from the cache: the same bytes, no new
+        // disk reads, and a reader jumping back is served too.
+        set_thread_capacity(16 << 20);
+        assert!(read_all(&log, 64 << 10).await == from_disk);
+        let after_first = log.stats().disk_read_bytes;
+        assert!(after_first > disk_bytes);
+        assert!(read_all(&log, 20 << 10).await == from_disk);
+        for from in [Offset(3000), Offset(10), Offset(1500)] {
+            let read = log.read(from, 32 << 10).await.unwrap();
+            assert!(!read.bytes.is_empty() && read.next_offset > from);
+        }
+        assert_eq!(log.stats().disk_read_bytes, after_first, "read back from the cache");
+        assert!(thread_stats().read_entries > 0);
+
+        // A cut: new batches take the cut offsets, and not one old byte is
+        // served from the cache in their place.
+        let cut = Offset(log.log_end_offset().0 / 2);
+        log.truncate_to(cut).await.unwrap();
+        let end = log.log_end_offset();
+        for tag in 1000..1200u64 {
+            log.append(&batch(tag, 5, 900, 0)).await.unwrap();
+        }
+        log.flush().await.unwrap();
+        let cached = read_all(&log, 48 << 10).await;
+        assert!(cached
+            .iter()
+            .any(|s| s.offset == end && s.value.starts_with(b"1000-0-")));
+        set_thread_capacity(0);
+        let truth = read_all(&log, 48 << 10).await;
+        assert!(cached == truth, "the cache served bytes cut from the log");
+
+        // A cache smaller than one write buffer keeps nothing and serves
+        // what the disk holds.
+        set_thread_capacity(100 << 10);
+        for tag in 2000..2100u64 {
+            log.append(&batch(tag, 5, 900, 0)).await.unwrap();
+        }
+        log.flush().await.unwrap();
+        let small = thread_stats();
+        assert_eq!(small.written_entries, thread_stats().written_entries);
+        let truth = {
+            set_thread_capacity(0);
+            read_all(&log, 48 << 10).await
+        };
+        set_thread_capacity(100 << 10);
+        assert!(read_all(&log, 48 << 10).await == truth);
+        assert!(thread_stats().held_bytes <= 100 << 10);
+
+        // Deleted segments: gone from the log and from the cache.
+        set_thread_capacity(16 << 20);
+        assert!(read_all(&log, 48 << 10).await == truth);
+        let second = log.segment_base_offsets()[1];
+        log.delete_records_before(second).await.unwrap();
+        assert!(matches!(
+            log.read(Offset(0), 1 << 20).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        let kept: Vec<Seen> = truth.iter().filter(|s| s.offset >= second).cloned().collect();
+        assert!(read_all(&log, 48 << 10).await == kept);
+
+        log.close().await.unwrap();
+        let closed = thread_stats();
+        assert_eq!(
+            (closed.entries, closed.held_bytes),
+            (0, 0),
+            "a closed log leaves nothing cached"
+        );
+        set_thread_capacity(0);
+    });
+}
+
+/// A log flushed after every append (acks=all) seals write buffers with a
+/// few KiB in them: their bytes gather in the cache's arenas, and a reader
+/// behind the log is served from memory, byte for byte what the disk holds.
+#[test]
+fn a_log_flushed_after_every_append_is_read_back_from_the_batch_cache() {
+    use storage::batch_cache::{set_thread_capacity, thread_stats};
+    let dir = test_dir();
+    let config = LogConfig {
+        segment_bytes: 1 << 20,
+        write_buffer_bytes: 256 << 10,
+        batch_bytes_max: 128 << 10,
+        record_bytes_max: 128 << 10,
+        read_ahead_bytes: 64 << 10,
+        ..LogConfig::default()
+    };
+    run(|| async {
+        set_thread_capacity(16 << 20);
+        let log = PartitionLog::open(dir.path(), config).await.unwrap();
+        for tag in 0..400u64 {
+            log.append(&batch(tag, 1 + tag as usize % 8, 700, tag as i64))
+                .await
+                .unwrap();
+            log.flush().await.unwrap();
+        }
+        assert!(log.stats().flushes >= 400);
+        assert!(
+            log.segment_base_offsets().len() >= 2,
+            "rolled: arenas of more than one segment"
+        );
+        let cached = read_all(&log, 32 << 10).await;
+        let stats = log.stats();
+        assert_eq!(
+            (stats.disk_read_bytes, stats.read_ahead.chunk_bytes),
+            (0, 0),
+            "{:?}",
+            thread_stats()
+        );
+        assert!(thread_stats().held_bytes < 16 << 20);
+        set_thread_capacity(0);
+        let from_disk = read_all(&log, 32 << 10).await;
+        assert!(log.stats().read_ahead.chunk_bytes > 0);
+        assert!(cached == from_disk, "the arenas served other bytes than the disk holds");
+        log.close().await.unwrap();
+    });
+}

@@ -10,14 +10,35 @@ use storage::{LogConfig, Offset, PartitionLog};
 
 #[derive(Clone, Debug)]
 enum Op {
-    Append { records: usize, value_bytes: usize },
+    Append {
+        records: usize,
+        value_bytes: usize,
+    },
     Flush,
-    Read { at: u64, max_bytes: usize },
+    Read {
+        at: u64,
+        max_bytes: usize,
+    },
     Reopen,
     Crash,
-    Truncate { at: u64 },
-    DeleteBefore { at: u64 },
-    RetainBytes { bytes: u64 },
+    Truncate {
+        at: u64,
+    },
+    DeleteBefore {
+        at: u64,
+    },
+    RetainBytes {
+        bytes: u64,
+    },
+    /// The thread's batch cache resized: off, smaller than one write
+    /// buffer (nothing is kept), about one buffer, many.
+    CacheBytes {
+        bytes: usize,
+    },
+}
+
+fn cache_bytes() -> impl Strategy<Value = usize> {
+    prop_oneof![Just(0usize), Just(3 << 10), Just(60 << 10), Just(1 << 20)]
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -31,6 +52,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u64>().prop_map(|at| Op::Truncate { at }),
         1 => any::<u64>().prop_map(|at| Op::DeleteBefore { at }),
         1 => (8_000u64..200_000).prop_map(|bytes| Op::RetainBytes { bytes }),
+        1 => cache_bytes().prop_map(|bytes| Op::CacheBytes { bytes }),
     ]
 }
 
@@ -58,12 +80,13 @@ struct Model {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
 
     #[test]
-    fn the_log_agrees_with_its_model(ops in prop::collection::vec(op(), 1..60)) {
+    fn the_log_agrees_with_its_model(cache in cache_bytes(), ops in prop::collection::vec(op(), 1..60)) {
         let dir = test_dir();
         run(|| async move {
+            storage::batch_cache::set_thread_capacity(cache);
             let mut log = PartitionLog::open(dir.path(), config(None)).await.unwrap();
             let mut model = Model { records: Vec::new(), log_start: Offset(0), log_end: Offset(0) };
             let mut tag = 0u64;
@@ -93,7 +116,8 @@ proptest! {
                             let first = storage::batch::verify_crc(&read.bytes).unwrap();
                             assert!(first.base_offset <= from && from <= first.last_offset());
                             // Every record served is the model's: nothing
-                            // truncated or deleted comes back from read-ahead.
+                            // truncated or deleted comes back from read-ahead
+                            // or the batch cache.
                             let start = model.records.partition_point(|(o, _)| *o < from);
                             let served = records_of(&read.bytes, from);
                             assert!(!served.is_empty());
@@ -142,6 +166,7 @@ proptest! {
                         log.close().await.unwrap();
                         log = PartitionLog::open(dir.path(), config(None)).await.unwrap();
                     }
+                    Op::CacheBytes { bytes } => storage::batch_cache::set_thread_capacity(bytes),
                 }
                 assert_eq!(log.log_end_offset(), model.log_end);
                 assert_eq!(log.log_start_offset(), model.log_start);

@@ -134,6 +134,16 @@ impl DmaBuffer {
         self.size = self.capacity;
     }
 
+    /// The whole allocation as bytes, whatever `trim_to_size` cut from the
+    /// addressable contents (added for corelog: a write buffer trimmed to the
+    /// blocks it writes still holds the partial block past them, which its
+    /// readers are served from; see `restore_size`). Only meaningful on a
+    /// buffer never trimmed from the front.
+    pub fn allocated_bytes(&self) -> &[u8] {
+        debug_assert_eq!(self.trim, 0, "trimmed from the front");
+        unsafe { std::slice::from_raw_parts(self.storage.as_ptr(), self.capacity) }
+    }
+
     /// Returns a representation of the current addressable contents of this
     /// `DmaBuffer` as a byte slice
     pub fn as_bytes(&self) -> &[u8] {
