@@ -68,25 +68,34 @@ pub async fn read_all(log: &PartitionLog, max_bytes: usize) -> Vec<Seen> {
             assert_eq!(next, read.log_end_offset, "an empty read happens only at the log end");
             return seen;
         }
-        for frame in batch::frames(&read.bytes) {
-            let info = batch::verify_crc(frame).expect("served batches carry their crc");
-            let archived = batch::access(frame).expect("served batches validate");
-            for record in archived.records.iter() {
-                let offset = info.base_offset.plus(u64::from(record.offset_delta.to_native()));
-                if offset < next {
-                    continue;
-                }
-                seen.push(Seen {
-                    offset,
-                    key: record.key.as_ref().map(|k| k.to_vec()).unwrap_or_default(),
-                    value: record.value.as_ref().map(|v| v.to_vec()).unwrap_or_default(),
-                    timestamp_ms: info.first_timestamp_ms + record.timestamp_delta_ms.to_native(),
-                });
-            }
-        }
+        seen.extend(records_in(&read.bytes, next));
         assert!(read.next_offset > next, "reads progress");
         next = read.next_offset;
     }
+}
+
+/// The records at or after `from` in `bytes` (whole batches), checking
+/// every batch. Records, not bytes: two logs given the same batches stamp
+/// their own append times into them.
+pub fn records_in(bytes: &[u8], from: Offset) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    for frame in batch::frames(bytes) {
+        let info = batch::verify_crc(frame).expect("served batches carry their crc");
+        let archived = batch::access(frame).expect("served batches validate");
+        for record in archived.records.iter() {
+            let offset = info.base_offset.plus(u64::from(record.offset_delta.to_native()));
+            if offset < from {
+                continue;
+            }
+            seen.push(Seen {
+                offset,
+                key: record.key.as_ref().map(|k| k.to_vec()).unwrap_or_default(),
+                value: record.value.as_ref().map(|v| v.to_vec()).unwrap_or_default(),
+                timestamp_ms: info.first_timestamp_ms + record.timestamp_delta_ms.to_native(),
+            });
+        }
+    }
+    seen
 }
 
 /// A clock a test moves by hand.
