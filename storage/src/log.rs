@@ -1165,8 +1165,8 @@ impl PartitionLog {
                     });
                 }
                 if start >= memory_start {
-                    let mut bytes = vec![0; len];
-                    appender.copy_from_memory(start, &mut bytes);
+                    let mut bytes = Vec::with_capacity(len);
+                    appender.extend_from_memory(start, len, &mut bytes);
                     return Ok(ReadBytes::Memory {
                         bytes: Rc::new(bytes),
                         start: 0,
@@ -1255,9 +1255,9 @@ impl PartitionLog {
                     // The memory part moved meanwhile: serve the disk part alone.
                     return Ok(ReadBytes::Disk(disk));
                 }
-                let mut bytes = vec![0; len];
-                bytes[..disk_len].copy_from_slice(&disk);
-                st.appender().copy_from_memory(boundary, &mut bytes[disk_len..]);
+                let mut bytes = Vec::with_capacity(len);
+                bytes.extend_from_slice(&disk);
+                st.appender().extend_from_memory(boundary, len - disk_len, &mut bytes);
                 Ok(ReadBytes::Memory {
                     bytes: Rc::new(bytes),
                     start: 0,

@@ -349,28 +349,29 @@ impl SegmentAppender {
         }
     }
 
-    /// Copies bytes at `[position, position + out.len())` from memory. The
-    /// range must lie within `[memory_start(), position_appended())`.
-    pub fn copy_from_memory(&self, position: u64, out: &mut [u8]) {
+    /// Appends the bytes at `[position, position + len)`, from memory, to
+    /// `out` (no zeroing of a buffer first: a consumer at the tail takes a
+    /// copy per fetch). The range must lie within `[memory_start(),
+    /// position_appended())`.
+    pub fn extend_from_memory(&self, position: u64, len: usize, out: &mut Vec<u8>) {
         assert!(position >= self.memory_start());
-        assert!(position + out.len() as u64 <= self.position_appended());
+        assert!(position + len as u64 <= self.position_appended());
         let mut at = position;
-        let mut filled = 0;
+        let mut left = len;
         // The in-flight buffer may overlap the current one by one block (a
         // flush wrote the partial block): the current buffer is newer.
         if let Some(in_flight) = &self.in_flight {
             if at < self.buffer_base {
-                let n = ((self.buffer_base - at) as usize).min(out.len());
+                let n = ((self.buffer_base - at) as usize).min(left);
                 let from = (at - in_flight.position) as usize;
-                out[..n].copy_from_slice(&in_flight.buffer.as_bytes()[from..from + n]);
-                filled = n;
+                out.extend_from_slice(&in_flight.buffer.as_bytes()[from..from + n]);
+                left -= n;
                 at += n as u64;
             }
         }
-        if filled < out.len() {
+        if left > 0 {
             let from = (at - self.buffer_base) as usize;
-            let n = out.len() - filled;
-            out[filled..].copy_from_slice(&self.buffer.as_bytes()[from..from + n]);
+            out.extend_from_slice(&self.buffer.as_bytes()[from..from + left]);
         }
     }
 }
