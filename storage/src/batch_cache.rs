@@ -565,6 +565,15 @@ mod tests {
         bytes
     }
 
+    /// DMA buffers come from an executor's thread.
+    fn on_executor(run: impl FnOnce() + Send + 'static) {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move { run() })
+            .expect("executor")
+            .join()
+            .expect("test ran");
+    }
+
     fn written(bytes: &[u8], capacity: usize) -> Rc<DmaBuffer> {
         let mut buffer = glommio::allocate_dma_buffer_global(capacity);
         buffer.as_bytes_mut()[..bytes.len()].copy_from_slice(bytes);
@@ -620,11 +629,7 @@ mod tests {
             assert!(insert_written(3, Offset(0), 0, 4000, written(&a, 4096)).is_err());
             set_thread_capacity(0);
         };
-        glommio::LocalExecutorBuilder::default()
-            .spawn(move || async move { run() })
-            .expect("executor")
-            .join()
-            .expect("test ran");
+        on_executor(run);
     }
 
     #[test]
@@ -678,10 +683,6 @@ mod tests {
             assert_eq!(thread_stats().held_bytes, 0);
             set_thread_capacity(0);
         };
-        glommio::LocalExecutorBuilder::default()
-            .spawn(move || async move { run() })
-            .expect("executor")
-            .join()
-            .expect("test ran");
+        on_executor(run);
     }
 }
