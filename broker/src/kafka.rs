@@ -33,7 +33,7 @@ use net::messages::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 use net::ErrorCode;
 
 use crate::error::BrokerError;
-use crate::shard::Shard;
+use crate::shard::{FetchLimit, Shard};
 
 mod groups;
 
@@ -437,14 +437,14 @@ async fn fetch(shard: &Shard, request: FetchRequest) -> ResponseKind {
             let mut partitions = Vec::new();
             for p in &topic.partitions {
                 let partition = p.partition;
-                // Past the response's max_bytes the other partitions answer
-                // with their watermarks and no records (Kafka lets only the
-                // first partition with data exceed the limit).
-                let full = total > 0 && total >= max_bytes;
-                let budget = (p.partition_max_bytes.max(1) as usize)
-                    .min(max_bytes.saturating_sub(total))
-                    .max(1);
-                let mut data = fetch_partition(
+                // Only the first partition with data may pass a limit (by
+                // one batch); past the response's max_bytes the others
+                // answer with their watermarks, read nothing.
+                let budget = Budget {
+                    bytes: (p.partition_max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total)),
+                    limit: FetchLimit::after(total),
+                };
+                let data = fetch_partition(
                     shard,
                     &name,
                     partition,
@@ -454,12 +454,6 @@ async fn fetch(shard: &Shard, request: FetchRequest) -> ResponseKind {
                     log_append_time(&table, &name),
                 )
                 .await;
-                if full {
-                    if let Ok((data, _)) = &mut data {
-                        data.records = Some(Bytes::new());
-                        data.aborted_transactions = None;
-                    }
-                }
                 if let Ok((data, end)) = &data {
                     total += data.records.as_ref().map_or(0, |r| r.len());
                     waits.push((name.clone(), partition as u32, *end));
@@ -498,13 +492,20 @@ fn log_append_time(table: &crate::topics::TopicTable, topic: &str) -> bool {
         .is_some_and(|t| t.configs.get("message.timestamp.type").map(String::as_str) == Some("LogAppendTime"))
 }
 
+/// What one partition of a fetch may return.
+#[derive(Clone, Copy)]
+struct Budget {
+    bytes: usize,
+    limit: FetchLimit,
+}
+
 /// One partition of a fetch, and its log end (to wait on).
 async fn fetch_partition(
     shard: &Shard,
     topic: &str,
     partition: i32,
     offset: i64,
-    budget: usize,
+    budget: Budget,
     isolation: u8,
     log_append_time: bool,
 ) -> Result<(PartitionData, u64), ErrorCode> {
@@ -513,7 +514,14 @@ async fn fetch_partition(
         return Err(ErrorCode::OffsetOutOfRange);
     }
     let fetched = shard
-        .fetch(topic, partition_u, offset as u64, budget as u32, isolation)
+        .fetch(
+            topic,
+            partition_u,
+            offset as u64,
+            budget.bytes.min(u32::MAX as usize) as u32,
+            budget.limit,
+            isolation,
+        )
         .await
         .map_err(|e| e.code())?;
     if (offset as u64) > fetched.high_watermark || (offset as u64) < fetched.log_start_offset {
@@ -555,7 +563,14 @@ async fn list_offsets(shard: &Shard, version: i16, request: ListOffsetsRequest) 
             let result = match u32::try_from(p.partition_index) {
                 // READ_COMMITTED's latest offset is the last stable one.
                 Ok(partition) if timestamp == LATEST_TIMESTAMP && request.isolation_level == 1 => shard
-                    .fetch(&name, partition, 0, 1, net::messages::isolation::READ_COMMITTED)
+                    .fetch(
+                        &name,
+                        partition,
+                        0,
+                        1,
+                        FetchLimit::AtLeastOneBatch,
+                        net::messages::isolation::READ_COMMITTED,
+                    )
                     .await
                     .map(|f| Some(f.last_stable_offset)),
                 Ok(partition) => shard.list_offset(&name, partition, timestamp).await,
@@ -595,7 +610,14 @@ async fn list_offsets(shard: &Shard, version: i16, request: ListOffsetsRequest) 
 /// LogAppendTime topic), or -1 where it cannot be read.
 async fn record_timestamp(shard: &Shard, topic: &str, partition: u32, offset: u64, log_append: bool) -> i64 {
     let Ok(fetched) = shard
-        .fetch(topic, partition, offset, 1, net::messages::isolation::READ_UNCOMMITTED)
+        .fetch(
+            topic,
+            partition,
+            offset,
+            1,
+            FetchLimit::AtLeastOneBatch,
+            net::messages::isolation::READ_UNCOMMITTED,
+        )
         .await
     else {
         return -1;

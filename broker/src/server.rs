@@ -16,7 +16,7 @@ use net::codec::{self, ApiKey, FrameDecoder, LENGTH_BYTES, REQUEST_HEADER_BYTES}
 use net::messages::*;
 use net::{ErrorCode, NetError};
 
-use crate::shard::{FetchBytes, Shard};
+use crate::shard::{FetchBytes, FetchLimit, Shard};
 
 mod groups;
 mod txns;
@@ -483,15 +483,15 @@ async fn fetch(shard: &Shard, id: u32, request: &ArchivedFetchRequest) -> Vec<Ou
             let mut partitions = Vec::new();
             for p in topic.partitions.iter() {
                 let partition = p.partition.to_native();
-                let budget = (p.max_bytes.to_native() as usize)
-                    .min(max_bytes.saturating_sub(total))
-                    .max(1);
+                let limit = FetchLimit::after(total);
+                let budget = (p.max_bytes.to_native() as usize).min(max_bytes.saturating_sub(total));
                 let result = shard
                     .fetch(
                         &topic.name,
                         partition,
                         p.offset.to_native(),
                         budget as u32,
+                        limit,
                         request.isolation_level,
                     )
                     .await;

@@ -49,6 +49,7 @@ pub enum ShardMessage {
         partition: u32,
         offset: u64,
         max_bytes: u32,
+        limit: FetchLimit,
         isolation_level: u8,
         reply: Reply<Fetched<Vec<u8>>>,
     },
@@ -120,6 +121,28 @@ pub struct Fetched<B> {
     pub log_start_offset: u64,
     /// READ_COMMITTED: the aborted transactions among the bytes.
     pub aborted: Vec<AbortedTransaction>,
+}
+
+/// How a partition's fetch keeps to its `max_bytes`, as Kafka's does: the
+/// first partition of a response with data returns at least one batch,
+/// however large, so that a consumer always progresses; every partition
+/// after it returns only batches that fit what is left (none, and no read,
+/// when nothing is).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchLimit {
+    AtLeastOneBatch,
+    Within,
+}
+
+impl FetchLimit {
+    /// The limit of a partition after `taken` bytes of a response.
+    pub fn after(taken: usize) -> FetchLimit {
+        if taken == 0 {
+            FetchLimit::AtLeastOneBatch
+        } else {
+            FetchLimit::Within
+        }
+    }
 }
 
 /// Fetched bytes: the log's own read buffer on the owning shard, or a copy
@@ -705,13 +728,14 @@ impl Shard {
         partition: u32,
         offset: u64,
         max_bytes: u32,
+        limit: FetchLimit,
         isolation_level: u8,
     ) -> Result<Fetched<FetchBytes>, BrokerError> {
         let owner = self.owner(topic, partition)?;
         if owner == self.id {
             bump(&self.stats.fetch_local);
             let fetched = self
-                .fetch_local(topic, partition, offset, max_bytes, isolation_level)
+                .fetch_local(topic, partition, offset, max_bytes, limit, isolation_level)
                 .await?;
             return Ok(Fetched {
                 bytes: FetchBytes::Local(fetched.bytes),
@@ -729,6 +753,7 @@ impl Shard {
                 partition,
                 offset,
                 max_bytes,
+                limit,
                 isolation_level,
                 reply,
             })
@@ -750,17 +775,39 @@ impl Shard {
         partition: u32,
         offset: u64,
         max_bytes: u32,
+        limit: FetchLimit,
         isolation_level: u8,
     ) -> Result<Fetched<ReadBytes>, BrokerError> {
         let log = self.log(topic, partition)?;
-        let read = log
-            .read(Offset(offset), max_bytes as usize)
-            .await
-            .map_err(|source| BrokerError::Storage {
-                topic: topic.to_string(),
-                partition,
-                source,
-            })?;
+        let storage = |source| BrokerError::Storage {
+            topic: topic.to_string(),
+            partition,
+            source,
+        };
+        let read = if limit == FetchLimit::Within && max_bytes == 0 {
+            // Past the response's limit: the watermarks, and no read.
+            let (log_start, log_end) = (log.log_start_offset(), log.log_end_offset());
+            if offset < log_start.0 || offset > log_end.0 {
+                return Err(storage(storage::StorageError::OffsetOutOfRange {
+                    offset: Offset(offset),
+                    log_start,
+                    log_end,
+                }));
+            }
+            storage::LogRead {
+                bytes: storage::ReadBytes::nothing(),
+                next_offset: Offset(offset),
+                log_start_offset: log_start,
+                log_end_offset: log_end,
+            }
+        } else {
+            let mut read = log.read(Offset(offset), max_bytes as usize).await.map_err(storage)?;
+            if limit == FetchLimit::Within && read.bytes.len() > max_bytes as usize {
+                // One batch larger than what is left of the response.
+                read.bytes = read.bytes.prefix(0);
+            }
+            read
+        };
         let high_watermark = read.log_end_offset.0;
         let key = (topic.to_string(), partition);
         let last_stable_offset = self
@@ -953,12 +1000,13 @@ impl Shard {
                     partition,
                     offset,
                     max_bytes,
+                    limit,
                     isolation_level,
                     reply,
                 } => {
                     glommio::spawn_local(async move {
                         let fetched = shard
-                            .fetch_local(&topic, partition, offset, max_bytes, isolation_level)
+                            .fetch_local(&topic, partition, offset, max_bytes, limit, isolation_level)
                             .await;
                         let _ = reply.send(fetched.map(|f| Fetched {
                             bytes: f.bytes.to_vec(),

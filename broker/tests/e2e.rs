@@ -704,3 +704,90 @@ fn a_consumer_catching_up_reads_from_the_batch_cache() {
         "{uncached:?}"
     );
 }
+
+/// A fetch of several partitions keeps to its limits as Kafka's does: the
+/// first partition with data may pass them by one batch, so a consumer
+/// always progresses; the partitions after it return only batches that fit
+/// what is left of the response (and of their own max_bytes), and none once
+/// the response is full, with their watermarks.
+#[test]
+fn a_fetch_of_several_partitions_keeps_to_its_max_bytes() {
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut c = Connection::connect(&addr).await.unwrap();
+        c.create_topic("sized", 3, vec![]).await.unwrap();
+        // Ten batches of 100 records a partition, all of one size.
+        let mut batch_bytes = 0;
+        for p in 0..3 {
+            for b in 0..10u64 {
+                let mut builder = RecordBatchBuilder::new();
+                for n in b * 100..(b + 1) * 100 {
+                    builder.push(0, None, Some(format!("{p}:{n:06}").as_bytes()), vec![]);
+                }
+                let batch = builder.build();
+                assert!(batch_bytes == 0 || batch.len() == batch_bytes);
+                batch_bytes = batch.len();
+                c.produce("sized", p, &batch, acks::ALL).await.unwrap();
+            }
+        }
+        let fetch = |max_bytes: u32, partition_max: [u32; 3]| messages::FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 1,
+            max_bytes,
+            isolation_level: messages::isolation::READ_UNCOMMITTED,
+            topics: vec![messages::FetchTopic {
+                name: "sized".into(),
+                partitions: (0..3)
+                    .map(|p| messages::FetchPartition {
+                        partition: p,
+                        offset: 0,
+                        max_bytes: partition_max[p as usize],
+                    })
+                    .collect(),
+            }],
+        };
+        // (bytes, high watermark) of each partition in a fetch's response.
+        let mut sizes = async |request: messages::FetchRequest| -> Vec<(u32, u64)> {
+            let response = c
+                .request(ApiKey::Fetch, &request, &PayloadBuilder::default())
+                .await
+                .unwrap();
+            let fetched: &messages::ArchivedFetchResponse = response.message("Fetch response").unwrap();
+            fetched.topics[0]
+                .partitions
+                .iter()
+                .map(|p| {
+                    assert_eq!(p.error.to_native(), 0);
+                    (p.records.len.to_native(), p.high_watermark.to_native())
+                })
+                .collect()
+        };
+        let whole = |bytes: u32| bytes as usize % batch_bytes == 0;
+
+        // Room for about three batches in all: the first partition takes two
+        // (its own limit), the second what fits of the rest, the third none.
+        let limit = (3 * batch_bytes + batch_bytes / 2) as u32;
+        let got = sizes(fetch(limit, [2 * batch_bytes as u32 + 10, 1 << 20, 1 << 20])).await;
+        assert_eq!(got[0].0 as usize, 2 * batch_bytes, "{got:?}");
+        assert_eq!(got[1].0 as usize, batch_bytes, "{got:?}");
+        assert_eq!(got[2].0, 0, "{got:?}");
+        assert!(got.iter().all(|(bytes, hw)| whole(*bytes) && *hw == 1000), "{got:?}");
+        assert!(got.iter().map(|(bytes, _)| *bytes).sum::<u32>() <= limit);
+
+        // A limit smaller than one batch: the first partition still gets
+        // one, the others nothing (and no read), but their watermarks.
+        let got = sizes(fetch(100, [1 << 20; 3])).await;
+        assert_eq!(got[0].0 as usize, batch_bytes, "{got:?}");
+        assert_eq!((got[1].0, got[2].0), (0, 0), "{got:?}");
+        assert!(got.iter().all(|(_, hw)| *hw == 1000), "{got:?}");
+
+        // A partition's own limit below one batch, after the first: nothing.
+        let got = sizes(fetch(1 << 20, [1 << 20, 100, 1 << 20])).await;
+        assert_eq!(got[0].0 as usize, 10 * batch_bytes, "{got:?}");
+        assert_eq!(got[1].0, 0, "{got:?}");
+        assert_eq!(got[2].0 as usize, 10 * batch_bytes, "{got:?}");
+    });
+    broker.stop();
+}

@@ -99,6 +99,11 @@ pub enum ReadBytes {
 }
 
 impl ReadBytes {
+    /// No bytes.
+    pub fn nothing() -> ReadBytes {
+        ReadBytes::empty()
+    }
+
     fn empty() -> ReadBytes {
         ReadBytes::Memory {
             bytes: Rc::new(Vec::new()),
