@@ -74,6 +74,10 @@ pub struct BrokerStats {
     pub read_ahead_misses: u64,
     #[serde(default)]
     pub read_ahead_joined: u64,
+    /// The most read-ahead reads any shard had in flight at once (the
+    /// largest over shards).
+    #[serde(default)]
+    pub read_ahead_in_flight_max: u64,
     /// The shards' batch caches: reads of bytes past the write buffers
     /// served from memory and not, bytes served, bytes kept from write
     /// buffers and from disk reads, and the most any shard held at once
@@ -267,6 +271,9 @@ impl BrokerProcess {
                     "read_ahead_hits" => stats.read_ahead_hits += value,
                     "read_ahead_misses" => stats.read_ahead_misses += value,
                     "read_ahead_joined" => stats.read_ahead_joined += value,
+                    "read_ahead_in_flight_max" => {
+                        stats.read_ahead_in_flight_max = stats.read_ahead_in_flight_max.max(value)
+                    }
                     "cache_hits" => stats.cache_hits += value,
                     "cache_misses" => stats.cache_misses += value,
                     "cache_hit_bytes" => stats.cache_hit_bytes += value,

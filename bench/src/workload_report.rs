@@ -166,8 +166,9 @@ pub fn write(
         ));
         if broker.disk_read_bytes + broker.read_ahead_bytes > 0 {
             md.push_str(&format!(
-                "\nReads from disk: {} MiB read ahead of consumers (in chunks, several in flight) and {} MiB read directly; {} reads served from read-ahead ({} of them joining a batch across two chunks), {} reads no stream held (each starts one).\n",
+                "\nReads from disk: {} MiB read ahead of consumers (in chunks, at most {} in flight at once on a shard) and {} MiB read directly; {} reads served from read-ahead ({} of them joining a batch across two chunks), {} reads no stream held (each starts one).\n",
                 broker.read_ahead_bytes >> 20,
+                broker.read_ahead_in_flight_max,
                 broker.disk_read_bytes >> 20,
                 broker.read_ahead_hits,
                 broker.read_ahead_joined,

@@ -299,10 +299,11 @@ impl ShardStats {
     /// served.
     pub fn read_fields(&self) -> String {
         let a = self.log_read_ahead.get();
-        // The shard's own thread: its batch cache.
+        // The shard's own thread: its batch cache and read-ahead reads.
         let c = storage::batch_cache::thread_stats();
+        let (_, reads_in_flight_max) = storage::read_ahead::thread_reads_in_flight();
         format!(
-            "disk_read_bytes={} read_ahead_bytes={} read_ahead_hits={} read_ahead_misses={} read_ahead_joined={} read_ahead_bypassed={} read_ahead_wasted_chunks={} \
+            "disk_read_bytes={} read_ahead_bytes={} read_ahead_hits={} read_ahead_misses={} read_ahead_joined={} read_ahead_bypassed={} read_ahead_wasted_chunks={} read_ahead_in_flight_max={} \
              cache_hits={} cache_misses={} cache_hit_bytes={} cache_written_bytes={} cache_read_bytes={} cache_rejected={} cache_evicted={} cache_held_max_bytes={} cache_capacity_bytes={}",
             self.log_disk_read_bytes.get(),
             a.chunk_bytes,
@@ -311,6 +312,7 @@ impl ShardStats {
             a.joined,
             a.bypassed,
             a.wasted_chunks,
+            reads_in_flight_max,
             c.hits,
             c.misses,
             c.hit_bytes,

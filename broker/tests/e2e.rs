@@ -700,6 +700,10 @@ fn a_consumer_catching_up_reads_from_the_batch_cache() {
     assert!(cached["cache_written_bytes"] >= 6 << 20, "{cached:?}");
     assert_eq!(uncached["cache_hits"], 0, "{uncached:?}");
     assert!(
+        uncached["read_ahead_in_flight_max"] >= 2,
+        "reads ahead in flight together: {uncached:?}"
+    );
+    assert!(
         uncached["disk_read_bytes"] + uncached["read_ahead_bytes"] >= 6 << 20,
         "{uncached:?}"
     );

@@ -46,6 +46,8 @@ pub const READ_AHEAD_IDLE: Duration = Duration::from_secs(1);
 thread_local! {
     static BUDGET: Cell<usize> = const { Cell::new(READ_AHEAD_THREAD_BYTES_DEFAULT) };
     static IN_USE: Cell<usize> = const { Cell::new(0) };
+    /// Chunk reads handed to the disk and not yet done, and the most at once.
+    static IN_FLIGHT: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
     /// The read-ahead of every log open on this thread, for `reclaim_idle`.
     static LOGS: RefCell<Vec<Weak<RefCell<ReadAhead>>>> = const { RefCell::new(Vec::new()) };
 }
@@ -89,6 +91,35 @@ pub fn set_thread_budget(bytes: usize) {
 /// dropped).
 pub fn thread_bytes_in_use() -> usize {
     IN_USE.with(|u| u.get())
+}
+
+/// Read-ahead reads this thread has in flight now, and the most it had at
+/// once.
+pub fn thread_reads_in_flight() -> (usize, usize) {
+    IN_FLIGHT.with(|f| f.get())
+}
+
+/// Counts a chunk read in flight for as long as it lives (done, failed or
+/// dropped unread).
+struct InFlightRead;
+
+impl InFlightRead {
+    fn start() -> InFlightRead {
+        IN_FLIGHT.with(|f| {
+            let (now, most) = f.get();
+            f.set((now + 1, most.max(now + 1)));
+        });
+        InFlightRead
+    }
+}
+
+impl Drop for InFlightRead {
+    fn drop(&mut self) {
+        IN_FLIGHT.with(|f| {
+            let (now, most) = f.get();
+            f.set((now - 1, most));
+        });
+    }
 }
 
 /// A chunk read's result, awaitable by every reader it serves. The error is
@@ -271,7 +302,9 @@ impl ReadAhead {
                 IN_USE.with(|u| u.set(u.get() + len));
                 let file = stream.file.clone();
                 let aligned = len.next_multiple_of(BLOCK_BYTES);
+                let in_flight = InFlightRead::start();
                 let read = glommio::spawn_local(async move {
+                    let _in_flight = in_flight;
                     file.read_at_aligned(start, aligned)
                         .await
                         .map_err(|e| Rc::new(e.to_string()))

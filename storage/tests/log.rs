@@ -784,6 +784,8 @@ fn read_ahead_serves_what_the_disk_holds() {
             "batches larger than two chunks were read directly: {stats:?}"
         );
         assert_eq!(plain.stats().read_ahead.hits, 0);
+        let (_, in_flight_max) = storage::read_ahead::thread_reads_in_flight();
+        assert!(in_flight_max >= 2, "several chunk reads in flight at once");
 
         // A reader that jumps back reads the same batches either way (read
         // ahead, a read may end at a chunk's end: fewer of them).
