@@ -4,7 +4,7 @@
 //! O_DIRECT bypasses the page cache, so nothing but the log keeps what a
 //! consumer a few seconds behind the producer is about to read (Redpanda's
 //! `batch_cache` fills the same gap). What the cache holds is what the log
-//! had in memory anyway, never a copy:
+//! had in memory anyway, not a copy of it, with one exception:
 //!
 //! - a segment write buffer, once its write is done: the buffer the appends
 //!   were copied into becomes the entry (and the appender takes a buffer
@@ -47,8 +47,9 @@ use crate::log::ReadBytes;
 use crate::offset::Offset;
 
 /// An entry must serve at least this fraction (1 / N) of the memory it is
-/// charged, or it is not kept: a 2 MiB write buffer sealed by a flush with
-/// 40 KiB in it would take the room of fifty such buffers' bytes.
+/// charged, or it is not kept as it is: a 2 MiB write buffer sealed by a
+/// flush with 40 KiB in it would take the room of fifty such flushes' bytes
+/// (its bytes go onto an arena instead).
 pub const FILL_MIN_DIVISOR: usize = 4;
 /// Entries charged this little are kept however little they serve (the
 /// tail of a segment read back, a batch of a few hundred bytes).
