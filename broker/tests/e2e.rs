@@ -530,13 +530,15 @@ fn producer_and_consumer_round_trip() {
         };
         assert_eq!(again.offset, 0);
     });
-    // The producer sent each partition's batches to its owning shard (shard
-    // ports): none crossed cores.
+    // The producer sent each partition's batches to its owning shard, and
+    // the consumer fetched each from it (shard ports): none crossed cores.
     let shards = broker.stop_with_stats();
-    let hops: u64 = shards.iter().map(|s| s["produce_hops"]).sum();
-    let local: u64 = shards.iter().map(|s| s["produce_local"]).sum();
-    assert_eq!(hops, 0, "{shards:?}");
-    assert!(shards.iter().all(|s| s["produce_local"] > 0) && local > 0, "{shards:?}");
+    let total = |key: &str| shards.iter().map(|s| s[key]).sum::<u64>();
+    assert_eq!((total("produce_hops"), total("fetch_hops")), (0, 0), "{shards:?}");
+    assert!(
+        shards.iter().all(|s| s["produce_local"] > 0 && s["fetch_local"] > 0),
+        "{shards:?}"
+    );
 }
 
 #[test]

@@ -2,12 +2,17 @@
 //! returns the next records. The next fetch is sent as soon as a poll
 //! returns, so it travels while the application works on the last records.
 //!
+//! Each partition is fetched from its leader as the metadata names it (a
+//! shard of its own when the broker has shard ports), on a connection kept
+//! per leader, so the broker serves every fetch on the core that owns the
+//! partition and its cache instead of copying it across cores.
+//!
 //! Transaction markers (control batches) are never returned. At
 //! READ_COMMITTED the broker serves records up to the last stable offset
 //! and names the aborted transactions among them; their records are
 //! dropped here, as Kafka's consumers do.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use glommio::task::JoinHandle;
 use storage::batch;
@@ -28,11 +33,21 @@ pub struct ConsumerRecord {
     pub value: Option<Vec<u8>>,
 }
 
-type InFlight = JoinHandle<(Connection, usize, Result<Fetched, NetError>)>;
+/// A fetch in flight: the leader's address it went to (None: the bootstrap
+/// connection), the connection back if it is still good, the position's
+/// index and the result.
+type InFlight = JoinHandle<(Option<String>, Option<Connection>, usize, Result<Fetched, NetError>)>;
 
 pub struct Consumer {
     topic: String,
+    /// The bootstrap connection: metadata, offsets, and the fetches of
+    /// partitions whose leader is not known (or when not following leaders).
     connection: Option<Connection>,
+    /// Each assigned partition's leader address, from the metadata.
+    leaders: HashMap<u32, String>,
+    /// A connection per leader address, idle between fetches.
+    links: HashMap<String, Connection>,
+    follow_leaders: bool,
     /// (partition, next offset), fetched in turn.
     positions: Vec<(u32, u64)>,
     turn: usize,
@@ -46,6 +61,9 @@ impl Consumer {
         Ok(Consumer {
             topic: topic.to_string(),
             connection: Some(Connection::connect(addr).await?),
+            leaders: HashMap::new(),
+            links: HashMap::new(),
+            follow_leaders: true,
             positions: Vec::new(),
             turn: 0,
             in_flight: None,
@@ -61,6 +79,13 @@ impl Consumer {
         self.isolation_level = isolation_level;
     }
 
+    /// Whether fetches go to each partition's leader (the default) or all
+    /// through the address given to `connect` (a proxy, a NAT). Applies
+    /// from the next `assign`.
+    pub fn set_follow_leaders(&mut self, follow: bool) {
+        self.follow_leaders = follow;
+    }
+
     /// Long-poll wait of each fetch.
     pub fn set_max_wait_ms(&mut self, max_wait_ms: u32) {
         self.max_wait_ms = max_wait_ms;
@@ -68,10 +93,21 @@ impl Consumer {
 
     async fn settle(&mut self) -> Result<(), NetError> {
         if let Some(task) = self.in_flight.take() {
-            let (connection, _, _) = task.await.expect("fetch task finished");
-            self.connection = Some(connection);
+            let (leader, connection, _, _) = task.await.expect("fetch task finished");
+            self.give_back(leader, connection);
         }
         Ok(())
+    }
+
+    fn give_back(&mut self, leader: Option<String>, connection: Option<Connection>) {
+        match (leader, connection) {
+            (None, connection) => self.connection = connection,
+            (Some(addr), Some(connection)) => {
+                self.links.insert(addr, connection);
+            }
+            // A leader's link that failed is opened again by the next fetch.
+            (Some(_), None) => {}
+        }
     }
 
     fn connection(&mut self) -> &mut Connection {
@@ -82,6 +118,17 @@ impl Consumer {
     pub async fn assign(&mut self, partitions: &[u32]) -> Result<(), NetError> {
         self.settle().await?;
         self.positions.clear();
+        self.leaders.clear();
+        if self.follow_leaders {
+            let topic = self.topic.clone();
+            let metadata = self.connection().metadata(Some(vec![topic])).await?;
+            for partition in metadata.topics.iter().flat_map(|t| t.partitions.iter()) {
+                if let Some(leader) = metadata.brokers.iter().find(|b| b.node_id == partition.leader) {
+                    self.leaders
+                        .insert(partition.partition, format!("{}:{}", leader.host, leader.port));
+                }
+            }
+        }
         for &partition in partitions {
             let topic = self.topic.clone();
             let offset = self
@@ -141,14 +188,28 @@ impl Consumer {
         let index = self.turn % self.positions.len();
         self.turn += 1;
         let (partition, offset) = self.positions[index];
-        let mut connection = self.connection.take().expect("no fetch in flight");
+        let leader = self.leaders.get(&partition).cloned();
+        let link = match &leader {
+            Some(addr) => self.links.remove(addr),
+            None => Some(self.connection.take().expect("no fetch in flight")),
+        };
         let (topic, max_wait, isolation_level) = (self.topic.clone(), self.max_wait_ms, self.isolation_level);
         self.in_flight = Some(
             glommio::spawn_local(async move {
+                let mut connection = match (link, &leader) {
+                    (Some(connection), _) => connection,
+                    (None, Some(addr)) => match Connection::connect(addr).await {
+                        Ok(connection) => connection,
+                        Err(e) => return (leader, None, index, Err(e)),
+                    },
+                    (None, None) => unreachable!("the bootstrap connection is always there"),
+                };
                 let result = connection
                     .fetch_isolated(&topic, partition, offset, FETCH_BYTES_MAX, max_wait, isolation_level)
                     .await;
-                (connection, index, result)
+                // A connection that failed mid-request is not reused.
+                let keep = leader.is_none() || !matches!(result, Err(NetError::Io { .. }));
+                (leader, keep.then_some(connection), index, result)
             })
             .detach(),
         );
@@ -161,8 +222,8 @@ impl Consumer {
         let Some(task) = self.in_flight.take() else {
             return Ok(Vec::new());
         };
-        let (connection, index, result) = task.await.expect("fetch task finished");
-        self.connection = Some(connection);
+        let (leader, connection, index, result) = task.await.expect("fetch task finished");
+        self.give_back(leader, connection);
         let fetched = result?;
         let (partition, from) = self.positions[index];
         let mut records = VecDeque::new();
