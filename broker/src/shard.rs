@@ -797,7 +797,7 @@ impl Shard {
                 }));
             }
             storage::LogRead {
-                bytes: storage::ReadBytes::nothing(),
+                bytes: storage::ReadBytes::empty(),
                 next_offset: Offset(offset),
                 log_start_offset: log_start,
                 log_end_offset: log_end,

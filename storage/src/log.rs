@@ -100,11 +100,7 @@ pub enum ReadBytes {
 
 impl ReadBytes {
     /// No bytes.
-    pub fn nothing() -> ReadBytes {
-        ReadBytes::empty()
-    }
-
-    fn empty() -> ReadBytes {
+    pub fn empty() -> ReadBytes {
         ReadBytes::Memory {
             bytes: Rc::new(Vec::new()),
             start: 0,
