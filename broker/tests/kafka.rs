@@ -554,4 +554,64 @@ mod raw {
         assert!(!joined.member_id.is_empty());
         broker.stop();
     }
+
+    /// A Kafka fetch of several partitions keeps to max_bytes: the first
+    /// partition may pass it by one batch, the others return nothing once
+    /// the response is full, with their high watermarks.
+    #[test]
+    fn a_kafka_fetch_of_several_partitions_keeps_to_its_max_bytes() {
+        use net::kafka::kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+        use net::kafka::kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+
+        let dir = data_dir();
+        let broker = Broker::start(dir.path(), 2);
+        let addr = broker.addr.clone();
+        run(async move {
+            let mut c = net::client::Connection::connect(&addr).await.unwrap();
+            c.create_topic("sized", 3, vec![]).await.unwrap();
+            for p in 0..3 {
+                for b in 0..5u64 {
+                    let batch = batch_of(p, b * 50..(b + 1) * 50);
+                    c.produce("sized", p, &batch, net::messages::acks::ALL).await.unwrap();
+                }
+            }
+        });
+        let mut stream = TcpStream::connect(&broker.kafka_addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let request = FetchRequest::default()
+            .with_replica_id(net::kafka::kafka_protocol::messages::BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(100)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_static_str("sized")))
+                .with_partitions(
+                    (0..3)
+                        .map(|p| {
+                            FetchPartition::default()
+                                .with_partition(p)
+                                .with_fetch_offset(0)
+                                .with_partition_max_bytes(1 << 20)
+                        })
+                        .collect(),
+                )]);
+        send(&mut stream, ApiKey::Fetch, 4, &request, 1);
+        let mut response = receive(&mut stream).expect("an answer");
+        ResponseHeader::decode(&mut response, 0).unwrap();
+        let fetched = FetchResponse::decode(&mut response, 4).unwrap();
+        let partitions = &fetched.responses[0].partitions;
+        let sizes: Vec<(usize, i64)> = partitions
+            .iter()
+            .map(|p| {
+                assert_eq!(p.error_code, 0);
+                (p.records.as_ref().map_or(0, |r| r.len()), p.high_watermark)
+            })
+            .collect();
+        // The first partition: one batch, larger than the limit; the others
+        // nothing, and every high watermark.
+        assert!(sizes[0].0 > 100, "{sizes:?}");
+        assert_eq!((sizes[1].0, sizes[2].0), (0, 0), "{sizes:?}");
+        assert!(sizes.iter().all(|(_, hw)| *hw == 250), "{sizes:?}");
+        broker.stop();
+    }
 }
