@@ -13,6 +13,7 @@ pub mod batch;
 pub mod batch_cache;
 pub mod blocking;
 pub mod error;
+pub mod flush_stats;
 pub mod offset;
 
 pub use error::{Result, StorageError};

@@ -187,8 +187,14 @@ struct State {
     /// The write of a sealed buffer, running while appends fill the next
     /// one: the write, its length, and the base offset of its segment.
     pending_write: Option<(PendingWrite, usize, Offset)>,
-    /// A task is flushing for `wait_durable`; others wait for it to finish.
-    flushing: bool,
+    /// Flushes started by `wait_durable` and not yet ended (at most
+    /// `FLUSHES_IN_FLIGHT_MAX`), and how many of them have not yet taken
+    /// their target: such a flush covers everything appended so far.
+    flushes_in_flight: u32,
+    flushes_untargeted: u32,
+    /// The highest target of the flushes in flight that have taken one.
+    flush_target_max: Offset,
+    /// Tasks waiting for a flush to end, to look again.
     flush_waiters: Vec<futures::channel::oneshot::Sender<()>>,
     /// Readers waiting for the log end to move (long-polling consumers).
     data_waiters: Vec<futures::channel::oneshot::Sender<()>>,
@@ -226,6 +232,14 @@ struct Zeroing {
 /// A log whose flushes each covered at most this many appended bytes on
 /// average (over the last `ZERO_AHEAD_DECISION_BYTES`) is flushed often: it
 /// zeroes ahead. Past it, the fdatasyncs saved cost less than the zeros.
+/// Flushes of one log whose fdatasyncs may run at once. A flush holds the
+/// io lock only for its write; its fdatasync runs after the lock is let go,
+/// so the next flush writes while the last one syncs, and an acks=all batch
+/// waits for its own write and sync, not for the sync before it as well.
+/// An fdatasync makes durable every write completed before it was called,
+/// whichever ends first, so flushes may end in any order.
+pub const FLUSHES_IN_FLIGHT_MAX: u32 = 4;
+
 const ZERO_AHEAD_FLUSH_BYTES_MAX: u64 = 256 << 10;
 const ZERO_AHEAD_DECISION_BYTES: u64 = 4 << 20;
 /// The size of one zero write (or the zero-ahead distance, if smaller).
@@ -257,6 +271,9 @@ pub struct LogStats {
     pub rolls: u64,
     /// The longest a roll held the log's appends.
     pub roll_time_max: Duration,
+    /// The most flushes of `wait_durable` in flight at once (one writing
+    /// while others sync; at most `FLUSHES_IN_FLIGHT_MAX`).
+    pub flushes_in_flight_max: u32,
     /// Time flushes spent in fdatasync, and the longest one: against the
     /// disk's own fdatasync latency, what a flush adds around it.
     pub sync_time: Duration,
@@ -401,7 +418,9 @@ impl PartitionLog {
                 unflushed_bytes: 0,
                 open_reads: VecDeque::new(),
                 pending_write: None,
-                flushing: false,
+                flushes_in_flight: 0,
+                flushes_untargeted: 0,
+                flush_target_max: Offset(0),
                 flush_waiters: Vec::new(),
                 data_waiters: Vec::new(),
                 zero_ahead: false,
@@ -543,10 +562,12 @@ impl PartitionLog {
 
     /// Returns once every offset up to and including `offset` is durable.
     ///
-    /// Group commit: one waiting task flushes; the others wait for that flush
-    /// to end rather than for the io lock, then look again. All that were
-    /// appended before the flush began return together, and those appended
-    /// during it share the next one.
+    /// Group commit: a waiting task that no flush in flight covers starts
+    /// one; the others wait for a flush to end, then look again. All that
+    /// were appended before a flush took its target return together. Up to
+    /// `FLUSHES_IN_FLIGHT_MAX` flushes run at once: each holds the io lock
+    /// for its write only, so a batch appended while one syncs starts its own
+    /// flush instead of queueing behind that sync.
     pub async fn wait_durable(&self, offset: Offset) -> Result<()> {
         loop {
             let waiter = {
@@ -555,12 +576,15 @@ impl PartitionLog {
                     return Ok(());
                 }
                 st.usable(&self.inner.dir)?;
-                if st.flushing {
+                let covered = st.flushes_in_flight > 0 && (st.flushes_untargeted > 0 || st.flush_target_max > offset);
+                if covered || st.flushes_in_flight >= FLUSHES_IN_FLIGHT_MAX {
                     let (tx, rx) = futures::channel::oneshot::channel();
                     st.flush_waiters.push(tx);
                     Some(rx)
                 } else {
-                    st.flushing = true;
+                    st.flushes_in_flight += 1;
+                    st.flushes_untargeted += 1;
+                    st.stats.flushes_in_flight_max = st.stats.flushes_in_flight_max.max(st.flushes_in_flight);
                     None
                 }
             };
@@ -569,13 +593,19 @@ impl PartitionLog {
                     let _ = flushed.await;
                 }
                 None => {
-                    let _flushing = FlushingGuard { inner: &self.inner };
+                    let mut flushing = FlushingGuard {
+                        inner: &self.inner,
+                        targeted: false,
+                    };
                     // Let the tasks that are ready to run (often those woken
                     // by the last flush) append first, so this flush covers
                     // them too instead of leaving them for the next one.
                     glommio::executor().yield_now().await;
-                    let _permit = self.lock().await?;
-                    self.flush_locked().await?;
+                    let written = {
+                        let _permit = self.lock().await?;
+                        self.write_for_flush_locked(Some(&mut flushing)).await?
+                    };
+                    self.sync_flush(written).await?;
                 }
             }
         }
@@ -866,29 +896,62 @@ impl PartitionLog {
     }
 
     async fn flush_locked(&self) -> Result<()> {
+        let written = self.write_for_flush_locked(None).await?;
+        self.sync_flush(written).await
+    }
+
+    /// The first half of a flush, under the io lock: writes out everything
+    /// appended so far (padded to a block) and says what a sync of the
+    /// active segment then makes durable. A flush of `wait_durable` takes
+    /// its target here, at once, so that tasks appending during the write
+    /// know it does not cover them and start the next flush.
+    async fn write_for_flush_locked(&self, flushing: Option<&mut FlushingGuard<'_>>) -> Result<FlushWritten> {
         let started = std::time::Instant::now();
         let (target, unflushed) = {
             let st = self.inner.state.borrow();
             (st.next_offset, st.unflushed_bytes)
         };
-        self.write_out_locked(true, true).await?;
-        let (file, path) = {
-            let st = self.inner.state.borrow();
-            (st.appender().file.clone(), st.appender().path().to_path_buf())
-        };
-        let syncing = std::time::Instant::now();
-        if let Err(e) = file.fdatasync().await {
-            return Err(self.fail("fdatasync segment", &path, e));
+        if let Some(flushing) = flushing {
+            flushing.targeted(target);
         }
-        let synced = syncing.elapsed();
+        self.write_out_locked(true, true).await?;
         let mut st = self.inner.state.borrow_mut();
-        st.durable_offset = st.durable_offset.max(target);
+        // Taken under the lock, so no other flush counted these bytes.
         st.unflushed_bytes -= unflushed;
         st.decision_flushes += 1;
+        Ok(FlushWritten {
+            target,
+            file: st.appender().file.clone(),
+            path: st.appender().path().to_path_buf(),
+            cut_epoch: st.cut_epoch,
+            started,
+        })
+    }
+
+    /// The second half of a flush, with or without the io lock: the
+    /// fdatasync, then the durable offset moves up to the flush's target.
+    async fn sync_flush(&self, written: FlushWritten) -> Result<()> {
+        let syncing = std::time::Instant::now();
+        let in_flight = crate::flush_stats::sync_started();
+        let result = written.file.fdatasync().await;
+        drop(in_flight);
+        if let Err(e) = result {
+            return Err(self.fail("fdatasync segment", &written.path, e));
+        }
+        let synced = syncing.elapsed();
+        crate::flush_stats::record(synced, written.started.elapsed());
+        let mut st = self.inner.state.borrow_mut();
+        // A truncation while this synced may have cut below the target (it
+        // set the durable offset itself); the records there now are not the
+        // ones this flush wrote.
+        if st.cut_epoch == written.cut_epoch {
+            st.durable_offset = st.durable_offset.max(written.target);
+        }
+        debug_assert!(st.durable_offset <= st.next_offset, "durable past the log end");
         st.stats.flushes += 1;
         st.stats.sync_time += synced;
         st.stats.sync_time_max = st.stats.sync_time_max.max(synced);
-        st.stats.flush_time += started.elapsed();
+        st.stats.flush_time += written.started.elapsed();
         Ok(())
     }
 
@@ -1702,15 +1765,43 @@ impl Drop for Inner {
 
 /// Ends a group-commit flush, even if the flushing task is dropped midway:
 /// clears the flag and wakes every task that waited for the flush.
+/// What a flush's write covered, for its sync.
+struct FlushWritten {
+    /// Every offset below it is durable once the sync ends.
+    target: Offset,
+    file: Rc<DmaFile>,
+    path: PathBuf,
+    cut_epoch: u64,
+    started: std::time::Instant,
+}
+
+/// A flush started by `wait_durable`: its end, however it ends, wakes the
+/// tasks waiting for one.
 struct FlushingGuard<'a> {
     inner: &'a Inner,
+    targeted: bool,
+}
+
+impl FlushingGuard<'_> {
+    fn targeted(&mut self, target: Offset) {
+        let mut st = self.inner.state.borrow_mut();
+        st.flushes_untargeted -= 1;
+        st.flush_target_max = st.flush_target_max.max(target);
+        self.targeted = true;
+    }
 }
 
 impl Drop for FlushingGuard<'_> {
     fn drop(&mut self) {
         let waiters = {
             let mut st = self.inner.state.borrow_mut();
-            st.flushing = false;
+            st.flushes_in_flight -= 1;
+            if !self.targeted {
+                st.flushes_untargeted -= 1;
+            }
+            if st.flushes_in_flight == 0 {
+                st.flush_target_max = Offset(0);
+            }
             std::mem::take(&mut st.flush_waiters)
         };
         for waiter in waiters {

@@ -592,6 +592,97 @@ fn a_long_poll_wakes_on_append_and_times_out_without_one() {
     });
 }
 
+/// Flushes overlap: one holds the io lock only for its write, so a batch
+/// appended while a flush syncs starts the next flush at once instead of
+/// waiting for that sync to end.
+#[test]
+fn a_flush_starts_while_the_last_one_syncs() {
+    let dir = test_dir();
+    run(|| async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        let first = log.append(&batch(1, 2, 900, 0)).await.unwrap();
+        let syncing = {
+            let log = log.clone();
+            glommio::spawn_local(async move { log.wait_durable(first.last_offset).await.unwrap() })
+        };
+        // Parked, not spinning, so that the reactor reaps the first write.
+        while storage::flush_stats::thread_stats().syncs_in_flight == 0 {
+            glommio::timer::sleep(std::time::Duration::from_micros(10)).await;
+        }
+        // The first flush is in its fdatasync, its target taken: it does not
+        // cover this batch, and starts no later than this wait does.
+        let second = log.append(&batch(2, 2, 900, 0)).await.unwrap();
+        log.wait_durable(second.last_offset).await.unwrap();
+        syncing.await;
+        assert_eq!(log.stats().flushes_in_flight_max, 2, "{:?}", log.stats());
+        assert_eq!(log.durable_offset(), log.log_end_offset());
+        log.close().await.unwrap();
+    });
+}
+
+/// Appenders arriving at their own pace (so that flushes overlap), each
+/// acknowledged only once its batch is durable: the durable offset never
+/// passes the log end, across segment rolls, and every acknowledged record
+/// is there after a reopen without a close (the files as a crash leaves
+/// them).
+#[test]
+fn overlapping_flushes_keep_every_acknowledged_record() {
+    let dir = test_dir();
+    let config = LogConfig {
+        flush: FlushPolicy::EveryAppend,
+        segment_bytes: 256 << 10,
+        ..small_config()
+    };
+    run(|| async {
+        let log = PartitionLog::open(dir.path(), config.clone()).await.unwrap();
+        let tasks: Vec<_> = (0..16u64)
+            .map(|task| {
+                let log = log.clone();
+                glommio::spawn_local(async move {
+                    for i in 0..30u64 {
+                        // Staggered arrivals: some land while a flush syncs.
+                        glommio::timer::sleep(std::time::Duration::from_micros(30 * ((task + i) % 5))).await;
+                        let info = log.append(&batch(task * 1000 + i, 2, 900, 0)).await.unwrap();
+                        let durable = log.durable_offset();
+                        assert!(durable > info.last_offset, "acknowledged once durable");
+                        assert!(durable <= log.log_end_offset(), "durable past the log end");
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await;
+        }
+        let end = log.log_end_offset();
+        assert_eq!(end, Offset(16 * 30 * 2));
+        let stats = log.stats();
+        assert!(stats.rolls >= 2, "{stats:?}");
+        assert!(stats.flushes_in_flight_max <= storage::log::FLUSHES_IN_FLIGHT_MAX);
+        eprintln!("overlapping flushes: {stats:?}");
+        assert_eq!(storage::flush_stats::thread_stats().syncs_in_flight, 0);
+        drop(log);
+
+        let log = PartitionLog::open(dir.path(), config.clone()).await.unwrap();
+        assert_eq!(log.log_end_offset(), end, "every acknowledged record survived");
+        let seen = read_all(&log, 1 << 20).await;
+        for task in 0..16u64 {
+            let keys: Vec<u64> = seen
+                .iter()
+                .map(|s| u64::from_le_bytes(s.key.clone().try_into().unwrap()))
+                .filter(|k| k / 1000 == task)
+                .collect();
+            assert_eq!(
+                keys,
+                (0..30)
+                    .map(|i| task * 1000 + i)
+                    .flat_map(|k| [k, k])
+                    .collect::<Vec<_>>()
+            );
+        }
+        log.close().await.unwrap();
+    });
+}
+
 /// A log flushed after every append zeroes its active segment ahead of its
 /// writes (so that ext4 need not convert unwritten extents and commit its
 /// journal in each flush). No zero write may land on a record: every record
