@@ -56,6 +56,9 @@ pub struct BrokerStats {
     /// writes (they are flushed often).
     #[serde(default)]
     pub log_zeroed_bytes: u64,
+    /// The most fdatasyncs of one shard's logs running at once.
+    #[serde(default)]
+    pub log_syncs_in_flight_max: u64,
     /// The shards' time on a CPU and their lives, summed over shards.
     #[serde(default)]
     pub shard_cpu_ms: u64,
@@ -265,6 +268,9 @@ impl BrokerProcess {
                     "stalls" => stats.stalls += value,
                     "log_flushes" => stats.log_flushes += value,
                     "log_zeroed_bytes" => stats.log_zeroed_bytes += value,
+                    "log_syncs_in_flight_max" => {
+                        stats.log_syncs_in_flight_max = stats.log_syncs_in_flight_max.max(value)
+                    }
                     "cpu_ms" => stats.shard_cpu_ms += value,
                     "disk_read_bytes" => stats.disk_read_bytes += value,
                     "read_ahead_bytes" => stats.read_ahead_bytes += value,

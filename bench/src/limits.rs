@@ -43,11 +43,21 @@ pub struct Limits {
     pub fdatasync_overwrite_p50_us: f64,
     #[serde(default)]
     pub fdatasync_overwrite_p99_us: f64,
+    /// Those overwrites made by `SYNCED_STREAMS` files at once, each one
+    /// after another (as that many partitions flushing on their own): the
+    /// floor when the disk sees several fdatasyncs together.
+    #[serde(default)]
+    pub fdatasync_concurrent_p50_us: f64,
+    #[serde(default)]
+    pub fdatasync_concurrent_p99_us: f64,
 }
 
 /// Durable writes the fdatasync floor times, and the size of each.
 const SYNCED_WRITES: u64 = 400;
 const SYNCED_WRITE_BYTES: usize = 16 << 10;
+/// Files making durable writes at once in the concurrent pass: the
+/// partitions of the latency presets.
+pub const SYNCED_STREAMS: usize = 4;
 
 /// Round trips the latency floor measures.
 const ROUND_TRIPS: usize = 5000;
@@ -67,8 +77,10 @@ pub fn measure(dir: &Path) -> Result<Limits, String> {
             let written = crate::storage_bench::raw_write(&dir_owned, 0, DISK_BYTES, true).await?;
             let read = read_back(&dir_owned.join("raw")).await?;
             let synced = synced_writes(&dir_owned.join("synced")).await?;
-            Ok::<_, String>((written.mb_per_s, read, synced))
+            let concurrent = concurrent_synced_writes(&dir_owned).await?;
+            Ok::<_, String>((written.mb_per_s, read, (synced, concurrent)))
         })?;
+    let (synced, concurrent) = synced;
     let _ = std::fs::remove_dir_all(dir);
     let (round_trip_p50, round_trip_p99) = round_trip()?;
     Ok(Limits {
@@ -81,6 +93,8 @@ pub fn measure(dir: &Path) -> Result<Limits, String> {
         fdatasync_p99_us: synced.fresh.1,
         fdatasync_overwrite_p50_us: synced.overwrite.0,
         fdatasync_overwrite_p99_us: synced.overwrite.1,
+        fdatasync_concurrent_p50_us: concurrent.0,
+        fdatasync_concurrent_p99_us: concurrent.1,
     })
 }
 
@@ -95,6 +109,38 @@ struct SyncedWrites {
 /// next, as a partition's group commit does at its slowest: into fresh
 /// preallocated space, then over the same blocks.
 async fn synced_writes(path: &Path) -> Result<SyncedWrites, String> {
+    let file = synced_file(path).await?;
+    let fresh = synced_pass(&file).await?;
+    let overwrite = synced_pass(&file).await?;
+    file.close().await.map_err(|e| e.to_string())?;
+    Ok(SyncedWrites {
+        fresh: quantiles(fresh),
+        overwrite: quantiles(overwrite),
+    })
+}
+
+/// `SYNCED_STREAMS` files, each written once and then overwritten by
+/// durable writes one after another, all at the same time: the median and
+/// 99th percentile (µs) of the overwrites of all of them.
+async fn concurrent_synced_writes(dir: &Path) -> Result<(f64, f64), String> {
+    let mut files = Vec::new();
+    for stream in 0..SYNCED_STREAMS {
+        let file = synced_file(&dir.join(format!("synced-{stream}"))).await?;
+        synced_pass(&file).await?;
+        files.push(file);
+    }
+    let passes = futures::future::join_all(files.iter().map(synced_pass)).await;
+    let mut latencies = Vec::new();
+    for pass in passes {
+        latencies.extend(pass?);
+    }
+    for file in files {
+        file.close().await.map_err(|e| e.to_string())?;
+    }
+    Ok(quantiles(latencies))
+}
+
+async fn synced_file(path: &Path) -> Result<DmaFile, String> {
     let file = glommio::io::OpenOptions::new()
         .create(true)
         .read(true)
@@ -105,28 +151,31 @@ async fn synced_writes(path: &Path) -> Result<SyncedWrites, String> {
     let total = SYNCED_WRITES * SYNCED_WRITE_BYTES as u64;
     file.pre_allocate(total, false).await.map_err(|e| e.to_string())?;
     file.fdatasync().await.map_err(|e| e.to_string())?;
-    let mut passes = Vec::new();
-    for _ in 0..2 {
-        let mut latencies = Vec::with_capacity(SYNCED_WRITES as usize);
-        for i in 0..SYNCED_WRITES {
-            let mut buffer = file.alloc_dma_buffer(SYNCED_WRITE_BYTES);
-            buffer.as_bytes_mut().fill(0x5a);
-            let started = Instant::now();
-            file.write_at(buffer, i * SYNCED_WRITE_BYTES as u64)
-                .await
-                .map_err(|e| e.to_string())?;
-            file.fdatasync().await.map_err(|e| e.to_string())?;
-            latencies.push(started.elapsed().as_secs_f64() * 1e6);
-        }
-        latencies.sort_by(f64::total_cmp);
-        let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
-        passes.push((at(0.50), at(0.99)));
+    Ok(file)
+}
+
+/// One pass of `SYNCED_WRITES` writes over the file's blocks, each made
+/// durable before the next: their latencies (µs).
+async fn synced_pass(file: &DmaFile) -> Result<Vec<f64>, String> {
+    let mut latencies = Vec::with_capacity(SYNCED_WRITES as usize);
+    for i in 0..SYNCED_WRITES {
+        let mut buffer = file.alloc_dma_buffer(SYNCED_WRITE_BYTES);
+        buffer.as_bytes_mut().fill(0x5a);
+        let started = Instant::now();
+        file.write_at(buffer, i * SYNCED_WRITE_BYTES as u64)
+            .await
+            .map_err(|e| e.to_string())?;
+        file.fdatasync().await.map_err(|e| e.to_string())?;
+        latencies.push(started.elapsed().as_secs_f64() * 1e6);
     }
-    file.close().await.map_err(|e| e.to_string())?;
-    Ok(SyncedWrites {
-        fresh: passes[0],
-        overwrite: passes[1],
-    })
+    Ok(latencies)
+}
+
+/// Median and 99th percentile.
+fn quantiles(mut latencies: Vec<f64>) -> (f64, f64) {
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    (at(0.50), at(0.99))
 }
 
 /// Reads the file written by the raw write back, 2 MiB at a time, eight

@@ -120,11 +120,14 @@ pub fn write(
         ));
         if limits.fdatasync_p99_us > 0.0 {
             md.push_str(&format!(
-                "\nDurability floor: a 16 KiB O_DIRECT write made durable with fdatasync, one after another, takes {:.0} µs at the median and {:.0} µs at p99 on this disk into fresh preallocated space, {:.0} and {:.0} µs over blocks already written (what a log that zeroes ahead of its writes gets); an acks=all produce waits for at least one.\n",
+                "\nDurability floor: a 16 KiB O_DIRECT write made durable with fdatasync, one after another, takes {:.0} µs at the median and {:.0} µs at p99 on this disk into fresh preallocated space, {:.0} and {:.0} µs over blocks already written (what a log that zeroes ahead of its writes gets), {:.0} and {:.0} µs with {} files doing so at once (as that many partitions flushing on their own); an acks=all produce waits for at least one.\n",
                 limits.fdatasync_p50_us,
                 limits.fdatasync_p99_us,
                 limits.fdatasync_overwrite_p50_us,
-                limits.fdatasync_overwrite_p99_us
+                limits.fdatasync_overwrite_p99_us,
+                limits.fdatasync_concurrent_p50_us,
+                limits.fdatasync_concurrent_p99_us,
+                crate::limits::SYNCED_STREAMS,
             ));
         }
     }
@@ -222,14 +225,19 @@ pub fn write(
         }
         if broker.log_flushes > 0 && at_us(broker, "durable_wait_max_us") > 0 {
             md.push_str(&format!(
-                "\nDurability inside the broker (the worst shard's): an acks=all produce waited p50 {} / p99 {} / max {} µs for its batches to be durable; the partitions flushed {} times, each taking on average {} µs from the io lock to the end of its fdatasync, of which fdatasync itself {} µs on average and {} µs at most; {} MiB of segments were written with zeros ahead of the records (`segment.zero.ahead.bytes`).\n",
+                "\nDurability inside the broker (the worst shard's): an acks=all produce waited p50 {} / p99 {} / max {} µs for its batches to be durable; the partitions flushed {} times, a flush taking p50 {} / p99 {} µs (mean {}) from waiting for the io lock to the end of its fdatasync, of which fdatasync itself p50 {} / p99 {} / max {} µs (mean {}), with at most {} fdatasyncs of a shard running at once; {} MiB of segments were written with zeros ahead of the records (`segment.zero.ahead.bytes`).\n",
                 at_us(broker, "durable_wait_p50_us"),
                 at_us(broker, "durable_wait_p99_us"),
                 at_us(broker, "durable_wait_max_us"),
                 broker.log_flushes,
+                at_us(broker, "log_flush_p50_us"),
+                at_us(broker, "log_flush_p99_us"),
                 at_us(broker, "log_flush_mean_us"),
-                at_us(broker, "log_sync_mean_us"),
+                at_us(broker, "log_sync_p50_us"),
+                at_us(broker, "log_sync_p99_us"),
                 at_us(broker, "log_sync_max_us"),
+                at_us(broker, "log_sync_mean_us"),
+                broker.log_syncs_in_flight_max,
                 broker.log_zeroed_bytes >> 20,
             ));
         }

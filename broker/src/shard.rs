@@ -326,16 +326,25 @@ impl ShardStats {
     }
 
     /// `log_flushes=… log_zeroed_bytes=… log_sync_mean_us=… log_sync_max_us=… log_flush_mean_us=…`
-    /// for the stats line.
+    /// and the distributions of this shard's fdatasyncs and flushes, for
+    /// the stats line.
     pub fn flush_fields(&self) -> String {
         let flushes = self.log_flushes.get().max(1) as f64;
+        // The shard's own thread: every flush of every log it owns.
+        let f = storage::flush_stats::thread_stats();
         format!(
-            "log_flushes={} log_zeroed_bytes={} log_sync_mean_us={:.0} log_sync_max_us={} log_flush_mean_us={:.0}",
+            "log_flushes={} log_zeroed_bytes={} log_sync_mean_us={:.0} log_sync_max_us={} log_flush_mean_us={:.0} \
+             log_sync_p50_us={} log_sync_p99_us={} log_flush_p50_us={} log_flush_p99_us={} log_syncs_in_flight_max={}",
             self.log_flushes.get(),
             self.log_zeroed_bytes.get(),
             self.log_sync_time.get().as_secs_f64() * 1e6 / flushes,
             self.log_sync_time_max.get().as_micros(),
             self.log_flush_time.get().as_secs_f64() * 1e6 / flushes,
+            f.sync.value_at_quantile(0.50),
+            f.sync.value_at_quantile(0.99),
+            f.flush.value_at_quantile(0.50),
+            f.flush.value_at_quantile(0.99),
+            f.syncs_in_flight_max,
         )
     }
 }
