@@ -18,6 +18,9 @@ pub enum BrokerError {
     #[error("invalid partition count {0}: must be 1..={max}", max = crate::topics::PARTITIONS_MAX)]
     InvalidPartitions(u32),
 
+    #[error("topic {topic}: replication factor {factor} is not 1..={nodes} (the nodes in the cluster)")]
+    InvalidReplicationFactor { topic: String, factor: usize, nodes: usize },
+
     #[error("invalid topic config {key}={value}: {reason}")]
     InvalidConfig { key: String, value: String, reason: String },
 
@@ -74,6 +77,7 @@ impl BrokerError {
             BrokerError::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
             BrokerError::InvalidTopic { .. } => ErrorCode::InvalidTopic,
             BrokerError::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
+            BrokerError::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
             BrokerError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
             BrokerError::InvalidAcks(_) => ErrorCode::InvalidRequiredAcks,
             BrokerError::CorruptBatches { .. } => ErrorCode::CorruptMessage,

@@ -4,6 +4,7 @@
 mod alloc;
 mod cli;
 mod config;
+mod controller;
 mod error;
 mod group;
 mod kafka;

@@ -15,9 +15,7 @@ use storage::{FlushPolicy, LogConfig};
 
 use crate::error::BrokerError;
 
-pub const PARTITIONS_MAX: u32 = 10_000;
-/// Kafka's limit on a topic name's length.
-pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+pub use net::cluster::PARTITIONS_MAX;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TopicMeta {
@@ -207,25 +205,13 @@ fn least_loaded(load: &[usize]) -> u16 {
 }
 
 fn validate_name(name: &str) -> Result<(), BrokerError> {
-    let invalid = |reason: &str| {
-        Err(BrokerError::InvalidTopic {
+    match net::cluster::topic_name_error(name) {
+        Some(reason) => Err(BrokerError::InvalidTopic {
             name: name.to_string(),
             reason: reason.to_string(),
-        })
-    };
-    if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
-        return invalid("a name has 1 to 249 characters");
+        }),
+        None => Ok(()),
     }
-    if name == "." || name == ".." {
-        return invalid("'.' and '..' are not topic names");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
-        return invalid("a name holds only ASCII letters, digits, '.', '_' and '-'");
-    }
-    Ok(())
 }
 
 /// The partition log settings of a topic: the storage defaults, then the

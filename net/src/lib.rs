@@ -8,6 +8,7 @@
 //! message. The client library and the Kafka codec come next (issues 3, 6).
 
 pub mod client;
+pub mod cluster;
 pub mod codec;
 pub mod consumer;
 pub mod error;
