@@ -18,6 +18,12 @@ pub enum BrokerError {
     #[error("invalid partition count {0}: must be 1..={max}", max = crate::topics::PARTITIONS_MAX)]
     InvalidPartitions(u32),
 
+    #[error("not the controller's leader (the leader: {leader:?})")]
+    NotController { leader: Option<u64> },
+
+    #[error("controller: {0}")]
+    Controller(String),
+
     #[error("topic {topic}: replication factor {factor} is not 1..={nodes} (the nodes in the cluster)")]
     InvalidReplicationFactor { topic: String, factor: usize, nodes: usize },
 
@@ -78,6 +84,8 @@ impl BrokerError {
             BrokerError::InvalidTopic { .. } => ErrorCode::InvalidTopic,
             BrokerError::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
             BrokerError::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
+            BrokerError::NotController { .. } => ErrorCode::NotController,
+            BrokerError::Controller(_) => ErrorCode::UnknownServerError,
             BrokerError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
             BrokerError::InvalidAcks(_) => ErrorCode::InvalidRequiredAcks,
             BrokerError::CorruptBatches { .. } => ErrorCode::CorruptMessage,

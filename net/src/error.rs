@@ -67,6 +67,8 @@ pub enum ErrorCode {
     /// A part of a request refused for another part's sake.
     OperationNotAttempted,
     InvalidReplicationFactor,
+    /// The request needs the controller and this node is not its leader.
+    NotController,
     StorageError,
     OffsetMetadataTooLarge,
     CoordinatorNotAvailable,
@@ -115,6 +117,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => 42,
             ErrorCode::OperationNotAttempted => 55,
             ErrorCode::InvalidReplicationFactor => 38,
+            ErrorCode::NotController => 41,
             ErrorCode::StorageError => 56,
             ErrorCode::OffsetMetadataTooLarge => 12,
             ErrorCode::CoordinatorNotAvailable => 15,
@@ -142,7 +145,7 @@ impl ErrorCode {
     }
 
     pub fn from_code(code: i16) -> ErrorCode {
-        const KNOWN: [ErrorCode; 40] = [
+        const KNOWN: [ErrorCode; 41] = [
             ErrorCode::None,
             ErrorCode::UnknownServerError,
             ErrorCode::OffsetOutOfRange,
@@ -161,6 +164,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest,
             ErrorCode::OperationNotAttempted,
             ErrorCode::InvalidReplicationFactor,
+            ErrorCode::NotController,
             ErrorCode::StorageError,
             ErrorCode::OffsetMetadataTooLarge,
             ErrorCode::CoordinatorNotAvailable,
@@ -195,6 +199,7 @@ impl ErrorCode {
         matches!(
             self,
             ErrorCode::RequestTimedOut
+                | ErrorCode::NotController
                 | ErrorCode::UnknownTopicOrPartition
                 | ErrorCode::StorageError
                 | ErrorCode::CoordinatorNotAvailable

@@ -23,6 +23,7 @@ pub mod device;
 pub mod index;
 pub mod log;
 pub mod read_ahead;
+pub mod record_file;
 pub mod recovery;
 pub mod segment;
 

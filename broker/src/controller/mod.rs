@@ -9,9 +9,13 @@
 //! node running other code still applies the log the same way. Leadership
 //! is not here; it lives in each partition's own Raft group.
 
-// The Raft group that orders these commands is the next step; until it
-// lands, only the tests call this module.
+// The driver that runs the replica on a shard, with its log file and its
+// connections to peers, is the next step; until it lands, only the tests
+// call this module.
 #![cfg_attr(not(test), allow(dead_code))]
+
+pub mod replica;
+pub mod store;
 
 use std::collections::BTreeMap;
 
@@ -197,7 +201,13 @@ impl ClusterMetadata {
                     .min_by_key(|n| {
                         let replicas = (this.node_replicas(**n), cluster.node_replicas(**n));
                         if leader {
-                            (this.node_leaders(**n), replicas.0, cluster.node_leaders(**n), replicas.1, **n)
+                            (
+                                this.node_leaders(**n),
+                                replicas.0,
+                                cluster.node_leaders(**n),
+                                replicas.1,
+                                **n,
+                            )
                         } else {
                             (replicas.0, 0, replicas.1, 0, **n)
                         }
