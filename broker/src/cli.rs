@@ -38,6 +38,17 @@ pub enum TopicCommand {
     },
 }
 
+#[derive(clap::Subcommand)]
+pub enum ClusterCommand {
+    /// A node's view of the controller: its leader and term, the nodes
+    /// registered and the topics, as one JSON line.
+    Status {
+        /// The node's internal address (its --rpc-listen).
+        #[arg(long)]
+        node: String,
+    },
+}
+
 #[derive(clap::Args)]
 pub struct ProduceArgs {
     topic: String,
@@ -597,4 +608,47 @@ fn decode_assignment(bytes: &[u8]) -> Vec<(String, u32)> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Longest `corelog cluster status` waits for a node's answer.
+const CLUSTER_STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn cluster(command: ClusterCommand) -> Result<(), String> {
+    use net::cluster::{PeerFrame, PeerMessage, PEER_FRAME_HEADER_BYTES};
+    use std::io::Read;
+    let ClusterCommand::Status { node } = command;
+    let mut stream = std::net::TcpStream::connect(&node).map_err(|e| format!("connect to {node}: {e}"))?;
+    stream
+        .set_read_timeout(Some(CLUSTER_STATUS_TIMEOUT))
+        .map_err(|e| format!("{node}: {e}"))?;
+    let request = PeerFrame {
+        from: crate::controller::driver::CLIENT_SENDER,
+        message: PeerMessage::StatusRequest,
+    };
+    stream
+        .write_all(&request.encode().map_err(|e| e.to_string())?)
+        .map_err(|e| format!("ask {node}: {e}"))?;
+    let mut header = [0u8; PEER_FRAME_HEADER_BYTES];
+    stream
+        .read_exact(&mut header)
+        .map_err(|e| format!("read {node}'s answer: {e}"))?;
+    let (len, crc) = PeerFrame::header(header).map_err(|e| format!("{node}: {e}"))?;
+    let mut archive = vec![0u8; len];
+    stream
+        .read_exact(&mut archive)
+        .map_err(|e| format!("read {node}'s answer: {e}"))?;
+    let frame = PeerFrame::decode(crc, &archive).map_err(|e| format!("{node}: {e}"))?;
+    let PeerMessage::Status(status) = frame.message else {
+        return Err(format!("{node} answered something other than its status"));
+    };
+    let json = serde_json::json!({
+        "node": status.node,
+        "leader": status.leader,
+        "term": status.term,
+        "applied_index": status.applied_index,
+        "nodes": status.nodes.iter().map(|(id, kafka)| serde_json::json!({"id": id, "kafka": kafka})).collect::<Vec<_>>(),
+        "topics": status.topics,
+    });
+    println!("{json}");
+    Ok(())
 }

@@ -114,6 +114,21 @@ pub struct BrokerConfig {
     /// How often each partition's producer state is written to its
     /// snapshot while it changes: a crash replays the log after it.
     pub producer_snapshot_interval_ms: u64,
+    /// This node's id in its cluster, 1 or more.
+    pub node_id: u64,
+    /// The internal listener, for what nodes say to each other (the
+    /// controller's Raft messages); needed with `peers`.
+    pub rpc_listen: Option<String>,
+    /// Every voter of the cluster as `id@host:port` (its `rpc_listen`),
+    /// this node included. Empty: a cluster of one, a broker as ever.
+    pub peers: Vec<String>,
+}
+
+/// A voter of the cluster as `peers` names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub id: u64,
+    pub rpc_addr: std::net::SocketAddr,
 }
 
 impl Default for BrokerConfig {
@@ -148,6 +163,9 @@ impl Default for BrokerConfig {
             transaction_state_partitions: 4,
             transaction_max_timeout_ms: 900_000,
             producer_snapshot_interval_ms: 30_000,
+            node_id: 1,
+            rpc_listen: None,
+            peers: Vec::new(),
         }
     }
 }
@@ -186,6 +204,51 @@ impl BrokerConfig {
                 (share.min(usize::MAX as u64) as usize).clamp(READ_CACHE_AUTO_MIN_BYTES, READ_CACHE_AUTO_MAX_BYTES)
             }
         }
+    }
+
+    /// The voters `peers` names, their addresses resolved; empty for a
+    /// cluster of one.
+    pub fn cluster_peers(&self) -> Result<Vec<Peer>, BrokerError> {
+        use std::net::ToSocketAddrs;
+        let mut peers: Vec<Peer> = Vec::with_capacity(self.peers.len());
+        for entry in &self.peers {
+            let invalid = |why: &str| BrokerError::Config(format!("peer {entry:?}: {why} (peers are id@host:port)"));
+            let (id, addr) = entry.split_once('@').ok_or_else(|| invalid("no '@'"))?;
+            let id: u64 = id.parse().map_err(|_| invalid("the id is not a number"))?;
+            if id == 0 {
+                return Err(invalid("node ids start at 1"));
+            }
+            let rpc_addr = addr
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+                .ok_or_else(|| invalid("the address does not resolve"))?;
+            if peers.iter().any(|p| p.id == id) {
+                return Err(invalid("the id is named twice"));
+            }
+            peers.push(Peer { id, rpc_addr });
+        }
+        if peers.len() > net::cluster::NODES_MAX {
+            return Err(BrokerError::Config(format!(
+                "{} peers, over {}",
+                peers.len(),
+                net::cluster::NODES_MAX
+            )));
+        }
+        if !peers.is_empty() {
+            if !peers.iter().any(|p| p.id == self.node_id) {
+                return Err(BrokerError::Config(format!(
+                    "node_id {} is not among the peers {:?}",
+                    self.node_id, self.peers
+                )));
+            }
+            if self.rpc_listen.is_none() {
+                return Err(BrokerError::Config(
+                    "peers need rpc_listen, the address the others reach this node on".into(),
+                ));
+            }
+        }
+        Ok(peers)
     }
 
     pub fn group_limits(&self) -> crate::group::GroupLimits {
@@ -239,6 +302,10 @@ impl BrokerConfig {
                 )));
             }
         }
+        if self.node_id == 0 {
+            return Err(BrokerError::Config("node_id must be 1 or more".into()));
+        }
+        self.cluster_peers()?;
         if self.spin_before_park_us > SPIN_BEFORE_PARK_US_MAX {
             return Err(BrokerError::Config(format!(
                 "spin_before_park_us {} is over the limit of {SPIN_BEFORE_PARK_US_MAX}",
@@ -300,5 +367,35 @@ mod tests {
         assert_eq!(off.read_cache_shard_bytes(2), 0);
         let unknown: Result<BrokerConfig, _> = toml::from_str("spin_before_parks_us = 5");
         assert!(unknown.is_err(), "an unknown key is refused");
+    }
+
+    #[test]
+    fn peers_are_checked() {
+        let cluster = |node_id: u64, rpc: Option<&str>, peers: &[&str]| BrokerConfig {
+            node_id,
+            rpc_listen: rpc.map(str::to_string),
+            peers: peers.iter().map(|p| p.to_string()).collect(),
+            ..BrokerConfig::default()
+        };
+        let three = ["1@127.0.0.1:9501", "2@127.0.0.1:9502", "3@localhost:9503"];
+        let peers = cluster(2, Some("127.0.0.1:9502"), &three).cluster_peers().unwrap();
+        assert_eq!(peers.iter().map(|p| p.id).collect::<Vec<_>>(), [1, 2, 3]);
+        for (config, says) in [
+            (cluster(4, Some("127.0.0.1:9504"), &three), "not among the peers"),
+            (cluster(1, None, &three), "need rpc_listen"),
+            (
+                cluster(1, Some("x:1"), &["1@127.0.0.1:1", "1@127.0.0.1:2"]),
+                "named twice",
+            ),
+            (cluster(1, Some("x:1"), &["0@127.0.0.1:1"]), "start at 1"),
+            (cluster(1, Some("x:1"), &["1-127.0.0.1:1"]), "no '@'"),
+            (cluster(1, Some("x:1"), &["1@nowhere"]), "does not resolve"),
+            (cluster(0, None, &[]), "node_id must be"),
+        ] {
+            let error = config.validate().expect_err(says).to_string();
+            assert!(error.contains(says), "{error}");
+        }
+        let alone: BrokerConfig = toml::from_str("node_id = 7").unwrap();
+        assert!(alone.cluster_peers().unwrap().is_empty(), "no peers: a cluster of one");
     }
 }

@@ -53,6 +53,21 @@ enum Command {
         /// Cores to run shards on, e.g. 0,2,4.
         #[arg(long, value_delimiter = ',')]
         cpus: Option<Vec<usize>>,
+        /// This node's id in its cluster (1 or more).
+        #[arg(long)]
+        node_id: Option<u64>,
+        /// The internal listener other nodes reach this one on.
+        #[arg(long)]
+        rpc_listen: Option<String>,
+        /// Every voter of the cluster, this node included:
+        /// 1@host:port,2@host:port,3@host:port (their --rpc-listen).
+        #[arg(long, value_delimiter = ',')]
+        peers: Option<Vec<String>>,
+    },
+    /// A node's view of its cluster's controller.
+    Cluster {
+        #[command(subcommand)]
+        command: cli::ClusterCommand,
     },
     /// Create, list, describe and delete topics.
     Topic {
@@ -88,7 +103,23 @@ fn main() {
             kafka_listen,
             shards,
             cpus,
-        } => serve(config, data_dir, listen, kafka_listen, shards, cpus),
+            node_id,
+            rpc_listen,
+            peers,
+        } => serve(
+            config,
+            data_dir,
+            listen,
+            kafka_listen,
+            shards,
+            cpus,
+            Cluster {
+                node_id,
+                rpc_listen,
+                peers,
+            },
+        ),
+        Command::Cluster { command } => cli::cluster(command),
         Command::Topic { command, broker } => cli::topic(&broker, command),
         Command::Group { command, broker } => cli::group(&broker, command),
         Command::Produce(args) => cli::produce(args),
@@ -100,6 +131,13 @@ fn main() {
     }
 }
 
+/// `serve`'s cluster flags, each over the config file's key.
+struct Cluster {
+    node_id: Option<u64>,
+    rpc_listen: Option<String>,
+    peers: Option<Vec<String>>,
+}
+
 fn serve(
     config_file: Option<PathBuf>,
     data_dir: Option<PathBuf>,
@@ -107,6 +145,7 @@ fn serve(
     kafka_listen: Option<String>,
     shards: Option<usize>,
     cpus: Option<Vec<usize>>,
+    cluster: Cluster,
 ) -> Result<(), String> {
     let mut config = match config_file {
         Some(path) => BrokerConfig::from_toml_file(&path).map_err(|e| e.to_string())?,
@@ -128,9 +167,19 @@ fn serve(
     if cpus.is_some() {
         config.cpus = cpus;
     }
+    if let Some(node_id) = cluster.node_id {
+        config.node_id = node_id;
+    }
+    if cluster.rpc_listen.is_some() {
+        config.rpc_listen = cluster.rpc_listen;
+    }
+    if let Some(peers) = cluster.peers {
+        config.peers = peers;
+    }
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
         .map_err(|e| format!("install signal handlers: {e}"))?;
     let data_dir = config.data_dir.clone();
+    let node_id = config.node_id;
     let running = runtime::start(config).map_err(|e| e.to_string())?;
     tracing::info!(addr = %running.addr, data_dir = %data_dir.display(), "corelog listening");
     println!("corelog listening on {}", running.addr);
@@ -143,6 +192,10 @@ fn serve(
         for (shard, addr) in running.kafka_shard_addrs.iter().enumerate() {
             tracing::info!(shard, %addr, "kafka listener of the shard's own (its broker id)");
         }
+    }
+    if let Some(rpc_addr) = running.rpc_addr {
+        tracing::info!(addr = %rpc_addr, node = node_id, "internal listener (the controller's raft)");
+        println!("corelog rpc listening on {rpc_addr}");
     }
     if let Some(signal) = signals.forever().next() {
         tracing::info!(signal, "shutting down: flushing and closing partitions");

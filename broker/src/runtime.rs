@@ -31,6 +31,8 @@ pub struct Running {
     /// (`shard_ports`; empty without).
     pub shard_addrs: Vec<SocketAddr>,
     pub kafka_shard_addrs: Vec<SocketAddr>,
+    /// The internal listener's address, when the node has peers.
+    pub rpc_addr: Option<SocketAddr>,
     inboxes: Arc<Vec<flume::Sender<ShardMessage>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -176,6 +178,29 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
             Ok(crate::kafka::Endpoints { bootstrap, shards })
         })
         .transpose()?;
+    let peers = config.cluster_peers()?;
+    // The controller's replica runs on shard 0 when the node has peers.
+    let cluster = if peers.is_empty() {
+        None
+    } else {
+        let rpc_listen = config.rpc_listen.as_deref().expect("validated: peers need rpc_listen");
+        let (rpc_reserved, rpc_addr) = reserve(rpc_listen)?;
+        let registration = net::cluster::ControllerCommand::RegisterNode {
+            node: config.node_id,
+            shards: u32::from(shards),
+            kafka_addr: advertised
+                .as_ref()
+                .map(|a| format!("{}:{}", a.bootstrap.host, a.bootstrap.port))
+                .unwrap_or_default(),
+            native_addr: addr.to_string(),
+        };
+        Some((rpc_reserved, rpc_addr, peers, registration))
+    };
+    let rpc_addr = cluster.as_ref().map(|(_, addr, _, _)| *addr);
+    let (rpc_reserved, mut controller) = match cluster {
+        Some((reserved, addr, peers, registration)) => (Some(reserved), Some((addr, peers, registration))),
+        None => (None, None),
+    };
     let config = Arc::new(config);
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(config.shard_queue_depth)).unzip();
     let inboxes = Arc::new(senders);
@@ -192,6 +217,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         let kafka_shard_addr = kafka_shard_addrs.get(usize::from(id)).copied();
         let shard_addr = shard_addrs.get(usize::from(id)).copied();
         let native = native.clone();
+        let controller = if id == 0 { controller.take() } else { None };
         // glommio pins a Fixed executor's thread itself (before it allocates,
         // so its memory is the core's node's) and only spins before parking
         // on a pinned executor.
@@ -249,11 +275,21 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                         .chain(kafka_shard_addr)
                         .map(kafka_listen)
                         .collect::<Result<Vec<_>, _>>()?;
+                    let rpc_listener = controller
+                        .as_ref()
+                        .map(|(addr, _, _)| {
+                            glommio::net::TcpListener::bind(*addr).map_err(|e| BrokerError::Io {
+                                op: "listen (internal) on",
+                                path: addr.to_string().into(),
+                                source: e.into(),
+                            })
+                        })
+                        .transpose()?;
                     tracing::info!(shard = id, partitions = opened, "recovered partitions; accepting");
-                    Ok::<_, BrokerError>((listeners, kafka_listeners))
+                    Ok::<_, BrokerError>((listeners, kafka_listeners, rpc_listener))
                 }
                 .await;
-                let (listeners, kafka_listeners) = match started {
+                let (listeners, kafka_listeners, rpc_listener) = match started {
                     Ok(listeners) => listeners,
                     Err(error) => {
                         let _ = ready.send(Err(error));
@@ -276,6 +312,17 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                         .detach();
                     }
                 }
+                let controller = controller.zip(rpc_listener).map(|((_, peers, registration), listener)| {
+                    let (node, data_dir) = (shard.config.node_id, shard.config.data_dir.clone());
+                    glommio::spawn_local(async move {
+                        if let Err(error) =
+                            crate::controller::driver::run(node, peers, listener, data_dir, registration).await
+                        {
+                            tracing::error!(%error, "the controller replica stopped");
+                        }
+                    })
+                    .detach()
+                });
                 let clock = shard.clone();
                 let clock = glommio::spawn_local(async move { clock.run_group_clock().await }).detach();
                 let txn_clock = shard.clone();
@@ -283,6 +330,9 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 shard.clone().serve_inbox(inbox).await;
                 clock.cancel();
                 txn_clock.cancel();
+                if let Some(controller) = controller {
+                    controller.cancel();
+                }
                 shard.close_all().await;
                 let (allocations, allocated_bytes) = crate::alloc::thread_allocations();
                 // One line on stdout, read by the benchmark harness; a
@@ -322,6 +372,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
     let running = Running {
         addr,
         kafka_addr,
+        rpc_addr,
         shard_addrs,
         kafka_shard_addrs,
         inboxes,
@@ -344,6 +395,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
     drop(kafka);
     drop(kafka_shards);
     drop(native_shards);
+    drop(rpc_reserved);
     Ok(running)
 }
 

@@ -178,6 +178,135 @@ pub fn topic_name_error(name: &str) -> Option<&'static str> {
     None
 }
 
+/// Bytes one frame between nodes may hold: a controller append of a few
+/// MiB of entries fits, and a reader allocates no more than this for one.
+pub const PEER_FRAME_BYTES_MAX: usize = 32 << 20;
+/// Raft messages one frame may carry.
+pub const PEER_FRAME_MESSAGES_MAX: usize = 4096;
+/// The header bytes a reader reads first: length and crc.
+pub const PEER_FRAME_HEADER_BYTES: usize = 8;
+
+/// The Raft group a message belongs to: the controller's, for now the
+/// only one.
+pub const CONTROLLER_GROUP: u64 = 0;
+
+/// What one node sends another on the internal (`--rpc-listen`) port.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum PeerMessage {
+    /// Raft messages, each with its group, in raft-rs's protobuf encoding:
+    /// all of one loop turn's messages to this node in one frame.
+    Raft {
+        messages: Vec<(u64, Vec<u8>)>,
+    },
+    /// A command for the controller's leader to propose on the sender's
+    /// behalf (a node registering itself); no answer: the sender watches
+    /// the metadata for its effect.
+    Propose {
+        command: Vec<u8>,
+    },
+    /// Asks for the receiver's view of the controller (`corelog cluster
+    /// status`); answered with `Status`.
+    StatusRequest,
+    Status(ControllerStatus),
+}
+
+/// One node's view of the controller group.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ControllerStatus {
+    pub node: u64,
+    /// 0 when it knows no leader.
+    pub leader: u64,
+    pub term: u64,
+    pub applied_index: u64,
+    /// The nodes registered, with their Kafka addresses.
+    pub nodes: Vec<(u64, String)>,
+    pub topics: Vec<String>,
+}
+
+/// A frame between nodes: who sent it and what it says.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PeerFrame {
+    pub from: u64,
+    pub message: PeerMessage,
+}
+
+impl PeerFrame {
+    /// `length u32 | crc32c u32 | archive`, little endian.
+    pub fn encode(&self) -> Result<Vec<u8>, NetError> {
+        let archive = rkyv::to_bytes::<rancor::Error>(self).expect("serializing into memory cannot fail");
+        if archive.len() > PEER_FRAME_BYTES_MAX {
+            return Err(NetError::TooLargeToEncode {
+                what: "peer frame",
+                size: archive.len(),
+            });
+        }
+        let mut frame = Vec::with_capacity(PEER_FRAME_HEADER_BYTES + archive.len());
+        frame.extend_from_slice(&(archive.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&crc32c::crc32c(&archive).to_le_bytes());
+        frame.extend_from_slice(&archive);
+        Ok(frame)
+    }
+
+    /// The length and crc of the frame whose header is `header`, once the
+    /// length is checked against the limit: what a reader reads next.
+    pub fn header(header: [u8; PEER_FRAME_HEADER_BYTES]) -> Result<(usize, u32), NetError> {
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        if len > PEER_FRAME_BYTES_MAX {
+            return Err(NetError::FrameTooLarge {
+                size: len,
+                max: PEER_FRAME_BYTES_MAX,
+            });
+        }
+        Ok((len, u32::from_le_bytes(header[4..].try_into().expect("4 bytes"))))
+    }
+
+    /// The frame whose header said `crc`, from its archive bytes.
+    pub fn decode(crc: u32, archive: &[u8]) -> Result<PeerFrame, NetError> {
+        let malformed = |reason: String| NetError::Malformed {
+            what: "peer frame",
+            reason,
+        };
+        if crc32c::crc32c(archive) != crc {
+            return Err(malformed("crc does not match".into()));
+        }
+        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        aligned.extend_from_slice(archive);
+        let frame = rkyv::from_bytes::<PeerFrame, rancor::Error>(&aligned).map_err(|e| malformed(e.to_string()))?;
+        if frame.from == 0 {
+            return Err(malformed("from node 0 (ids start at 1)".into()));
+        }
+        if let PeerMessage::Raft { messages } = &frame.message {
+            if messages.len() > PEER_FRAME_MESSAGES_MAX {
+                return Err(malformed(format!(
+                    "{} raft messages, over {PEER_FRAME_MESSAGES_MAX}",
+                    messages.len()
+                )));
+            }
+        }
+        Ok(frame)
+    }
+
+    /// Header and archive in one slice (tests, fuzzing).
+    pub fn decode_frame(bytes: &[u8]) -> Result<PeerFrame, NetError> {
+        let header: [u8; PEER_FRAME_HEADER_BYTES] = bytes
+            .get(..PEER_FRAME_HEADER_BYTES)
+            .and_then(|h| h.try_into().ok())
+            .ok_or(NetError::FrameTooShort {
+                size: bytes.len(),
+                header: PEER_FRAME_HEADER_BYTES,
+            })?;
+        let (len, crc) = PeerFrame::header(header)?;
+        let archive = &bytes[PEER_FRAME_HEADER_BYTES..];
+        if archive.len() != len {
+            return Err(NetError::ArchiveOverrun {
+                archive: len,
+                available: archive.len(),
+            });
+        }
+        PeerFrame::decode(crc, archive)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +367,32 @@ mod tests {
             configs: vec![],
         };
         assert!(ControllerCommand::decode(&none.encode()).is_err());
+    }
+
+    #[test]
+    fn peer_frames_round_trip_and_damage_is_refused() {
+        let frame = PeerFrame {
+            from: 2,
+            message: PeerMessage::Raft {
+                messages: vec![(CONTROLLER_GROUP, vec![1, 2, 3]), (CONTROLLER_GROUP, vec![])],
+            },
+        };
+        let bytes = frame.encode().unwrap();
+        assert_eq!(PeerFrame::decode_frame(&bytes).unwrap(), frame);
+        let mut damaged = bytes.clone();
+        *damaged.last_mut().unwrap() ^= 1;
+        assert!(PeerFrame::decode_frame(&damaged).is_err());
+        let mut huge = bytes.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            PeerFrame::decode_frame(&huge),
+            Err(NetError::FrameTooLarge { .. })
+        ));
+        let anonymous = PeerFrame {
+            from: 0,
+            message: PeerMessage::StatusRequest,
+        };
+        assert!(PeerFrame::decode_frame(&anonymous.encode().unwrap()).is_err());
     }
 
     proptest! {

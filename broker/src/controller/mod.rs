@@ -9,11 +9,12 @@
 //! node running other code still applies the log the same way. Leadership
 //! is not here; it lives in each partition's own Raft group.
 
-// The driver that runs the replica on a shard, with its log file and its
-// connections to peers, is the next step; until it lands, only the tests
-// call this module.
+// Topics through the controller (CreateTopics proposing an assignment,
+// each node opening what it hosts) are the next step; until they land,
+// only the tests call `assign`, `hosted_by` and a proposal's outcome.
 #![cfg_attr(not(test), allow(dead_code))]
 
+pub mod driver;
 pub mod replica;
 pub mod store;
 

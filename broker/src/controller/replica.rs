@@ -126,6 +126,27 @@ impl ControllerReplica {
         Some(self.node.raft.leader_id).filter(|id| *id != 0)
     }
 
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    /// This replica's view of the group, for `corelog cluster status`.
+    pub fn status(&self) -> net::cluster::ControllerStatus {
+        net::cluster::ControllerStatus {
+            node: self.id,
+            leader: self.leader().unwrap_or(0),
+            term: self.term(),
+            applied_index: self.metadata.applied_index,
+            nodes: self
+                .metadata
+                .nodes
+                .iter()
+                .map(|(id, info)| (*id, info.kafka_addr.clone()))
+                .collect(),
+            topics: self.metadata.topics.keys().cloned().collect(),
+        }
+    }
+
     pub fn tick(&mut self) {
         self.node.tick();
     }

@@ -1,0 +1,386 @@
+//! Runs this node's controller replica on shard 0: its log file, Raft's
+//! clock, the internal listener where peers' frames arrive, a connection to
+//! each peer, and this node's registration in the cluster metadata.
+//!
+//! One task owns the replica, so nothing steps or proposes between a
+//! `begin_ready` and its `end_ready`; connections hand it what they read
+//! through a bounded inbox. Messages to a peer whose queue is full are
+//! dropped: Raft sends again what a peer did not acknowledge.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::channel::{mpsc, oneshot};
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, SinkExt, StreamExt};
+use glommio::net::{TcpListener, TcpStream};
+use net::cluster::{
+    ControllerCommand, ControllerStatus, PeerFrame, PeerMessage, CONTROLLER_GROUP, PEER_FRAME_HEADER_BYTES,
+};
+use protobuf::Message as _;
+use raft::prelude::Message;
+
+use super::replica::ControllerReplica;
+use crate::config::Peer;
+use crate::error::BrokerError;
+
+/// Raft's tick: with `ELECTION_TICKS` of 10, a leader's loss is noticed
+/// within 1 to 2 s, as Kafka's KRaft controllers do.
+pub const TICK: Duration = Duration::from_millis(100);
+/// What the connections may hand the replica before they wait.
+const INBOX_DEPTH: usize = 1024;
+/// Frames queued to one peer; past it, new ones are dropped.
+const PEER_QUEUE_DEPTH: usize = 256;
+/// Between attempts to reach a peer that is down.
+const RECONNECT_DELAY: Duration = Duration::from_millis(200);
+/// Between attempts to register this node until the metadata shows it.
+const REGISTER_RETRY: Duration = Duration::from_secs(1);
+/// Peer connections accepted at once.
+const PEER_CONNECTIONS_MAX: usize = 4 * net::cluster::NODES_MAX;
+/// The sender id of a frame from a client of the internal port (`corelog
+/// cluster status`), not a node.
+pub const CLIENT_SENDER: u64 = u64::MAX;
+
+enum Inbound {
+    Step(Message),
+    Propose(ControllerCommand),
+    Status(oneshot::Sender<ControllerStatus>),
+}
+
+/// The controller log file under the data directory.
+pub fn log_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("controller").join("raft.log")
+}
+
+/// Runs the replica of node `node` until the task is dropped.
+pub async fn run(
+    node: u64,
+    peers: Vec<Peer>,
+    listener: TcpListener,
+    data_dir: PathBuf,
+    registration: ControllerCommand,
+) -> Result<(), BrokerError> {
+    let path = log_path(&data_dir);
+    let (file, log) = open_log(path.clone()).await?;
+    let voters: Vec<u64> = peers.iter().map(|p| p.id).collect();
+    let mut replica = ControllerReplica::open(node, &voters, &log)?;
+    drop(log);
+    tracing::info!(node, voters = ?voters, "controller replica started");
+    let (inbox_tx, mut inbox) = mpsc::channel::<Inbound>(INBOX_DEPTH);
+    glommio::spawn_local(accept_loop(listener, inbox_tx)).detach();
+    let links: BTreeMap<u64, mpsc::Sender<Vec<u8>>> = peers
+        .iter()
+        .filter(|p| p.id != node)
+        .map(|p| {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_DEPTH);
+            glommio::spawn_local(peer_link(p.id, p.rpc_addr, rx)).detach();
+            (p.id, tx)
+        })
+        .collect();
+    let mut links = Links { node, links };
+    let mut next_tick = Instant::now() + TICK;
+    let mut registered_at: Option<Instant> = None;
+    loop {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        futures::select! {
+            inbound = inbox.next() => match inbound {
+                Some(inbound) => handle(&mut replica, inbound),
+                None => return Ok(()),
+            },
+            _ = glommio::timer::sleep(wait).fuse() => {}
+        }
+        // What else has arrived goes into the same Ready.
+        while let Ok(inbound) = inbox.try_recv() {
+            handle(&mut replica, inbound);
+        }
+        if Instant::now() >= next_tick {
+            replica.tick();
+            next_tick += TICK;
+            if next_tick < Instant::now() {
+                next_tick = Instant::now() + TICK;
+            }
+        }
+        while let Some(work) = replica.begin_ready()? {
+            links.send(&work.messages);
+            if let Some(batch) = &work.batch {
+                append(file.clone(), batch.clone(), &path).await?;
+            }
+            let messages = replica.end_ready(work);
+            links.send(&messages);
+        }
+        register(&mut replica, &mut links, &registration, &mut registered_at);
+    }
+}
+
+fn handle(replica: &mut ControllerReplica, inbound: Inbound) {
+    match inbound {
+        Inbound::Step(message) => replica.step(message),
+        Inbound::Propose(command) => {
+            if let Err(error) = replica.propose(&command) {
+                tracing::debug!(%error, "controller: a peer's proposal not taken");
+            }
+        }
+        Inbound::Status(reply) => {
+            let _ = reply.send(replica.status());
+        }
+    }
+}
+
+/// Proposes this node's registration (on the leader, or through it) until
+/// the metadata holds it as it is now.
+fn register(
+    replica: &mut ControllerReplica,
+    links: &mut Links,
+    registration: &ControllerCommand,
+    last: &mut Option<Instant>,
+) {
+    let ControllerCommand::RegisterNode {
+        node,
+        shards,
+        kafka_addr,
+        native_addr,
+    } = registration
+    else {
+        unreachable!("a registration registers a node");
+    };
+    let current = replica.metadata().nodes.get(node).is_some_and(|known| {
+        known.shards == *shards && &known.kafka_addr == kafka_addr && &known.native_addr == native_addr
+    });
+    if current || last.is_some_and(|at| at.elapsed() < REGISTER_RETRY) {
+        return;
+    }
+    let Some(leader) = replica.leader() else { return };
+    *last = Some(Instant::now());
+    if leader == *node {
+        if let Err(error) = replica.propose(registration) {
+            tracing::debug!(%error, "controller: registration not proposed");
+        }
+    } else {
+        links.frame(
+            leader,
+            PeerMessage::Propose {
+                command: registration.encode(),
+            },
+        );
+    }
+}
+
+struct Links {
+    node: u64,
+    links: BTreeMap<u64, mpsc::Sender<Vec<u8>>>,
+}
+
+impl Links {
+    /// Each peer's messages of this turn in one frame.
+    fn send(&mut self, messages: &[Message]) {
+        let mut by_peer: BTreeMap<u64, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+        for message in messages {
+            let bytes = message.write_to_bytes().expect("a raft message encodes");
+            by_peer.entry(message.to).or_default().push((CONTROLLER_GROUP, bytes));
+        }
+        for (peer, messages) in by_peer {
+            self.frame(peer, PeerMessage::Raft { messages });
+        }
+    }
+
+    fn frame(&mut self, peer: u64, message: PeerMessage) {
+        let Some(link) = self.links.get_mut(&peer) else {
+            tracing::warn!(peer, "controller: a message to a node not among the peers");
+            return;
+        };
+        let frame = PeerFrame {
+            from: self.node,
+            message,
+        };
+        match frame.encode() {
+            Ok(bytes) => {
+                if link.try_send(bytes).is_err() {
+                    tracing::debug!(peer, "controller: peer queue full, frame dropped");
+                }
+            }
+            Err(error) => tracing::error!(peer, %error, "controller: frame not sent"),
+        }
+    }
+}
+
+/// Keeps a connection to `peer` and writes its frames; frames queued while
+/// it is down wait, up to the queue's depth.
+async fn peer_link(peer: u64, addr: std::net::SocketAddr, mut frames: mpsc::Receiver<Vec<u8>>) {
+    let mut pending: Option<Vec<u8>> = None;
+    loop {
+        let mut stream = match TcpStream::connect(addr).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(peer, %addr, %error, "controller: peer unreachable");
+                glommio::timer::sleep(RECONNECT_DELAY).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        loop {
+            let frame = match pending.take() {
+                Some(frame) => frame,
+                None => match frames.next().await {
+                    Some(frame) => frame,
+                    None => return,
+                },
+            };
+            if let Err(error) = stream.write_all(&frame).await {
+                tracing::debug!(peer, %addr, %error, "controller: peer connection lost");
+                pending = Some(frame);
+                break;
+            }
+        }
+        glommio::timer::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, inbox: mpsc::Sender<Inbound>) {
+    let connections = Rc::new(std::cell::Cell::new(0usize));
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "controller: accept failed");
+                glommio::timer::sleep(RECONNECT_DELAY).await;
+                continue;
+            }
+        };
+        if connections.get() >= PEER_CONNECTIONS_MAX {
+            tracing::warn!(max = PEER_CONNECTIONS_MAX, "internal port: connection limit reached");
+            continue;
+        }
+        connections.set(connections.get() + 1);
+        let (inbox, connections) = (inbox.clone(), connections.clone());
+        glommio::spawn_local(async move {
+            if let Err(error) = peer_connection(stream, inbox).await {
+                tracing::debug!(%error, "internal port: connection ended");
+            }
+            connections.set(connections.get() - 1);
+        })
+        .detach();
+    }
+}
+
+/// Reads a peer's (or a client's) frames until it goes; a malformed one
+/// ends the connection, never the node.
+async fn peer_connection(mut stream: TcpStream, mut inbox: mpsc::Sender<Inbound>) -> Result<(), BrokerError> {
+    let io = |op: &'static str| {
+        move |e: std::io::Error| BrokerError::Io {
+            op,
+            path: "internal port".into(),
+            source: e,
+        }
+    };
+    let malformed = |e: net::NetError| BrokerError::Controller(format!("internal port: {e}"));
+    loop {
+        let mut header = [0u8; PEER_FRAME_HEADER_BYTES];
+        match stream.read_exact(&mut header).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(io("read a frame from")(e)),
+        }
+        let (len, crc) = PeerFrame::header(header).map_err(malformed)?;
+        let mut archive = vec![0u8; len];
+        stream.read_exact(&mut archive).await.map_err(io("read a frame from"))?;
+        let frame = PeerFrame::decode(crc, &archive).map_err(malformed)?;
+        match frame.message {
+            PeerMessage::Raft { messages } => {
+                for (group, bytes) in messages {
+                    if group != CONTROLLER_GROUP {
+                        return Err(BrokerError::Controller(format!(
+                            "node {}: a message for raft group {group}, which this node does not run",
+                            frame.from
+                        )));
+                    }
+                    let message = Message::parse_from_bytes(&bytes)
+                        .map_err(|e| BrokerError::Controller(format!("node {}: a raft message: {e}", frame.from)))?;
+                    if message.from != frame.from {
+                        return Err(BrokerError::Controller(format!(
+                            "node {} sent a raft message from node {}",
+                            frame.from, message.from
+                        )));
+                    }
+                    if inbox.send(Inbound::Step(message)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            PeerMessage::Propose { command } => {
+                let command = ControllerCommand::decode(&command).map_err(malformed)?;
+                if inbox.send(Inbound::Propose(command)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            PeerMessage::StatusRequest => {
+                let (tx, rx) = oneshot::channel();
+                if inbox.send(Inbound::Status(tx)).await.is_err() {
+                    return Ok(());
+                }
+                let Ok(status) = rx.await else { return Ok(()) };
+                let reply = PeerFrame {
+                    from: status.node,
+                    message: PeerMessage::Status(status),
+                };
+                let bytes = reply.encode().map_err(malformed)?;
+                stream.write_all(&bytes).await.map_err(io("answer on"))?;
+            }
+            PeerMessage::Status(_) => {
+                return Err(BrokerError::Controller(format!(
+                    "node {} sent an unasked status",
+                    frame.from
+                )));
+            }
+        }
+    }
+}
+
+/// Reads the log file (created empty if new) and cuts a torn last batch
+/// off it, so that the batches appended next follow whole ones.
+async fn open_log(path: PathBuf) -> Result<(Arc<std::fs::File>, Vec<u8>), BrokerError> {
+    storage::blocking::off_shard(move || {
+        let io = |op: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BrokerError::Io { op, path, source }
+        };
+        let dir = path.parent().expect("the log is in a directory");
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        let bytes = std::fs::read(&path).map_err(io("read", &path))?;
+        let valid = storage::record_file::replay(&bytes)
+            .map_err(|e| BrokerError::Controller(format!("{}: {e}", path.display())))?
+            .valid_bytes;
+        if valid < bytes.len() {
+            file.set_len(valid as u64).map_err(io("cut the torn tail of", &path))?;
+            file.sync_data().map_err(io("fdatasync", &path))?;
+        }
+        let dir_file = std::fs::File::open(dir).map_err(io("open", dir))?;
+        dir_file.sync_all().map_err(io("fsync", dir))?;
+        Ok((Arc::new(file), bytes[..valid].to_vec()))
+    })
+    .await
+}
+
+/// Appends one batch and makes it durable, off the shard's thread.
+async fn append(file: Arc<std::fs::File>, batch: Vec<u8>, path: &Path) -> Result<(), BrokerError> {
+    let path = path.to_path_buf();
+    storage::blocking::off_shard(move || {
+        use std::io::Write;
+        (&*file)
+            .write_all(&batch)
+            .and_then(|()| file.sync_data())
+            .map_err(|source| BrokerError::Io {
+                op: "append to",
+                path,
+                source,
+            })
+    })
+    .await
+}

@@ -1,0 +1,165 @@
+//! Several `corelog` processes as one cluster: the controller's Raft group
+//! over their internal ports elects a leader, every node registers itself
+//! through it, a leader killed is replaced, and a node started again on its
+//! data directory rejoins and catches up.
+
+mod common;
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Longest the cluster may take to agree after a start or a loss.
+const AGREE_WITHIN: Duration = Duration::from_secs(30);
+
+struct Node {
+    id: u64,
+    rpc: String,
+    dir: tempfile::TempDir,
+    config: String,
+    broker: Option<Broker>,
+}
+
+impl Node {
+    fn start(&mut self) {
+        self.broker = Some(Broker::start_with_config(self.dir.path(), 1, &self.config));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn cluster(n: u64) -> Vec<Node> {
+    let rpcs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let peers: Vec<String> = rpcs
+        .iter()
+        .enumerate()
+        .map(|(i, rpc)| format!("\"{}@{rpc}\"", i + 1))
+        .collect();
+    let mut nodes: Vec<Node> = rpcs
+        .iter()
+        .enumerate()
+        .map(|(i, rpc)| Node {
+            id: i as u64 + 1,
+            rpc: rpc.clone(),
+            dir: data_dir(),
+            config: format!(
+                "node_id = {}\nrpc_listen = \"{rpc}\"\npeers = [{}]\n",
+                i + 1,
+                peers.join(", ")
+            ),
+            broker: None,
+        })
+        .collect();
+    for node in &mut nodes {
+        node.start();
+    }
+    nodes
+}
+
+/// A node's `corelog cluster status`, None while it does not answer.
+fn status(rpc: &str) -> Option<serde_json::Value> {
+    let output = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(["cluster", "status", "--node", rpc])
+        .output()
+        .expect("the corelog binary runs");
+    if !output.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&output.stdout).ok()
+}
+
+/// Waits until every node in `nodes` names the same leader among them,
+/// in the same term, with `registered` nodes in the metadata; returns
+/// (leader, term).
+fn agreed(nodes: &[&Node], registered: usize) -> (u64, u64) {
+    let started = Instant::now();
+    let mut last = Vec::new();
+    while started.elapsed() < AGREE_WITHIN {
+        last = nodes.iter().map(|n| status(&n.rpc)).collect::<Vec<_>>();
+        let views: Option<Vec<(u64, u64, usize, u64)>> = last
+            .iter()
+            .map(|s| {
+                let s = s.as_ref()?;
+                Some((
+                    s["leader"].as_u64()?,
+                    s["term"].as_u64()?,
+                    s["nodes"].as_array()?.len(),
+                    s["applied_index"].as_u64()?,
+                ))
+            })
+            .collect();
+        if let Some(views) = views {
+            let (leader, term, count, applied) = views[0];
+            let live = nodes.iter().any(|n| n.id == leader);
+            if live && count == registered && views.iter().all(|v| *v == (leader, term, count, applied)) {
+                return (leader, term);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("no agreement within {AGREE_WITHIN:?}: {last:?}");
+}
+
+#[test]
+fn a_cluster_elects_a_controller_survives_its_loss_and_takes_it_back() {
+    let mut nodes = cluster(3);
+    let (leader, term) = agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+
+    // Bytes that are no frame end their connection, not the node.
+    let mut garbage = std::net::TcpStream::connect(&nodes[0].rpc).expect("internal port");
+    let _ = garbage.write_all(&[0xff; 64]);
+    drop(garbage);
+
+    let lost = nodes.iter().position(|n| n.id == leader).unwrap();
+    nodes[lost].broker.take().unwrap().kill9();
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.id != leader).collect();
+    let (next, next_term) = agreed(&survivors, 3);
+    assert_ne!(next, leader, "a new leader among the survivors");
+    assert!(next_term > term, "in a later term");
+
+    // The lost node starts again on its data directory and catches up.
+    nodes[lost].start();
+    let (again, again_term) = agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    assert!(again_term >= next_term);
+    assert!(nodes.iter().any(|n| n.id == again));
+    for node in &mut nodes {
+        let mut broker = node.broker.take().unwrap();
+        broker.assert_alive();
+        broker.stop();
+    }
+}
+
+#[test]
+fn a_node_with_a_bad_peer_list_refuses_to_start() {
+    let dir = data_dir();
+    let config_file = dir.path().with_extension("toml");
+    std::fs::write(
+        &config_file,
+        "node_id = 4\nrpc_listen = \"127.0.0.1:1\"\npeers = [\"1@127.0.0.1:2\"]\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "none",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .arg("--config")
+        .arg(&config_file)
+        .output()
+        .expect("the corelog binary runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("node_id 4 is not among the peers"), "{stderr}");
+}
