@@ -136,6 +136,28 @@ fn a_cluster_elects_a_controller_survives_its_loss_and_takes_it_back() {
     }
 }
 
+/// A leader paused past the election timeout (SIGSTOP) is replaced; let go
+/// (SIGCONT), it learns of the later term, follows, and the cluster agrees
+/// again on the new leader: no two leaders, no going back.
+#[test]
+fn a_paused_leader_is_replaced_and_follows_when_it_wakes() {
+    let mut nodes = cluster(3);
+    let (leader, term) = agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let paused = nodes.iter().position(|n| n.id == leader).unwrap();
+    let pid = nodes[paused].broker.as_ref().unwrap().pid().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().expect("kill -STOP");
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.id != leader).collect();
+    let (next, next_term) = agreed(&survivors, 3);
+    Command::new("kill").args(["-CONT", &pid]).status().expect("kill -CONT");
+    assert_ne!(next, leader);
+    assert!(next_term > term);
+    let (after, after_term) = agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    assert_eq!((after, after_term), (next, next_term), "the woken leader follows");
+    for node in &mut nodes {
+        node.broker.take().unwrap().stop();
+    }
+}
+
 #[test]
 fn a_node_with_a_bad_peer_list_refuses_to_start() {
     let dir = data_dir();

@@ -436,18 +436,26 @@ mod tests {
             }
         }
 
-        /// The one leader among the live replicas not isolated, after enough
-        /// ticks for an election.
+        /// The one leader among the live replicas not isolated, ticking
+        /// until there is one. Election timeouts are random (10 to 19 ticks)
+        /// and, with check_quorum, a follower that heard from a leader
+        /// within its own timeout refuses votes: an election may take a few
+        /// rounds.
         fn leader(&mut self) -> u64 {
-            self.ticks(3 * ELECTION_TICKS);
-            let leaders: Vec<u64> = self
-                .replicas
-                .iter()
-                .filter_map(|(id, r)| r.as_ref().filter(|r| r.is_leader()).map(|_| *id))
-                .filter(|id| !self.isolated.contains(id))
-                .collect();
-            assert_eq!(leaders.len(), 1, "one leader: {leaders:?}");
-            leaders[0]
+            for _ in 0..20 * ELECTION_TICKS {
+                self.ticks(1);
+                let leaders: Vec<u64> = self
+                    .replicas
+                    .iter()
+                    .filter_map(|(id, r)| r.as_ref().filter(|r| r.is_leader()).map(|_| *id))
+                    .filter(|id| !self.isolated.contains(id))
+                    .collect();
+                assert!(leaders.len() <= 1, "two leaders: {leaders:?}");
+                if let [leader] = leaders[..] {
+                    return leader;
+                }
+            }
+            panic!("no leader after {} ticks", 20 * ELECTION_TICKS);
         }
 
         fn metadata(&mut self, id: u64) -> ClusterMetadata {
@@ -547,7 +555,9 @@ mod tests {
         let kept = create(&mut group, next, "kept");
         group.settle();
         assert!(group.replica(next).outcome(kept).unwrap().is_ok());
-        // check_quorum: the isolated one stepped down, and said so.
+        // check_quorum: within an election timeout the isolated one steps
+        // down, and says so.
+        group.ticks(2 * ELECTION_TICKS);
         assert!(!group.replica(old).is_leader());
         assert!(matches!(
             group.replica(old).outcome(lost),

@@ -103,6 +103,10 @@ impl Broker {
         shards
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn assert_alive(&mut self) {
         assert!(
             self.child.try_wait().expect("status").is_none(),
