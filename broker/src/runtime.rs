@@ -314,14 +314,16 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 }
                 let controller = controller.zip(rpc_listener).map(|((_, peers, registration), listener)| {
                     let (node, data_dir) = (shard.config.node_id, shard.config.data_dir.clone());
-                    glommio::spawn_local(async move {
+                    let (stop, stopped) = futures::channel::oneshot::channel();
+                    let task = glommio::spawn_local(async move {
                         if let Err(error) =
-                            crate::controller::driver::run(node, peers, listener, data_dir, registration).await
+                            crate::controller::driver::run(node, peers, listener, data_dir, registration, stopped)
+                                .await
                         {
                             tracing::error!(%error, "the controller replica stopped");
                         }
-                    })
-                    .detach()
+                    });
+                    (stop, task)
                 });
                 let clock = shard.clone();
                 let clock = glommio::spawn_local(async move { clock.run_group_clock().await }).detach();
@@ -330,8 +332,10 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 shard.clone().serve_inbox(inbox).await;
                 clock.cancel();
                 txn_clock.cancel();
-                if let Some(controller) = controller {
-                    controller.cancel();
+                if let Some((stop, task)) = controller {
+                    // A leader hands over before its node goes.
+                    let _ = stop.send(());
+                    task.await;
                 }
                 shard.close_all().await;
                 let (allocations, allocated_bytes) = crate::alloc::thread_allocations();

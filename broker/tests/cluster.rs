@@ -136,6 +136,25 @@ fn a_cluster_elects_a_controller_survives_its_loss_and_takes_it_back() {
     }
 }
 
+/// A leader stopped cleanly (SIGTERM) hands its leadership to a follower
+/// before it exits; the others agree on that one in the next term.
+#[test]
+fn a_leader_stopped_cleanly_hands_over() {
+    let mut nodes = cluster(3);
+    let (leader, term) = agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let stopping = nodes.iter().position(|n| n.id == leader).unwrap();
+    nodes[stopping].broker.take().unwrap().stop();
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.id != leader).collect();
+    let (next, next_term) = agreed(&survivors, 3);
+    assert_ne!(next, leader);
+    assert_eq!(next_term, term + 1, "one hand-over, no contested election");
+    for node in &mut nodes {
+        if let Some(broker) = node.broker.take() {
+            broker.stop();
+        }
+    }
+}
+
 /// A leader paused past the election timeout (SIGSTOP) is replaced; let go
 /// (SIGCONT), it learns of the later term, follows, and the cluster agrees
 /// again on the new leader: no two leaders, no going back.

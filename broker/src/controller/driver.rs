@@ -49,18 +49,24 @@ enum Inbound {
     Status(oneshot::Sender<ControllerStatus>),
 }
 
+/// Longest a stopping leader waits for its follower to take over.
+pub const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
+
 /// The controller log file under the data directory.
 pub fn log_path(data_dir: &Path) -> PathBuf {
     data_dir.join("controller").join("raft.log")
 }
 
-/// Runs the replica of node `node` until the task is dropped.
+/// Runs the replica of node `node` until `stop` fires (or the task is
+/// dropped): then a leader hands its leadership over, waits up to
+/// `HAND_OVER_WAIT` for the follower to take it, and returns.
 pub async fn run(
     node: u64,
     peers: Vec<Peer>,
     listener: TcpListener,
     data_dir: PathBuf,
     registration: ControllerCommand,
+    stop: oneshot::Receiver<()>,
 ) -> Result<(), BrokerError> {
     let path = log_path(&data_dir);
     let (file, log) = open_log(path.clone()).await?;
@@ -82,13 +88,28 @@ pub async fn run(
     let mut links = Links { node, links };
     let mut next_tick = Instant::now() + TICK;
     let mut registered_at: Option<Instant> = None;
+    let mut stop = stop.fuse();
+    // Set once stopping: until when to wait for the follower told to lead.
+    let mut handing_over: Option<Instant> = None;
     loop {
+        if let Some(until) = handing_over {
+            if !replica.is_leader() || Instant::now() >= until {
+                tracing::info!(node, leader = ?replica.leader(), "controller replica stopped");
+                return Ok(());
+            }
+        }
         let wait = next_tick.saturating_duration_since(Instant::now());
         futures::select! {
             inbound = inbox.next() => match inbound {
                 Some(inbound) => handle(&mut replica, inbound),
                 None => return Ok(()),
             },
+            _ = stop => {
+                if let Some(transferee) = replica.hand_over() {
+                    tracing::info!(node, transferee, "stopping: handing the controller's leadership over");
+                }
+                handing_over = Some(Instant::now() + HAND_OVER_WAIT);
+            }
             _ = glommio::timer::sleep(wait).fuse() => {}
         }
         // What else has arrived goes into the same Ready.

@@ -147,6 +147,28 @@ impl ControllerReplica {
         }
     }
 
+    /// A leader stopping cleanly hands its leadership to the follower
+    /// furthest along (as Kafka's controlled shutdown does), so the group
+    /// has a leader again at once rather than after an election timeout.
+    /// Returns the follower asked, None if this replica does not lead or
+    /// has no follower.
+    pub fn hand_over(&mut self) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        let id = self.id;
+        let (transferee, _) = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(peer, _)| **peer != id)
+            .map(|(peer, progress)| (*peer, progress.matched))
+            .max_by_key(|(peer, matched)| (*matched, std::cmp::Reverse(*peer)))?;
+        self.node.transfer_leader(transferee);
+        Some(transferee)
+    }
+
     pub fn tick(&mut self) {
         self.node.tick();
     }
@@ -155,6 +177,12 @@ impl ControllerReplica {
     /// changes nothing and is only logged: peers' bytes are not trusted.
     pub fn step(&mut self, message: Message) {
         let (from, kind) = (message.from, message.get_msg_type());
+        if kind == raft::prelude::MessageType::MsgSnapshot {
+            // This group takes no snapshots, so no leader sends one: a
+            // snapshot would come from a broken or foreign peer.
+            tracing::warn!(node = self.id, from, "controller: a snapshot from a peer, refused");
+            return;
+        }
         if let Err(e) = self.node.step(message) {
             tracing::debug!(node = self.id, from, ?kind, error = %e, "controller: message refused");
         }
@@ -210,7 +238,7 @@ impl ControllerReplica {
         let mut ready = self.node.ready();
         let messages = ready.take_messages();
         // The controller log is never compacted yet, so no replica needs a
-        // snapshot to catch up.
+        // snapshot to catch up, and `step` refuses one from a peer.
         assert!(ready.snapshot().is_empty(), "controller snapshots are not taken");
         let committed = ready.take_committed_entries();
         self.apply(committed);
@@ -520,6 +548,47 @@ mod tests {
             group.replica(leader).outcome(again),
             Some(Err(BrokerError::TopicAlreadyExists(_)))
         ));
+    }
+
+    #[test]
+    fn a_leader_hands_over_without_waiting_for_an_election() {
+        let (mut group, leader) = registered_group();
+        let term = group.replica(leader).term();
+        let transferee = group.replica(leader).hand_over().expect("a follower to take over");
+        assert_ne!(transferee, leader);
+        // No tick: the transferee campaigns when told to, not on a timeout.
+        group.settle();
+        assert!(group.replica(transferee).is_leader());
+        assert!(!group.replica(leader).is_leader());
+        assert_eq!(group.replica(transferee).term(), term + 1);
+        let follower = (1..=3).find(|id| *id != leader && *id != transferee).unwrap();
+        assert_eq!(group.replica(follower).leader(), Some(transferee));
+        assert_eq!(
+            group.replica(transferee).hand_over().map(|t| t != transferee),
+            Some(true)
+        );
+        assert_eq!(
+            group.replica(follower).hand_over(),
+            None,
+            "a follower has nothing to hand over"
+        );
+    }
+
+    #[test]
+    fn a_snapshot_from_a_peer_is_refused() {
+        let (mut group, leader) = registered_group();
+        let follower = (1..=3).find(|id| *id != leader).unwrap();
+        let mut snapshot = Message::default();
+        snapshot.set_msg_type(raft::prelude::MessageType::MsgSnapshot);
+        snapshot.from = leader;
+        snapshot.to = follower;
+        snapshot.term = group.replica(leader).term();
+        snapshot.mut_snapshot().mut_metadata().index = 1000;
+        snapshot.mut_snapshot().mut_metadata().term = snapshot.term;
+        let before = group.metadata(follower);
+        group.replica(follower).step(snapshot);
+        group.settle();
+        assert_eq!(group.metadata(follower), before);
     }
 
     #[test]
