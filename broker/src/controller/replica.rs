@@ -585,6 +585,8 @@ mod tests {
         snapshot.term = group.replica(leader).term();
         snapshot.mut_snapshot().mut_metadata().index = 1000;
         snapshot.mut_snapshot().mut_metadata().term = snapshot.term;
+        // A snapshot raft-rs would restore: this group's voters.
+        snapshot.mut_snapshot().mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
         let before = group.metadata(follower);
         group.replica(follower).step(snapshot);
         group.settle();
