@@ -324,6 +324,23 @@ impl ControllerReplica {
         }
     }
 
+    /// (index, term, data) of every committed entry in the log (tests).
+    #[cfg(test)]
+    fn committed_log(&self) -> Vec<(u64, u64, Vec<u8>)> {
+        use raft::Storage;
+        let committed = self.node.raft.raft_log.committed;
+        if committed == 0 {
+            return Vec::new();
+        }
+        self.node
+            .store()
+            .entries(1, committed + 1, None, raft::GetEntriesContext::empty(false))
+            .expect("committed entries are stored")
+            .into_iter()
+            .map(|e| (e.index, e.term, e.data.to_vec()))
+            .collect()
+    }
+
     fn own_proposal(&self, context: &[u8]) -> Option<u64> {
         if context.len() != CONTEXT_BYTES {
             return None;
@@ -572,6 +589,113 @@ mod tests {
             None,
             "a follower has nothing to hand over"
         );
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Propose(u8),
+        Crash(u64),
+        Restart(u64),
+        Isolate(u64),
+        Heal,
+        Ticks(u8),
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => any::<u8>().prop_map(Step::Propose),
+            1 => (1u64..=3).prop_map(Step::Crash),
+            1 => (1u64..=3).prop_map(Step::Restart),
+            1 => (1u64..=3).prop_map(Step::Isolate),
+            1 => Just(Step::Heal),
+            2 => (1u8..40).prop_map(Step::Ticks),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Random crashes, restarts from the replicas' files, isolations and
+        /// heals among proposals: every replica's committed log agrees with
+        /// every other's where both have one (log matching), at every step;
+        /// and once all are up and healed, every proposal acknowledged as
+        /// applied is in every replica's metadata, and all hold the same.
+        #[test]
+        fn the_group_keeps_what_it_acknowledged_through_faults(steps in proptest::collection::vec(step(), 1..40)) {
+            // Every node registered, so that topics on node 1 apply.
+            let (mut group, _) = registered_group();
+            let mut acknowledged: Vec<String> = Vec::new();
+            let mut waiting: Vec<(u64, u64, String)> = Vec::new();
+            for (i, step) in steps.into_iter().enumerate() {
+                match step {
+                    Step::Propose(n) => {
+                        let leader = group.replicas.iter().find_map(|(id, r)| {
+                            r.as_ref().filter(|r| r.is_leader()).map(|_| *id)
+                        });
+                        if let Some(leader) = leader {
+                            let name = format!("t{i}-{n}");
+                            let command = ControllerCommand::CreateTopic {
+                                name: name.clone(),
+                                assignment: vec![vec![net::cluster::Replica { node: 1, shard: 0 }]],
+                                configs: vec![],
+                            };
+                            if let Ok(proposal) = group.replica(leader).propose(&command) {
+                                waiting.push((leader, proposal, name));
+                            }
+                        }
+                    }
+                    Step::Crash(id) => group.crash(id),
+                    Step::Restart(id) => {
+                        if group.replicas[&id].is_none() {
+                            group.start(id);
+                        }
+                    }
+                    Step::Isolate(id) => group.isolate(id),
+                    Step::Heal => group.heal(),
+                    Step::Ticks(n) => group.ticks(n as usize),
+                }
+                group.settle();
+                // A proposer that crashed lost its pending proposals with it.
+                waiting.retain(|(proposer, proposal, name)| {
+                    let Some(Some(replica)) = group.replicas.get_mut(proposer) else { return false };
+                    match replica.outcome(*proposal) {
+                        Some(Ok(())) => {
+                            acknowledged.push(name.clone());
+                            false
+                        }
+                        Some(Err(_)) => false,
+                        None => true,
+                    }
+                });
+                let logs: Vec<Vec<(u64, u64, Vec<u8>)>> =
+                    group.replicas.values().flatten().map(|r| r.committed_log()).collect();
+                for a in &logs {
+                    for b in &logs {
+                        let common = a.len().min(b.len());
+                        proptest::prop_assert_eq!(&a[..common], &b[..common], "committed logs diverge");
+                    }
+                }
+            }
+            // Everyone up and connected: they converge.
+            group.heal();
+            for id in 1..=3 {
+                if group.replicas[&id].is_none() {
+                    group.start(id);
+                }
+            }
+            let leader = group.leader();
+            let registration = group.replica(leader).propose(&register(1)).unwrap();
+            group.settle();
+            proptest::prop_assert!(group.replica(leader).outcome(registration).is_some());
+            group.ticks(2);
+            let expected = group.metadata(leader);
+            for name in &acknowledged {
+                proptest::prop_assert!(expected.topics.contains_key(name), "acknowledged {} lost", name);
+            }
+            for id in 1..=3 {
+                proptest::prop_assert_eq!(&group.metadata(id), &expected, "node {}", id);
+            }
+        }
     }
 
     #[test]
