@@ -33,37 +33,41 @@ struct Cli {
     command: Command,
 }
 
+/// `serve`'s flags, each over the config file's key.
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address of the native protocol; port 0 picks a free port.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Address of the Kafka protocol (default 127.0.0.1:9092; "none":
+    /// off); port 0 picks a free port.
+    #[arg(long)]
+    kafka_listen: Option<String>,
+    #[arg(long, conflicts_with = "cpus")]
+    shards: Option<usize>,
+    /// Cores to run shards on, e.g. 0,2,4.
+    #[arg(long, value_delimiter = ',')]
+    cpus: Option<Vec<usize>>,
+    /// This node's id in its cluster (1 or more).
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// The internal listener other nodes reach this one on.
+    #[arg(long)]
+    rpc_listen: Option<String>,
+    /// Every voter of the cluster, this node included:
+    /// 1@host:port,2@host:port,3@host:port (their --rpc-listen).
+    #[arg(long, value_delimiter = ',')]
+    peers: Option<Vec<String>>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a broker (defaults: data in ./corelog-data, listening on 127.0.0.1:9292, one shard per core).
-    Serve {
-        #[arg(long)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Address of the native protocol; port 0 picks a free port.
-        #[arg(long)]
-        listen: Option<String>,
-        /// Address of the Kafka protocol (default 127.0.0.1:9092; "none":
-        /// off); port 0 picks a free port.
-        #[arg(long)]
-        kafka_listen: Option<String>,
-        #[arg(long, conflicts_with = "cpus")]
-        shards: Option<usize>,
-        /// Cores to run shards on, e.g. 0,2,4.
-        #[arg(long, value_delimiter = ',')]
-        cpus: Option<Vec<usize>>,
-        /// This node's id in its cluster (1 or more).
-        #[arg(long)]
-        node_id: Option<u64>,
-        /// The internal listener other nodes reach this one on.
-        #[arg(long)]
-        rpc_listen: Option<String>,
-        /// Every voter of the cluster, this node included:
-        /// 1@host:port,2@host:port,3@host:port (their --rpc-listen).
-        #[arg(long, value_delimiter = ',')]
-        peers: Option<Vec<String>>,
-    },
+    Serve(ServeArgs),
     /// A node's view of its cluster's controller.
     Cluster {
         #[command(subcommand)]
@@ -96,29 +100,7 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve {
-            config,
-            data_dir,
-            listen,
-            kafka_listen,
-            shards,
-            cpus,
-            node_id,
-            rpc_listen,
-            peers,
-        } => serve(
-            config,
-            data_dir,
-            listen,
-            kafka_listen,
-            shards,
-            cpus,
-            Cluster {
-                node_id,
-                rpc_listen,
-                peers,
-            },
-        ),
+        Command::Serve(args) => serve(args),
         Command::Cluster { command } => cli::cluster(command),
         Command::Topic { command, broker } => cli::topic(&broker, command),
         Command::Group { command, broker } => cli::group(&broker, command),
@@ -131,49 +113,34 @@ fn main() {
     }
 }
 
-/// `serve`'s cluster flags, each over the config file's key.
-struct Cluster {
-    node_id: Option<u64>,
-    rpc_listen: Option<String>,
-    peers: Option<Vec<String>>,
-}
-
-fn serve(
-    config_file: Option<PathBuf>,
-    data_dir: Option<PathBuf>,
-    listen: Option<String>,
-    kafka_listen: Option<String>,
-    shards: Option<usize>,
-    cpus: Option<Vec<usize>>,
-    cluster: Cluster,
-) -> Result<(), String> {
-    let mut config = match config_file {
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut config = match args.config {
         Some(path) => BrokerConfig::from_toml_file(&path).map_err(|e| e.to_string())?,
         None => BrokerConfig::default(),
     };
-    if let Some(data_dir) = data_dir {
+    if let Some(data_dir) = args.data_dir {
         config.data_dir = data_dir;
     }
-    if let Some(listen) = listen {
+    if let Some(listen) = args.listen {
         config.listen = listen;
     }
-    if let Some(kafka_listen) = kafka_listen {
+    if let Some(kafka_listen) = args.kafka_listen {
         config.kafka_listen = kafka_listen;
     }
-    if shards.is_some() {
-        config.shards = shards;
+    if args.shards.is_some() {
+        config.shards = args.shards;
         config.cpus = None;
     }
-    if cpus.is_some() {
-        config.cpus = cpus;
+    if args.cpus.is_some() {
+        config.cpus = args.cpus;
     }
-    if let Some(node_id) = cluster.node_id {
+    if let Some(node_id) = args.node_id {
         config.node_id = node_id;
     }
-    if cluster.rpc_listen.is_some() {
-        config.rpc_listen = cluster.rpc_listen;
+    if args.rpc_listen.is_some() {
+        config.rpc_listen = args.rpc_listen;
     }
-    if let Some(peers) = cluster.peers {
+    if let Some(peers) = args.peers {
         config.peers = peers;
     }
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use net::cluster::{ControllerCommand, PeerFrame, PeerMessage};
 
 /// Longest the cluster may take to agree after a start or a loss.
 const AGREE_WITHIN: Duration = Duration::from_secs(30);
@@ -112,10 +113,31 @@ fn a_cluster_elects_a_controller_survives_its_loss_and_takes_it_back() {
     let mut nodes = cluster(3);
     let (leader, term) = agreed(&nodes.iter().collect::<Vec<_>>(), 3);
 
-    // Bytes that are no frame end their connection, not the node.
+    // Bytes that are no frame end their connection, not the node; nor does
+    // a proposal from a node that is not a voter get anywhere.
     let mut garbage = std::net::TcpStream::connect(&nodes[0].rpc).expect("internal port");
     let _ = garbage.write_all(&[0xff; 64]);
     drop(garbage);
+    let stranger = PeerFrame {
+        from: 9,
+        message: PeerMessage::Propose {
+            command: ControllerCommand::RegisterNode {
+                node: 9,
+                shards: 1,
+                kafka_addr: "10.9.9.9:9092".into(),
+                native_addr: "10.9.9.9:9292".into(),
+            }
+            .encode(),
+        },
+    };
+    for node in &nodes {
+        let mut forged = std::net::TcpStream::connect(&node.rpc).expect("internal port");
+        let _ = forged.write_all(&stranger.encode().unwrap());
+    }
+    // Long enough for the leader to commit it had it been taken (a few
+    // round trips on loopback): the agreements below want 3 nodes, not 4.
+    std::thread::sleep(Duration::from_secs(1));
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
 
     let lost = nodes.iter().position(|n| n.id == leader).unwrap();
     nodes[lost].broker.take().unwrap().kill9();

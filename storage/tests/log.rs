@@ -297,6 +297,15 @@ fn delete_records_moves_the_log_start_durably() {
     });
 }
 
+/// The keys (`task * 1000 + i`) of the records task `task` appended, in log
+/// order.
+fn keys_of_task(seen: &[Seen], task: u64) -> Vec<u64> {
+    seen.iter()
+        .map(|s| u64::from_le_bytes(s.key.clone().try_into().unwrap()))
+        .filter(|k| k / 1000 == task)
+        .collect()
+}
+
 #[test]
 fn concurrent_appenders_share_flushes() {
     let dir = test_dir();
@@ -334,11 +343,7 @@ fn concurrent_appenders_share_flushes() {
         );
         let seen = read_all(&log, 1 << 16).await;
         for task in 0..32u64 {
-            let keys: Vec<u64> = seen
-                .iter()
-                .map(|s| u64::from_le_bytes(s.key.clone().try_into().unwrap()))
-                .filter(|k| k / 1000 == task)
-                .collect();
+            let keys = keys_of_task(&seen, task);
             let mut sorted = keys.clone();
             sorted.sort();
             assert_eq!(keys, sorted, "each appender's batches in its order");
@@ -666,13 +671,8 @@ fn overlapping_flushes_keep_every_acknowledged_record() {
         assert_eq!(log.log_end_offset(), end, "every acknowledged record survived");
         let seen = read_all(&log, 1 << 20).await;
         for task in 0..16u64 {
-            let keys: Vec<u64> = seen
-                .iter()
-                .map(|s| u64::from_le_bytes(s.key.clone().try_into().unwrap()))
-                .filter(|k| k / 1000 == task)
-                .collect();
             assert_eq!(
-                keys,
+                keys_of_task(&seen, task),
                 (0..30)
                     .map(|i| task * 1000 + i)
                     .flat_map(|k| [k, k])

@@ -75,7 +75,7 @@ pub async fn run(
     drop(log);
     tracing::info!(node, voters = ?voters, "controller replica started");
     let (inbox_tx, mut inbox) = mpsc::channel::<Inbound>(INBOX_DEPTH);
-    glommio::spawn_local(accept_loop(listener, inbox_tx)).detach();
+    glommio::spawn_local(accept_loop(listener, inbox_tx, Rc::new(voters.clone()))).detach();
     let links: BTreeMap<u64, mpsc::Sender<Vec<u8>>> = peers
         .iter()
         .filter(|p| p.id != node)
@@ -258,7 +258,7 @@ async fn peer_link(peer: u64, addr: std::net::SocketAddr, mut frames: mpsc::Rece
     }
 }
 
-async fn accept_loop(listener: TcpListener, inbox: mpsc::Sender<Inbound>) {
+async fn accept_loop(listener: TcpListener, inbox: mpsc::Sender<Inbound>, voters: Rc<Vec<u64>>) {
     let connections = Rc::new(std::cell::Cell::new(0usize));
     loop {
         let stream = match listener.accept().await {
@@ -274,9 +274,9 @@ async fn accept_loop(listener: TcpListener, inbox: mpsc::Sender<Inbound>) {
             continue;
         }
         connections.set(connections.get() + 1);
-        let (inbox, connections) = (inbox.clone(), connections.clone());
+        let (inbox, connections, voters) = (inbox.clone(), connections.clone(), voters.clone());
         glommio::spawn_local(async move {
-            if let Err(error) = peer_connection(stream, inbox).await {
+            if let Err(error) = peer_connection(stream, inbox, &voters).await {
                 tracing::debug!(%error, "internal port: connection ended");
             }
             connections.set(connections.get() - 1);
@@ -286,8 +286,14 @@ async fn accept_loop(listener: TcpListener, inbox: mpsc::Sender<Inbound>) {
 }
 
 /// Reads a peer's (or a client's) frames until it goes; a malformed one
-/// ends the connection, never the node.
-async fn peer_connection(mut stream: TcpStream, mut inbox: mpsc::Sender<Inbound>) -> Result<(), BrokerError> {
+/// ends the connection, never the node. Raft messages come only from the
+/// voters, and a proposal only as a voter's registration of itself: a
+/// client of the internal port may ask for the status, nothing more.
+async fn peer_connection(
+    mut stream: TcpStream,
+    mut inbox: mpsc::Sender<Inbound>,
+    voters: &[u64],
+) -> Result<(), BrokerError> {
     let io = |op: &'static str| {
         move |e: std::io::Error| BrokerError::Io {
             op,
@@ -307,7 +313,14 @@ async fn peer_connection(mut stream: TcpStream, mut inbox: mpsc::Sender<Inbound>
         let mut archive = vec![0u8; len];
         stream.read_exact(&mut archive).await.map_err(io("read a frame from"))?;
         let frame = PeerFrame::decode(crc, &archive).map_err(malformed)?;
+        let voter = voters.contains(&frame.from);
         match frame.message {
+            PeerMessage::Raft { .. } | PeerMessage::Propose { .. } if !voter => {
+                return Err(BrokerError::Controller(format!(
+                    "internal port: node {} is not a voter ({voters:?})",
+                    frame.from
+                )));
+            }
             PeerMessage::Raft { messages } => {
                 for (group, bytes) in messages {
                     if group != CONTROLLER_GROUP {
@@ -331,6 +344,12 @@ async fn peer_connection(mut stream: TcpStream, mut inbox: mpsc::Sender<Inbound>
             }
             PeerMessage::Propose { command } => {
                 let command = ControllerCommand::decode(&command).map_err(malformed)?;
+                if !matches!(command, ControllerCommand::RegisterNode { node, .. } if node == frame.from) {
+                    return Err(BrokerError::Controller(format!(
+                        "node {} proposed something other than its own registration",
+                        frame.from
+                    )));
+                }
                 if inbox.send(Inbound::Propose(command)).await.is_err() {
                     return Ok(());
                 }
