@@ -275,16 +275,20 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                         .chain(kafka_shard_addr)
                         .map(kafka_listen)
                         .collect::<Result<Vec<_>, _>>()?;
-                    let rpc_listener = controller
-                        .as_ref()
-                        .map(|(addr, _, _)| {
-                            glommio::net::TcpListener::bind(*addr).map_err(|e| BrokerError::Io {
+                    let rpc_listener = match controller {
+                        Some((addr, peers, registration)) => {
+                            let opened =
+                                crate::controller::driver::open(shard.config.node_id, peers, &shard.config.data_dir)
+                                    .await?;
+                            let listener = glommio::net::TcpListener::bind(addr).map_err(|e| BrokerError::Io {
                                 op: "listen (internal) on",
                                 path: addr.to_string().into(),
                                 source: e.into(),
-                            })
-                        })
-                        .transpose()?;
+                            })?;
+                            Some((opened, listener, registration))
+                        }
+                        None => None,
+                    };
                     tracing::info!(shard = id, partitions = opened, "recovered partitions; accepting");
                     Ok::<_, BrokerError>((listeners, kafka_listeners, rpc_listener))
                 }
@@ -312,13 +316,10 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                         .detach();
                     }
                 }
-                let controller = controller.zip(rpc_listener).map(|((_, peers, registration), listener)| {
-                    let (node, data_dir) = (shard.config.node_id, shard.config.data_dir.clone());
+                let controller = rpc_listener.map(|(opened, listener, registration)| {
                     let (stop, stopped) = futures::channel::oneshot::channel();
                     let task = glommio::spawn_local(async move {
-                        if let Err(error) =
-                            crate::controller::driver::run(node, peers, listener, data_dir, registration, stopped)
-                                .await
+                        if let Err(error) = crate::controller::driver::run(opened, listener, registration, stopped).await
                         {
                             tracing::error!(%error, "the controller replica stopped");
                         }

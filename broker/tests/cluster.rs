@@ -199,6 +199,41 @@ fn a_paused_leader_is_replaced_and_follows_when_it_wakes() {
     }
 }
 
+/// A controller log damaged before a whole batch (not a crash's torn tail)
+/// stops the node's start with the file named, rather than let it forget a
+/// vote or an entry it acknowledged.
+#[test]
+fn a_damaged_controller_log_refuses_the_start() {
+    let mut nodes = cluster(3);
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    for node in &mut nodes {
+        node.broker.take().unwrap().stop();
+    }
+    let log = nodes[0].dir.path().join("controller").join("raft.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    assert!(bytes.len() > 64, "the log has several batches");
+    bytes[10] ^= 0xff; // inside the first batch's body
+    std::fs::write(&log, &bytes).unwrap();
+    let config_file = nodes[0].dir.path().with_extension("toml");
+    let output = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "none",
+            "--data-dir",
+        ])
+        .arg(nodes[0].dir.path())
+        .arg("--config")
+        .arg(&config_file)
+        .output()
+        .expect("the corelog binary runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("raft.log") && stderr.contains("damaged"), "{stderr}");
+}
+
 #[test]
 fn a_node_with_a_bad_peer_list_refuses_to_start() {
     let dir = data_dir();

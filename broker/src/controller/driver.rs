@@ -57,23 +57,50 @@ pub fn log_path(data_dir: &Path) -> PathBuf {
     data_dir.join("controller").join("raft.log")
 }
 
-/// Runs the replica of node `node` until `stop` fires (or the task is
-/// dropped): then a leader hands its leadership over, waits up to
-/// `HAND_OVER_WAIT` for the follower to take it, and returns.
-pub async fn run(
+/// A replica opened on its log file, ready to run.
+pub struct Opened {
     node: u64,
     peers: Vec<Peer>,
+    path: PathBuf,
+    file: Arc<std::fs::File>,
+    replica: ControllerReplica,
+}
+
+/// Opens node `node`'s replica from its log file: before the node says it
+/// is up, so that a damaged log stops the start rather than the controller
+/// later.
+pub async fn open(node: u64, peers: Vec<Peer>, data_dir: &Path) -> Result<Opened, BrokerError> {
+    let path = log_path(data_dir);
+    let (file, log) = open_log(path.clone()).await?;
+    let voters: Vec<u64> = peers.iter().map(|p| p.id).collect();
+    let replica = ControllerReplica::open(node, &voters, &log)?;
+    tracing::info!(node, voters = ?voters, "controller replica opened");
+    Ok(Opened {
+        node,
+        peers,
+        path,
+        file,
+        replica,
+    })
+}
+
+/// Runs the replica until `stop` fires (or the task is dropped): then a
+/// leader hands its leadership over, waits up to `HAND_OVER_WAIT` for the
+/// follower to take it, and returns.
+pub async fn run(
+    opened: Opened,
     listener: TcpListener,
-    data_dir: PathBuf,
     registration: ControllerCommand,
     stop: oneshot::Receiver<()>,
 ) -> Result<(), BrokerError> {
-    let path = log_path(&data_dir);
-    let (file, log) = open_log(path.clone()).await?;
+    let Opened {
+        node,
+        peers,
+        path,
+        file,
+        mut replica,
+    } = opened;
     let voters: Vec<u64> = peers.iter().map(|p| p.id).collect();
-    let mut replica = ControllerReplica::open(node, &voters, &log)?;
-    drop(log);
-    tracing::info!(node, voters = ?voters, "controller replica started");
     let (inbox_tx, mut inbox) = mpsc::channel::<Inbound>(INBOX_DEPTH);
     glommio::spawn_local(accept_loop(listener, inbox_tx, Rc::new(voters.clone()))).detach();
     let links: BTreeMap<u64, mpsc::Sender<Vec<u8>>> = peers
@@ -123,10 +150,10 @@ pub async fn run(
                 next_tick = Instant::now() + TICK;
             }
         }
-        while let Some(work) = replica.begin_ready()? {
+        while let Some(mut work) = replica.begin_ready()? {
             links.send(&work.messages);
-            if let Some(batch) = &work.batch {
-                append(file.clone(), batch.clone(), &path).await?;
+            if let Some(batch) = work.batch.take() {
+                append(file.clone(), batch, &path).await?;
             }
             let messages = replica.end_ready(work);
             links.send(&messages);
