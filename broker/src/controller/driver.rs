@@ -166,7 +166,7 @@ fn handle(replica: &mut ControllerReplica, inbound: Inbound) {
     match inbound {
         Inbound::Step(message) => replica.step(message),
         Inbound::Propose(command) => {
-            if let Err(error) = replica.propose(&command) {
+            if let Err(error) = replica.propose_detached(&command) {
                 tracing::debug!(%error, "controller: a peer's proposal not taken");
             }
         }
@@ -202,7 +202,7 @@ fn register(
     let Some(leader) = replica.leader() else { return };
     *last = Some(Instant::now());
     if leader == *node {
-        if let Err(error) = replica.propose(registration) {
+        if let Err(error) = replica.propose_detached(registration) {
             tracing::debug!(%error, "controller: registration not proposed");
         }
     } else {

@@ -190,16 +190,36 @@ impl ControllerReplica {
 
     /// Proposes `command`; its outcome comes from `outcome` once the entry
     /// applies here, or as NotController if this replica loses the
-    /// leadership first (the command may still have been committed).
+    /// leadership first (the command may still have been committed). The
+    /// caller must take the outcome: until then it counts against
+    /// `PROPOSALS_PENDING_MAX`.
     pub fn propose(&mut self, command: &ControllerCommand) -> Result<u64, BrokerError> {
-        if !self.is_leader() {
-            return Err(BrokerError::NotController { leader: self.leader() });
-        }
         if self.pending.len() >= PROPOSALS_PENDING_MAX {
             return Err(BrokerError::Controller(format!(
                 "node {}: {PROPOSALS_PENDING_MAX} controller proposals already wait",
                 self.id
             )));
+        }
+        let proposal = self.next_proposal + 1;
+        let mut context = Vec::with_capacity(CONTEXT_BYTES);
+        context.extend_from_slice(&self.id.to_le_bytes());
+        context.extend_from_slice(&proposal.to_le_bytes());
+        self.propose_with(context, command)?;
+        self.next_proposal = proposal;
+        self.pending.insert(proposal, None);
+        Ok(proposal)
+    }
+
+    /// Proposes `command` with no one to tell its outcome (a node's
+    /// registration, which its proposer sees in the metadata): nothing is
+    /// kept for it.
+    pub fn propose_detached(&mut self, command: &ControllerCommand) -> Result<(), BrokerError> {
+        self.propose_with(Vec::new(), command)
+    }
+
+    fn propose_with(&mut self, context: Vec<u8>, command: &ControllerCommand) -> Result<(), BrokerError> {
+        if !self.is_leader() {
+            return Err(BrokerError::NotController { leader: self.leader() });
         }
         let data = command.encode();
         if data.len() > BATCH_BYTES_MAX / 2 {
@@ -209,16 +229,9 @@ impl ControllerReplica {
                 BATCH_BYTES_MAX / 2
             )));
         }
-        self.next_proposal += 1;
-        let proposal = self.next_proposal;
-        let mut context = Vec::with_capacity(CONTEXT_BYTES);
-        context.extend_from_slice(&self.id.to_le_bytes());
-        context.extend_from_slice(&proposal.to_le_bytes());
         self.node
             .propose(context, data)
-            .map_err(|_| BrokerError::NotController { leader: self.leader() })?;
-        self.pending.insert(proposal, None);
-        Ok(proposal)
+            .map_err(|_| BrokerError::NotController { leader: self.leader() })
     }
 
     /// The outcome of proposal `proposal`, once it has one (taken: asked
@@ -696,6 +709,26 @@ mod tests {
                 proptest::prop_assert_eq!(&group.metadata(id), &expected, "node {}", id);
             }
         }
+    }
+
+    /// Registrations, proposed with nobody waiting for them, keep nothing
+    /// on the leader: far more than `PROPOSALS_PENDING_MAX` of them go
+    /// through, as a long-lived cluster's restarts make them.
+    #[test]
+    fn detached_proposals_keep_nothing_waiting() {
+        let (mut group, leader) = registered_group();
+        for round in 0..PROPOSALS_PENDING_MAX + 100 {
+            group
+                .replica(leader)
+                .propose_detached(&register(1 + (round % 3) as u64))
+                .unwrap();
+            if round % 64 == 0 {
+                group.settle();
+            }
+        }
+        group.settle();
+        assert!(group.replica(leader).pending.is_empty());
+        assert!(group.replica(leader).propose(&register(1)).is_ok());
     }
 
     #[test]
