@@ -64,6 +64,41 @@ fn cluster(n: u64) -> Vec<Node> {
     nodes
 }
 
+/// Every node but `leader`.
+fn others(nodes: &[Node], leader: u64) -> Vec<&Node> {
+    nodes.iter().filter(|n| n.id != leader).collect()
+}
+
+/// SIGTERM to every node still running, each exiting cleanly.
+fn stop_all(nodes: &mut [Node]) {
+    for node in nodes {
+        if let Some(broker) = node.broker.take() {
+            broker.stop();
+        }
+    }
+}
+
+/// `corelog serve` on `dir` with `config_file`, expected to refuse to
+/// start: its stderr.
+fn refused_start(dir: &std::path::Path, config_file: &std::path::Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--kafka-listen",
+            "none",
+            "--data-dir",
+        ])
+        .arg(dir)
+        .arg("--config")
+        .arg(config_file)
+        .output()
+        .expect("the corelog binary runs");
+    assert!(!output.status.success(), "the node started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// A node's `corelog cluster status`, None while it does not answer.
 fn status(rpc: &str) -> Option<serde_json::Value> {
     let output = Command::new(env!("CARGO_BIN_EXE_corelog"))
@@ -141,7 +176,7 @@ fn a_cluster_elects_a_controller_survives_its_loss_and_takes_it_back() {
 
     let lost = nodes.iter().position(|n| n.id == leader).unwrap();
     nodes[lost].broker.take().unwrap().kill9();
-    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.id != leader).collect();
+    let survivors = others(&nodes, leader);
     let (next, next_term) = agreed(&survivors, 3);
     assert_ne!(next, leader, "a new leader among the survivors");
     assert!(next_term > term, "in a later term");
@@ -166,15 +201,11 @@ fn a_leader_stopped_cleanly_hands_over() {
     let (leader, term) = agreed(&nodes.iter().collect::<Vec<_>>(), 3);
     let stopping = nodes.iter().position(|n| n.id == leader).unwrap();
     nodes[stopping].broker.take().unwrap().stop();
-    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.id != leader).collect();
+    let survivors = others(&nodes, leader);
     let (next, next_term) = agreed(&survivors, 3);
     assert_ne!(next, leader);
     assert_eq!(next_term, term + 1, "one hand-over, no contested election");
-    for node in &mut nodes {
-        if let Some(broker) = node.broker.take() {
-            broker.stop();
-        }
-    }
+    stop_all(&mut nodes);
 }
 
 /// A leader paused past the election timeout (SIGSTOP) is replaced; let go
@@ -187,16 +218,14 @@ fn a_paused_leader_is_replaced_and_follows_when_it_wakes() {
     let paused = nodes.iter().position(|n| n.id == leader).unwrap();
     let pid = nodes[paused].broker.as_ref().unwrap().pid().to_string();
     Command::new("kill").args(["-STOP", &pid]).status().expect("kill -STOP");
-    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.id != leader).collect();
+    let survivors = others(&nodes, leader);
     let (next, next_term) = agreed(&survivors, 3);
     Command::new("kill").args(["-CONT", &pid]).status().expect("kill -CONT");
     assert_ne!(next, leader);
     assert!(next_term > term);
     let (after, after_term) = agreed(&nodes.iter().collect::<Vec<_>>(), 3);
     assert_eq!((after, after_term), (next, next_term), "the woken leader follows");
-    for node in &mut nodes {
-        node.broker.take().unwrap().stop();
-    }
+    stop_all(&mut nodes);
 }
 
 /// A controller log damaged before a whole batch (not a crash's torn tail)
@@ -206,31 +235,14 @@ fn a_paused_leader_is_replaced_and_follows_when_it_wakes() {
 fn a_damaged_controller_log_refuses_the_start() {
     let mut nodes = cluster(3);
     agreed(&nodes.iter().collect::<Vec<_>>(), 3);
-    for node in &mut nodes {
-        node.broker.take().unwrap().stop();
-    }
+    stop_all(&mut nodes);
     let log = nodes[0].dir.path().join("controller").join("raft.log");
     let mut bytes = std::fs::read(&log).unwrap();
     assert!(bytes.len() > 64, "the log has several batches");
     bytes[10] ^= 0xff; // inside the first batch's body
     std::fs::write(&log, &bytes).unwrap();
     let config_file = nodes[0].dir.path().with_extension("toml");
-    let output = Command::new(env!("CARGO_BIN_EXE_corelog"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--kafka-listen",
-            "none",
-            "--data-dir",
-        ])
-        .arg(nodes[0].dir.path())
-        .arg("--config")
-        .arg(&config_file)
-        .output()
-        .expect("the corelog binary runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(nodes[0].dir.path(), &config_file);
     assert!(stderr.contains("raft.log") && stderr.contains("damaged"), "{stderr}");
 }
 
@@ -243,21 +255,6 @@ fn a_node_with_a_bad_peer_list_refuses_to_start() {
         "node_id = 4\nrpc_listen = \"127.0.0.1:1\"\npeers = [\"1@127.0.0.1:2\"]\n",
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_corelog"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--kafka-listen",
-            "none",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .arg("--config")
-        .arg(&config_file)
-        .output()
-        .expect("the corelog binary runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(dir.path(), &config_file);
     assert!(stderr.contains("node_id 4 is not among the peers"), "{stderr}");
 }
