@@ -25,6 +25,9 @@ pub enum TopicCommand {
         name: String,
         #[arg(long, default_value_t = 1)]
         partitions: u32,
+        /// Replicas of each partition; -1: the cluster's default.
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        replication_factor: i16,
         /// Topic configs, e.g. retention.ms=86400000.
         #[arg(long = "config", value_parser = parse_key_value)]
         configs: Vec<(String, String)>,
@@ -109,14 +112,52 @@ fn run<T>(future: impl std::future::Future<Output = Result<T, String>>) -> Resul
 }
 
 /// A topic's partition count; an error if the broker does not know it.
-async fn partition_count(connection: &mut Connection, topic: &str) -> Result<u32, String> {
-    let metadata = connection
-        .metadata(Some(vec![topic.to_string()]))
-        .await
-        .map_err(|e| e.to_string())?;
-    match metadata.topics.first() {
-        Some(t) if t.error == 0 && !t.partitions.is_empty() => Ok(t.partitions.len() as u32),
-        _ => Err(format!("unknown topic {topic}")),
+/// A connection to each partition's leader, as the metadata names it (in a
+/// cluster, a partition lives on one node; with shard ports, on one core).
+struct Leaders {
+    /// Each partition's leader address.
+    addrs: Vec<String>,
+    connections: std::collections::HashMap<String, Connection>,
+}
+
+impl Leaders {
+    async fn of(connection: &mut Connection, topic: &str) -> Result<Leaders, String> {
+        let metadata = connection
+            .metadata(Some(vec![topic.to_string()]))
+            .await
+            .map_err(|e| e.to_string())?;
+        let bootstrap = connection.peer().map(|a| a.to_string()).unwrap_or_default();
+        let addrs = match metadata.topics.first() {
+            Some(t) if t.error == 0 && !t.partitions.is_empty() => t
+                .partitions
+                .iter()
+                .map(|p| {
+                    metadata
+                        .brokers
+                        .iter()
+                        .find(|b| b.node_id == p.leader)
+                        .map_or_else(|| bootstrap.clone(), |b| format!("{}:{}", b.host, b.port))
+                })
+                .collect(),
+            _ => return Err(format!("unknown topic {topic}")),
+        };
+        Ok(Leaders {
+            addrs,
+            connections: std::collections::HashMap::new(),
+        })
+    }
+
+    fn partitions(&self) -> u32 {
+        self.addrs.len() as u32
+    }
+
+    async fn of_partition(&mut self, partition: u32) -> Result<&mut Connection, String> {
+        let addr = &self.addrs[partition as usize];
+        if !self.connections.contains_key(addr) {
+            let connection = Connection::connect(addr).await.map_err(|e| e.to_string())?;
+            self.connections.insert(addr.clone(), connection);
+        }
+        Ok(self.connections.get_mut(addr).expect("inserted"))
     }
 }
 
@@ -127,6 +168,7 @@ pub fn topic(broker: &str, command: TopicCommand) -> Result<(), String> {
             TopicCommand::Create {
                 name,
                 partitions,
+                replication_factor,
                 configs,
             } => {
                 let configs = configs
@@ -134,7 +176,7 @@ pub fn topic(broker: &str, command: TopicCommand) -> Result<(), String> {
                     .map(|(key, value)| TopicConfig { key, value })
                     .collect();
                 connection
-                    .create_topic(&name, partitions, configs)
+                    .create_topic_with(&name, partitions, replication_factor, configs, false)
                     .await
                     .map_err(|e| e.to_string())?;
                 println!("created topic {name} with {partitions} partitions");
@@ -158,9 +200,17 @@ pub fn topic(broker: &str, command: TopicCommand) -> Result<(), String> {
                     println!("  config {}={}", config.key, config.value);
                 }
                 for p in &topic.partitions {
+                    if net::ErrorCode::from_code(p.error) == net::ErrorCode::NotLeaderOrFollower {
+                        // Hosted on another node of the cluster.
+                        println!(
+                            "  partition {} leader {} shard {} (on another node)",
+                            p.partition, p.leader, p.shard
+                        );
+                        continue;
+                    }
                     println!(
-                        "  partition {} shard {} log_start_offset {} high_watermark {}",
-                        p.partition, p.shard, p.log_start_offset, p.high_watermark
+                        "  partition {} leader {} shard {} log_start_offset {} high_watermark {}",
+                        p.partition, p.leader, p.shard, p.log_start_offset, p.high_watermark
                     );
                 }
             }
@@ -187,8 +237,9 @@ pub fn produce(args: ProduceArgs) -> Result<(), String> {
         other => return Err(format!("--acks {other}: must be 0, 1 or all")),
     };
     run(async move {
-        let mut connection = Connection::connect(&args.broker).await.map_err(|e| e.to_string())?;
-        let partitions = partition_count(&mut connection, &args.topic).await?;
+        let mut bootstrap = Connection::connect(&args.broker).await.map_err(|e| e.to_string())?;
+        let mut leaders = Leaders::of(&mut bootstrap, &args.topic).await?;
+        let partitions = leaders.partitions();
         let mut builders: Vec<RecordBatchBuilder> = (0..partitions).map(|_| RecordBatchBuilder::new()).collect();
         // Records without a key stick to one partition per batch, then move on.
         let mut sticky = 0u32;
@@ -211,7 +262,14 @@ pub fn produce(args: ProduceArgs) -> Result<(), String> {
             builder.push(now_ms(), key, Some(value), vec![]);
             if builder.len() >= PRODUCE_BATCH_RECORDS_MAX || builder.payload_bytes() >= PRODUCE_BATCH_BYTES_MAX {
                 let full = std::mem::take(builder);
-                sent += send(&mut connection, &args.topic, partition, full, acks).await?;
+                sent += send(
+                    leaders.of_partition(partition).await?,
+                    &args.topic,
+                    partition,
+                    full,
+                    acks,
+                )
+                .await?;
                 if key.is_none() {
                     sticky = (sticky + 1) % partitions;
                 }
@@ -219,7 +277,15 @@ pub fn produce(args: ProduceArgs) -> Result<(), String> {
         }
         for (partition, builder) in builders.into_iter().enumerate() {
             if !builder.is_empty() {
-                sent += send(&mut connection, &args.topic, partition as u32, builder, acks).await?;
+                let partition = partition as u32;
+                sent += send(
+                    leaders.of_partition(partition).await?,
+                    &args.topic,
+                    partition,
+                    builder,
+                    acks,
+                )
+                .await?;
             }
         }
         eprintln!("produced {sent} records to {}", args.topic);
@@ -248,8 +314,9 @@ pub fn consume(args: ConsumeArgs) -> Result<(), String> {
         return consume_in_group(args, group);
     }
     run(async move {
-        let mut connection = Connection::connect(&args.broker).await.map_err(|e| e.to_string())?;
-        let partitions = partition_count(&mut connection, &args.topic).await?;
+        let mut bootstrap = Connection::connect(&args.broker).await.map_err(|e| e.to_string())?;
+        let mut leaders = Leaders::of(&mut bootstrap, &args.topic).await?;
+        let partitions = leaders.partitions();
         let mut positions: Vec<(u32, u64)> = Vec::new();
         match (args.partition, args.offset) {
             (Some(partition), Some(offset)) => positions.push((partition, offset)),
@@ -260,7 +327,9 @@ pub fn consume(args: ConsumeArgs) -> Result<(), String> {
                     LATEST_TIMESTAMP
                 };
                 for partition in 0..partitions {
-                    let offset = connection
+                    let offset = leaders
+                        .of_partition(partition)
+                        .await?
                         .list_offset(&args.topic, partition, start)
                         .await
                         .map_err(|e| e.to_string())?
@@ -282,7 +351,9 @@ pub fn consume(args: ConsumeArgs) -> Result<(), String> {
             let mut progressed = false;
             for (partition, offset) in positions.iter_mut() {
                 let wait = if progressed { 0 } else { 100 };
-                let fetched = connection
+                let fetched = leaders
+                    .of_partition(*partition)
+                    .await?
                     .fetch_isolated(&args.topic, *partition, *offset, FETCH_BYTES_MAX, wait, isolation_level)
                     .await
                     .map_err(|e| e.to_string())?;

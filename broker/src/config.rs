@@ -305,6 +305,14 @@ impl BrokerConfig {
         if self.node_id == 0 {
             return Err(BrokerError::Config("node_id must be 1 or more".into()));
         }
+        if self.node_id > net::cluster::NODE_ID_MAX {
+            // Kafka broker ids are node × 1000 + shard, in an i32.
+            return Err(BrokerError::Config(format!(
+                "node_id {} is over {}",
+                self.node_id,
+                net::cluster::NODE_ID_MAX
+            )));
+        }
         self.cluster_peers()?;
         if self.spin_before_park_us > SPIN_BEFORE_PARK_US_MAX {
             return Err(BrokerError::Config(format!(
@@ -391,6 +399,7 @@ mod tests {
             (cluster(1, Some("x:1"), &["1-127.0.0.1:1"]), "no '@'"),
             (cluster(1, Some("x:1"), &["1@nowhere"]), "does not resolve"),
             (cluster(0, None, &[]), "node_id must be"),
+            (cluster(net::cluster::NODE_ID_MAX + 1, None, &[]), "is over"),
         ] {
             let error = config.validate().expect_err(says).to_string();
             assert!(error.contains(says), "{error}");

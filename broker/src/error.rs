@@ -24,8 +24,21 @@ pub enum BrokerError {
     #[error("controller: {0}")]
     Controller(String),
 
-    #[error("topic {topic}: replication factor {factor} is not 1..={nodes} (the nodes in the cluster)")]
+    #[error("topic {topic}: replication factor {factor} is not 1..={nodes} (the nodes in the cluster), or -1 for the default")]
     InvalidReplicationFactor { topic: String, factor: usize, nodes: usize },
+
+    #[error(
+        "topic {topic}: replication factor {factor}: partitions have one replica each until partition \
+         Raft groups are built, so 1 (or -1 for the default)"
+    )]
+    ReplicationNotBuilt { topic: String, factor: usize },
+
+    #[error("{topic}/{partition} is not hosted by this node (its leader: node {leader:?})")]
+    NotLeaderOrFollower {
+        topic: String,
+        partition: u32,
+        leader: Option<u64>,
+    },
 
     #[error("invalid topic config {key}={value}: {reason}")]
     InvalidConfig { key: String, value: String, reason: String },
@@ -68,6 +81,16 @@ pub enum BrokerError {
         code: ErrorCode,
     },
 
+    #[error("timed out: {0}")]
+    TimedOut(String),
+
+    #[error("node {node}: {message}")]
+    Remote {
+        node: u64,
+        code: ErrorCode,
+        message: String,
+    },
+
     #[error("shard {0} is gone (shutting down)")]
     ShardGone(u16),
 
@@ -83,7 +106,16 @@ impl BrokerError {
             BrokerError::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
             BrokerError::InvalidTopic { .. } => ErrorCode::InvalidTopic,
             BrokerError::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
-            BrokerError::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
+            BrokerError::InvalidReplicationFactor { .. } | BrokerError::ReplicationNotBuilt { .. } => {
+                ErrorCode::InvalidReplicationFactor
+            }
+            // A coordinator lives on the leader of its internal partition.
+            BrokerError::NotLeaderOrFollower { topic, .. }
+                if topic == crate::offsets::OFFSETS_TOPIC || topic == crate::txn::TXN_STATE_TOPIC =>
+            {
+                ErrorCode::NotCoordinator
+            }
+            BrokerError::NotLeaderOrFollower { .. } => ErrorCode::NotLeaderOrFollower,
             BrokerError::NotController { .. } => ErrorCode::NotController,
             BrokerError::Controller(_) => ErrorCode::UnknownServerError,
             BrokerError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
@@ -91,7 +123,8 @@ impl BrokerError {
             BrokerError::CorruptBatches { .. } => ErrorCode::CorruptMessage,
             BrokerError::Storage { source, .. } => storage_code(source),
             BrokerError::Io { .. } | BrokerError::Config(_) => ErrorCode::UnknownServerError,
-            BrokerError::ShardGone(_) => ErrorCode::RequestTimedOut,
+            BrokerError::ShardGone(_) | BrokerError::TimedOut(_) => ErrorCode::RequestTimedOut,
+            BrokerError::Remote { code, .. } => *code,
             BrokerError::ProducerSequence { code, .. } => *code,
         }
     }

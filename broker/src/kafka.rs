@@ -34,6 +34,7 @@ use net::ErrorCode;
 
 use crate::error::BrokerError;
 use crate::shard::{FetchLimit, Shard};
+use crate::topics::TopicTable;
 
 mod groups;
 
@@ -121,6 +122,90 @@ impl Endpoints {
     /// The address of the broker clients know shard `shard` by.
     fn of(&self, shard: crate::shard::ShardId) -> &Advertised {
         self.shards.get(usize::from(shard)).unwrap_or(&self.bootstrap)
+    }
+}
+
+/// A broker as Kafka clients see it.
+pub(crate) struct BrokerEntry {
+    pub id: i32,
+    pub at: Advertised,
+    /// In a cluster a node's shards share its rack, so clients and tools
+    /// that spread replicas by rack spread them over nodes.
+    pub rack: Option<String>,
+}
+
+/// Parses a registered "host:port".
+fn advertised_of(addr: &str) -> Advertised {
+    match addr.rsplit_once(':') {
+        Some((host, port)) => Advertised {
+            host: host.to_string(),
+            port: port.parse().unwrap_or(-1),
+        },
+        None => Advertised {
+            host: addr.to_string(),
+            port: -1,
+        },
+    }
+}
+
+/// Every broker of the cluster (this node's shards, or one node alone).
+pub(crate) fn brokers(table: &TopicTable, advertised: &Endpoints) -> Vec<BrokerEntry> {
+    let Some(view) = &table.cluster else {
+        return advertised
+            .brokers()
+            .into_iter()
+            .map(|(id, at)| BrokerEntry {
+                id,
+                at: at.clone(),
+                rack: None,
+            })
+            .collect();
+    };
+    let mut brokers = Vec::new();
+    for (&node, info) in &view.nodes {
+        let rack = Some(format!("node-{node}"));
+        if info.kafka_shard_addrs.is_empty() {
+            brokers.push(BrokerEntry {
+                id: net::cluster::broker_id(node, None),
+                at: advertised_of(&info.kafka_addr),
+                rack,
+            });
+        } else {
+            for (shard, addr) in info.kafka_shard_addrs.iter().enumerate() {
+                brokers.push(BrokerEntry {
+                    id: net::cluster::broker_id(node, Some(shard as u32)),
+                    at: advertised_of(addr),
+                    rack: rack.clone(),
+                });
+            }
+        }
+    }
+    brokers
+}
+
+/// The broker that is `node`'s shard `shard` (on one node, `node` is
+/// ignored: this node's shard), with its address.
+pub(crate) fn broker_at(table: &TopicTable, advertised: &Endpoints, node: u64, shard: u16) -> (i32, Advertised) {
+    let Some(view) = &table.cluster else {
+        return (advertised.broker_of(shard), advertised.of(shard).clone());
+    };
+    match view.nodes.get(&node) {
+        Some(info) if info.kafka_shard_addrs.is_empty() => {
+            (net::cluster::broker_id(node, None), advertised_of(&info.kafka_addr))
+        }
+        Some(info) => {
+            let addr = info
+                .kafka_shard_addrs
+                .get(usize::from(shard))
+                .unwrap_or(&info.kafka_addr);
+            (
+                net::cluster::broker_id(node, Some(u32::from(shard))),
+                advertised_of(addr),
+            )
+        }
+        // Placed on a node the controller knows (checked when applied);
+        // unknown here only if this node's view lags.
+        None => (-1, advertised.bootstrap.clone()),
     }
 }
 
@@ -303,17 +388,21 @@ async fn metadata(shard: &Shard, advertised: &Endpoints, request: MetadataReques
                     .with_name(Some(topic_name(&topic)))
                     .with_error_code(ErrorCode::UnknownTopicOrPartition.code());
             };
-            let partitions = meta
-                .shards
-                .iter()
-                .enumerate()
-                .map(|(p, owner)| {
-                    let leader = BrokerId(advertised.broker_of(*owner));
+            let partitions = (0..meta.shards.len() as u32)
+                .map(|p| {
+                    let replicas: Vec<BrokerId> = match table.cluster {
+                        Some(_) => meta.replicas[p as usize]
+                            .iter()
+                            .map(|&(node, shard)| BrokerId(broker_at(&table, advertised, node, shard as u16).0))
+                            .collect(),
+                        None => vec![BrokerId(advertised.broker_of(meta.shards[p as usize]))],
+                    };
+                    let leader = replicas.first().copied().unwrap_or(BrokerId(-1));
                     MetadataResponsePartition::default()
                         .with_partition_index(p as i32)
                         .with_leader_id(leader)
-                        .with_replica_nodes(vec![leader])
-                        .with_isr_nodes(vec![leader])
+                        .with_isr_nodes(replicas.clone())
+                        .with_replica_nodes(replicas)
                 })
                 .collect();
             MetadataResponseTopic::default()
@@ -322,22 +411,28 @@ async fn metadata(shard: &Shard, advertised: &Endpoints, request: MetadataReques
                 .with_partitions(partitions)
         })
         .collect();
+    let controller = match &table.cluster {
+        Some(view) => view
+            .controller
+            .map_or(-1, |node| broker_at(&table, advertised, node, 0).0),
+        None => advertised.broker_of(0),
+    };
     ResponseKind::Metadata(
         MetadataResponse::default()
             .with_brokers(
-                advertised
-                    .brokers()
+                brokers(&table, advertised)
                     .into_iter()
-                    .map(|(id, at)| {
+                    .map(|b| {
                         MetadataResponseBroker::default()
-                            .with_node_id(BrokerId(id))
-                            .with_host(name(&at.host))
-                            .with_port(at.port)
+                            .with_node_id(BrokerId(b.id))
+                            .with_host(name(&b.at.host))
+                            .with_port(b.at.port)
+                            .with_rack(b.rack.as_deref().map(name))
                     })
                     .collect(),
             )
             .with_cluster_id(Some(name("corelog")))
-            .with_controller_id(BrokerId(advertised.broker_of(0)))
+            .with_controller_id(BrokerId(controller))
             .with_topics(topics),
     )
 }
@@ -650,21 +745,15 @@ async fn create_topics(shard: &Shard, request: CreateTopicsRequest) -> ResponseK
     let duplicated: Vec<bool> = request.topics.iter().map(|t| named(&t.name) > 1).collect();
     for (topic, duplicated) in request.topics.into_iter().zip(duplicated) {
         let name = topic.name.0.to_string();
-        // As Kafka: a name twice in one request creates neither; one node
-        // holds one replica (-1 is the broker's default, that one).
+        // As Kafka: a name twice in one request creates neither.
+        let factor = crate::server::replication_factor(&name, topic.replication_factor);
         let refused = if duplicated {
             Some((
                 ErrorCode::InvalidRequest,
                 format!("topic {name} is named twice in one request"),
             ))
-        } else if topic.replication_factor == 0 || topic.replication_factor < -1 || topic.replication_factor > 1 {
-            Some((
-                ErrorCode::InvalidReplicationFactor,
-                format!(
-                    "replication factor {} for topic {name}: this broker is one node, so 1 (or -1 for the default)",
-                    topic.replication_factor
-                ),
-            ))
+        } else if let Err(error) = &factor {
+            Some((error.code(), error.to_string()))
         } else {
             None
         };
@@ -694,7 +783,8 @@ async fn create_topics(shard: &Shard, request: CreateTopicsRequest) -> ResponseK
         } else if request.validate_only {
             shard.validate_topic(&name, partitions, &configs)
         } else {
-            shard.create_topic(&name, partitions, configs).await
+            let factor = factor.expect("refused above");
+            shard.create_topic(&name, partitions, factor, configs, false).await
         };
         let count = match request.validate_only {
             // What would have been created.
@@ -728,7 +818,7 @@ async fn delete_topics(shard: &Shard, request: DeleteTopicsRequest) -> ResponseK
     names.extend(request.topics.into_iter().filter_map(|t| t.name));
     let mut responses = Vec::new();
     for topic in names {
-        let result = shard.delete_topic(&topic.0).await;
+        let result = shard.delete_topic(&topic.0, false).await;
         let response = DeletableTopicResult::default().with_name(Some(topic));
         responses.push(match result {
             Ok(()) => response,

@@ -98,6 +98,14 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
+    // A shard that panics takes the node with it: a node missing a core
+    // (its partitions, its controller replica) while the rest answers is
+    // worse than one that is down, which clients and peers handle.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),

@@ -600,7 +600,14 @@ pub struct ProducerIdAllocator {
     path: std::path::PathBuf,
     next: i64,
     block_end: i64,
+    /// In a cluster, this node's id in the high bits of every id it gives,
+    /// so that two nodes never give the same one (Kafka has the controller
+    /// hand out blocks; a node's own range needs no round trip).
+    node_bits: i64,
 }
+
+/// Ids a node of a cluster can give: the low bits of a producer id.
+const NODE_PRODUCER_IDS: i64 = 1 << 40;
 
 /// Ids reserved per write of `producer_ids.json`.
 const PRODUCER_ID_BLOCK: i64 = 1_000;
@@ -611,7 +618,16 @@ struct ReservedIds {
 }
 
 impl ProducerIdAllocator {
-    pub fn open(data_dir: &Path) -> std::io::Result<ProducerIdAllocator> {
+    /// Opens the allocator of a node alone (`node` None) or of node `node`
+    /// of a cluster.
+    pub fn open_for(data_dir: &Path, node: Option<u64>) -> std::io::Result<ProducerIdAllocator> {
+        let node_bits = match node {
+            None => 0,
+            Some(node) => {
+                assert!(node <= net::cluster::NODE_ID_MAX, "node ids are checked at start");
+                (node as i64) * NODE_PRODUCER_IDS
+            }
+        };
         let path = data_dir.join("producer_ids.json");
         let next = match std::fs::read(&path) {
             Ok(bytes) => {
@@ -626,6 +642,7 @@ impl ProducerIdAllocator {
             path,
             next,
             block_end: next,
+            node_bits,
         })
     }
 
@@ -645,7 +662,13 @@ impl ProducerIdAllocator {
             }
             self.block_end = end;
         }
-        let id = self.next;
+        if self.node_bits != 0 && self.next >= NODE_PRODUCER_IDS {
+            return Err(std::io::Error::other(format!(
+                "{}: this node has given all {NODE_PRODUCER_IDS} producer ids it may",
+                self.path.display()
+            )));
+        }
+        let id = self.node_bits + self.next;
         self.next += 1;
         Ok(id)
     }
@@ -656,13 +679,35 @@ mod allocator_tests {
     use super::*;
 
     #[test]
+    fn nodes_of_a_cluster_give_ids_of_their_own() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut one = ProducerIdAllocator::open_for(a.path(), Some(1)).unwrap();
+        let mut two = ProducerIdAllocator::open_for(b.path(), Some(2)).unwrap();
+        let ones: Vec<i64> = (0..2_500).map(|_| one.allocate().unwrap()).collect();
+        let twos: Vec<i64> = (0..2_500).map(|_| two.allocate().unwrap()).collect();
+        assert!(ones.iter().all(|id| !twos.contains(id)));
+        assert_eq!(ones[0], NODE_PRODUCER_IDS);
+        assert_eq!(twos[0], 2 * NODE_PRODUCER_IDS);
+        // A restart keeps the node's range and never gives an id again.
+        let mut again = ProducerIdAllocator::open_for(b.path(), Some(2)).unwrap();
+        assert!(again.allocate().unwrap() > *twos.last().unwrap());
+        assert!(
+            ProducerIdAllocator::open_for(a.path(), Some(net::cluster::NODE_ID_MAX))
+                .unwrap()
+                .allocate()
+                .unwrap()
+                > 0
+        );
+    }
+
+    #[test]
     fn ids_are_never_given_twice_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let mut a = ProducerIdAllocator::open(dir.path()).unwrap();
+        let mut a = ProducerIdAllocator::open_for(dir.path(), None).unwrap();
         let first: Vec<i64> = (0..3).map(|_| a.allocate().unwrap()).collect();
         assert_eq!(first, vec![0, 1, 2]);
         drop(a);
-        let mut b = ProducerIdAllocator::open(dir.path()).unwrap();
+        let mut b = ProducerIdAllocator::open_for(dir.path(), None).unwrap();
         assert_eq!(
             b.allocate().unwrap(),
             PRODUCER_ID_BLOCK,

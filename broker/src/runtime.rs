@@ -95,11 +95,31 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
     let cpus = config.shard_cpus()?;
     let shards = cpus.len() as u16;
     let metadata = Arc::new(Metadata::load(&config.data_dir, shards)?);
-    if !metadata.snapshot().topics.contains_key(OFFSETS_TOPIC) {
+    let peers = config.cluster_peers()?;
+    // In a cluster the controller's log says which topics there are and
+    // which partitions this node hosts: read before the shards open them.
+    let opened = if peers.is_empty() {
+        None
+    } else {
+        if u32::from(shards) > net::cluster::SHARDS_MAX {
+            return Err(BrokerError::Config(format!(
+                "{shards} shards: a node of a cluster has at most {}",
+                net::cluster::SHARDS_MAX
+            )));
+        }
+        let opened = crate::controller::driver::open(config.node_id, peers.clone(), &config.data_dir)?;
+        metadata.replace(crate::topics::TopicTable::from_controller(
+            config.node_id,
+            opened.metadata(),
+            None,
+        ));
+        Some(opened)
+    };
+    if opened.is_none() && !metadata.snapshot().topics.contains_key(OFFSETS_TOPIC) {
         metadata.create(OFFSETS_TOPIC, config.offsets_topic_partitions, offsets_topic_configs())?;
         tracing::info!(partitions = config.offsets_topic_partitions, "created {OFFSETS_TOPIC}");
     }
-    if !metadata.snapshot().topics.contains_key(TXN_STATE_TOPIC) {
+    if opened.is_none() && !metadata.snapshot().topics.contains_key(TXN_STATE_TOPIC) {
         metadata.create(
             TXN_STATE_TOPIC,
             config.transaction_state_partitions,
@@ -111,11 +131,12 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         );
     }
     let producer_ids = Arc::new(std::sync::Mutex::new(
-        crate::producer_state::ProducerIdAllocator::open(&config.data_dir).map_err(|source| BrokerError::Io {
-            op: "read producer ids in",
-            path: config.data_dir.clone(),
-            source,
-        })?,
+        crate::producer_state::ProducerIdAllocator::open_for(&config.data_dir, opened.as_ref().map(|_| config.node_id))
+            .map_err(|source| BrokerError::Io {
+                op: "read producer ids in",
+                path: config.data_dir.clone(),
+                source,
+            })?,
     ));
     let (reserved, addr) = reserve(&config.listen)?;
     let kafka = if config.kafka_listen == "none" {
@@ -178,7 +199,6 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
             Ok(crate::kafka::Endpoints { bootstrap, shards })
         })
         .transpose()?;
-    let peers = config.cluster_peers()?;
     // The controller's replica runs on shard 0 when the node has peers.
     let cluster = if peers.is_empty() {
         None
@@ -193,14 +213,36 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 .map(|a| format!("{}:{}", a.bootstrap.host, a.bootstrap.port))
                 .unwrap_or_default(),
             native_addr: addr.to_string(),
+            kafka_shard_addrs: advertised
+                .as_ref()
+                .map(|a| a.shards.iter().map(|s| format!("{}:{}", s.host, s.port)).collect())
+                .unwrap_or_default(),
+            native_shard_addrs: shard_addrs.iter().map(|a| a.to_string()).collect(),
         };
         Some((rpc_reserved, rpc_addr, peers, registration))
     };
     let rpc_addr = cluster.as_ref().map(|(_, addr, _, _)| *addr);
-    let (rpc_reserved, mut controller) = match cluster {
-        Some((reserved, addr, peers, registration)) => (Some(reserved), Some((addr, peers, registration))),
-        None => (None, None),
+    let (handle, requests) = crate::controller::driver::Handle::new();
+    let internal_topics = vec![
+        crate::controller::driver::InternalTopic {
+            name: OFFSETS_TOPIC.to_string(),
+            partitions: config.offsets_topic_partitions,
+            configs: offsets_topic_configs(),
+        },
+        crate::controller::driver::InternalTopic {
+            name: TXN_STATE_TOPIC.to_string(),
+            partitions: config.transaction_state_partitions,
+            configs: offsets_topic_configs(),
+        },
+    ];
+    let (rpc_reserved, mut controller) = match (cluster, opened) {
+        (Some((reserved, addr, _, registration)), Some(opened)) => (
+            Some(reserved),
+            Some((addr, opened, registration, requests, internal_topics)),
+        ),
+        _ => (None, None),
     };
+    let handle = controller.as_ref().map(|_| handle);
     let config = Arc::new(config);
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(config.shard_queue_depth)).unzip();
     let inboxes = Arc::new(senders);
@@ -213,6 +255,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         let id = id as u16;
         let (config, metadata, inboxes, ready) = (config.clone(), metadata.clone(), inboxes.clone(), ready_tx.clone());
         let producer_ids = producer_ids.clone();
+        let handle = handle.clone();
         let advertised = advertised.clone();
         let kafka_shard_addr = kafka_shard_addrs.get(usize::from(id)).copied();
         let shard_addr = shard_addrs.get(usize::from(id)).copied();
@@ -245,7 +288,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 storage::read_ahead::set_thread_budget(config.read_ahead_shard_bytes);
                 storage::batch_cache::set_thread_capacity(read_cache_bytes);
                 let born = std::time::Instant::now();
-                let shard = Rc::new(Shard::new(id, config, metadata, inboxes, producer_ids));
+                let shard = Rc::new(Shard::new(id, config, metadata, inboxes, producer_ids, handle));
                 let started = async {
                     let opened = shard.open_owned_partitions().await?;
                     let offsets = shard.load_offsets().await?;
@@ -276,16 +319,27 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                         .map(kafka_listen)
                         .collect::<Result<Vec<_>, _>>()?;
                     let rpc_listener = match controller {
-                        Some((addr, peers, registration)) => {
-                            let opened =
-                                crate::controller::driver::open(shard.config.node_id, peers, &shard.config.data_dir)
-                                    .await?;
+                        Some((addr, opened, registration, requests, internal_topics)) => {
                             let listener = glommio::net::TcpListener::bind(addr).map_err(|e| BrokerError::Io {
                                 op: "listen (internal) on",
                                 path: addr.to_string().into(),
                                 source: e.into(),
                             })?;
-                            Some((opened, listener, registration))
+                            let node = shard.config.node_id;
+                            let on_change = {
+                                let shard = shard.clone();
+                                Box::new(move |metadata: &crate::controller::ClusterMetadata, leader: Option<u64>| {
+                                    shard.cluster_changed(crate::topics::TopicTable::from_controller(
+                                        node, metadata, leader,
+                                    ))
+                                })
+                            };
+                            let wiring = crate::controller::driver::Wiring {
+                                requests,
+                                internal_topics,
+                                on_change,
+                            };
+                            Some((opened, listener, registration, wiring))
                         }
                         None => None,
                     };
@@ -316,10 +370,11 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                         .detach();
                     }
                 }
-                let controller = rpc_listener.map(|(opened, listener, registration)| {
+                let controller = rpc_listener.map(|(opened, listener, registration, wiring)| {
                     let (stop, stopped) = futures::channel::oneshot::channel();
                     let task = glommio::spawn_local(async move {
-                        if let Err(error) = crate::controller::driver::run(opened, listener, registration, stopped).await
+                        if let Err(error) =
+                            crate::controller::driver::run(opened, listener, registration, wiring, stopped).await
                         {
                             tracing::error!(%error, "the controller replica stopped");
                         }

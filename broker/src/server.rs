@@ -256,9 +256,21 @@ async fn handle(shard: &Shard, endpoints: &Endpoints, bytes: &[u8]) -> Option<Ve
                     .iter()
                     .map(|c| (c.key.to_string(), c.value.to_string()))
                     .collect();
-                let result = shard
-                    .create_topic(&topic.name, topic.partitions.to_native(), configs)
-                    .await;
+                let factor = topic.replication_factor.to_native();
+                let result = match replication_factor(&topic.name, factor) {
+                    Ok(factor) => {
+                        shard
+                            .create_topic(
+                                &topic.name,
+                                topic.partitions.to_native(),
+                                factor,
+                                configs,
+                                request.forwarded,
+                            )
+                            .await
+                    }
+                    Err(error) => Err(error),
+                };
                 results.push(topic_result(&topic.name, result));
             }
             Some(respond(id, ApiKey::CreateTopics, &CreateTopicsResponse { results }))
@@ -266,7 +278,7 @@ async fn handle(shard: &Shard, endpoints: &Endpoints, bytes: &[u8]) -> Option<Ve
         Request::DeleteTopics(request) => {
             let mut results = Vec::new();
             for name in request.names.iter() {
-                results.push(topic_result(name, shard.delete_topic(name).await));
+                results.push(topic_result(name, shard.delete_topic(name, request.forwarded).await));
             }
             Some(respond(id, ApiKey::DeleteTopics, &DeleteTopicsResponse { results }))
         }
@@ -394,6 +406,19 @@ async fn init_producer_id(shard: &Shard, id: u32) -> Vec<Out> {
     respond(id, ApiKey::InitProducerId, &response)
 }
 
+/// A requested replication factor: -1 for the default, else 1 or more.
+pub fn replication_factor(topic: &str, factor: i16) -> Result<Option<u16>, crate::error::BrokerError> {
+    match factor {
+        -1 => Ok(None),
+        f if f >= 1 => Ok(Some(f as u16)),
+        f => Err(crate::error::BrokerError::InvalidReplicationFactor {
+            topic: topic.to_string(),
+            factor: f.max(0) as usize,
+            nodes: 1,
+        }),
+    }
+}
+
 fn topic_result(name: &str, result: Result<(), crate::error::BrokerError>) -> TopicResult {
     match result {
         Ok(()) => TopicResult {
@@ -427,8 +452,24 @@ async fn metadata(shard: &Shard, endpoints: &Endpoints, request: &ArchivedMetada
             continue;
         };
         let mut partitions = Vec::new();
-        for (partition, &owner) in meta.shards.iter().enumerate() {
-            let partition = partition as u32;
+        for partition in 0..meta.shards.len() as u32 {
+            let (leader, owner) = match table.leader(&name, partition) {
+                Some((node, shard)) if table.cluster.is_some() => (cluster_broker(&table, node, shard), shard),
+                Some((_, shard)) => (endpoints.broker_of(shard), shard),
+                None => (u32::MAX, 0),
+            };
+            if table.is_elsewhere(&name, partition) {
+                // Its offsets are known where it is hosted.
+                partitions.push(PartitionMetadata {
+                    partition,
+                    error: ErrorCode::NotLeaderOrFollower.code(),
+                    leader,
+                    shard: owner,
+                    log_start_offset: 0,
+                    high_watermark: 0,
+                });
+                continue;
+            }
             let start = shard.list_offset(&name, partition, EARLIEST_TIMESTAMP).await;
             let end = shard.list_offset(&name, partition, LATEST_TIMESTAMP).await;
             let (error, log_start_offset, high_watermark) = match (start, end) {
@@ -438,7 +479,7 @@ async fn metadata(shard: &Shard, endpoints: &Endpoints, request: &ArchivedMetada
             partitions.push(PartitionMetadata {
                 partition,
                 error,
-                leader: endpoints.broker_of(owner),
+                leader,
                 shard: owner,
                 log_start_offset,
                 high_watermark,
@@ -458,10 +499,43 @@ async fn metadata(shard: &Shard, endpoints: &Endpoints, request: &ArchivedMetada
                 .collect(),
         });
     }
-    MetadataResponse {
-        brokers: endpoints.brokers(),
-        topics,
+    let brokers = match &table.cluster {
+        Some(view) => cluster_brokers(view),
+        None => endpoints.brokers(),
+    };
+    MetadataResponse { brokers, topics }
+}
+
+/// Every node's native brokers: each shard its own (shard ports), or the
+/// node alone; ids as the Kafka listener gives them.
+fn cluster_brokers(view: &crate::topics::ClusterView) -> Vec<BrokerInfo> {
+    let info = |node_id: i32, addr: &str| {
+        let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "0"));
+        BrokerInfo {
+            node_id: node_id as u32,
+            host: host.to_string(),
+            port: port.parse().unwrap_or(0),
+        }
+    };
+    let mut brokers = Vec::new();
+    for (&node, n) in &view.nodes {
+        if n.native_shard_addrs.is_empty() {
+            brokers.push(info(net::cluster::broker_id(node, None), &n.native_addr));
+        }
+        for (shard, addr) in n.native_shard_addrs.iter().enumerate() {
+            brokers.push(info(net::cluster::broker_id(node, Some(shard as u32)), addr));
+        }
     }
+    brokers
+}
+
+fn cluster_broker(table: &crate::topics::TopicTable, node: u64, shard: u16) -> u32 {
+    let shard_ports = table
+        .cluster
+        .as_ref()
+        .and_then(|c| c.nodes.get(&node))
+        .is_some_and(|n| !n.native_shard_addrs.is_empty());
+    net::cluster::broker_id(node, shard_ports.then_some(u32::from(shard))) as u32
 }
 
 /// Serves a fetch: reads every partition asked for, and if fewer than

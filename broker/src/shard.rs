@@ -25,7 +25,7 @@ use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::group::Coordinator;
 use crate::producer_state::{Check, ProducerIdAllocator, ProducerStates};
-use crate::topics::{log_config, partition_dir, Metadata, TopicMeta};
+use crate::topics::{log_config, partition_dir, Metadata, TopicMeta, TopicTable};
 use crate::txn::TxnCoordinator;
 use net::messages::{isolation, AbortedTransaction};
 use storage::batch::control::Marker;
@@ -103,6 +103,9 @@ pub enum ShardMessage {
         topic: TopicMeta,
         reply: Reply<()>,
     },
+    /// The cluster's topic table changed: open and delete what this shard
+    /// should now host (see `reconcile`).
+    Reconcile,
     Shutdown,
 }
 
@@ -195,6 +198,15 @@ pub struct Shard {
     /// partition and producer id: applied on a commit marker, dropped on
     /// an abort.
     txn_offsets: RefCell<HashMap<(u32, i64), Vec<txns::PendingOffset>>>,
+    /// The controller's task, in a cluster.
+    controller: Option<crate::controller::driver::Handle>,
+    /// The topic table this shard's open partitions match (a cluster's
+    /// changes are reconciled one at a time, under `reconcile_turn`).
+    reconciled: RefCell<Arc<TopicTable>>,
+    reconcile_turn: Rc<glommio::sync::Semaphore>,
+    /// Told after each reconciliation: requests waiting for a topic to
+    /// appear or go here.
+    reconcile_waiters: RefCell<Vec<futures::channel::oneshot::Sender<()>>>,
 }
 
 /// Counters of one shard's work, reported when it stops (beside its
@@ -360,8 +372,10 @@ impl Shard {
         metadata: Arc<Metadata>,
         inboxes: Arc<Vec<flume::Sender<ShardMessage>>>,
         producer_ids: Arc<std::sync::Mutex<ProducerIdAllocator>>,
+        controller: Option<crate::controller::driver::Handle>,
     ) -> Shard {
         let coordinator = RefCell::new(Coordinator::new(config.group_limits()));
+        let reconciled = RefCell::new(metadata.snapshot());
         let max_timeout_ms = config.transaction_max_timeout_ms;
         Shard {
             id,
@@ -380,7 +394,111 @@ impl Shard {
             txn_coordinator: RefCell::new(TxnCoordinator::new(max_timeout_ms)),
             txn_turns: RefCell::new(HashMap::new()),
             txn_offsets: RefCell::new(HashMap::new()),
+            controller,
+            reconciled,
+            reconcile_turn: Rc::new(glommio::sync::Semaphore::new(1)),
+            reconcile_waiters: RefCell::new(Vec::new()),
         }
+    }
+
+    /// On shard 0, when the controller's metadata or leader changed: puts
+    /// the new table in place and has every shard reconcile with it.
+    pub fn cluster_changed(&self, table: TopicTable) {
+        self.metadata.replace(table);
+        let inboxes = self.inboxes.clone();
+        glommio::spawn_local(async move {
+            for inbox in inboxes.iter() {
+                // A shard gone is stopping; nothing to reconcile there.
+                let _ = inbox.send_async(ShardMessage::Reconcile).await;
+            }
+        })
+        .detach();
+    }
+
+    /// Brings this shard's partitions from the table it last reconciled
+    /// with to the current one: a topic gone (or replaced by a new one of
+    /// the same name) has its partitions here deleted, a new one opened.
+    /// Level-triggered: whatever changes arrived meanwhile, one pass
+    /// catches up with the latest.
+    async fn reconcile(&self) {
+        let Ok(_turn) = self.reconcile_turn.acquire_permit(1).await else {
+            return;
+        };
+        let current = self.metadata.snapshot();
+        let previous = self.reconciled.borrow().clone();
+        tracing::debug!(
+            shard = self.id,
+            before = previous.topics.len(),
+            after = current.topics.len(),
+            "reconciling with the cluster's topics"
+        );
+        for (name, old) in &previous.topics {
+            if current.topics.get(name).is_none_or(|t| t.id != old.id) {
+                match self.delete_partitions(old).await {
+                    Ok(()) => tracing::info!(shard = self.id, topic = %name, "deleted the topic's partitions here"),
+                    Err(error) => tracing::error!(shard = self.id, topic = %name, %error, "partitions not deleted"),
+                }
+            }
+        }
+        for (name, new) in &current.topics {
+            if previous.topics.get(name).is_none_or(|t| t.id != new.id) {
+                if let Err(error) = self.open_partitions(new).await {
+                    tracing::error!(shard = self.id, topic = %name, %error, "partitions not opened");
+                }
+            }
+        }
+        *self.reconciled.borrow_mut() = current;
+        for waiter in self.reconcile_waiters.borrow_mut().drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+
+    /// Waits until this shard has reconciled with a table where `done`
+    /// holds, up to `RECONCILE_WAIT`.
+    async fn await_reconciled(&self, what: &str, done: impl Fn(&TopicTable) -> bool) -> Result<(), BrokerError> {
+        use futures::FutureExt;
+        let deadline = std::time::Instant::now() + RECONCILE_WAIT;
+        loop {
+            if done(&self.reconciled.borrow()) {
+                return Ok(());
+            }
+            let (tx, rx) = futures::channel::oneshot::channel();
+            self.reconcile_waiters.borrow_mut().push(tx);
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(BrokerError::TimedOut(format!(
+                    "{what}: committed by the controller, not applied on this node within {RECONCILE_WAIT:?}"
+                )));
+            }
+            futures::select! {
+                _ = rx.fuse() => {}
+                _ = glommio::timer::sleep(left).fuse() => {}
+            }
+        }
+    }
+
+    /// Asks the controller's leader, on another node, to do what this
+    /// node's controller replica refused as a follower: through its native
+    /// listener, marked forwarded so that it goes no further.
+    async fn forward_to_controller(
+        &self,
+        leader: u64,
+        call: impl AsyncFnOnce(&mut net::client::Connection) -> Result<(), net::NetError>,
+    ) -> Result<(), BrokerError> {
+        let table = self.metadata.snapshot();
+        let addr = table
+            .cluster
+            .as_ref()
+            .and_then(|c| c.nodes.get(&leader))
+            .map(|n| n.native_addr.clone())
+            .ok_or(BrokerError::NotController { leader: Some(leader) })?;
+        let remote = |error: net::NetError| BrokerError::Remote {
+            node: leader,
+            code: error.code().unwrap_or(net::ErrorCode::UnknownServerError),
+            message: error.to_string(),
+        };
+        let mut connection = net::client::Connection::connect(&addr).await.map_err(remote)?;
+        call(&mut connection).await.map_err(remote)
     }
 
     /// Opens (recovering) every partition this shard owns.
@@ -402,6 +520,10 @@ impl Shard {
                 continue;
             }
             let dir = partition_dir(&self.config.data_dir, &topic.name, partition);
+            if topic.id != 0 {
+                let (dir, id) = (dir.clone(), topic.id);
+                storage::blocking::off_shard(move || crate::topics::claim_partition_dir(&dir, id)).await?;
+            }
             let log = PartitionLog::open(&dir, config.clone())
                 .await
                 .map_err(|source| BrokerError::Storage {
@@ -552,10 +674,18 @@ impl Shard {
     }
 
     fn owner(&self, topic: &str, partition: u32) -> Result<ShardId, BrokerError> {
-        self.metadata
-            .snapshot()
-            .owner(topic, partition)
-            .ok_or_else(|| unknown(topic, partition))
+        let table = self.metadata.snapshot();
+        table.owner(topic, partition).ok_or_else(|| {
+            if table.is_elsewhere(topic, partition) {
+                BrokerError::NotLeaderOrFollower {
+                    topic: topic.to_string(),
+                    partition,
+                    leader: table.leader(topic, partition).map(|(node, _)| node),
+                }
+            } else {
+                unknown(topic, partition)
+            }
+        })
     }
 
     fn log(&self, topic: &str, partition: u32) -> Result<PartitionLog, BrokerError> {
@@ -943,11 +1073,16 @@ impl Shard {
         self.metadata.validate_create(name, partitions, configs)
     }
 
+    /// Creates a topic: on one node in its topic table, in a cluster
+    /// through the controller (forwarded to its leader when this node's
+    /// replica follows, unless `forwarded` says it already was).
     pub async fn create_topic(
         &self,
         name: &str,
         partitions: u32,
+        replication_factor: Option<u16>,
         configs: BTreeMap<String, String>,
+        forwarded: bool,
     ) -> Result<(), BrokerError> {
         let partitions = if partitions == 0 {
             self.config.default_partitions
@@ -955,6 +1090,37 @@ impl Shard {
             partitions
         };
         refuse_internal(name)?;
+        if let Some(controller) = &self.controller {
+            self.metadata.validate_create(name, partitions, &configs)?;
+            let created = controller
+                .create_topic(name, partitions, replication_factor, configs.clone())
+                .await;
+            match created {
+                Err(BrokerError::NotController { leader: Some(leader) }) if !forwarded => {
+                    let configs: Vec<net::messages::TopicConfig> = configs
+                        .into_iter()
+                        .map(|(key, value)| net::messages::TopicConfig { key, value })
+                        .collect();
+                    let factor = replication_factor.map_or(-1, |f| f as i16);
+                    self.forward_to_controller(leader, async |c| {
+                        c.create_topic_forwarded(name, partitions, factor, configs).await
+                    })
+                    .await?
+                }
+                other => other?,
+            }
+            self.await_reconciled(&format!("topic {name} created"), |t| t.topics.contains_key(name))
+                .await?;
+            tracing::info!(topic = name, partitions, "created topic through the controller");
+            return Ok(());
+        }
+        if replication_factor.is_some_and(|f| f != 1) {
+            return Err(BrokerError::InvalidReplicationFactor {
+                topic: name.to_string(),
+                factor: usize::from(replication_factor.unwrap_or(1)),
+                nodes: 1,
+            });
+        }
         // The topic table is rewritten and synced: off the shard.
         let (metadata, topic) = (self.metadata.clone(), name.to_string());
         let meta = storage::blocking::off_shard(move || metadata.create(&topic, partitions, configs)).await?;
@@ -971,8 +1137,21 @@ impl Shard {
         Ok(())
     }
 
-    pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+    pub async fn delete_topic(&self, name: &str, forwarded: bool) -> Result<(), BrokerError> {
         refuse_internal(name)?;
+        if let Some(controller) = &self.controller {
+            match controller.delete_topic(name).await {
+                Err(BrokerError::NotController { leader: Some(leader) }) if !forwarded => {
+                    self.forward_to_controller(leader, async |c| c.delete_topic_forwarded(name).await)
+                        .await?
+                }
+                other => other?,
+            }
+            self.await_reconciled(&format!("topic {name} deleted"), |t| !t.topics.contains_key(name))
+                .await?;
+            tracing::info!(topic = name, "deleted topic through the controller");
+            return Ok(());
+        }
         let (metadata, topic) = (self.metadata.clone(), name.to_string());
         let meta = storage::blocking::off_shard(move || metadata.delete(&topic)).await?;
         for owner in owners(&meta) {
@@ -1112,13 +1291,25 @@ impl Shard {
                     })
                     .detach();
                 }
+                ShardMessage::Reconcile => {
+                    glommio::spawn_local(async move { shard.reconcile().await }).detach();
+                }
             }
         }
     }
 }
 
+/// Longest a topic's creation or deletion waits, once the controller has
+/// committed it, for this node to apply it.
+const RECONCILE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn owners(meta: &TopicMeta) -> Vec<ShardId> {
-    let mut owners = meta.shards.clone();
+    let mut owners: Vec<ShardId> = meta
+        .shards
+        .iter()
+        .copied()
+        .filter(|s| *s != crate::topics::NOT_HOSTED)
+        .collect();
     owners.sort_unstable();
     owners.dedup();
     owners

@@ -17,22 +17,123 @@ use crate::error::BrokerError;
 
 pub use net::cluster::PARTITIONS_MAX;
 
+/// The shard of a partition this node does not host (in a cluster).
+pub const NOT_HOSTED: u16 = u16::MAX;
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TopicMeta {
     pub name: String,
-    /// The owning shard of each partition, by partition number.
+    /// The owning shard of each partition on this node, by partition
+    /// number; `NOT_HOSTED` for one that lives on other nodes only.
     pub shards: Vec<u16>,
     pub configs: BTreeMap<String, String>,
+    /// In a cluster, each partition's replicas as (node, shard), the
+    /// preferred leader first, as the controller placed them; empty on a
+    /// node of its own, where every partition is this node's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<Vec<(u64, u32)>>,
+    /// The controller's id for this topic's creation (0 on one node): a
+    /// partition directory left by a deleted topic of the same name is not
+    /// this topic's.
+    #[serde(default)]
+    pub id: u64,
+}
+
+/// The cluster as this node sees it, beside the topics of one snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// This node.
+    pub node: u64,
+    /// The controller's leader, when known.
+    pub controller: Option<u64>,
+    pub nodes: BTreeMap<u64, crate::controller::NodeInfo>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TopicTable {
     pub topics: BTreeMap<String, TopicMeta>,
+    /// Set when the node is part of a cluster; the topics then come from
+    /// the controller's log, not from `topics.json`.
+    #[serde(skip)]
+    pub cluster: Option<Arc<ClusterView>>,
 }
 
 impl TopicTable {
+    /// The shard of this node that owns the partition, if this node hosts it.
     pub fn owner(&self, topic: &str, partition: u32) -> Option<u16> {
-        self.topics.get(topic)?.shards.get(partition as usize).copied()
+        let shard = *self.topics.get(topic)?.shards.get(partition as usize)?;
+        (shard != NOT_HOSTED).then_some(shard)
+    }
+
+    /// Whether the partition exists, here or on other nodes.
+    pub fn exists(&self, topic: &str, partition: u32) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|t| (partition as usize) < t.shards.len())
+    }
+
+    /// Whether the partition exists but lives on other nodes only.
+    pub fn is_elsewhere(&self, topic: &str, partition: u32) -> bool {
+        self.topics
+            .get(topic)
+            .and_then(|t| t.shards.get(partition as usize))
+            .is_some_and(|s| *s == NOT_HOSTED)
+    }
+
+    /// The (node, shard) of a partition's leader: in a cluster its first
+    /// replica (one replica per partition until partition groups elect
+    /// leaders), on one node this node's owning shard.
+    pub fn leader(&self, topic: &str, partition: u32) -> Option<(u64, u16)> {
+        let meta = self.topics.get(topic)?;
+        match &self.cluster {
+            None => Some((0, *meta.shards.get(partition as usize)?)),
+            Some(_) => meta
+                .replicas
+                .get(partition as usize)?
+                .first()
+                .map(|&(node, shard)| (node, shard as u16)),
+        }
+    }
+
+    /// The table of a node in a cluster: the controller's topics, each
+    /// partition on the shard the controller chose for this node's replica.
+    pub fn from_controller(node: u64, cluster: &crate::controller::ClusterMetadata, controller: Option<u64>) -> Self {
+        let topics = cluster
+            .topics
+            .iter()
+            .map(|(name, topic)| {
+                let shards = topic
+                    .replicas
+                    .iter()
+                    .map(|replicas| {
+                        replicas
+                            .iter()
+                            .find(|r| r.node == node)
+                            .map_or(NOT_HOSTED, |r| r.shard as u16)
+                    })
+                    .collect();
+                let meta = TopicMeta {
+                    name: name.clone(),
+                    shards,
+                    configs: topic.configs.clone(),
+                    replicas: topic
+                        .replicas
+                        .iter()
+                        .map(|replicas| replicas.iter().map(|r| (r.node, r.shard)).collect())
+                        .collect(),
+                    id: topic.id,
+                };
+                (name.clone(), meta)
+            })
+            .collect();
+        TopicTable {
+            topics,
+            cluster: Some(Arc::new(ClusterView {
+                node,
+                controller,
+                nodes: cluster.nodes.clone(),
+            })),
+        }
     }
 
     /// Partitions each shard owns, over all topics.
@@ -56,6 +157,64 @@ pub struct Metadata {
 
 pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
     data_dir.join(format!("{topic}-{partition}"))
+}
+
+/// The file in a cluster topic's partition directory naming the topic's
+/// creation (its controller id).
+const TOPIC_ID_FILE: &str = "topic.id";
+
+/// Makes `dir` the directory of the partition of cluster topic `id`: a
+/// directory left by an older topic of the same name (deleted while this
+/// node was away, so never deleted here) is removed first; one that names
+/// no topic is refused, since it holds a log this node cannot place.
+pub fn claim_partition_dir(dir: &Path, id: u64) -> Result<(), BrokerError> {
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BrokerError::Io { op, path, source }
+    };
+    let file = dir.join(TOPIC_ID_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(text) if text.trim().parse::<u64>() == Ok(id) => return Ok(()),
+        Ok(text) => {
+            tracing::warn!(
+                dir = %dir.display(), old = text.trim(), new = id,
+                "removing a deleted topic's partition left under the same name"
+            );
+            std::fs::remove_dir_all(dir).map_err(io("remove", dir))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let empty = match std::fs::read_dir(dir) {
+                Ok(mut entries) => entries.next().is_none(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+                Err(source) => return Err(io("list", dir)(source)),
+            };
+            if !empty {
+                return Err(BrokerError::Config(format!(
+                    "{} holds a partition log of no topic of this cluster (no {TOPIC_ID_FILE}): move it away",
+                    dir.display()
+                )));
+            }
+        }
+        Err(source) => return Err(io("read", &file)(source)),
+    }
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let temp = dir.join(format!("{TOPIC_ID_FILE}.tmp"));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&temp).map_err(io("create", &temp))?;
+        f.write_all(id.to_string().as_bytes()).map_err(io("write", &temp))?;
+        f.sync_all().map_err(io("fsync", &temp))?;
+    }
+    std::fs::rename(&temp, &file).map_err(io("rename into", &file))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync", dir))?;
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync", parent))?;
+    }
+    Ok(())
 }
 
 impl Metadata {
@@ -84,7 +243,8 @@ impl Metadata {
         let names: Vec<String> = table.topics.keys().cloned().collect();
         for name in names {
             for partition in 0..table.topics[&name].shards.len() {
-                if table.topics[&name].shards[partition] >= shards {
+                let shard = table.topics[&name].shards[partition];
+                if shard >= shards && shard != NOT_HOSTED {
                     let load = table.load(shards);
                     let target = least_loaded(&load);
                     table.topics.get_mut(&name).expect("listed").shards[partition] = target;
@@ -105,6 +265,13 @@ impl Metadata {
 
     pub fn snapshot(&self) -> Arc<TopicTable> {
         self.table.read().expect("topic table lock").clone()
+    }
+
+    /// Puts a cluster's table in place (derived from the controller's log,
+    /// which is what persists it), answering the one it replaced.
+    pub fn replace(&self, table: TopicTable) -> Arc<TopicTable> {
+        debug_assert!(table.cluster.is_some(), "only a cluster's table is replaced whole");
+        std::mem::replace(&mut *self.table.write().expect("topic table lock"), Arc::new(table))
     }
 
     /// Checks that `create` would accept the topic, creating nothing
@@ -150,6 +317,8 @@ impl Metadata {
             name: name.to_string(),
             shards,
             configs,
+            replicas: Vec::new(),
+            id: 0,
         };
         let mut table = TopicTable::clone(&guard);
         table.topics.insert(name.to_string(), meta.clone());
@@ -315,6 +484,27 @@ mod tests {
             .snapshot()
             .topics
             .contains_key("a"));
+    }
+
+    #[test]
+    fn a_cluster_topic_claims_its_partition_directory() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = partition_dir(data.path(), "t", 0);
+        claim_partition_dir(&dir, 7).unwrap();
+        std::fs::write(dir.join("00000000000000000000.log"), b"records of topic 7").unwrap();
+        // The same topic again: kept.
+        claim_partition_dir(&dir, 7).unwrap();
+        assert!(dir.join("00000000000000000000.log").exists());
+        // Another topic of the same name: the old one's log goes.
+        claim_partition_dir(&dir, 9).unwrap();
+        assert!(!dir.join("00000000000000000000.log").exists());
+        assert_eq!(std::fs::read_to_string(dir.join(TOPIC_ID_FILE)).unwrap(), "9");
+        // A log that names no topic is refused, and left alone.
+        let stray = partition_dir(data.path(), "s", 0);
+        std::fs::create_dir_all(&stray).unwrap();
+        std::fs::write(stray.join("00000000000000000000.log"), b"?").unwrap();
+        assert!(matches!(claim_partition_dir(&stray, 3), Err(BrokerError::Config(_))));
+        assert!(stray.join("00000000000000000000.log").exists());
     }
 
     #[test]

@@ -161,6 +161,8 @@ fn a_cluster_elects_a_controller_survives_its_loss_and_takes_it_back() {
                 shards: 1,
                 kafka_addr: "10.9.9.9:9092".into(),
                 native_addr: "10.9.9.9:9292".into(),
+                kafka_shard_addrs: Vec::new(),
+                native_shard_addrs: Vec::new(),
             }
             .encode(),
         },
@@ -257,4 +259,160 @@ fn a_node_with_a_bad_peer_list_refuses_to_start() {
     .unwrap();
     let stderr = refused_start(dir.path(), &config_file);
     assert!(stderr.contains("node_id 4 is not among the peers"), "{stderr}");
+}
+
+/// `corelog` CLI against one node: its stdout, or its stderr as the error.
+fn cli(args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the corelog binary runs");
+    let mut input = child.stdin.take().expect("piped stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(input);
+    let output = child.wait_with_output().expect("the CLI finishes");
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// The partitions a node says it hosts, from `topic describe` on it.
+fn hosted(addr: &str, topic: &str) -> Result<Vec<u32>, String> {
+    let described = cli(&["topic", "describe", topic, "--broker", addr], None)?;
+    Ok(described
+        .lines()
+        .filter(|l| l.trim_start().starts_with("partition ") && !l.contains("another node"))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect())
+}
+
+/// Topics go through the controller: created on a follower (forwarded to
+/// the leader), placed over every node, each node opening what it hosts;
+/// records produced through one node and read through another; a node
+/// killed and started again serves its partitions' records; deleted on
+/// one node, gone from all, directories included. A Kafka client
+/// bootstrapping from one node finds every partition's node.
+#[test]
+fn topics_are_placed_by_the_controller_and_served_where_they_live() {
+    let mut nodes = cluster(3);
+    let (leader, _) = agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let follower = nodes.iter().find(|n| n.id != leader).unwrap();
+    let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
+    let follower_addr = addr(follower);
+    cli(
+        &["topic", "create", "t", "--partitions", "6", "--broker", &follower_addr],
+        None,
+    )
+    .expect("created through a follower");
+    let refused = cli(
+        &[
+            "topic",
+            "create",
+            "r3",
+            "--replication-factor",
+            "3",
+            "--broker",
+            &follower_addr,
+        ],
+        None,
+    )
+    .expect_err("three replicas are refused until partitions replicate");
+    assert!(refused.contains("InvalidReplicationFactor"), "{refused}");
+
+    // Every node hosts two of the six, and together all of them.
+    let mut all: Vec<u32> = Vec::new();
+    for node in &nodes {
+        let here = hosted(&addr(node), "t").unwrap();
+        assert_eq!(here.len(), 2, "node {} hosts {here:?}", node.id);
+        all.extend(here);
+    }
+    all.sort();
+    assert_eq!(all, (0..6).collect::<Vec<_>>());
+
+    let lines: String = (0..600).map(|i| format!("k{i},v{i}\n")).collect();
+    cli(
+        &["produce", "t", "--key-separator", ",", "--broker", &addr(&nodes[0])],
+        Some(&lines),
+    )
+    .expect("produced through node 1");
+    let read_all = |through: &str| {
+        let out = cli(
+            &[
+                "consume",
+                "t",
+                "--from-beginning",
+                "--max-messages",
+                "600",
+                "--broker",
+                through,
+            ],
+            None,
+        )
+        .expect("consumed");
+        let mut values: Vec<String> = out.lines().map(str::to_string).collect();
+        values.sort();
+        values
+    };
+    let mut expected: Vec<String> = (0..600).map(|i| format!("v{i}")).collect();
+    expected.sort();
+    assert_eq!(read_all(&addr(&nodes[2])), expected);
+
+    // A Kafka client bootstrapping from one node reads every partition.
+    let script = r#"
+import sys
+from kafka import KafkaConsumer
+c = KafkaConsumer("t", bootstrap_servers=sys.argv[1], group_id="g", auto_offset_reset="earliest",
+                  consumer_timeout_ms=8000, enable_auto_commit=False)
+n = sum(1 for _ in c)
+c.commit()
+c.close()
+print("read", n)
+"#;
+    if Command::new("python3")
+        .args(["-c", "import kafka"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        let kafka = nodes[1].broker.as_ref().unwrap().kafka_addr.clone();
+        let output = Command::new("python3")
+            .args(["-c", script, &kafka])
+            .output()
+            .expect("python3 runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains("read 600"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    } else {
+        eprintln!("skipping the Kafka client part: kafka-python is not installed");
+    }
+
+    // A node killed and started again opens its partitions from its disk.
+    nodes[1].broker.take().unwrap().kill9();
+    nodes[1].start();
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    assert_eq!(read_all(&addr(&nodes[1])), expected);
+
+    cli(&["topic", "delete", "t", "--broker", &addr(&nodes[2])], None).expect("deleted");
+    let started = Instant::now();
+    for node in &nodes {
+        loop {
+            let gone =
+                hosted(&addr(node), "t").is_err() && (0..6).all(|p| !node.dir.path().join(format!("t-{p}")).exists());
+            if gone {
+                break;
+            }
+            assert!(started.elapsed() < AGREE_WITHIN, "node {} still has topic t", node.id);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    stop_all(&mut nodes);
 }

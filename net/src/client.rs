@@ -455,12 +455,38 @@ impl Connection {
         partitions: u32,
         configs: Vec<TopicConfig>,
     ) -> Result<(), NetError> {
+        self.create_topic_with(name, partitions, -1, configs, false).await
+    }
+
+    /// As a node forwarding its client's creation to the controller's leader.
+    pub async fn create_topic_forwarded(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        replication_factor: i16,
+        configs: Vec<TopicConfig>,
+    ) -> Result<(), NetError> {
+        self.create_topic_with(name, partitions, replication_factor, configs, true)
+            .await
+    }
+
+    /// `replication_factor` -1: the cluster's default.
+    pub async fn create_topic_with(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        replication_factor: i16,
+        configs: Vec<TopicConfig>,
+        forwarded: bool,
+    ) -> Result<(), NetError> {
         let request = CreateTopicsRequest {
             topics: vec![NewTopic {
                 name: name.to_string(),
                 partitions,
+                replication_factor,
                 configs,
             }],
+            forwarded,
         };
         let response = self
             .request(ApiKey::CreateTopics, &request, &PayloadBuilder::default())
@@ -470,8 +496,18 @@ impl Connection {
     }
 
     pub async fn delete_topic(&mut self, name: &str) -> Result<(), NetError> {
+        self.delete_topic_with(name, false).await
+    }
+
+    /// As a node forwarding its client's deletion to the controller's leader.
+    pub async fn delete_topic_forwarded(&mut self, name: &str) -> Result<(), NetError> {
+        self.delete_topic_with(name, true).await
+    }
+
+    async fn delete_topic_with(&mut self, name: &str, forwarded: bool) -> Result<(), NetError> {
         let request = DeleteTopicsRequest {
             names: vec![name.to_string()],
+            forwarded,
         };
         let response = self
             .request(ApiKey::DeleteTopics, &request, &PayloadBuilder::default())

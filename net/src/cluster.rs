@@ -10,7 +10,8 @@ use crate::error::NetError;
 
 /// The first byte of an encoded command: the format it was written in, so
 /// that a node reading a newer log refuses it by name.
-pub const COMMAND_FORMAT: u8 = 1;
+/// Format 2: registrations carry each shard's addresses.
+pub const COMMAND_FORMAT: u8 = 2;
 
 /// The most nodes a cluster may have, replicas a partition may have, and
 /// partitions a topic may have; a command naming more is malformed.
@@ -21,6 +22,24 @@ pub const PARTITIONS_MAX: u32 = 10_000;
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 pub const TOPIC_CONFIGS_MAX: usize = 256;
 pub const CONFIG_BYTES_MAX: usize = 4096;
+
+/// Most shards a node may register: each is a broker id of its own.
+pub const SHARDS_MAX: u32 = 999;
+/// A cluster's Kafka broker ids name (node, shard) pairs: node × 1000 +
+/// shard with shard ports (node 2's shard 1 is broker 2001), the node alone
+/// without. Node ids stop where those ids would pass i32.
+pub const BROKER_IDS_PER_NODE: u64 = 1000;
+pub const NODE_ID_MAX: u64 = (i32::MAX as u64) / BROKER_IDS_PER_NODE - 1;
+
+/// The broker id clients know `node`'s shard `shard` by; `None` for the
+/// shard when the node has no shard ports (one broker per node).
+pub fn broker_id(node: u64, shard: Option<u32>) -> i32 {
+    debug_assert!(node <= NODE_ID_MAX && shard.is_none_or(|s| s <= SHARDS_MAX));
+    match shard {
+        Some(shard) => (node * BROKER_IDS_PER_NODE + u64::from(shard)) as i32,
+        None => node as i32,
+    }
+}
 
 /// One replica of a partition: the node holding it and the shard on that
 /// node that owns it.
@@ -42,6 +61,10 @@ pub enum ControllerCommand {
         /// Where Kafka and native clients reach it.
         kafka_addr: String,
         native_addr: String,
+        /// Each shard's own Kafka and native addresses, by shard (shard
+        /// ports), or none.
+        kafka_shard_addrs: Vec<String>,
+        native_shard_addrs: Vec<String>,
     },
     /// A topic, all its partitions at once: `assignment[p]` lists partition
     /// p's replicas, the preferred leader first.
@@ -90,14 +113,34 @@ impl ControllerCommand {
         match self {
             ControllerCommand::RegisterNode {
                 node,
+                shards,
                 kafka_addr,
                 native_addr,
-                ..
+                kafka_shard_addrs,
+                native_shard_addrs,
             } => {
                 if *node == 0 {
                     return Err("node id 0 (ids start at 1)".into());
                 }
-                if kafka_addr.len() > CONFIG_BYTES_MAX || native_addr.len() > CONFIG_BYTES_MAX {
+                if *node > NODE_ID_MAX {
+                    return Err(format!("node id {node} is over {NODE_ID_MAX}"));
+                }
+                if *shards > SHARDS_MAX {
+                    return Err(format!("node {node}: {shards} shards, over {SHARDS_MAX}"));
+                }
+                for addrs in [kafka_shard_addrs, native_shard_addrs] {
+                    if !addrs.is_empty() && addrs.len() != *shards as usize {
+                        return Err(format!(
+                            "node {node}: {} shard addresses for {shards} shards",
+                            addrs.len()
+                        ));
+                    }
+                }
+                let addrs = [kafka_addr, native_addr]
+                    .into_iter()
+                    .chain(kafka_shard_addrs)
+                    .chain(native_shard_addrs);
+                if addrs.into_iter().any(|a| a.len() > CONFIG_BYTES_MAX) {
                     return Err(format!("node {node}: address over {CONFIG_BYTES_MAX} bytes"));
                 }
             }
@@ -339,6 +382,8 @@ mod tests {
                 shards: 16,
                 kafka_addr: "10.0.0.3:9092".into(),
                 native_addr: "10.0.0.3:9400".into(),
+                kafka_shard_addrs: vec!["10.0.0.3:9093".into(); 16],
+                native_shard_addrs: Vec::new(),
             },
         ] {
             assert_eq!(ControllerCommand::decode(&command.encode()).unwrap(), command);

@@ -43,6 +43,16 @@ pub enum NetError {
     TooLargeToEncode { what: &'static str, size: usize },
 }
 
+impl NetError {
+    /// The broker's error code, when the broker refused the request.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            NetError::Rejected { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
 /// A response's error code. The numbers are Kafka's, so the Kafka listener
 /// passes them through unchanged; codes this build does not know decode to
 /// `Unknown(code)` rather than failing.
@@ -55,6 +65,9 @@ pub enum ErrorCode {
     UnknownTopicOrPartition,
     InvalidFetchSize,
     RequestTimedOut,
+    /// The partition's leader is elsewhere (or this node does not host it):
+    /// the client refreshes its metadata and retries there.
+    NotLeaderOrFollower,
     MessageTooLarge,
     InvalidTopic,
     RecordListTooLarge,
@@ -105,6 +118,7 @@ impl ErrorCode {
             ErrorCode::CorruptMessage => 2,
             ErrorCode::UnknownTopicOrPartition => 3,
             ErrorCode::InvalidFetchSize => 4,
+            ErrorCode::NotLeaderOrFollower => 6,
             ErrorCode::RequestTimedOut => 7,
             ErrorCode::MessageTooLarge => 10,
             ErrorCode::InvalidTopic => 17,
@@ -145,7 +159,7 @@ impl ErrorCode {
     }
 
     pub fn from_code(code: i16) -> ErrorCode {
-        const KNOWN: [ErrorCode; 41] = [
+        const KNOWN: [ErrorCode; 42] = [
             ErrorCode::None,
             ErrorCode::UnknownServerError,
             ErrorCode::OffsetOutOfRange,
@@ -153,6 +167,7 @@ impl ErrorCode {
             ErrorCode::UnknownTopicOrPartition,
             ErrorCode::InvalidFetchSize,
             ErrorCode::RequestTimedOut,
+            ErrorCode::NotLeaderOrFollower,
             ErrorCode::MessageTooLarge,
             ErrorCode::InvalidTopic,
             ErrorCode::RecordListTooLarge,
@@ -199,6 +214,7 @@ impl ErrorCode {
         matches!(
             self,
             ErrorCode::RequestTimedOut
+                | ErrorCode::NotLeaderOrFollower
                 | ErrorCode::NotController
                 | ErrorCode::UnknownTopicOrPartition
                 | ErrorCode::StorageError

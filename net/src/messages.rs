@@ -123,6 +123,8 @@ pub struct MetadataResponse {
 pub struct NewTopic {
     pub name: String,
     pub partitions: u32,
+    /// -1: the cluster's default.
+    pub replication_factor: i16,
     pub configs: Vec<TopicConfig>,
 }
 
@@ -130,6 +132,10 @@ pub struct NewTopic {
 #[rkyv(derive(Debug))]
 pub struct CreateTopicsRequest {
     pub topics: Vec<NewTopic>,
+    /// Sent by a node on behalf of its client to the controller's leader:
+    /// a node that is not the leader (any more) refuses it rather than
+    /// forwarding again.
+    pub forwarded: bool,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -150,6 +156,8 @@ pub struct CreateTopicsResponse {
 #[rkyv(derive(Debug))]
 pub struct DeleteTopicsRequest {
     pub names: Vec<String>,
+    /// As `CreateTopicsRequest::forwarded`.
+    pub forwarded: bool,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -950,16 +958,19 @@ mod tests {
             topics: vec![NewTopic {
                 name: "a".into(),
                 partitions: 8,
+                replication_factor: -1,
                 configs: vec![TopicConfig {
                     key: "retention.ms".into(),
                     value: "1000".into(),
                 }],
             }],
+            forwarded: false,
         };
         encode_request(ApiKey::CreateTopics, 0, 3, &create, &empty, &mut out).unwrap();
         check(ApiKey::CreateTopics, &mut out);
         let delete = DeleteTopicsRequest {
             names: vec!["a".into()],
+            forwarded: true,
         };
         encode_request(ApiKey::DeleteTopics, 0, 4, &delete, &empty, &mut out).unwrap();
         check(ApiKey::DeleteTopics, &mut out);

@@ -23,6 +23,7 @@ use protobuf::Message as _;
 use raft::prelude::Message;
 
 use super::replica::ControllerReplica;
+use super::ClusterMetadata;
 use crate::config::Peer;
 use crate::error::BrokerError;
 
@@ -49,6 +50,12 @@ enum Inbound {
     Status(oneshot::Sender<ControllerStatus>),
 }
 
+/// A topic's replicas when its creation names none. Partition groups are
+/// not built yet, so a topic has one replica per partition, and more are
+/// refused rather than placed unreplicated.
+pub const DEFAULT_REPLICATION_FACTOR: u16 = 1;
+pub const REPLICATION_FACTOR_BUILT: usize = 1;
+
 /// Longest a stopping leader waits for its follower to take over.
 pub const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
 
@@ -66,15 +73,30 @@ pub struct Opened {
     replica: ControllerReplica,
 }
 
-/// Opens node `node`'s replica from its log file: before the node says it
-/// is up, so that a damaged log stops the start rather than the controller
-/// later.
-pub async fn open(node: u64, peers: Vec<Peer>, data_dir: &Path) -> Result<Opened, BrokerError> {
+/// Opens node `node`'s replica from its log file and applies what the log
+/// says was committed: before the node says it is up (and before its
+/// shards start), so that a damaged log stops the start and the shards
+/// open the partitions the controller last placed here.
+pub fn open(node: u64, peers: Vec<Peer>, data_dir: &Path) -> Result<Opened, BrokerError> {
     let path = log_path(data_dir);
-    let (file, log) = open_log(path.clone()).await?;
+    let (file, log) = open_log(&path)?;
     let voters: Vec<u64> = peers.iter().map(|p| p.id).collect();
-    let replica = ControllerReplica::open(node, &voters, &log)?;
-    tracing::info!(node, voters = ?voters, "controller replica opened");
+    let mut replica = ControllerReplica::open(node, &voters, &log)?;
+    // Nothing to send yet: no peer is known to be up, and Raft sends again
+    // whatever a peer has not acknowledged.
+    while let Some(mut work) = replica.begin_ready()? {
+        if let Some(batch) = work.batch.take() {
+            append_sync(&file, &batch, &path)?;
+        }
+        replica.end_ready(work);
+    }
+    tracing::info!(
+        node,
+        voters = ?voters,
+        applied = replica.metadata().applied_index,
+        topics = replica.metadata().topics.len(),
+        "controller replica opened"
+    );
     Ok(Opened {
         node,
         peers,
@@ -84,6 +106,110 @@ pub async fn open(node: u64, peers: Vec<Peer>, data_dir: &Path) -> Result<Opened
     })
 }
 
+impl Opened {
+    pub fn metadata(&self) -> &ClusterMetadata {
+        self.replica.metadata()
+    }
+}
+
+/// What a shard asks of the controller.
+pub enum Request {
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        /// None: the cluster's default.
+        replication_factor: Option<u16>,
+        configs: BTreeMap<String, String>,
+        reply: oneshot::Sender<Result<(), BrokerError>>,
+    },
+    DeleteTopic {
+        name: String,
+        reply: oneshot::Sender<Result<(), BrokerError>>,
+    },
+}
+
+/// Requests from the shards waiting for the controller's task.
+pub const REQUESTS_DEPTH: usize = 256;
+
+/// How any shard reaches the controller's task on shard 0.
+#[derive(Clone)]
+pub struct Handle(flume::Sender<Request>);
+
+impl Handle {
+    pub fn new() -> (Handle, flume::Receiver<Request>) {
+        let (tx, rx) = flume::bounded(REQUESTS_DEPTH);
+        (Handle(tx), rx)
+    }
+
+    /// Creates a topic through the controller: answers once this node has
+    /// applied it, or NotController (naming the leader) on a follower.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: Option<u16>,
+        configs: BTreeMap<String, String>,
+    ) -> Result<(), BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        self.call(
+            Request::CreateTopic {
+                name: name.to_string(),
+                partitions,
+                replication_factor,
+                configs,
+                reply,
+            },
+            answer,
+        )
+        .await
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        self.call(
+            Request::DeleteTopic {
+                name: name.to_string(),
+                reply,
+            },
+            answer,
+        )
+        .await
+    }
+
+    async fn call(
+        &self,
+        request: Request,
+        answer: oneshot::Receiver<Result<(), BrokerError>>,
+    ) -> Result<(), BrokerError> {
+        let gone = || BrokerError::Controller("the controller's task has stopped".into());
+        self.0.send_async(request).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+}
+
+/// An internal topic the controller's leader creates once every voter has
+/// registered.
+pub struct InternalTopic {
+    pub name: String,
+    pub partitions: u32,
+    pub configs: BTreeMap<String, String>,
+}
+
+/// What the controller's task is wired to beside its peers.
+pub struct Wiring {
+    pub requests: flume::Receiver<Request>,
+    pub internal_topics: Vec<InternalTopic>,
+    /// Called on shard 0 whenever the applied metadata or the known leader
+    /// changes.
+    pub on_change: Box<dyn Fn(&ClusterMetadata, Option<u64>)>,
+}
+
+/// A shard's request waiting for its proposal's outcome.
+struct Waiting {
+    proposal: u64,
+    reply: oneshot::Sender<Result<(), BrokerError>>,
+}
+
 /// Runs the replica until `stop` fires (or the task is dropped): then a
 /// leader hands its leadership over, waits up to `HAND_OVER_WAIT` for the
 /// follower to take it, and returns.
@@ -91,8 +217,14 @@ pub async fn run(
     opened: Opened,
     listener: TcpListener,
     registration: ControllerCommand,
+    wiring: Wiring,
     stop: oneshot::Receiver<()>,
 ) -> Result<(), BrokerError> {
+    let Wiring {
+        requests,
+        internal_topics,
+        on_change,
+    } = wiring;
     let Opened {
         node,
         peers,
@@ -118,6 +250,10 @@ pub async fn run(
     let mut stop = stop.fuse();
     // Set once stopping: until when to wait for the follower told to lead.
     let mut handing_over: Option<Instant> = None;
+    let mut waiting: Vec<Waiting> = Vec::new();
+    let mut published = (replica.metadata().applied_index, replica.leader());
+    on_change(replica.metadata(), published.1);
+    let mut internal_proposed_at: Option<Instant> = None;
     loop {
         if let Some(until) = handing_over {
             if !replica.is_leader() || Instant::now() >= until {
@@ -131,6 +267,11 @@ pub async fn run(
                 Some(inbound) => handle(&mut replica, inbound),
                 None => return Ok(()),
             },
+            request = requests.recv_async().fuse() => match request {
+                Ok(request) => serve(&mut replica, request, &mut waiting),
+                // Every shard has gone: the node is stopping.
+                Err(_) => return Ok(()),
+            },
             _ = stop => {
                 if let Some(transferee) = replica.hand_over() {
                     tracing::info!(node, transferee, "stopping: handing the controller's leadership over");
@@ -142,6 +283,9 @@ pub async fn run(
         // What else has arrived goes into the same Ready.
         while let Ok(inbound) = inbox.try_recv() {
             handle(&mut replica, inbound);
+        }
+        while let Ok(request) = requests.try_recv() {
+            serve(&mut replica, request, &mut waiting);
         }
         if Instant::now() >= next_tick {
             replica.tick();
@@ -158,7 +302,126 @@ pub async fn run(
             let messages = replica.end_ready(work);
             links.send(&messages);
         }
+        answer_waiting(&mut replica, &mut waiting);
+        let now = (replica.metadata().applied_index, replica.leader());
+        if now != published {
+            published = now;
+            on_change(replica.metadata(), now.1);
+        }
         register(&mut replica, &mut links, &registration, &mut registered_at);
+        create_internal_topics(&mut replica, &voters, &internal_topics, &mut internal_proposed_at);
+    }
+}
+
+/// Takes a shard's request: proposed on the leader, refused elsewhere
+/// with the leader named (the shard forwards it there).
+fn serve(replica: &mut ControllerReplica, request: Request, waiting: &mut Vec<Waiting>) {
+    let (command, reply) = match request {
+        Request::CreateTopic {
+            name,
+            partitions,
+            replication_factor,
+            configs,
+            reply,
+        } => {
+            let command = (|| {
+                let factor = usize::from(replication_factor.unwrap_or(DEFAULT_REPLICATION_FACTOR));
+                if factor > REPLICATION_FACTOR_BUILT {
+                    return Err(BrokerError::ReplicationNotBuilt {
+                        topic: name.clone(),
+                        factor,
+                    });
+                }
+                if replica.metadata().topics.contains_key(&name) {
+                    return Err(BrokerError::TopicAlreadyExists(name.clone()));
+                }
+                let assignment = replica.metadata().assign(&name, partitions, factor)?;
+                Ok(ControllerCommand::CreateTopic {
+                    name,
+                    assignment,
+                    configs: configs.into_iter().collect(),
+                })
+            })();
+            (command, reply)
+        }
+        Request::DeleteTopic { name, reply } => {
+            let command = if replica.metadata().topics.contains_key(&name) {
+                Ok(ControllerCommand::DeleteTopic { name })
+            } else {
+                Err(BrokerError::UnknownTopicOrPartition {
+                    topic: name,
+                    partition: 0,
+                })
+            };
+            (command, reply)
+        }
+    };
+    if !replica.is_leader() {
+        let _ = reply.send(Err(BrokerError::NotController {
+            leader: replica.leader(),
+        }));
+        return;
+    }
+    match command.and_then(|command| replica.propose(&command)) {
+        Ok(proposal) => waiting.push(Waiting { proposal, reply }),
+        Err(error) => {
+            let _ = reply.send(Err(error));
+        }
+    }
+}
+
+/// Answers the shards whose proposals have an outcome.
+fn answer_waiting(replica: &mut ControllerReplica, waiting: &mut Vec<Waiting>) {
+    let mut i = 0;
+    while i < waiting.len() {
+        match replica.outcome(waiting[i].proposal) {
+            Some(outcome) => {
+                let _ = waiting.swap_remove(i).reply.send(outcome);
+            }
+            None => i += 1,
+        }
+    }
+}
+
+/// On the leader, once every voter has registered: proposes the internal
+/// topics the metadata lacks (again after `REGISTER_RETRY` if one did not
+/// come through).
+fn create_internal_topics(
+    replica: &mut ControllerReplica,
+    voters: &[u64],
+    topics: &[InternalTopic],
+    last: &mut Option<Instant>,
+) {
+    let metadata = replica.metadata();
+    if !replica.is_leader()
+        || voters.iter().any(|v| !metadata.nodes.contains_key(v))
+        || last.is_some_and(|at| at.elapsed() < REGISTER_RETRY)
+    {
+        return;
+    }
+    let missing: Vec<ControllerCommand> = topics
+        .iter()
+        .filter(|t| !metadata.topics.contains_key(&t.name))
+        .filter_map(|t| match metadata.assign(&t.name, t.partitions, 1) {
+            Ok(assignment) => Some(ControllerCommand::CreateTopic {
+                name: t.name.clone(),
+                assignment,
+                configs: t.configs.clone().into_iter().collect(),
+            }),
+            Err(error) => {
+                tracing::error!(topic = %t.name, %error, "controller: internal topic not assigned");
+                None
+            }
+        })
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    *last = Some(Instant::now());
+    for command in missing {
+        if let Err(error) = replica.propose_detached(&command) {
+            tracing::debug!(%error, "controller: internal topic not proposed");
+        }
     }
 }
 
@@ -189,12 +452,18 @@ fn register(
         shards,
         kafka_addr,
         native_addr,
+        kafka_shard_addrs,
+        native_shard_addrs,
     } = registration
     else {
         unreachable!("a registration registers a node");
     };
     let current = replica.metadata().nodes.get(node).is_some_and(|known| {
-        known.shards == *shards && &known.kafka_addr == kafka_addr && &known.native_addr == native_addr
+        known.shards == *shards
+            && &known.kafka_addr == kafka_addr
+            && &known.native_addr == native_addr
+            && &known.kafka_shard_addrs == kafka_shard_addrs
+            && &known.native_shard_addrs == native_shard_addrs
     });
     if current || last.is_some_and(|at| at.elapsed() < REGISTER_RETRY) {
         return;
@@ -406,48 +675,50 @@ async fn peer_connection(
 
 /// Reads the log file (created empty if new) and cuts a torn last batch
 /// off it, so that the batches appended next follow whole ones.
-async fn open_log(path: PathBuf) -> Result<(Arc<std::fs::File>, Vec<u8>), BrokerError> {
-    storage::blocking::off_shard(move || {
-        let io = |op: &'static str, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| BrokerError::Io { op, path, source }
-        };
-        let dir = path.parent().expect("the log is in a directory");
-        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(io("open", &path))?;
-        let bytes = std::fs::read(&path).map_err(io("read", &path))?;
-        let valid = storage::record_file::replay(&bytes)
-            .map_err(|e| BrokerError::Controller(format!("{}: {e}", path.display())))?
-            .valid_bytes;
-        if valid < bytes.len() {
-            file.set_len(valid as u64).map_err(io("cut the torn tail of", &path))?;
-            file.sync_data().map_err(io("fdatasync", &path))?;
-        }
-        let dir_file = std::fs::File::open(dir).map_err(io("open", dir))?;
-        dir_file.sync_all().map_err(io("fsync", dir))?;
-        Ok((Arc::new(file), bytes[..valid].to_vec()))
-    })
-    .await
+fn open_log(path: &Path) -> Result<(Arc<std::fs::File>, Vec<u8>), BrokerError> {
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BrokerError::Io { op, path, source }
+    };
+    let dir = path.parent().expect("the log is in a directory");
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
+        .map_err(io("open", path))?;
+    let bytes = std::fs::read(path).map_err(io("read", path))?;
+    let valid = storage::record_file::replay(&bytes)
+        .map_err(|e| BrokerError::Controller(format!("{}: {e}", path.display())))?
+        .valid_bytes;
+    if valid < bytes.len() {
+        file.set_len(valid as u64).map_err(io("cut the torn tail of", path))?;
+        file.sync_data().map_err(io("fdatasync", path))?;
+    }
+    let dir_file = std::fs::File::open(dir).map_err(io("open", dir))?;
+    dir_file.sync_all().map_err(io("fsync", dir))?;
+    let mut bytes = bytes;
+    bytes.truncate(valid);
+    Ok((Arc::new(file), bytes))
+}
+
+/// Appends one batch and makes it durable, on the calling thread.
+fn append_sync(file: &std::fs::File, batch: &[u8], path: &Path) -> Result<(), BrokerError> {
+    use std::io::Write;
+    let mut writer = file;
+    writer
+        .write_all(batch)
+        .and_then(|()| file.sync_data())
+        .map_err(|source| BrokerError::Io {
+            op: "append to",
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Appends one batch and makes it durable, off the shard's thread.
 async fn append(file: Arc<std::fs::File>, batch: Vec<u8>, path: &Path) -> Result<(), BrokerError> {
     let path = path.to_path_buf();
-    storage::blocking::off_shard(move || {
-        use std::io::Write;
-        (&*file)
-            .write_all(&batch)
-            .and_then(|()| file.sync_data())
-            .map_err(|source| BrokerError::Io {
-                op: "append to",
-                path,
-                source,
-            })
-    })
-    .await
+    storage::blocking::off_shard(move || append_sync(&file, &batch, &path)).await
 }

@@ -30,6 +30,9 @@ pub struct NodeInfo {
     pub shards: u32,
     pub kafka_addr: String,
     pub native_addr: String,
+    /// Each shard's own addresses (shard ports), or none.
+    pub kafka_shard_addrs: Vec<String>,
+    pub native_shard_addrs: Vec<String>,
 }
 
 /// A topic as the controller knows it.
@@ -78,6 +81,8 @@ impl ClusterMetadata {
                 shards,
                 kafka_addr,
                 native_addr,
+                kafka_shard_addrs,
+                native_shard_addrs,
             } => {
                 if *shards == 0 {
                     return Err(BrokerError::Config(format!("node {node} registers with no shards")));
@@ -98,6 +103,8 @@ impl ClusterMetadata {
                         shards: *shards,
                         kafka_addr: kafka_addr.clone(),
                         native_addr: native_addr.clone(),
+                        kafka_shard_addrs: kafka_shard_addrs.clone(),
+                        native_shard_addrs: native_shard_addrs.clone(),
                     },
                 );
             }
@@ -282,6 +289,8 @@ mod tests {
                 shards,
                 kafka_addr: format!("127.0.0.1:{}", 9092 + node),
                 native_addr: format!("127.0.0.1:{}", 9400 + node),
+                kafka_shard_addrs: Vec::new(),
+                native_shard_addrs: Vec::new(),
             };
             metadata.apply(metadata.applied_index + 1, &command).unwrap();
         }

@@ -175,8 +175,24 @@ impl ControllerReplica {
 
     /// A message from a peer. One raft-rs refuses (a stale or foreign one)
     /// changes nothing and is only logged: peers' bytes are not trusted.
-    pub fn step(&mut self, message: Message) {
+    pub fn step(&mut self, mut message: Message) {
         let (from, kind) = (message.from, message.get_msg_type());
+        let last_index = self.node.raft.raft_log.last_index();
+        if kind == raft::prelude::MessageType::MsgHeartbeat && message.commit > last_index {
+            // A leader sends a commit index only up to what it knows this
+            // replica holds: a higher one means this node lost entries it
+            // once acknowledged (its data directory wiped). raft-rs would
+            // panic on it; taken as "committed up to what is here", the
+            // leader's next append is refused and it sends the log again.
+            tracing::warn!(
+                node = self.id,
+                from,
+                commit = message.commit,
+                last_index,
+                "controller: the leader counts entries this node does not hold (was its log lost?)"
+            );
+            message.commit = last_index;
+        }
         if kind == raft::prelude::MessageType::MsgSnapshot {
             // This group takes no snapshots, so no leader sends one: a
             // snapshot would come from a broken or foreign peer.
@@ -527,6 +543,8 @@ mod tests {
             shards: 2,
             kafka_addr: format!("127.0.0.1:{}", 9092 + node),
             native_addr: format!("127.0.0.1:{}", 9400 + node),
+            kafka_shard_addrs: Vec::new(),
+            native_shard_addrs: Vec::new(),
         }
     }
 

@@ -64,17 +64,21 @@ pub(super) fn find_coordinator(
 ) -> ResponseKind {
     // Kafka's key types: 0 a group, 1 a transactional id.
     let transactional = request.key_type == 1;
+    let table = shard.metadata.snapshot();
     let coordinator = |key: &str| {
-        let owner = if transactional {
-            shard.txn_coordinator(key)
+        let at = if transactional {
+            shard.txn_coordinator_at(key)
         } else {
-            shard.group_coordinator(key)
+            shard.group_coordinator_at(key)
         };
-        match owner {
-            Ok(owner) => (ErrorCode::None, advertised.broker_of(owner), advertised.of(owner)),
+        match at {
+            Ok((node, owner)) => {
+                let (id, at) = super::broker_at(&table, advertised, node, owner);
+                (ErrorCode::None, id, at)
+            }
             Err(error) => {
                 tracing::warn!(%error, key, "no coordinator");
-                (ErrorCode::CoordinatorNotAvailable, -1, &advertised.bootstrap)
+                (ErrorCode::CoordinatorNotAvailable, -1, advertised.bootstrap.clone())
             }
         }
     };

@@ -169,6 +169,16 @@ impl Shard {
         self.owner(OFFSETS_TOPIC, partition)
     }
 
+    /// Where `group`'s coordinator is: the (node, shard) leading its
+    /// offsets partition (node ignored on one node).
+    pub fn group_coordinator_at(&self, group: &str) -> Result<(u64, ShardId), BrokerError> {
+        let partition = offsets::partition_for_group(group, self.offsets_partitions()?);
+        self.metadata
+            .snapshot()
+            .leader(OFFSETS_TOPIC, partition)
+            .ok_or_else(|| BrokerError::Config(format!("{OFFSETS_TOPIC}/{partition} has no replica")))
+    }
+
     /// Serves a group request on the shard that coordinates the group.
     pub async fn group_call(&self, call: GroupCall) -> Result<GroupAnswer, BrokerError> {
         let Some(group) = call.group() else {
@@ -294,7 +304,8 @@ impl Shard {
         let mut results = Vec::with_capacity(offsets.len());
         let mut accepted = Vec::new();
         for (topic, partition, offset, metadata) in offsets {
-            let error = if table.owner(&topic, partition).is_none() {
+            // A group commits offsets of partitions on any node.
+            let error = if !table.exists(&topic, partition) {
                 ErrorCode::UnknownTopicOrPartition
             } else if metadata.len() > metadata_max {
                 ErrorCode::OffsetMetadataTooLarge
@@ -356,7 +367,7 @@ impl Shard {
         let table = self.metadata.snapshot();
         if offsets
             .iter()
-            .any(|(t, p, _, m)| table.owner(t, *p).is_none() || m.len() > metadata_max)
+            .any(|(t, p, _, m)| !table.exists(t, *p) || m.len() > metadata_max)
         {
             return Ok(refuse_all(offsets, ErrorCode::UnknownTopicOrPartition));
         }

@@ -110,6 +110,15 @@ impl Shard {
         self.owner(TXN_STATE_TOPIC, self.txn_partition(id)?)
     }
 
+    /// Where transactional id `id`'s coordinator is (as `group_coordinator_at`).
+    pub fn txn_coordinator_at(&self, id: &str) -> Result<(u64, ShardId), BrokerError> {
+        let partition = self.txn_partition(id)?;
+        self.metadata
+            .snapshot()
+            .leader(TXN_STATE_TOPIC, partition)
+            .ok_or_else(|| BrokerError::Config(format!("{TXN_STATE_TOPIC}/{partition} has no replica")))
+    }
+
     /// Serves a transactional request on the shard that coordinates its id.
     pub async fn txn_call(&self, call: TxnCall) -> Result<TxnAnswer, BrokerError> {
         let owner = self.txn_coordinator(call.id())?;
