@@ -337,8 +337,18 @@ fn topics_are_placed_by_the_controller_and_served_where_they_live() {
     assert_eq!(all, (0..6).collect::<Vec<_>>());
 
     let lines: String = (0..600).map(|i| format!("k{i},v{i}\n")).collect();
+    // acks=all: synced before acknowledged, so a kill -9 below keeps them.
     cli(
-        &["produce", "t", "--key-separator", ",", "--broker", &addr(&nodes[0])],
+        &[
+            "produce",
+            "t",
+            "--key-separator",
+            ",",
+            "--acks",
+            "all",
+            "--broker",
+            &addr(&nodes[0]),
+        ],
         Some(&lines),
     )
     .expect("produced through node 1");
