@@ -195,13 +195,16 @@ pub struct InternalTopic {
     pub configs: BTreeMap<String, String>,
 }
 
+/// Told on shard 0 of the applied metadata and the known leader.
+pub type OnChange = Box<dyn Fn(&ClusterMetadata, Option<u64>)>;
+
 /// What the controller's task is wired to beside its peers.
 pub struct Wiring {
     pub requests: flume::Receiver<Request>,
     pub internal_topics: Vec<InternalTopic>,
     /// Called on shard 0 whenever the applied metadata or the known leader
     /// changes.
-    pub on_change: Box<dyn Fn(&ClusterMetadata, Option<u64>)>,
+    pub on_change: OnChange,
 }
 
 /// A shard's request waiting for its proposal's outcome.
