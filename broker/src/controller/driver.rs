@@ -141,8 +141,10 @@ impl Handle {
         (Handle(tx), rx)
     }
 
-    /// Creates a topic through the controller: answers once this node has
-    /// applied it, or NotController (naming the leader) on a follower.
+    /// Creates a topic through the controller: answers once this node's
+    /// controller replica, as the leader, has applied it (its shards open
+    /// their partitions after), or NotController (naming the leader) on a
+    /// follower.
     pub async fn create_topic(
         &self,
         name: &str,
