@@ -393,9 +393,9 @@ mod tests {
     #[test]
     fn what_encode_cannot_write_is_refused_by_name() {
         let mut bytes = create(2, 2).encode();
-        bytes[0] = 2;
+        bytes[0] = COMMAND_FORMAT + 1;
         let e = ControllerCommand::decode(&bytes).unwrap_err().to_string();
-        assert!(e.contains("format 2"), "{e}");
+        assert!(e.contains(&format!("format {}", COMMAND_FORMAT + 1)), "{e}");
         assert!(ControllerCommand::decode(&[]).is_err());
         let twice = ControllerCommand::CreateTopic {
             name: "t".into(),
