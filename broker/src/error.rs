@@ -141,5 +141,7 @@ fn storage_code(error: &StorageError) -> ErrorCode {
         | StorageError::LogClosed { .. }
         | StorageError::InvalidLogDir { .. } => ErrorCode::StorageError,
         StorageError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
+        // An epoch older than the log's last: the appender was deposed.
+        StorageError::AppendRefused { .. } => ErrorCode::NotLeaderOrFollower,
     }
 }

@@ -22,7 +22,10 @@
 //! `crc` is crc32c over the whole archive in address order, skipping two
 //! header fields: `crc` itself and `base_offset`. The base offset is left out
 //! for the reason Kafka leaves it out: the log assigns it, and recovery checks
-//! it anyway (offsets must be dense). The append time is covered, so the log
+//! it anyway (offsets must be dense). The append time, leader epoch and Raft
+//! index are covered (unlike Kafka's partition leader epoch): the log stamps
+//! all three together and updates the checksum, and a replica stores them
+//! as the leader stamped them, checksum and all. The append time is covered, so the log
 //! updates the checksum when it stamps it; because rkyv puts the root (and so
 //! the header) at the end of the archive, that update hashes only the few
 //! dozen bytes from the append time to the end, never the records again.
@@ -124,6 +127,14 @@ pub struct BatchHeader {
     pub base_offset: u64,
     /// Wall-clock time of the append in ms since the epoch; stamped by the log.
     pub append_time_ms: i64,
+    /// The leader epoch (Raft term) of the leader that appended the batch,
+    /// Kafka's `partitionLeaderEpoch`; stamped by the log. 0 on a partition
+    /// that is not replicated.
+    pub leader_epoch: i32,
+    /// The batch's index in its partition's Raft log; stamped by the
+    /// leader's log. 0 (no Raft index is 0) on a partition that is not
+    /// replicated.
+    pub raft_index: u64,
     /// Offset of the last record minus `base_offset`.
     pub last_offset_delta: u32,
     pub record_count: u32,
@@ -223,6 +234,8 @@ pub struct BatchInfo {
     pub frame_bytes: usize,
     pub crc: u32,
     pub base_offset: Offset,
+    pub leader_epoch: i32,
+    pub raft_index: u64,
     pub append_time_ms: i64,
     pub last_offset_delta: u32,
     pub record_count: u32,
@@ -293,6 +306,8 @@ pub fn peek_header(bytes: &[u8]) -> Result<BatchInfo> {
             archive,
             header_field(len, field!(base_offset)),
         ))),
+        leader_epoch: i32::from_le_bytes(load(archive, header_field(len, field!(leader_epoch)))),
+        raft_index: u64::from_le_bytes(load(archive, header_field(len, field!(raft_index)))),
         append_time_ms: i64::from_le_bytes(load(archive, header_field(len, field!(append_time_ms)))),
         last_offset_delta: u32::from_le_bytes(load(archive, header_field(len, field!(last_offset_delta)))),
         record_count: u32::from_le_bytes(load(archive, header_field(len, field!(record_count)))),
@@ -441,10 +456,30 @@ fn check_records(batch: &ArchivedRecordBatch, info: &BatchInfo, limits: &BatchLi
     Ok(())
 }
 
-/// Writes the log's two fields into a frame that `check_frame` passed, in
-/// place, and brings its checksum up to date by hashing from the append time
-/// on (the root's last few dozen bytes).
-pub fn stamp(frame: &mut [u8], checked: &BatchInfo, base_offset: Offset, append_time_ms: i64) {
+/// What the log writes into a batch when it appends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamps {
+    pub base_offset: Offset,
+    pub append_time_ms: i64,
+    pub leader_epoch: i32,
+    pub raft_index: u64,
+}
+
+// `stamp` rehashes only from the append time on: every covered field it
+// writes must lie there.
+const _: () = assert!(field!(leader_epoch) > field!(append_time_ms));
+const _: () = assert!(field!(raft_index) > field!(append_time_ms));
+
+/// Writes the log's fields into a frame that `check_frame` passed, in place,
+/// and brings its checksum up to date by hashing from the append time on
+/// (the root's last few dozen bytes).
+pub fn stamp(frame: &mut [u8], checked: &BatchInfo, stamps: Stamps) {
+    let Stamps {
+        base_offset,
+        append_time_ms,
+        leader_epoch,
+        raft_index,
+    } = stamps;
     let archive = &mut frame[FRAME_LENGTH_BYTES..];
     let len = archive.len();
     assert_eq!(
@@ -454,6 +489,10 @@ pub fn stamp(frame: &mut [u8], checked: &BatchInfo, base_offset: Offset, append_
     );
     let at = header_field(len, field!(base_offset));
     archive[at..at + 8].copy_from_slice(&base_offset.0.to_le_bytes());
+    let epoch_at = header_field(len, field!(leader_epoch));
+    archive[epoch_at..epoch_at + 4].copy_from_slice(&leader_epoch.to_le_bytes());
+    let index_at = header_field(len, field!(raft_index));
+    archive[index_at..index_at + 8].copy_from_slice(&raft_index.to_le_bytes());
     let at = append_time_at(len);
     archive[at..at + 8].copy_from_slice(&append_time_ms.to_le_bytes());
     let crc = crc_range(archive, checked.crc_before_append_time, at, len);
@@ -604,6 +643,8 @@ impl RecordBatchBuilder {
             header: BatchHeader {
                 crc: 0,
                 base_offset: 0,
+                leader_epoch: 0,
+                raft_index: 0,
                 append_time_ms: 0,
                 last_offset_delta: (count - 1) as u32,
                 record_count: count as u32,
@@ -640,6 +681,15 @@ mod tests {
         batch_bytes_max: 8 << 20,
         record_bytes_max: 4 << 20,
     };
+
+    fn stamps(base_offset: Offset, append_time_ms: i64) -> Stamps {
+        Stamps {
+            base_offset,
+            append_time_ms,
+            leader_epoch: 0,
+            raft_index: 0,
+        }
+    }
 
     fn sample(values: &[&[u8]]) -> Vec<u8> {
         let mut builder = RecordBatchBuilder::new().producer(7, 1, 42);
@@ -691,7 +741,7 @@ mod tests {
     fn stamping_keeps_the_checksum_valid() {
         let mut frame = sample(&[b"a", b"b"]);
         let checked = check_frame(&frame, &LIMITS).unwrap();
-        stamp(&mut frame, &checked, Offset(1 << 40), 123_456);
+        stamp(&mut frame, &checked, stamps(Offset(1 << 40), 123_456));
         assert_eq!(
             archive_crc(&frame[FRAME_LENGTH_BYTES..]),
             peek_header(&frame).unwrap().crc
@@ -702,6 +752,19 @@ mod tests {
         assert_eq!(info.last_offset(), Offset((1 << 40) + 1));
         let archived = access(&frame).unwrap();
         assert_eq!(archived.header.base_offset.to_native(), 1 << 40);
+        let checked = check_frame(&frame, &LIMITS).unwrap();
+        let replicated = Stamps {
+            leader_epoch: 7,
+            raft_index: 1 << 33,
+            ..stamps(Offset(1 << 40), 123_456)
+        };
+        stamp(&mut frame, &checked, replicated);
+        let info = check_frame(&frame, &LIMITS).unwrap();
+        assert_eq!((info.leader_epoch, info.raft_index), (7, 1 << 33));
+        assert_eq!((info.base_offset, info.append_time_ms), (Offset(1 << 40), 123_456));
+        let archived = access(&frame).unwrap();
+        assert_eq!(archived.header.leader_epoch.to_native(), 7);
+        assert_eq!(archived.header.raft_index.to_native(), 1 << 33);
     }
 
     #[test]
@@ -797,7 +860,7 @@ mod tests {
             }
             let mut frame = builder.build();
             let checked = check_frame(&frame, &LIMITS).unwrap();
-            stamp(&mut frame, &checked, Offset(u64::from(base)), 5);
+            stamp(&mut frame, &checked, stamps(Offset(u64::from(base)), 5));
             let info = check_frame(&frame, &LIMITS).unwrap();
             prop_assert_eq!(info.append_time_ms, 5);
             prop_assert_eq!(info.record_count as usize, records.len());

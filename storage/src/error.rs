@@ -48,6 +48,12 @@ pub enum StorageError {
     #[error("invalid log directory {path}: {reason}")]
     InvalidLogDir { path: PathBuf, reason: String },
 
+    /// A replicated append that would break the log's order: a leader epoch
+    /// older than the last batch's, or a replica's batch stamped for another
+    /// offset than the log's end. Nothing was appended.
+    #[error("append to {path} refused: {reason}")]
+    AppendRefused { path: PathBuf, reason: String },
+
     /// A write or fdatasync failed: the page cache may have dropped data that
     /// we believed written, so the log refuses all further appends until it
     /// is reopened and recovered from what is really on disk.

@@ -21,6 +21,7 @@ pub use offset::{FilePosition, Offset};
 pub mod config;
 pub mod device;
 pub mod index;
+pub mod leader_epoch;
 pub mod log;
 pub mod read_ahead;
 pub mod record_file;
@@ -28,4 +29,5 @@ pub mod recovery;
 pub mod segment;
 
 pub use config::{FlushPolicy, LogConfig, TimestampType};
-pub use log::{AppendInfo, LogRead, LogStats, PartitionLog, ReadBytes};
+pub use leader_epoch::{EpochStart, LeaderEpochCache};
+pub use log::{AppendInfo, LogRead, LogStats, PartitionLog, ReadBytes, Stamp};

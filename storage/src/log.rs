@@ -33,6 +33,7 @@ use crate::blocking::off_shard;
 use crate::config::{FlushPolicy, LogConfig, TimestampType};
 use crate::error::{io_error, Result, StorageError};
 use crate::index::{relative, OffsetIndex, TimeIndex};
+use crate::leader_epoch::{EpochStart, LeaderEpochCache};
 use crate::offset::{FilePosition, Offset};
 use crate::read_ahead::{ReadAhead, ReadAheadStats};
 use crate::recovery::scan_segment;
@@ -47,6 +48,16 @@ const SEEK_CHUNK_BYTES: usize = 64 << 10;
 /// `delete_records_before` past the first segment's base offset.
 const LOG_START_CHECKPOINT: &str = "log-start-offset";
 
+/// Name of the file holding the leader epoch cache (`leader_epoch`).
+const LEADER_EPOCH_CHECKPOINT: &str = "leader-epoch-checkpoint";
+
+/// Name of the file naming the batch format the segments are written in, and
+/// that format. Format 2 added the leader epoch and Raft index to the batch
+/// header; a log of another format is refused at open, never scanned: its
+/// batches would read as damage, and recovery cuts damage away.
+const LOG_FORMAT_FILE: &str = "log-format";
+pub const LOG_FORMAT: u32 = 2;
+
 /// Where a log gets the time: wall-clock ms since the epoch, or a test's clock.
 pub type Clock = Rc<dyn Fn() -> i64>;
 
@@ -56,6 +67,22 @@ pub fn system_clock() -> Clock {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64)
     })
+}
+
+/// How an append sets a batch's leader epoch and Raft index (see
+/// `leader_epoch` for what the epochs are for).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stamp {
+    /// A partition that is not replicated: the log's latest epoch (0 for a
+    /// log that never had one) and no Raft index.
+    Local,
+    /// A leader's append: its epoch, never older than the last batch's, and
+    /// the batch's index in the partition's Raft log.
+    Leader { leader_epoch: i32, raft_index: u64 },
+    /// A follower's append of a batch its leader stamped: stored as it came,
+    /// base offset and append time included; the base offset must be this
+    /// log's end.
+    Replica,
 }
 
 /// What an append did.
@@ -215,6 +242,12 @@ struct State {
     /// began before one may hold bytes no longer in the log, and is not
     /// given to the batch cache.
     cut_epoch: u64,
+    /// Where each leader epoch's batches start.
+    leader_epochs: LeaderEpochCache,
+    /// An epoch start the checkpoint file holds ahead of `leader_epochs`:
+    /// written before the epoch's first batch is appended, so a crash never
+    /// leaves a batch of an epoch the file does not name.
+    epoch_written: Option<EpochStart>,
     stats: LogStats,
     failed: bool,
     closed: bool,
@@ -334,6 +367,7 @@ impl State {
 enum NeedsIo {
     Roll { active_base: Offset },
     Room { bytes: usize },
+    NewEpoch(EpochStart),
 }
 
 struct Inner {
@@ -370,7 +404,9 @@ impl PartitionLog {
         std::fs::create_dir_all(&dir).map_err(|e| io_error("create log directory", &dir, e))?;
         crate::device::prime_iopoll_probe(&dir).await?;
         let bases = list_segments(&dir)?;
+        check_log_format(&dir, !bases.is_empty())?;
         let checkpoint = read_log_start_checkpoint(&dir)?;
+        let mut leader_epochs = read_leader_epoch_checkpoint(&dir)?;
 
         let mut segments = BTreeMap::new();
         for (i, &base) in bases.iter().enumerate() {
@@ -398,6 +434,11 @@ impl PartitionLog {
 
         let first_base = *segments.keys().next().expect("at least the active segment");
         let log_start_offset = checkpoint.unwrap_or(first_base).max(first_base).min(next_offset);
+        // Epochs written ahead of a batch a crash lost, or past a cut the
+        // file was not yet rewritten for, name nothing in the log. The file
+        // catches up at the next change.
+        leader_epochs.truncate_from_end(next_offset);
+        leader_epochs.truncate_from_start(log_start_offset);
         tracing::info!(dir = %dir.display(), segments = segments.len(), %log_start_offset, log_end_offset = %next_offset, "recovered partition log");
 
         let id = crate::batch_cache::new_log_id();
@@ -430,6 +471,8 @@ impl PartitionLog {
                 zero_buffer: None,
                 read_ahead: Rc::new(RefCell::new(ReadAhead::new(id))),
                 cut_epoch: 0,
+                leader_epochs,
+                epoch_written: None,
                 stats: LogStats::default(),
                 failed: false,
                 closed: false,
@@ -483,16 +526,41 @@ impl PartitionLog {
         self.inner.state.borrow().segments.keys().copied().collect()
     }
 
-    /// Appends one record batch frame. The frame is checked (limits, rkyv
-    /// validation, crc32c, header against records) before anything changes;
-    /// the log then copies it into the active segment's buffer and stamps its
-    /// base offset and append time there. Returns when the batch is readable;
-    /// it is durable once the flush policy or `wait_durable` says so.
+    /// Each leader epoch of the log and where its batches start, oldest first.
+    pub fn leader_epochs(&self) -> Vec<EpochStart> {
+        self.inner.state.borrow().leader_epochs.entries().to_vec()
+    }
+
+    /// The epoch of the last batch, if the log holds one of a known epoch.
+    pub fn latest_leader_epoch(&self) -> Option<i32> {
+        self.inner.state.borrow().leader_epochs.latest().map(|e| e.epoch)
+    }
+
+    /// OffsetForLeaderEpoch: the largest epoch at or below `epoch` and the
+    /// offset its batches end at (where the next epoch starts, or the log end).
+    pub fn end_offset_for_leader_epoch(&self, epoch: i32) -> Option<(i32, Offset)> {
+        let st = self.inner.state.borrow();
+        st.leader_epochs.end_offset_for(epoch, st.next_offset)
+    }
+
+    /// Appends one record batch frame of a partition that is not replicated
+    /// (`Stamp::Local`). The frame is checked (limits, rkyv validation,
+    /// crc32c, header against records) before anything changes; the log then
+    /// copies it into the active segment's buffer and stamps its base offset
+    /// and append time there. Returns when the batch is readable; it is
+    /// durable once the flush policy or `wait_durable` says so.
     pub async fn append(&self, frame: &[u8]) -> Result<AppendInfo> {
+        self.append_stamped(frame, Stamp::Local).await
+    }
+
+    /// Appends as `append` does, stamping the leader epoch and Raft index as
+    /// `stamp` says. The first batch of a new epoch waits for the epoch's
+    /// start to be written to the leader epoch checkpoint.
+    pub async fn append_stamped(&self, frame: &[u8], stamp: Stamp) -> Result<AppendInfo> {
         let info = check_frame(frame, &self.inner.limits)?;
         let appended = loop {
             let now_ms = (self.inner.clock)();
-            let needs = match self.try_append(frame, &info, now_ms) {
+            let needs = match self.try_append(frame, &info, now_ms, stamp) {
                 Ok(appended) => break appended,
                 Err(needs) => needs?,
             };
@@ -500,6 +568,7 @@ impl PartitionLog {
             match needs {
                 NeedsIo::Roll { active_base } => self.roll_locked(active_base).await?,
                 NeedsIo::Room { bytes } => self.make_room_locked(bytes).await?,
+                NeedsIo::NewEpoch(start) => self.write_new_epoch_locked(start).await?,
             }
         };
         match self.inner.config.flush {
@@ -517,10 +586,46 @@ impl PartitionLog {
 
     /// The synchronous heart of an append: no await, so appends are ordered
     /// by the order in which tasks reach it.
-    fn try_append(&self, frame: &[u8], info: &BatchInfo, now_ms: i64) -> Result<AppendInfo, Result<NeedsIo>> {
+    fn try_append(
+        &self,
+        frame: &[u8],
+        info: &BatchInfo,
+        now_ms: i64,
+        stamp: Stamp,
+    ) -> Result<AppendInfo, Result<NeedsIo>> {
         let config = &self.inner.config;
         let mut st = self.inner.state.borrow_mut();
         st.usable(&self.inner.dir).map_err(Err)?;
+        let refused = |reason: String| {
+            Err(StorageError::AppendRefused {
+                path: self.inner.dir.clone(),
+                reason,
+            })
+        };
+        let (leader_epoch, raft_index) = match stamp {
+            Stamp::Local => (st.leader_epochs.latest().map_or(0, |e| e.epoch), 0),
+            Stamp::Leader {
+                leader_epoch,
+                raft_index,
+            } => (leader_epoch, raft_index),
+            Stamp::Replica => {
+                if info.base_offset != st.next_offset {
+                    return Err(refused(format!(
+                        "a replicated batch at offset {} where the log ends at {}",
+                        info.base_offset, st.next_offset
+                    )));
+                }
+                (info.leader_epoch, info.raft_index)
+            }
+        };
+        let new_epoch = st.leader_epochs.check(leader_epoch, st.next_offset).map_err(refused)?;
+        let epoch_start = EpochStart {
+            epoch: leader_epoch,
+            start_offset: st.next_offset,
+        };
+        if new_epoch && st.epoch_written != Some(epoch_start) {
+            return Err(Ok(NeedsIo::NewEpoch(epoch_start)));
+        }
         let active = st.active();
         let active_base = active.base_offset;
         let too_big = active.size + frame.len() as u64 > config.segment_bytes;
@@ -537,12 +642,28 @@ impl PartitionLog {
         }
         let base_offset = st.next_offset;
         let (position, stored) = st.appender_mut().append(frame);
-        batch::stamp(stored, info, base_offset, now_ms);
-        let stamped = BatchInfo {
-            base_offset,
-            append_time_ms: now_ms,
-            ..*info
+        let stamped = if stamp == Stamp::Replica {
+            *info
+        } else {
+            let stamps = batch::Stamps {
+                base_offset,
+                append_time_ms: now_ms,
+                leader_epoch,
+                raft_index,
+            };
+            batch::stamp(stored, info, stamps);
+            BatchInfo {
+                base_offset,
+                append_time_ms: now_ms,
+                leader_epoch,
+                raft_index,
+                ..*info
+            }
         };
+        if new_epoch {
+            st.leader_epochs.assign(leader_epoch, base_offset);
+            st.epoch_written = None;
+        }
         st.active_mut()
             .note_batch(position, &stamped, config.timestamp_type, config.index_interval_bytes);
         st.unflushed_bytes += frame.len() as u64;
@@ -1496,6 +1617,43 @@ impl PartitionLog {
         Ok(Some(offset.max(log_start)))
     }
 
+    /// Writes the epoch cache with `start` added, if `start` is still where
+    /// the next batch goes; the append that asked looks again either way.
+    async fn write_new_epoch_locked(&self, start: EpochStart) -> Result<()> {
+        let cache = {
+            let st = self.inner.state.borrow();
+            st.usable(&self.inner.dir)?;
+            if st.next_offset != start.start_offset
+                || st.leader_epochs.check(start.epoch, start.start_offset) != Ok(true)
+            {
+                return Ok(());
+            }
+            let mut cache = st.leader_epochs.clone();
+            cache.assign(start.epoch, start.start_offset);
+            cache
+        };
+        write_leader_epoch_checkpoint(&self.inner.dir, &cache).await?;
+        self.inner.state.borrow_mut().epoch_written = Some(start);
+        Ok(())
+    }
+
+    /// Brings the epoch cache and its file in line with the log's bounds
+    /// after a cut or a deletion moved them.
+    async fn trim_epochs_locked(&self) -> Result<()> {
+        let cache = {
+            let mut st = self.inner.state.borrow_mut();
+            let (start, end) = (st.log_start_offset, st.next_offset);
+            st.epoch_written = None;
+            let cut = st.leader_epochs.truncate_from_end(end);
+            let trimmed = st.leader_epochs.truncate_from_start(start);
+            if !(cut || trimmed) {
+                return Ok(());
+            }
+            st.leader_epochs.clone()
+        };
+        write_leader_epoch_checkpoint(&self.inner.dir, &cache).await
+    }
+
     /// Removes every record at or after `offset`, cutting at the start of the
     /// batch that holds it (so the log end may fall below `offset`).
     /// Replication uses it to drop a diverged tail.
@@ -1588,14 +1746,16 @@ impl PartitionLog {
             }
         };
         sync_dir(&self.inner.dir).await?;
-        let mut st = self.inner.state.borrow_mut();
-        st.next_offset = segment.next_offset;
-        st.durable_offset = segment.next_offset;
-        st.log_start_offset = st.log_start_offset.min(segment.next_offset);
-        st.segments.insert(base, segment);
-        st.appender = Some(appender);
-        tracing::info!(dir = %self.inner.dir.display(), %offset, log_end_offset = %st.next_offset, "truncated partition log");
-        Ok(())
+        {
+            let mut st = self.inner.state.borrow_mut();
+            st.next_offset = segment.next_offset;
+            st.durable_offset = segment.next_offset;
+            st.log_start_offset = st.log_start_offset.min(segment.next_offset);
+            st.segments.insert(base, segment);
+            st.appender = Some(appender);
+            tracing::info!(dir = %self.inner.dir.display(), %offset, log_end_offset = %st.next_offset, "truncated partition log");
+        }
+        self.trim_epochs_locked().await
     }
 
     /// Deletes every segment and starts the log afresh, empty, at `start`.
@@ -1627,14 +1787,16 @@ impl PartitionLog {
             }
         };
         sync_dir(&self.inner.dir).await?;
-        let mut st = self.inner.state.borrow_mut();
-        st.segments.insert(start, segment);
-        st.appender = Some(appender);
-        st.next_offset = start;
-        st.durable_offset = start;
-        st.log_start_offset = start;
+        {
+            let mut st = self.inner.state.borrow_mut();
+            st.segments.insert(start, segment);
+            st.appender = Some(appender);
+            st.next_offset = start;
+            st.durable_offset = start;
+            st.log_start_offset = start;
+        }
         tracing::info!(dir = %self.inner.dir.display(), %start, "truncated the whole partition log");
-        Ok(())
+        self.trim_epochs_locked().await
     }
 
     /// Moves the log start offset to `offset` (Kafka's DeleteRecords) and
@@ -1666,7 +1828,7 @@ impl PartitionLog {
         write_log_start_checkpoint(&self.inner.dir, offset).await?;
         self.delete_sealed_segments_locked(|segment, _| segment.next_offset <= offset)
             .await?;
-        Ok(())
+        self.trim_epochs_locked().await
     }
 
     /// Deletes sealed segments past the retention limits: those whose newest
@@ -1724,6 +1886,9 @@ impl PartitionLog {
         for base in &deleted {
             remove_segment_files(&self.inner.dir, *base).await?;
             tracing::info!(dir = %self.inner.dir.display(), base_offset = %base, "deleted segment");
+        }
+        if !deleted.is_empty() {
+            self.trim_epochs_locked().await?;
         }
         Ok(deleted.len())
     }
@@ -1989,6 +2154,52 @@ fn read_log_start_checkpoint(dir: &Path) -> Result<Option<Offset>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_error("read log start checkpoint", &path, e)),
     }
+}
+
+/// Refuses a directory whose segments are of another batch format (or of
+/// the format before the marker existed), and marks a new one.
+fn check_log_format(dir: &Path, has_segments: bool) -> Result<()> {
+    let path = dir.join(LOG_FORMAT_FILE);
+    let refused = |found: String| StorageError::InvalidLogDir {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "its segments are in batch format {found}; this corelog reads format {LOG_FORMAT} and does not convert"
+        ),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.trim() == LOG_FORMAT.to_string() => Ok(()),
+        Ok(text) => Err(refused(format!("{:?}", text.trim()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && has_segments => {
+            Err(refused("1 (no log-format file)".into()))
+        }
+        // Written before any segment is: the directory sync after recovery
+        // makes both durable.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(&path, format!("{LOG_FORMAT}\n"))
+            .and_then(|()| std::fs::File::open(&path)?.sync_all())
+            .map_err(|e| io_error("write log format", &path, e)),
+        Err(e) => Err(io_error("read log format", &path, e)),
+    }
+}
+
+fn read_leader_epoch_checkpoint(dir: &Path) -> Result<LeaderEpochCache> {
+    let path = dir.join(LEADER_EPOCH_CHECKPOINT);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => LeaderEpochCache::decode(&text).map_err(|reason| StorageError::InvalidLogDir {
+            path,
+            reason: format!("leader epoch checkpoint: {reason}"),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(LeaderEpochCache::default()),
+        Err(e) => Err(io_error("read leader epoch checkpoint", &path, e)),
+    }
+}
+
+async fn write_leader_epoch_checkpoint(dir: &Path, cache: &LeaderEpochCache) -> Result<()> {
+    let path = dir.join(LEADER_EPOCH_CHECKPOINT);
+    let temp = dir.join(format!("{LEADER_EPOCH_CHECKPOINT}.tmp"));
+    write_index_file(temp.clone(), cache.encode().into_bytes()).await?;
+    off_shard(move || std::fs::rename(&temp, &path).map_err(|e| io_error("rename leader epoch checkpoint", &path, e)))
+        .await?;
+    sync_dir(dir).await
 }
 
 async fn write_log_start_checkpoint(dir: &Path, offset: Offset) -> Result<()> {

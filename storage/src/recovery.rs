@@ -35,8 +35,9 @@ pub struct Scan {
 }
 
 /// Reads every batch of `file` from the start, checking each fully (length,
-/// rkyv validation, crc32c, dense offsets from `base`), and rebuilds the
-/// segment's indexes. Stops at the first batch that fails.
+/// rkyv validation, crc32c, dense offsets from `base`, leader epochs never
+/// going back), and rebuilds the segment's indexes. Stops at the first batch
+/// that fails.
 pub async fn scan_segment(
     file: &DmaFile,
     dir: &Path,
@@ -48,6 +49,7 @@ pub async fn scan_segment(
     let path = segment.log_path.clone();
     let mut position = 0u64;
     let mut chunk_position = 0u64;
+    let mut leader_epoch = 0i32;
     let mut chunk = file
         .read_at(0, 0)
         .await
@@ -90,6 +92,13 @@ pub async fn scan_segment(
                 info.base_offset, segment.next_offset
             ));
         }
+        if info.leader_epoch < leader_epoch {
+            break Some(format!(
+                "batch at offset {} has leader epoch {} after a batch of epoch {leader_epoch}",
+                info.base_offset, info.leader_epoch
+            ));
+        }
+        leader_epoch = info.leader_epoch;
         segment.note_batch(
             FilePosition(position),
             &info,

@@ -43,6 +43,7 @@ async fn reopen_with(dir: &Path, segment: &[u8]) -> Vec<Seen> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(segment_path(dir, Offset(0), LOG_SUFFIX), segment).unwrap();
+    std::fs::write(dir.join("log-format"), format!("{}\n", storage::log::LOG_FORMAT)).unwrap();
     let log = PartitionLog::open(dir, config()).await.unwrap();
     let seen = read_all(&log, 1 << 20).await;
     // The recovered log takes appends right after what survived.

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use storage::batch::{self, RecordBatchBuilder};
-use storage::{FlushPolicy, LogConfig, Offset, PartitionLog, StorageError};
+use storage::{EpochStart, FlushPolicy, LogConfig, Offset, PartitionLog, Stamp, StorageError};
 
 #[test]
 fn appends_read_back_and_survive_reopen() {
@@ -1164,6 +1164,146 @@ fn a_log_flushed_after_every_append_is_read_back_from_the_batch_cache() {
         let from_disk = read_all(&log, 32 << 10).await;
         assert!(log.stats().read_ahead.chunk_bytes > 0);
         assert!(cached == from_disk, "the arenas served other bytes than the disk holds");
+        log.close().await.unwrap();
+    });
+}
+
+/// The frames of the whole log, as the log serves them.
+async fn all_frames(log: &PartitionLog) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    let mut next = log.log_start_offset();
+    loop {
+        let read = log.read(next, 1 << 20).await.unwrap();
+        if read.bytes.is_empty() {
+            return frames;
+        }
+        frames.extend(batch::frames(&read.bytes).map(<[u8]>::to_vec));
+        next = read.next_offset;
+    }
+}
+
+#[test]
+fn leader_epochs_are_stamped_recorded_and_survive_cuts_and_reopen() {
+    let dir = test_dir();
+    run(|| async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        for tag in 0..10u64 {
+            log.append(&batch(tag, 2, 100, 0)).await.unwrap();
+        }
+        let epoch = |epoch, start| EpochStart {
+            epoch,
+            start_offset: Offset(start),
+        };
+        assert_eq!(log.leader_epochs(), vec![epoch(0, 0)]);
+        for (i, tag) in (10..30u64).enumerate() {
+            let stamp = Stamp::Leader {
+                leader_epoch: 3,
+                raft_index: 100 + i as u64,
+            };
+            log.append_stamped(&batch(tag, 2, 2000, 0), stamp).await.unwrap();
+        }
+        assert!(log.segment_base_offsets().len() >= 2, "64 KiB segments rolled");
+        assert_eq!(log.leader_epochs(), vec![epoch(0, 0), epoch(3, 20)]);
+        // A deposed leader's epoch is refused, and nothing is appended.
+        let stale = Stamp::Leader {
+            leader_epoch: 2,
+            raft_index: 1,
+        };
+        let e = log.append_stamped(&batch(99, 1, 1, 0), stale).await.unwrap_err();
+        assert!(matches!(e, StorageError::AppendRefused { .. }), "{e}");
+        assert!(e.to_string().contains("older than epoch 3"), "{e}");
+        assert_eq!(log.log_end_offset(), Offset(60));
+
+        // Every served batch carries what was stamped.
+        let frames = all_frames(&log).await;
+        let stamps: Vec<(i32, u64)> = frames
+            .iter()
+            .map(|f| {
+                let info = batch::verify_crc(f).unwrap();
+                (info.leader_epoch, info.raft_index)
+            })
+            .collect();
+        assert!(stamps[..10].iter().all(|&s| s == (0, 0)));
+        assert_eq!(stamps[10..], (100..120).map(|i| (3, i)).collect::<Vec<_>>()[..]);
+
+        assert_eq!(log.end_offset_for_leader_epoch(3), Some((3, Offset(60))));
+        assert_eq!(log.end_offset_for_leader_epoch(2), Some((0, Offset(20))));
+        assert_eq!(log.end_offset_for_leader_epoch(0), Some((0, Offset(20))));
+        assert_eq!(log.end_offset_for_leader_epoch(4), None);
+        log.close().await.unwrap();
+
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(log.leader_epochs(), vec![epoch(0, 0), epoch(3, 20)]);
+        // A replica stores the leader's batches exactly: offsets, append
+        // times, epochs and Raft indexes.
+        let follower_dir = test_dir();
+        let follower = PartitionLog::open(follower_dir.path(), small_config()).await.unwrap();
+        for frame in &frames {
+            follower.append_stamped(frame, Stamp::Replica).await.unwrap();
+        }
+        assert_eq!(all_frames(&follower).await, frames);
+        assert_eq!(follower.leader_epochs(), log.leader_epochs());
+        let e = follower.append_stamped(&frames[3], Stamp::Replica).await.unwrap_err();
+        assert!(e.to_string().contains("at offset 6 where the log ends at 60"), "{e}");
+
+        // A cut drops the epochs past it, on disk too.
+        log.truncate_to(Offset(20)).await.unwrap();
+        assert_eq!(log.leader_epochs(), vec![epoch(0, 0)]);
+        let next = Stamp::Leader {
+            leader_epoch: 5,
+            raft_index: 100,
+        };
+        log.append_stamped(&batch(7, 1, 10, 0), next).await.unwrap();
+        assert_eq!(log.leader_epochs(), vec![epoch(0, 0), epoch(5, 20)]);
+        // Records deleted from the front take the epochs wholly before them.
+        log.delete_records_before(Offset(21)).await.unwrap();
+        assert_eq!(log.leader_epochs(), vec![epoch(5, 21)]);
+        log.close().await.unwrap();
+        // Epoch 5 now holds no batch: a reopen cannot tell it from an epoch
+        // written ahead of a batch a crash lost, and forgets it.
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(log.leader_epochs(), vec![]);
+        log.close().await.unwrap();
+        follower.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_log_of_another_batch_format_is_refused_untouched() {
+    let dir = test_dir();
+    run(|| async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        log.append(&batch(1, 3, 100, 0)).await.unwrap();
+        log.close().await.unwrap();
+        let format = dir.path().join("log-format");
+        let sizes = |dir: &std::path::Path| {
+            let mut sizes: Vec<(String, u64)> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap())
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        e.metadata().unwrap().len(),
+                    )
+                })
+                .collect();
+            sizes.sort();
+            sizes
+        };
+        for marker in [None, Some("1\n")] {
+            match marker {
+                Some(text) => std::fs::write(&format, text).unwrap(),
+                None => std::fs::remove_file(&format).unwrap(),
+            }
+            let before = sizes(dir.path());
+            let e = PartitionLog::open(dir.path(), small_config()).await.err().unwrap();
+            assert!(matches!(e, StorageError::InvalidLogDir { .. }), "{e}");
+            assert!(e.to_string().contains("reads format 2"), "{e}");
+            assert_eq!(sizes(dir.path()), before, "a refused log is not touched");
+        }
+        std::fs::write(&format, "2\n").unwrap();
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(read_all(&log, 4096).await.len(), 3);
         log.close().await.unwrap();
     });
 }

@@ -263,7 +263,7 @@ pub fn to_kafka(frames: &[u8], log_append_time: bool) -> Result<Bytes, NetError>
         let start = out.len();
         out.put_i64(info.base_offset.0 as i64);
         out.put_i32(0); // batch length, set below
-        out.put_i32(0); // partition leader epoch
+        out.put_i32(info.leader_epoch);
         out.put_i8(2); // magic
         out.put_u32(0); // crc, set below
         out.put_u16(kafka_attributes);
@@ -375,6 +375,15 @@ mod tests {
     use storage::batch::{RecordBatchBuilder, RecordHeader};
 
     use super::*;
+
+    fn local_stamps(base_offset: u64, append_time_ms: i64) -> batch::Stamps {
+        batch::Stamps {
+            base_offset: storage::Offset(base_offset),
+            append_time_ms,
+            leader_epoch: 0,
+            raft_index: 0,
+        }
+    }
 
     /// (timestamp, key, value, headers) of a record.
     type RecordParts = (i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>);
@@ -491,7 +500,7 @@ mod tests {
             let mut frame = builder.build();
             let limits = batch::BatchLimits { batch_bytes_max: 8 << 20, record_bytes_max: 8 << 20 };
             let info = batch::check_frame(&frame, &limits).unwrap();
-            batch::stamp(&mut frame, &info, storage::Offset(base_offset), 1_800_000_000_000);
+            batch::stamp(&mut frame, &info, local_stamps(base_offset, 1_800_000_000_000));
             let served = to_kafka(&frame, log_append).unwrap();
             let mut decoding = served.clone();
             let set = RecordBatchDecoder::decode(&mut decoding).unwrap();
@@ -664,7 +673,7 @@ mod tests {
             record_bytes_max: 1 << 20,
         };
         let info = batch::check_frame(&frames, &limits).unwrap();
-        batch::stamp(&mut frames, &info, storage::Offset(40), 1_700_000_123_456);
+        batch::stamp(&mut frames, &info, local_stamps(40, 1_700_000_123_456));
         let served = to_kafka(&frames, true).unwrap();
         assert_eq!(
             u16::from_be_bytes([served[KAFKA_ATTRIBUTES_AT], served[KAFKA_ATTRIBUTES_AT + 1]]) & 0x08,

@@ -88,6 +88,8 @@ pub fn build(producer: BatchProducer, records: &[RecordRef<'_>]) -> Vec<u8> {
         header: BatchHeader {
             crc: 0,
             base_offset: 0,
+            leader_epoch: 0,
+            raft_index: 0,
             append_time_ms: 0,
             last_offset_delta: u32::try_from(count - 1).expect("fewer than 2^32 records"),
             record_count: count as u32,
