@@ -404,7 +404,7 @@ impl PartitionLog {
         std::fs::create_dir_all(&dir).map_err(|e| io_error("create log directory", &dir, e))?;
         crate::device::prime_iopoll_probe(&dir).await?;
         let bases = list_segments(&dir)?;
-        check_log_format(&dir, !bases.is_empty())?;
+        check_log_format(&dir, !bases.is_empty()).await?;
         let checkpoint = read_log_start_checkpoint(&dir)?;
         let mut leader_epochs = read_leader_epoch_checkpoint(&dir)?;
 
@@ -529,11 +529,6 @@ impl PartitionLog {
     /// Each leader epoch of the log and where its batches start, oldest first.
     pub fn leader_epochs(&self) -> Vec<EpochStart> {
         self.inner.state.borrow().leader_epochs.entries().to_vec()
-    }
-
-    /// The epoch of the last batch, if the log holds one of a known epoch.
-    pub fn latest_leader_epoch(&self) -> Option<i32> {
-        self.inner.state.borrow().leader_epochs.latest().map(|e| e.epoch)
     }
 
     /// OffsetForLeaderEpoch: the largest epoch at or below `epoch` and the
@@ -2158,7 +2153,7 @@ fn read_log_start_checkpoint(dir: &Path) -> Result<Option<Offset>> {
 
 /// Refuses a directory whose segments are of another batch format (or of
 /// the format before the marker existed), and marks a new one.
-fn check_log_format(dir: &Path, has_segments: bool) -> Result<()> {
+async fn check_log_format(dir: &Path, has_segments: bool) -> Result<()> {
     let path = dir.join(LOG_FORMAT_FILE);
     let refused = |found: String| StorageError::InvalidLogDir {
         path: dir.to_path_buf(),
@@ -2172,11 +2167,10 @@ fn check_log_format(dir: &Path, has_segments: bool) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && has_segments => {
             Err(refused("1 (no log-format file)".into()))
         }
-        // Written before any segment is: the directory sync after recovery
-        // makes both durable.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::write(&path, format!("{LOG_FORMAT}\n"))
-            .and_then(|()| std::fs::File::open(&path)?.sync_all())
-            .map_err(|e| io_error("write log format", &path, e)),
+        // Written before any segment is, off the shard like every write.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            replace_file(dir, LOG_FORMAT_FILE, format!("{LOG_FORMAT}\n").into_bytes()).await
+        }
         Err(e) => Err(io_error("read log format", &path, e)),
     }
 }
@@ -2194,20 +2188,20 @@ fn read_leader_epoch_checkpoint(dir: &Path) -> Result<LeaderEpochCache> {
 }
 
 async fn write_leader_epoch_checkpoint(dir: &Path, cache: &LeaderEpochCache) -> Result<()> {
-    let path = dir.join(LEADER_EPOCH_CHECKPOINT);
-    let temp = dir.join(format!("{LEADER_EPOCH_CHECKPOINT}.tmp"));
-    write_index_file(temp.clone(), cache.encode().into_bytes()).await?;
-    off_shard(move || std::fs::rename(&temp, &path).map_err(|e| io_error("rename leader epoch checkpoint", &path, e)))
-        .await?;
-    sync_dir(dir).await
+    replace_file(dir, LEADER_EPOCH_CHECKPOINT, cache.encode().into_bytes()).await
 }
 
 async fn write_log_start_checkpoint(dir: &Path, offset: Offset) -> Result<()> {
-    let path = dir.join(LOG_START_CHECKPOINT);
-    let temp = dir.join(format!("{LOG_START_CHECKPOINT}.tmp"));
-    write_index_file(temp.clone(), offset.0.to_string().into_bytes()).await?;
-    off_shard(move || std::fs::rename(&temp, &path).map_err(|e| io_error("rename log start checkpoint", &path, e)))
-        .await?;
+    replace_file(dir, LOG_START_CHECKPOINT, offset.0.to_string().into_bytes()).await
+}
+
+/// Replaces `dir/name` with `bytes` whole, durably: a crash leaves the old
+/// file or the new one, never a mix.
+async fn replace_file(dir: &Path, name: &str, bytes: Vec<u8>) -> Result<()> {
+    let path = dir.join(name);
+    let temp = dir.join(format!("{name}.tmp"));
+    write_index_file(temp.clone(), bytes).await?;
+    off_shard(move || std::fs::rename(&temp, &path).map_err(|e| io_error("rename", &path, e))).await?;
     sync_dir(dir).await
 }
 
