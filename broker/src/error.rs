@@ -40,6 +40,13 @@ pub enum BrokerError {
         leader: Option<u64>,
     },
 
+    #[error("{topic}/{partition}: replica: {reason}")]
+    Replication {
+        topic: String,
+        partition: u32,
+        reason: String,
+    },
+
     #[error("invalid topic config {key}={value}: {reason}")]
     InvalidConfig { key: String, value: String, reason: String },
 
@@ -117,7 +124,7 @@ impl BrokerError {
             }
             BrokerError::NotLeaderOrFollower { .. } => ErrorCode::NotLeaderOrFollower,
             BrokerError::NotController { .. } => ErrorCode::NotController,
-            BrokerError::Controller(_) => ErrorCode::UnknownServerError,
+            BrokerError::Controller(_) | BrokerError::Replication { .. } => ErrorCode::UnknownServerError,
             BrokerError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
             BrokerError::InvalidAcks(_) => ErrorCode::InvalidRequiredAcks,
             BrokerError::CorruptBatches { .. } => ErrorCode::CorruptMessage,

@@ -10,6 +10,7 @@ mod group;
 mod kafka;
 mod offsets;
 mod producer_state;
+mod replication;
 mod runtime;
 mod server;
 mod shard;

@@ -389,7 +389,7 @@ impl ControllerReplica {
 
 /// raft-rs logs through slog; its lines go to tracing, its info (elections,
 /// terms) at debug so that a broker's log stays quiet.
-struct TracingDrain;
+pub(crate) struct TracingDrain;
 
 impl slog::Drain for TracingDrain {
     type Ok = ();

@@ -1,0 +1,780 @@
+//! One node's replica of a partition's Raft group: a raft-rs `RawNode`
+//! whose log is the partition log itself (`LogStorage` over it, Raft's own
+//! entries and hard state in the `raft-state` file), the high watermark it
+//! applies, and the produce requests it leads that wait to be committed.
+//!
+//! The leader stamps a batch before proposing it (base offset, append
+//! time, its term as the leader epoch, its Raft index), so every replica
+//! stores the same bytes at the same offsets: each appends the entries of a
+//! `Ready` as `Stamp::Replica`, the leader included.
+//!
+//! Sans-IO towards the network, as raft-rs is: the owner ticks it, steps
+//! peers' messages, and calls `handle_ready`, which persists a `Ready` in
+//! raft-rs's order and hands out the messages (a leader's appends before
+//! its own sync, the rest after). One task owns a replica, so nothing steps
+//! or proposes while a `Ready` is being persisted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures::channel::oneshot;
+use raft::prelude::{ConfState, Config, Entry, EntryType, Message, MessageType, RawNode};
+use raft::StateRole;
+use storage::batch::{self, BatchLimits, Stamps};
+use storage::log::Clock;
+use storage::{Offset, PartitionLog, Stamp};
+
+use super::log_storage::{Located, LogStorage};
+use super::state_file::{self, ReplicaState, StateBatch};
+use crate::error::BrokerError;
+
+/// Raft's logical clock: an election after 10 to 20 ticks without a
+/// leader's word, a heartbeat every tick.
+pub const ELECTION_TICKS: usize = 10;
+pub const HEARTBEAT_TICKS: usize = 1;
+/// Bytes of entries in one append message, and append messages in flight
+/// to one follower.
+const MESSAGE_BYTES_MAX: u64 = 1 << 20;
+const MESSAGES_IN_FLIGHT_MAX: usize = 64;
+/// Bytes of proposed entries not yet committed: past it, a leader refuses
+/// proposals (a follower that stops answering cannot make it hold more).
+const UNCOMMITTED_BYTES_MAX: u64 = 64 << 20;
+/// Produce requests waiting for their batch to commit.
+pub const PENDING_MAX: usize = 4096;
+/// Entries applied between checkpoints of the applied index: a restart
+/// reads back the partition log from the last one.
+const CHECKPOINT_ENTRIES: u64 = 1024;
+/// Or this many bytes of batches appended, whichever comes first.
+const CHECKPOINT_BYTES: u64 = 4 << 20;
+/// Past this size the state file is written again whole.
+const STATE_FILE_BYTES_MAX: usize = 1 << 20;
+
+/// A committed batch: where the leader put it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+    pub append_time_ms: i64,
+}
+
+pub type Reply = oneshot::Receiver<Result<Appended, BrokerError>>;
+
+struct Pending {
+    term: u64,
+    appended: Appended,
+    reply: oneshot::Sender<Result<Appended, BrokerError>>,
+}
+
+/// The partition's `raft-state` file, appended to off the shard.
+struct StateFile {
+    path: PathBuf,
+    file: Arc<std::fs::File>,
+    bytes: usize,
+}
+
+pub struct PartitionReplica {
+    topic: String,
+    partition: u32,
+    id: u64,
+    node: RawNode<LogStorage>,
+    log: Rc<PartitionLog>,
+    limits: BatchLimits,
+    clock: Clock,
+    state_file: StateFile,
+    high_watermark: Offset,
+    /// The term this replica last proposed in and the Kafka offset after
+    /// the last batch of its Raft log, persisted or not.
+    proposed: Option<(u64, Offset)>,
+    pending: BTreeMap<u64, Pending>,
+    last_checkpoint: u64,
+    /// Bytes of batches appended since the last checkpoint.
+    unchecked_bytes: u64,
+    /// Where the last open read the log back from.
+    recovered_from: Offset,
+    /// Reads from the partition log served for lagging followers.
+    fetches_served: u64,
+}
+
+impl PartitionReplica {
+    /// Node `id`'s replica of `topic`/`partition` among `voters`, over
+    /// `log` (opened, maybe empty) and its directory's state file.
+    pub async fn open(
+        topic: &str,
+        partition: u32,
+        id: u64,
+        voters: &[u64],
+        log: Rc<PartitionLog>,
+        clock: Clock,
+    ) -> Result<PartitionReplica, BrokerError> {
+        let fail = |reason: String| BrokerError::Replication {
+            topic: topic.to_string(),
+            partition,
+            reason,
+        };
+        if !voters.contains(&id) {
+            return Err(fail(format!("node {id} is not among the replicas {voters:?}")));
+        }
+        let (file, bytes) = open_state_file(&log.dir().join(state_file::FILE_NAME)).await?;
+        let mut state = state_file::replay(&bytes).map_err(&fail)?;
+        let (applied, high_watermark) = state.applied.unwrap_or((0, log.log_start_offset()));
+        if high_watermark < log.log_start_offset() || high_watermark > log.log_end_offset() {
+            return Err(fail(format!(
+                "the applied checkpoint's offset {high_watermark} is outside the log {}..{}",
+                log.log_start_offset(),
+                log.log_end_offset()
+            )));
+        }
+        let mut above = state.internal.split_off(&(applied + 1));
+        let below = std::mem::take(&mut state.internal);
+        let conf_state = ConfState::from((voters.to_vec(), vec![]));
+        let mut storage = LogStorage::new(
+            state.hard_state.clone(),
+            conf_state,
+            (0, 0),
+            applied + 1,
+            high_watermark,
+            below,
+            applied,
+        );
+        // Read the log back from the checkpoint: every entry above it must
+        // be known without waiting. A batch whose term goes back, or that
+        // does not follow the entries before it, is the tail of a cut a
+        // crash interrupted: the log is cut there again.
+        let mut from = high_watermark;
+        let mut cut_at: Option<Offset> = None;
+        'read: while from < log.log_end_offset() {
+            let read = log
+                .read(from, MESSAGE_BYTES_MAX as usize)
+                .await
+                .map_err(|e| storage_error(topic, partition, e))?;
+            for frame in batch::frames(&read.bytes) {
+                let info = batch::peek_header(frame).map_err(|e| storage_error(topic, partition, e))?;
+                if info.base_offset < from {
+                    continue;
+                }
+                while let Some(entry) = above.first_entry().filter(|e| *e.key() == storage.last_index() + 1) {
+                    storage.append(&entry.remove(), None);
+                }
+                let last_term = raft::Storage::term(&storage, storage.last_index()).expect("the last entry's term");
+                if info.raft_index != storage.last_index() + 1 || (info.leader_epoch as u64) < last_term {
+                    if info.raft_index == 0 {
+                        return Err(fail(format!(
+                            "the batch at offset {} has no Raft index: the log was not written replicated",
+                            info.base_offset
+                        )));
+                    }
+                    tracing::warn!(
+                        topic,
+                        partition,
+                        offset = info.base_offset.0,
+                        raft_index = info.raft_index,
+                        last_index = storage.last_index(),
+                        "replica: the log's tail does not follow its Raft log; cut"
+                    );
+                    cut_at = Some(info.base_offset);
+                    break 'read;
+                }
+                let entry = Entry {
+                    index: info.raft_index,
+                    term: info.leader_epoch as u64,
+                    ..Default::default()
+                };
+                storage.append(&entry, Some(info.next_offset()));
+                from = info.next_offset();
+            }
+            from = from.max(read.next_offset);
+        }
+        if let Some(offset) = cut_at {
+            log.truncate_to(offset)
+                .await
+                .map_err(|e| storage_error(topic, partition, e))?;
+        }
+        while let Some(entry) = above.first_entry().filter(|e| *e.key() == storage.last_index() + 1) {
+            storage.append(&entry.remove(), None);
+        }
+        let mut state_file = StateFile {
+            path: log.dir().join(state_file::FILE_NAME),
+            file,
+            bytes: state.valid_bytes,
+        };
+        if let Some((&index, _)) = above.first_key_value() {
+            // Raft's own entries past a gap were written ahead of batches a
+            // crash lost: they go, in the file too.
+            let mut batch = StateBatch::default();
+            batch.cut(index);
+            state_file.append(batch).await?;
+        }
+        let mut hard_state = state.hard_state.clone();
+        hard_state.commit = hard_state.commit.max(applied).min(storage.last_index());
+        storage.set_hard_state(hard_state);
+        let config = Config {
+            id,
+            election_tick: ELECTION_TICKS,
+            heartbeat_tick: HEARTBEAT_TICKS,
+            applied,
+            max_size_per_msg: MESSAGE_BYTES_MAX,
+            max_inflight_msgs: MESSAGES_IN_FLIGHT_MAX,
+            max_uncommitted_size: UNCOMMITTED_BYTES_MAX,
+            check_quorum: true,
+            pre_vote: true,
+            ..Config::default()
+        };
+        config.validate().map_err(|e| fail(e.to_string()))?;
+        let logger = slog::Logger::root(
+            crate::controller::replica::TracingDrain,
+            slog::o!("raft" => format!("{topic}/{partition}"), "node" => id),
+        );
+        let node = RawNode::new(&config, storage, &logger).map_err(|e| fail(e.to_string()))?;
+        let limits = log.config().batch_limits();
+        Ok(PartitionReplica {
+            topic: topic.to_string(),
+            partition,
+            id,
+            node,
+            log,
+            limits,
+            clock,
+            state_file,
+            high_watermark,
+            proposed: None,
+            pending: BTreeMap::new(),
+            last_checkpoint: applied,
+            unchecked_bytes: 0,
+            recovered_from: high_watermark,
+            fetches_served: 0,
+        })
+    }
+
+    fn fail(&self, reason: String) -> BrokerError {
+        BrokerError::Replication {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            reason,
+        }
+    }
+
+    fn not_leader(&self) -> BrokerError {
+        BrokerError::NotLeaderOrFollower {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            leader: self.leader(),
+        }
+    }
+
+    pub fn log(&self) -> &Rc<PartitionLog> {
+        &self.log
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    /// The leader this replica knows of, if any.
+    pub fn leader(&self) -> Option<u64> {
+        Some(self.node.raft.leader_id).filter(|id| *id != 0)
+    }
+
+    /// The term: the leader epoch of the batches its leader appends.
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    /// Consumers read below it; it never moves back.
+    pub fn high_watermark(&self) -> Offset {
+        self.high_watermark
+    }
+
+    /// The offset the last open read the partition log back from: its
+    /// applied checkpoint.
+    pub fn recovered_from(&self) -> Offset {
+        self.recovered_from
+    }
+
+    pub fn fetches_served(&self) -> u64 {
+        self.fetches_served
+    }
+
+    pub fn tick(&mut self) {
+        self.node.tick();
+    }
+
+    /// A message from a peer. One that raft-rs refuses, or whose entries do
+    /// not pass as record batches, changes nothing and is only logged:
+    /// peers' bytes are not trusted.
+    pub fn step(&mut self, mut message: Message) {
+        let (from, kind) = (message.from, message.get_msg_type());
+        if kind == MessageType::MsgSnapshot {
+            // Nothing is compacted from a replicated log yet, so no leader
+            // sends one.
+            tracing::warn!(topic = %self.topic, partition = self.partition, from, "replica: a snapshot, refused");
+            return;
+        }
+        let last_index = self.node.raft.raft_log.last_index();
+        if kind == MessageType::MsgHeartbeat && message.commit > last_index {
+            // A leader sends a commit index only up to what it knows this
+            // replica holds: a higher one means this node lost entries it
+            // once acknowledged; its next append is refused and the leader
+            // sends the log again.
+            message.commit = last_index;
+        }
+        if kind == MessageType::MsgAppend {
+            for entry in &message.entries {
+                if is_internal(entry) {
+                    continue;
+                }
+                let checked = batch::check_frame(&entry.data, &self.limits).and_then(|info| {
+                    if info.raft_index == entry.index && info.leader_epoch as u64 == entry.term {
+                        Ok(())
+                    } else {
+                        Err(storage::StorageError::BatchMalformed {
+                            reason: format!(
+                                "entry {} of term {} holds a batch stamped index {} epoch {}",
+                                entry.index, entry.term, info.raft_index, info.leader_epoch
+                            ),
+                        })
+                    }
+                });
+                if let Err(e) = checked {
+                    tracing::warn!(
+                        topic = %self.topic,
+                        partition = self.partition,
+                        from,
+                        index = entry.index,
+                        error = %e,
+                        "replica: an append whose batch does not pass, refused"
+                    );
+                    return;
+                }
+            }
+        }
+        if let Err(e) = self.node.step(message) {
+            tracing::debug!(topic = %self.topic, partition = self.partition, from, ?kind, error = %e, "replica: message refused");
+        }
+    }
+
+    /// Proposes a record batch (a frame that passes `check_frame`). Its
+    /// reply comes once it is committed in the term it was proposed in
+    /// (where the leader put it), or NOT_LEADER_OR_FOLLOWER once a leader's
+    /// entry replaced it. A replica that loses the leadership keeps the
+    /// request: the batch may still be committed by the next leader.
+    pub fn propose(&mut self, mut frame: Vec<u8>) -> Result<Reply, BrokerError> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        if self.pending.len() >= PENDING_MAX {
+            return Err(self.fail(format!("{PENDING_MAX} batches already wait to be committed")));
+        }
+        let term = self.term();
+        let leader_epoch = i32::try_from(term).map_err(|_| self.fail(format!("term {term} is past a leader epoch")))?;
+        let info =
+            batch::check_frame(&frame, &self.limits).map_err(|e| storage_error(&self.topic, self.partition, e))?;
+        let base_offset = match self.proposed {
+            Some((proposed_term, end)) if proposed_term == term => end,
+            _ => self.raft_log_end_offset(),
+        };
+        let index = self.node.raft.raft_log.last_index() + 1;
+        let append_time_ms = (self.clock)();
+        let stamps = Stamps {
+            base_offset,
+            append_time_ms,
+            leader_epoch,
+            raft_index: index,
+        };
+        batch::stamp(&mut frame, &info, stamps);
+        if self.node.propose(Vec::new(), frame).is_err() || self.node.raft.raft_log.last_index() != index {
+            // Dropped: a leadership transfer, or the uncommitted bytes full.
+            return Err(self.not_leader());
+        }
+        let appended = Appended {
+            base_offset,
+            last_offset: base_offset.plus(u64::from(info.last_offset_delta)),
+            append_time_ms,
+        };
+        self.proposed = Some((term, appended.last_offset.next()));
+        let (reply, rx) = oneshot::channel();
+        self.pending.insert(index, Pending { term, appended, reply });
+        Ok(rx)
+    }
+
+    /// The Kafka offset after the last batch of the Raft log, the entries
+    /// not yet persisted included.
+    fn raft_log_end_offset(&self) -> Offset {
+        let unstable = &self.node.raft.raft_log.unstable.entries;
+        unstable
+            .iter()
+            .rev()
+            .find(|entry| !is_internal(entry))
+            .map(|entry| {
+                batch::peek_header(&entry.data)
+                    .expect("an unstable batch passed when it was proposed or stepped")
+                    .next_offset()
+            })
+            .unwrap_or_else(|| self.node.store().end_offset())
+    }
+
+    /// Persists a `Ready` if there is one, handing the messages to `send` as
+    /// soon as each may go; answers whether there was one.
+    pub async fn handle_ready(&mut self, send: &mut impl FnMut(Vec<Message>)) -> Result<bool, BrokerError> {
+        self.serve_fetches().await?;
+        if !self.node.has_ready() {
+            return Ok(false);
+        }
+        let mut ready = self.node.ready();
+        send(ready.take_messages());
+        assert!(ready.snapshot().is_empty(), "no snapshot is taken or stepped");
+        let committed = ready.take_committed_entries();
+        self.apply(committed);
+        let entries = ready.take_entries();
+        let mut batch = StateBatch::default();
+        if let Some(first) = entries.first().map(|e| e.index) {
+            if first <= self.node.store().last_index() {
+                let Located::At(offset) = self.node.store().locate(first) else {
+                    unreachable!("an uncommitted entry is in the window");
+                };
+                self.log
+                    .truncate_to(offset)
+                    .await
+                    .map_err(|e| storage_error(&self.topic, self.partition, e))?;
+                batch.cut(first);
+                self.fail_pending_from(first);
+            }
+            for entry in entries.iter().filter(|e| is_internal(e)) {
+                batch.entry(entry);
+            }
+        }
+        if let Some(hard_state) = ready.hs() {
+            let stored = self.node.store().hard_state();
+            if hard_state.term != stored.term || hard_state.vote != stored.vote {
+                batch.hard_state(hard_state);
+            }
+        }
+        // Raft's own entries and the term and vote first: a batch of the
+        // log is never on disk ahead of an entry before it.
+        self.state_file.append(batch).await?;
+        let mut last_appended = None;
+        for entry in &entries {
+            if is_internal(entry) {
+                self.node.mut_store().append(entry, None);
+                continue;
+            }
+            let info = self
+                .log
+                .append_stamped(&entry.data, Stamp::Replica)
+                .await
+                .map_err(|e| storage_error(&self.topic, self.partition, e))?;
+            self.node.mut_store().append(entry, Some(info.last_offset.next()));
+            self.unchecked_bytes += entry.data.len() as u64;
+            last_appended = Some(info.last_offset);
+        }
+        if let Some(last) = last_appended {
+            self.log
+                .wait_durable(last)
+                .await
+                .map_err(|e| storage_error(&self.topic, self.partition, e))?;
+        }
+        // After the entries: its commit may count the ones just appended,
+        // and the entries they replaced were not committed.
+        if let Some(hard_state) = ready.hs() {
+            self.node.mut_store().set_hard_state(hard_state.clone());
+        }
+        send(ready.take_persisted_messages());
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().set_commit(commit);
+        }
+        send(light.take_messages());
+        self.apply(light.take_committed_entries());
+        self.node.advance_apply();
+        self.checkpoint().await?;
+        Ok(true)
+    }
+
+    /// Moves the high watermark over committed entries and answers the
+    /// produce requests they commit.
+    fn apply(&mut self, entries: Vec<Entry>) {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return;
+        };
+        for entry in &entries {
+            if entry.get_entry_type() != EntryType::EntryNormal {
+                // No configuration change is proposed yet: the replicas are
+                // fixed when the partition is created.
+                tracing::error!(topic = %self.topic, partition = self.partition, index = entry.index, "replica: a configuration entry, ignored");
+            }
+            if let Some(pending) = self.pending.remove(&entry.index) {
+                let outcome = if pending.term == entry.term {
+                    Ok(pending.appended)
+                } else {
+                    Err(self.not_leader())
+                };
+                let _ = pending.reply.send(outcome);
+            }
+        }
+        let high_watermark = self
+            .node
+            .store()
+            .end_offset_of(last)
+            .expect("the window holds every entry above the applied index");
+        assert!(
+            high_watermark >= self.high_watermark,
+            "the high watermark never moves back"
+        );
+        self.high_watermark = high_watermark;
+        self.node.mut_store().set_applied(last);
+    }
+
+    /// Produce requests whose entries a leader's log replaced.
+    fn fail_pending_from(&mut self, index: u64) {
+        for (_, pending) in self.pending.split_off(&index) {
+            let _ = pending.reply.send(Err(self.not_leader()));
+        }
+    }
+
+    /// Writes the applied index every `CHECKPOINT_ENTRIES` or
+    /// `CHECKPOINT_BYTES`, and the whole state file again once it has grown
+    /// past `STATE_FILE_BYTES_MAX`.
+    async fn checkpoint(&mut self) -> Result<(), BrokerError> {
+        let applied = self.node.raft.raft_log.applied;
+        if applied == self.last_checkpoint
+            || (applied < self.last_checkpoint + CHECKPOINT_ENTRIES && self.unchecked_bytes < CHECKPOINT_BYTES)
+        {
+            return Ok(());
+        }
+        self.last_checkpoint = applied;
+        self.unchecked_bytes = 0;
+        if self.state_file.bytes > STATE_FILE_BYTES_MAX {
+            let store = self.node.store();
+            let state = ReplicaState {
+                internal: store
+                    .internal_entries(store.first_index(), store.last_index() + 1)
+                    .into_iter()
+                    .map(|e| (e.index, e))
+                    .collect(),
+                hard_state: store.hard_state().clone(),
+                applied: Some((applied, self.high_watermark)),
+                valid_bytes: 0,
+            };
+            return self.state_file.rewrite(&state).await;
+        }
+        let mut batch = StateBatch::default();
+        batch.applied(applied, self.high_watermark);
+        self.state_file.append(batch).await
+    }
+
+    /// Reads back from the partition log what raft-rs waits for to send to
+    /// a lagging follower.
+    async fn serve_fetches(&mut self) -> Result<(), BrokerError> {
+        while let Some(fetch) = self.node.store().take_fetch() {
+            let entries = self.read_entries(fetch.low, fetch.high, fetch.max_size).await?;
+            self.fetches_served += 1;
+            self.node.mut_store().fetched(entries);
+            self.node.on_entries_fetched(fetch.context);
+        }
+        Ok(())
+    }
+
+    /// Entries `low..high` (at least one, then up to `max_size` bytes), the
+    /// batches read from the partition log.
+    async fn read_entries(&self, low: u64, high: u64, max_size: u64) -> Result<Vec<Entry>, BrokerError> {
+        let mut from = match self.node.store().locate(low) {
+            Located::At(offset) => offset,
+            Located::Below => self.find_raft_index(low).await?,
+        };
+        let mut internal = self.node.store().internal_entries(low, high).into_iter().peekable();
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut size = 0u64;
+        let mut next = low;
+        let full = |size: u64, entries: &Vec<Entry>| !entries.is_empty() && size > max_size;
+        'read: while next < high && from < self.log.log_end_offset() {
+            let read = self
+                .log
+                .read(from, MESSAGE_BYTES_MAX as usize)
+                .await
+                .map_err(|e| storage_error(&self.topic, self.partition, e))?;
+            for frame in batch::frames(&read.bytes) {
+                let info = batch::peek_header(frame).map_err(|e| storage_error(&self.topic, self.partition, e))?;
+                if info.raft_index < next {
+                    continue;
+                }
+                while let Some(entry) = internal.next_if(|e| e.index < info.raft_index) {
+                    size += 1;
+                    entries.push(entry);
+                    next += 1;
+                }
+                if next >= high || full(size + frame.len() as u64, &entries) {
+                    break 'read;
+                }
+                if info.raft_index != next {
+                    return Err(self.fail(format!(
+                        "the batch at offset {} holds Raft entry {}, where entry {next} was expected",
+                        info.base_offset, info.raft_index
+                    )));
+                }
+                size += frame.len() as u64;
+                entries.push(Entry {
+                    index: next,
+                    term: info.leader_epoch as u64,
+                    data: bytes::Bytes::copy_from_slice(frame),
+                    ..Default::default()
+                });
+                next += 1;
+            }
+            from = read.next_offset;
+        }
+        while let Some(entry) = internal.next_if(|e| e.index == next) {
+            entries.push(entry);
+            next += 1;
+        }
+        Ok(entries)
+    }
+
+    /// The offset of the batch holding Raft entry `index` (or of the first
+    /// after it), below the window: a search of the partition log by
+    /// offset, as the batches' Raft indexes ascend with their offsets.
+    async fn find_raft_index(&self, index: u64) -> Result<Offset, BrokerError> {
+        let (mut low, mut high) = (self.log.log_start_offset(), self.log.log_end_offset());
+        while low < high {
+            let middle = Offset(low.0 + (high.0 - low.0) / 2);
+            let read = self
+                .log
+                .read(middle, 1)
+                .await
+                .map_err(|e| storage_error(&self.topic, self.partition, e))?;
+            let Some(frame) = batch::frames(&read.bytes).next() else {
+                break;
+            };
+            let info = batch::peek_header(frame).map_err(|e| storage_error(&self.topic, self.partition, e))?;
+            if info.raft_index < index {
+                low = info.next_offset();
+            } else {
+                high = info.base_offset;
+            }
+        }
+        Ok(low)
+    }
+
+    /// Hands this replica's leadership to the follower furthest along.
+    pub fn hand_over(&mut self) -> Option<u64> {
+        if !self.is_leader() {
+            return None;
+        }
+        let id = self.id;
+        let (transferee, _) = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(peer, _)| **peer != id)
+            .map(|(peer, progress)| (*peer, progress.matched))
+            .max_by_key(|(peer, matched)| (*matched, std::cmp::Reverse(*peer)))?;
+        self.node.transfer_leader(transferee);
+        Some(transferee)
+    }
+}
+
+/// Raft's own entry (a new leader's empty one, a configuration change): no
+/// record batch, no Kafka offset.
+pub fn is_internal(entry: &Entry) -> bool {
+    entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty()
+}
+
+fn storage_error(topic: &str, partition: u32, source: storage::StorageError) -> BrokerError {
+    BrokerError::Storage {
+        topic: topic.to_string(),
+        partition,
+        source,
+    }
+}
+
+fn io_error(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BrokerError {
+    let path = path.to_path_buf();
+    move |source| BrokerError::Io { op, path, source }
+}
+
+/// Opens the state file (created empty if new), cutting a torn last batch.
+async fn open_state_file(path: &Path) -> Result<(Arc<std::fs::File>, Vec<u8>), BrokerError> {
+    let path = path.to_path_buf();
+    storage::blocking::off_shard(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_error("open", &path))?;
+        let mut bytes = std::fs::read(&path).map_err(io_error("read", &path))?;
+        let valid = storage::record_file::replay(&bytes)
+            .map_err(|e| BrokerError::Controller(format!("{}: {e}", path.display())))?
+            .valid_bytes;
+        if valid < bytes.len() {
+            file.set_len(valid as u64)
+                .map_err(io_error("cut the torn tail of", &path))?;
+            file.sync_data().map_err(io_error("fdatasync", &path))?;
+            bytes.truncate(valid);
+        }
+        let dir = path.parent().expect("the file is in a directory");
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error("fsync", dir))?;
+        Ok((Arc::new(file), bytes))
+    })
+    .await
+}
+
+impl StateFile {
+    /// Appends a batch (nothing if empty), synced if it must be, off the
+    /// shard's thread.
+    async fn append(&mut self, batch: StateBatch) -> Result<(), BrokerError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let sync = batch.needs_sync;
+        let bytes = batch
+            .finish()
+            .map_err(|e| BrokerError::Controller(format!("{}: {e}", self.path.display())))?;
+        self.bytes += bytes.len();
+        let (file, path) = (self.file.clone(), self.path.clone());
+        storage::blocking::off_shard(move || {
+            use std::io::Write;
+            let mut writer: &std::fs::File = &file;
+            writer.write_all(&bytes).map_err(io_error("append to", &path))?;
+            if sync {
+                file.sync_data().map_err(io_error("fdatasync", &path))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Writes `state` as the whole file (a temporary file synced, renamed
+    /// over it, the directory synced), and appends to the new one.
+    async fn rewrite(&mut self, state: &ReplicaState) -> Result<(), BrokerError> {
+        let bytes = state
+            .rewrite()
+            .finish()
+            .map_err(|e| BrokerError::Controller(format!("{}: {e}", self.path.display())))?;
+        let len = bytes.len();
+        let path = self.path.clone();
+        self.file = storage::blocking::off_shard(move || {
+            let temp = path.with_extension("tmp");
+            std::fs::write(&temp, &bytes).map_err(io_error("write", &temp))?;
+            std::fs::File::open(&temp)
+                .and_then(|f| f.sync_all())
+                .map_err(io_error("fsync", &temp))?;
+            std::fs::rename(&temp, &path).map_err(io_error("rename", &temp))?;
+            let dir = path.parent().expect("the file is in a directory");
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_error("fsync", dir))?;
+            let file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(io_error("open", &path))?;
+            Ok::<_, BrokerError>(Arc::new(file))
+        })
+        .await?;
+        self.bytes = len;
+        Ok(())
+    }
+}

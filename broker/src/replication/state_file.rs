@@ -1,0 +1,200 @@
+//! A replicated partition's `raft-state` file: what of its Raft log is not
+//! a record batch in the segments. Raft's own entries (a new leader's empty
+//! entry, configuration changes), the hard state (term, vote, commit), cuts
+//! of the log's uncommitted tail, and checkpoints of the applied index with
+//! the high watermark it stands for, so that a restart reads the partition
+//! log back only from there. A `storage::record_file`, one batch per write.
+//!
+//! Term and vote are synced before the messages that depend on them go out
+//! (Raft's safety rests on them); an applied checkpoint is written without
+//! a sync, since losing one only makes the next start read further back.
+
+use std::collections::BTreeMap;
+
+use protobuf::Message as _;
+use raft::prelude::{Entry, HardState};
+use storage::record_file::{self, BatchWriter};
+use storage::Offset;
+
+/// The file's name in the partition's directory.
+pub const FILE_NAME: &str = "raft-state";
+
+const KIND_ENTRY: u8 = 1;
+const KIND_HARD_STATE: u8 = 2;
+const KIND_CUT: u8 = 3;
+const KIND_APPLIED: u8 = 4;
+
+/// Records to write in one batch.
+#[derive(Default)]
+pub struct StateBatch {
+    writer: BatchWriter,
+    /// Whether the batch must be synced before what depends on it.
+    pub needs_sync: bool,
+}
+
+impl StateBatch {
+    /// Raft's own entry at its index (cutting what followed it).
+    pub fn entry(&mut self, entry: &Entry) {
+        self.writer
+            .record(KIND_ENTRY, &entry.write_to_bytes().expect("an entry encodes"));
+        self.needs_sync = true;
+    }
+
+    pub fn hard_state(&mut self, hard_state: &HardState) {
+        self.writer.record(
+            KIND_HARD_STATE,
+            &hard_state.write_to_bytes().expect("a hard state encodes"),
+        );
+        self.needs_sync = true;
+    }
+
+    /// The log's entries from `index` on are replaced.
+    pub fn cut(&mut self, index: u64) {
+        self.writer.record(KIND_CUT, &index.to_le_bytes());
+        self.needs_sync = true;
+    }
+
+    /// Everything up to `index` was applied; the high watermark is `offset`.
+    pub fn applied(&mut self, index: u64, offset: Offset) {
+        let mut payload = [0u8; 16];
+        payload[..8].copy_from_slice(&index.to_le_bytes());
+        payload[8..].copy_from_slice(&offset.0.to_le_bytes());
+        self.writer.record(KIND_APPLIED, &payload);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writer.is_empty()
+    }
+
+    pub fn finish(self) -> Result<Vec<u8>, String> {
+        self.writer.finish().map_err(|e| format!("{FILE_NAME}: {e}"))
+    }
+}
+
+/// What a replay found.
+#[derive(Debug, Default, PartialEq)]
+pub struct ReplicaState {
+    /// Raft's own entries, as cut and appended in file order.
+    pub internal: BTreeMap<u64, Entry>,
+    pub hard_state: HardState,
+    /// The last applied checkpoint: index and high watermark.
+    pub applied: Option<(u64, Offset)>,
+    /// Bytes of whole batches (a torn last one lies past them).
+    pub valid_bytes: usize,
+}
+
+impl ReplicaState {
+    /// The batch that writes this state whole, for a fresh file.
+    pub fn rewrite(&self) -> StateBatch {
+        let mut batch = StateBatch::default();
+        for entry in self.internal.values() {
+            batch.entry(entry);
+        }
+        batch.hard_state(&self.hard_state);
+        if let Some((index, offset)) = self.applied {
+            batch.applied(index, offset);
+        }
+        batch
+    }
+}
+
+pub fn replay(bytes: &[u8]) -> Result<ReplicaState, String> {
+    let file = record_file::replay(bytes).map_err(|e| format!("{FILE_NAME}: {e}"))?;
+    if let Some(torn) = &file.torn {
+        tracing::warn!(%torn, "{FILE_NAME}: cut a torn last batch");
+    }
+    let mut state = ReplicaState {
+        valid_bytes: file.valid_bytes,
+        ..ReplicaState::default()
+    };
+    let index_of = |payload: &[u8], what: &str| -> Result<u64, String> {
+        let bytes: [u8; 8] = payload
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| format!("{FILE_NAME}: a {what} record of {} bytes", payload.len()))?;
+        Ok(u64::from_le_bytes(bytes))
+    };
+    for (kind, payload) in file.records {
+        match kind {
+            KIND_ENTRY => {
+                let entry = Entry::parse_from_bytes(payload).map_err(|e| format!("{FILE_NAME}: an entry: {e}"))?;
+                state.internal.split_off(&entry.index);
+                state.internal.insert(entry.index, entry);
+            }
+            KIND_HARD_STATE => {
+                state.hard_state =
+                    HardState::parse_from_bytes(payload).map_err(|e| format!("{FILE_NAME}: a hard state: {e}"))?;
+            }
+            KIND_CUT => {
+                state.internal.split_off(&index_of(payload, "cut")?);
+            }
+            KIND_APPLIED => {
+                if payload.len() != 16 {
+                    return Err(format!("{FILE_NAME}: an applied record of {} bytes", payload.len()));
+                }
+                let index = index_of(payload, "applied")?;
+                let offset = index_of(&payload[8..], "applied")?;
+                state.applied = Some((index, Offset(offset)));
+            }
+            other => return Err(format!("{FILE_NAME}: a record of unknown kind {other}")),
+        }
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noop(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn entries_cuts_hard_states_and_checkpoints_replay() {
+        let mut file = Vec::new();
+        let mut batch = StateBatch::default();
+        batch.entry(&noop(1, 1));
+        batch.entry(&noop(5, 2));
+        batch.hard_state(&HardState {
+            term: 2,
+            vote: 1,
+            commit: 4,
+            ..Default::default()
+        });
+        file.extend(batch.finish().unwrap());
+        let mut batch = StateBatch::default();
+        batch.applied(6, Offset(40));
+        assert!(!batch.needs_sync, "a checkpoint is not synced");
+        file.extend(batch.finish().unwrap());
+        let mut batch = StateBatch::default();
+        batch.cut(5);
+        batch.entry(&noop(7, 3));
+        file.extend(batch.finish().unwrap());
+        let state = replay(&file).unwrap();
+        assert_eq!(state.internal.keys().copied().collect::<Vec<_>>(), [1, 7]);
+        assert_eq!((state.hard_state.term, state.hard_state.vote), (2, 1));
+        assert_eq!(state.applied, Some((6, Offset(40))));
+        // An entry at an index cuts what followed it.
+        let mut batch = StateBatch::default();
+        batch.entry(&noop(1, 4));
+        file.extend(batch.finish().unwrap());
+        let state = replay(&file).unwrap();
+        assert_eq!(state.internal.keys().copied().collect::<Vec<_>>(), [1]);
+        // A rewrite holds the same state.
+        let again = replay(&state.rewrite().finish().unwrap()).unwrap();
+        assert_eq!(
+            (again.internal, again.hard_state, again.applied),
+            (state.internal, state.hard_state, state.applied)
+        );
+        let mut odd = BatchWriter::default();
+        odd.record(KIND_CUT, b"short");
+        assert!(replay(&odd.finish().unwrap())
+            .unwrap_err()
+            .contains("cut record of 5 bytes"));
+    }
+}

@@ -1,0 +1,525 @@
+//! A partition's Raft group of three replicas in one thread, each over a
+//! real O_DIRECT partition log in its own directory, the messages between
+//! them carried by the test: crashes (a replica dropped with its log, its
+//! directory opened again), isolations and heals, and what must hold
+//! through them: every acknowledged batch at the offset it was acknowledged
+//! with, replicas byte for byte the same, high watermarks that never go
+//! back.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::rc::Rc;
+
+use raft::prelude::Message;
+use storage::batch::{self, RecordBatchBuilder};
+use storage::{LogConfig, Offset, PartitionLog};
+
+use super::replica::{Appended, PartitionReplica, Reply};
+use crate::error::BrokerError;
+
+const VOTERS: [u64; 3] = [1, 2, 3];
+/// Ticks a group may take to elect a leader (random election timeouts and
+/// pre-votes can take a few rounds).
+const ELECTION_TICKS_MAX: usize = 300;
+/// Turns a group may take to settle after the last proposal or heal.
+const SETTLE_TURNS_MAX: usize = 400;
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 1 << 20,
+        index_interval_bytes: 1024,
+        write_buffer_bytes: 1 << 20,
+        batch_bytes_max: 512 << 10,
+        record_bytes_max: 512 << 10,
+        ..LogConfig::default()
+    }
+}
+
+/// A batch of one record whose value names it.
+fn frame(tag: u64, value_bytes: usize) -> Vec<u8> {
+    let mut value = format!("batch-{tag:08}-").into_bytes();
+    value.resize(value_bytes.max(value.len()), b'.');
+    let mut builder = RecordBatchBuilder::new();
+    builder.push(0, Some(&tag.to_le_bytes()), Some(&value), vec![]);
+    builder.build()
+}
+
+fn names(frame: &[u8], tag: u64) -> bool {
+    let needle = format!("batch-{tag:08}-").into_bytes();
+    frame.windows(needle.len()).any(|w| w == needle.as_slice())
+}
+
+async fn open(dir: &std::path::Path, id: u64) -> PartitionReplica {
+    let log = Rc::new(PartitionLog::open(dir, config()).await.expect("the log opens"));
+    PartitionReplica::open("t", 0, id, &VOTERS, log, storage::log::system_clock())
+        .await
+        .expect("the replica opens")
+}
+
+/// Every batch frame of a log, in order.
+async fn frames(log: &PartitionLog) -> Vec<Vec<u8>> {
+    let mut frames = Vec::new();
+    let mut from = log.log_start_offset();
+    while from < log.log_end_offset() {
+        let read = log.read(from, 1 << 20).await.unwrap();
+        for frame in batch::frames(&read.bytes) {
+            if batch::peek_header(frame).unwrap().base_offset >= from {
+                frames.push(frame.to_vec());
+            }
+        }
+        from = read.next_offset;
+    }
+    frames
+}
+
+struct Waiting {
+    tag: u64,
+    reply: Reply,
+}
+
+struct Group {
+    dirs: BTreeMap<u64, tempfile::TempDir>,
+    replicas: BTreeMap<u64, Option<PartitionReplica>>,
+    network: VecDeque<Message>,
+    isolated: BTreeSet<u64>,
+    waiting: Vec<Waiting>,
+    /// Acknowledged batches: tag, and where the leader said it is.
+    acked: Vec<(u64, Appended)>,
+    refused: usize,
+    /// The highest high watermark each replica showed.
+    watermarks: BTreeMap<u64, Offset>,
+}
+
+impl Group {
+    async fn new() -> Group {
+        let mut group = Group {
+            dirs: BTreeMap::new(),
+            replicas: BTreeMap::new(),
+            network: VecDeque::new(),
+            isolated: BTreeSet::new(),
+            waiting: Vec::new(),
+            acked: Vec::new(),
+            refused: 0,
+            watermarks: BTreeMap::new(),
+        };
+        for id in VOTERS {
+            let dir = tempfile::tempdir().unwrap();
+            group.replicas.insert(id, Some(open(dir.path(), id).await));
+            group.dirs.insert(id, dir);
+        }
+        group
+    }
+
+    fn replica(&mut self, id: u64) -> &mut PartitionReplica {
+        self.replicas.get_mut(&id).unwrap().as_mut().expect("the replica is up")
+    }
+
+    fn crash(&mut self, id: u64) {
+        // Dropped with its log: what was not synced is gone, as in a kill -9.
+        self.replicas.insert(id, None);
+    }
+
+    async fn restart(&mut self, id: u64) {
+        let replica = open(self.dirs[&id].path(), id).await;
+        self.replicas.insert(id, Some(replica));
+    }
+
+    /// Every replica persists its Ready, then the messages go where they
+    /// can (not to or from a replica that is down or isolated).
+    async fn turn(&mut self) {
+        let mut outbox = Vec::new();
+        for replica in self.replicas.values_mut().flatten() {
+            replica
+                .handle_ready(&mut |messages| outbox.extend(messages))
+                .await
+                .expect("a Ready persists");
+        }
+        self.network.extend(outbox);
+        while let Some(message) = self.network.pop_front() {
+            if self.isolated.contains(&message.from) || self.isolated.contains(&message.to) {
+                continue;
+            }
+            if let Some(Some(replica)) = self.replicas.get_mut(&message.to) {
+                replica.step(message);
+            }
+        }
+        for (id, replica) in self.replicas.iter().filter_map(|(id, r)| Some((*id, r.as_ref()?))) {
+            let seen = self.watermarks.entry(id).or_default();
+            // Within one run of a replica; a restart starts from its checkpoint.
+            *seen = (*seen).max(replica.high_watermark());
+        }
+        let mut still = Vec::new();
+        for mut waiting in self.waiting.drain(..) {
+            match waiting.reply.try_recv() {
+                Ok(Some(Ok(appended))) => self.acked.push((waiting.tag, appended)),
+                Ok(Some(Err(BrokerError::NotLeaderOrFollower { .. }))) => self.refused += 1,
+                Ok(Some(Err(e))) => panic!("batch {}: {e}", waiting.tag),
+                // The replica that proposed it went down: outcome unknown.
+                Err(_) => {}
+                Ok(None) => still.push(waiting),
+            }
+        }
+        self.waiting = still;
+    }
+
+    async fn tick(&mut self) {
+        for replica in self.replicas.values_mut().flatten() {
+            replica.tick();
+        }
+        self.turn().await;
+    }
+
+    /// The leader the replicas that are up and not isolated agree on.
+    async fn leader(&mut self) -> u64 {
+        for _ in 0..ELECTION_TICKS_MAX {
+            self.tick().await;
+            let leaders: Vec<u64> = self
+                .replicas
+                .iter()
+                .filter(|(id, _)| !self.isolated.contains(id))
+                .filter_map(|(id, r)| r.as_ref().filter(|r| r.is_leader()).map(|_| *id))
+                .collect();
+            if let [leader] = leaders[..] {
+                return leader;
+            }
+        }
+        panic!("no leader after {ELECTION_TICKS_MAX} ticks");
+    }
+
+    fn propose(&mut self, leader: u64, tag: u64, value_bytes: usize) {
+        match self.replica(leader).propose(frame(tag, value_bytes)) {
+            Ok(reply) => self.waiting.push(Waiting { tag, reply }),
+            Err(BrokerError::NotLeaderOrFollower { .. }) => self.refused += 1,
+            Err(e) => panic!("batch {tag}: {e}"),
+        }
+    }
+
+    /// Turns (ticking now and then) until every replica that is up holds
+    /// the leader's log and high watermark and no reply is outstanding.
+    async fn settle(&mut self) {
+        for turn in 0..SETTLE_TURNS_MAX {
+            if turn % 4 == 0 {
+                self.tick().await;
+            } else {
+                self.turn().await;
+            }
+            let up: Vec<&PartitionReplica> = self.replicas.values().flatten().collect();
+            let Some(leader) = up.iter().find(|r| r.is_leader()) else {
+                continue;
+            };
+            let agreed = up.iter().all(|r| {
+                r.high_watermark() == leader.log().log_end_offset()
+                    && r.log().log_end_offset() == leader.log().log_end_offset()
+            });
+            if agreed && self.waiting.is_empty() {
+                return;
+            }
+        }
+        panic!("the group did not settle in {SETTLE_TURNS_MAX} turns");
+    }
+
+    /// Every replica that is up holds the same bytes, and every
+    /// acknowledged batch is where it was acknowledged.
+    async fn check(&mut self) {
+        let mut logs = Vec::new();
+        for (id, replica) in self.replicas.iter().filter_map(|(id, r)| Some((*id, r.as_ref()?))) {
+            logs.push((id, frames(replica.log()).await));
+        }
+        let (first_id, first) = &logs[0];
+        for (id, frames) in &logs[1..] {
+            assert_eq!(
+                frames.len(),
+                first.len(),
+                "replicas {first_id} and {id} hold as many batches"
+            );
+            for (i, (a, b)) in first.iter().zip(frames).enumerate() {
+                assert!(a == b, "batch {i} differs between replicas {first_id} and {id}");
+            }
+        }
+        let by_offset: BTreeMap<Offset, &Vec<u8>> = first
+            .iter()
+            .map(|f| (batch::peek_header(f).unwrap().base_offset, f))
+            .collect();
+        let mut next = Offset(0);
+        for (offset, frame) in &by_offset {
+            assert_eq!(*offset, next, "offsets follow each other");
+            next = batch::peek_header(frame).unwrap().next_offset();
+        }
+        for (tag, appended) in &self.acked {
+            let frame = by_offset
+                .get(&appended.base_offset)
+                .unwrap_or_else(|| panic!("acknowledged batch {tag} at {} is lost", appended.base_offset));
+            assert!(
+                names(frame, *tag),
+                "offset {} holds another batch than {tag}",
+                appended.base_offset
+            );
+        }
+        let tags: BTreeSet<u64> = self.acked.iter().map(|(tag, _)| *tag).collect();
+        assert_eq!(tags.len(), self.acked.len(), "no batch acknowledged twice");
+    }
+}
+
+fn run<T>(test: impl std::future::Future<Output = T>) -> T {
+    glommio::LocalExecutorBuilder::default()
+        .make()
+        .expect("a glommio executor (io_uring) is available")
+        .run(test)
+}
+
+#[test]
+fn three_replicas_commit_in_order_and_hold_the_same_bytes() {
+    run(async {
+        let mut group = Group::new().await;
+        let leader = group.leader().await;
+        for tag in 0..50 {
+            group.propose(leader, tag, 100);
+            if tag % 7 == 0 {
+                group.turn().await;
+            }
+        }
+        group.settle().await;
+        assert_eq!(group.acked.len(), 50, "every batch is acknowledged");
+        let mut offsets: Vec<u64> = group.acked.iter().map(|(_, a)| a.base_offset.0).collect();
+        offsets.sort_unstable();
+        assert_eq!(offsets, (0..50).collect::<Vec<_>>(), "one offset per one-record batch");
+        group.check().await;
+        // A follower refuses to lead a write.
+        let follower = VOTERS.into_iter().find(|id| *id != leader).unwrap();
+        assert!(matches!(
+            group.replica(follower).propose(frame(99, 10)),
+            Err(BrokerError::NotLeaderOrFollower { leader: Some(l), .. }) if l == leader
+        ));
+        // Every batch carries the term it was appended in as its epoch.
+        let term = group.replica(leader).term() as i32;
+        let log = group.replica(leader).log().clone();
+        assert!(frames(&log)
+            .await
+            .iter()
+            .all(|f| batch::peek_header(f).unwrap().leader_epoch == term));
+        assert_eq!(log.leader_epochs().last().map(|e| e.epoch), Some(term));
+    });
+}
+
+#[test]
+fn a_leaders_loss_loses_nothing_acknowledged() {
+    run(async {
+        let mut group = Group::new().await;
+        let mut tag = 0;
+        for round in 0..4 {
+            let leader = group.leader().await;
+            for _ in 0..20 {
+                group.propose(leader, tag, 200);
+                tag += 1;
+                if tag % 3 == 0 {
+                    group.turn().await;
+                }
+            }
+            // Killed with batches in flight: some acknowledged, some not.
+            group.crash(leader);
+            group.leader().await;
+            group.restart(leader).await;
+            group.settle().await;
+            group.check().await;
+            assert!(group.acked.len() >= 10 * (round + 1), "most batches are acknowledged");
+        }
+        // Everything restarted from its files alone agrees again.
+        for id in VOTERS {
+            group.crash(id);
+        }
+        for id in VOTERS {
+            group.restart(id).await;
+        }
+        let leader = group.leader().await;
+        group.propose(leader, tag, 10);
+        group.settle().await;
+        group.check().await;
+        assert!(group.refused + group.acked.len() <= tag as usize + 1);
+    });
+}
+
+#[test]
+fn an_isolated_leader_commits_nothing_and_its_tail_is_cut() {
+    run(async {
+        let mut group = Group::new().await;
+        let old = group.leader().await;
+        group.propose(old, 0, 10);
+        group.settle().await;
+        group.isolated.insert(old);
+        for tag in 1..6 {
+            group.propose(old, tag, 10);
+        }
+        let new = group.leader().await;
+        assert_ne!(new, old);
+        let watermark = group.replica(old).high_watermark();
+        for tag in 6..11 {
+            group.propose(new, tag, 10);
+        }
+        for _ in 0..50 {
+            group.turn().await;
+        }
+        assert_eq!(
+            group.replica(old).high_watermark(),
+            watermark,
+            "cut off, it commits nothing"
+        );
+        assert!(
+            group.replica(old).log().log_end_offset() > watermark,
+            "it holds an uncommitted tail"
+        );
+        group.isolated.clear();
+        group.settle().await;
+        group.check().await;
+        let acked: BTreeSet<u64> = group.acked.iter().map(|(tag, _)| *tag).collect();
+        assert_eq!(
+            acked,
+            [0, 6, 7, 8, 9, 10].into_iter().collect(),
+            "the cut-off leader's batches are not"
+        );
+        assert_eq!(group.refused, 5, "each of them is answered NOT_LEADER_OR_FOLLOWER");
+    });
+}
+
+#[test]
+fn a_follower_far_behind_is_sent_the_log_from_disk() {
+    run(async {
+        let mut group = Group::new().await;
+        let leader = group.leader().await;
+        let follower = VOTERS.into_iter().find(|id| *id != leader).unwrap();
+        group.crash(follower);
+        // Past what the leader keeps in memory for sending.
+        let batches = (2 * super::log_storage::TAIL_BYTES_MAX / (64 << 10)) as u64;
+        for tag in 0..batches {
+            group.propose(leader, tag, 64 << 10);
+            group.turn().await;
+        }
+        group.settle().await;
+        assert_eq!(group.acked.len() as u64, batches);
+        group.restart(follower).await;
+        group.settle().await;
+        group.check().await;
+        assert!(
+            group.replica(leader).fetches_served() > 0,
+            "the old entries were read back"
+        );
+        // The follower restarted again reads its log back from its last
+        // applied checkpoint, not from the start, and lost nothing.
+        group.crash(follower);
+        group.restart(follower).await;
+        assert!(
+            group.replica(follower).recovered_from() > Offset(0),
+            "read back from a checkpoint"
+        );
+        group.settle().await;
+        group.check().await;
+    });
+}
+
+#[test]
+fn a_leader_hands_its_leadership_over_without_an_election_timeout() {
+    run(async {
+        let mut group = Group::new().await;
+        let old = group.leader().await;
+        group.propose(old, 0, 10);
+        group.settle().await;
+        let new = group
+            .replica(old)
+            .hand_over()
+            .expect("a leader has followers to hand over to");
+        // Turns without ticks: no election timeout can pass.
+        for _ in 0..10 {
+            group.turn().await;
+        }
+        assert!(group.replica(new).is_leader(), "replica {new} leads at once");
+        assert!(!group.replica(old).is_leader());
+        group.propose(new, 1, 10);
+        group.settle().await;
+        group.check().await;
+        assert_eq!(group.acked.len(), 2);
+    });
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    /// Batches proposed to the leader, if there is one, of this many bytes.
+    Propose(u8, u16),
+    Crash(u64),
+    Restart(u64),
+    Isolate(u64),
+    Heal,
+    Turns(u8),
+    Ticks(u8),
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        4 => (1u8..8, 1u16..4096).prop_map(|(n, bytes)| Step::Propose(n, bytes)),
+        1 => (1u64..=3).prop_map(Step::Crash),
+        1 => (1u64..=3).prop_map(Step::Restart),
+        1 => (1u64..=3).prop_map(Step::Isolate),
+        1 => Just(Step::Heal),
+        2 => (1u8..6).prop_map(Step::Turns),
+        2 => (1u8..30).prop_map(Step::Ticks),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    /// Random crashes (with what was not synced lost), restarts from the
+    /// replicas' directories, isolations and heals among proposals: once
+    /// all are up and healed, every replica holds the same bytes, offsets
+    /// follow each other, and every batch acknowledged is at the offset it
+    /// was acknowledged with.
+    #[test]
+    fn a_group_keeps_what_it_acknowledged_through_faults(steps in proptest::collection::vec(step(), 1..40)) {
+        run(async {
+            let mut group = Group::new().await;
+            let mut tag = 0;
+            for step in steps {
+                match step {
+                    Step::Propose(n, bytes) => {
+                        let leader = group
+                            .replicas
+                            .iter()
+                            .find_map(|(id, r)| r.as_ref().filter(|r| r.is_leader()).map(|_| *id));
+                        if let Some(leader) = leader {
+                            for _ in 0..n {
+                                group.propose(leader, tag, bytes as usize);
+                                tag += 1;
+                            }
+                        }
+                    }
+                    Step::Crash(id) => group.crash(id),
+                    Step::Restart(id) => {
+                        if group.replicas[&id].is_none() {
+                            group.restart(id).await;
+                        }
+                    }
+                    Step::Isolate(id) => {
+                        group.isolated.insert(id);
+                    }
+                    Step::Heal => group.isolated.clear(),
+                    Step::Turns(n) => {
+                        for _ in 0..n {
+                            group.turn().await;
+                        }
+                    }
+                    Step::Ticks(n) => {
+                        for _ in 0..n {
+                            group.tick().await;
+                        }
+                    }
+                }
+            }
+            group.isolated.clear();
+            for id in VOTERS {
+                if group.replicas[&id].is_none() {
+                    group.restart(id).await;
+                }
+            }
+            group.leader().await;
+            group.settle().await;
+            group.check().await;
+        });
+    }
+}
