@@ -523,3 +523,98 @@ proptest::proptest! {
         });
     }
 }
+
+#[test]
+fn a_follower_whose_directory_was_lost_is_refilled() {
+    run(async {
+        let mut group = Group::new().await;
+        let leader = group.leader().await;
+        for tag in 0..20 {
+            group.propose(leader, tag, 300);
+        }
+        group.settle().await;
+        let follower = VOTERS.into_iter().find(|id| *id != leader).unwrap();
+        group.crash(follower);
+        let dir = group.dirs[&follower].path().to_path_buf();
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        group.restart(follower).await;
+        for tag in 20..25 {
+            group.propose(leader, tag, 300);
+        }
+        group.settle().await;
+        group.check().await;
+        assert_eq!(group.acked.len(), 25);
+    });
+}
+
+#[test]
+fn a_peers_append_of_a_damaged_batch_is_refused_and_changes_nothing() {
+    run(async {
+        let mut group = Group::new().await;
+        let leader = group.leader().await;
+        group.propose(leader, 0, 100);
+        group.settle().await;
+        let follower = VOTERS.into_iter().find(|id| *id != leader).unwrap();
+        let before = group.replica(follower).log().log_end_offset();
+        // The leader's next append, taken off the wire and damaged.
+        group.propose(leader, 1, 100);
+        let mut outbox = Vec::new();
+        group
+            .replica(leader)
+            .handle_ready(&mut |messages| outbox.extend(messages))
+            .await
+            .unwrap();
+        let mut append = outbox
+            .into_iter()
+            .find(|m| m.to == follower && !m.entries.is_empty())
+            .expect("an append to the follower");
+        let mut data = append.entries[0].data.to_vec();
+        let last = data.len() - 1;
+        data[last] ^= 0x40;
+        append.entries[0].data = data.into();
+        group.replica(follower).step(append.clone());
+        group.turn().await;
+        assert_eq!(group.replica(follower).log().log_end_offset(), before, "nothing appended");
+        // Stamped for another index than the entry's: refused too.
+        let mut misplaced = append;
+        misplaced.entries[0].index += 1;
+        group.replica(follower).step(misplaced);
+        group.turn().await;
+        assert_eq!(group.replica(follower).log().log_end_offset(), before);
+        // The leader sends it again, whole.
+        group.settle().await;
+        group.check().await;
+        assert_eq!(group.acked.len(), 2);
+    });
+}
+
+#[test]
+fn a_batch_past_a_gap_in_the_raft_log_is_cut_at_open() {
+    run(async {
+        let mut group = Group::new().await;
+        let leader = group.leader().await;
+        for tag in 0..5 {
+            group.propose(leader, tag, 100);
+        }
+        group.settle().await;
+        let follower = VOTERS.into_iter().find(|id| *id != leader).unwrap();
+        let log = group.replica(follower).log().clone();
+        let end = log.log_end_offset();
+        let term = group.replica(follower).term() as i32;
+        group.crash(follower);
+        // A batch whose Raft index skips one (as a crash between a cut and
+        // the next append could leave): it follows nothing Raft knows.
+        let stamp = storage::Stamp::Leader {
+            leader_epoch: term,
+            raft_index: 1000,
+        };
+        log.append_stamped(&frame(99, 10), stamp).await.unwrap();
+        log.wait_durable(end).await.unwrap();
+        drop(log);
+        group.restart(follower).await;
+        assert_eq!(group.replica(follower).log().log_end_offset(), end, "the stray batch is cut");
+        group.settle().await;
+        group.check().await;
+    });
+}
