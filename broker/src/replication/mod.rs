@@ -11,6 +11,7 @@
 
 pub mod log_storage;
 pub mod replica;
+pub mod set;
 pub mod state_file;
 
 #[cfg(test)]

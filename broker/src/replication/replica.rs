@@ -61,6 +61,12 @@ pub struct Appended {
 
 pub type Reply = oneshot::Receiver<Result<Appended, BrokerError>>;
 
+/// A `Ready` between `begin_ready` and `end_ready`.
+pub struct ReadyWork {
+    ready: raft::Ready,
+    entries: Vec<Entry>,
+}
+
 struct Pending {
     term: u64,
     appended: Appended,
@@ -415,18 +421,40 @@ impl PartitionReplica {
     }
 
     /// Persists a `Ready` if there is one, handing the messages to `send` as
-    /// soon as each may go; answers whether there was one.
+    /// soon as each may go; answers whether there was one. (`ReplicaSet`
+    /// runs the three steps itself, for many replicas at once.)
     pub async fn handle_ready(&mut self, send: &mut impl FnMut(Vec<Message>)) -> Result<bool, BrokerError> {
         self.serve_fetches().await?;
-        if !self.node.has_ready() {
+        let Some((messages, mut work)) = self.begin_ready() else {
             return Ok(false);
+        };
+        send(messages);
+        self.persist(&mut work).await?;
+        send(self.end_ready(work));
+        self.checkpoint().await?;
+        Ok(true)
+    }
+
+    /// The first step of a `Ready`: the messages that may go at once (a
+    /// leader's appends go out while it persists its own) and the
+    /// committed entries applied. Nothing may step or propose until
+    /// `end_ready` has taken the work back.
+    pub fn begin_ready(&mut self) -> Option<(Vec<Message>, ReadyWork)> {
+        if !self.node.has_ready() {
+            return None;
         }
         let mut ready = self.node.ready();
-        send(ready.take_messages());
+        let messages = ready.take_messages();
         assert!(ready.snapshot().is_empty(), "no snapshot is taken or stepped");
         let committed = ready.take_committed_entries();
         self.apply(committed);
         let entries = ready.take_entries();
+        Some((messages, ReadyWork { ready, entries }))
+    }
+
+    /// The second: the entries and the hard state made durable.
+    pub async fn persist(&mut self, work: &mut ReadyWork) -> Result<(), BrokerError> {
+        let ReadyWork { ready, entries } = work;
         let mut batch = StateBatch::default();
         if let Some(first) = entries.first().map(|e| e.index) {
             if first <= self.node.store().last_index() {
@@ -454,7 +482,7 @@ impl PartitionReplica {
         // log is never on disk ahead of an entry before it.
         self.state_file.append(batch).await?;
         let mut last_appended = None;
-        for entry in &entries {
+        for entry in entries.iter() {
             if is_internal(entry) {
                 self.node.mut_store().append(entry, None);
                 continue;
@@ -479,16 +507,21 @@ impl PartitionReplica {
         if let Some(hard_state) = ready.hs() {
             self.node.mut_store().set_hard_state(hard_state.clone());
         }
-        send(ready.take_persisted_messages());
+        Ok(())
+    }
+
+    /// The third, once `persist` returned: the messages that waited for it.
+    pub fn end_ready(&mut self, work: ReadyWork) -> Vec<Message> {
+        let ReadyWork { mut ready, .. } = work;
+        let mut messages = ready.take_persisted_messages();
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
             self.node.mut_store().set_commit(commit);
         }
-        send(light.take_messages());
+        messages.extend(light.take_messages());
         self.apply(light.take_committed_entries());
         self.node.advance_apply();
-        self.checkpoint().await?;
-        Ok(true)
+        messages
     }
 
     /// Moves the high watermark over committed entries and answers the
@@ -535,7 +568,7 @@ impl PartitionReplica {
     /// Writes the applied index every `CHECKPOINT_ENTRIES` or
     /// `CHECKPOINT_BYTES`, and the whole state file again once it has grown
     /// past `STATE_FILE_BYTES_MAX`.
-    async fn checkpoint(&mut self) -> Result<(), BrokerError> {
+    pub async fn checkpoint(&mut self) -> Result<(), BrokerError> {
         let applied = self.node.raft.raft_log.applied;
         if applied == self.last_checkpoint
             || (applied < self.last_checkpoint + CHECKPOINT_ENTRIES && self.unchecked_bytes < CHECKPOINT_BYTES)
@@ -565,7 +598,7 @@ impl PartitionReplica {
 
     /// Reads back from the partition log what raft-rs waits for to send to
     /// a lagging follower.
-    async fn serve_fetches(&mut self) -> Result<(), BrokerError> {
+    pub async fn serve_fetches(&mut self) -> Result<(), BrokerError> {
         while let Some(fetch) = self.node.store().take_fetch() {
             let entries = self.read_entries(fetch.low, fetch.high, fetch.max_size).await?;
             self.fetches_served += 1;

@@ -575,7 +575,11 @@ fn a_peers_append_of_a_damaged_batch_is_refused_and_changes_nothing() {
         append.entries[0].data = data.into();
         group.replica(follower).step(append.clone());
         group.turn().await;
-        assert_eq!(group.replica(follower).log().log_end_offset(), before, "nothing appended");
+        assert_eq!(
+            group.replica(follower).log().log_end_offset(),
+            before,
+            "nothing appended"
+        );
         // Stamped for another index than the entry's: refused too.
         let mut misplaced = append;
         misplaced.entries[0].index += 1;
@@ -613,8 +617,176 @@ fn a_batch_past_a_gap_in_the_raft_log_is_cut_at_open() {
         log.wait_durable(end).await.unwrap();
         drop(log);
         group.restart(follower).await;
-        assert_eq!(group.replica(follower).log().log_end_offset(), end, "the stray batch is cut");
+        assert_eq!(
+            group.replica(follower).log().log_end_offset(),
+            end,
+            "the stray batch is cut"
+        );
         group.settle().await;
         group.check().await;
+    });
+}
+
+/// Groups on three nodes of one shard each, every group's log small.
+const SET_GROUPS: u64 = 100;
+
+fn small_log_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 1 << 20,
+        segment_preallocate_bytes: 1 << 20,
+        segment_zero_ahead_bytes: 0,
+        read_ahead_bytes: 0,
+        write_buffer_bytes: 64 << 10,
+        batch_bytes_max: 32 << 10,
+        record_bytes_max: 32 << 10,
+        ..LogConfig::default()
+    }
+}
+
+struct Nodes {
+    _dirs: Vec<tempfile::TempDir>,
+    sets: BTreeMap<u64, super::set::ReplicaSet>,
+    /// Frames in flight: (from, to, encoded frame).
+    wire: VecDeque<(u64, u64, Vec<u8>)>,
+}
+
+impl Nodes {
+    async fn new() -> Nodes {
+        let mut dirs = Vec::new();
+        let mut sets = BTreeMap::new();
+        for node in VOTERS {
+            let dir = tempfile::tempdir().unwrap();
+            let mut set = super::set::ReplicaSet::new(node);
+            for group in 1..=SET_GROUPS {
+                let path = dir.path().join(format!("group-{group}"));
+                let log = Rc::new(PartitionLog::open(&path, small_log_config()).await.unwrap());
+                let replica =
+                    PartitionReplica::open("t", group as u32, node, &VOTERS, log, storage::log::system_clock())
+                        .await
+                        .unwrap();
+                set.insert(group, replica).unwrap();
+            }
+            sets.insert(node, set);
+            dirs.push(dir);
+        }
+        Nodes {
+            _dirs: dirs,
+            sets,
+            wire: VecDeque::new(),
+        }
+    }
+
+    /// A turn of every node; the frames go through their encoding.
+    async fn turn(&mut self) {
+        for (node, set) in self.sets.iter_mut() {
+            let wire = &mut self.wire;
+            let stopped = set
+                .drive(&mut |to, message| {
+                    let frame = net::cluster::PeerFrame { from: *node, message };
+                    wire.push_back((*node, to, frame.encode().expect("a frame within limits")));
+                })
+                .await;
+            assert!(stopped.is_empty(), "{stopped:?}");
+        }
+        while let Some((from, to, bytes)) = self.wire.pop_front() {
+            let frame = net::cluster::PeerFrame::decode_frame(&bytes).expect("a frame decodes");
+            assert_eq!(frame.from, from);
+            let net::cluster::PeerMessage::Raft { messages } = frame.message else {
+                panic!("only Raft messages between sets");
+            };
+            self.sets.get_mut(&to).unwrap().step(from, messages);
+        }
+    }
+
+    async fn tick(&mut self) {
+        for set in self.sets.values_mut() {
+            set.tick();
+        }
+        self.turn().await;
+    }
+
+    fn sent(&self) -> (u64, u64) {
+        self.sets
+            .values()
+            .map(|s| s.sent())
+            .fold((0, 0), |(f, m), (sf, sm)| (f + sf, m + sm))
+    }
+
+    /// Each group's leader, once every group has one.
+    fn leaders(&mut self) -> Option<BTreeMap<u64, u64>> {
+        let mut leaders = BTreeMap::new();
+        for group in 1..=SET_GROUPS {
+            let leader = VOTERS
+                .into_iter()
+                .find(|node| self.sets.get_mut(node).unwrap().get_mut(group).unwrap().is_leader())?;
+            leaders.insert(group, leader);
+        }
+        Some(leaders)
+    }
+}
+
+#[test]
+fn a_shards_groups_talk_to_each_peer_in_one_frame_a_step() {
+    run(async {
+        let mut nodes = Nodes::new().await;
+        let mut leaders = None;
+        for _ in 0..ELECTION_TICKS_MAX {
+            nodes.tick().await;
+            leaders = nodes.leaders();
+            if leaders.is_some() {
+                break;
+            }
+        }
+        let leaders = leaders.expect("every group elects a leader");
+        // One batch into every group, each through its own leader.
+        let mut replies = Vec::new();
+        for (group, leader) in &leaders {
+            let replica = nodes.sets.get_mut(leader).unwrap().get_mut(*group).unwrap();
+            replies.push(replica.propose(frame(*group, 100)).unwrap());
+        }
+        let (frames_before, messages_before) = nodes.sent();
+        let mut outcomes: Vec<Option<Result<Appended, BrokerError>>> = replies.iter().map(|_| None).collect();
+        let mut turns = 0;
+        while outcomes.iter().any(Option::is_none) {
+            assert!(turns < 10, "every batch is committed within 10 turns");
+            nodes.turn().await;
+            turns += 1;
+            for (reply, outcome) in replies.iter_mut().zip(outcomes.iter_mut()) {
+                if outcome.is_none() {
+                    *outcome = reply.try_recv().unwrap();
+                }
+            }
+        }
+        let (frames, messages) = nodes.sent();
+        for outcome in outcomes {
+            assert_eq!(outcome.unwrap().unwrap().base_offset, Offset(0));
+        }
+        // Each turn of two steps, six ordered pairs of nodes.
+        assert!(
+            frames - frames_before <= turns * 2 * 6,
+            "{} frames in {turns} turns",
+            frames - frames_before
+        );
+        assert!(
+            messages - messages_before >= 4 * SET_GROUPS,
+            "each group's appends and answers"
+        );
+        // Idle: a tick's heartbeats and answers of every group, coalesced.
+        let (frames_before, messages_before) = nodes.sent();
+        const IDLE_TICKS: u64 = 10;
+        for _ in 0..IDLE_TICKS {
+            nodes.tick().await;
+        }
+        let (frames, messages) = nodes.sent();
+        let (frames, messages) = (frames - frames_before, messages - messages_before);
+        assert!(
+            frames <= IDLE_TICKS * 2 * 6,
+            "{frames} frames for {IDLE_TICKS} idle ticks"
+        );
+        assert!(
+            messages >= IDLE_TICKS * SET_GROUPS * 2,
+            "every group's heartbeats go out ({messages} messages)"
+        );
+        assert_eq!(nodes.leaders(), Some(leaders), "no spurious election while idle");
     });
 }
