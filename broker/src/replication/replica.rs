@@ -811,3 +811,67 @@ impl StateFile {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use raft::prelude::HardState;
+
+    use super::*;
+
+    #[test]
+    fn a_state_file_written_again_whole_replays_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(state_file::FILE_NAME);
+        glommio::LocalExecutorBuilder::default().make().unwrap().run(async {
+            let (file, bytes) = open_state_file(&path).await.unwrap();
+            assert!(bytes.is_empty());
+            let mut state_file = StateFile {
+                path: path.clone(),
+                file,
+                bytes: 0,
+            };
+            for term in 1..=50u64 {
+                let mut batch = StateBatch::default();
+                batch.entry(&Entry {
+                    index: term * 10,
+                    term,
+                    ..Default::default()
+                });
+                batch.hard_state(&HardState {
+                    term,
+                    vote: 1,
+                    ..Default::default()
+                });
+                batch.applied(term * 10, Offset(term * 100));
+                state_file.append(batch).await.unwrap();
+            }
+            let before = state_file::replay(&std::fs::read(&path).unwrap()).unwrap();
+            assert_eq!(before.internal.len(), 50);
+            state_file.rewrite(&before).await.unwrap();
+            assert!(
+                state_file.bytes < before.valid_bytes,
+                "the rewrite drops what was replaced"
+            );
+            let mut batch = StateBatch::default();
+            batch.applied(600, Offset(6000));
+            state_file.append(batch).await.unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(bytes.len(), state_file.bytes, "appends go on after the rewrite");
+            let after = state_file::replay(&bytes).unwrap();
+            assert_eq!(
+                (&after.internal, &after.hard_state),
+                (&before.internal, &before.hard_state)
+            );
+            assert_eq!(after.applied, Some((600, Offset(6000))));
+            // A torn last batch is cut at open.
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &[9, 0, 0]))
+                .unwrap();
+            let (_, reopened) = open_state_file(&path).await.unwrap();
+            assert_eq!(reopened, bytes);
+            assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, bytes.len());
+        });
+    }
+}

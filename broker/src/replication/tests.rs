@@ -790,3 +790,45 @@ fn a_shards_groups_talk_to_each_peer_in_one_frame_a_step() {
         assert_eq!(nodes.leaders(), Some(leaders), "no spurious election while idle");
     });
 }
+
+#[test]
+fn a_set_drops_what_is_not_for_its_groups_and_refuses_a_group_twice() {
+    run(async {
+        let (leader, follower) = (1, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let mut set = super::set::ReplicaSet::new(follower);
+        let log = Rc::new(PartitionLog::open(dir.path(), config()).await.unwrap());
+        let replica = PartitionReplica::open("t", 0, follower, &VOTERS, log, storage::log::system_clock())
+            .await
+            .unwrap();
+        set.insert(7, replica).unwrap();
+        let log = Rc::new(PartitionLog::open(dir.path().join("b"), config()).await.unwrap());
+        let again = PartitionReplica::open("t", 1, follower, &VOTERS, log, storage::log::system_clock())
+            .await
+            .unwrap();
+        assert!(set.insert(7, again).is_err(), "a group held twice");
+        let log = Rc::new(PartitionLog::open(dir.path().join("c"), config()).await.unwrap());
+        let controller = PartitionReplica::open("t", 2, follower, &VOTERS, log, storage::log::system_clock())
+            .await
+            .unwrap();
+        assert!(set.insert(net::cluster::CONTROLLER_GROUP, controller).is_err());
+        // Bytes that do not decode, a message naming another sender, one
+        // for a group not held: all dropped, nothing changes.
+        let heartbeat = |from: u64, to: u64, term: u64| {
+            use protobuf::Message as _;
+            let mut m = Message::default();
+            m.set_msg_type(raft::prelude::MessageType::MsgHeartbeat);
+            m.from = from;
+            m.to = to;
+            m.term = term;
+            m.write_to_bytes().unwrap()
+        };
+        set.step(leader, vec![(7, vec![0xff; 9])]);
+        set.step(leader, vec![(7, heartbeat(99, follower, 50))]);
+        set.step(leader, vec![(8, heartbeat(leader, follower, 50))]);
+        set.step(leader, vec![(7, heartbeat(leader, 99, 50))]);
+        assert_eq!(set.get_mut(7).unwrap().term(), 0, "no message was taken");
+        set.step(leader, vec![(7, heartbeat(leader, follower, 50))]);
+        assert_eq!(set.get_mut(7).unwrap().term(), 50, "a well-formed one is");
+    });
+}
