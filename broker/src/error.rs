@@ -40,6 +40,14 @@ pub enum BrokerError {
         leader: Option<u64>,
     },
 
+    #[error("{topic}/{partition}: {in_sync} replicas in sync, fewer than min.insync.replicas {min}")]
+    NotEnoughReplicas {
+        topic: String,
+        partition: u32,
+        in_sync: usize,
+        min: usize,
+    },
+
     #[error("{topic}/{partition}: replica: {reason}")]
     Replication {
         topic: String,
@@ -127,6 +135,7 @@ impl BrokerError {
             BrokerError::Controller(_) | BrokerError::Replication { .. } => ErrorCode::UnknownServerError,
             BrokerError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
             BrokerError::InvalidAcks(_) => ErrorCode::InvalidRequiredAcks,
+            BrokerError::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
             BrokerError::CorruptBatches { .. } => ErrorCode::CorruptMessage,
             BrokerError::Storage { source, .. } => storage_code(source),
             BrokerError::Io { .. } | BrokerError::Config(_) => ErrorCode::UnknownServerError,

@@ -72,6 +72,9 @@ pub enum ErrorCode {
     InvalidTopic,
     RecordListTooLarge,
     InvalidRequiredAcks,
+    /// Fewer replicas in sync than the topic's `min.insync.replicas`: an
+    /// acks=all produce is refused before it is appended.
+    NotEnoughReplicas,
     UnsupportedVersion,
     TopicAlreadyExists,
     InvalidPartitions,
@@ -124,6 +127,7 @@ impl ErrorCode {
             ErrorCode::InvalidTopic => 17,
             ErrorCode::RecordListTooLarge => 18,
             ErrorCode::InvalidRequiredAcks => 21,
+            ErrorCode::NotEnoughReplicas => 19,
             ErrorCode::UnsupportedVersion => 35,
             ErrorCode::TopicAlreadyExists => 36,
             ErrorCode::InvalidPartitions => 37,
@@ -159,7 +163,7 @@ impl ErrorCode {
     }
 
     pub fn from_code(code: i16) -> ErrorCode {
-        const KNOWN: [ErrorCode; 42] = [
+        const KNOWN: [ErrorCode; 43] = [
             ErrorCode::None,
             ErrorCode::UnknownServerError,
             ErrorCode::OffsetOutOfRange,
@@ -172,6 +176,7 @@ impl ErrorCode {
             ErrorCode::InvalidTopic,
             ErrorCode::RecordListTooLarge,
             ErrorCode::InvalidRequiredAcks,
+            ErrorCode::NotEnoughReplicas,
             ErrorCode::UnsupportedVersion,
             ErrorCode::TopicAlreadyExists,
             ErrorCode::InvalidPartitions,
@@ -215,6 +220,7 @@ impl ErrorCode {
             self,
             ErrorCode::RequestTimedOut
                 | ErrorCode::NotLeaderOrFollower
+                | ErrorCode::NotEnoughReplicas
                 | ErrorCode::NotController
                 | ErrorCode::UnknownTopicOrPartition
                 | ErrorCode::StorageError

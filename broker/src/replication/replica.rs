@@ -43,6 +43,10 @@ const MESSAGES_IN_FLIGHT_MAX: usize = 64;
 const UNCOMMITTED_BYTES_MAX: u64 = 64 << 20;
 /// Produce requests waiting for their batch to commit.
 pub const PENDING_MAX: usize = 4096;
+/// A follower is in sync while it has caught up with the leader's log
+/// within this many ticks (Kafka's `replica.lag.time.max.ms`, 30 s, at
+/// the 100 ms tick).
+pub const REPLICA_LAG_TICKS: u64 = 300;
 /// Entries applied between checkpoints of the applied index: a restart
 /// reads back the partition log from the last one.
 const CHECKPOINT_ENTRIES: u64 = 1024;
@@ -61,6 +65,16 @@ pub struct Appended {
 
 pub type Reply = oneshot::Receiver<Result<Appended, BrokerError>>;
 
+/// When a produce is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acks {
+    /// acks=1: once the batch is in the leader's log (lost if a new leader
+    /// never had it, as in Kafka).
+    Leader,
+    /// acks=all: once committed (persisted by a majority) in its term.
+    All,
+}
+
 /// A `Ready` between `begin_ready` and `end_ready`.
 pub struct ReadyWork {
     ready: raft::Ready,
@@ -70,6 +84,7 @@ pub struct ReadyWork {
 struct Pending {
     term: u64,
     appended: Appended,
+    acks: Acks,
     reply: oneshot::Sender<Result<Appended, BrokerError>>,
 }
 
@@ -101,6 +116,13 @@ pub struct PartitionReplica {
     recovered_from: Offset,
     /// Reads from the partition log served for lagging followers.
     fetches_served: u64,
+    /// Ticks so far, and the leader's last index at the last one.
+    ticks: u64,
+    last_index_at_tick: u64,
+    /// The term this replica leads and the tick it began leading at.
+    leading_since: Option<(u64, u64)>,
+    /// Each follower's last tick caught up with the leader's log.
+    caught_up: BTreeMap<u64, u64>,
 }
 
 impl PartitionReplica {
@@ -250,6 +272,10 @@ impl PartitionReplica {
             unchecked_bytes: 0,
             recovered_from: high_watermark,
             fetches_served: 0,
+            ticks: 0,
+            last_index_at_tick: 0,
+            leading_since: None,
+            caught_up: BTreeMap::new(),
         })
     }
 
@@ -304,6 +330,53 @@ impl PartitionReplica {
 
     pub fn tick(&mut self) {
         self.node.tick();
+        self.ticks += 1;
+        if !self.is_leader() {
+            return;
+        }
+        self.note_leading();
+        // Caught up: holding what the leader held a tick ago (an append in
+        // flight is not lag).
+        let (id, ticks, reached) = (self.id, self.ticks, self.last_index_at_tick);
+        for (peer, progress) in self.node.raft.prs().iter() {
+            if *peer != id && progress.matched >= reached {
+                self.caught_up.insert(*peer, ticks);
+            }
+        }
+        self.last_index_at_tick = self.node.raft.raft_log.last_index();
+    }
+
+    /// A new term led: every follower counts as in sync from its start
+    /// (a majority just voted for this log), until it lags.
+    fn note_leading(&mut self) {
+        let term = self.term();
+        if self.leading_since.is_some_and(|(t, _)| t == term) {
+            return;
+        }
+        self.leading_since = Some((term, self.ticks));
+        self.caught_up.clear();
+        self.last_index_at_tick = self.node.raft.raft_log.last_index();
+    }
+
+    /// The replicas in sync (this leader among them): Kafka's ISR. Empty on
+    /// a follower.
+    pub fn in_sync_replicas(&mut self) -> Vec<u64> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        self.note_leading();
+        let since = self.leading_since.map_or(0, |(_, tick)| tick);
+        let (id, ticks) = (self.id, self.ticks);
+        self.node
+            .raft
+            .prs()
+            .iter()
+            .map(|(peer, _)| *peer)
+            .filter(|peer| {
+                *peer == id
+                    || ticks - self.caught_up.get(peer).copied().unwrap_or(since).max(since) <= REPLICA_LAG_TICKS
+            })
+            .collect()
     }
 
     /// A message from a peer. One that raft-rs refuses, or whose entries do
@@ -361,13 +434,27 @@ impl PartitionReplica {
     }
 
     /// Proposes a record batch (a frame that passes `check_frame`). Its
-    /// reply comes once it is committed in the term it was proposed in
-    /// (where the leader put it), or NOT_LEADER_OR_FOLLOWER once a leader's
+    /// reply (where the leader put it) comes, for acks=all, once it is
+    /// committed in the term it was proposed in, and for acks=1 once it is
+    /// in this leader's log; or NOT_LEADER_OR_FOLLOWER once a leader's
     /// entry replaced it. A replica that loses the leadership keeps the
     /// request: the batch may still be committed by the next leader.
-    pub fn propose(&mut self, mut frame: Vec<u8>) -> Result<Reply, BrokerError> {
+    /// acks=all is refused with NOT_ENOUGH_REPLICAS while fewer than
+    /// `min_insync` replicas are in sync.
+    pub fn propose(&mut self, mut frame: Vec<u8>, acks: Acks, min_insync: usize) -> Result<Reply, BrokerError> {
         if !self.is_leader() {
             return Err(self.not_leader());
+        }
+        if acks == Acks::All {
+            let in_sync = self.in_sync_replicas().len();
+            if in_sync < min_insync {
+                return Err(BrokerError::NotEnoughReplicas {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    in_sync,
+                    min: min_insync,
+                });
+            }
         }
         if self.pending.len() >= PENDING_MAX {
             return Err(self.fail(format!("{PENDING_MAX} batches already wait to be committed")));
@@ -400,7 +487,15 @@ impl PartitionReplica {
         };
         self.proposed = Some((term, appended.last_offset.next()));
         let (reply, rx) = oneshot::channel();
-        self.pending.insert(index, Pending { term, appended, reply });
+        self.pending.insert(
+            index,
+            Pending {
+                term,
+                appended,
+                acks,
+                reply,
+            },
+        );
         Ok(rx)
     }
 
@@ -495,6 +590,14 @@ impl PartitionReplica {
             self.node.mut_store().append(entry, Some(info.last_offset.next()));
             self.unchecked_bytes += entry.data.len() as u64;
             last_appended = Some(info.last_offset);
+            if self
+                .pending
+                .get(&entry.index)
+                .is_some_and(|p| p.acks == Acks::Leader && p.term == entry.term)
+            {
+                let pending = self.pending.remove(&entry.index).expect("just seen");
+                let _ = pending.reply.send(Ok(pending.appended));
+            }
         }
         if let Some(last) = last_appended {
             self.log

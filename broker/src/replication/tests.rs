@@ -13,7 +13,7 @@ use raft::prelude::Message;
 use storage::batch::{self, RecordBatchBuilder};
 use storage::{LogConfig, Offset, PartitionLog};
 
-use super::replica::{Appended, PartitionReplica, Reply};
+use super::replica::{Acks, Appended, PartitionReplica, Reply, REPLICA_LAG_TICKS};
 use crate::error::BrokerError;
 
 const VOTERS: [u64; 3] = [1, 2, 3];
@@ -46,6 +46,13 @@ fn frame(tag: u64, value_bytes: usize) -> Vec<u8> {
 fn names(frame: &[u8], tag: u64) -> bool {
     let needle = format!("batch-{tag:08}-").into_bytes();
     frame.windows(needle.len()).any(|w| w == needle.as_slice())
+}
+
+impl PartitionReplica {
+    /// acks=all with no min.insync.replicas.
+    fn propose_all(&mut self, frame: Vec<u8>) -> Result<Reply, BrokerError> {
+        self.propose(frame, Acks::All, 1)
+    }
 }
 
 async fn open(dir: &std::path::Path, id: u64) -> PartitionReplica {
@@ -186,7 +193,7 @@ impl Group {
     }
 
     fn propose(&mut self, leader: u64, tag: u64, value_bytes: usize) {
-        match self.replica(leader).propose(frame(tag, value_bytes)) {
+        match self.replica(leader).propose_all(frame(tag, value_bytes)) {
             Ok(reply) => self.waiting.push(Waiting { tag, reply }),
             Err(BrokerError::NotLeaderOrFollower { .. }) => self.refused += 1,
             Err(e) => panic!("batch {tag}: {e}"),
@@ -286,7 +293,7 @@ fn three_replicas_commit_in_order_and_hold_the_same_bytes() {
         // A follower refuses to lead a write.
         let follower = VOTERS.into_iter().find(|id| *id != leader).unwrap();
         assert!(matches!(
-            group.replica(follower).propose(frame(99, 10)),
+            group.replica(follower).propose_all(frame(99, 10)),
             Err(BrokerError::NotLeaderOrFollower { leader: Some(l), .. }) if l == leader
         ));
         // Every batch carries the term it was appended in as its epoch.
@@ -742,7 +749,7 @@ fn a_shards_groups_talk_to_each_peer_in_one_frame_a_step() {
         let mut replies = Vec::new();
         for (group, leader) in &leaders {
             let replica = nodes.sets.get_mut(leader).unwrap().get_mut(*group).unwrap();
-            replies.push(replica.propose(frame(*group, 100)).unwrap());
+            replies.push(replica.propose_all(frame(*group, 100)).unwrap());
         }
         let (frames_before, messages_before) = nodes.sent();
         let mut outcomes: Vec<Option<Result<Appended, BrokerError>>> = replies.iter().map(|_| None).collect();
@@ -830,5 +837,93 @@ fn a_set_drops_what_is_not_for_its_groups_and_refuses_a_group_twice() {
         assert_eq!(set.get_mut(7).unwrap().term(), 0, "no message was taken");
         set.step(leader, vec![(7, heartbeat(leader, follower, 50))]);
         assert_eq!(set.get_mut(7).unwrap().term(), 50, "a well-formed one is");
+    });
+}
+
+#[test]
+fn acks_1_answers_from_the_leaders_log_and_acks_all_only_once_committed() {
+    run(async {
+        let mut group = Group::new().await;
+        let old = group.leader().await;
+        group.isolated.insert(old);
+        let mut leader_only = group.replica(old).propose(frame(0, 10), Acks::Leader, 1).unwrap();
+        let mut all = group.replica(old).propose(frame(1, 10), Acks::All, 1).unwrap();
+        for _ in 0..3 {
+            group.turn().await;
+        }
+        let appended = leader_only
+            .try_recv()
+            .unwrap()
+            .expect("acks=1: in the leader's log")
+            .unwrap();
+        assert_eq!(appended.base_offset, Offset(0));
+        assert!(
+            all.try_recv().unwrap().is_none(),
+            "acks=all waits: the leader is cut off"
+        );
+        // A new leader never had either: the acks=1 batch is lost, as it is
+        // in Kafka; the acks=all one is refused, never acknowledged.
+        let new = group.leader().await;
+        group.propose(new, 2, 10);
+        group.isolated.clear();
+        group.settle().await;
+        group.check().await;
+        assert!(matches!(
+            all.try_recv(),
+            Ok(Some(Err(BrokerError::NotLeaderOrFollower { .. })))
+        ));
+        let log = group.replica(old).log().clone();
+        assert!(
+            frames(&log).await.iter().all(|f| !names(f, 0)),
+            "the acks=1 batch was cut with the old leader's tail"
+        );
+    });
+}
+
+#[test]
+fn acks_all_is_refused_while_fewer_than_min_insync_replicas_are_in_sync() {
+    run(async {
+        let mut group = Group::new().await;
+        let leader = group.leader().await;
+        assert_eq!(
+            group.replica(leader).in_sync_replicas().len(),
+            3,
+            "all in sync at the start of a term"
+        );
+        let followers: Vec<u64> = VOTERS.into_iter().filter(|id| *id != leader).collect();
+        group.crash(followers[0]);
+        for tag in 0..3 {
+            group.propose(leader, tag, 10);
+        }
+        // Past the lag limit the crashed follower is out of sync; the
+        // leader keeps its lease on the other's answers.
+        for _ in 0..REPLICA_LAG_TICKS + 5 {
+            group.tick().await;
+        }
+        assert_eq!(group.replica(leader).in_sync_replicas().len(), 2);
+        let reply = group.replica(leader).propose(frame(3, 10), Acks::All, 2).unwrap();
+        group.waiting.push(Waiting { tag: 3, reply });
+        let refused = group.replica(leader).propose(frame(4, 10), Acks::All, 3);
+        assert!(
+            matches!(refused, Err(BrokerError::NotEnoughReplicas { in_sync: 2, min: 3, .. })),
+            "{refused:?}"
+        );
+        assert_eq!(refused.unwrap_err().code(), net::ErrorCode::NotEnoughReplicas);
+        // acks=1 does not ask for replicas.
+        let reply = group.replica(leader).propose(frame(5, 10), Acks::Leader, 3).unwrap();
+        group.waiting.push(Waiting { tag: 5, reply });
+        // Back and caught up, it is in sync again.
+        group.restart(followers[0]).await;
+        group.settle().await;
+        for _ in 0..3 {
+            group.tick().await;
+        }
+        assert_eq!(group.replica(leader).in_sync_replicas().len(), 3);
+        let reply = group.replica(leader).propose(frame(6, 10), Acks::All, 3).unwrap();
+        group.waiting.push(Waiting { tag: 6, reply });
+        group.settle().await;
+        group.check().await;
+        let acked: BTreeSet<u64> = group.acked.iter().map(|(tag, _)| *tag).collect();
+        assert_eq!(acked, [0, 1, 2, 3, 5, 6].into_iter().collect());
     });
 }
