@@ -48,6 +48,22 @@ pub enum BrokerError {
         min: usize,
     },
 
+    #[error("{topic}/{partition}: the request's leader epoch {requested} is older than the partition's {current}")]
+    FencedLeaderEpoch {
+        topic: String,
+        partition: u32,
+        requested: i32,
+        current: i32,
+    },
+
+    #[error("{topic}/{partition}: the request's leader epoch {requested} is newer than the partition's {current}")]
+    UnknownLeaderEpoch {
+        topic: String,
+        partition: u32,
+        requested: i32,
+        current: i32,
+    },
+
     #[error("{topic}/{partition}: replica: {reason}")]
     Replication {
         topic: String,
@@ -136,6 +152,8 @@ impl BrokerError {
             BrokerError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
             BrokerError::InvalidAcks(_) => ErrorCode::InvalidRequiredAcks,
             BrokerError::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
+            BrokerError::FencedLeaderEpoch { .. } => ErrorCode::FencedLeaderEpoch,
+            BrokerError::UnknownLeaderEpoch { .. } => ErrorCode::UnknownLeaderEpoch,
             BrokerError::CorruptBatches { .. } => ErrorCode::CorruptMessage,
             BrokerError::Storage { source, .. } => storage_code(source),
             BrokerError::Io { .. } | BrokerError::Config(_) => ErrorCode::UnknownServerError,

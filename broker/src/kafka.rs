@@ -25,6 +25,9 @@ use net::kafka::kafka_protocol::messages::list_offsets_response::{
 use net::kafka::kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
+use net::kafka::kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
 use net::kafka::kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use net::kafka::kafka_protocol::messages::*;
 use net::kafka::kafka_protocol::protocol::StrBytes;
@@ -345,6 +348,7 @@ async fn handle(shard: &Shard, advertised: &Endpoints, version: i16, body: Reque
         RequestKind::Produce(request) => return produce(shard, request).await,
         RequestKind::Fetch(request) => fetch(shard, request).await,
         RequestKind::ListOffsets(request) => list_offsets(shard, version, request).await,
+        RequestKind::OffsetForLeaderEpoch(request) => offset_for_leader_epoch(shard, request).await,
         RequestKind::CreateTopics(request) => create_topics(shard, request).await,
         RequestKind::DeleteTopics(request) => delete_topics(shard, request).await,
         RequestKind::InitProducerId(request) => init_producer_id(shard, request).await,
@@ -642,6 +646,41 @@ async fn fetch_partition(
         .with_aborted_transactions(aborted)
         .with_records(Some(records));
     Ok((data, fetched.high_watermark))
+}
+
+async fn offset_for_leader_epoch(shard: &Shard, request: OffsetForLeaderEpochRequest) -> ResponseKind {
+    let mut topics = Vec::new();
+    for topic in request.topics {
+        let name = topic.topic.0.to_string();
+        let mut partitions = Vec::new();
+        for p in topic.partitions {
+            let result = match u32::try_from(p.partition) {
+                Ok(partition) => {
+                    shard
+                        .epoch_end_offset(&name, partition, p.current_leader_epoch, p.leader_epoch)
+                        .await
+                }
+                Err(_) => Err(BrokerError::UnknownTopicOrPartition {
+                    topic: name.clone(),
+                    partition: 0,
+                }),
+            };
+            let response = EpochEndOffset::default().with_partition(p.partition);
+            partitions.push(match result {
+                Ok((epoch, offset)) => response.with_leader_epoch(epoch).with_end_offset(offset),
+                Err(error) => response
+                    .with_error_code(error.code().code())
+                    .with_leader_epoch(-1)
+                    .with_end_offset(-1),
+            });
+        }
+        topics.push(
+            OffsetForLeaderTopicResult::default()
+                .with_topic(topic.topic)
+                .with_partitions(partitions),
+        );
+    }
+    ResponseKind::OffsetForLeaderEpoch(OffsetForLeaderEpochResponse::default().with_topics(topics))
 }
 
 async fn list_offsets(shard: &Shard, version: i16, request: ListOffsetsRequest) -> ResponseKind {

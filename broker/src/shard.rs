@@ -59,6 +59,13 @@ pub enum ShardMessage {
         timestamp: i64,
         reply: Reply<Option<u64>>,
     },
+    EpochEndOffset {
+        topic: String,
+        partition: u32,
+        current_leader_epoch: i32,
+        leader_epoch: i32,
+        reply: Reply<(i32, i64)>,
+    },
     /// A long poll's wait on another shard's partition: answered when the
     /// log's end moves past `offset` or at `deadline`.
     WaitForData {
@@ -1039,6 +1046,69 @@ impl Shard {
         .await
     }
 
+    /// OffsetForLeaderEpoch (KIP-320): the largest epoch at most
+    /// `leader_epoch` and the offset where the epoch after it starts (the
+    /// log end for the current one), or (-1, -1) for an epoch before the
+    /// log's first; after checking the client's `current_leader_epoch`
+    /// (-1: none) against the partition's.
+    pub async fn epoch_end_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        current_leader_epoch: i32,
+        leader_epoch: i32,
+    ) -> Result<(i32, i64), BrokerError> {
+        let owner = self.owner(topic, partition)?;
+        if owner == self.id {
+            return self.epoch_end_offset_local(topic, partition, current_leader_epoch, leader_epoch);
+        }
+        let topic = topic.to_string();
+        self.ask(owner, |reply| ShardMessage::EpochEndOffset {
+            topic,
+            partition,
+            current_leader_epoch,
+            leader_epoch,
+            reply,
+        })
+        .await
+    }
+
+    fn epoch_end_offset_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        current_leader_epoch: i32,
+        leader_epoch: i32,
+    ) -> Result<(i32, i64), BrokerError> {
+        let log = self.log(topic, partition)?;
+        // Not replicated: the epoch of its last batch, 0 for a log that has
+        // none (what ListOffsets and Fetch serve).
+        let current = log.leader_epochs().last().map_or(0, |e| e.epoch);
+        let (topic, requested) = (topic.to_string(), current_leader_epoch);
+        if requested >= 0 && requested < current {
+            return Err(BrokerError::FencedLeaderEpoch {
+                topic,
+                partition,
+                requested,
+                current,
+            });
+        }
+        if requested > current {
+            return Err(BrokerError::UnknownLeaderEpoch {
+                topic,
+                partition,
+                requested,
+                current,
+            });
+        }
+        if leader_epoch == current {
+            return Ok((current, log.log_end_offset().0 as i64));
+        }
+        Ok(log
+            .end_offset_for_leader_epoch(leader_epoch)
+            .map_or((-1, -1), |(epoch, offset)| (epoch, offset.0 as i64)))
+    }
+
     async fn list_offset_local(&self, topic: &str, partition: u32, timestamp: i64) -> Result<Option<u64>, BrokerError> {
         let log = self.log(topic, partition)?;
         match timestamp {
@@ -1207,6 +1277,16 @@ impl Shard {
                         }));
                     })
                     .detach();
+                }
+                ShardMessage::EpochEndOffset {
+                    topic,
+                    partition,
+                    current_leader_epoch,
+                    leader_epoch,
+                    reply,
+                } => {
+                    let _ =
+                        reply.send(shard.epoch_end_offset_local(&topic, partition, current_leader_epoch, leader_epoch));
                 }
                 ShardMessage::ListOffset {
                     topic,

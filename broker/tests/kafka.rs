@@ -555,6 +555,75 @@ mod raw {
         broker.stop();
     }
 
+    /// OffsetForLeaderEpoch (KIP-320), what a client asks after a leader
+    /// change to find where its log and the leader's part: the current
+    /// epoch ends at the log end, an older client epoch is fenced, a newer
+    /// one unknown, an unknown partition said so.
+    #[test]
+    fn offset_for_leader_epoch_answers_each_epochs_end_and_checks_the_clients() {
+        use net::kafka::kafka_protocol::messages::offset_for_leader_epoch_request::{
+            OffsetForLeaderPartition, OffsetForLeaderTopic,
+        };
+        use net::kafka::kafka_protocol::messages::{
+            OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, TopicName,
+        };
+
+        let dir = data_dir();
+        let broker = Broker::start(dir.path(), 2);
+        let addr = broker.addr.clone();
+        run(async move {
+            let mut c = net::client::Connection::connect(&addr).await.unwrap();
+            c.create_topic("epochs", 2, vec![]).await.unwrap();
+            for b in 0..3u64 {
+                let batch = batch_of(0, b * 10..(b + 1) * 10);
+                c.produce("epochs", 0, &batch, net::messages::acks::ALL).await.unwrap();
+            }
+        });
+        let ask = |topic: &'static str, partitions: Vec<(i32, i32, i32)>| {
+            let mut stream = TcpStream::connect(&broker.kafka_addr).unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let request = OffsetForLeaderEpochRequest::default()
+                .with_replica_id(net::kafka::kafka_protocol::messages::BrokerId(-1))
+                .with_topics(vec![OffsetForLeaderTopic::default()
+                    .with_topic(TopicName(StrBytes::from_static_str(topic)))
+                    .with_partitions(
+                        partitions
+                            .into_iter()
+                            .map(|(partition, current, epoch)| {
+                                OffsetForLeaderPartition::default()
+                                    .with_partition(partition)
+                                    .with_current_leader_epoch(current)
+                                    .with_leader_epoch(epoch)
+                            })
+                            .collect(),
+                    )]);
+            send(&mut stream, ApiKey::OffsetForLeaderEpoch, 4, &request, 2);
+            let mut response = receive(&mut stream).expect("an answer");
+            ResponseHeader::decode(&mut response, 1).unwrap();
+            let answer = OffsetForLeaderEpochResponse::decode(&mut response, 4).unwrap();
+            answer.topics[0]
+                .partitions
+                .iter()
+                .map(|p| (p.partition, p.error_code, p.leader_epoch, p.end_offset))
+                .collect::<Vec<_>>()
+        };
+        // Partition 0 holds 30 records of epoch 0; partition 1 none.
+        assert_eq!(
+            ask("epochs", vec![(0, 0, 0), (1, -1, 0), (0, -1, 5), (0, 1, 0), (9, -1, 0)]),
+            vec![
+                (0, 0, 0, 30),
+                (1, 0, 0, 0),
+                // An epoch this log never had: Kafka's undefined answer.
+                (0, 0, -1, -1),
+                // The client knows an epoch this partition has not reached.
+                (0, 76, -1, -1),
+                (9, 3, -1, -1),
+            ]
+        );
+        assert_eq!(ask("nowhere", vec![(0, -1, 0)]), vec![(0, 3, -1, -1)]);
+        broker.stop();
+    }
+
     /// A Kafka fetch of several partitions keeps to max_bytes: the first
     /// partition may pass it by one batch, the others return nothing once
     /// the response is full, with their high watermarks.

@@ -109,6 +109,12 @@ pub enum ErrorCode {
     InvalidTransactionTimeout,
     ConcurrentTransactions,
     ProducerFenced,
+    /// A request's current leader epoch is older than the partition's: the
+    /// client's metadata is stale.
+    FencedLeaderEpoch,
+    /// A request's current leader epoch is newer than the partition's: this
+    /// replica has not learned of it yet.
+    UnknownLeaderEpoch,
     Unknown(i16),
 }
 
@@ -158,12 +164,14 @@ impl ErrorCode {
             ErrorCode::InvalidTransactionTimeout => 50,
             ErrorCode::ConcurrentTransactions => 51,
             ErrorCode::ProducerFenced => 90,
+            ErrorCode::FencedLeaderEpoch => 74,
+            ErrorCode::UnknownLeaderEpoch => 76,
             ErrorCode::Unknown(code) => code,
         }
     }
 
     pub fn from_code(code: i16) -> ErrorCode {
-        const KNOWN: [ErrorCode; 43] = [
+        const KNOWN: [ErrorCode; 45] = [
             ErrorCode::None,
             ErrorCode::UnknownServerError,
             ErrorCode::OffsetOutOfRange,
@@ -207,6 +215,8 @@ impl ErrorCode {
             ErrorCode::InvalidTransactionTimeout,
             ErrorCode::ConcurrentTransactions,
             ErrorCode::ProducerFenced,
+            ErrorCode::FencedLeaderEpoch,
+            ErrorCode::UnknownLeaderEpoch,
         ];
         KNOWN
             .into_iter()
@@ -221,6 +231,8 @@ impl ErrorCode {
             ErrorCode::RequestTimedOut
                 | ErrorCode::NotLeaderOrFollower
                 | ErrorCode::NotEnoughReplicas
+                | ErrorCode::FencedLeaderEpoch
+                | ErrorCode::UnknownLeaderEpoch
                 | ErrorCode::NotController
                 | ErrorCode::UnknownTopicOrPartition
                 | ErrorCode::StorageError

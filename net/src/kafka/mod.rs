@@ -47,6 +47,8 @@ pub const SUPPORTED: &[(KafkaApi, i16, i16)] = &[
     (KafkaApi::AddOffsetsToTxn, 0, 3),
     (KafkaApi::EndTxn, 0, 3),
     (KafkaApi::TxnOffsetCommit, 0, 3),
+    // v2 is the first with the client's current leader epoch (KIP-320).
+    (KafkaApi::OffsetForLeaderEpoch, 2, 4),
 ];
 
 /// The versions of `api` corelog serves.

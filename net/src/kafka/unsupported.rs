@@ -18,6 +18,7 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions, OffsetFetchResponseTopic,
     OffsetFetchResponseTopics,
 };
+use kafka_protocol::messages::offset_for_leader_epoch_response::{EpochEndOffset, OffsetForLeaderTopicResult};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::txn_offset_commit_response::{
     TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
@@ -79,6 +80,29 @@ pub fn error_response(request: &RequestKind, version: i16, code: i16) -> Option<
             }
             ResponseKind::Fetch(response)
         }
+        RequestKind::OffsetForLeaderEpoch(r) => ResponseKind::OffsetForLeaderEpoch(
+            OffsetForLeaderEpochResponse::default().with_topics(
+                r.topics
+                    .iter()
+                    .map(|t| {
+                        OffsetForLeaderTopicResult::default()
+                            .with_topic(t.topic.clone())
+                            .with_partitions(
+                                t.partitions
+                                    .iter()
+                                    .map(|p| {
+                                        EpochEndOffset::default()
+                                            .with_partition(p.partition)
+                                            .with_error_code(code)
+                                            .with_leader_epoch(-1)
+                                            .with_end_offset(-1)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect(),
+            ),
+        ),
         RequestKind::ListOffsets(r) => ResponseKind::ListOffsets(
             ListOffsetsResponse::default().with_topics(
                 r.topics
