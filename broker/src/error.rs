@@ -64,6 +64,9 @@ pub enum BrokerError {
         current: i32,
     },
 
+    #[error("{path}: {reason}")]
+    StateFile { path: std::path::PathBuf, reason: String },
+
     #[error("{topic}/{partition}: replica: {reason}")]
     Replication {
         topic: String,
@@ -152,6 +155,7 @@ impl BrokerError {
             BrokerError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
             BrokerError::InvalidAcks(_) => ErrorCode::InvalidRequiredAcks,
             BrokerError::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
+            BrokerError::StateFile { .. } => ErrorCode::StorageError,
             BrokerError::FencedLeaderEpoch { .. } => ErrorCode::FencedLeaderEpoch,
             BrokerError::UnknownLeaderEpoch { .. } => ErrorCode::UnknownLeaderEpoch,
             BrokerError::CorruptBatches { .. } => ErrorCode::CorruptMessage,

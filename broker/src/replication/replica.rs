@@ -841,7 +841,10 @@ async fn open_state_file(path: &Path) -> Result<(Arc<std::fs::File>, Vec<u8>), B
             .map_err(io_error("open", &path))?;
         let mut bytes = std::fs::read(&path).map_err(io_error("read", &path))?;
         let valid = storage::record_file::replay(&bytes)
-            .map_err(|e| BrokerError::Controller(format!("{}: {e}", path.display())))?
+            .map_err(|reason| BrokerError::StateFile {
+                path: path.clone(),
+                reason,
+            })?
             .valid_bytes;
         if valid < bytes.len() {
             file.set_len(valid as u64)
@@ -868,7 +871,10 @@ impl StateFile {
         let sync = batch.needs_sync;
         let bytes = batch
             .finish()
-            .map_err(|e| BrokerError::Controller(format!("{}: {e}", self.path.display())))?;
+            .map_err(|reason| BrokerError::StateFile {
+                path: self.path.clone(),
+                reason,
+            })?;
         self.bytes += bytes.len();
         let (file, path) = (self.file.clone(), self.path.clone());
         storage::blocking::off_shard(move || {
@@ -889,7 +895,10 @@ impl StateFile {
         let bytes = state
             .rewrite()
             .finish()
-            .map_err(|e| BrokerError::Controller(format!("{}: {e}", self.path.display())))?;
+            .map_err(|reason| BrokerError::StateFile {
+                path: self.path.clone(),
+                reason,
+            })?;
         let len = bytes.len();
         let path = self.path.clone();
         self.file = storage::blocking::off_shard(move || {
