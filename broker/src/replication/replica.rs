@@ -561,8 +561,8 @@ impl PartitionReplica {
                     .await
                     .map_err(|e| storage_error(&self.topic, self.partition, e))?;
                 batch.cut(first);
-                self.fail_pending_from(first);
             }
+            self.fail_replaced(first, entries);
             for entry in entries.iter().filter(|e| is_internal(e)) {
                 batch.entry(entry);
             }
@@ -661,9 +661,24 @@ impl PartitionReplica {
         self.node.mut_store().set_applied(last);
     }
 
-    /// Produce requests whose entries a leader's log replaced.
-    fn fail_pending_from(&mut self, index: u64) {
-        for (_, pending) in self.pending.split_off(&index) {
+    /// Answers the produce requests whose entries a leader's entries
+    /// replaced: from `first` on, the Raft log is now `entries`, so a
+    /// waiting batch not among them (another term at its index, or past
+    /// their end) is gone, whether it was persisted (a cut) or only in
+    /// raft-rs's memory when the new leader's entries arrived.
+    fn fail_replaced(&mut self, first: u64, entries: &[Entry]) {
+        let replaced: Vec<u64> = self
+            .pending
+            .range(first..)
+            .filter(|(index, pending)| {
+                entries
+                    .get((**index - first) as usize)
+                    .is_none_or(|entry| entry.term != pending.term)
+            })
+            .map(|(index, _)| *index)
+            .collect();
+        for index in replaced {
+            let pending = self.pending.remove(&index).expect("just seen");
             let _ = pending.reply.send(Err(self.not_leader()));
         }
     }
@@ -869,12 +884,10 @@ impl StateFile {
             return Ok(());
         }
         let sync = batch.needs_sync;
-        let bytes = batch
-            .finish()
-            .map_err(|reason| BrokerError::StateFile {
-                path: self.path.clone(),
-                reason,
-            })?;
+        let bytes = batch.finish().map_err(|reason| BrokerError::StateFile {
+            path: self.path.clone(),
+            reason,
+        })?;
         self.bytes += bytes.len();
         let (file, path) = (self.file.clone(), self.path.clone());
         storage::blocking::off_shard(move || {
@@ -892,13 +905,10 @@ impl StateFile {
     /// Writes `state` as the whole file (a temporary file synced, renamed
     /// over it, the directory synced), and appends to the new one.
     async fn rewrite(&mut self, state: &ReplicaState) -> Result<(), BrokerError> {
-        let bytes = state
-            .rewrite()
-            .finish()
-            .map_err(|reason| BrokerError::StateFile {
-                path: self.path.clone(),
-                reason,
-            })?;
+        let bytes = state.rewrite().finish().map_err(|reason| BrokerError::StateFile {
+            path: self.path.clone(),
+            reason,
+        })?;
         let len = bytes.len();
         let path = self.path.clone();
         self.file = storage::blocking::off_shard(move || {

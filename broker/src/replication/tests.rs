@@ -88,6 +88,10 @@ struct Group {
     replicas: BTreeMap<u64, Option<PartitionReplica>>,
     network: VecDeque<Message>,
     isolated: BTreeSet<u64>,
+    /// Replicas that neither tick nor handle a Ready (a SIGSTOPped
+    /// process); what is sent to them waits in `held`.
+    paused: BTreeSet<u64>,
+    held: VecDeque<Message>,
     waiting: Vec<Waiting>,
     /// Acknowledged batches: tag, and where the leader said it is.
     acked: Vec<(u64, Appended)>,
@@ -103,6 +107,8 @@ impl Group {
             replicas: BTreeMap::new(),
             network: VecDeque::new(),
             isolated: BTreeSet::new(),
+            paused: BTreeSet::new(),
+            held: VecDeque::new(),
             waiting: Vec::new(),
             acked: Vec::new(),
             refused: 0,
@@ -126,6 +132,9 @@ impl Group {
     }
 
     async fn restart(&mut self, id: u64) {
+        // A new process: what was sent to the old one is gone with it.
+        self.paused.remove(&id);
+        self.held.retain(|m| m.to != id);
         let replica = open(self.dirs[&id].path(), id).await;
         self.replicas.insert(id, Some(replica));
     }
@@ -134,7 +143,9 @@ impl Group {
     /// can (not to or from a replica that is down or isolated).
     async fn turn(&mut self) {
         let mut outbox = Vec::new();
-        for replica in self.replicas.values_mut().flatten() {
+        let paused = &self.paused;
+        for (_, replica) in self.replicas.iter_mut().filter(|(id, _)| !paused.contains(id)) {
+            let Some(replica) = replica else { continue };
             replica
                 .handle_ready(&mut |messages| outbox.extend(messages))
                 .await
@@ -143,6 +154,10 @@ impl Group {
         self.network.extend(outbox);
         while let Some(message) = self.network.pop_front() {
             if self.isolated.contains(&message.from) || self.isolated.contains(&message.to) {
+                continue;
+            }
+            if self.paused.contains(&message.to) {
+                self.held.push_back(message);
                 continue;
             }
             if let Some(Some(replica)) = self.replicas.get_mut(&message.to) {
@@ -169,8 +184,10 @@ impl Group {
     }
 
     async fn tick(&mut self) {
-        for replica in self.replicas.values_mut().flatten() {
-            replica.tick();
+        for (id, replica) in self.replicas.iter_mut() {
+            if let Some(replica) = replica.as_mut().filter(|_| !self.paused.contains(id)) {
+                replica.tick();
+            }
         }
         self.turn().await;
     }
@@ -182,7 +199,7 @@ impl Group {
             let leaders: Vec<u64> = self
                 .replicas
                 .iter()
-                .filter(|(id, _)| !self.isolated.contains(id))
+                .filter(|(id, _)| !self.isolated.contains(id) && !self.paused.contains(id))
                 .filter_map(|(id, r)| r.as_ref().filter(|r| r.is_leader()).map(|_| *id))
                 .collect();
             if let [leader] = leaders[..] {
@@ -190,6 +207,20 @@ impl Group {
             }
         }
         panic!("no leader after {ELECTION_TICKS_MAX} ticks");
+    }
+
+    /// A paused replica wakes (SIGCONT): what was sent to it while it
+    /// slept arrives before it handles a Ready.
+    fn resume(&mut self, id: u64) {
+        self.paused.remove(&id);
+        let (arrived, held): (VecDeque<Message>, VecDeque<Message>) =
+            std::mem::take(&mut self.held).into_iter().partition(|m| m.to == id);
+        self.held = held;
+        for message in arrived {
+            if let Some(Some(replica)) = self.replicas.get_mut(&message.to) {
+                replica.step(message);
+            }
+        }
     }
 
     fn propose(&mut self, leader: u64, tag: u64, value_bytes: usize) {
@@ -453,6 +484,8 @@ enum Step {
     Restart(u64),
     Isolate(u64),
     Heal,
+    Pause(u64),
+    Resume(u64),
     Turns(u8),
     Ticks(u8),
 }
@@ -465,6 +498,8 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
         1 => (1u64..=3).prop_map(Step::Restart),
         1 => (1u64..=3).prop_map(Step::Isolate),
         1 => Just(Step::Heal),
+        1 => (1u64..=3).prop_map(Step::Pause),
+        1 => (1u64..=3).prop_map(Step::Resume),
         2 => (1u8..6).prop_map(Step::Turns),
         2 => (1u8..30).prop_map(Step::Ticks),
     ]
@@ -473,7 +508,8 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
     /// Random crashes (with what was not synced lost), restarts from the
-    /// replicas' directories, isolations and heals among proposals: once
+    /// replicas' directories, isolations and heals, pauses (SIGSTOP) and
+    /// resumes among proposals: once
     /// all are up and healed, every replica holds the same bytes, offsets
     /// follow each other, and every batch acknowledged is at the offset it
     /// was acknowledged with.
@@ -506,6 +542,10 @@ proptest::proptest! {
                         group.isolated.insert(id);
                     }
                     Step::Heal => group.isolated.clear(),
+                    Step::Pause(id) => {
+                        group.paused.insert(id);
+                    }
+                    Step::Resume(id) => group.resume(id),
                     Step::Turns(n) => {
                         for _ in 0..n {
                             group.turn().await;
@@ -520,6 +560,7 @@ proptest::proptest! {
             }
             group.isolated.clear();
             for id in VOTERS {
+                group.resume(id);
                 if group.replicas[&id].is_none() {
                     group.restart(id).await;
                 }
@@ -925,5 +966,34 @@ fn acks_all_is_refused_while_fewer_than_min_insync_replicas_are_in_sync() {
         group.check().await;
         let acked: BTreeSet<u64> = group.acked.iter().map(|(tag, _)| *tag).collect();
         assert_eq!(acked, [0, 1, 2, 3, 5, 6].into_iter().collect());
+    });
+}
+
+#[test]
+fn a_paused_leaders_unpersisted_batch_replaced_by_the_next_leader_is_not_acknowledged() {
+    run(async {
+        let mut group = Group::new().await;
+        let old = group.leader().await;
+        group.propose(old, 0, 10);
+        group.settle().await;
+        // Proposed, then paused before its Ready: the batch is in raft-rs's
+        // memory only when the new leader's entries reach it.
+        group.propose(old, 1, 10);
+        group.paused.insert(old);
+        let new = group.leader().await;
+        assert_ne!(new, old);
+        group.propose(new, 2, 10);
+        for _ in 0..10 {
+            group.turn().await;
+        }
+        group.resume(old);
+        group.settle().await;
+        group.check().await;
+        let acked: BTreeSet<u64> = group.acked.iter().map(|(tag, _)| *tag).collect();
+        assert_eq!(acked, [0, 2].into_iter().collect());
+        assert_eq!(
+            group.refused, 1,
+            "the replaced batch is answered NOT_LEADER_OR_FOLLOWER"
+        );
     });
 }
