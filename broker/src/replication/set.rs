@@ -2,7 +2,9 @@
 //! they say to other nodes travels coalesced: every group's messages to one
 //! node in a turn go in one peer frame (or a few, past a frame's limits),
 //! so 1,000 idle partitions cost a frame a tick to each peer, not 1,000
-//! (Redpanda's heartbeat manager, CockroachDB's and TiKV's batching).
+//! (CockroachDB's and TiKV's batching). Each group's heartbeat is still a
+//! message of its own inside the frame; collapsing them into one per node
+//! pair, as Redpanda's heartbeat manager does, is not done yet.
 //!
 //! A turn runs each group's `Ready` in three steps over all groups at
 //! once: the messages that may go before a sync (a leader's appends) leave
