@@ -153,20 +153,7 @@ impl ControllerReplica {
     /// Returns the follower asked, None if this replica does not lead or
     /// has no follower.
     pub fn hand_over(&mut self) -> Option<u64> {
-        if !self.is_leader() {
-            return None;
-        }
-        let id = self.id;
-        let (transferee, _) = self
-            .node
-            .raft
-            .prs()
-            .iter()
-            .filter(|(peer, _)| **peer != id)
-            .map(|(peer, progress)| (*peer, progress.matched))
-            .max_by_key(|(peer, matched)| (*matched, std::cmp::Reverse(*peer)))?;
-        self.node.transfer_leader(transferee);
-        Some(transferee)
+        crate::replication::hand_over(&mut self.node)
     }
 
     pub fn tick(&mut self) {

@@ -16,3 +16,27 @@ pub mod state_file;
 
 #[cfg(test)]
 mod tests;
+
+use raft::prelude::RawNode;
+use raft::StateRole;
+
+/// A leader stopping cleanly hands its leadership to the follower furthest
+/// along (as Kafka's controlled shutdown does), so the group has a leader
+/// again at once rather than after an election timeout. Returns the
+/// follower asked; None if `node` does not lead or has no follower. The
+/// controller's group and every partition's do it alike.
+pub fn hand_over<S: raft::Storage>(node: &mut RawNode<S>) -> Option<u64> {
+    if node.raft.state != StateRole::Leader {
+        return None;
+    }
+    let id = node.raft.id;
+    let (transferee, _) = node
+        .raft
+        .prs()
+        .iter()
+        .filter(|(peer, _)| **peer != id)
+        .map(|(peer, progress)| (*peer, progress.matched))
+        .max_by_key(|(peer, matched)| (*matched, std::cmp::Reverse(*peer)))?;
+    node.transfer_leader(transferee);
+    Some(transferee)
+}

@@ -806,22 +806,10 @@ impl PartitionReplica {
         Ok(low)
     }
 
-    /// Hands this replica's leadership to the follower furthest along.
+    /// Hands this replica's leadership to the follower furthest along
+    /// (`replication::hand_over`).
     pub fn hand_over(&mut self) -> Option<u64> {
-        if !self.is_leader() {
-            return None;
-        }
-        let id = self.id;
-        let (transferee, _) = self
-            .node
-            .raft
-            .prs()
-            .iter()
-            .filter(|(peer, _)| **peer != id)
-            .map(|(peer, progress)| (*peer, progress.matched))
-            .max_by_key(|(peer, matched)| (*matched, std::cmp::Reverse(*peer)))?;
-        self.node.transfer_leader(transferee);
-        Some(transferee)
+        super::hand_over(&mut self.node)
     }
 }
 
