@@ -64,9 +64,6 @@ pub enum BrokerError {
         current: i32,
     },
 
-    #[error("{path}: {reason}")]
-    StateFile { path: std::path::PathBuf, reason: String },
-
     #[error("{topic}/{partition}: replica: {reason}")]
     Replication {
         topic: String,
@@ -155,7 +152,6 @@ impl BrokerError {
             BrokerError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
             BrokerError::InvalidAcks(_) => ErrorCode::InvalidRequiredAcks,
             BrokerError::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
-            BrokerError::StateFile { .. } => ErrorCode::StorageError,
             BrokerError::FencedLeaderEpoch { .. } => ErrorCode::FencedLeaderEpoch,
             BrokerError::UnknownLeaderEpoch { .. } => ErrorCode::UnknownLeaderEpoch,
             BrokerError::CorruptBatches { .. } => ErrorCode::CorruptMessage,
@@ -177,7 +173,8 @@ fn storage_code(error: &StorageError) -> ErrorCode {
         | StorageError::CorruptBatch { .. }
         | StorageError::LogFailed { .. }
         | StorageError::LogClosed { .. }
-        | StorageError::InvalidLogDir { .. } => ErrorCode::StorageError,
+        | StorageError::InvalidLogDir { .. }
+        | StorageError::RecordFile { .. } => ErrorCode::StorageError,
         StorageError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
         // An epoch older than the log's last: the appender was deposed.
         StorageError::AppendRefused { .. } => ErrorCode::NotLeaderOrFollower,

@@ -45,6 +45,10 @@ pub enum StorageError {
     #[error("invalid log configuration: {reason}")]
     InvalidConfig { reason: String },
 
+    /// A record file (`record_file`) damaged before its last batch.
+    #[error("{path}: {reason}")]
+    RecordFile { path: PathBuf, reason: String },
+
     #[error("invalid log directory {path}: {reason}")]
     InvalidLogDir { path: PathBuf, reason: String },
 

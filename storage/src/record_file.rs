@@ -13,6 +13,12 @@
 //! off, and a bad batch with a whole one after it is damage: the replay
 //! refuses it rather than forget what was acknowledged as durable.
 
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use crate::StorageError;
+
 /// The most bytes one batch may hold.
 pub const BATCH_BYTES_MAX: usize = 16 << 20;
 
@@ -58,6 +64,53 @@ pub struct Replayed<'a> {
     pub valid_bytes: usize,
     /// Why the bytes past `valid_bytes` were not read, if there are any.
     pub torn: Option<String>,
+}
+
+/// Opens the record file at `path` for appending (created empty if new,
+/// its directory synced) and cuts a torn last batch off it, so the batches
+/// appended next follow whole ones. Returns the file and the bytes of its
+/// whole batches, for `replay`. Blocks: call it off a shard's thread, or
+/// before the shards start.
+pub fn open(path: &Path) -> crate::Result<(File, Vec<u8>)> {
+    let io = |op: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| StorageError::Io { op, path, source }
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(path)
+        .map_err(io("open", path))?;
+    let mut bytes = std::fs::read(path).map_err(io("read", path))?;
+    let valid = replay(&bytes)
+        .map_err(|reason| StorageError::RecordFile {
+            path: path.to_path_buf(),
+            reason,
+        })?
+        .valid_bytes;
+    if valid < bytes.len() {
+        file.set_len(valid as u64).map_err(io("cut the torn tail of", path))?;
+        file.sync_data().map_err(io("fdatasync", path))?;
+        bytes.truncate(valid);
+    }
+    let dir = path.parent().expect("a record file is in a directory");
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))?;
+    Ok((file, bytes))
+}
+
+/// Appends one batch (`BatchWriter::finish`'s bytes) to a file `open`
+/// opened, synced if `sync`. Blocks, as `open` does.
+pub fn append(file: &File, path: &Path, batch: &[u8], sync: bool) -> crate::Result<()> {
+    let mut writer = file;
+    writer
+        .write_all(batch)
+        .and_then(|()| if sync { file.sync_data() } else { Ok(()) })
+        .map_err(|source| StorageError::Io {
+            op: "append to",
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Reads a record file's bytes.

@@ -678,48 +678,23 @@ async fn peer_connection(
     }
 }
 
-/// Reads the log file (created empty if new) and cuts a torn last batch
-/// off it, so that the batches appended next follow whole ones.
+/// Reads the log file (created empty if new, with its directory) and cuts
+/// a torn last batch off it, so that the batches appended next follow
+/// whole ones.
 fn open_log(path: &Path) -> Result<(Arc<std::fs::File>, Vec<u8>), BrokerError> {
-    let io = |op: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| BrokerError::Io { op, path, source }
-    };
     let dir = path.parent().expect("the log is in a directory");
-    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .read(true)
-        .append(true)
-        .open(path)
-        .map_err(io("open", path))?;
-    let bytes = std::fs::read(path).map_err(io("read", path))?;
-    let valid = storage::record_file::replay(&bytes)
-        .map_err(|e| BrokerError::Controller(format!("{}: {e}", path.display())))?
-        .valid_bytes;
-    if valid < bytes.len() {
-        file.set_len(valid as u64).map_err(io("cut the torn tail of", path))?;
-        file.sync_data().map_err(io("fdatasync", path))?;
-    }
-    let dir_file = std::fs::File::open(dir).map_err(io("open", dir))?;
-    dir_file.sync_all().map_err(io("fsync", dir))?;
-    let mut bytes = bytes;
-    bytes.truncate(valid);
+    std::fs::create_dir_all(dir).map_err(|source| BrokerError::Io {
+        op: "create",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let (file, bytes) = storage::record_file::open(path).map_err(|e| BrokerError::Controller(e.to_string()))?;
     Ok((Arc::new(file), bytes))
 }
 
 /// Appends one batch and makes it durable, on the calling thread.
 fn append_sync(file: &std::fs::File, batch: &[u8], path: &Path) -> Result<(), BrokerError> {
-    use std::io::Write;
-    let mut writer = file;
-    writer
-        .write_all(batch)
-        .and_then(|()| file.sync_data())
-        .map_err(|source| BrokerError::Io {
-            op: "append to",
-            path: path.to_path_buf(),
-            source,
-        })
+    storage::record_file::append(file, path, batch, true).map_err(|e| BrokerError::Controller(e.to_string()))
 }
 
 /// Appends one batch and makes it durable, off the shard's thread.

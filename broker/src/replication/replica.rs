@@ -144,7 +144,9 @@ impl PartitionReplica {
         if !voters.contains(&id) {
             return Err(fail(format!("node {id} is not among the replicas {voters:?}")));
         }
-        let (file, bytes) = open_state_file(&log.dir().join(state_file::FILE_NAME)).await?;
+        let (file, bytes) = open_state_file(&log.dir().join(state_file::FILE_NAME))
+            .await
+            .map_err(|e| storage_error(topic, partition, e))?;
         let mut state = state_file::replay(&bytes).map_err(&fail)?;
         let (applied, high_watermark) = state.applied.unwrap_or((0, log.log_start_offset()));
         if high_watermark < log.log_start_offset() || high_watermark > log.log_end_offset() {
@@ -232,7 +234,10 @@ impl PartitionReplica {
             // crash lost: they go, in the file too.
             let mut batch = StateBatch::default();
             batch.cut(index);
-            state_file.append(batch).await?;
+            state_file
+                .append(batch)
+                .await
+                .map_err(|e| storage_error(topic, partition, e))?;
         }
         let mut hard_state = state.hard_state.clone();
         hard_state.commit = hard_state.commit.max(applied).min(storage.last_index());
@@ -575,7 +580,10 @@ impl PartitionReplica {
         }
         // Raft's own entries and the term and vote first: a batch of the
         // log is never on disk ahead of an entry before it.
-        self.state_file.append(batch).await?;
+        self.state_file
+            .append(batch)
+            .await
+            .map_err(|e| storage_error(&self.topic, self.partition, e))?;
         let mut last_appended = None;
         for entry in entries.iter() {
             if is_internal(entry) {
@@ -707,11 +715,18 @@ impl PartitionReplica {
                 applied: Some((applied, self.high_watermark)),
                 valid_bytes: 0,
             };
-            return self.state_file.rewrite(&state).await;
+            return self
+                .state_file
+                .rewrite(&state)
+                .await
+                .map_err(|e| storage_error(&self.topic, self.partition, e));
         }
         let mut batch = StateBatch::default();
         batch.applied(applied, self.high_watermark);
-        self.state_file.append(batch).await
+        self.state_file
+            .append(batch)
+            .await
+            .map_err(|e| storage_error(&self.topic, self.partition, e))
     }
 
     /// Reads back from the partition log what raft-rs waits for to send to
@@ -827,98 +842,57 @@ fn storage_error(topic: &str, partition: u32, source: storage::StorageError) -> 
     }
 }
 
-fn io_error(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BrokerError {
-    let path = path.to_path_buf();
-    move |source| BrokerError::Io { op, path, source }
-}
-
 /// Opens the state file (created empty if new), cutting a torn last batch.
-async fn open_state_file(path: &Path) -> Result<(Arc<std::fs::File>, Vec<u8>), BrokerError> {
+async fn open_state_file(path: &Path) -> storage::Result<(Arc<std::fs::File>, Vec<u8>)> {
     let path = path.to_path_buf();
-    storage::blocking::off_shard(move || {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .read(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_error("open", &path))?;
-        let mut bytes = std::fs::read(&path).map_err(io_error("read", &path))?;
-        let valid = storage::record_file::replay(&bytes)
-            .map_err(|reason| BrokerError::StateFile {
-                path: path.clone(),
-                reason,
-            })?
-            .valid_bytes;
-        if valid < bytes.len() {
-            file.set_len(valid as u64)
-                .map_err(io_error("cut the torn tail of", &path))?;
-            file.sync_data().map_err(io_error("fdatasync", &path))?;
-            bytes.truncate(valid);
-        }
-        let dir = path.parent().expect("the file is in a directory");
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_error("fsync", dir))?;
-        Ok((Arc::new(file), bytes))
-    })
-    .await
+    let (file, bytes) = storage::blocking::off_shard(move || storage::record_file::open(&path)).await?;
+    Ok((Arc::new(file), bytes))
 }
 
 impl StateFile {
     /// Appends a batch (nothing if empty), synced if it must be, off the
     /// shard's thread.
-    async fn append(&mut self, batch: StateBatch) -> Result<(), BrokerError> {
+    async fn append(&mut self, batch: StateBatch) -> storage::Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
         let sync = batch.needs_sync;
-        let bytes = batch.finish().map_err(|reason| BrokerError::StateFile {
-            path: self.path.clone(),
-            reason,
-        })?;
+        let bytes = self.finish(batch)?;
         self.bytes += bytes.len();
         let (file, path) = (self.file.clone(), self.path.clone());
-        storage::blocking::off_shard(move || {
-            use std::io::Write;
-            let mut writer: &std::fs::File = &file;
-            writer.write_all(&bytes).map_err(io_error("append to", &path))?;
-            if sync {
-                file.sync_data().map_err(io_error("fdatasync", &path))?;
-            }
-            Ok(())
-        })
-        .await
+        storage::blocking::off_shard(move || storage::record_file::append(&file, &path, &bytes, sync)).await
     }
 
     /// Writes `state` as the whole file (a temporary file synced, renamed
     /// over it, the directory synced), and appends to the new one.
-    async fn rewrite(&mut self, state: &ReplicaState) -> Result<(), BrokerError> {
-        let bytes = state.rewrite().finish().map_err(|reason| BrokerError::StateFile {
-            path: self.path.clone(),
-            reason,
-        })?;
+    async fn rewrite(&mut self, state: &ReplicaState) -> storage::Result<()> {
+        let bytes = self.finish(state.rewrite())?;
         let len = bytes.len();
         let path = self.path.clone();
         self.file = storage::blocking::off_shard(move || {
             let temp = path.with_extension("tmp");
-            std::fs::write(&temp, &bytes).map_err(io_error("write", &temp))?;
+            let io = |op: &'static str, path: &Path| {
+                let path = path.to_path_buf();
+                move |source| storage::StorageError::Io { op, path, source }
+            };
+            std::fs::write(&temp, &bytes).map_err(io("write", &temp))?;
             std::fs::File::open(&temp)
                 .and_then(|f| f.sync_all())
-                .map_err(io_error("fsync", &temp))?;
-            std::fs::rename(&temp, &path).map_err(io_error("rename", &temp))?;
-            let dir = path.parent().expect("the file is in a directory");
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_error("fsync", dir))?;
-            let file = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&path)
-                .map_err(io_error("open", &path))?;
-            Ok::<_, BrokerError>(Arc::new(file))
+                .map_err(io("fsync", &temp))?;
+            std::fs::rename(&temp, &path).map_err(io("rename", &temp))?;
+            let (file, _) = storage::record_file::open(&path)?;
+            Ok::<_, storage::StorageError>(Arc::new(file))
         })
         .await?;
         self.bytes = len;
         Ok(())
+    }
+
+    fn finish(&self, batch: StateBatch) -> storage::Result<Vec<u8>> {
+        batch.finish().map_err(|reason| storage::StorageError::RecordFile {
+            path: self.path.clone(),
+            reason,
+        })
     }
 }
 
