@@ -200,18 +200,22 @@ pub fn topic(broker: &str, command: TopicCommand) -> Result<(), String> {
                     println!("  config {}={}", config.key, config.value);
                 }
                 for p in &topic.partitions {
-                    if net::ErrorCode::from_code(p.error) == net::ErrorCode::NotLeaderOrFollower {
-                        // Hosted on another node of the cluster.
-                        println!(
-                            "  partition {} leader {} shard {} (on another node)",
-                            p.partition, p.leader, p.shard
-                        );
-                        continue;
-                    }
-                    println!(
-                        "  partition {} leader {} shard {} log_start_offset {} high_watermark {}",
-                        p.partition, p.leader, p.shard, p.log_start_offset, p.high_watermark
+                    let replicas = format!(
+                        "leader {} epoch {} replicas {:?} isr {:?}",
+                        p.leader as i32, p.leader_epoch, p.replicas, p.in_sync
                     );
+                    match net::ErrorCode::from_code(p.error) {
+                        net::ErrorCode::None => println!(
+                            "  partition {} {replicas} shard {} log_start_offset {} high_watermark {}",
+                            p.partition, p.shard, p.log_start_offset, p.high_watermark
+                        ),
+                        // A follower here, or hosted on other nodes only: its
+                        // offsets are the leader's to say.
+                        net::ErrorCode::NotLeaderOrFollower => {
+                            println!("  partition {} {replicas} (not led here)", p.partition)
+                        }
+                        error => println!("  partition {} {replicas} error {error:?}", p.partition),
+                    }
                 }
             }
             TopicCommand::Delete { name } => {

@@ -27,12 +27,6 @@ pub enum BrokerError {
     #[error("topic {topic}: replication factor {factor} is not 1..={nodes} (the nodes in the cluster), or -1 for the default")]
     InvalidReplicationFactor { topic: String, factor: usize, nodes: usize },
 
-    #[error(
-        "topic {topic}: replication factor {factor}: partitions have one replica each until partition \
-         Raft groups are built, so 1 (or -1 for the default)"
-    )]
-    ReplicationNotBuilt { topic: String, factor: usize },
-
     #[error("{topic}/{partition} is not hosted by this node (its leader: node {leader:?})")]
     NotLeaderOrFollower {
         topic: String,
@@ -137,9 +131,7 @@ impl BrokerError {
             BrokerError::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
             BrokerError::InvalidTopic { .. } => ErrorCode::InvalidTopic,
             BrokerError::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
-            BrokerError::InvalidReplicationFactor { .. } | BrokerError::ReplicationNotBuilt { .. } => {
-                ErrorCode::InvalidReplicationFactor
-            }
+            BrokerError::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
             // A coordinator lives on the leader of its internal partition.
             BrokerError::NotLeaderOrFollower { topic, .. }
                 if topic == crate::offsets::OFFSETS_TOPIC || topic == crate::txn::TXN_STATE_TOPIC =>

@@ -394,19 +394,40 @@ async fn metadata(shard: &Shard, advertised: &Endpoints, request: MetadataReques
             };
             let partitions = (0..meta.shards.len() as u32)
                 .map(|p| {
-                    let replicas: Vec<BrokerId> = match table.cluster {
-                        Some(_) => meta.replicas[p as usize]
-                            .iter()
-                            .map(|&(node, shard)| BrokerId(broker_at(&table, advertised, node, shard as u16).0))
-                            .collect(),
-                        None => vec![BrokerId(advertised.broker_of(meta.shards[p as usize]))],
+                    let assigned: Vec<(u64, u16)> = match table.cluster {
+                        Some(_) => meta.replicas[p as usize].iter().map(|&(n, s)| (n, s as u16)).collect(),
+                        None => vec![(0, meta.shards[p as usize])],
                     };
-                    let leader = replicas.first().copied().unwrap_or(BrokerId(-1));
-                    MetadataResponsePartition::default()
+                    let broker = |node: u64, shard: u16| match table.cluster {
+                        Some(_) => BrokerId(broker_at(&table, advertised, node, shard).0),
+                        None => BrokerId(advertised.broker_of(shard)),
+                    };
+                    let replicas: Vec<BrokerId> = assigned.iter().map(|&(n, s)| broker(n, s)).collect();
+                    let partition = MetadataResponsePartition::default()
                         .with_partition_index(p as i32)
-                        .with_leader_id(leader)
-                        .with_isr_nodes(replicas.clone())
-                        .with_replica_nodes(replicas)
+                        .with_replica_nodes(replicas.clone());
+                    let Some(leader) = shard.metadata.leader(&table, &topic, p) else {
+                        // An election under way: the client asks again.
+                        return partition
+                            .with_error_code(ErrorCode::LeaderNotAvailable.code())
+                            .with_leader_id(BrokerId(-1))
+                            .with_leader_epoch(-1)
+                            .with_isr_nodes(Vec::new());
+                    };
+                    // Where the leader's view of its followers is not
+                    // known here, every replica is reported in sync.
+                    let isr = match leader.in_sync.is_empty() {
+                        true => replicas,
+                        false => assigned
+                            .iter()
+                            .filter(|(n, _)| leader.in_sync.contains(n))
+                            .map(|&(n, s)| broker(n, s))
+                            .collect(),
+                    };
+                    partition
+                        .with_leader_id(broker(leader.node, leader.shard))
+                        .with_leader_epoch(leader.epoch)
+                        .with_isr_nodes(isr)
                 })
                 .collect();
             MetadataResponseTopic::default()

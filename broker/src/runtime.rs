@@ -90,6 +90,34 @@ fn offsets_topic_configs() -> std::collections::BTreeMap<String, String> {
     .collect()
 }
 
+/// Where the internal listener puts what peers sent to partition groups:
+/// each group's messages to the shard that owns the partition here, in
+/// one message per shard. A shard whose inbox is full misses them (Raft
+/// sends again), rather than the listener waiting on it.
+fn route_raft(
+    metadata: Arc<Metadata>,
+    inboxes: Arc<Vec<flume::Sender<ShardMessage>>>,
+) -> crate::controller::driver::Route {
+    Rc::new(move |from: u64, messages: Vec<(u64, Vec<u8>)>| {
+        let table = metadata.snapshot();
+        let mut per_shard: std::collections::BTreeMap<u16, Vec<(u64, Vec<u8>)>> = Default::default();
+        for (group, message) in messages {
+            match table.group_owner(group) {
+                Some(shard) => per_shard.entry(shard).or_default().push((group, message)),
+                None => tracing::debug!(from, group, "raft message for a partition not hosted here, dropped"),
+            }
+        }
+        for (shard, messages) in per_shard {
+            let Some(inbox) = inboxes.get(usize::from(shard)) else {
+                continue;
+            };
+            if inbox.try_send(ShardMessage::Raft { from, messages }).is_err() {
+                tracing::debug!(from, shard, "raft messages dropped: the shard's inbox is full");
+            }
+        }
+    })
+}
+
 pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
     config.validate()?;
     let cpus = config.shard_cpus()?;
@@ -219,7 +247,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 .unwrap_or_default(),
             native_shard_addrs: shard_addrs.iter().map(|a| a.to_string()).collect(),
         };
-        Some((rpc_reserved, rpc_addr, peers, registration))
+        Some((rpc_reserved, rpc_addr, peers.clone(), registration))
     };
     let rpc_addr = cluster.as_ref().map(|(_, addr, _, _)| *addr);
     let (handle, requests) = crate::controller::driver::Handle::new();
@@ -261,6 +289,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         let shard_addr = shard_addrs.get(usize::from(id)).copied();
         let native = native.clone();
         let controller = if id == 0 { controller.take() } else { None };
+        let peers = peers.clone();
         // glommio pins a Fixed executor's thread itself (before it allocates,
         // so its memory is the core's node's) and only spins before parking
         // on a pinned executor.
@@ -288,7 +317,29 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 storage::read_ahead::set_thread_budget(config.read_ahead_shard_bytes);
                 storage::batch_cache::set_thread_capacity(read_cache_bytes);
                 let born = std::time::Instant::now();
-                let shard = Rc::new(Shard::new(id, config, metadata, inboxes, producer_ids, handle));
+                // In a cluster each shard drives the Raft groups of the
+                // partitions it owns, on a task of its own.
+                let replication = (!peers.is_empty()).then(|| {
+                    let (replication, commands) = crate::replication::driver::channel();
+                    let task = crate::replication::driver::run(
+                        config.node_id,
+                        id,
+                        peers.clone(),
+                        commands,
+                        metadata.clone(),
+                    );
+                    (replication, glommio::spawn_local(task))
+                });
+                let (replication, replication_task) = replication.unzip();
+                let shard = Rc::new(Shard::new(
+                    id,
+                    config,
+                    metadata,
+                    inboxes.clone(),
+                    producer_ids,
+                    handle,
+                    replication,
+                ));
                 let started = async {
                     let opened = shard.open_owned_partitions().await?;
                     let offsets = shard.load_offsets().await?;
@@ -334,10 +385,12 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                                     ))
                                 })
                             };
+                            let route = route_raft(shard.metadata.clone(), inboxes.clone());
                             let wiring = crate::controller::driver::Wiring {
                                 requests,
                                 internal_topics,
                                 on_change,
+                                route,
                             };
                             Some((opened, listener, registration, wiring))
                         }
@@ -392,6 +445,10 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                     // A leader hands over before its node goes.
                     let _ = stop.send(());
                     task.await;
+                }
+                if let Some(task) = replication_task {
+                    // Stopped by `serve_inbox`; every handle is gone now.
+                    drop(task.cancel());
                 }
                 shard.close_all().await;
                 let (allocations, allocated_bytes) = crate::alloc::thread_allocations();

@@ -453,37 +453,61 @@ async fn metadata(shard: &Shard, endpoints: &Endpoints, request: &ArchivedMetada
         };
         let mut partitions = Vec::new();
         for partition in 0..meta.shards.len() as u32 {
-            let (leader, owner) = match table.leader(&name, partition) {
-                Some((node, shard)) if table.cluster.is_some() => (cluster_broker(&table, node, shard), shard),
-                Some((_, shard)) => (endpoints.broker_of(shard), shard),
-                None => (u32::MAX, 0),
+            let broker = |node: u64, owner: u16| match table.cluster {
+                Some(_) => cluster_broker(&table, node, owner),
+                None => endpoints.broker_of(owner),
+            };
+            let replicas: Vec<(u64, u16)> = match table.cluster {
+                Some(_) => meta.replicas[partition as usize]
+                    .iter()
+                    .map(|&(n, s)| (n, s as u16))
+                    .collect(),
+                None => vec![(0, meta.shards[partition as usize])],
+            };
+            let mut described = PartitionMetadata {
+                partition,
+                error: 0,
+                leader: u32::MAX,
+                shard: 0,
+                log_start_offset: 0,
+                high_watermark: 0,
+                leader_epoch: -1,
+                replicas: replicas.iter().map(|&(n, s)| broker(n, s)).collect(),
+                in_sync: Vec::new(),
+            };
+            let Some(leader) = shard.metadata.leader(&table, &name, partition) else {
+                // An election under way: the client asks again.
+                described.error = ErrorCode::LeaderNotAvailable.code();
+                partitions.push(described);
+                continue;
+            };
+            described.leader = broker(leader.node, leader.shard);
+            described.shard = leader.shard;
+            described.leader_epoch = leader.epoch;
+            described.in_sync = match leader.in_sync.is_empty() {
+                true => described.replicas.clone(),
+                false => replicas
+                    .iter()
+                    .filter(|(n, _)| leader.in_sync.contains(n))
+                    .map(|&(n, s)| broker(n, s))
+                    .collect(),
             };
             if table.is_elsewhere(&name, partition) {
                 // Its offsets are known where it is hosted.
-                partitions.push(PartitionMetadata {
-                    partition,
-                    error: ErrorCode::NotLeaderOrFollower.code(),
-                    leader,
-                    shard: owner,
-                    log_start_offset: 0,
-                    high_watermark: 0,
-                });
+                described.error = ErrorCode::NotLeaderOrFollower.code();
+                partitions.push(described);
                 continue;
             }
             let start = shard.list_offset(&name, partition, EARLIEST_TIMESTAMP).await;
             let end = shard.list_offset(&name, partition, LATEST_TIMESTAMP).await;
-            let (error, log_start_offset, high_watermark) = match (start, end) {
-                (Ok(start), Ok(end)) => (0, start.unwrap_or(0), end.unwrap_or(0)),
-                (Err(e), _) | (_, Err(e)) => (e.code().code(), 0, 0),
-            };
-            partitions.push(PartitionMetadata {
-                partition,
-                error,
-                leader,
-                shard: owner,
-                log_start_offset,
-                high_watermark,
-            });
+            match (start, end) {
+                (Ok(start), Ok(end)) => {
+                    described.log_start_offset = start.unwrap_or(0);
+                    described.high_watermark = end.unwrap_or(0);
+                }
+                (Err(e), _) | (_, Err(e)) => described.error = e.code().code(),
+            }
+            partitions.push(described);
         }
         topics.push(TopicMetadata {
             name,

@@ -25,6 +25,9 @@ use crate::config::BrokerConfig;
 use crate::error::BrokerError;
 use crate::group::Coordinator;
 use crate::producer_state::{Check, ProducerIdAllocator, ProducerStates};
+use crate::replication::driver::{Command, COMMIT_WAIT_MAX};
+use crate::replication::replica::{Acks, Reply as Committed};
+use crate::replication::ReplicaView;
 use crate::topics::{log_config, partition_dir, Metadata, TopicMeta, TopicTable};
 use crate::txn::TxnCoordinator;
 use net::messages::{isolation, AbortedTransaction};
@@ -113,6 +116,11 @@ pub enum ShardMessage {
     /// The cluster's topic table changed: open and delete what this shard
     /// should now host (see `reconcile`).
     Reconcile,
+    /// A peer's Raft messages for partition groups this shard owns.
+    Raft {
+        from: u64,
+        messages: Vec<(u64, Vec<u8>)>,
+    },
     Shutdown,
 }
 
@@ -214,6 +222,14 @@ pub struct Shard {
     /// Told after each reconciliation: requests waiting for a topic to
     /// appear or go here.
     reconcile_waiters: RefCell<Vec<futures::channel::oneshot::Sender<()>>>,
+    /// The shard's replication task, in a cluster.
+    replication: Option<crate::replication::driver::Handle>,
+    /// What this shard sees of its replicated partitions' replicas.
+    replicas: RefCell<HashMap<(String, u32), Rc<ReplicaView>>>,
+    /// The term a replicated partition's producer states were rebuilt in:
+    /// only its leader keeps them, read again from the log when it starts
+    /// to lead.
+    producer_states_term: RefCell<HashMap<(String, u32), u64>>,
 }
 
 /// Counters of one shard's work, reported when it stops (beside its
@@ -380,6 +396,7 @@ impl Shard {
         inboxes: Arc<Vec<flume::Sender<ShardMessage>>>,
         producer_ids: Arc<std::sync::Mutex<ProducerIdAllocator>>,
         controller: Option<crate::controller::driver::Handle>,
+        replication: Option<crate::replication::driver::Handle>,
     ) -> Shard {
         let coordinator = RefCell::new(Coordinator::new(config.group_limits()));
         let reconciled = RefCell::new(metadata.snapshot());
@@ -405,6 +422,9 @@ impl Shard {
             reconciled,
             reconcile_turn: Rc::new(glommio::sync::Semaphore::new(1)),
             reconcile_waiters: RefCell::new(Vec::new()),
+            replication,
+            replicas: RefCell::new(HashMap::new()),
+            producer_states_term: RefCell::new(HashMap::new()),
         }
     }
 
@@ -542,6 +562,17 @@ impl Shard {
                 shard = self.id, topic = %topic.name, partition, log_start_offset = %log.log_start_offset(),
                 log_end_offset = %log.log_end_offset(), "opened partition"
             );
+            let voters: Vec<u64> = topic
+                .replicas
+                .get(partition as usize)
+                .map(|r| r.iter().map(|(node, _)| *node).collect())
+                .unwrap_or_default();
+            if voters.len() > 1 {
+                self.open_replica(topic, partition, &voters, &log).await?;
+                self.logs.borrow_mut().insert((topic.name.clone(), partition), log);
+                opened += 1;
+                continue;
+            }
             // A snapshot that ends before the log start may miss markers
             // retention has since deleted: the log alone is the truth then.
             let (states, covered) = ProducerStates::load(&dir, log.log_end_offset().0)
@@ -566,12 +597,208 @@ impl Shard {
         Ok(opened)
     }
 
+    /// Opens the partition's replica over its log (read back from its last
+    /// applied checkpoint) and hands it to the shard's replication task.
+    /// Its producer states are not kept here until it leads.
+    async fn open_replica(
+        &self,
+        topic: &TopicMeta,
+        partition: u32,
+        voters: &[u64],
+        log: &PartitionLog,
+    ) -> Result<(), BrokerError> {
+        let group = crate::replication::group_id(topic.id, partition);
+        let replica = crate::replication::replica::PartitionReplica::open(
+            &topic.name,
+            partition,
+            self.config.node_id,
+            voters,
+            Rc::new(log.clone()),
+            storage::log::system_clock(),
+        )
+        .await?;
+        let view = Rc::new(ReplicaView::new(group, replica.high_watermark()));
+        tracing::info!(
+            shard = self.id, topic = %topic.name, partition, group, voters = ?voters,
+            recovered_from = %replica.recovered_from(), "opened partition replica"
+        );
+        let mut handle = self.replication.clone().ok_or_else(|| BrokerError::Replication {
+            topic: topic.name.clone(),
+            partition,
+            reason: "a replicated partition on a node without peers".into(),
+        })?;
+        use futures::SinkExt;
+        handle
+            .send(Command::Open {
+                group,
+                replica: Box::new(replica),
+                view: view.clone(),
+            })
+            .await
+            .map_err(|_| BrokerError::ShardGone(self.id))?;
+        self.replicas.borrow_mut().insert((topic.name.clone(), partition), view);
+        Ok(())
+    }
+
+    /// Lets the shard's replication task go of a partition's replica.
+    async fn close_replica(&self, topic: &str, partition: u32) {
+        let view = self.replicas.borrow_mut().remove(&(topic.to_string(), partition));
+        self.producer_states_term
+            .borrow_mut()
+            .remove(&(topic.to_string(), partition));
+        let (Some(view), Some(mut handle)) = (view, self.replication.clone()) else {
+            return;
+        };
+        use futures::SinkExt;
+        let (reply, closed) = futures::channel::oneshot::channel();
+        if handle
+            .send(Command::Close {
+                group: view.group,
+                reply,
+            })
+            .await
+            .is_ok()
+        {
+            let _ = closed.await;
+        }
+    }
+
+    fn replica_view(&self, topic: &str, partition: u32) -> Option<Rc<ReplicaView>> {
+        self.replication.as_ref()?;
+        self.replicas.borrow().get(&(topic.to_string(), partition)).cloned()
+    }
+
+    /// A replicated partition's view, if this node's replica leads it;
+    /// NOT_LEADER_OR_FOLLOWER naming the leader it knows if not.
+    fn leading(&self, topic: &str, partition: u32) -> Result<Option<Rc<ReplicaView>>, BrokerError> {
+        match self.replica_view(topic, partition) {
+            Some(view) if !view.is_leader() => Err(BrokerError::NotLeaderOrFollower {
+                topic: topic.to_string(),
+                partition,
+                leader: view.leader().filter(|l| *l != self.config.node_id),
+            }),
+            view => Ok(view),
+        }
+    }
+
+    /// The topic's `min.insync.replicas` (1 unless set).
+    fn min_insync(&self, topic: &str) -> usize {
+        self.metadata
+            .snapshot()
+            .topics
+            .get(topic)
+            .and_then(|t| t.configs.get(crate::topics::MIN_INSYNC_REPLICAS))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1)
+    }
+
+    /// Proposes a batch to the partition's group: the reply to wait on for
+    /// its outcome.
+    async fn propose(&self, topic: &str, view: &ReplicaView, frame: &[u8], acks: i8) -> Result<Committed, BrokerError> {
+        use futures::SinkExt;
+        let mut handle = self
+            .replication
+            .clone()
+            .expect("a replicated partition has a replication task");
+        let (reply, answer) = futures::channel::oneshot::channel();
+        let acks = if acks == net::messages::acks::ALL {
+            Acks::All
+        } else {
+            Acks::Leader
+        };
+        handle
+            .send(Command::Propose {
+                group: view.group,
+                frame: frame.to_vec(),
+                acks,
+                min_insync: self.min_insync(topic),
+                reply,
+            })
+            .await
+            .map_err(|_| BrokerError::ShardGone(self.id))?;
+        answer.await.map_err(|_| BrokerError::ShardGone(self.id))?
+    }
+
+    /// Waits for a proposed batch's outcome, up to `COMMIT_WAIT_MAX`.
+    async fn committed(&self, topic: &str, partition: u32, reply: Committed) -> Result<Stored, BrokerError> {
+        use futures::FutureExt;
+        let unknown =
+            |why: &str| BrokerError::TimedOut(format!("{topic}/{partition}: {why}; the batch's outcome is unknown"));
+        futures::select! {
+            outcome = reply.fuse() => match outcome {
+                Ok(Ok(appended)) => Ok(Stored {
+                    base_offset: appended.base_offset,
+                    last_offset: appended.last_offset,
+                    append_time_ms: appended.append_time_ms,
+                }),
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(unknown("the replica was let go")),
+            },
+            _ = glommio::timer::sleep(COMMIT_WAIT_MAX).fuse() => Err(unknown(&format!("not committed within {COMMIT_WAIT_MAX:?}"))),
+        }
+    }
+
+    /// Appends one batch made here (a transaction marker) and waits until
+    /// it is durable: on a replicated partition, committed.
+    async fn append_durable(
+        &self,
+        topic: &str,
+        partition: u32,
+        log: &PartitionLog,
+        frame: &[u8],
+    ) -> Result<Stored, BrokerError> {
+        if let Some(view) = self.leading(topic, partition)? {
+            let reply = self.propose(topic, &view, frame, net::messages::acks::ALL).await?;
+            return self.committed(topic, partition, reply).await;
+        }
+        let storage = |source| BrokerError::Storage {
+            topic: topic.to_string(),
+            partition,
+            source,
+        };
+        let appended = log.append(frame).await.map_err(storage)?;
+        log.wait_durable(appended.last_offset).await.map_err(storage)?;
+        Ok(Stored {
+            base_offset: appended.base_offset,
+            last_offset: appended.last_offset,
+            append_time_ms: appended.append_time_ms,
+        })
+    }
+
+    /// On a replicated partition's leader, under its idempotent turn: the
+    /// producer states rebuilt from the log when this replica has begun to
+    /// lead since they were (a follower keeps none; the log it now leads
+    /// holds every batch it will commit).
+    async fn refresh_producer_states(
+        &self,
+        key: &(String, u32),
+        log: &PartitionLog,
+        view: &ReplicaView,
+    ) -> Result<(), BrokerError> {
+        let term = view.term();
+        if self.producer_states_term.borrow().get(key) == Some(&term) {
+            return Ok(());
+        }
+        let states = replay_producer_states(log, ProducerStates::default(), log.log_start_offset())
+            .await
+            .map_err(|source| BrokerError::Storage {
+                topic: key.0.clone(),
+                partition: key.1,
+                source,
+            })?;
+        tracing::debug!(shard = self.id, topic = %key.0, partition = key.1, term, "producer states rebuilt from the log");
+        self.producer_states.borrow_mut().insert(key.clone(), states);
+        self.producer_states_term.borrow_mut().insert(key.clone(), term);
+        Ok(())
+    }
+
     async fn delete_partitions(&self, topic: &TopicMeta) -> Result<(), BrokerError> {
         for (partition, &owner) in topic.shards.iter().enumerate() {
             let partition = partition as u32;
             if owner != self.id {
                 continue;
             }
+            self.close_replica(&topic.name, partition).await;
             let log = self.logs.borrow_mut().remove(&(topic.name.clone(), partition));
             self.producer_states
                 .borrow_mut()
@@ -607,7 +834,12 @@ impl Shard {
             }
             // A snapshot of the producers' sequences, valid for exactly this
             // log end: the next open loads it instead of reading the log.
-            let states = self.producer_states.borrow_mut().remove(&(topic.clone(), partition));
+            let mut states = self.producer_states.borrow_mut().remove(&(topic.clone(), partition));
+            if self.replicas.borrow_mut().remove(&(topic.clone(), partition)).is_some() {
+                // A replica's states are the leader's of one term, rebuilt
+                // from the log whenever it leads: none is saved.
+                states = None;
+            }
             // Written even when empty: the next open then reads no log.
             if let Some(states) = states {
                 if let Err(error) = states.save(&dir, end) {
@@ -628,6 +860,7 @@ impl Shard {
             .borrow()
             .iter()
             .filter(|((topic, _), states)| states.is_dirty() && !topic.starts_with("__"))
+            .filter(|(key, _)| !self.replicas.borrow().contains_key(key))
             .map(|(key, _)| key.clone())
             .collect();
         for key in dirty {
@@ -778,6 +1011,11 @@ impl Shard {
                 reason: "no record batch".into(),
             });
         }
+        if let Some(view) = self.leading(topic, partition)? {
+            return self
+                .produce_replicated(topic, partition, &log, &view, frames, acks)
+                .await;
+        }
         let mut first = None;
         let mut last = Offset(0);
         for frame in frames {
@@ -791,7 +1029,8 @@ impl Shard {
                     append_time_ms: appended.append_time_ms,
                 }
             } else {
-                self.append_idempotent(topic, partition, &log, frame, header).await?
+                self.append_idempotent(topic, partition, &log, None, frame, header)
+                    .await?
             };
             first.get_or_insert(appended);
             last = appended.last_offset;
@@ -813,14 +1052,65 @@ impl Shard {
         })
     }
 
+    /// A produce to a replicated partition this replica leads: every batch
+    /// proposed at once, then their outcomes awaited (an idempotent one is
+    /// awaited under its turn, before the next is checked).
+    async fn produce_replicated(
+        &self,
+        topic: &str,
+        partition: u32,
+        log: &PartitionLog,
+        view: &ReplicaView,
+        frames: Vec<&[u8]>,
+        acks: i8,
+    ) -> Result<Produced, BrokerError> {
+        let mut proposed = Vec::with_capacity(frames.len());
+        for frame in frames {
+            let header = storage::batch::peek_header(frame).map_err(|source| BrokerError::Storage {
+                topic: topic.to_string(),
+                partition,
+                source,
+            })?;
+            let plain = header.producer_id < 0 && !header.is_transactional() && !header.is_control();
+            proposed.push(if plain {
+                Err(self.propose(topic, view, frame, acks).await?)
+            } else {
+                Ok(self
+                    .append_idempotent(topic, partition, log, Some((view, acks)), frame, header)
+                    .await?)
+            });
+        }
+        let mut first = None;
+        for proposal in proposed {
+            let stored = match proposal {
+                Ok(stored) => stored,
+                Err(reply) => self.committed(topic, partition, reply).await?,
+            };
+            first.get_or_insert(stored);
+            let records = stored.last_offset.0 - stored.base_offset.0 + 1;
+            self.stats
+                .records_appended
+                .set(self.stats.records_appended.get() + records);
+        }
+        let first = first.expect("at least one frame");
+        Ok(Produced {
+            base_offset: first.base_offset.0,
+            append_time_ms: first.append_time_ms,
+            log_start_offset: log.log_start_offset().0,
+        })
+    }
+
     /// Appends a batch of an idempotent producer, unless it is a retry of
     /// one the log holds (answered with that batch's offsets) or out of
-    /// sequence (refused).
+    /// sequence (refused). On a replicated partition (`replica`, with the
+    /// request's acks) it is proposed and its outcome awaited under the
+    /// turn, so that the next batch's check sees it.
     async fn append_idempotent(
         &self,
         topic: &str,
         partition: u32,
         log: &PartitionLog,
+        replica: Option<(&ReplicaView, i8)>,
         frame: &[u8],
         header: storage::batch::BatchInfo,
     ) -> Result<Stored, BrokerError> {
@@ -830,6 +1120,9 @@ impl Shard {
             .acquire_permit(1)
             .await
             .map_err(|_| BrokerError::ShardGone(self.id))?;
+        if let Some((view, _)) = replica {
+            self.refresh_producer_states(&key, log, view).await?;
+        }
         let check = self
             .producer_states
             .borrow()
@@ -851,21 +1144,38 @@ impl Shard {
                 code,
             }),
             Check::Append => {
-                let appended = log.append(frame).await.map_err(|source| BrokerError::Storage {
-                    topic: topic.to_string(),
-                    partition,
-                    source,
-                })?;
+                let appended = match replica {
+                    Some((view, acks)) => {
+                        let reply = self.propose(topic, view, frame, acks).await?;
+                        match self.committed(topic, partition, reply).await {
+                            Ok(stored) => stored,
+                            Err(error) => {
+                                // Its outcome unknown, the states may miss
+                                // it: read them from the log again.
+                                self.producer_states_term.borrow_mut().remove(&key);
+                                return Err(error);
+                            }
+                        }
+                    }
+                    None => {
+                        let appended = log.append(frame).await.map_err(|source| BrokerError::Storage {
+                            topic: topic.to_string(),
+                            partition,
+                            source,
+                        })?;
+                        Stored {
+                            base_offset: appended.base_offset,
+                            last_offset: appended.last_offset,
+                            append_time_ms: appended.append_time_ms,
+                        }
+                    }
+                };
                 let mut stored = header;
                 stored.base_offset = appended.base_offset;
                 if let Some(states) = self.producer_states.borrow_mut().get_mut(&key) {
                     states.record(&stored, None);
                 }
-                Ok(Stored {
-                    base_offset: appended.base_offset,
-                    last_offset: appended.last_offset,
-                    append_time_ms: appended.append_time_ms,
-                })
+                Ok(appended)
             }
         }
     }
@@ -927,6 +1237,7 @@ impl Shard {
         isolation_level: u8,
     ) -> Result<Fetched<ReadBytes>, BrokerError> {
         let log = self.log(topic, partition)?;
+        let replica = self.leading(topic, partition)?;
         let storage = |source| BrokerError::Storage {
             topic: topic.to_string(),
             partition,
@@ -956,8 +1267,37 @@ impl Shard {
             }
             read
         };
-        let high_watermark = read.log_end_offset.0;
+        let mut read = read;
+        let high_watermark = match &replica {
+            // Consumers read only what is committed.
+            Some(view) => {
+                let high_watermark = view.high_watermark();
+                let mut committed = 0;
+                for frame in storage::batch::frames(&read.bytes) {
+                    let info = storage::batch::peek_header(frame).map_err(storage)?;
+                    if info.last_offset() >= high_watermark {
+                        break;
+                    }
+                    committed += frame.len();
+                }
+                if committed < read.bytes.len() {
+                    read.bytes = read.bytes.prefix(committed);
+                }
+                high_watermark.0
+            }
+            None => read.log_end_offset.0,
+        };
         let key = (topic.to_string(), partition);
+        if let Some(view) = &replica {
+            if isolation_level == isolation::READ_COMMITTED {
+                let turn = self.idempotent_turn(&key);
+                let _turn = turn
+                    .acquire_permit(1)
+                    .await
+                    .map_err(|_| BrokerError::ShardGone(self.id))?;
+                self.refresh_producer_states(&key, &log, view).await?;
+            }
+        }
         let last_stable_offset = self
             .producer_states
             .borrow()
@@ -1028,6 +1368,9 @@ impl Shard {
         deadline: std::time::Instant,
     ) -> Result<bool, BrokerError> {
         let log = self.log(topic, partition)?;
+        if let Some(view) = self.leading(topic, partition)? {
+            return Ok(view.wait_for_data(Offset(offset), deadline).await);
+        }
         Ok(log.wait_for_data(Offset(offset), deadline).await)
     }
 
@@ -1081,9 +1424,13 @@ impl Shard {
         leader_epoch: i32,
     ) -> Result<(i32, i64), BrokerError> {
         let log = self.log(topic, partition)?;
-        // Not replicated: the epoch of its last batch, 0 for a log that has
-        // none (what ListOffsets and Fetch serve).
-        let current = log.leader_epochs().last().map_or(0, |e| e.epoch);
+        let replica = self.leading(topic, partition)?;
+        // Replicated: the term. Not: the epoch of its last batch, 0 for a
+        // log that has none (what ListOffsets and Fetch serve).
+        let current = match &replica {
+            Some(view) => view.term() as i32,
+            None => log.leader_epochs().last().map_or(0, |e| e.epoch),
+        };
         let (topic, requested) = (topic.to_string(), current_leader_epoch);
         if requested >= 0 && requested < current {
             return Err(BrokerError::FencedLeaderEpoch {
@@ -1111,9 +1458,11 @@ impl Shard {
 
     async fn list_offset_local(&self, topic: &str, partition: u32, timestamp: i64) -> Result<Option<u64>, BrokerError> {
         let log = self.log(topic, partition)?;
+        let replica = self.leading(topic, partition)?;
         match timestamp {
             net::messages::EARLIEST_TIMESTAMP => Ok(Some(log.log_start_offset().0)),
-            net::messages::LATEST_TIMESTAMP => Ok(Some(log.log_end_offset().0)),
+            // What a consumer can read up to.
+            net::messages::LATEST_TIMESTAMP => Ok(Some(replica.map_or(log.log_end_offset(), |v| v.high_watermark()).0)),
             ts => log
                 .offset_for_timestamp(ts)
                 .await
@@ -1238,11 +1587,57 @@ impl Shard {
     }
 
     /// Serves other shards' requests until told to shut down.
+    /// Hands a peer's Raft messages to the replication task; dropped if
+    /// its queue is full (Raft sends again what was not answered).
+    fn step_replicas(&self, from: u64, messages: Vec<(u64, Vec<u8>)>) {
+        let Some(mut handle) = self.replication.clone() else {
+            return;
+        };
+        if handle.try_send(Command::Step { from, messages }).is_err() {
+            tracing::debug!(
+                shard = self.id,
+                from,
+                "replication: the task's queue is full, messages dropped"
+            );
+        }
+    }
+
+    /// A clean stop of the replication task: the groups this shard leads
+    /// are handed over first. Meanwhile the inbox still brings the peers'
+    /// messages the hand-over waits for; anything else is refused (its
+    /// reply dropped: the shard is going).
+    async fn stop_replication(&self, inbox: &flume::Receiver<ShardMessage>) {
+        use futures::{FutureExt, SinkExt};
+        let Some(mut handle) = self.replication.clone() else {
+            return;
+        };
+        let (reply, stopped) = futures::channel::oneshot::channel();
+        let until = std::time::Instant::now() + crate::controller::driver::HAND_OVER_WAIT;
+        if handle.send(Command::Stop { until, reply }).await.is_err() {
+            return;
+        }
+        let mut stopped = stopped.fuse();
+        loop {
+            futures::select! {
+                _ = stopped => return,
+                message = inbox.recv_async().fuse() => match message {
+                    Ok(ShardMessage::Raft { from, messages }) => self.step_replicas(from, messages),
+                    Ok(_) => {}
+                    Err(_) => return,
+                },
+            }
+        }
+    }
+
     pub async fn serve_inbox(self: Rc<Self>, inbox: flume::Receiver<ShardMessage>) {
         while let Ok(message) = inbox.recv_async().await {
             let shard = self.clone();
             match message {
-                ShardMessage::Shutdown => break,
+                ShardMessage::Shutdown => {
+                    self.stop_replication(&inbox).await;
+                    break;
+                }
+                ShardMessage::Raft { from, messages } => self.step_replicas(from, messages),
                 ShardMessage::Produce {
                     topic,
                     partition,

@@ -56,6 +56,10 @@ pub struct TopicTable {
     /// the controller's log, not from `topics.json`.
     #[serde(skip)]
     pub cluster: Option<Arc<ClusterView>>,
+    /// In a cluster, each topic's name by its controller id (a Raft
+    /// group's topic).
+    #[serde(skip)]
+    pub ids: BTreeMap<u64, String>,
 }
 
 impl TopicTable {
@@ -80,9 +84,24 @@ impl TopicTable {
             .is_some_and(|s| *s == NOT_HOSTED)
     }
 
-    /// The (node, shard) of a partition's leader: in a cluster its first
-    /// replica (one replica per partition until partition groups elect
-    /// leaders), on one node this node's owning shard.
+    /// The Raft group of a partition with more than one replica; None for
+    /// one that is not replicated (on one node, or a factor of 1).
+    pub fn group(&self, topic: &str, partition: u32) -> Option<u64> {
+        let meta = self.topics.get(topic)?;
+        let replicas = meta.replicas.get(partition as usize)?;
+        (self.cluster.is_some() && replicas.len() > 1 && meta.id != 0)
+            .then(|| crate::replication::group_id(meta.id, partition))
+    }
+
+    /// This node's shard owning a group's partition, if it hosts it.
+    pub fn group_owner(&self, group: u64) -> Option<u16> {
+        let (id, partition) = crate::replication::group_partition(group);
+        self.owner(self.ids.get(&id)?, partition)
+    }
+
+    /// The (node, shard) of a partition's preferred leader: in a cluster
+    /// its first replica, on one node this node's owning shard. Where the
+    /// partition is replicated, `Metadata::leader` says who leads now.
     pub fn leader(&self, topic: &str, partition: u32) -> Option<(u64, u16)> {
         let meta = self.topics.get(topic)?;
         match &self.cluster {
@@ -128,6 +147,7 @@ impl TopicTable {
             .collect();
         TopicTable {
             topics,
+            ids: cluster.topics.iter().map(|(name, t)| (t.id, name.clone())).collect(),
             cluster: Some(Arc::new(ClusterView {
                 node,
                 controller,
@@ -153,6 +173,20 @@ pub struct Metadata {
     path: PathBuf,
     shards: u16,
     table: RwLock<Arc<TopicTable>>,
+    /// Who leads each replicated partition this node hosts, by Raft group,
+    /// as its replica here last saw it: written by the shards' replication
+    /// tasks when it changes, read for Metadata.
+    leaders: RwLock<std::collections::HashMap<u64, crate::replication::Leadership>>,
+}
+
+/// A partition's leader as a client is told: where, and its epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionLeader {
+    pub node: u64,
+    pub shard: u16,
+    pub epoch: i32,
+    /// The replicas in sync, by node; empty when not known here.
+    pub in_sync: Vec<u64>,
 }
 
 pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
@@ -162,6 +196,10 @@ pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
 /// The file in a cluster topic's partition directory naming the topic's
 /// creation (its controller id).
 const TOPIC_ID_FILE: &str = "topic.id";
+/// The replicas (the leader among them) that must be in sync for an
+/// acks=all produce to be taken; fewer refuse it with NOT_ENOUGH_REPLICAS.
+/// A replication setting, not the log's: `log_config` only checks it.
+pub const MIN_INSYNC_REPLICAS: &str = "min.insync.replicas";
 
 /// Makes `dir` the directory of the partition of cluster topic `id`: a
 /// directory left by an older topic of the same name (deleted while this
@@ -256,11 +294,58 @@ impl Metadata {
             path,
             shards,
             table: RwLock::new(Arc::new(table)),
+            leaders: RwLock::new(std::collections::HashMap::new()),
         };
         if moved {
             metadata.persist(&metadata.snapshot())?;
         }
         Ok(metadata)
+    }
+
+    pub fn set_leadership(&self, group: u64, leadership: Option<crate::replication::Leadership>) {
+        let mut leaders = self.leaders.write().expect("leaders lock");
+        match leadership {
+            Some(leadership) => leaders.insert(group, leadership),
+            None => leaders.remove(&group),
+        };
+    }
+
+    /// A partition's leader now: for a replicated one, the one its replica
+    /// here knows (None while it knows none, or when this node does not
+    /// host it and so does not know: the preferred leader is answered
+    /// then, and a client told NOT_LEADER_OR_FOLLOWER asks again); else
+    /// the partition's only replica.
+    pub fn leader(&self, table: &TopicTable, topic: &str, partition: u32) -> Option<PartitionLeader> {
+        let preferred = table.leader(topic, partition)?;
+        let Some(group) = table.group(topic, partition) else {
+            return Some(PartitionLeader {
+                node: preferred.0,
+                shard: preferred.1,
+                epoch: 0,
+                in_sync: Vec::new(),
+            });
+        };
+        let leadership = self.leaders.read().expect("leaders lock").get(&group).cloned();
+        let Some(leadership) = leadership else {
+            // Not hosted here (or not opened yet).
+            return Some(PartitionLeader {
+                node: preferred.0,
+                shard: preferred.1,
+                epoch: -1,
+                in_sync: Vec::new(),
+            });
+        };
+        let node = leadership.leader?;
+        let shard = table.topics[topic].replicas[partition as usize]
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map(|(_, shard)| *shard as u16)?;
+        Some(PartitionLeader {
+            node,
+            shard,
+            epoch: leadership.term as i32,
+            in_sync: leadership.in_sync,
+        })
     }
 
     pub fn snapshot(&self) -> Arc<TopicTable> {
@@ -400,6 +485,7 @@ pub fn config_defaults() -> Vec<(&'static str, String)> {
         ("read.ahead.bytes", d.read_ahead_bytes.to_string()),
         ("max.message.bytes", d.batch_bytes_max.to_string()),
         ("flush.every.append", "false".to_string()),
+        (MIN_INSYNC_REPLICAS, "1".to_string()),
         (
             "message.timestamp.type",
             match d.timestamp_type {
@@ -433,6 +519,11 @@ pub fn log_config(configs: &BTreeMap<String, String>) -> Result<LogConfig, Broke
                 config.batch_bytes_max = max;
                 config.record_bytes_max = max;
                 config.write_buffer_bytes = config.write_buffer_bytes.max((max + 4096).next_multiple_of(4096));
+            }
+            MIN_INSYNC_REPLICAS => {
+                if number()? == 0 {
+                    return Err(invalid("at least 1"));
+                }
             }
             "flush.ms" => config.flush = FlushPolicy::IntervalMs(number()?),
             "flush.bytes" => config.flush = FlushPolicy::Bytes(number()?),

@@ -288,13 +288,13 @@ fn hosted(addr: &str, topic: &str) -> Result<Vec<u32>, String> {
     let described = cli(&["topic", "describe", topic, "--broker", addr], None)?;
     Ok(described
         .lines()
-        .filter(|l| l.trim_start().starts_with("partition ") && !l.contains("another node"))
+        .filter(|l| l.trim_start().starts_with("partition ") && !l.contains("not led here"))
         .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
         .collect())
 }
 
 /// Topics go through the controller: created on a follower (forwarded to
-/// the leader), placed over every node, each node opening what it hosts;
+/// the leader), one replica a partition placed over every node, each node opening what it hosts;
 /// records produced through one node and read through another; a node
 /// killed and started again serves its partitions' records; deleted on
 /// one node, gone from all, directories included. A Kafka client
@@ -307,25 +307,20 @@ fn topics_are_placed_by_the_controller_and_served_where_they_live() {
     let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
     let follower_addr = addr(follower);
     cli(
-        &["topic", "create", "t", "--partitions", "6", "--broker", &follower_addr],
-        None,
-    )
-    .expect("created through a follower");
-    let refused = cli(
         &[
             "topic",
             "create",
-            "r3",
+            "t",
+            "--partitions",
+            "6",
             "--replication-factor",
-            "3",
+            "1",
             "--broker",
             &follower_addr,
         ],
         None,
     )
-    .expect_err("three replicas are refused until partitions replicate");
-    assert!(refused.contains("InvalidReplicationFactor"), "{refused}");
-
+    .expect("created through a follower");
     // Every node hosts two of the six, and together all of them.
     let mut all: Vec<u32> = Vec::new();
     for node in &nodes {
@@ -423,6 +418,158 @@ print("read", n)
             assert!(started.elapsed() < AGREE_WITHIN, "node {} still has topic t", node.id);
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+    stop_all(&mut nodes);
+}
+
+/// Each partition's (leader node, epoch, replicas) as `topic describe` on
+/// `addr` reports it; a leader of -1 while none is known there.
+fn leaders(addr: &str, topic: &str) -> Result<Vec<(i64, i64, usize)>, String> {
+    let described = cli(&["topic", "describe", topic, "--broker", addr], None)?;
+    Ok(described
+        .lines()
+        .filter(|l| l.trim_start().starts_with("partition "))
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let after = |key: &str| words[words.iter().position(|w| *w == key).unwrap() + 1];
+            let replicas = l.split_once("replicas [").unwrap().1.split(']').next().unwrap();
+            // A node with shard ports is one broker a shard.
+            let broker: i64 = after("leader").parse().unwrap();
+            let per_node = net::cluster::BROKER_IDS_PER_NODE as i64;
+            (
+                if broker >= per_node { broker / per_node } else { broker },
+                after("epoch").parse().unwrap(),
+                replicas.split(',').filter(|r| !r.trim().is_empty()).count(),
+            )
+        })
+        .collect())
+}
+
+/// Waits until `addr` names a leader among `live` for every partition of
+/// `topic`, each in an epoch above `above`; returns the leaders.
+fn elected(addr: &str, topic: &str, live: &[u64], above: &[i64]) -> Vec<(i64, i64, usize)> {
+    let started = Instant::now();
+    loop {
+        let last = leaders(addr, topic);
+        if let Ok(partitions) = &last {
+            let done = !partitions.is_empty()
+                && partitions.iter().enumerate().all(|(p, &(leader, epoch, _))| {
+                    live.contains(&(leader as u64)) && epoch > above.get(p).copied().unwrap_or(0)
+                });
+            if done {
+                return partitions.clone();
+            }
+        }
+        assert!(
+            started.elapsed() < AGREE_WITHIN,
+            "no leaders for {topic} on {addr}: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Every record of `topic` read through `addr`, its values sorted.
+fn read_sorted(addr: &str, topic: &str, count: usize) -> Vec<String> {
+    let out = cli(
+        &[
+            "consume",
+            topic,
+            "--from-beginning",
+            "--max-messages",
+            &count.to_string(),
+            "--timeout-ms",
+            "10000",
+            "--broker",
+            addr,
+        ],
+        None,
+    )
+    .expect("consumed");
+    let mut values: Vec<String> = out.lines().map(str::to_string).collect();
+    values.sort();
+    values
+}
+
+/// A topic of three replicas a partition (the default on three nodes):
+/// each partition elects a leader; what acks=all acknowledged survives its
+/// leader's kill -9; the others elect a new leader in a later epoch and
+/// take more records; the old leader, started again, follows and catches
+/// up; every node serves every record once.
+#[test]
+fn a_replicated_partition_keeps_what_it_acknowledged_through_its_leaders_loss() {
+    let mut nodes = cluster(3);
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
+    let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+    cli(
+        &[
+            "topic",
+            "create",
+            "r",
+            "--partitions",
+            "2",
+            "--broker",
+            &addr(&nodes[0]),
+        ],
+        None,
+    )
+    .expect("created");
+    let first = elected(&addr(&nodes[0]), "r", &ids, &[]);
+    assert!(first.iter().all(|p| p.2 == 3), "three replicas a partition: {first:?}");
+    for node in &nodes {
+        // Every node knows the same leaders (each hosts a replica).
+        assert_eq!(elected(&addr(node), "r", &ids, &[]), first);
+    }
+
+    let produce = |through: &str, from: usize, to: usize| {
+        let lines: String = (from..to).map(|i| format!("k{i},v{i}\n")).collect();
+        cli(
+            &[
+                "produce",
+                "r",
+                "--key-separator",
+                ",",
+                "--acks",
+                "all",
+                "--broker",
+                through,
+            ],
+            Some(&lines),
+        )
+        .expect("produced with acks=all");
+    };
+    produce(&addr(&nodes[1]), 0, 300);
+
+    // The leader of partition 0 is lost without a word.
+    let lost = first[0].0 as u64;
+    let lost_index = nodes.iter().position(|n| n.id == lost).unwrap();
+    nodes[lost_index].broker.take().unwrap().kill9();
+    let survivors: Vec<u64> = ids.iter().copied().filter(|&id| id != lost).collect();
+    let survivor = addr(nodes.iter().find(|n| n.id == survivors[0]).unwrap());
+    let epochs: Vec<i64> = first
+        .iter()
+        .map(|&(leader, epoch, _)| if leader as u64 == lost { epoch } else { 0 })
+        .collect();
+    let second = elected(&survivor, "r", &survivors, &epochs);
+    produce(&survivor, 300, 600);
+
+    let mut expected: Vec<String> = (0..600).map(|i| format!("v{i}")).collect();
+    expected.sort();
+    assert_eq!(read_sorted(&survivor, "r", 600), expected);
+
+    // Started again on its data, the lost leader follows the new one.
+    nodes[lost_index].start();
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let back = addr(&nodes[lost_index]);
+    let rejoined = elected(&back, "r", &ids, &[]);
+    for (p, (now, before)) in rejoined.iter().zip(&second).enumerate() {
+        assert!(
+            now.1 >= before.1,
+            "partition {p}: epoch went back, {before:?} then {now:?}"
+        );
+    }
+    for node in &nodes {
+        assert_eq!(read_sorted(&addr(node), "r", 600), expected, "through node {}", node.id);
     }
     stop_all(&mut nodes);
 }

@@ -68,6 +68,9 @@ pub enum ErrorCode {
     /// The partition's leader is elsewhere (or this node does not host it):
     /// the client refreshes its metadata and retries there.
     NotLeaderOrFollower,
+    /// The partition has no leader now (an election under way): the
+    /// client asks again.
+    LeaderNotAvailable,
     MessageTooLarge,
     InvalidTopic,
     RecordListTooLarge,
@@ -127,6 +130,7 @@ impl ErrorCode {
             ErrorCode::CorruptMessage => 2,
             ErrorCode::UnknownTopicOrPartition => 3,
             ErrorCode::InvalidFetchSize => 4,
+            ErrorCode::LeaderNotAvailable => 5,
             ErrorCode::NotLeaderOrFollower => 6,
             ErrorCode::RequestTimedOut => 7,
             ErrorCode::MessageTooLarge => 10,
@@ -171,7 +175,7 @@ impl ErrorCode {
     }
 
     pub fn from_code(code: i16) -> ErrorCode {
-        const KNOWN: [ErrorCode; 45] = [
+        const KNOWN: [ErrorCode; 46] = [
             ErrorCode::None,
             ErrorCode::UnknownServerError,
             ErrorCode::OffsetOutOfRange,
@@ -180,6 +184,7 @@ impl ErrorCode {
             ErrorCode::InvalidFetchSize,
             ErrorCode::RequestTimedOut,
             ErrorCode::NotLeaderOrFollower,
+            ErrorCode::LeaderNotAvailable,
             ErrorCode::MessageTooLarge,
             ErrorCode::InvalidTopic,
             ErrorCode::RecordListTooLarge,
@@ -230,6 +235,7 @@ impl ErrorCode {
             self,
             ErrorCode::RequestTimedOut
                 | ErrorCode::NotLeaderOrFollower
+                | ErrorCode::LeaderNotAvailable
                 | ErrorCode::NotEnoughReplicas
                 | ErrorCode::FencedLeaderEpoch
                 | ErrorCode::UnknownLeaderEpoch

@@ -93,6 +93,15 @@ pub struct PartitionMetadata {
     pub shard: u16,
     pub log_start_offset: u64,
     pub high_watermark: u64,
+    /// The leader's epoch (its Raft term); 0 for a partition not
+    /// replicated, -1 where this broker does not know it.
+    pub leader_epoch: i32,
+    /// Every replica's broker, the preferred leader first; in a cluster of
+    /// one, the leader alone.
+    pub replicas: Vec<u32>,
+    /// The replicas caught up with the leader, as the leader last told
+    /// this broker; all of them where it does not know.
+    pub in_sync: Vec<u32>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

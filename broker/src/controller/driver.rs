@@ -50,11 +50,9 @@ enum Inbound {
     Status(oneshot::Sender<ControllerStatus>),
 }
 
-/// A topic's replicas when its creation names none. Partition groups are
-/// not built yet, so a topic has one replica per partition, and more are
-/// refused rather than placed unreplicated.
-pub const DEFAULT_REPLICATION_FACTOR: u16 = 1;
-pub const REPLICATION_FACTOR_BUILT: usize = 1;
+/// A topic's replicas when its creation names none, at most: fewer on a
+/// cluster of fewer voters. Three survive the loss of one node.
+pub const DEFAULT_REPLICATION_FACTOR: usize = 3;
 
 /// Longest a stopping leader waits for its follower to take over.
 pub const HAND_OVER_WAIT: Duration = Duration::from_secs(2);
@@ -200,6 +198,10 @@ pub struct InternalTopic {
 /// Told on shard 0 of the applied metadata and the known leader.
 pub type OnChange = Box<dyn Fn(&ClusterMetadata, Option<u64>)>;
 
+/// Hands a peer's Raft messages for partition groups to the shards that
+/// own them on this node.
+pub type Route = Rc<dyn Fn(u64, Vec<(u64, Vec<u8>)>)>;
+
 /// What the controller's task is wired to beside its peers.
 pub struct Wiring {
     pub requests: flume::Receiver<Request>,
@@ -207,6 +209,7 @@ pub struct Wiring {
     /// Called on shard 0 whenever the applied metadata or the known leader
     /// changes.
     pub on_change: OnChange,
+    pub route: Route,
 }
 
 /// A shard's request waiting for its proposal's outcome.
@@ -229,6 +232,7 @@ pub async fn run(
         requests,
         internal_topics,
         on_change,
+        route,
     } = wiring;
     let Opened {
         node,
@@ -239,7 +243,7 @@ pub async fn run(
     } = opened;
     let voters: Vec<u64> = peers.iter().map(|p| p.id).collect();
     let (inbox_tx, mut inbox) = mpsc::channel::<Inbound>(INBOX_DEPTH);
-    glommio::spawn_local(accept_loop(listener, inbox_tx, Rc::new(voters.clone()))).detach();
+    glommio::spawn_local(accept_loop(listener, inbox_tx, Rc::new(voters.clone()), route)).detach();
     let links: BTreeMap<u64, mpsc::Sender<Vec<u8>>> = peers
         .iter()
         .filter(|p| p.id != node)
@@ -273,7 +277,7 @@ pub async fn run(
                 None => return Ok(()),
             },
             request = requests.recv_async().fuse() => match request {
-                Ok(request) => serve(&mut replica, request, &mut waiting),
+                Ok(request) => serve(&mut replica, voters.len(), request, &mut waiting),
                 // Every shard has gone: the node is stopping.
                 Err(_) => return Ok(()),
             },
@@ -290,7 +294,7 @@ pub async fn run(
             handle(&mut replica, inbound);
         }
         while let Ok(request) = requests.try_recv() {
-            serve(&mut replica, request, &mut waiting);
+            serve(&mut replica, voters.len(), request, &mut waiting);
         }
         if Instant::now() >= next_tick {
             replica.tick();
@@ -320,7 +324,7 @@ pub async fn run(
 
 /// Takes a shard's request: proposed on the leader, refused elsewhere
 /// with the leader named (the shard forwards it there).
-fn serve(replica: &mut ControllerReplica, request: Request, waiting: &mut Vec<Waiting>) {
+fn serve(replica: &mut ControllerReplica, voters: usize, request: Request, waiting: &mut Vec<Waiting>) {
     let (command, reply) = match request {
         Request::CreateTopic {
             name,
@@ -330,13 +334,7 @@ fn serve(replica: &mut ControllerReplica, request: Request, waiting: &mut Vec<Wa
             reply,
         } => {
             let command = (|| {
-                let factor = usize::from(replication_factor.unwrap_or(DEFAULT_REPLICATION_FACTOR));
-                if factor > REPLICATION_FACTOR_BUILT {
-                    return Err(BrokerError::ReplicationNotBuilt {
-                        topic: name.clone(),
-                        factor,
-                    });
-                }
+                let factor = replication_factor.map_or(DEFAULT_REPLICATION_FACTOR.min(voters), usize::from);
                 if replica.metadata().topics.contains_key(&name) {
                     return Err(BrokerError::TopicAlreadyExists(name.clone()));
                 }
@@ -528,14 +526,15 @@ impl Links {
 }
 
 /// Keeps a connection to `peer` and writes its frames; frames queued while
-/// it is down wait, up to the queue's depth.
-async fn peer_link(peer: u64, addr: std::net::SocketAddr, mut frames: mpsc::Receiver<Vec<u8>>) {
+/// it is down wait, up to the queue's depth. The controller's task has
+/// one to each peer, and so has each shard's replication task.
+pub(crate) async fn peer_link(peer: u64, addr: std::net::SocketAddr, mut frames: mpsc::Receiver<Vec<u8>>) {
     let mut pending: Option<Vec<u8>> = None;
     loop {
         let mut stream = match TcpStream::connect(addr).await {
             Ok(stream) => stream,
             Err(error) => {
-                tracing::debug!(peer, %addr, %error, "controller: peer unreachable");
+                tracing::debug!(peer, %addr, %error, "internal port: peer unreachable");
                 glommio::timer::sleep(RECONNECT_DELAY).await;
                 continue;
             }
@@ -550,7 +549,7 @@ async fn peer_link(peer: u64, addr: std::net::SocketAddr, mut frames: mpsc::Rece
                 },
             };
             if let Err(error) = stream.write_all(&frame).await {
-                tracing::debug!(peer, %addr, %error, "controller: peer connection lost");
+                tracing::debug!(peer, %addr, %error, "internal port: peer connection lost");
                 pending = Some(frame);
                 break;
             }
@@ -559,7 +558,7 @@ async fn peer_link(peer: u64, addr: std::net::SocketAddr, mut frames: mpsc::Rece
     }
 }
 
-async fn accept_loop(listener: TcpListener, inbox: mpsc::Sender<Inbound>, voters: Rc<Vec<u64>>) {
+async fn accept_loop(listener: TcpListener, inbox: mpsc::Sender<Inbound>, voters: Rc<Vec<u64>>, route: Route) {
     let connections = Rc::new(std::cell::Cell::new(0usize));
     loop {
         let stream = match listener.accept().await {
@@ -575,9 +574,9 @@ async fn accept_loop(listener: TcpListener, inbox: mpsc::Sender<Inbound>, voters
             continue;
         }
         connections.set(connections.get() + 1);
-        let (inbox, connections, voters) = (inbox.clone(), connections.clone(), voters.clone());
+        let (inbox, connections, voters, route) = (inbox.clone(), connections.clone(), voters.clone(), route.clone());
         glommio::spawn_local(async move {
-            if let Err(error) = peer_connection(stream, inbox, &voters).await {
+            if let Err(error) = peer_connection(stream, inbox, &voters, &route).await {
                 tracing::debug!(%error, "internal port: connection ended");
             }
             connections.set(connections.get() - 1);
@@ -594,6 +593,7 @@ async fn peer_connection(
     mut stream: TcpStream,
     mut inbox: mpsc::Sender<Inbound>,
     voters: &[u64],
+    route: &Route,
 ) -> Result<(), BrokerError> {
     let io = |op: &'static str| {
         move |e: std::io::Error| BrokerError::Io {
@@ -623,13 +623,13 @@ async fn peer_connection(
                 )));
             }
             PeerMessage::Raft { messages } => {
-                for (group, bytes) in messages {
-                    if group != CONTROLLER_GROUP {
-                        return Err(BrokerError::Controller(format!(
-                            "node {}: a message for raft group {group}, which this node does not run",
-                            frame.from
-                        )));
-                    }
+                let (controller, partitions): (Vec<_>, Vec<_>) =
+                    messages.into_iter().partition(|(group, _)| *group == CONTROLLER_GROUP);
+                if !partitions.is_empty() {
+                    // Each is checked by the replica set it reaches.
+                    route(frame.from, partitions);
+                }
+                for (_, bytes) in controller {
                     let message = Message::parse_from_bytes(&bytes)
                         .map_err(|e| BrokerError::Controller(format!("node {}: a raft message: {e}", frame.from)))?;
                     if message.from != frame.from {

@@ -223,6 +223,7 @@ impl LogStorage {
     }
 
     /// Whether entry `index` is one of Raft's own (no record batch).
+    #[cfg(test)]
     pub fn is_internal(&self, index: u64) -> bool {
         if index < self.window_first {
             return self.internal_below.contains_key(&index);
@@ -341,6 +342,10 @@ impl LogStorage {
     }
 
     /// The next read from the partition log raft-rs waits for.
+    pub fn has_fetch(&self) -> bool {
+        !self.fetches.borrow().is_empty()
+    }
+
     pub fn take_fetch(&self) -> Option<Fetch> {
         self.fetches.borrow_mut().pop_front()
     }

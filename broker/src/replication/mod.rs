@@ -5,10 +5,12 @@
 //! replica of a group: proposals, the high watermark, and each `Ready`
 //! persisted in raft-rs's order.
 //!
-//! Driving groups from the shards over the peer connections comes next;
-//! until it lands only the tests run a replica.
-#![cfg_attr(not(test), allow(dead_code))]
+//! `set` drives a shard's replicas together, `driver` is the shard's task
+//! that owns them (ticks, peers' messages, proposals), and `ReplicaView`
+//! is what the rest of the shard sees of one: its leader, term and high
+//! watermark, without touching the replica.
 
+pub mod driver;
 pub mod log_storage;
 pub mod replica;
 pub mod set;
@@ -17,8 +19,153 @@ pub mod state_file;
 #[cfg(test)]
 mod tests;
 
+use std::cell::{Cell, RefCell};
+use std::time::Instant;
+
+use futures::channel::oneshot;
+use futures::FutureExt;
 use raft::prelude::RawNode;
 use raft::StateRole;
+use storage::Offset;
+
+use net::cluster::PARTITIONS_MAX;
+
+/// Bits of a group id below the topic's id: room for every partition.
+const PARTITION_BITS: u32 = 16;
+const _: () = assert!(PARTITIONS_MAX <= 1 << PARTITION_BITS);
+
+/// The Raft group of a topic's partition: its topic id (the controller's,
+/// from 1, never reused) above the partition number, so that a topic
+/// deleted and created again has other groups, and none is the
+/// controller's group 0.
+pub fn group_id(topic_id: u64, partition: u32) -> u64 {
+    assert!(topic_id > 0, "a replicated topic has a controller's id");
+    assert!(partition < PARTITIONS_MAX);
+    (topic_id << PARTITION_BITS) | u64::from(partition)
+}
+
+/// The topic id and partition of a group.
+pub fn group_partition(group: u64) -> (u64, u32) {
+    (group >> PARTITION_BITS, (group & ((1 << PARTITION_BITS) - 1)) as u32)
+}
+
+/// Who leads a group, as one node knows it: published to the node's
+/// metadata for clients (leader, leader epoch, ISR).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Leadership {
+    pub leader: Option<u64>,
+    pub term: u64,
+    /// Known on the leader only; empty elsewhere.
+    pub in_sync: Vec<u64>,
+}
+
+/// What the shard's request handlers see of a replica the driver owns,
+/// updated by the driver after every turn: no handler touches the replica,
+/// so none holds it across an await.
+pub struct ReplicaView {
+    pub group: u64,
+    leadership: RefCell<Leadership>,
+    is_leader: Cell<bool>,
+    high_watermark: Cell<Offset>,
+    /// Long polls waiting for the high watermark to move.
+    waiters: RefCell<Vec<oneshot::Sender<()>>>,
+    /// Set when the driver let the replica go (deleted, failed, stopping):
+    /// waiters are told, and nothing more is asked of it.
+    closed: Cell<bool>,
+}
+
+impl ReplicaView {
+    pub fn new(group: u64, high_watermark: Offset) -> ReplicaView {
+        ReplicaView {
+            group,
+            leadership: RefCell::new(Leadership::default()),
+            is_leader: Cell::new(false),
+            high_watermark: Cell::new(high_watermark),
+            waiters: RefCell::new(Vec::new()),
+            closed: Cell::new(false),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.is_leader.get() && !self.closed.get()
+    }
+
+    pub fn leadership(&self) -> Leadership {
+        self.leadership.borrow().clone()
+    }
+
+    pub fn term(&self) -> u64 {
+        self.leadership.borrow().term
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.leadership.borrow().leader
+    }
+
+    pub fn high_watermark(&self) -> Offset {
+        self.high_watermark.get()
+    }
+
+    /// Takes the replica's state after a turn; answers whether its
+    /// leadership changed (for the node's metadata).
+    pub fn update(&self, replica: &mut replica::PartitionReplica) -> bool {
+        let high_watermark = replica.high_watermark();
+        assert!(
+            high_watermark >= self.high_watermark.get(),
+            "group {}: the high watermark moved back from {} to {high_watermark}",
+            self.group,
+            self.high_watermark.get()
+        );
+        if high_watermark > self.high_watermark.get() {
+            self.high_watermark.set(high_watermark);
+            for waiter in self.waiters.borrow_mut().drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+        self.is_leader.set(replica.is_leader());
+        let leadership = Leadership {
+            leader: replica.leader(),
+            term: replica.term(),
+            in_sync: replica.in_sync_replicas(),
+        };
+        let changed = *self.leadership.borrow() != leadership;
+        if changed {
+            *self.leadership.borrow_mut() = leadership;
+        }
+        changed
+    }
+
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.is_leader.set(false);
+        self.waiters.borrow_mut().clear();
+    }
+
+    /// Waits until the high watermark passes `offset` or `deadline` comes;
+    /// answers whether it did.
+    pub async fn wait_for_data(&self, offset: Offset, deadline: Instant) -> bool {
+        loop {
+            if self.high_watermark.get() > offset {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.closed.get() {
+                return false;
+            }
+            let (tx, rx) = oneshot::channel();
+            {
+                let mut waiters = self.waiters.borrow_mut();
+                // Polls that gave up (their deadline came) leave their end.
+                waiters.retain(|w| !w.is_canceled());
+                waiters.push(tx);
+            }
+            futures::select! {
+                _ = rx.fuse() => {}
+                _ = glommio::timer::sleep(left).fuse() => {}
+            }
+        }
+    }
+}
 
 /// A leader stopping cleanly hands its leadership to the follower furthest
 /// along (as Kafka's controlled shutdown does), so the group has a leader

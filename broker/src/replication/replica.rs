@@ -300,6 +300,15 @@ impl PartitionReplica {
         }
     }
 
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    #[cfg(test)]
     pub fn log(&self) -> &Rc<PartitionLog> {
         &self.log
     }
@@ -329,8 +338,15 @@ impl PartitionReplica {
         self.recovered_from
     }
 
+    #[cfg(test)]
     pub fn fetches_served(&self) -> u64 {
         self.fetches_served
+    }
+
+    /// Whether a turn has work: a `Ready`, or entries to read back for a
+    /// lagging follower.
+    pub fn has_ready(&self) -> bool {
+        self.node.has_ready() || self.node.store().has_fetch()
     }
 
     pub fn tick(&mut self) {
@@ -523,6 +539,7 @@ impl PartitionReplica {
     /// Persists a `Ready` if there is one, handing the messages to `send` as
     /// soon as each may go; answers whether there was one. (`ReplicaSet`
     /// runs the three steps itself, for many replicas at once.)
+    #[cfg(test)]
     pub async fn handle_ready(&mut self, send: &mut impl FnMut(Vec<Message>)) -> Result<bool, BrokerError> {
         self.serve_fetches().await?;
         let Some((messages, mut work)) = self.begin_ready() else {

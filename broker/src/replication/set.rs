@@ -121,7 +121,21 @@ impl ReplicaSet {
         self.replicas.get_mut(&group)
     }
 
+    pub fn remove(&mut self, group: u64) -> Option<PartitionReplica> {
+        self.replicas.remove(&group)
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (u64, &mut PartitionReplica)> {
+        self.replicas.iter_mut().map(|(group, replica)| (*group, replica))
+    }
+
+    /// Whether any group has work for a turn now.
+    pub fn has_ready(&self) -> bool {
+        self.replicas.values().any(|r| r.has_ready())
+    }
+
     /// Frames and Raft messages sent so far.
+    #[cfg(test)]
     pub fn sent(&self) -> (u64, u64) {
         (self.outbox.frames_sent, self.outbox.messages_sent)
     }

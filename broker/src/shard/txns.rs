@@ -409,6 +409,9 @@ impl Shard {
             ),
             None => None,
         };
+        if let Some(view) = self.leading(topic, partition)? {
+            self.refresh_producer_states(&key, &log, &view).await?;
+        }
         let epoch_ok = self
             .producer_states
             .borrow()
@@ -419,8 +422,7 @@ impl Shard {
             return Ok(());
         }
         let frame = control::batch(producer_id, epoch, marker, now_ms());
-        let appended = log.append(&frame).await.map_err(storage)?;
-        log.wait_durable(appended.last_offset).await.map_err(storage)?;
+        let appended = self.append_durable(topic, partition, &log, &frame).await?;
         let mut info = batch::peek_header(&frame).map_err(storage)?;
         info.base_offset = appended.base_offset;
         if let Some(states) = self.producer_states.borrow_mut().get_mut(&key) {

@@ -1,0 +1,222 @@
+//! A shard's replication task: it owns the shard's `ReplicaSet` and is the
+//! only one to touch it, so nothing steps or proposes between a `Ready`'s
+//! steps and no borrow is held across their awaits. It ticks the groups
+//! (the controller's 100 ms tick), steps what peers sent (routed here by
+//! the node's internal listener), proposes the shard's produce requests,
+//! and after every turn publishes each group's high watermark and
+//! leadership to its `ReplicaView` and to the node's leaders table.
+//!
+//! Its frames go out on connections of its own, one per peer, so that no
+//! shard's traffic waits behind another's; a peer routes what arrives to
+//! the shard that owns each group there.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::channel::{mpsc, oneshot};
+use futures::{FutureExt, StreamExt};
+use net::cluster::{PeerFrame, PeerMessage};
+
+use super::replica::{Acks, PartitionReplica, Reply};
+use super::set::ReplicaSet;
+use super::ReplicaView;
+use crate::config::Peer;
+use crate::error::BrokerError;
+use crate::topics::Metadata;
+
+/// Commands waiting for the task: past it, a proposer waits (backpressure)
+/// and a peer's messages are dropped (Raft sends again).
+pub const COMMANDS_DEPTH: usize = 4096;
+/// Frames queued to one peer; past it, new ones are dropped.
+const PEER_QUEUE_DEPTH: usize = 1024;
+
+pub enum Command {
+    /// A replica the shard opened, with the view it reads it through.
+    Open {
+        group: u64,
+        replica: Box<PartitionReplica>,
+        view: Rc<ReplicaView>,
+    },
+    /// Lets a replica go (its topic deleted here): answered once it is out.
+    Close { group: u64, reply: oneshot::Sender<()> },
+    Propose {
+        group: u64,
+        frame: Vec<u8>,
+        acks: Acks,
+        min_insync: usize,
+        reply: oneshot::Sender<Result<Reply, BrokerError>>,
+    },
+    /// A peer's Raft messages for groups of this shard.
+    Step { from: u64, messages: Vec<(u64, Vec<u8>)> },
+    /// A clean stop: every group this shard leads is handed to a follower,
+    /// and the task ends once none is led here, or at `until`.
+    Stop { until: Instant, reply: oneshot::Sender<()> },
+}
+
+/// How the shard reaches its task.
+pub type Handle = mpsc::Sender<Command>;
+
+pub fn channel() -> (Handle, mpsc::Receiver<Command>) {
+    mpsc::channel(COMMANDS_DEPTH)
+}
+
+/// Runs until every handle is gone, or a `Stop` has done its work.
+pub async fn run(
+    node: u64,
+    shard: u16,
+    peers: Vec<Peer>,
+    mut commands: mpsc::Receiver<Command>,
+    metadata: Arc<Metadata>,
+) {
+    let links: BTreeMap<u64, mpsc::Sender<Vec<u8>>> = peers
+        .iter()
+        .filter(|p| p.id != node)
+        .map(|p| {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_DEPTH);
+            glommio::spawn_local(crate::controller::driver::peer_link(p.id, p.rpc_addr, rx)).detach();
+            (p.id, tx)
+        })
+        .collect();
+    let mut links = links;
+    let mut send = |to: u64, message: PeerMessage| {
+        let Some(link) = links.get_mut(&to) else {
+            tracing::warn!(node, shard, to, "replication: a message to a node not among the peers");
+            return;
+        };
+        match (PeerFrame { from: node, message }).encode() {
+            Ok(bytes) => {
+                if link.try_send(bytes).is_err() {
+                    tracing::debug!(node, shard, to, "replication: peer queue full, frame dropped");
+                }
+            }
+            Err(error) => tracing::error!(node, shard, to, %error, "replication: frame not sent"),
+        }
+    };
+    let tick = crate::controller::driver::TICK;
+    let mut set = ReplicaSet::new(node);
+    let mut views: BTreeMap<u64, Rc<ReplicaView>> = BTreeMap::new();
+    let mut next_tick = Instant::now() + tick;
+    let mut stopping: Option<(Instant, oneshot::Sender<()>)> = None;
+    loop {
+        if !set.has_ready() {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            futures::select! {
+                command = commands.next() => match command {
+                    Some(command) => take(command, &mut set, &mut views, &mut stopping, &metadata),
+                    None => break,
+                },
+                _ = glommio::timer::sleep(wait).fuse() => {}
+            }
+        }
+        // What else has arrived goes into the same turn.
+        while let Ok(command) = commands.try_recv() {
+            take(command, &mut set, &mut views, &mut stopping, &metadata);
+        }
+        let now = Instant::now();
+        if now >= next_tick {
+            set.tick();
+            next_tick += tick;
+            if next_tick < now {
+                next_tick = now + tick;
+            }
+        }
+        for stopped in set.drive(&mut send).await {
+            if let Some(view) = views.remove(&stopped.group) {
+                view.close();
+            }
+            metadata.set_leadership(stopped.group, None);
+        }
+        for (group, replica) in set.iter_mut() {
+            let view = views.get(&group).expect("every replica has its view");
+            if view.update(replica) {
+                metadata.set_leadership(group, Some(view.leadership()));
+            }
+        }
+        if let Some((until, _)) = &stopping {
+            let led = views.values().filter(|v| v.is_leader()).count();
+            if led == 0 || Instant::now() >= *until {
+                if led > 0 {
+                    tracing::warn!(
+                        node,
+                        shard,
+                        led,
+                        "stopping: groups still led here after the hand-over wait"
+                    );
+                }
+                let (_, reply) = stopping.take().expect("stopping");
+                let _ = reply.send(());
+                break;
+            }
+        }
+    }
+    for view in views.values() {
+        view.close();
+    }
+}
+
+fn take(
+    command: Command,
+    set: &mut ReplicaSet,
+    views: &mut BTreeMap<u64, Rc<ReplicaView>>,
+    stopping: &mut Option<(Instant, oneshot::Sender<()>)>,
+    metadata: &Metadata,
+) {
+    match command {
+        Command::Open { group, replica, view } => match set.insert(group, *replica) {
+            Ok(()) => {
+                views.insert(group, view);
+            }
+            Err(error) => {
+                tracing::error!(group, %error, "replication: replica not taken");
+                view.close();
+            }
+        },
+        Command::Close { group, reply } => {
+            // Its waiting produce requests see their replies dropped.
+            set.remove(group);
+            if let Some(view) = views.remove(&group) {
+                view.close();
+            }
+            metadata.set_leadership(group, None);
+            let _ = reply.send(());
+        }
+        Command::Propose {
+            group,
+            frame,
+            acks,
+            min_insync,
+            reply,
+        } => {
+            let proposed = match set.get_mut(group) {
+                Some(replica) if stopping.is_none() => replica.propose(frame, acks, min_insync),
+                Some(replica) => Err(BrokerError::NotLeaderOrFollower {
+                    topic: replica.topic().to_string(),
+                    partition: replica.partition(),
+                    leader: None,
+                }),
+                None => Err(BrokerError::Replication {
+                    topic: String::new(),
+                    partition: super::group_partition(group).1,
+                    reason: format!("group {group} is not held by this shard"),
+                }),
+            };
+            let _ = reply.send(proposed);
+        }
+        Command::Step { from, messages } => set.step(from, messages),
+        Command::Stop { until, reply } => {
+            for (group, replica) in set.iter_mut() {
+                if let Some(transferee) = replica.hand_over() {
+                    tracing::info!(group, transferee, "stopping: handing the partition's leadership over");
+                }
+            }
+            *stopping = Some((until, reply));
+        }
+    }
+}
+
+/// Longest a produce waits for its batch's outcome: past it the answer is
+/// REQUEST_TIMED_OUT, the outcome unknown (a leader cut off from its
+/// followers commits nothing, and keeps the request while it may still).
+pub const COMMIT_WAIT_MAX: Duration = Duration::from_secs(30);
