@@ -178,6 +178,44 @@ impl Producer {
         Ok(count)
     }
 
+    /// Forgets the topic's leaders and asks for them again: from the
+    /// bootstrap address, else from any other broker this producer knows
+    /// (the bootstrap may be the node that was lost). Where none answers,
+    /// the next attempt goes to the bootstrap address and fails or is
+    /// routed there.
+    async fn refresh_leaders(&self, topic: &str) {
+        self.inner.partitions.borrow_mut().remove(topic);
+        let mut known: Vec<String> = self.inner.links.borrow().keys().cloned().collect();
+        known.retain(|addr| *addr != self.inner.addr);
+        known.insert(0, self.inner.addr.clone());
+        self.inner.leaders.borrow_mut().retain(|(t, _), _| t != topic);
+        for addr in known {
+            let metadata = self
+                .with_connection(&addr, |mut c| async move {
+                    let result = c.metadata(Some(vec![topic.to_string()])).await;
+                    (c, result)
+                })
+                .await;
+            let Ok(metadata) = metadata else { continue };
+            let Some(found) = metadata.topics.first().filter(|t| t.error == 0) else {
+                continue;
+            };
+            for partition in &found.partitions {
+                if let Some(leader) = metadata.brokers.iter().find(|b| b.node_id == partition.leader) {
+                    self.inner.leaders.borrow_mut().insert(
+                        (topic.to_string(), partition.partition),
+                        format!("{}:{}", leader.host, leader.port),
+                    );
+                }
+            }
+            self.inner
+                .partitions
+                .borrow_mut()
+                .insert(topic.to_string(), found.partitions.len() as u32);
+            return;
+        }
+    }
+
     /// Runs `f` with the connection to `addr`, connecting first if there is
     /// none or it was lost.
     async fn with_connection<T, F, Fut>(&self, addr: &str, f: F) -> Result<T, NetError>
@@ -368,6 +406,18 @@ impl Producer {
             }
             attempt += 1;
             glommio::timer::sleep(self.inner.config.retry_backoff * attempt).await;
+            // The leader moved (or is being elected, or is gone): ask again
+            // who leads before the retry.
+            let moved = matches!(
+                &result,
+                Err(NetError::Rejected {
+                    code: ErrorCode::NotLeaderOrFollower | ErrorCode::LeaderNotAvailable,
+                    ..
+                }) | Err(NetError::Io { .. } | NetError::ConnectionClosed { .. })
+            );
+            if moved && self.inner.config.follow_leaders {
+                self.refresh_leaders(&slot.0).await;
+            }
         };
         if idempotent {
             match &result {
