@@ -695,3 +695,37 @@ fn an_idempotent_producer_rides_through_its_leaders_loss_and_pause() {
     assert_eq!(values, expected, "every record once, in the order sent");
     stop_all(&mut nodes);
 }
+
+/// A node stopped cleanly (SIGTERM) hands the partitions it leads to
+/// another replica on its way out, as Kafka's controlled shutdown does:
+/// the others lead in the next epoch and take acks=all produces. (That the
+/// hand-over needs no election timeout is the unit test
+/// `a_leader_hands_its_leadership_over_without_an_election_timeout`; here
+/// a pre-voted election would also land in the next epoch.)
+#[test]
+fn a_partition_leader_stopped_cleanly_hands_its_leadership_over() {
+    let mut nodes = cluster(3);
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
+    let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+    cli(&["topic", "create", "h", "--broker", &addr(&nodes[0])], None).expect("created");
+    let first = elected(&addr(&nodes[0]), "h", &ids, &[]);
+    let (leader, epoch, _) = first[0];
+    let stopping = nodes.iter().position(|n| n.id == leader as u64).unwrap();
+    nodes[stopping].broker.take().unwrap().stop();
+    let survivors: Vec<u64> = ids.iter().copied().filter(|&id| id != leader as u64).collect();
+    let survivor = addr(nodes.iter().find(|n| n.id == survivors[0]).unwrap());
+    let next = elected(&survivor, "h", &survivors, &[epoch]);
+    assert_eq!(
+        next[0].1,
+        epoch + 1,
+        "one epoch on, no contested election: {first:?} then {next:?}"
+    );
+    cli(
+        &["produce", "h", "--acks", "all", "--broker", &survivor],
+        Some("after\n"),
+    )
+    .expect("produced");
+    assert_eq!(read_sorted(&survivor, "h", 1), vec!["after".to_string()]);
+    stop_all(&mut nodes);
+}
