@@ -65,6 +65,9 @@ pub enum BrokerError {
         reason: String,
     },
 
+    #[error("{topic}/{partition}: the coordinator is still reading the log it has begun to lead")]
+    CoordinatorLoading { topic: String, partition: u32 },
+
     #[error("invalid topic config {key}={value}: {reason}")]
     InvalidConfig { key: String, value: String, reason: String },
 
@@ -124,6 +127,16 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
+    /// The code a client sees for a coordinator request that failed with
+    /// this error: those that say where to look again as they are (a
+    /// coordinator moved or loading), any other COORDINATOR_NOT_AVAILABLE.
+    pub fn coordinator_code(&self) -> ErrorCode {
+        match self.code() {
+            code @ (ErrorCode::NotCoordinator | ErrorCode::CoordinatorLoadInProgress) => code,
+            _ => ErrorCode::CoordinatorNotAvailable,
+        }
+    }
+
     /// The protocol error code a client sees for this error.
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -139,6 +152,7 @@ impl BrokerError {
                 ErrorCode::NotCoordinator
             }
             BrokerError::NotLeaderOrFollower { .. } => ErrorCode::NotLeaderOrFollower,
+            BrokerError::CoordinatorLoading { .. } => ErrorCode::CoordinatorLoadInProgress,
             BrokerError::NotController { .. } => ErrorCode::NotController,
             BrokerError::Controller(_) | BrokerError::Replication { .. } => ErrorCode::UnknownServerError,
             BrokerError::InvalidConfig { .. } => ErrorCode::InvalidConfig,

@@ -692,6 +692,32 @@ impl Coordinator {
             .collect()
     }
 
+    /// Forgets the groups `owned` selects (their offsets partition is led
+    /// elsewhere now): a member waiting in a join or sync is answered
+    /// NOT_COORDINATOR, so it looks for the new coordinator. Answers how
+    /// many went.
+    pub fn unload(&mut self, owned: impl Fn(&str) -> bool) -> usize {
+        let before = self.groups.len();
+        self.groups.retain(|id, group| {
+            if !owned(id) {
+                return true;
+            }
+            for (member_id, member) in std::mem::take(&mut group.members) {
+                if let Some(join) = member.join {
+                    let _ = join.send(JoinOutcome::error(ErrorCode::NotCoordinator, &member_id));
+                }
+                if let Some(sync) = member.sync {
+                    let _ = sync.send(SyncOutcome {
+                        error: ErrorCode::NotCoordinator,
+                        assignment: Vec::new(),
+                    });
+                }
+            }
+            false
+        });
+        before - self.groups.len()
+    }
+
     pub fn describe(&self, group_id: &str) -> Option<GroupDescription> {
         let group = self.groups.get(group_id)?;
         Some(GroupDescription {

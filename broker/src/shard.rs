@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use storage::{Offset, PartitionLog, ReadBytes};
 
+mod coordinators;
 mod groups;
 mod txns;
 
@@ -230,6 +231,12 @@ pub struct Shard {
     /// only its leader keeps them, read again from the log when it starts
     /// to lead.
     producer_states_term: RefCell<HashMap<(String, u32), u64>>,
+    /// The term each replicated internal partition's coordinator state was
+    /// loaded in (see `coordinators`); absent where this replica does not
+    /// lead it.
+    coordinator_terms: RefCell<HashMap<(coordinators::Internal, u32), u64>>,
+    /// One load at a time per internal partition.
+    coordinator_loads: RefCell<HashMap<(coordinators::Internal, u32), Rc<glommio::sync::Semaphore>>>,
 }
 
 /// Counters of one shard's work, reported when it stops (beside its
@@ -425,6 +432,8 @@ impl Shard {
             replication,
             replicas: RefCell::new(HashMap::new()),
             producer_states_term: RefCell::new(HashMap::new()),
+            coordinator_terms: RefCell::new(HashMap::new()),
+            coordinator_loads: RefCell::new(HashMap::new()),
         }
     }
 
@@ -738,8 +747,9 @@ impl Shard {
         }
     }
 
-    /// Appends one batch made here (a transaction marker) and waits until
-    /// it is durable: on a replicated partition, committed.
+    /// Appends one batch made here (a transaction marker, a coordinator's
+    /// record) and waits until it is durable: on a replicated partition,
+    /// committed.
     async fn append_durable(
         &self,
         topic: &str,
@@ -747,22 +757,59 @@ impl Shard {
         log: &PartitionLog,
         frame: &[u8],
     ) -> Result<Stored, BrokerError> {
+        let appending = self.begin_append(topic, partition, log, frame).await?;
+        self.settle(topic, partition, log, appending).await
+    }
+
+    /// Appends one batch made here to the partition's log, or proposes it
+    /// (acks=all) where the partition is replicated and this replica leads
+    /// it; `settle` waits until it is durable. Callers holding a turn
+    /// append under it and settle after it.
+    async fn begin_append(
+        &self,
+        topic: &str,
+        partition: u32,
+        log: &PartitionLog,
+        frame: &[u8],
+    ) -> Result<Appending, BrokerError> {
         if let Some(view) = self.leading(topic, partition)? {
             let reply = self.propose(topic, &view, frame, net::messages::acks::ALL).await?;
-            return self.committed(topic, partition, reply).await;
+            return Ok(Appending::Proposed(reply));
         }
-        let storage = |source| BrokerError::Storage {
+        let appended = log.append(frame).await.map_err(|source| BrokerError::Storage {
             topic: topic.to_string(),
             partition,
             source,
-        };
-        let appended = log.append(frame).await.map_err(storage)?;
-        log.wait_durable(appended.last_offset).await.map_err(storage)?;
-        Ok(Stored {
-            base_offset: appended.base_offset,
-            last_offset: appended.last_offset,
-            append_time_ms: appended.append_time_ms,
-        })
+        })?;
+        Ok(Appending::Local(appended))
+    }
+
+    /// Waits until a batch `begin_append` began is durable.
+    async fn settle(
+        &self,
+        topic: &str,
+        partition: u32,
+        log: &PartitionLog,
+        appending: Appending,
+    ) -> Result<Stored, BrokerError> {
+        match appending {
+            Appending::Proposed(reply) => self.committed(topic, partition, reply).await,
+            Appending::Settled(stored) => Ok(stored),
+            Appending::Local(appended) => {
+                log.wait_durable(appended.last_offset)
+                    .await
+                    .map_err(|source| BrokerError::Storage {
+                        topic: topic.to_string(),
+                        partition,
+                        source,
+                    })?;
+                Ok(Stored {
+                    base_offset: appended.base_offset,
+                    last_offset: appended.last_offset,
+                    append_time_ms: appended.append_time_ms,
+                })
+            }
+        }
     }
 
     /// On a replicated partition's leader, under its idempotent turn: the
@@ -1734,7 +1781,10 @@ impl Shard {
                     epoch,
                     reply,
                 } => {
-                    let _ = reply.send(shard.expect_txn_local(&topic, partition, producer_id, epoch));
+                    glommio::spawn_local(async move {
+                        let _ = reply.send(shard.expect_txn_local(&topic, partition, producer_id, epoch).await);
+                    })
+                    .detach();
                 }
                 ShardMessage::WriteMarker {
                     topic,
@@ -1796,6 +1846,27 @@ struct Stored {
     base_offset: Offset,
     last_offset: Offset,
     append_time_ms: i64,
+}
+
+/// A batch made here on its way to durability (see `Shard::begin_append`).
+enum Appending {
+    /// In this node's log, its offsets known, not yet synced.
+    Local(storage::AppendInfo),
+    /// Proposed to the partition's group, its offsets known at commit.
+    Proposed(Committed),
+    /// Durable already.
+    Settled(Stored),
+}
+
+impl Appending {
+    /// Where the batch begins, once that is known.
+    fn base_offset(&self) -> Option<Offset> {
+        match self {
+            Appending::Local(appended) => Some(appended.base_offset),
+            Appending::Settled(stored) => Some(stored.base_offset),
+            Appending::Proposed(_) => None,
+        }
+    }
 }
 
 /// Bytes read at a time while rebuilding producer state.

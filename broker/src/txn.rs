@@ -287,6 +287,14 @@ impl TxnCoordinator {
             .collect()
     }
 
+    /// Forgets the states of the ids `owned` selects (their partition is
+    /// led elsewhere now); answers how many went.
+    pub fn unload(&mut self, owned: impl Fn(&str) -> bool) -> usize {
+        let before = self.txns.len();
+        self.txns.retain(|id, _| !owned(id));
+        before - self.txns.len()
+    }
+
     /// Every state of the ids `owned` selects: a compaction's rewrite.
     pub fn states(&self, owned: impl Fn(&str) -> bool) -> Vec<(String, TxnMeta)> {
         self.txns

@@ -90,6 +90,9 @@ pub enum ErrorCode {
     NotController,
     StorageError,
     OffsetMetadataTooLarge,
+    /// The coordinator is reading its partition's log (it has just begun
+    /// to lead it): retry after a backoff.
+    CoordinatorLoadInProgress,
     CoordinatorNotAvailable,
     NotCoordinator,
     IllegalGeneration,
@@ -148,6 +151,7 @@ impl ErrorCode {
             ErrorCode::NotController => 41,
             ErrorCode::StorageError => 56,
             ErrorCode::OffsetMetadataTooLarge => 12,
+            ErrorCode::CoordinatorLoadInProgress => 14,
             ErrorCode::CoordinatorNotAvailable => 15,
             ErrorCode::NotCoordinator => 16,
             ErrorCode::IllegalGeneration => 22,
@@ -175,7 +179,7 @@ impl ErrorCode {
     }
 
     pub fn from_code(code: i16) -> ErrorCode {
-        const KNOWN: [ErrorCode; 46] = [
+        const KNOWN: [ErrorCode; 47] = [
             ErrorCode::None,
             ErrorCode::UnknownServerError,
             ErrorCode::OffsetOutOfRange,
@@ -200,6 +204,7 @@ impl ErrorCode {
             ErrorCode::NotController,
             ErrorCode::StorageError,
             ErrorCode::OffsetMetadataTooLarge,
+            ErrorCode::CoordinatorLoadInProgress,
             ErrorCode::CoordinatorNotAvailable,
             ErrorCode::NotCoordinator,
             ErrorCode::IllegalGeneration,
@@ -242,6 +247,7 @@ impl ErrorCode {
                 | ErrorCode::NotController
                 | ErrorCode::UnknownTopicOrPartition
                 | ErrorCode::StorageError
+                | ErrorCode::CoordinatorLoadInProgress
                 | ErrorCode::CoordinatorNotAvailable
                 | ErrorCode::NotCoordinator
                 | ErrorCode::ConcurrentTransactions

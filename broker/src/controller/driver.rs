@@ -388,7 +388,8 @@ fn answer_waiting(replica: &mut ControllerReplica, waiting: &mut Vec<Waiting>) {
 
 /// On the leader, once every voter has registered: proposes the internal
 /// topics the metadata lacks (again after `REGISTER_RETRY` if one did not
-/// come through).
+/// come through), replicated as any topic is by default, so that their
+/// coordinators move with their leaders.
 fn create_internal_topics(
     replica: &mut ControllerReplica,
     voters: &[u64],
@@ -405,17 +406,19 @@ fn create_internal_topics(
     let missing: Vec<ControllerCommand> = topics
         .iter()
         .filter(|t| !metadata.topics.contains_key(&t.name))
-        .filter_map(|t| match metadata.assign(&t.name, t.partitions, 1) {
-            Ok(assignment) => Some(ControllerCommand::CreateTopic {
-                name: t.name.clone(),
-                assignment,
-                configs: t.configs.clone().into_iter().collect(),
-            }),
-            Err(error) => {
-                tracing::error!(topic = %t.name, %error, "controller: internal topic not assigned");
-                None
-            }
-        })
+        .filter_map(
+            |t| match metadata.assign(&t.name, t.partitions, DEFAULT_REPLICATION_FACTOR.min(voters.len())) {
+                Ok(assignment) => Some(ControllerCommand::CreateTopic {
+                    name: t.name.clone(),
+                    assignment,
+                    configs: t.configs.clone().into_iter().collect(),
+                }),
+                Err(error) => {
+                    tracing::error!(topic = %t.name, %error, "controller: internal topic not assigned");
+                    None
+                }
+            },
+        )
         .collect();
     if missing.is_empty() {
         return;

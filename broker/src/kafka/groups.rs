@@ -37,7 +37,7 @@ fn error_of(answer: Result<GroupAnswer, BrokerError>) -> i16 {
         }
         Err(error) => {
             tracing::warn!(%error, "group request failed");
-            ErrorCode::CoordinatorNotAvailable.code()
+            error.coordinator_code().code()
         }
     }
 }
@@ -48,7 +48,7 @@ fn txn_code(answer: Result<TxnAnswer, BrokerError>) -> i16 {
         Ok(TxnAnswer::Initialized { .. }) => 0,
         Err(error) => {
             tracing::warn!(%error, "transaction request failed");
-            ErrorCode::CoordinatorNotAvailable.code()
+            error.coordinator_code().code()
         }
     }
 }

@@ -27,7 +27,7 @@ fn error_of(answer: Result<GroupAnswer, BrokerError>) -> i16 {
 
 fn unreachable_coordinator(error: &BrokerError) -> i16 {
     tracing::warn!(%error, "group request failed");
-    ErrorCode::CoordinatorNotAvailable.code()
+    error.coordinator_code().code()
 }
 
 pub(super) async fn join(shard: &Shard, id: u32, request: &ArchivedJoinGroupRequest) -> Vec<Out> {

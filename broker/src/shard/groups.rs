@@ -12,7 +12,8 @@ use glommio::sync::Semaphore;
 use net::error::ErrorCode;
 use storage::batch::{self, RecordBatchBuilder};
 
-use super::{Shard, ShardId, ShardMessage};
+use super::coordinators::Internal;
+use super::{Appending, Shard, ShardId, ShardMessage};
 use crate::error::BrokerError;
 use crate::group::{Committed, GroupDescription, GroupState, JoinOutcome, JoinRequest, SyncOutcome};
 use crate::offsets::{self, OffsetKey, OffsetValue, OFFSETS_TOPIC};
@@ -173,10 +174,21 @@ impl Shard {
     /// offsets partition (node ignored on one node).
     pub fn group_coordinator_at(&self, group: &str) -> Result<(u64, ShardId), BrokerError> {
         let partition = offsets::partition_for_group(group, self.offsets_partitions()?);
+        self.internal_leader(OFFSETS_TOPIC, partition)
+    }
+
+    /// The (node, shard) leading an internal partition now: where its
+    /// coordinator is.
+    pub(super) fn internal_leader(&self, topic: &str, partition: u32) -> Result<(u64, ShardId), BrokerError> {
+        let table = self.metadata.snapshot();
         self.metadata
-            .snapshot()
-            .leader(OFFSETS_TOPIC, partition)
-            .ok_or_else(|| BrokerError::Config(format!("{OFFSETS_TOPIC}/{partition} has no replica")))
+            .leader(&table, topic, partition)
+            .map(|leader| (leader.node, leader.shard))
+            .ok_or_else(|| BrokerError::NotLeaderOrFollower {
+                topic: topic.to_string(),
+                partition,
+                leader: None,
+            })
     }
 
     /// Serves a group request on the shard that coordinates the group.
@@ -213,6 +225,10 @@ impl Shard {
     }
 
     pub(super) async fn group_call_local(&self, call: GroupCall) -> Result<GroupAnswer, BrokerError> {
+        if let Some(group) = call.group() {
+            let partition = offsets::partition_for_group(group, self.offsets_partitions()?);
+            self.coordinating(Internal::Offsets, partition).await?;
+        }
         let now = Instant::now();
         Ok(match call {
             GroupCall::Join(request) => {
@@ -416,7 +432,7 @@ impl Shard {
         // compaction between them.
         let idempotent_turn = self.idempotent_turn(&key);
         let offsets_turn = self.offsets_turn(partition);
-        let last_offset = {
+        let appending = {
             let _idempotent = idempotent_turn
                 .acquire_permit(1)
                 .await
@@ -425,6 +441,9 @@ impl Shard {
                 .acquire_permit(1)
                 .await
                 .map_err(|_| BrokerError::ShardGone(self.id))?;
+            if let Some(view) = self.leading(OFFSETS_TOPIC, partition)? {
+                self.refresh_producer_states(&key, &log, &view).await?;
+            }
             let expected = self
                 .producer_states
                 .borrow()
@@ -433,9 +452,15 @@ impl Shard {
             if !expected {
                 return Ok(refuse_all(offsets, ErrorCode::InvalidTxnState));
             }
-            let appended = log.append(&frame).await.map_err(storage)?;
+            // A proposal's offsets are known once it commits: it is waited
+            // for under the turns, so the states record it in order.
+            let mut appending = self.begin_append(OFFSETS_TOPIC, partition, &log, &frame).await?;
+            if let Appending::Proposed(_) = appending {
+                appending = Appending::Settled(self.settle(OFFSETS_TOPIC, partition, &log, appending).await?);
+            }
+            let base_offset = appending.base_offset().expect("a local or committed batch");
             let mut info = batch::peek_header(&frame).map_err(storage)?;
-            info.base_offset = appended.base_offset;
+            info.base_offset = base_offset;
             if let Some(states) = self.producer_states.borrow_mut().get_mut(&key) {
                 states.record(&info, None);
             }
@@ -445,12 +470,12 @@ impl Shard {
                 pending.push(super::txns::PendingOffset {
                     key,
                     value,
-                    log_offset: appended.base_offset.0 + i as u64,
+                    log_offset: base_offset.0 + i as u64,
                 });
             }
-            appended.last_offset
+            appending
         };
-        log.wait_durable(last_offset).await.map_err(storage)?;
+        self.settle(OFFSETS_TOPIC, partition, &log, appending).await?;
         Ok(GroupAnswer::Committed(
             offsets
                 .into_iter()
@@ -498,11 +523,6 @@ impl Shard {
     ) -> Result<(), BrokerError> {
         let partition = offsets::partition_for_group(group, self.offsets_partitions()?);
         let log = self.log(OFFSETS_TOPIC, partition)?;
-        let storage = |source| BrokerError::Storage {
-            topic: OFFSETS_TOPIC.to_string(),
-            partition,
-            source,
-        };
         let turn = self.offsets_turn(partition);
         let (appended, _writing) = {
             let _turn = turn
@@ -526,16 +546,23 @@ impl Shard {
                 .map_err(|_| BrokerError::ShardGone(self.id))?;
             let mut appended = Vec::new();
             for chunk in offsets_chunks(records) {
-                let info = log.append(&offsets_batch(&chunk)).await.map_err(storage)?;
-                appended.push((chunk, info));
+                let appending = self
+                    .begin_append(OFFSETS_TOPIC, partition, &log, &offsets_batch(&chunk))
+                    .await?;
+                appended.push((chunk, appending));
             }
             (appended, writing)
         };
-        if let Some((_, last)) = appended.last() {
-            log.wait_durable(last.last_offset).await.map_err(storage)?;
+        let mut durable = Vec::with_capacity(appended.len());
+        for (chunk, appending) in appended {
+            durable.push((chunk, self.settle(OFFSETS_TOPIC, partition, &log, appending).await?));
         }
-        for (chunk, info) in appended {
-            self.apply_offsets(chunk, info.base_offset.0);
+        // Let go meanwhile (led elsewhere now): the new leader replays them.
+        if !self.coordinates(Internal::Offsets, partition) {
+            return Ok(());
+        }
+        for (chunk, stored) in durable {
+            self.apply_offsets(chunk, stored.base_offset.0);
         }
         Ok(())
     }
@@ -574,7 +601,8 @@ impl Shard {
     }
 
     /// Replays this shard's partitions of the offsets topic into its
-    /// coordinator: the last record of each key wins.
+    /// coordinator: the last record of each key wins. A replicated one is
+    /// loaded when its replica here begins to lead it (`coordinators`).
     pub async fn load_offsets(&self) -> Result<usize, BrokerError> {
         let table = self.metadata.snapshot();
         let Some(topic) = table.topics.get(OFFSETS_TOPIC) else {
@@ -583,83 +611,91 @@ impl Shard {
         let mut loaded = 0;
         for (partition, &owner) in topic.shards.iter().enumerate() {
             let partition = partition as u32;
-            if owner != self.id {
+            if owner != self.id || self.replica_view(OFFSETS_TOPIC, partition).is_some() {
                 continue;
             }
-            let log = self.log(OFFSETS_TOPIC, partition)?;
-            let storage = |source| BrokerError::Storage {
-                topic: OFFSETS_TOPIC.to_string(),
-                partition,
-                source,
-            };
-            let mut next = log.log_start_offset();
-            while next < log.log_end_offset() {
-                let read = log.read(next, REPLAY_READ_BYTES).await.map_err(storage)?;
-                let now = Instant::now();
-                for frame in batch::frames(&read.bytes) {
-                    let info = batch::verify_crc(frame).map_err(storage)?;
-                    let archived = batch::access(frame).map_err(storage)?;
-                    if info.is_control() {
-                        if let Some(marker) = batch::control::marker_of(frame) {
-                            self.end_txn_offsets(partition, info.producer_id, marker);
-                        }
-                        next = info.next_offset();
-                        continue;
-                    }
-                    let transactional = info.is_transactional();
-                    let mut coordinator = self.coordinator.borrow_mut();
-                    for record in archived.records.iter() {
-                        let log_offset = info.base_offset.0 + u64::from(record.offset_delta.to_native());
-                        let Some(key) = record.key.as_ref().and_then(|k| offsets::decode_key(k)) else {
-                            tracing::warn!(partition, log_offset, "offsets record with an unreadable key; skipped");
-                            continue;
-                        };
-                        let committed = match record.value.as_ref() {
-                            None => None,
-                            Some(bytes) => match offsets::decode_value(bytes) {
-                                Some(v) => Some(Committed {
-                                    offset: v.offset,
-                                    metadata: v.metadata,
-                                    commit_time_ms: v.commit_time_ms,
-                                    log_offset,
-                                }),
-                                None => {
-                                    tracing::warn!(
-                                        partition,
-                                        log_offset,
-                                        "offsets record with an unreadable value; skipped"
-                                    );
-                                    continue;
-                                }
-                            },
-                        };
-                        if transactional {
-                            // Counts only if the transaction's marker commits.
-                            if let Some(c) = committed {
-                                self.txn_offsets
-                                    .borrow_mut()
-                                    .entry((partition, info.producer_id))
-                                    .or_default()
-                                    .push(super::txns::PendingOffset {
-                                        key,
-                                        value: OffsetValue {
-                                            offset: c.offset,
-                                            commit_time_ms: c.commit_time_ms,
-                                            metadata: c.metadata,
-                                        },
-                                        log_offset,
-                                    });
-                            }
-                            continue;
-                        }
-                        coordinator.apply_commit(&key.group, &key.topic, key.partition, log_offset, committed, now);
-                        loaded += 1;
+            loaded += self.load_offsets_partition(partition).await?;
+        }
+        Ok(loaded)
+    }
+
+    /// Replays one offsets partition into the coordinator; answers how
+    /// many commits it applied.
+    pub(super) async fn load_offsets_partition(&self, partition: u32) -> Result<usize, BrokerError> {
+        let mut loaded = 0;
+        let log = self.log(OFFSETS_TOPIC, partition)?;
+        let storage = |source| BrokerError::Storage {
+            topic: OFFSETS_TOPIC.to_string(),
+            partition,
+            source,
+        };
+        let mut next = log.log_start_offset();
+        while next < log.log_end_offset() {
+            let read = log.read(next, REPLAY_READ_BYTES).await.map_err(storage)?;
+            let now = Instant::now();
+            for frame in batch::frames(&read.bytes) {
+                let info = batch::verify_crc(frame).map_err(storage)?;
+                let archived = batch::access(frame).map_err(storage)?;
+                if info.is_control() {
+                    if let Some(marker) = batch::control::marker_of(frame) {
+                        self.end_txn_offsets(partition, info.producer_id, marker);
                     }
                     next = info.next_offset();
+                    continue;
                 }
-                if read.bytes.is_empty() {
-                    break;
+                let transactional = info.is_transactional();
+                let mut coordinator = self.coordinator.borrow_mut();
+                for record in archived.records.iter() {
+                    let log_offset = info.base_offset.0 + u64::from(record.offset_delta.to_native());
+                    let Some(key) = record.key.as_ref().and_then(|k| offsets::decode_key(k)) else {
+                        tracing::warn!(partition, log_offset, "offsets record with an unreadable key; skipped");
+                        continue;
+                    };
+                    let committed = match record.value.as_ref() {
+                        None => None,
+                        Some(bytes) => match offsets::decode_value(bytes) {
+                            Some(v) => Some(Committed {
+                                offset: v.offset,
+                                metadata: v.metadata,
+                                commit_time_ms: v.commit_time_ms,
+                                log_offset,
+                            }),
+                            None => {
+                                tracing::warn!(
+                                    partition,
+                                    log_offset,
+                                    "offsets record with an unreadable value; skipped"
+                                );
+                                continue;
+                            }
+                        },
+                    };
+                    if transactional {
+                        // Counts only if the transaction's marker commits.
+                        if let Some(c) = committed {
+                            self.txn_offsets
+                                .borrow_mut()
+                                .entry((partition, info.producer_id))
+                                .or_default()
+                                .push(super::txns::PendingOffset {
+                                    key,
+                                    value: OffsetValue {
+                                        offset: c.offset,
+                                        commit_time_ms: c.commit_time_ms,
+                                        metadata: c.metadata,
+                                    },
+                                    log_offset,
+                                });
+                        }
+                        continue;
+                    }
+                    coordinator.apply_commit(&key.group, &key.topic, key.partition, log_offset, committed, now);
+                    loaded += 1;
                 }
+                next = info.next_offset();
+            }
+            if read.bytes.is_empty() {
+                break;
             }
         }
         Ok(loaded)
@@ -679,7 +715,10 @@ impl Shard {
         let partitions = topic.shards.len() as u32;
         for (partition, &owner) in topic.shards.iter().enumerate() {
             let partition = partition as u32;
-            if owner != self.id {
+            // A replicated partition's rewrite would move its log start
+            // past what a lagging follower still needs, with no snapshot
+            // to catch it up: not compacted yet.
+            if owner != self.id || self.replica_view(OFFSETS_TOPIC, partition).is_some() {
                 continue;
             }
             let Ok(log) = self.log(OFFSETS_TOPIC, partition) else {
@@ -773,6 +812,7 @@ impl Shard {
         let mut last_compaction = Instant::now();
         loop {
             glommio::timer::sleep(GROUP_TICK).await;
+            self.follow_coordinator_leadership().await;
             if last_compaction.elapsed() >= Duration::from_millis(self.config.offsets_compact_interval_ms) {
                 last_compaction = Instant::now();
                 self.compact_offsets().await;

@@ -12,6 +12,7 @@ use glommio::sync::Semaphore;
 use net::ErrorCode;
 use storage::batch::{self, control, control::Marker, RecordBatchBuilder};
 
+use super::coordinators::Internal;
 use super::{Shard, ShardId, ShardMessage};
 use crate::error::BrokerError;
 use crate::offsets::{self, OffsetKey, OffsetValue, OFFSETS_TOPIC};
@@ -83,7 +84,7 @@ fn now_ms() -> i64 {
 }
 
 impl Shard {
-    fn txn_partitions(&self) -> Result<u32, BrokerError> {
+    pub(super) fn txn_partitions(&self) -> Result<u32, BrokerError> {
         let table = self.metadata.snapshot();
         let topic = table
             .topics
@@ -113,10 +114,7 @@ impl Shard {
     /// Where transactional id `id`'s coordinator is (as `group_coordinator_at`).
     pub fn txn_coordinator_at(&self, id: &str) -> Result<(u64, ShardId), BrokerError> {
         let partition = self.txn_partition(id)?;
-        self.metadata
-            .snapshot()
-            .leader(TXN_STATE_TOPIC, partition)
-            .ok_or_else(|| BrokerError::Config(format!("{TXN_STATE_TOPIC}/{partition} has no replica")))
+        self.internal_leader(TXN_STATE_TOPIC, partition)
     }
 
     /// Serves a transactional request on the shard that coordinates its id.
@@ -135,6 +133,7 @@ impl Shard {
             .acquire_permit(1)
             .await
             .map_err(|_| BrokerError::ShardGone(self.id))?;
+        self.coordinating(Internal::TxnState, partition).await?;
         let error = |code| Ok(TxnAnswer::Error(code));
         match call {
             TxnCall::Init { id, timeout_ms } => loop {
@@ -303,23 +302,21 @@ impl Shard {
     /// then makes it current.
     async fn write_txn_state(&self, partition: u32, id: &str, meta: &TxnMeta) -> Result<(), BrokerError> {
         let log = self.log(TXN_STATE_TOPIC, partition)?;
-        let storage = |source| BrokerError::Storage {
-            topic: TXN_STATE_TOPIC.to_string(),
-            partition,
-            source,
-        };
         let mut builder = RecordBatchBuilder::new();
         builder.push(now_ms(), Some(id.as_bytes()), Some(&txn::encode(meta)), vec![]);
-        let appended = log.append(&builder.build()).await.map_err(storage)?;
-        log.wait_durable(appended.last_offset).await.map_err(storage)?;
-        self.txn_coordinator.borrow_mut().apply(id, meta.clone());
+        self.append_durable(TXN_STATE_TOPIC, partition, &log, &builder.build())
+            .await?;
+        // Let go meanwhile (led elsewhere now): the new leader replays it.
+        if self.coordinates(Internal::TxnState, partition) {
+            self.txn_coordinator.borrow_mut().apply(id, meta.clone());
+        }
         Ok(())
     }
 
     async fn expect_txn(&self, topic: &str, partition: u32, producer_id: i64, epoch: i16) -> Result<(), BrokerError> {
         let owner = self.owner(topic, partition)?;
         if owner == self.id {
-            return self.expect_txn_local(topic, partition, producer_id, epoch);
+            return self.expect_txn_local(topic, partition, producer_id, epoch).await;
         }
         let topic = topic.to_string();
         self.ask(owner, |reply| ShardMessage::ExpectTxn {
@@ -332,13 +329,29 @@ impl Shard {
         .await
     }
 
-    pub(super) fn expect_txn_local(
+    pub(super) async fn expect_txn_local(
         &self,
         topic: &str,
         partition: u32,
         producer_id: i64,
         epoch: i16,
     ) -> Result<(), BrokerError> {
+        let key = (topic.to_string(), partition);
+        if let Some(view) = self.leading(topic, partition)? {
+            // Under the turn, so that no rebuild replaces what is marked.
+            let turn = self.idempotent_turn(&key);
+            let _turn = turn
+                .acquire_permit(1)
+                .await
+                .map_err(|_| BrokerError::ShardGone(self.id))?;
+            let log = self.log(topic, partition)?;
+            self.refresh_producer_states(&key, &log, &view).await?;
+            return self.mark_expected(topic, partition, producer_id, epoch);
+        }
+        self.mark_expected(topic, partition, producer_id, epoch)
+    }
+
+    fn mark_expected(&self, topic: &str, partition: u32, producer_id: i64, epoch: i16) -> Result<(), BrokerError> {
         let mut states = self.producer_states.borrow_mut();
         let states = states
             .get_mut(&(topic.to_string(), partition))
@@ -462,7 +475,8 @@ impl Shard {
     }
 
     /// Replays this shard's partitions of the transaction state log into
-    /// its coordinator: the last state of each id wins.
+    /// its coordinator: the last state of each id wins. A replicated one is
+    /// loaded when its replica here begins to lead it (`coordinators`).
     pub async fn load_txns(&self) -> Result<usize, BrokerError> {
         let table = self.metadata.snapshot();
         let Some(topic) = table.topics.get(TXN_STATE_TOPIC) else {
@@ -471,39 +485,47 @@ impl Shard {
         let mut loaded = 0;
         for (partition, &owner) in topic.shards.iter().enumerate() {
             let partition = partition as u32;
-            if owner != self.id {
+            if owner != self.id || self.replica_view(TXN_STATE_TOPIC, partition).is_some() {
                 continue;
             }
-            let log = self.log(TXN_STATE_TOPIC, partition)?;
-            let storage = |source| BrokerError::Storage {
-                topic: TXN_STATE_TOPIC.to_string(),
-                partition,
-                source,
-            };
-            let mut next = log.log_start_offset();
-            while next < log.log_end_offset() {
-                let read = log.read(next, REPLAY_READ_BYTES).await.map_err(storage)?;
-                if read.bytes.is_empty() {
-                    break;
-                }
-                for frame in batch::frames(&read.bytes) {
-                    let info = batch::verify_crc(frame).map_err(storage)?;
-                    let archived = batch::access(frame).map_err(storage)?;
-                    for record in archived.records.iter() {
-                        let id = record.key.as_ref().and_then(|k| std::str::from_utf8(k).ok());
-                        let meta = record.value.as_ref().and_then(|v| txn::decode(v));
-                        match (id, meta) {
-                            (Some(id), Some(meta)) => {
-                                self.txn_coordinator.borrow_mut().apply(id, meta);
-                                loaded += 1;
-                            }
-                            _ => {
-                                tracing::warn!(partition, base_offset = %info.base_offset, "unreadable transaction state record; skipped")
-                            }
+            loaded += self.load_txns_partition(partition).await?;
+        }
+        Ok(loaded)
+    }
+
+    /// Replays one transaction state partition into the coordinator;
+    /// answers how many states it applied.
+    pub(super) async fn load_txns_partition(&self, partition: u32) -> Result<usize, BrokerError> {
+        let mut loaded = 0;
+        let log = self.log(TXN_STATE_TOPIC, partition)?;
+        let storage = |source| BrokerError::Storage {
+            topic: TXN_STATE_TOPIC.to_string(),
+            partition,
+            source,
+        };
+        let mut next = log.log_start_offset();
+        while next < log.log_end_offset() {
+            let read = log.read(next, REPLAY_READ_BYTES).await.map_err(storage)?;
+            if read.bytes.is_empty() {
+                break;
+            }
+            for frame in batch::frames(&read.bytes) {
+                let info = batch::verify_crc(frame).map_err(storage)?;
+                let archived = batch::access(frame).map_err(storage)?;
+                for record in archived.records.iter() {
+                    let id = record.key.as_ref().and_then(|k| std::str::from_utf8(k).ok());
+                    let meta = record.value.as_ref().and_then(|v| txn::decode(v));
+                    match (id, meta) {
+                        (Some(id), Some(meta)) => {
+                            self.txn_coordinator.borrow_mut().apply(id, meta);
+                            loaded += 1;
+                        }
+                        _ => {
+                            tracing::warn!(partition, base_offset = %info.base_offset, "unreadable transaction state record; skipped")
                         }
                     }
-                    next = info.next_offset();
                 }
+                next = info.next_offset();
             }
         }
         Ok(loaded)
@@ -618,7 +640,10 @@ impl Shard {
             return;
         };
         for partition in 0..partitions {
-            if self.owner(TXN_STATE_TOPIC, partition).ok() != Some(self.id) {
+            // Not a replicated one yet (as `compact_offsets`).
+            if self.owner(TXN_STATE_TOPIC, partition).ok() != Some(self.id)
+                || self.replica_view(TXN_STATE_TOPIC, partition).is_some()
+            {
                 continue;
             }
             let Ok(log) = self.log(TXN_STATE_TOPIC, partition) else {
