@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 use net::error::ErrorCode;
 
+use crate::offsets::{GroupRecord, MemberRecord};
+
 /// Bounds the coordinator enforces, from the broker's configuration.
 #[derive(Clone, Debug)]
 pub struct GroupLimits {
@@ -718,6 +720,94 @@ impl Coordinator {
         before - self.groups.len()
     }
 
+    /// The membership to write once `member_id`, the leader, has settled
+    /// `generation`'s assignments: None unless that is what is current.
+    pub fn settled(&self, group_id: &str, generation: i32, member_id: &str) -> Option<GroupRecord> {
+        let group = self.groups.get(group_id)?;
+        if group.state != GroupState::Stable || group.generation != generation || group.leader != member_id {
+            return None;
+        }
+        Some(GroupRecord {
+            generation: group.generation,
+            protocol_type: group.protocol_type.clone(),
+            protocol: group.protocol.clone(),
+            leader: group.leader.clone(),
+            members: group
+                .members
+                .iter()
+                .map(|(id, m)| MemberRecord {
+                    member_id: id.clone(),
+                    client_id: m.client_id.clone(),
+                    session_timeout_ms: m.session_timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+                    rebalance_timeout_ms: m.rebalance_timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+                    assignment: m.assignment.clone(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Whether the group has no members (or is not known).
+    pub fn is_empty(&self, group_id: &str) -> bool {
+        self.groups.get(group_id).is_none_or(|g| g.members.is_empty())
+    }
+
+    /// Takes a group's membership from the offsets log (a coordinator
+    /// taking over): its members stable in their generation, each with a
+    /// full session from `now`, as if it had just heartbeated. None: the
+    /// group emptied. A group in the middle of something here is left as
+    /// it is (only a replay, before any request, restores).
+    pub fn restore(&mut self, group_id: &str, record: Option<GroupRecord>, now: Instant) {
+        let group = self
+            .groups
+            .entry(group_id.to_string())
+            .or_insert_with(|| Group::new(now));
+        if group.members.values().any(|m| m.join.is_some() || m.sync.is_some()) {
+            return;
+        }
+        group.members.clear();
+        match record {
+            None => {
+                group.state = GroupState::Empty;
+                group.protocol.clear();
+                group.leader.clear();
+                group.empty_since = Some(now);
+            }
+            Some(record) => {
+                group.generation = record.generation;
+                group.protocol_type = record.protocol_type;
+                group.protocol = record.protocol;
+                group.leader = record.leader;
+                for member in record.members {
+                    group.members.insert(
+                        member.member_id,
+                        Member {
+                            client_id: member.client_id,
+                            // A rejoin brings every protocol again; the
+                            // chosen one is all a stable group needs.
+                            protocols: vec![(group.protocol.clone(), Vec::new())],
+                            session_timeout: Duration::from_millis(u64::from(member.session_timeout_ms)),
+                            rebalance_timeout: Duration::from_millis(u64::from(member.rebalance_timeout_ms)),
+                            assignment: member.assignment,
+                            last_heartbeat: now,
+                            join: None,
+                            sync: None,
+                        },
+                    );
+                }
+                if group.members.is_empty() {
+                    group.state = GroupState::Empty;
+                    group.empty_since = Some(now);
+                } else {
+                    group.state = GroupState::Stable;
+                    group.empty_since = None;
+                }
+            }
+        }
+        if group.members.is_empty() && group.offsets.is_empty() {
+            self.groups.remove(group_id);
+        }
+    }
+
     pub fn describe(&self, group_id: &str) -> Option<GroupDescription> {
         let group = self.groups.get(group_id)?;
         Some(GroupDescription {
@@ -833,6 +923,30 @@ mod tests {
             Pending::Wait(rx) => rx,
             Pending::Ready(_) => panic!("answered at once"),
         }
+    }
+
+    #[test]
+    fn a_coordinator_taking_over_knows_the_settled_members_and_their_generation() {
+        let mut first = Coordinator::new(limits());
+        let now = Instant::now();
+        let joined = ready(first.join(join_request(""), now));
+        let id = joined.member_id;
+        assert_eq!(first.settled("g", 1, &id), None, "not settled before the leader's sync");
+        ready(first.sync("g", 1, &id, vec![(id.clone(), b"p0".to_vec())], now));
+        let record = first.settled("g", 1, &id).expect("settled");
+        assert_eq!(first.settled("g", 0, &id), None, "an older generation is not current");
+        let decoded = crate::offsets::decode_group(&crate::offsets::encode_group(&record));
+        let mut next = Coordinator::new(limits());
+        next.restore("g", decoded, now);
+        assert_eq!(next.heartbeat("g", 1, &id, now), ErrorCode::None);
+        assert_eq!(next.check_commit("g", 1, &id), ErrorCode::None);
+        assert_eq!(ready(next.sync("g", 1, &id, vec![], now)).assignment, b"p0");
+        // Its session runs from the take-over: a member gone with the old
+        // coordinator is removed when it lapses.
+        next.tick(now + Duration::from_secs(11), 0);
+        assert!(next.is_empty("g"));
+        next.restore("g", None, now);
+        assert_eq!(next.check_commit("g", 1, &id), ErrorCode::IllegalGeneration);
     }
 
     #[test]

@@ -11,12 +11,132 @@
 //!   partition u32
 //! - value: `0u8`, offset u64, commit time ms i64, metadata (u16 length +
 //!   UTF-8)
+//!
+//! A replicated partition also holds each group's membership as its
+//! coordinator last settled it (generation, leader, members and their
+//! assignments), so that a coordinator taking over on another node knows
+//! the members and their generation, and their commits and heartbeats go
+//! on without a rebalance (Kafka's group metadata record):
+//! - key: `1u8`, group (u16 length + UTF-8)
+//! - value: `0u8`, generation i32, protocol type, protocol, leader (each
+//!   u16 length + UTF-8), member count u32, then per member: id, client
+//!   id (u16 length + UTF-8), session timeout ms u32, rebalance timeout ms
+//!   u32, assignment (u32 length + bytes). No value: the group emptied.
 
 /// The internal topic that holds committed offsets.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
 const KEY_VERSION: u8 = 0;
 const VALUE_VERSION: u8 = 0;
+/// The key version of a group metadata record.
+const GROUP_KEY_VERSION: u8 = 1;
+const GROUP_VALUE_VERSION: u8 = 0;
+
+/// A group's membership, as its coordinator settled it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub generation: i32,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub leader: String,
+    pub members: Vec<MemberRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub member_id: String,
+    pub client_id: String,
+    pub session_timeout_ms: u32,
+    pub rebalance_timeout_ms: u32,
+    pub assignment: Vec<u8>,
+}
+
+impl GroupRecord {
+    /// Bytes the record takes, about: checked against the batch limit.
+    pub fn size(&self) -> usize {
+        16 + self.protocol_type.len()
+            + self.protocol.len()
+            + self.leader.len()
+            + self
+                .members
+                .iter()
+                .map(|m| 16 + m.member_id.len() + m.client_id.len() + m.assignment.len())
+                .sum::<usize>()
+    }
+}
+
+pub fn encode_group_key(group: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(3 + group.len());
+    out.push(GROUP_KEY_VERSION);
+    put_str(&mut out, group);
+    out
+}
+
+pub fn encode_group(record: &GroupRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(record.size());
+    out.push(GROUP_VALUE_VERSION);
+    out.extend_from_slice(&record.generation.to_be_bytes());
+    put_str(&mut out, &record.protocol_type);
+    put_str(&mut out, &record.protocol);
+    put_str(&mut out, &record.leader);
+    let count = u32::try_from(record.members.len()).expect("members are bounded");
+    out.extend_from_slice(&count.to_be_bytes());
+    for member in &record.members {
+        put_str(&mut out, &member.member_id);
+        put_str(&mut out, &member.client_id);
+        out.extend_from_slice(&member.session_timeout_ms.to_be_bytes());
+        out.extend_from_slice(&member.rebalance_timeout_ms.to_be_bytes());
+        let len = u32::try_from(member.assignment.len()).expect("assignments are bounded by the batch size");
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&member.assignment);
+    }
+    out
+}
+
+/// The group of a group metadata key; None if the bytes are not one.
+pub fn decode_group_key(bytes: &[u8]) -> Option<String> {
+    let mut r = Reader { rest: bytes };
+    if r.u8()? != GROUP_KEY_VERSION {
+        return None;
+    }
+    let group = r.string()?;
+    r.rest.is_empty().then_some(group)
+}
+
+pub fn decode_group(bytes: &[u8]) -> Option<GroupRecord> {
+    let mut r = Reader { rest: bytes };
+    if r.u8()? != GROUP_VALUE_VERSION {
+        return None;
+    }
+    let generation = r.u32()? as i32;
+    let (protocol_type, protocol, leader) = (r.string()?, r.string()?, r.string()?);
+    let count = r.u32()? as usize;
+    // Each member takes at least 16 bytes: a count the bytes cannot hold
+    // is damage, not an allocation to make.
+    if count > r.rest.len() / 16 {
+        return None;
+    }
+    let mut members = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (member_id, client_id) = (r.string()?, r.string()?);
+        let (session_timeout_ms, rebalance_timeout_ms) = (r.u32()?, r.u32()?);
+        let len = r.u32()? as usize;
+        members.push(MemberRecord {
+            member_id,
+            client_id,
+            session_timeout_ms,
+            rebalance_timeout_ms,
+            assignment: r.take(len)?.to_vec(),
+        });
+    }
+    r.rest.is_empty().then_some(GroupRecord {
+        generation,
+        protocol_type,
+        protocol,
+        leader,
+        members,
+    })
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OffsetKey {
@@ -148,6 +268,43 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = decode_key(&bytes);
             let _ = decode_value(&bytes);
+            let _ = decode_group_key(&bytes);
+            let _ = decode_group(&bytes);
+        }
+
+        #[test]
+        fn group_records_round_trip_and_keys_never_pass_for_offsets(
+            group in "[a-z0-9._-]{1,40}",
+            generation in any::<i32>(),
+            members in proptest::collection::vec(
+                ("[a-z0-9-]{1,30}", "[a-z0-9-]{0,20}", any::<u32>(), any::<u32>(), proptest::collection::vec(any::<u8>(), 0..64)),
+                0..8,
+            ),
+        ) {
+            let record = GroupRecord {
+                generation,
+                protocol_type: "consumer".into(),
+                protocol: "range".into(),
+                leader: members.first().map(|m| m.0.clone()).unwrap_or_default(),
+                members: members
+                    .into_iter()
+                    .map(|(member_id, client_id, session, rebalance, assignment)| MemberRecord {
+                        member_id,
+                        client_id,
+                        session_timeout_ms: session,
+                        rebalance_timeout_ms: rebalance,
+                        assignment,
+                    })
+                    .collect(),
+            };
+            let encoded = encode_group(&record);
+            prop_assert_eq!(decode_group(&encoded), Some(record));
+            for cut in 0..encoded.len() {
+                prop_assert_eq!(decode_group(&encoded[..cut]), None);
+            }
+            let key = encode_group_key(&group);
+            prop_assert_eq!(decode_group_key(&key), Some(group));
+            prop_assert_eq!(decode_key(&key), None);
         }
     }
 

@@ -729,3 +729,149 @@ fn a_partition_leader_stopped_cleanly_hands_its_leadership_over() {
     assert_eq!(read_sorted(&survivor, "h", 1), vec!["after".to_string()]);
     stop_all(&mut nodes);
 }
+
+/// A consumer group keeps going through the loss of its coordinator's
+/// node: kafka-python, reading and committing every 50 records, has its
+/// coordinator `kill -9`ed after the commit at offset 100. The replica
+/// that leads the group's `__consumer_offsets` partition next takes over
+/// with the group's members and generation (its membership record), so
+/// the consumer's next commits succeed without a rebalance, nothing it
+/// committed is read again from before it, and no offset is skipped.
+#[test]
+fn a_consumer_group_keeps_going_through_its_coordinators_loss() {
+    if !Command::new("python3")
+        .args(["-c", "import kafka"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("skipping: kafka-python is not installed");
+        return;
+    }
+    let mut nodes = cluster(3);
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
+    let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+    cli(
+        &[
+            "topic",
+            "create",
+            "t",
+            "--partitions",
+            "1",
+            "--broker",
+            &addr(&nodes[0]),
+        ],
+        None,
+    )
+    .expect("created");
+    elected(&addr(&nodes[0]), "t", &ids, &[]);
+    let lines: String = (0..300).map(|i| format!("v{i}\n")).collect();
+    cli(
+        &["produce", "t", "--acks", "all", "--broker", &addr(&nodes[0])],
+        Some(&lines),
+    )
+    .expect("produced");
+
+    let script = r#"
+import sys
+from kafka import KafkaConsumer, TopicPartition, ConsumerRebalanceListener
+assigned = []
+class Count(ConsumerRebalanceListener):
+    def on_partitions_revoked(self, revoked): pass
+    def on_partitions_assigned(self, partitions): assigned.append(len(partitions))
+c = KafkaConsumer(bootstrap_servers=sys.argv[1].split(","), group_id="g", auto_offset_reset="earliest",
+                  enable_auto_commit=False, consumer_timeout_ms=30000, session_timeout_ms=10000,
+                  heartbeat_interval_ms=500, request_timeout_ms=15000)
+c.subscribe(["t"], listener=Count())
+seen = []
+for m in c:
+    seen.append(m.offset)
+    if len(seen) % 50 == 0:
+        c.commit()
+        if len(seen) == 100:
+            print("coordinator", c._coordinator.coordinator_id, flush=True)
+            sys.stdin.readline()
+            print("resumed", flush=True)
+    if m.offset == 299:
+        break
+c.commit()
+print("committed", c.committed(TopicPartition("t", 0)), flush=True)
+print("seen", ",".join(map(str, seen)), flush=True)
+print("assignments", len(assigned), flush=True)
+c.close()
+"#;
+    let servers: Vec<String> = nodes
+        .iter()
+        .map(|n| n.broker.as_ref().unwrap().kafka_addr.clone())
+        .collect();
+    let mut child = Command::new("python3")
+        .args(["-c", script, &servers.join(",")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    // Bounded: a consumer that never gets through is killed, and fails.
+    let pid = child.id();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(120));
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    use std::io::BufRead;
+    stdout.read_line(&mut line).expect("the consumer's first line");
+    let coordinator: u64 = line
+        .strip_prefix("coordinator ")
+        // kafka-python names the coordinator's connection
+        // `coordinator-<broker id>`.
+        .map(|id| id.trim().trim_start_matches("coordinator-"))
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            let mut stderr = String::new();
+            let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr);
+            panic!("no coordinator named: {line:?}\n{stderr}")
+        });
+    // Broker ids name (node, shard) pairs when shards have ports.
+    let node = if coordinator >= 1000 {
+        coordinator / 1000
+    } else {
+        coordinator
+    };
+    let victim = nodes.iter().position(|n| n.id == node).expect("a node's broker id");
+    nodes[victim].broker.take().unwrap().kill9();
+    writeln!(stdin, "go").expect("the consumer goes on");
+    let output = child.wait_with_output().expect("the consumer ends");
+    let stdout: String = std::io::Read::bytes(stdout)
+        .map(|b| b.unwrap() as char)
+        .chain(String::from_utf8_lossy(&output.stdout).chars())
+        .collect();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("committed 300"),
+        "every record committed through the new coordinator: {stdout}\n{stderr}"
+    );
+    let seen: Vec<u64> = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("seen "))
+        .expect("offsets seen")
+        .split(',')
+        .map(|o| o.parse().unwrap())
+        .collect();
+    assert_eq!(seen[..100], (0..100).collect::<Vec<u64>>()[..]);
+    let mut furthest = 99;
+    for &offset in &seen[100..] {
+        assert!(offset <= furthest + 1, "skipped to {offset} after {furthest}: {seen:?}");
+        assert!(offset >= 100, "read {offset} again, before the commit at 100: {seen:?}");
+        furthest = furthest.max(offset);
+    }
+    assert_eq!(furthest, 299);
+    assert!(
+        stdout.contains("assignments 1\n"),
+        "the new coordinator knew the member: no second rebalance: {stdout}"
+    );
+    stop_all(&mut nodes);
+}

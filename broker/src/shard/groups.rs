@@ -258,6 +258,10 @@ impl Shard {
                     .coordinator
                     .borrow_mut()
                     .sync(&group, generation, &member_id, assignments, now);
+                let settled = self.coordinator.borrow().settled(&group, generation, &member_id);
+                if let Some(settled) = settled {
+                    self.write_group_record(&group, Some(settled)).await;
+                }
                 GroupAnswer::Sync(
                     pending
                         .get(SyncOutcome {
@@ -277,7 +281,11 @@ impl Shard {
                     .heartbeat(&group, generation, &member_id, now),
             ),
             GroupCall::Leave { group, member_id } => {
-                GroupAnswer::Error(self.coordinator.borrow_mut().leave(&group, &member_id, now))
+                let left = self.coordinator.borrow_mut().leave(&group, &member_id, now);
+                if left == ErrorCode::None && self.coordinator.borrow().is_empty(&group) {
+                    self.write_group_record(&group, None).await;
+                }
+                GroupAnswer::Error(left)
             }
             GroupCall::Commit {
                 group,
@@ -567,6 +575,50 @@ impl Shard {
         Ok(())
     }
 
+    /// Writes a group's settled membership (None: it emptied) where its
+    /// offsets partition is replicated, so that the coordinator taking
+    /// over on another node knows its members and their generation. On one
+    /// replica the coordinator moves only with a restart, which every
+    /// member sees; nothing is written. A write that fails costs only a
+    /// rebalance after a failover: logged, not answered.
+    async fn write_group_record(&self, group: &str, record: Option<offsets::GroupRecord>) {
+        let Ok(partitions) = self.offsets_partitions() else {
+            return;
+        };
+        let partition = offsets::partition_for_group(group, partitions);
+        if self.replica_view(OFFSETS_TOPIC, partition).is_none() {
+            return;
+        }
+        if record.as_ref().is_some_and(|r| r.size() > OFFSETS_BATCH_BYTES) {
+            tracing::warn!(group, "group membership over {OFFSETS_BATCH_BYTES} bytes: not written");
+            return;
+        }
+        let mut builder = RecordBatchBuilder::new();
+        let value = record.as_ref().map(offsets::encode_group);
+        builder.push(
+            now_ms(),
+            Some(&offsets::encode_group_key(group)),
+            value.as_deref(),
+            vec![],
+        );
+        let frame = builder.build();
+        let written = async {
+            let log = self.log(OFFSETS_TOPIC, partition)?;
+            let turn = self.offsets_turn(partition);
+            let appending = {
+                let _turn = turn
+                    .acquire_permit(1)
+                    .await
+                    .map_err(|_| BrokerError::ShardGone(self.id))?;
+                self.begin_append(OFFSETS_TOPIC, partition, &log, &frame).await?
+            };
+            self.settle(OFFSETS_TOPIC, partition, &log, appending).await
+        };
+        if let Err(error) = written.await {
+            tracing::warn!(group, %error, "group membership not written");
+        }
+    }
+
     /// The semaphore counting `partition`'s offsets writes in flight.
     fn offsets_writes_of(&self, partition: u32) -> Rc<Semaphore> {
         self.offsets_writes
@@ -647,6 +699,15 @@ impl Shard {
                 let mut coordinator = self.coordinator.borrow_mut();
                 for record in archived.records.iter() {
                     let log_offset = info.base_offset.0 + u64::from(record.offset_delta.to_native());
+                    if let Some(group) = record.key.as_ref().and_then(|k| offsets::decode_group_key(k)) {
+                        match record.value.as_ref().map(|v| offsets::decode_group(v)) {
+                            Some(None) => {
+                                tracing::warn!(partition, log_offset, "group record with an unreadable value; skipped")
+                            }
+                            value => coordinator.restore(&group, value.flatten(), now),
+                        }
+                        continue;
+                    }
                     let Some(key) = record.key.as_ref().and_then(|k| offsets::decode_key(k)) else {
                         tracing::warn!(partition, log_offset, "offsets record with an unreadable key; skipped");
                         continue;
