@@ -723,6 +723,8 @@ pub fn cluster(command: ClusterCommand) -> Result<(), String> {
         "applied_index": status.applied_index,
         "nodes": status.nodes.iter().map(|(id, kafka)| serde_json::json!({"id": id, "kafka": kafka})).collect::<Vec<_>>(),
         "topics": status.topics,
+        "frames_sent": status.frames_sent,
+        "bytes_sent": status.bytes_sent,
     });
     println!("{json}");
     Ok(())

@@ -264,6 +264,11 @@ pub struct ControllerStatus {
     /// The nodes registered, with their Kafka addresses.
     pub nodes: Vec<(u64, String)>,
     pub topics: Vec<String>,
+    /// Frames and bytes this node has written to its peers since it
+    /// started, over every link (the controller's and the partitions'
+    /// groups): what the benchmark of idle partitions counts.
+    pub frames_sent: u64,
+    pub bytes_sent: u64,
 }
 
 /// A frame between nodes: who sent it and what it says.

@@ -531,6 +531,11 @@ impl Links {
 /// Keeps a connection to `peer` and writes its frames; frames queued while
 /// it is down wait, up to the queue's depth. The controller's task has
 /// one to each peer, and so has each shard's replication task.
+/// Frames and bytes written to peers by every link of this process (each
+/// shard's, the controller's and the partitions'), for `cluster status`.
+pub static PEER_FRAMES_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static PEER_BYTES_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub(crate) async fn peer_link(peer: u64, addr: std::net::SocketAddr, mut frames: mpsc::Receiver<Vec<u8>>) {
     let mut pending: Option<Vec<u8>> = None;
     loop {
@@ -556,6 +561,8 @@ pub(crate) async fn peer_link(peer: u64, addr: std::net::SocketAddr, mut frames:
                 pending = Some(frame);
                 break;
             }
+            PEER_FRAMES_SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            PEER_BYTES_SENT.fetch_add(frame.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
         glommio::timer::sleep(RECONNECT_DELAY).await;
     }

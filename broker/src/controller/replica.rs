@@ -144,6 +144,8 @@ impl ControllerReplica {
                 .map(|(id, info)| (*id, info.kafka_addr.clone()))
                 .collect(),
             topics: self.metadata.topics.keys().cloned().collect(),
+            frames_sent: super::driver::PEER_FRAMES_SENT.load(std::sync::atomic::Ordering::Relaxed),
+            bytes_sent: super::driver::PEER_BYTES_SENT.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
