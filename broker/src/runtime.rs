@@ -11,6 +11,7 @@
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
@@ -275,6 +276,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::bounded(config.shard_queue_depth)).unzip();
     let inboxes = Arc::new(senders);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), BrokerError>>();
+    let open_gate = Arc::new(OpenGate::new(usize::from(shards)));
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let read_cache_bytes = config.read_cache_shard_bytes(usize::from(shards));
     tracing::info!(shards, read_cache_bytes, "batch cache per shard");
@@ -283,6 +285,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         let id = id as u16;
         let (config, metadata, inboxes, ready) = (config.clone(), metadata.clone(), inboxes.clone(), ready_tx.clone());
         let producer_ids = producer_ids.clone();
+        let open_gate = open_gate.clone();
         let handle = handle.clone();
         let advertised = advertised.clone();
         let kafka_shard_addr = kafka_shard_addrs.get(usize::from(id)).copied();
@@ -396,7 +399,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                         }
                         None => None,
                     };
-                    tracing::info!(shard = id, partitions = opened, "recovered partitions; accepting");
+                    tracing::info!(shard = id, partitions = opened, "recovered partitions");
                     Ok::<_, BrokerError>((listeners, kafka_listeners, rpc_listener))
                 }
                 .await;
@@ -408,21 +411,36 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                     }
                 };
                 let _ = ready.send(Ok(()));
-                let native = Rc::new(native.as_ref().clone());
-                for listener in listeners {
-                    glommio::spawn_local(crate::server::accept_loop(shard.clone(), listener, native.clone())).detach();
-                }
-                if let Some(advertised) = advertised {
-                    let advertised = Rc::new(advertised);
-                    for kafka_listener in kafka_listeners {
-                        glommio::spawn_local(crate::kafka::accept_loop(
-                            shard.clone(),
-                            kafka_listener,
-                            advertised.clone(),
-                        ))
-                        .detach();
-                    }
-                }
+                // Clients wait in the listeners' backlogs until every shard
+                // has finished what a restart left: recovery asks the other
+                // shards (whose inboxes are served by now), and a request
+                // served before would meet a partition that does not yet
+                // know its open transactions.
+                let accepting = {
+                    let shard = shard.clone();
+                    let native = Rc::new(native.as_ref().clone());
+                    glommio::spawn_local(async move {
+                        shard.recover_txns().await;
+                        open_gate.arrive_and_wait(id).await;
+                        for listener in listeners {
+                            glommio::spawn_local(crate::server::accept_loop(shard.clone(), listener, native.clone()))
+                                .detach();
+                        }
+                        if let Some(advertised) = advertised {
+                            let advertised = Rc::new(advertised);
+                            for kafka_listener in kafka_listeners {
+                                glommio::spawn_local(crate::kafka::accept_loop(
+                                    shard.clone(),
+                                    kafka_listener,
+                                    advertised.clone(),
+                                ))
+                                .detach();
+                            }
+                        }
+                        tracing::info!(shard = id, "accepting clients");
+                    })
+                    .detach()
+                };
                 let controller = rpc_listener.map(|(opened, listener, registration, wiring)| {
                     let (stop, stopped) = futures::channel::oneshot::channel();
                     let task = glommio::spawn_local(async move {
@@ -439,6 +457,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 let txn_clock = shard.clone();
                 let txn_clock = glommio::spawn_local(async move { txn_clock.run_txn_clock().await }).detach();
                 shard.clone().serve_inbox(inbox).await;
+                accepting.cancel();
                 clock.cancel();
                 txn_clock.cancel();
                 if let Some((stop, task)) = controller {
@@ -514,6 +533,38 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
     drop(native_shards);
     drop(rpc_reserved);
     Ok(running)
+}
+
+/// Where the shards meet before any accepts a client: each arrives once it
+/// has finished recovering, and all go on when the last has arrived.
+struct OpenGate {
+    waiting: AtomicUsize,
+    opens: Vec<flume::Sender<()>>,
+    opened: Vec<flume::Receiver<()>>,
+}
+
+impl OpenGate {
+    fn new(shards: usize) -> Self {
+        let (opens, opened) = (0..shards).map(|_| flume::bounded(1)).unzip();
+        Self {
+            waiting: AtomicUsize::new(shards),
+            opens,
+            opened,
+        }
+    }
+
+    /// Arrives for shard `id`, then waits for the others (a shard that
+    /// stops first cancels the task waiting here).
+    async fn arrive_and_wait(&self, id: u16) {
+        if self.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+            for open in &self.opens {
+                // Never full: each is sent to once.
+                let _ = open.try_send(());
+            }
+        }
+        // The gate holds the senders: this ends only with a send.
+        let _ = self.opened[usize::from(id)].recv_async().await;
+    }
 }
 
 /// Time the calling thread has run on a CPU (the scheduler's own count,

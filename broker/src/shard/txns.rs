@@ -534,7 +534,7 @@ impl Shard {
     /// What a restart left: prepared transactions get their markers and
     /// complete; open ones are announced again to their partitions (so the
     /// producer may go on) and time out as usual.
-    async fn recover_txns(&self) {
+    pub async fn recover_txns(&self) {
         let unfinished = self.txn_coordinator.borrow().unfinished();
         for (id, meta) in unfinished {
             let Ok(partition) = self.txn_partition(&id) else {
@@ -573,11 +573,11 @@ impl Shard {
         }
     }
 
-    /// The transaction clock: finishes what a restart left, then aborts
-    /// transactions past their timeout (fencing their producers) and
-    /// retries prepared ones whose markers failed.
+    /// The transaction clock: aborts transactions past their timeout
+    /// (fencing their producers) and retries prepared ones whose markers
+    /// failed. What a restart left is finished before the shard accepts
+    /// (`recover_txns`, from the runtime).
     pub async fn run_txn_clock(&self) {
-        self.recover_txns().await;
         let mut last_retry = std::time::Instant::now();
         let mut last_compaction = std::time::Instant::now();
         let mut last_snapshot = std::time::Instant::now();
