@@ -17,7 +17,7 @@ use storage::batch::{RecordBatchBuilder, RecordHeader};
 
 use crate::client::{partition_for_key, Connection};
 use crate::error::{ErrorCode, NetError};
-use crate::messages::acks;
+use crate::messages::{acks, MetadataResponse};
 
 #[derive(Clone, Debug)]
 pub struct ProducerConfig {
@@ -59,6 +59,9 @@ impl Default for ProducerConfig {
 /// What a record's future resolves to: its offset, or why it was not stored.
 pub type RecordResult = Result<u64, Rc<NetError>>;
 
+/// Broker addresses kept from the metadata to ask for leaders through.
+const KNOWN_BROKERS_MAX: usize = 1024;
+
 struct Pending {
     builder: RecordBatchBuilder,
     waiters: Vec<oneshot::Sender<RecordResult>>,
@@ -94,6 +97,10 @@ struct Inner {
     partitions: RefCell<HashMap<String, u32>>,
     /// Each partition's leader address, from the metadata.
     leaders: RefCell<HashMap<(String, u32), String>>,
+    /// Every broker's address in the last metadata answered: where to ask
+    /// again when the bootstrap and the leaders this producer sent to are
+    /// gone (nodes restarted on new ports, the bootstrap lost).
+    brokers: RefCell<Vec<String>>,
     pending: RefCell<HashMap<(String, u32), Pending>>,
     next_generation: Cell<u64>,
     sticky: Cell<u32>,
@@ -136,6 +143,7 @@ impl Producer {
                 links: RefCell::new(HashMap::from([(addr.to_string(), Link::new(Some(connection)))])),
                 partitions: RefCell::new(HashMap::new()),
                 leaders: RefCell::new(HashMap::new()),
+                brokers: RefCell::new(Vec::new()),
                 pending: RefCell::new(HashMap::new()),
                 next_generation: Cell::new(0),
                 sticky: Cell::new(0),
@@ -157,6 +165,7 @@ impl Producer {
                 (c, result)
             })
             .await?;
+        self.remember_brokers(&metadata);
         let found = metadata.topics.first().filter(|t| t.error == 0);
         let count = found.map_or(0, |t| t.partitions.len() as u32);
         let follow = self.inner.config.follow_leaders;
@@ -178,16 +187,39 @@ impl Producer {
         Ok(count)
     }
 
+    /// Keeps every broker's address the metadata names, as Kafka's clients
+    /// do, so leaders can be asked for through any live one.
+    fn remember_brokers(&self, metadata: &MetadataResponse) {
+        let mut brokers = self.inner.brokers.borrow_mut();
+        brokers.clear();
+        brokers.extend(
+            metadata
+                .brokers
+                .iter()
+                .take(KNOWN_BROKERS_MAX)
+                .map(|b| format!("{}:{}", b.host, b.port)),
+        );
+    }
+
     /// Forgets the topic's leaders and asks for them again: from the
-    /// bootstrap address, else from any other broker this producer knows
-    /// (the bootstrap may be the node that was lost). Where none answers,
-    /// the next attempt goes to the bootstrap address and fails or is
-    /// routed there.
+    /// bootstrap address, else from any broker the last metadata named or
+    /// this producer has sent to (the bootstrap may be the node that was
+    /// lost). Where none answers, the next attempt goes to the bootstrap
+    /// address and fails or is routed there.
     async fn refresh_leaders(&self, topic: &str) {
         self.inner.partitions.borrow_mut().remove(topic);
-        let mut known: Vec<String> = self.inner.links.borrow().keys().cloned().collect();
-        known.retain(|addr| *addr != self.inner.addr);
-        known.insert(0, self.inner.addr.clone());
+        let mut known: Vec<String> = vec![self.inner.addr.clone()];
+        for addr in self
+            .inner
+            .brokers
+            .borrow()
+            .iter()
+            .chain(self.inner.links.borrow().keys())
+        {
+            if !known.contains(addr) {
+                known.push(addr.clone());
+            }
+        }
         self.inner.leaders.borrow_mut().retain(|(t, _), _| t != topic);
         for addr in known {
             let metadata = self
@@ -200,6 +232,7 @@ impl Producer {
             let Some(found) = metadata.topics.first().filter(|t| t.error == 0) else {
                 continue;
             };
+            self.remember_brokers(&metadata);
             for partition in &found.partitions {
                 if let Some(leader) = metadata.brokers.iter().find(|b| b.node_id == partition.leader) {
                     self.inner.leaders.borrow_mut().insert(
