@@ -300,6 +300,18 @@ impl BrokerProcess {
         stats
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the broker without a word (SIGKILL), as a lost machine would.
+    pub fn kill9(mut self) {
+        self.sampling.store(false, Ordering::Release);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stdout = None;
+    }
+
     fn terminate(&mut self) {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])

@@ -86,6 +86,11 @@ pub fn write(report_dir: &Path) -> Result<(), String> {
         let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
             continue;
         };
+        if let Some(headline) = json["headline"].as_str() {
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
+            out.push_str(&format!("| [{stem}.md]({stem}.md) | {headline} |\n"));
+            continue;
+        }
         if let (Some(_), Some(points)) = (json.get("params"), json["points"].as_array()) {
             let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("?");
             let cells: Vec<String> = points

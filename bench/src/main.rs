@@ -7,6 +7,7 @@
 
 mod broker_bench;
 mod broker_process;
+mod cluster_bench;
 mod index;
 mod kafka_bench;
 mod kafka_client;
@@ -40,6 +41,10 @@ enum Command {
     /// Produce and consume throughput through the Kafka listener against
     /// the native protocol, on one broker.
     Kafka(kafka_bench::Args),
+    /// Three nodes as one cluster: replication factor 3 against 1 with
+    /// acks=all, failover time over repeated leader kills, and what idle
+    /// replicated partitions cost.
+    Cluster(cluster_bench::Args),
     /// Run a workload preset (bench/workloads/*.toml) and write its report.
     Run(workload::Args),
     /// Run a workload at each value of one parameter; one table and plot.
@@ -60,6 +65,7 @@ fn main() {
         Command::Storage(args) => storage_bench::run(args),
         Command::Broker(args) => broker_bench::run(args),
         Command::Kafka(args) => kafka_bench::run(args),
+        Command::Cluster(args) => cluster_bench::run(args),
         Command::Run(args) => workload::run(args),
         Command::Sweep(args) => sweep::run(args),
         Command::Index { report_dir } => index::write(&report_dir),
