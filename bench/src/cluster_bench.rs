@@ -42,9 +42,10 @@ pub struct Args {
     /// Partitions of the throughput topic.
     #[arg(long, default_value_t = 3)]
     partitions: u32,
-    /// Client connections producing at once, spread over the partitions.
-    #[arg(long, default_value_t = 6)]
-    connections: usize,
+    /// Client connections producing at once, spread over the partitions,
+    /// each with one request in flight: one cell for each count listed.
+    #[arg(long, value_delimiter = ',', default_values_t = [6usize, 24])]
+    connections: Vec<usize>,
     /// Leader kills measured for failover.
     #[arg(long, default_value_t = 10)]
     kills: usize,
@@ -71,6 +72,7 @@ const REQUEST_WITHIN: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ProduceSample {
     pub replication_factor: i16,
+    pub connections: usize,
     pub run: usize,
     /// The node leading each partition.
     pub leader_nodes: Vec<u64>,
@@ -434,11 +436,11 @@ type Measured = (Vec<ProduceSample>, Vec<Failover>, Vec<IdleSample>);
 fn measure_all(mut cluster: Cluster, args: &Args) -> Result<Measured, String> {
     let mut produce = Vec::new();
     for run in 0..args.runs {
-        for replication_factor in [3i16, 1] {
-            let sample = produce_cell(&cluster, run, replication_factor, args)?;
+        for (&connections, replication_factor) in args.connections.iter().flat_map(|c| [(c, 3i16), (c, 1)]) {
+            let sample = produce_cell(&cluster, run, replication_factor, connections, args)?;
             eprintln!(
-                "run {}/{}: replication factor {replication_factor}, acks=all: {:.1} MB/s, ack p50 {} µs p99 {} µs; \
-                 cpu nodes {:.0?}% client {:.0}%",
+                "run {}/{}: replication factor {replication_factor}, {connections} connections, acks=all: {:.1} MB/s, \
+                 ack p50 {} µs p99 {} µs; cpu nodes {:.0?}% client {:.0}%",
                 run + 1,
                 args.runs,
                 sample.produce_mb_per_s,
@@ -456,15 +458,21 @@ fn measure_all(mut cluster: Cluster, args: &Args) -> Result<Measured, String> {
     Ok((produce, failovers, idle))
 }
 
-fn produce_cell(cluster: &Cluster, run: usize, replication_factor: i16, args: &Args) -> Result<ProduceSample, String> {
-    let topic = format!("throughput-rf{replication_factor}-run{run}");
+fn produce_cell(
+    cluster: &Cluster,
+    run: usize,
+    replication_factor: i16,
+    connections: usize,
+    args: &Args,
+) -> Result<ProduceSample, String> {
+    let topic = format!("throughput-rf{replication_factor}-c{connections}-run{run}");
     let any = cluster.addrs()[0].clone();
     create_topic(&any, &topic, args.partitions, replication_factor)?;
     let leaders = cluster.wait_leaders(&topic, args.partitions)?;
     let targets: Vec<String> = leaders.iter().map(|l| l.addr.clone().expect("elected")).collect();
 
     let cpu = CpuWindow::open(cluster.pids().into_iter().chain([0]).collect());
-    let (connections, bytes) = (args.connections, args.bytes);
+    let bytes = args.bytes;
     let (produced, seconds, histogram) = glommio::LocalExecutorBuilder::default()
         .io_memory(4 << 20)
         .make()
@@ -518,6 +526,7 @@ fn produce_cell(cluster: &Cluster, run: usize, replication_factor: i16, args: &A
     delete_topic(&any, &topic)?;
     Ok(ProduceSample {
         replication_factor,
+        connections,
         run,
         leader_nodes: leaders.iter().map(|l| l.node).collect(),
         produce_mb_per_s: produced as f64 / seconds / 1e6,
@@ -725,11 +734,20 @@ fn median_of<T>(samples: &[&T], f: impl Fn(&T) -> f64) -> f64 {
     median(samples.iter().map(|s| f(s)).collect())
 }
 
-fn produce_of(samples: &[ProduceSample], replication_factor: i16) -> Vec<&ProduceSample> {
+fn produce_of(samples: &[ProduceSample], replication_factor: i16, connections: usize) -> Vec<&ProduceSample> {
     samples
         .iter()
-        .filter(|s| s.replication_factor == replication_factor)
+        .filter(|s| s.replication_factor == replication_factor && s.connections == connections)
         .collect()
+}
+
+/// Every process's CPU in a cell, the client's included.
+fn all_cpu_of(sample: &ProduceSample) -> f64 {
+    sample.node_cpu_percent.iter().sum::<f64>() + sample.client_cpu_percent
+}
+
+fn all_cpu(cells: &[&ProduceSample]) -> f64 {
+    median_of(cells, all_cpu_of)
 }
 
 fn idle_of(samples: &[IdleSample], partitions: u32) -> Vec<&IdleSample> {
@@ -741,12 +759,13 @@ fn mean(values: &[f64]) -> f64 {
 }
 
 fn headline(produce: &[ProduceSample], failovers: &[Failover], idle: &[IdleSample]) -> String {
-    let rate = |rf| median_of(&produce_of(produce, rf), |s| s.produce_mb_per_s);
+    let deepest = produce.iter().map(|s| s.connections).max().unwrap_or(1);
+    let rate = |rf| median_of(&produce_of(produce, rf, deepest), |s| s.produce_mb_per_s);
     let millis: Vec<f64> = failovers.iter().map(|f| f.millis).collect();
     let busy = idle.iter().map(|s| s.partitions).max().unwrap_or(0);
     let frames = |p| median_of(&idle_of(idle, p), |s| mean(&s.node_frames_per_s));
     format!(
-        "3 nodes, acks=all: replication factor 3 {:.0} MB/s, {:.0}% of factor 1 ({:.0} MB/s); failover median {:.0} ms, \
+        "3 nodes, acks=all, {deepest} batches in flight: replication factor 3 {:.0} MB/s, {:.0}% of factor 1 ({:.0} MB/s); failover median {:.0} ms, \
          max {:.0} ms over {} kills; {busy} idle partitions: {:.0} frames/s a node (none: {:.0})",
         rate(3),
         100.0 * rate(3) / rate(1),
@@ -783,47 +802,50 @@ fn render(
 
     out.push_str(&format!(
         "\n## Produce, replication factor 3 against 1 (acks=all)\n\n\
-         A topic of {} partitions a cell, led where the elections put them (listed below the table); {} connections, each to its partition's leader, \
-         sending batches of {BATCH_RECORDS} records of 1 KiB with acks=all and waiting for each reply (so {} batches \
-         in flight); {} MiB a cell; the ack latency of each request measured around it by the client. acks=all with \
-         factor 3 is a reply once two of three replicas have fdatasynced the batch; with factor 1, once the leader \
-         has. The cells alternate, factor 3 first, {} runs; medians, each run in brackets.\n\n\
-         | replication factor | produce MB/s | ack p50 µs | ack p99 µs | ack max µs | CPU node 1, 2, 3 (% of a core) | \
-         CPU client | CPU all |\n|---|---|---|---|---|---|---|---|\n",
+         A topic of {} partitions a cell, led where the elections put them (listed below the table); N connections, \
+         each to its partition's leader, sending batches of {BATCH_RECORDS} records of 1 KiB with acks=all and \
+         waiting for each reply (so N batches in flight); {} MiB a cell; the ack latency of each request measured \
+         around it by the client. acks=all with factor 3 is a reply once two of three replicas have fdatasynced the \
+         batch; with factor 1, once the leader has. The cells alternate (factor 3 first, then 1, for each N), {} \
+         runs; medians, each run in brackets. *Little* is what N batches in flight at the median ack latency would \
+         carry (N × batch bytes / p50): near the measured rate, the wait for each ack binds, not a resource.\n\n\
+         | replication factor | connections | produce MB/s | ack p50 µs | ack p99 µs | ack max µs | Little MB/s | \
+         CPU node 1, 2, 3 (% of a core) | CPU client | CPU all |\n|---|---|---|---|---|---|---|---|---|---|\n",
         args.partitions,
-        args.connections,
-        args.connections,
         args.bytes >> 20,
         args.runs
     ));
-    for rf in [3i16, 1] {
-        let cells = produce_of(produce, rf);
-        let runs = |f: fn(&ProduceSample) -> f64| -> String {
-            let values: Vec<f64> = cells.iter().map(|s| f(s)).collect();
-            format!("{:.0} {values:.0?}", median(values.clone()))
-        };
-        let node_cpu: Vec<String> = (0..NODES as usize)
-            .map(|n| format!("{:.0}", median_of(&cells, |s| s.node_cpu_percent[n])))
-            .collect();
-        let all = median_of(&cells, |s| {
-            s.node_cpu_percent.iter().sum::<f64>() + s.client_cpu_percent
-        });
-        out.push_str(&format!(
-            "| {rf} | {} | {} | {} | {} | {} | {:.0} | {all:.0} |\n",
-            runs(|s| s.produce_mb_per_s),
-            runs(|s| s.ack_p50_us as f64),
-            runs(|s| s.ack_p99_us as f64),
-            runs(|s| s.ack_max_us as f64),
-            node_cpu.join(", "),
-            median_of(&cells, |s| s.client_cpu_percent),
-        ));
+    let batch_bytes = (BATCH_RECORDS * RECORD_BYTES) as f64;
+    for &connections in &args.connections {
+        for rf in [3i16, 1] {
+            let cells = produce_of(produce, rf, connections);
+            let runs = |f: fn(&ProduceSample) -> f64| -> String {
+                let values: Vec<f64> = cells.iter().map(|s| f(s)).collect();
+                format!("{:.0} {values:.0?}", median(values.clone()))
+            };
+            let node_cpu: Vec<String> = (0..NODES as usize)
+                .map(|n| format!("{:.0}", median_of(&cells, |s| s.node_cpu_percent[n])))
+                .collect();
+            let little = connections as f64 * batch_bytes / median_of(&cells, |s| s.ack_p50_us as f64);
+            out.push_str(&format!(
+                "| {rf} | {connections} | {} | {} | {} | {} | {little:.0} | {} | {:.0} | {:.0} |\n",
+                runs(|s| s.produce_mb_per_s),
+                runs(|s| s.ack_p50_us as f64),
+                runs(|s| s.ack_p99_us as f64),
+                runs(|s| s.ack_max_us as f64),
+                node_cpu.join(", "),
+                median_of(&cells, |s| s.client_cpu_percent),
+                all_cpu(&cells),
+            ));
+        }
     }
     let placed: Vec<String> = produce
         .iter()
         .map(|s| {
             format!(
-                "factor {} run {}: {:?}",
+                "factor {} × {} run {}: {:?}",
                 s.replication_factor,
+                s.connections,
                 s.run + 1,
                 s.leader_nodes
             )
@@ -833,28 +855,24 @@ fn render(
         "\nLeader node of each partition, by cell: {}.\n",
         placed.join("; ")
     ));
-    let (rf3, rf1) = (produce_of(produce, 3), produce_of(produce, 1));
-    let all_cpu =
-        |cells: &[&ProduceSample]| median_of(cells, |s| s.node_cpu_percent.iter().sum::<f64>() + s.client_cpu_percent);
-    let per_mb = |cells: &[&ProduceSample]| {
-        median_of(cells, |s| {
-            (s.node_cpu_percent.iter().sum::<f64>() + s.client_cpu_percent) / s.produce_mb_per_s
-        })
-    };
+    let deepest = args.connections.iter().copied().max().unwrap_or(1);
+    let (rf3, rf1) = (produce_of(produce, 3, deepest), produce_of(produce, 1, deepest));
+    let per_mb = |cells: &[&ProduceSample]| median_of(cells, |s| all_cpu_of(s) / s.produce_mb_per_s);
+    let cpu3 = all_cpu(&rf3);
     out.push_str(&format!(
-        "\nFactor 3 moves {:.0}% of factor 1's bytes a second. What binds: the processes together use {:.0}% (factor \
-         3) and {:.0}% (factor 1) of the machine's {}%, so {}; CPU per MB/s is {:.2}% of a core with factor 3 and \
-         {:.2}% with factor 1, the cost of each batch crossing to two followers, being written and fdatasynced three \
-         times and the acks coming back.\n",
+        "\nWith {deepest} in flight, factor 3 moves {:.0}% of factor 1's bytes a second. The processes together use \
+         {cpu3:.0}% (factor 3) and {:.0}% (factor 1) of the machine's {}%: {}. CPU per MB/s is {:.2}% of a core with \
+         factor 3 and {:.2}% with factor 1: each batch crosses to two followers, is written and fdatasynced three \
+         times, and the acks come back.\n",
         100.0 * median_of(&rf3, |s| s.produce_mb_per_s) / median_of(&rf1, |s| s.produce_mb_per_s),
-        all_cpu(&rf3),
         all_cpu(&rf1),
         machine.cores * 100,
-        if all_cpu(&rf3) > 0.85 * (machine.cores * 100) as f64 {
-            "the two cores are the limit: every replica's work comes out of the same CPU a replica on its own \
-             machine would have to itself"
+        if cpu3 > 0.85 * (machine.cores * 100) as f64 {
+            "the two cores bind, every replica's work coming out of the CPU that a replica on a machine of its own \
+             would have to itself"
         } else {
-            "the CPU is not saturated and the waits (fdatasync on a majority, the round trips between nodes) bind"
+            "the CPU is not saturated; what binds is the wait for each ack (a majority's fdatasync one after the \
+             other, the leader's then a follower's, with the hops between), as the Little column shows"
         },
         per_mb(&rf3),
         per_mb(&rf1),
