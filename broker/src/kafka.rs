@@ -18,6 +18,7 @@ use net::kafka::kafka_protocol::messages::delete_topics_response::DeletableTopic
 use net::kafka::kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
+use net::kafka::kafka_protocol::messages::fetch_request::FetchPartition;
 use net::kafka::kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use net::kafka::kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -36,7 +37,7 @@ use net::messages::{EARLIEST_TIMESTAMP, LATEST_TIMESTAMP};
 use net::ErrorCode;
 
 use crate::error::BrokerError;
-use crate::shard::{FetchLimit, Shard};
+use crate::shard::{FetchAt, FetchLimit, ListedOffset, Shard};
 use crate::topics::TopicTable;
 
 mod groups;
@@ -564,16 +565,7 @@ async fn fetch(shard: &Shard, request: FetchRequest) -> ResponseKind {
                     bytes: (p.partition_max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total)),
                     limit: FetchLimit::after(total),
                 };
-                let data = fetch_partition(
-                    shard,
-                    &name,
-                    partition,
-                    p.fetch_offset,
-                    budget,
-                    isolation,
-                    log_append_time(&table, &name),
-                )
-                .await;
+                let data = fetch_partition(shard, &name, p, budget, isolation, log_append_time(&table, &name)).await;
                 if let Ok((data, end)) = &data {
                     total += data.records.as_ref().map_or(0, |r| r.len());
                     waits.push((name.clone(), partition as u32, *end));
@@ -623,27 +615,25 @@ struct Budget {
 async fn fetch_partition(
     shard: &Shard,
     topic: &str,
-    partition: i32,
-    offset: i64,
+    request: &FetchPartition,
     budget: Budget,
     isolation: u8,
     log_append_time: bool,
 ) -> Result<(PartitionData, u64), ErrorCode> {
+    let (partition, offset) = (request.partition, request.fetch_offset);
     let partition_u = u32::try_from(partition).map_err(|_| ErrorCode::UnknownTopicOrPartition)?;
     if offset < 0 {
         return Err(ErrorCode::OffsetOutOfRange);
     }
-    let fetched = shard
-        .fetch(
-            topic,
-            partition_u,
-            offset as u64,
-            budget.bytes.min(u32::MAX as usize) as u32,
-            budget.limit,
-            isolation,
-        )
-        .await
-        .map_err(|e| e.code())?;
+    let at = FetchAt {
+        offset: offset as u64,
+        max_bytes: budget.bytes.min(u32::MAX as usize) as u32,
+        limit: budget.limit,
+        isolation_level: isolation,
+        // Before v9 a fetch names no epoch: -1 from the decoder.
+        current_leader_epoch: request.current_leader_epoch,
+    };
+    let fetched = shard.fetch(topic, partition_u, at).await.map_err(|e| e.code())?;
     if (offset as u64) > fetched.high_watermark || (offset as u64) < fetched.log_start_offset {
         return Err(ErrorCode::OffsetOutOfRange);
     }
@@ -717,18 +707,23 @@ async fn list_offsets(shard: &Shard, version: i16, request: ListOffsetsRequest) 
             };
             let result = match u32::try_from(p.partition_index) {
                 // READ_COMMITTED's latest offset is the last stable one.
-                Ok(partition) if timestamp == LATEST_TIMESTAMP && request.isolation_level == 1 => shard
-                    .fetch(
-                        &name,
-                        partition,
-                        0,
-                        1,
-                        FetchLimit::AtLeastOneBatch,
-                        net::messages::isolation::READ_COMMITTED,
-                    )
-                    .await
-                    .map(|f| Some(f.last_stable_offset)),
-                Ok(partition) => shard.list_offset(&name, partition, timestamp).await,
+                Ok(partition) if timestamp == LATEST_TIMESTAMP && request.isolation_level == 1 => {
+                    let at = FetchAt {
+                        current_leader_epoch: p.current_leader_epoch,
+                        ..FetchAt::one_batch(0, net::messages::isolation::READ_COMMITTED)
+                    };
+                    shard.fetch(&name, partition, at).await.map(|f| {
+                        Some(ListedOffset {
+                            offset: f.last_stable_offset,
+                            leader_epoch: f.leader_epoch,
+                        })
+                    })
+                }
+                Ok(partition) => {
+                    shard
+                        .list_offset(&name, partition, timestamp, p.current_leader_epoch)
+                        .await
+                }
                 Err(_) => Err(BrokerError::UnknownTopicOrPartition {
                     topic: name.clone(),
                     partition: 0,
@@ -737,18 +732,21 @@ async fn list_offsets(shard: &Shard, version: i16, request: ListOffsetsRequest) 
             let response = ListOffsetsPartitionResponse::default().with_partition_index(p.partition_index);
             // A lookup by time answers with the found record's timestamp.
             let found_at = match (&result, u32::try_from(p.partition_index)) {
-                (Ok(Some(offset)), Ok(partition)) if timestamp >= 0 => {
+                (Ok(Some(listed)), Ok(partition)) if timestamp >= 0 => {
                     let log_append = log_append_time(&shard.metadata.snapshot(), &name);
-                    record_timestamp(shard, &name, partition, *offset, log_append).await
+                    record_timestamp(shard, &name, partition, listed.offset, log_append).await
                 }
                 _ => -1,
             };
             partitions.push(match result {
                 // No record at or after the timestamp: Kafka answers -1.
-                Ok(offset) => response
-                    .with_offset(offset.map_or(-1, |o| o as i64))
+                Ok(listed) => response
+                    .with_offset(listed.map_or(-1, |l| l.offset as i64))
                     .with_timestamp(found_at)
-                    .with_leader_epoch(if version >= 4 { 0 } else { -1 }),
+                    .with_leader_epoch(match listed {
+                        Some(l) if version >= 4 => l.leader_epoch,
+                        _ => -1,
+                    }),
                 Err(error) => response.with_error_code(error.code().code()).with_offset(-1),
             });
         }
@@ -764,17 +762,8 @@ async fn list_offsets(shard: &Shard, version: i16, request: ListOffsetsRequest) 
 /// The timestamp of the record at `offset` (the append time on a
 /// LogAppendTime topic), or -1 where it cannot be read.
 async fn record_timestamp(shard: &Shard, topic: &str, partition: u32, offset: u64, log_append: bool) -> i64 {
-    let Ok(fetched) = shard
-        .fetch(
-            topic,
-            partition,
-            offset,
-            1,
-            FetchLimit::AtLeastOneBatch,
-            net::messages::isolation::READ_UNCOMMITTED,
-        )
-        .await
-    else {
+    let at = FetchAt::one_batch(offset, net::messages::isolation::READ_UNCOMMITTED);
+    let Ok(fetched) = shard.fetch(topic, partition, at).await else {
         return -1;
     };
     for frame in storage::batch::frames(&fetched.bytes) {

@@ -16,7 +16,7 @@ use net::codec::{self, ApiKey, FrameDecoder, LENGTH_BYTES, REQUEST_HEADER_BYTES}
 use net::messages::*;
 use net::{ErrorCode, NetError};
 
-use crate::shard::{FetchBytes, FetchLimit, Shard};
+use crate::shard::{FetchAt, FetchBytes, FetchLimit, Shard, NO_LEADER_EPOCH};
 
 mod groups;
 mod txns;
@@ -341,12 +341,14 @@ async fn handle(shard: &Shard, endpoints: &Endpoints, bytes: &[u8]) -> Option<Ve
                 let mut partitions = Vec::new();
                 for p in topic.partitions.iter() {
                     let partition = p.partition.to_native();
-                    let result = shard.list_offset(&topic.name, partition, p.timestamp.to_native()).await;
+                    let result = shard
+                        .list_offset(&topic.name, partition, p.timestamp.to_native(), NO_LEADER_EPOCH)
+                        .await;
                     partitions.push(match result {
-                        Ok(offset) => ListOffsetsPartitionResponse {
+                        Ok(listed) => ListOffsetsPartitionResponse {
                             partition,
                             error: 0,
-                            offset,
+                            offset: listed.map(|l| l.offset),
                         },
                         Err(error) => ListOffsetsPartitionResponse {
                             partition,
@@ -498,12 +500,16 @@ async fn metadata(shard: &Shard, endpoints: &Endpoints, request: &ArchivedMetada
                 partitions.push(described);
                 continue;
             }
-            let start = shard.list_offset(&name, partition, EARLIEST_TIMESTAMP).await;
-            let end = shard.list_offset(&name, partition, LATEST_TIMESTAMP).await;
+            let start = shard
+                .list_offset(&name, partition, EARLIEST_TIMESTAMP, NO_LEADER_EPOCH)
+                .await;
+            let end = shard
+                .list_offset(&name, partition, LATEST_TIMESTAMP, NO_LEADER_EPOCH)
+                .await;
             match (start, end) {
                 (Ok(start), Ok(end)) => {
-                    described.log_start_offset = start.unwrap_or(0);
-                    described.high_watermark = end.unwrap_or(0);
+                    described.log_start_offset = start.map_or(0, |l| l.offset);
+                    described.high_watermark = end.map_or(0, |l| l.offset);
                 }
                 (Err(e), _) | (_, Err(e)) => described.error = e.code().code(),
             }
@@ -583,16 +589,14 @@ async fn fetch(shard: &Shard, id: u32, request: &ArchivedFetchRequest) -> Vec<Ou
                 let partition = p.partition.to_native();
                 let limit = FetchLimit::after(total);
                 let budget = (p.max_bytes.to_native() as usize).min(max_bytes.saturating_sub(total));
-                let result = shard
-                    .fetch(
-                        &topic.name,
-                        partition,
-                        p.offset.to_native(),
-                        budget as u32,
-                        limit,
-                        request.isolation_level,
-                    )
-                    .await;
+                let at = FetchAt {
+                    offset: p.offset.to_native(),
+                    max_bytes: budget as u32,
+                    limit,
+                    isolation_level: request.isolation_level,
+                    current_leader_epoch: NO_LEADER_EPOCH,
+                };
+                let result = shard.fetch(&topic.name, partition, at).await;
                 partitions.push(match result {
                     Ok(fetched) => {
                         waits.push((topic.name.as_str(), partition, fetched.high_watermark));

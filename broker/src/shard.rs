@@ -51,17 +51,15 @@ pub enum ShardMessage {
     Fetch {
         topic: String,
         partition: u32,
-        offset: u64,
-        max_bytes: u32,
-        limit: FetchLimit,
-        isolation_level: u8,
+        at: FetchAt,
         reply: Reply<Fetched<Vec<u8>>>,
     },
     ListOffset {
         topic: String,
         partition: u32,
         timestamp: i64,
-        reply: Reply<Option<u64>>,
+        current_leader_epoch: i32,
+        reply: Reply<Option<ListedOffset>>,
     },
     EpochEndOffset {
         topic: String,
@@ -140,6 +138,8 @@ pub struct Fetched<B> {
     pub log_start_offset: u64,
     /// READ_COMMITTED: the aborted transactions among the bytes.
     pub aborted: Vec<AbortedTransaction>,
+    /// The partition's current leader epoch.
+    pub leader_epoch: i32,
 }
 
 /// How a partition's fetch keeps to its `max_bytes`, as Kafka's does: the
@@ -164,6 +164,43 @@ impl FetchLimit {
     }
 }
 
+/// What a fetch asks of one partition.
+#[derive(Clone, Copy, Debug)]
+pub struct FetchAt {
+    pub offset: u64,
+    pub max_bytes: u32,
+    pub limit: FetchLimit,
+    pub isolation_level: u8,
+    /// The leader epoch the client's metadata names (KIP-320); -1: none,
+    /// no check.
+    pub current_leader_epoch: i32,
+}
+
+impl FetchAt {
+    /// The first batch at or after `offset`, read uncommitted, unchecked
+    /// epoch: what the broker's own lookups read.
+    pub fn one_batch(offset: u64, isolation_level: u8) -> FetchAt {
+        FetchAt {
+            offset,
+            max_bytes: 1,
+            limit: FetchLimit::AtLeastOneBatch,
+            isolation_level,
+            current_leader_epoch: NO_LEADER_EPOCH,
+        }
+    }
+}
+
+/// A request's current leader epoch when it names none: nothing is checked.
+pub const NO_LEADER_EPOCH: i32 = -1;
+
+/// ListOffsets' answer: an offset and the leader epoch of the batch there
+/// (the current epoch for the latest offset).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListedOffset {
+    pub offset: u64,
+    pub leader_epoch: i32,
+}
+
 /// Fetched bytes: the log's own read buffer on the owning shard, or a copy
 /// that crossed from another shard.
 pub enum FetchBytes {
@@ -179,6 +216,16 @@ impl Deref for FetchBytes {
             FetchBytes::Local(bytes) => bytes,
             FetchBytes::Remote(bytes) => bytes,
         }
+    }
+}
+
+/// A partition's current leader epoch: a replicated one's term, as its
+/// replica knows it; otherwise the epoch of its last batch, 0 for a log
+/// that has none.
+fn current_epoch(log: &PartitionLog, replica: Option<&ReplicaView>) -> i32 {
+    match replica {
+        Some(view) => view.term() as i32,
+        None => log.leader_epochs().last().map_or(0, |e| e.epoch),
     }
 }
 
@@ -688,6 +735,40 @@ impl Shard {
             }),
             view => Ok(view),
         }
+    }
+
+    /// `leading`, after checking a client's current leader epoch against
+    /// the partition's, as Kafka does before it looks at leadership: an
+    /// older one is fenced (the client's metadata is stale), a newer one
+    /// unknown (this replica has not learned of it yet).
+    fn leading_in(
+        &self,
+        topic: &str,
+        partition: u32,
+        log: &PartitionLog,
+        requested: i32,
+    ) -> Result<Option<Rc<ReplicaView>>, BrokerError> {
+        if requested != NO_LEADER_EPOCH {
+            let current = current_epoch(log, self.replica_view(topic, partition).as_deref());
+            let topic = topic.to_string();
+            if requested < current {
+                return Err(BrokerError::FencedLeaderEpoch {
+                    topic,
+                    partition,
+                    requested,
+                    current,
+                });
+            }
+            if requested > current {
+                return Err(BrokerError::UnknownLeaderEpoch {
+                    topic,
+                    partition,
+                    requested,
+                    current,
+                });
+            }
+        }
+        self.leading(topic, partition)
     }
 
     /// The topic's `min.insync.replicas` (1 unless set).
@@ -1227,27 +1308,18 @@ impl Shard {
         }
     }
 
-    pub async fn fetch(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        max_bytes: u32,
-        limit: FetchLimit,
-        isolation_level: u8,
-    ) -> Result<Fetched<FetchBytes>, BrokerError> {
+    pub async fn fetch(&self, topic: &str, partition: u32, at: FetchAt) -> Result<Fetched<FetchBytes>, BrokerError> {
         let owner = self.owner(topic, partition)?;
         if owner == self.id {
             bump(&self.stats.fetch_local);
-            let fetched = self
-                .fetch_local(topic, partition, offset, max_bytes, limit, isolation_level)
-                .await?;
+            let fetched = self.fetch_local(topic, partition, at).await?;
             return Ok(Fetched {
                 bytes: FetchBytes::Local(fetched.bytes),
                 high_watermark: fetched.high_watermark,
                 last_stable_offset: fetched.last_stable_offset,
                 log_start_offset: fetched.log_start_offset,
                 aborted: fetched.aborted,
+                leader_epoch: fetched.leader_epoch,
             });
         }
         bump(&self.stats.fetch_hops);
@@ -1256,10 +1328,7 @@ impl Shard {
             .ask(owner, |reply| ShardMessage::Fetch {
                 topic,
                 partition,
-                offset,
-                max_bytes,
-                limit,
-                isolation_level,
+                at,
                 reply,
             })
             .await?;
@@ -1269,22 +1338,22 @@ impl Shard {
             last_stable_offset: fetched.last_stable_offset,
             log_start_offset: fetched.log_start_offset,
             aborted: fetched.aborted,
+            leader_epoch: fetched.leader_epoch,
         })
     }
 
     /// Reads from the partition; at READ_COMMITTED only batches below the
     /// last stable offset, with the aborted transactions among them.
-    async fn fetch_local(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        max_bytes: u32,
-        limit: FetchLimit,
-        isolation_level: u8,
-    ) -> Result<Fetched<ReadBytes>, BrokerError> {
+    async fn fetch_local(&self, topic: &str, partition: u32, at: FetchAt) -> Result<Fetched<ReadBytes>, BrokerError> {
+        let FetchAt {
+            offset,
+            max_bytes,
+            limit,
+            isolation_level,
+            current_leader_epoch,
+        } = at;
         let log = self.log(topic, partition)?;
-        let replica = self.leading(topic, partition)?;
+        let replica = self.leading_in(topic, partition, &log, current_leader_epoch)?;
         let storage = |source| BrokerError::Storage {
             topic: topic.to_string(),
             partition,
@@ -1378,6 +1447,7 @@ impl Shard {
             last_stable_offset,
             log_start_offset: read.log_start_offset.0,
             aborted,
+            leader_epoch: current_epoch(&log, replica.as_deref()),
         })
     }
 
@@ -1421,16 +1491,28 @@ impl Shard {
         Ok(log.wait_for_data(Offset(offset), deadline).await)
     }
 
-    pub async fn list_offset(&self, topic: &str, partition: u32, timestamp: i64) -> Result<Option<u64>, BrokerError> {
+    /// ListOffsets: the offset for `timestamp` (or the earliest or latest)
+    /// with its batch's leader epoch, after checking the client's
+    /// `current_leader_epoch` (`NO_LEADER_EPOCH`: none).
+    pub async fn list_offset(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+        current_leader_epoch: i32,
+    ) -> Result<Option<ListedOffset>, BrokerError> {
         let owner = self.owner(topic, partition)?;
         if owner == self.id {
-            return self.list_offset_local(topic, partition, timestamp).await;
+            return self
+                .list_offset_local(topic, partition, timestamp, current_leader_epoch)
+                .await;
         }
         let topic = topic.to_string();
         self.ask(owner, |reply| ShardMessage::ListOffset {
             topic,
             partition,
             timestamp,
+            current_leader_epoch,
             reply,
         })
         .await
@@ -1471,30 +1553,8 @@ impl Shard {
         leader_epoch: i32,
     ) -> Result<(i32, i64), BrokerError> {
         let log = self.log(topic, partition)?;
-        let replica = self.leading(topic, partition)?;
-        // Replicated: the term. Not: the epoch of its last batch, 0 for a
-        // log that has none (what ListOffsets and Fetch serve).
-        let current = match &replica {
-            Some(view) => view.term() as i32,
-            None => log.leader_epochs().last().map_or(0, |e| e.epoch),
-        };
-        let (topic, requested) = (topic.to_string(), current_leader_epoch);
-        if requested >= 0 && requested < current {
-            return Err(BrokerError::FencedLeaderEpoch {
-                topic,
-                partition,
-                requested,
-                current,
-            });
-        }
-        if requested > current {
-            return Err(BrokerError::UnknownLeaderEpoch {
-                topic,
-                partition,
-                requested,
-                current,
-            });
-        }
+        let replica = self.leading_in(topic, partition, &log, current_leader_epoch)?;
+        let current = current_epoch(&log, replica.as_deref());
         if leader_epoch == current {
             return Ok((current, log.log_end_offset().0 as i64));
         }
@@ -1503,17 +1563,37 @@ impl Shard {
             .map_or((-1, -1), |(epoch, offset)| (epoch, offset.0 as i64)))
     }
 
-    async fn list_offset_local(&self, topic: &str, partition: u32, timestamp: i64) -> Result<Option<u64>, BrokerError> {
+    async fn list_offset_local(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp: i64,
+        current_leader_epoch: i32,
+    ) -> Result<Option<ListedOffset>, BrokerError> {
         let log = self.log(topic, partition)?;
-        let replica = self.leading(topic, partition)?;
+        let replica = self.leading_in(topic, partition, &log, current_leader_epoch)?;
+        let current = current_epoch(&log, replica.as_deref());
+        // An offset at the log's end (no batch there yet) is in the
+        // current epoch, as Kafka answers the latest offset.
+        let listed = |offset: Offset| ListedOffset {
+            offset: offset.0,
+            leader_epoch: if offset >= log.log_end_offset() {
+                current
+            } else {
+                log.leader_epoch_at(offset).unwrap_or(current)
+            },
+        };
         match timestamp {
-            net::messages::EARLIEST_TIMESTAMP => Ok(Some(log.log_start_offset().0)),
+            net::messages::EARLIEST_TIMESTAMP => Ok(Some(listed(log.log_start_offset()))),
             // What a consumer can read up to.
-            net::messages::LATEST_TIMESTAMP => Ok(Some(replica.map_or(log.log_end_offset(), |v| v.high_watermark()).0)),
+            net::messages::LATEST_TIMESTAMP => Ok(Some(ListedOffset {
+                offset: replica.map_or(log.log_end_offset(), |v| v.high_watermark()).0,
+                leader_epoch: current,
+            })),
             ts => log
                 .offset_for_timestamp(ts)
                 .await
-                .map(|o| o.map(|o| o.0))
+                .map(|o| o.map(listed))
                 .map_err(|source| BrokerError::Storage {
                     topic: topic.to_string(),
                     partition,
@@ -1700,22 +1780,18 @@ impl Shard {
                 ShardMessage::Fetch {
                     topic,
                     partition,
-                    offset,
-                    max_bytes,
-                    limit,
-                    isolation_level,
+                    at,
                     reply,
                 } => {
                     glommio::spawn_local(async move {
-                        let fetched = shard
-                            .fetch_local(&topic, partition, offset, max_bytes, limit, isolation_level)
-                            .await;
+                        let fetched = shard.fetch_local(&topic, partition, at).await;
                         let _ = reply.send(fetched.map(|f| Fetched {
                             bytes: f.bytes.to_vec(),
                             high_watermark: f.high_watermark,
                             last_stable_offset: f.last_stable_offset,
                             log_start_offset: f.log_start_offset,
                             aborted: f.aborted,
+                            leader_epoch: f.leader_epoch,
                         }));
                     })
                     .detach();
@@ -1734,10 +1810,15 @@ impl Shard {
                     topic,
                     partition,
                     timestamp,
+                    current_leader_epoch,
                     reply,
                 } => {
                     glommio::spawn_local(async move {
-                        let _ = reply.send(shard.list_offset_local(&topic, partition, timestamp).await);
+                        let _ = reply.send(
+                            shard
+                                .list_offset_local(&topic, partition, timestamp, current_leader_epoch)
+                                .await,
+                        );
                     })
                     .detach();
                 }

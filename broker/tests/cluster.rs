@@ -469,6 +469,44 @@ fn elected(addr: &str, topic: &str, live: &[u64], above: &[i64]) -> Vec<(i64, i6
 }
 
 /// Every record of `topic` read through `addr`, its values sorted.
+/// The error code of a Kafka Fetch (v12) of `topic`/`partition` from
+/// offset 0 naming `current_leader_epoch`.
+fn kafka_fetch(kafka_addr: &str, topic: &str, partition: i32, current_leader_epoch: i32) -> i16 {
+    use net::kafka::kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use net::kafka::kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
+    use net::kafka::kafka_protocol::protocol::StrBytes;
+    let request = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(partition)
+                .with_current_leader_epoch(current_leader_epoch)
+                .with_partition_max_bytes(1 << 20)])]);
+    let answer: FetchResponse = common::kafka_call(kafka_addr, ApiKey::Fetch, 12, &request);
+    answer.responses[0].partitions[0].error_code
+}
+
+/// A Kafka ListOffsets (v6) for the latest offset: (error, offset, epoch).
+fn kafka_latest(kafka_addr: &str, topic: &str, partition: i32, current_leader_epoch: i32) -> (i16, i64, i32) {
+    use net::kafka::kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use net::kafka::kafka_protocol::messages::{ApiKey, BrokerId, ListOffsetsRequest, ListOffsetsResponse, TopicName};
+    use net::kafka::kafka_protocol::protocol::StrBytes;
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(partition)
+                .with_current_leader_epoch(current_leader_epoch)
+                .with_timestamp(-1)])]);
+    let answer: ListOffsetsResponse = common::kafka_call(kafka_addr, ApiKey::ListOffsets, 6, &request);
+    let p = &answer.topics[0].partitions[0];
+    (p.error_code, p.offset, p.leader_epoch)
+}
+
 fn read_sorted(addr: &str, topic: &str, count: usize) -> Vec<String> {
     let out = cli(
         &[
@@ -552,6 +590,27 @@ fn a_replicated_partition_keeps_what_it_acknowledged_through_its_leaders_loss() 
         .collect();
     let second = elected(&survivor, "r", &survivors, &epochs);
     produce(&survivor, 300, 600);
+
+    // KIP-320 on the new leader: a client still naming the lost leader's
+    // epoch is fenced, one naming the new epoch reads, and ListOffsets
+    // names it; a follower told the new epoch answers that it does not lead.
+    let (leader, epoch, _) = second[0];
+    let kafka_of = |id: u64| {
+        let node = nodes.iter().find(|n| n.id == id).unwrap();
+        node.broker.as_ref().unwrap().kafka_addr.clone()
+    };
+    let on_leader = kafka_of(leader as u64);
+    assert_eq!(kafka_fetch(&on_leader, "r", 0, first[0].1 as i32), 74, "fenced");
+    assert_eq!(kafka_fetch(&on_leader, "r", 0, epoch as i32), 0);
+    assert_eq!(kafka_fetch(&on_leader, "r", 0, epoch as i32 + 1), 75, "unknown");
+    let (error, _, listed_epoch) = kafka_latest(&on_leader, "r", 0, epoch as i32);
+    assert_eq!(
+        (error, listed_epoch),
+        (0, epoch as i32),
+        "the latest offset names the new epoch"
+    );
+    let follower = *survivors.iter().find(|&&id| id != leader as u64).unwrap();
+    assert_eq!(kafka_fetch(&kafka_of(follower), "r", 0, epoch as i32), 6, "a follower");
 
     let mut expected: Vec<String> = (0..600).map(|i| format!("v{i}")).collect();
     expected.sort();
@@ -693,6 +752,86 @@ fn an_idempotent_producer_rides_through_its_leaders_loss_and_pause() {
     let expected: Vec<String> = (0..RECORDS).map(|n| format!("{n:05}")).collect();
     assert_eq!(values.len(), RECORDS, "each record once");
     assert_eq!(values, expected, "every record once, in the order sent");
+    stop_all(&mut nodes);
+}
+
+/// A producer outlives every address it has talked to: its bootstrap
+/// node (a follower) is killed and started again on new ports, then the
+/// leader it sends to is killed. The node it never talked to, named in the
+/// metadata, tells it the new leader; every record is acknowledged once.
+#[test]
+fn a_producer_finds_the_leader_after_its_bootstrap_and_leader_are_lost() {
+    use net::producer::{Producer, ProducerConfig};
+
+    /// Records sent in each of the three phases.
+    const PHASE: usize = 70;
+    let mut nodes = cluster(3);
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
+    let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+    cli(&["topic", "create", "b", "--broker", &addr(&nodes[0])], None).expect("created");
+    let first = elected(&addr(&nodes[0]), "b", &ids, &[]);
+    let leader = nodes.iter().position(|n| n.id == first[0].0 as u64).unwrap();
+    let bootstrap = (leader + 1) % nodes.len();
+    let untouched = (leader + 2) % nodes.len();
+
+    let (to_producer, phases) = std::sync::mpsc::channel::<()>();
+    let (to_test, produced) = std::sync::mpsc::channel::<usize>();
+    let producing = {
+        let bootstrap = addr(&nodes[bootstrap]);
+        std::thread::spawn(move || {
+            common::run(async move {
+                let producer = Producer::connect(
+                    &bootstrap,
+                    ProducerConfig {
+                        idempotent: true,
+                        retries: 100,
+                        retry_backoff: Duration::from_millis(50),
+                        ..ProducerConfig::default()
+                    },
+                )
+                .await
+                .expect("producer");
+                let mut offsets = Vec::new();
+                for phase in 0..3 {
+                    for n in phase * PHASE..(phase + 1) * PHASE {
+                        let value = format!("{n:04}");
+                        let answer = producer
+                            .send("b", None, Some(value.as_bytes()), vec![], 0)
+                            .await
+                            .unwrap();
+                        producer.flush().await;
+                        offsets.push(answer.await.expect("answered").expect("acknowledged"));
+                    }
+                    to_test.send(offsets.len()).unwrap();
+                    if phase < 2 {
+                        phases.recv().unwrap();
+                    }
+                }
+                offsets
+            })
+        })
+    };
+    assert_eq!(produced.recv().unwrap(), PHASE);
+    // The bootstrap node goes and comes back on new ports.
+    nodes[bootstrap].broker.take().unwrap().kill9();
+    nodes[bootstrap].start();
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    to_producer.send(()).unwrap();
+    assert_eq!(produced.recv().unwrap(), 2 * PHASE);
+    // Then the leader: the producer's every link is to a dead address.
+    nodes[leader].broker.take().unwrap().kill9();
+    let survivors: Vec<u64> = ids.iter().copied().filter(|&id| id != first[0].0 as u64).collect();
+    elected(&addr(&nodes[untouched]), "b", &survivors, &[first[0].1]);
+    to_producer.send(()).unwrap();
+    let offsets = producing.join().expect("the producer finished");
+    let sent = 3 * PHASE;
+    assert_eq!(
+        offsets,
+        (0..sent as u64).collect::<Vec<_>>(),
+        "each record once, in order"
+    );
+    assert_eq!(read_sorted(&addr(&nodes[untouched]), "b", sent).len(), sent);
     stop_all(&mut nodes);
 }
 

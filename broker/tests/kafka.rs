@@ -616,11 +616,82 @@ mod raw {
                 // An epoch this log never had: Kafka's undefined answer.
                 (0, 0, -1, -1),
                 // The client knows an epoch this partition has not reached.
-                (0, 76, -1, -1),
+                (0, 75, -1, -1),
                 (9, 3, -1, -1),
             ]
         );
         assert_eq!(ask("nowhere", vec![(0, -1, 0)]), vec![(0, 3, -1, -1)]);
+        broker.stop();
+    }
+
+    /// Fetch (v9+) and ListOffsets (v4+) check the client's current leader
+    /// epoch as OffsetForLeaderEpoch does (KIP-320): none (-1) and the
+    /// partition's own pass, a newer one is UNKNOWN_LEADER_EPOCH (75), and
+    /// ListOffsets names the epoch of each offset it lists. (An older one,
+    /// FENCED_LEADER_EPOCH, needs a leader change: `cluster.rs`.)
+    #[test]
+    fn fetch_and_list_offsets_check_the_clients_leader_epoch() {
+        use net::kafka::kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+        use net::kafka::kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+        use net::kafka::kafka_protocol::messages::{
+            FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+        };
+
+        let dir = data_dir();
+        let broker = Broker::start(dir.path(), 1);
+        let addr = broker.addr.clone();
+        run(async move {
+            let mut c = net::client::Connection::connect(&addr).await.unwrap();
+            c.create_topic("fenced", 1, vec![]).await.unwrap();
+            c.produce("fenced", 0, &batch_of(0, 0..10), net::messages::acks::ALL)
+                .await
+                .unwrap();
+        });
+        let mut stream = TcpStream::connect(&broker.kafka_addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut fetch = |current: i32| {
+            let request = FetchRequest::default()
+                .with_replica_id(net::kafka::kafka_protocol::messages::BrokerId(-1))
+                .with_max_wait_ms(0)
+                .with_min_bytes(1)
+                .with_max_bytes(1 << 20)
+                .with_topics(vec![FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_static_str("fenced")))
+                    .with_partitions(vec![FetchPartition::default()
+                        .with_partition(0)
+                        .with_current_leader_epoch(current)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(1 << 20)])]);
+            send(&mut stream, ApiKey::Fetch, 12, &request, 2);
+            let mut response = receive(&mut stream).expect("an answer");
+            ResponseHeader::decode(&mut response, 1).unwrap();
+            let fetched = FetchResponse::decode(&mut response, 12).unwrap();
+            let p = &fetched.responses[0].partitions[0];
+            (p.error_code, p.records.as_ref().map_or(0, |r| r.len()) > 0)
+        };
+        assert_eq!(fetch(-1), (0, true));
+        assert_eq!(fetch(0), (0, true));
+        assert_eq!(fetch(1), (75, false), "an epoch the partition has not reached");
+
+        let mut list = |timestamp: i64, current: i32| {
+            let request = ListOffsetsRequest::default()
+                .with_replica_id(net::kafka::kafka_protocol::messages::BrokerId(-1))
+                .with_topics(vec![ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from_static_str("fenced")))
+                    .with_partitions(vec![ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_current_leader_epoch(current)
+                        .with_timestamp(timestamp)])]);
+            send(&mut stream, ApiKey::ListOffsets, 6, &request, 2);
+            let mut response = receive(&mut stream).expect("an answer");
+            ResponseHeader::decode(&mut response, 1).unwrap();
+            let listed = ListOffsetsResponse::decode(&mut response, 6).unwrap();
+            let p = &listed.topics[0].partitions[0];
+            (p.error_code, p.offset, p.leader_epoch)
+        };
+        assert_eq!(list(-1, -1), (0, 10, 0), "latest, in the current epoch");
+        assert_eq!(list(-2, 0), (0, 0, 0), "earliest, in the epoch of its batch");
+        assert_eq!(list(-1, 3), (75, -1, -1));
         broker.stop();
     }
 

@@ -173,7 +173,7 @@ impl ErrorCode {
             ErrorCode::ConcurrentTransactions => 51,
             ErrorCode::ProducerFenced => 90,
             ErrorCode::FencedLeaderEpoch => 74,
-            ErrorCode::UnknownLeaderEpoch => 76,
+            ErrorCode::UnknownLeaderEpoch => 75,
             ErrorCode::Unknown(code) => code,
         }
     }

@@ -99,6 +99,14 @@ impl LeaderEpochCache {
         gone > 0 || moved
     }
 
+    /// The epoch of the batch at `offset`: the latest epoch starting at or
+    /// before it (what ListOffsets v4+ names beside an offset). None before
+    /// the first epoch's start.
+    pub fn epoch_at(&self, offset: Offset) -> Option<i32> {
+        let after = self.entries.partition_point(|e| e.start_offset <= offset);
+        after.checked_sub(1).map(|at| self.entries[at].epoch)
+    }
+
     /// Kafka's `endOffsetFor`: the largest epoch at or below `requested` and
     /// the offset where the epoch after it starts (the log end offset if
     /// `requested` is the latest). None when no such epoch can be named: an
@@ -179,6 +187,18 @@ mod tests {
         assert_eq!(c.end_offset_for(0, end), Some((0, Offset(0))));
         assert_eq!(c.end_offset_for(5, end), None);
         assert_eq!(LeaderEpochCache::default().end_offset_for(0, end), None);
+    }
+
+    #[test]
+    fn an_offset_is_named_by_the_epoch_it_lies_in() {
+        let c = cache(&[(1, 4), (3, 10), (4, 25)]);
+        assert_eq!(c.epoch_at(Offset(3)), None, "before the first epoch");
+        assert_eq!(c.epoch_at(Offset(4)), Some(1));
+        assert_eq!(c.epoch_at(Offset(9)), Some(1));
+        assert_eq!(c.epoch_at(Offset(10)), Some(3));
+        assert_eq!(c.epoch_at(Offset(24)), Some(3));
+        assert_eq!(c.epoch_at(Offset(1_000)), Some(4), "the latest runs to the end");
+        assert_eq!(LeaderEpochCache::default().epoch_at(Offset(0)), None);
     }
 
     #[test]

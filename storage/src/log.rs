@@ -531,6 +531,12 @@ impl PartitionLog {
         self.inner.state.borrow().leader_epochs.entries().to_vec()
     }
 
+    /// The leader epoch of the batch holding `offset`, or None where no
+    /// epoch names it (a log of no batches, an offset before the first).
+    pub fn leader_epoch_at(&self, offset: Offset) -> Option<i32> {
+        self.inner.state.borrow().leader_epochs.epoch_at(offset)
+    }
+
     /// OffsetForLeaderEpoch: the largest epoch at or below `epoch` and the
     /// offset its batches end at (where the next epoch starts, or the log end).
     pub fn end_offset_for_leader_epoch(&self, epoch: i32) -> Option<(i32, Offset)> {

@@ -189,3 +189,38 @@ pub async fn consume_all(connection: &mut Connection, topic: &str, partition: u3
         }
     }
 }
+
+/// One Kafka request on a connection of its own, and its decoded answer:
+/// what a test needs to see a single field no client shows.
+pub fn kafka_call<Q, R>(addr: &str, api: net::kafka::kafka_protocol::messages::ApiKey, version: i16, request: &Q) -> R
+where
+    Q: net::kafka::kafka_protocol::protocol::Encodable,
+    R: net::kafka::kafka_protocol::protocol::Decodable,
+{
+    use bytes::BytesMut;
+    use net::kafka::kafka_protocol::messages::{RequestHeader, ResponseHeader};
+    use net::kafka::kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+    use std::io::{Read, Write};
+
+    let mut stream = std::net::TcpStream::connect(addr).expect("the Kafka listener takes a connection");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = BytesMut::new();
+    RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(1)
+        .with_client_id(Some(StrBytes::from_static_str("test")))
+        .encode(&mut out, api.request_header_version(version))
+        .unwrap();
+    request.encode(&mut out, version).unwrap();
+    let mut frame = (out.len() as i32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&out);
+    stream.write_all(&frame).unwrap();
+    let mut length = [0u8; 4];
+    stream.read_exact(&mut length).expect("an answer");
+    let mut body = vec![0u8; i32::from_be_bytes(length) as usize];
+    stream.read_exact(&mut body).expect("the whole answer");
+    let mut body = bytes::Bytes::from(body);
+    ResponseHeader::decode(&mut body, api.response_header_version(version)).unwrap();
+    R::decode(&mut body, version).unwrap()
+}
