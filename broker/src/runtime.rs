@@ -94,12 +94,14 @@ fn offsets_topic_configs() -> std::collections::BTreeMap<String, String> {
 /// Where the internal listener puts what peers sent to partition groups:
 /// each group's messages to the shard that owns the partition here, in
 /// one message per shard. A shard whose inbox is full misses them (Raft
-/// sends again), rather than the listener waiting on it.
+/// sends again), rather than the listener waiting on it. What peers say
+/// they lead goes into the node's metadata.
 fn route_raft(
     metadata: Arc<Metadata>,
     inboxes: Arc<Vec<flume::Sender<ShardMessage>>>,
 ) -> crate::controller::driver::Route {
-    Rc::new(move |from: u64, messages: Vec<(u64, Vec<u8>)>| {
+    let learning = metadata.clone();
+    let raft = Rc::new(move |from: u64, messages: Vec<(u64, Vec<u8>)>| {
         let table = metadata.snapshot();
         let mut per_shard: std::collections::BTreeMap<u16, Vec<(u64, Vec<u8>)>> = Default::default();
         for (group, message) in messages {
@@ -116,7 +118,11 @@ fn route_raft(
                 tracing::debug!(from, shard, "raft messages dropped: the shard's inbox is full");
             }
         }
-    })
+    });
+    crate::controller::driver::Route {
+        raft,
+        leaders: Rc::new(move |from, notes| learning.learn_leaders(from, notes)),
+    }
 }
 
 pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
@@ -452,12 +458,25 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                     });
                     (stop, task)
                 });
+                // The controller's shard tells the other nodes which
+                // partitions this node leads.
+                let announcer = (controller.is_some()).then(|| {
+                    let task = crate::replication::leaders::announce(
+                        shard.config.node_id,
+                        peers.clone(),
+                        shard.metadata.clone(),
+                    );
+                    glommio::spawn_local(task).detach()
+                });
                 let clock = shard.clone();
                 let clock = glommio::spawn_local(async move { clock.run_group_clock().await }).detach();
                 let txn_clock = shard.clone();
                 let txn_clock = glommio::spawn_local(async move { txn_clock.run_txn_clock().await }).detach();
                 shard.clone().serve_inbox(inbox).await;
                 accepting.cancel();
+                if let Some(announcer) = announcer {
+                    announcer.cancel();
+                }
                 clock.cancel();
                 txn_clock.cancel();
                 if let Some((stop, task)) = controller {

@@ -177,6 +177,14 @@ pub struct Metadata {
     /// as its replica here last saw it: written by the shards' replication
     /// tasks when it changes, read for Metadata.
     leaders: RwLock<std::collections::HashMap<u64, crate::replication::Leadership>>,
+    /// Who leads each replicated partition as its leader last announced
+    /// (`PeerMessage::Leaders`): what this node answers for partitions it
+    /// hosts no replica of, and for those whose replica here lags behind.
+    /// Only groups of the table, each at most once: bounded by it.
+    learned: RwLock<std::collections::HashMap<u64, crate::replication::Leadership>>,
+    /// Bumped at every change of `leaders`: the announcer sends nothing
+    /// between full announcements while it stands still.
+    leaders_version: std::sync::atomic::AtomicU64,
 }
 
 /// A partition's leader as a client is told: where, and its epoch.
@@ -295,6 +303,8 @@ impl Metadata {
             shards,
             table: RwLock::new(Arc::new(table)),
             leaders: RwLock::new(std::collections::HashMap::new()),
+            learned: RwLock::new(std::collections::HashMap::new()),
+            leaders_version: std::sync::atomic::AtomicU64::new(0),
         };
         if moved {
             metadata.persist(&metadata.snapshot())?;
@@ -308,13 +318,71 @@ impl Metadata {
             Some(leadership) => leaders.insert(group, leadership),
             None => leaders.remove(&group),
         };
+        self.leaders_version.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// A partition's leader now: for a replicated one, the one its replica
-    /// here knows (None while it knows none, or when this node does not
-    /// host it and so does not know: the preferred leader is answered
-    /// then, and a client told NOT_LEADER_OR_FOLLOWER asks again); else
-    /// the partition's only replica.
+    /// Changes so far to the leaderships of the replicas hosted here.
+    pub fn leaders_version(&self) -> u64 {
+        self.leaders_version.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The leaderships another node announced for the groups it leads.
+    /// A note is taken only for a group of the table that names `from`
+    /// among its replicas, and only if its term is not older than the one
+    /// known: what this node answers never goes back an epoch.
+    pub fn learn_leaders(&self, from: u64, notes: Vec<net::cluster::LeaderNote>) {
+        let table = self.snapshot();
+        let mut learned = self.learned.write().expect("learned leaders lock");
+        for note in notes {
+            let (id, partition) = crate::replication::group_partition(note.group);
+            let replicas = table
+                .ids
+                .get(&id)
+                .and_then(|name| table.topics.get(name))
+                .and_then(|t| t.replicas.get(partition as usize));
+            if !replicas.is_some_and(|r| r.iter().any(|(node, _)| *node == from)) {
+                tracing::debug!(
+                    from,
+                    group = note.group,
+                    "a leader note for a group it has no replica of, dropped"
+                );
+                continue;
+            }
+            if learned.get(&note.group).is_some_and(|known| known.term > note.term) {
+                continue;
+            }
+            learned.insert(
+                note.group,
+                crate::replication::Leadership {
+                    leader: Some(from),
+                    term: note.term,
+                    in_sync: note.in_sync,
+                },
+            );
+        }
+    }
+
+    /// The groups this node's replicas lead, with their terms and ISRs:
+    /// what it announces to the others.
+    pub fn led_here(&self, node: u64) -> Vec<net::cluster::LeaderNote> {
+        self.leaders
+            .read()
+            .expect("leaders lock")
+            .iter()
+            .filter(|(_, l)| l.leader == Some(node))
+            .map(|(&group, l)| net::cluster::LeaderNote {
+                group,
+                term: l.term,
+                in_sync: l.in_sync.clone(),
+            })
+            .collect()
+    }
+
+    /// A partition's leader now: for a replicated one, the latest its
+    /// replica here knows or its leader announced (None while neither
+    /// names one: a client asks again; the preferred leader while neither
+    /// knows anything, as before the first election); else the
+    /// partition's only replica.
     pub fn leader(&self, table: &TopicTable, topic: &str, partition: u32) -> Option<PartitionLeader> {
         let preferred = table.leader(topic, partition)?;
         let Some(group) = table.group(topic, partition) else {
@@ -325,9 +393,21 @@ impl Metadata {
                 in_sync: Vec::new(),
             });
         };
-        let leadership = self.leaders.read().expect("leaders lock").get(&group).cloned();
+        let here = self.leaders.read().expect("leaders lock").get(&group).cloned();
+        let announced = self.learned.read().expect("learned leaders lock").get(&group).cloned();
+        // The later term wins; in the same term, one that names a leader.
+        let leadership = match (here, announced) {
+            (Some(here), Some(announced)) => {
+                if (announced.term, announced.leader.is_some()) > (here.term, here.leader.is_some()) {
+                    Some(announced)
+                } else {
+                    Some(here)
+                }
+            }
+            (here, announced) => here.or(announced),
+        };
         let Some(leadership) = leadership else {
-            // Not hosted here (or not opened yet).
+            // Not hosted here (or not opened yet), and not announced.
             return Some(PartitionLeader {
                 node: preferred.0,
                 shard: preferred.1,
@@ -356,6 +436,11 @@ impl Metadata {
     /// which is what persists it), answering the one it replaced.
     pub fn replace(&self, table: TopicTable) -> Arc<TopicTable> {
         debug_assert!(table.cluster.is_some(), "only a cluster's table is replaced whole");
+        // Announcements for deleted topics' groups go with them.
+        self.learned
+            .write()
+            .expect("learned leaders lock")
+            .retain(|group, _| table.ids.contains_key(&crate::replication::group_partition(*group).0));
         std::mem::replace(&mut *self.table.write().expect("topic table lock"), Arc::new(table))
     }
 

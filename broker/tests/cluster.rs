@@ -1014,3 +1014,67 @@ c.close()
     );
     stop_all(&mut nodes);
 }
+
+/// Four nodes, three replicas a partition: every node names each
+/// partition's leader and epoch, the node that hosts no replica of it
+/// included (it learns it from the leader's announcements), and after a
+/// leader's node is killed, the next leader in a later epoch.
+#[test]
+fn a_node_hosting_no_replica_names_each_partitions_leader_and_epoch() {
+    let mut nodes = cluster(4);
+    agreed(&nodes.iter().collect::<Vec<_>>(), 4);
+    let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
+    let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+    cli(
+        &[
+            "topic",
+            "create",
+            "learned",
+            "--partitions",
+            "4",
+            "--replication-factor",
+            "3",
+            "--broker",
+            &addr(&nodes[0]),
+        ],
+        None,
+    )
+    .expect("created");
+    let first = elected(&addr(&nodes[0]), "learned", &ids, &[]);
+    // Each partition lives on three of the four nodes: the fourth learns
+    // who leads it.
+    for p in 0..4 {
+        let hosts = nodes
+            .iter()
+            .filter(|n| n.dir.path().join(format!("learned-{p}")).exists());
+        assert_eq!(hosts.count(), 3, "partition {p}");
+    }
+    let agree = |live: &[&Node], above: &[i64]| {
+        let started = Instant::now();
+        loop {
+            let seen: Vec<_> = live.iter().map(|n| elected(&addr(n), "learned", &ids, above)).collect();
+            if seen.iter().all(|s| *s == seen[0]) {
+                return seen[0].clone();
+            }
+            assert!(
+                started.elapsed() < AGREE_WITHIN,
+                "the nodes name other leaders: {seen:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!(agree(&nodes.iter().collect::<Vec<_>>(), &[]), first);
+
+    let lost = first[0].0 as u64;
+    let lost_index = nodes.iter().position(|n| n.id == lost).unwrap();
+    nodes[lost_index].broker.take().unwrap().kill9();
+    let above: Vec<i64> = first
+        .iter()
+        .map(|&(leader, epoch, _)| if leader as u64 == lost { epoch } else { 0 })
+        .collect();
+    let live: Vec<&Node> = nodes.iter().filter(|n| n.id != lost).collect();
+    let survivors: Vec<u64> = live.iter().map(|n| n.id).collect();
+    let second = agree(&live, &above);
+    assert!(second.iter().all(|p| survivors.contains(&(p.0 as u64))), "{second:?}");
+    stop_all(&mut nodes);
+}

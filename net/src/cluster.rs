@@ -251,6 +251,25 @@ pub enum PeerMessage {
     /// status`); answered with `Status`.
     StatusRequest,
     Status(ControllerStatus),
+    /// The partition groups the sender leads, with each one's term and
+    /// in-sync replicas: how a node that hosts no replica of a partition
+    /// learns who leads it (Redpanda's metadata dissemination). No answer.
+    Leaders {
+        leaders: Vec<LeaderNote>,
+    },
+}
+
+/// Most groups one `Leaders` message names; a node leading more sends
+/// several.
+pub const LEADER_NOTES_MAX: usize = 4096;
+
+/// One group's leadership, as its leader announces it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LeaderNote {
+    pub group: u64,
+    pub term: u64,
+    /// The replicas caught up with the leader (the ISR), itself included.
+    pub in_sync: Vec<u64>,
 }
 
 /// One node's view of the controller group.
@@ -323,13 +342,29 @@ impl PeerFrame {
         if frame.from == 0 {
             return Err(malformed("from node 0 (ids start at 1)".into()));
         }
-        if let PeerMessage::Raft { messages } = &frame.message {
-            if messages.len() > PEER_FRAME_MESSAGES_MAX {
+        match &frame.message {
+            PeerMessage::Raft { messages } if messages.len() > PEER_FRAME_MESSAGES_MAX => {
                 return Err(malformed(format!(
                     "{} raft messages, over {PEER_FRAME_MESSAGES_MAX}",
                     messages.len()
                 )));
             }
+            PeerMessage::Leaders { leaders } => {
+                if leaders.len() > LEADER_NOTES_MAX {
+                    return Err(malformed(format!(
+                        "{} leader notes, over {LEADER_NOTES_MAX}",
+                        leaders.len()
+                    )));
+                }
+                if let Some(note) = leaders.iter().find(|n| n.in_sync.len() > REPLICATION_FACTOR_MAX) {
+                    return Err(malformed(format!(
+                        "group {}: {} in-sync replicas, over {REPLICATION_FACTOR_MAX}",
+                        note.group,
+                        note.in_sync.len()
+                    )));
+                }
+            }
+            _ => {}
         }
         Ok(frame)
     }
@@ -443,6 +478,25 @@ mod tests {
             message: PeerMessage::StatusRequest,
         };
         assert!(PeerFrame::decode_frame(&anonymous.encode().unwrap()).is_err());
+    }
+
+    #[test]
+    fn leader_notes_round_trip_and_their_counts_are_bounded() {
+        let note = |group: u64, in_sync: usize| LeaderNote {
+            group,
+            term: 7,
+            in_sync: (1..=in_sync as u64).collect(),
+        };
+        let frame = |leaders: Vec<LeaderNote>| PeerFrame {
+            from: 3,
+            message: PeerMessage::Leaders { leaders },
+        };
+        let sent = frame(vec![note(1 << 32, 3), note(2 << 32 | 5, 1)]);
+        assert_eq!(PeerFrame::decode_frame(&sent.encode().unwrap()).unwrap(), sent);
+        let many = frame((0..=LEADER_NOTES_MAX as u64).map(|g| note(g, 1)).collect());
+        assert!(PeerFrame::decode_frame(&many.encode().unwrap()).is_err());
+        let wide = frame(vec![note(1, REPLICATION_FACTOR_MAX + 1)]);
+        assert!(PeerFrame::decode_frame(&wide.encode().unwrap()).is_err());
     }
 
     proptest! {

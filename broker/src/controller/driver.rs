@@ -198,9 +198,18 @@ pub struct InternalTopic {
 /// Told on shard 0 of the applied metadata and the known leader.
 pub type OnChange = Box<dyn Fn(&ClusterMetadata, Option<u64>)>;
 
-/// Hands a peer's Raft messages for partition groups to the shards that
-/// own them on this node.
-pub type Route = Rc<dyn Fn(u64, Vec<(u64, Vec<u8>)>)>;
+/// A peer's Raft messages for partition groups, each with its group.
+pub type GroupMessages = Vec<(u64, Vec<u8>)>;
+
+/// Where the internal listener hands what a peer says of partitions.
+#[derive(Clone)]
+pub struct Route {
+    /// Raft messages for partition groups, to the shards that own them on
+    /// this node.
+    pub raft: Rc<dyn Fn(u64, GroupMessages)>,
+    /// The groups a peer says it leads (`replication::leaders`).
+    pub leaders: Rc<dyn Fn(u64, Vec<net::cluster::LeaderNote>)>,
+}
 
 /// What the controller's task is wired to beside its peers.
 pub struct Wiring {
@@ -626,7 +635,7 @@ async fn peer_connection(
         let frame = PeerFrame::decode(crc, &archive).map_err(malformed)?;
         let voter = voters.contains(&frame.from);
         match frame.message {
-            PeerMessage::Raft { .. } | PeerMessage::Propose { .. } if !voter => {
+            PeerMessage::Raft { .. } | PeerMessage::Propose { .. } | PeerMessage::Leaders { .. } if !voter => {
                 return Err(BrokerError::Controller(format!(
                     "internal port: node {} is not a voter ({voters:?})",
                     frame.from
@@ -637,7 +646,7 @@ async fn peer_connection(
                     messages.into_iter().partition(|(group, _)| *group == CONTROLLER_GROUP);
                 if !partitions.is_empty() {
                     // Each is checked by the replica set it reaches.
-                    route(frame.from, partitions);
+                    (route.raft)(frame.from, partitions);
                 }
                 for (_, bytes) in controller {
                     let message = Message::parse_from_bytes(&bytes)
@@ -678,6 +687,7 @@ async fn peer_connection(
                 let bytes = reply.encode().map_err(malformed)?;
                 stream.write_all(&bytes).await.map_err(io("answer on"))?;
             }
+            PeerMessage::Leaders { leaders } => (route.leaders)(frame.from, leaders),
             PeerMessage::Status(_) => {
                 return Err(BrokerError::Controller(format!(
                     "node {} sent an unasked status",

@@ -8,9 +8,11 @@
 //! `set` drives a shard's replicas together, `driver` is the shard's task
 //! that owns them (ticks, peers' messages, proposals), and `ReplicaView`
 //! is what the rest of the shard sees of one: its leader, term and high
-//! watermark, without touching the replica.
+//! watermark, without touching the replica. `leaders` tells the other
+//! nodes which groups this one leads.
 
 pub mod driver;
+pub mod leaders;
 pub mod log_storage;
 pub mod replica;
 pub mod set;
