@@ -204,6 +204,8 @@ pub fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
 /// The file in a cluster topic's partition directory naming the topic's
 /// creation (its controller id).
 const TOPIC_ID_FILE: &str = "topic.id";
+/// `TOPIC_ID_FILE` while it is written, before its rename.
+const TOPIC_ID_TEMP_FILE: &str = "topic.id.tmp";
 /// The replicas (the leader among them) that must be in sync for an
 /// acks=all produce to be taken; fewer refuse it with NOT_ENOUGH_REPLICAS.
 /// A replication setting, not the log's: `log_config` only checks it.
@@ -229,12 +231,20 @@ pub fn claim_partition_dir(dir: &Path, id: u64) -> Result<(), BrokerError> {
             std::fs::remove_dir_all(dir).map_err(io("remove", dir))?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let empty = match std::fs::read_dir(dir) {
-                Ok(mut entries) => entries.next().is_none(),
+            // A claim cut short (the node stopped before the rename) leaves
+            // only its temporary file: nothing of a log is written before
+            // the claim is whole, so that directory is this claim's own.
+            let unclaimed = match std::fs::read_dir(dir) {
+                Ok(entries) => entries
+                    .map(|entry| entry.map(|e| e.file_name()))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(io("list", dir))?
+                    .iter()
+                    .all(|name| *name == *TOPIC_ID_TEMP_FILE),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
                 Err(source) => return Err(io("list", dir)(source)),
             };
-            if !empty {
+            if !unclaimed {
                 return Err(BrokerError::Config(format!(
                     "{} holds a partition log of no topic of this cluster (no {TOPIC_ID_FILE}): move it away",
                     dir.display()
@@ -244,7 +254,7 @@ pub fn claim_partition_dir(dir: &Path, id: u64) -> Result<(), BrokerError> {
         Err(source) => return Err(io("read", &file)(source)),
     }
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let temp = dir.join(format!("{TOPIC_ID_FILE}.tmp"));
+    let temp = dir.join(TOPIC_ID_TEMP_FILE);
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&temp).map_err(io("create", &temp))?;
@@ -681,6 +691,12 @@ mod tests {
         std::fs::write(stray.join("00000000000000000000.log"), b"?").unwrap();
         assert!(matches!(claim_partition_dir(&stray, 3), Err(BrokerError::Config(_))));
         assert!(stray.join("00000000000000000000.log").exists());
+        // A claim the node's stop cut short, before its rename: taken.
+        let cut = partition_dir(data.path(), "c", 0);
+        std::fs::create_dir_all(&cut).unwrap();
+        std::fs::write(cut.join(TOPIC_ID_TEMP_FILE), b"").unwrap();
+        claim_partition_dir(&cut, 4).unwrap();
+        assert_eq!(std::fs::read_to_string(cut.join(TOPIC_ID_FILE)).unwrap(), "4");
     }
 
     #[test]

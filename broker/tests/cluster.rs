@@ -1015,6 +1015,75 @@ c.close()
     stop_all(&mut nodes);
 }
 
+/// The controller's leader is killed (-9) just after a follower forwarded
+/// it a topic's creation: the topic ends up whole on every node (every
+/// partition with its two replicas' directories, each electing a leader,
+/// every node describing the same replicas) or absent from all; and if
+/// the creation was answered as done, it is there.
+#[test]
+fn a_topic_created_as_the_controllers_leader_dies_is_whole_or_absent_everywhere() {
+    const PARTITIONS: u32 = 12;
+    let mut nodes = cluster(3);
+    let (leader, _) = agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
+    let lost = nodes.iter().position(|n| n.id == leader).unwrap();
+    let through = addr(&nodes[(lost + 1) % nodes.len()]);
+    let creating = std::thread::spawn(move || {
+        cli(
+            &[
+                "topic",
+                "create",
+                "half",
+                "--partitions",
+                &PARTITIONS.to_string(),
+                "--replication-factor",
+                "2",
+                "--broker",
+                &through,
+            ],
+            None,
+        )
+    });
+    // Long enough for the command to be on its way, too short for it to
+    // be applied everywhere.
+    std::thread::sleep(Duration::from_millis(30));
+    nodes[lost].broker.take().unwrap().kill9();
+    let created = creating.join().expect("the CLI finishes");
+    nodes[lost].start();
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+
+    let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+    let described: Vec<_> = nodes.iter().map(|n| leaders(&addr(n), "half")).collect();
+    let dirs = |p: u32| {
+        nodes
+            .iter()
+            .filter(|n| n.dir.path().join(format!("half-{p}")).exists())
+            .count()
+    };
+    if described.iter().all(|d| d.is_err()) {
+        assert!(created.is_err(), "answered as created, absent everywhere: {created:?}");
+        assert!(
+            (0..PARTITIONS).all(|p| dirs(p) == 0),
+            "absent, yet a directory was made"
+        );
+        eprintln!("the topic is absent everywhere");
+    } else {
+        // Present on one node: whole on all, once each has applied it.
+        for node in &nodes {
+            let partitions = elected(&addr(node), "half", &ids, &[]);
+            assert_eq!(partitions.len(), PARTITIONS as usize, "node {}", node.id);
+            assert!(partitions.iter().all(|p| p.2 == 2), "node {}: {partitions:?}", node.id);
+        }
+        let started = Instant::now();
+        while !(0..PARTITIONS).all(|p| dirs(p) == 2) {
+            assert!(started.elapsed() < AGREE_WITHIN, "not every replica was opened");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("the topic is whole everywhere (creation answered: {})", created.is_ok());
+    }
+    stop_all(&mut nodes);
+}
+
 /// Four nodes, three replicas a partition: every node names each
 /// partition's leader and epoch, the node that hosts no replica of it
 /// included (it learns it from the leader's announcements), and after a

@@ -51,12 +51,16 @@ impl Broker {
             .spawn()
             .expect("the corelog binary starts");
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let log = data_dir.with_extension("log");
         let mut read = |prefix: &str| {
             let mut line = String::new();
             stdout.read_line(&mut line).expect("the broker reports its addresses");
             line.trim()
                 .strip_prefix(prefix)
-                .unwrap_or_else(|| panic!("unexpected line {line:?}, expected {prefix:?}"))
+                .unwrap_or_else(|| {
+                    let said = std::fs::read_to_string(&log).unwrap_or_default();
+                    panic!("unexpected line {line:?}, expected {prefix:?}; the broker's log:\n{said}")
+                })
                 .to_string()
         };
         let addr = read("corelog listening on ");
