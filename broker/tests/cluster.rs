@@ -5,8 +5,11 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -468,7 +471,6 @@ fn elected(addr: &str, topic: &str, live: &[u64], above: &[i64]) -> Vec<(i64, i6
     }
 }
 
-/// Every record of `topic` read through `addr`, its values sorted.
 /// The error code of a Kafka Fetch (v12) of `topic`/`partition` from
 /// offset 0 naming `current_leader_epoch`.
 fn kafka_fetch(kafka_addr: &str, topic: &str, partition: i32, current_leader_epoch: i32) -> i16 {
@@ -507,6 +509,7 @@ fn kafka_latest(kafka_addr: &str, topic: &str, partition: i32, current_leader_ep
     (p.error_code, p.offset, p.leader_epoch)
 }
 
+/// Every record of `topic` read through `addr`, its values sorted.
 fn read_sorted(addr: &str, topic: &str, count: usize) -> Vec<String> {
     let out = cli(
         &[
@@ -1013,6 +1016,222 @@ c.close()
         "the new coordinator knew the member: no second rebalance: {stdout}"
     );
     stop_all(&mut nodes);
+}
+
+/// One direction of the traffic between two nodes (each node sends over
+/// connections of its own), through a proxy the test can cut: cut, it
+/// drops every connection it carries and every new one, until healed.
+struct Link {
+    addr: String,
+    cut: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Link {
+    /// How long a pump waits on a quiet socket before it looks at the flags.
+    const POLL: Duration = Duration::from_millis(20);
+
+    fn start(to: String) -> Link {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a proxy port");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (cut, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let flags = (cut.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (cut, stop) = flags;
+            while !stop.load(Ordering::Relaxed) {
+                let inbound = match listener.accept() {
+                    Ok((inbound, _)) => inbound,
+                    Err(_) => {
+                        std::thread::sleep(Self::POLL);
+                        continue;
+                    }
+                };
+                if cut.load(Ordering::Relaxed) {
+                    continue; // dropped: the sender sees its link fail
+                }
+                let Ok(outbound) = std::net::TcpStream::connect(&to) else {
+                    continue;
+                };
+                for (from, into) in [
+                    (inbound.try_clone().unwrap(), outbound.try_clone().unwrap()),
+                    (outbound, inbound),
+                ] {
+                    let (cut, stop) = (cut.clone(), stop.clone());
+                    std::thread::spawn(move || Self::pump(from, into, &cut, &stop));
+                }
+            }
+        });
+        Link { addr, cut, stop }
+    }
+
+    fn pump(mut from: std::net::TcpStream, mut into: std::net::TcpStream, cut: &AtomicBool, stop: &AtomicBool) {
+        use std::io::Read;
+        from.set_nonblocking(false).unwrap();
+        from.set_read_timeout(Some(Self::POLL)).unwrap();
+        let mut buffer = vec![0u8; 64 << 10];
+        loop {
+            if cut.load(Ordering::Relaxed) || stop.load(Ordering::Relaxed) {
+                break;
+            }
+            match from.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if into.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+        let _ = from.shutdown(std::net::Shutdown::Both);
+        let _ = into.shutdown(std::net::Shutdown::Both);
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A cluster whose nodes reach each other only through `Link`s: node i
+/// names node j at the proxy of links[(i, j)].
+fn cluster_through_links(n: u64) -> (Vec<Node>, BTreeMap<(u64, u64), Link>) {
+    let rpcs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let mut links = BTreeMap::new();
+    for from in 1..=n {
+        for to in (1..=n).filter(|&to| to != from) {
+            links.insert((from, to), Link::start(rpcs[to as usize - 1].clone()));
+        }
+    }
+    let mut nodes: Vec<Node> = (1..=n)
+        .map(|id| {
+            let rpc = rpcs[id as usize - 1].clone();
+            let peers: Vec<String> = (1..=n)
+                .map(|to| {
+                    let at = if to == id { &rpc } else { &links[&(id, to)].addr };
+                    format!("\"{to}@{at}\"")
+                })
+                .collect();
+            Node {
+                id,
+                rpc: rpc.clone(),
+                dir: data_dir(),
+                config: format!(
+                    "node_id = {id}\nrpc_listen = \"{rpc}\"\npeers = [{}]\n",
+                    peers.join(", ")
+                ),
+                broker: None,
+            }
+        })
+        .collect();
+    for node in &mut nodes {
+        node.start();
+    }
+    (nodes, links)
+}
+
+/// Every batch of a stopped node's partition, read from its files: the
+/// bytes each replica holds.
+fn stored_batches(data_dir: &std::path::Path, topic: &str, partition: u32) -> Vec<Vec<u8>> {
+    let dir = data_dir.join(format!("{topic}-{partition}"));
+    run(async move {
+        let log = storage::PartitionLog::open(&dir, storage::LogConfig::default())
+            .await
+            .expect("the replica's log opens");
+        let mut batches = Vec::new();
+        let mut at = log.log_start_offset();
+        while at < log.log_end_offset() {
+            let read = log.read(at, 1 << 20).await.expect("a read");
+            for frame in storage::batch::frames(&read.bytes) {
+                batches.push(frame.to_vec());
+            }
+            assert!(read.next_offset > at, "the read moves on");
+            at = read.next_offset;
+        }
+        log.close().await.expect("closed");
+        batches
+    })
+}
+
+/// A leader cut off from both other nodes (every link to and from it
+/// dropped) acknowledges nothing more: the others elect a leader in a
+/// later epoch and take writes. Healed, the old leader's uncommitted batch
+/// is answered NOT_LEADER_OR_FOLLOWER, never stored, and every replica
+/// holds the same batches at the same offsets, byte for byte.
+#[test]
+fn an_isolated_leader_acknowledges_nothing_and_its_replicas_agree_byte_for_byte_after_healing() {
+    let (mut nodes, links) = cluster_through_links(3);
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
+    let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+    cli(&["topic", "create", "iso", "--broker", &addr(&nodes[0])], None).expect("created");
+    let first = elected(&addr(&nodes[0]), "iso", &ids, &[]);
+    let (isolated, epoch) = (first[0].0 as u64, first[0].1);
+    let at = |id: u64| nodes.iter().position(|n| n.id == id).unwrap();
+    let produce = |through: &str, from: usize, to: usize| {
+        let lines: String = (from..to).map(|i| format!("v{i:04}\n")).collect();
+        cli(&["produce", "iso", "--acks", "all", "--broker", through], Some(&lines)).expect("produced with acks=all");
+    };
+    produce(&addr(&nodes[at(isolated)]), 0, 100);
+
+    for ((from, to), link) in &links {
+        if *from == isolated || *to == isolated {
+            link.set_cut(true);
+        }
+    }
+    // A batch sent to the cut-off leader: it can reach no majority.
+    let (answered, answer) = std::sync::mpsc::channel();
+    let to_isolated = addr(&nodes[at(isolated)]);
+    std::thread::spawn(move || {
+        let result = run(async move {
+            let mut c = net::client::Connection::connect(&to_isolated).await.unwrap();
+            c.produce("iso", 0, &batch_of(0, 0..10), net::messages::acks::ALL).await
+        });
+        let _ = answered.send(result.map_err(|e| e.to_string()));
+    });
+    let survivors: Vec<u64> = ids.iter().copied().filter(|&id| id != isolated).collect();
+    let survivor = addr(&nodes[at(survivors[0])]);
+    let second = elected(&survivor, "iso", &survivors, &[epoch]);
+    produce(&survivor, 100, 200);
+    assert!(
+        answer.try_recv().is_err(),
+        "the isolated leader answered while cut off (nothing it held was committed)"
+    );
+
+    for link in links.values() {
+        link.set_cut(false);
+    }
+    let outcome = answer
+        .recv_timeout(AGREE_WITHIN)
+        .expect("the isolated leader's batch is answered once healed");
+    let refused = outcome.expect_err("the batch the majority never had is not acknowledged");
+    assert!(refused.contains("NotLeaderOrFollower"), "{refused}");
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    for node in &nodes {
+        let now = elected(&addr(node), "iso", &ids, &[]);
+        assert!(now[0].1 >= second[0].1, "node {}: epoch went back", node.id);
+    }
+    let expected: Vec<String> = (0..200).map(|i| format!("v{i:04}")).collect();
+    assert_eq!(read_sorted(&survivor, "iso", 200), expected);
+
+    stop_all(&mut nodes);
+    let stored: Vec<Vec<Vec<u8>>> = nodes.iter().map(|n| stored_batches(n.dir.path(), "iso", 0)).collect();
+    assert!(!stored[0].is_empty());
+    for (node, batches) in nodes.iter().zip(&stored).skip(1) {
+        assert!(
+            *batches == stored[0],
+            "node {} holds other bytes than node {}",
+            node.id,
+            nodes[0].id
+        );
+    }
 }
 
 /// The controller's leader is killed (-9) just after a follower forwarded
