@@ -27,15 +27,21 @@ impl Broker {
 
     /// A broker with these lines of TOML configuration (broker/src/config.rs).
     pub fn start_with_config(data_dir: &Path, shards: usize, config: &str) -> Broker {
+        Broker::start_at(data_dir, shards, config, "127.0.0.1:0", "127.0.0.1:0")
+    }
+
+    /// A broker listening at the addresses given (port 0: any), as a node
+    /// started again keeps its ports for clients that knew them.
+    pub fn start_at(data_dir: &Path, shards: usize, config: &str, listen: &str, kafka_listen: &str) -> Broker {
         let config_file = data_dir.with_extension("toml");
         std::fs::write(&config_file, config).expect("write the broker's config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_corelog"))
             .args([
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--kafka-listen",
-                "127.0.0.1:0",
+                kafka_listen,
                 "--shards",
                 &shards.to_string(),
                 "--data-dir",
