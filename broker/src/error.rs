@@ -119,6 +119,9 @@ pub enum BrokerError {
         message: String,
     },
 
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+
     #[error("shard {0} is gone (shutting down)")]
     ShardGone(u16),
 
@@ -165,6 +168,7 @@ impl BrokerError {
             BrokerError::Io { .. } | BrokerError::Config(_) => ErrorCode::UnknownServerError,
             BrokerError::ShardGone(_) | BrokerError::TimedOut(_) => ErrorCode::RequestTimedOut,
             BrokerError::Remote { code, .. } => *code,
+            BrokerError::InvalidRequest(_) => ErrorCode::InvalidRequest,
             BrokerError::ProducerSequence { code, .. } => *code,
         }
     }

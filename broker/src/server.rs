@@ -381,6 +381,7 @@ async fn handle(shard: &Shard, endpoints: &Endpoints, bytes: &[u8]) -> Option<Ve
         Request::AddPartitionsToTxn(request) => Some(txns::add_partitions(shard, id, request).await),
         Request::AddOffsetsToTxn(request) => Some(txns::add_offsets(shard, id, request).await),
         Request::EndTxn(request) => Some(txns::end(shard, id, request).await),
+        Request::WriteTxnMarkers(request) => Some(txns::write_markers(shard, id, request).await),
         Request::TxnOffsetCommit(request) => Some(groups::txn_offset_commit(shard, id, request).await),
     }
 }

@@ -190,6 +190,19 @@ impl FetchAt {
     }
 }
 
+/// Longest a request to another node (a forwarded controller command, a
+/// transaction marker) may take before it is given up as timed out.
+pub const REMOTE_CALL_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether a request for a partition this node does not lead is sent on to
+/// the node that does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forward {
+    ToLeader,
+    /// It came from another node: answered here, or refused.
+    No,
+}
+
 /// A request's current leader epoch when it names none: nothing is checked.
 pub const NO_LEADER_EPOCH: i32 = -1;
 
@@ -568,20 +581,45 @@ impl Shard {
         leader: u64,
         call: impl AsyncFnOnce(&mut net::client::Connection) -> Result<(), net::NetError>,
     ) -> Result<(), BrokerError> {
+        self.call_node(leader, BrokerError::NotController { leader: Some(leader) }, call)
+            .await
+    }
+
+    /// Makes one request of another node, on its native listener (a
+    /// connection of its own: these are rare), within `REMOTE_CALL_MAX`;
+    /// `unknown` when the node's address is not known.
+    async fn call_node(
+        &self,
+        node: u64,
+        unknown: BrokerError,
+        call: impl AsyncFnOnce(&mut net::client::Connection) -> Result<(), net::NetError>,
+    ) -> Result<(), BrokerError> {
+        use futures::FutureExt;
         let table = self.metadata.snapshot();
-        let addr = table
+        let Some(addr) = table
             .cluster
             .as_ref()
-            .and_then(|c| c.nodes.get(&leader))
+            .and_then(|c| c.nodes.get(&node))
             .map(|n| n.native_addr.clone())
-            .ok_or(BrokerError::NotController { leader: Some(leader) })?;
+        else {
+            return Err(unknown);
+        };
         let remote = |error: net::NetError| BrokerError::Remote {
-            node: leader,
+            node,
             code: error.code().unwrap_or(net::ErrorCode::UnknownServerError),
             message: error.to_string(),
         };
-        let mut connection = net::client::Connection::connect(&addr).await.map_err(remote)?;
-        call(&mut connection).await.map_err(remote)
+        let called = async {
+            let mut connection = net::client::Connection::connect(&addr).await.map_err(remote)?;
+            call(&mut connection).await.map_err(remote)
+        };
+        // A node paused or cut off keeps the connection and never answers.
+        futures::select! {
+            result = called.fuse() => result,
+            _ = glommio::timer::sleep(REMOTE_CALL_MAX).fuse() => Err(BrokerError::TimedOut(format!(
+                "node {node} ({addr}) did not answer within {REMOTE_CALL_MAX:?}"
+            ))),
+        }
     }
 
     /// Opens (recovering) every partition this shard owns.

@@ -1586,3 +1586,129 @@ fn librdkafka_clients_ride_through_repeated_leader_kills_and_a_pause() {
     check_what_clients_saw(&saw, PARTITIONS);
     stop_all(&mut nodes);
 }
+
+/// The node coordinating `transactional_id`, as a Kafka client finds it.
+fn txn_coordinator(kafka_addr: &str, transactional_id: &str) -> Option<u64> {
+    use net::kafka::kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
+    use net::kafka::kafka_protocol::protocol::StrBytes;
+    let request = FindCoordinatorRequest::default()
+        .with_key(StrBytes::from_string(transactional_id.to_string()))
+        .with_key_type(1);
+    let answer: FindCoordinatorResponse = common::kafka_call(kafka_addr, ApiKey::FindCoordinator, 3, &request);
+    let broker = u64::try_from(answer.node_id.0)
+        .ok()
+        .filter(|_| answer.error_code == 0)?;
+    let per_node = net::cluster::BROKER_IDS_PER_NODE;
+    Some(if broker >= per_node { broker / per_node } else { broker })
+}
+
+/// A librdkafka transactional producer writes transactions that span every
+/// partition (their leaders on all three nodes, so its coordinator's
+/// markers go to other nodes), committing three of four and aborting the
+/// fourth, while its coordinator's node is killed (-9) and later started
+/// again: the producer goes on, and a read_committed consumer reads every
+/// committed value once and no aborted one.
+#[test]
+fn a_transaction_spans_nodes_and_survives_its_coordinators_loss() {
+    const PARTITIONS: u32 = 3;
+    if !Command::new("python3")
+        .args(["-c", "import confluent_kafka"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "confluent-kafka is missing; .ci/run installs it"
+        );
+        eprintln!("skipping: confluent-kafka is not installed");
+        return;
+    }
+    let mut nodes = cluster(3);
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
+    let kafka = |n: &Node| n.broker.as_ref().unwrap().kafka_addr.clone();
+    let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+    cli(
+        &[
+            "topic",
+            "create",
+            "txns",
+            "--partitions",
+            &PARTITIONS.to_string(),
+            "--broker",
+            &addr(&nodes[0]),
+        ],
+        None,
+    )
+    .expect("created");
+    let leaders = elected(&addr(&nodes[0]), "txns", &ids, &[]);
+    let leading: std::collections::BTreeSet<i64> = leaders.iter().map(|l| l.0).collect();
+    eprintln!("partition leaders: {leaders:?}");
+
+    let servers: Vec<String> = nodes.iter().map(kafka).collect();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_clients/transactions.py");
+    let mut child = Command::new("python3")
+        .args([script, &servers.join(","), "txns", &PARTITIONS.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(match std::env::var_os("TRANSACTIONS_STDERR") {
+            Some(path) => std::process::Stdio::from(std::fs::File::create(path).expect("a stderr file")),
+            None => std::process::Stdio::null(),
+        })
+        .spawn()
+        .expect("python3 runs");
+    let pid = child.id();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(300));
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    use std::io::BufRead;
+    let mut wait_for = |wanted: &dyn Fn(&str) -> bool| {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let read = stdout.read_line(&mut line).expect("the producer's output");
+            assert!(read > 0, "the producer stopped early");
+            if wanted(line.trim()) {
+                return line.trim().to_string();
+            }
+        }
+    };
+    wait_for(&|l| l == "ready");
+    wait_for(&|l| l == "txn 8");
+
+    let coordinator = txn_coordinator(&kafka(&nodes[0]), "cluster-ride").expect("a coordinator");
+    eprintln!("coordinator: node {coordinator}; partitions led on nodes {leading:?}");
+    let lost = nodes.iter().position(|n| n.id == coordinator).unwrap();
+    nodes[lost].broker.take().unwrap().kill9();
+    let survivor = nodes.iter().find(|n| n.id != coordinator).unwrap();
+    let started = Instant::now();
+    let moved = loop {
+        if let Some(now) = txn_coordinator(&kafka(survivor), "cluster-ride").filter(|&n| n != coordinator) {
+            break now;
+        }
+        assert!(started.elapsed() < AGREE_WITHIN, "no new coordinator");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("coordinator moved to node {moved}");
+    // Transactions go on with the coordinator's node gone...
+    let after_kill: u64 = wait_for(&|l| l.starts_with("txn "))[4..].parse().unwrap();
+    wait_for(&|l| l == format!("txn {}", after_kill + 4));
+    // ...and once it is back.
+    nodes[lost].start();
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    wait_for(&|l| l == format!("txn {}", after_kill + 8));
+    writeln!(stdin, "stop").expect("the producer is still running");
+    let last = wait_for(&|l| l.starts_with('{'));
+    let _ = child.wait();
+    let saw: serde_json::Value = serde_json::from_str(&last).expect("the producer's JSON line");
+    eprintln!("{saw}");
+    assert_eq!(saw["errors"], serde_json::json!([]), "the application saw errors");
+    assert_eq!(saw["missing"], serde_json::json!([]), "committed values not read");
+    assert_eq!(saw["twice"], serde_json::json!([]), "committed values read twice");
+    assert_eq!(saw["aborted_read"], serde_json::json!([]), "aborted values read");
+    assert!(saw["committed"].as_u64().unwrap() > 0);
+    stop_all(&mut nodes);
+}

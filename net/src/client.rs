@@ -306,6 +306,21 @@ impl Connection {
         )
     }
 
+    /// Between nodes: tells a partition's leader that the partition joined
+    /// a transaction, or writes the transaction's marker there.
+    pub async fn write_txn_markers(&mut self, request: &WriteTxnMarkersRequest) -> Result<(), NetError> {
+        let response: TxnResponse = self
+            .call(ApiKey::WriteTxnMarkers, request, "WriteTxnMarkers response")
+            .await?;
+        check(
+            response.error,
+            &format!(
+                "transaction marker {} of producer {} for {}/{}",
+                request.marker, request.producer_id, request.topic, request.partition
+            ),
+        )
+    }
+
     /// Commits offsets inside the open transaction; the first error, if any.
     pub async fn txn_offset_commit(&mut self, request: &TxnOffsetCommitRequest) -> Result<(), NetError> {
         let response: OffsetCommitResponse = self

@@ -58,10 +58,11 @@ pub enum ApiKey {
     AddOffsetsToTxn = 17,
     EndTxn = 18,
     TxnOffsetCommit = 19,
+    WriteTxnMarkers = 20,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 20] = [
+    pub const ALL: [ApiKey; 21] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -82,6 +83,7 @@ impl ApiKey {
         ApiKey::AddOffsetsToTxn,
         ApiKey::EndTxn,
         ApiKey::TxnOffsetCommit,
+        ApiKey::WriteTxnMarkers,
     ];
 
     pub fn from_u16(key: u16) -> Option<ApiKey> {

@@ -661,6 +661,32 @@ pub struct TxnOffsetCommitRequest {
     pub topics: Vec<OffsetCommitTopic>,
 }
 
+/// What a transaction's coordinator asks of one of its partitions.
+pub mod txn_marker {
+    /// The partition joined the producer's transaction (AddPartitionsToTxn).
+    pub const EXPECT: u8 = 0;
+    /// The transaction committed: a commit marker ends it there.
+    pub const COMMIT: u8 = 1;
+    /// The transaction aborted: an abort marker ends it there.
+    pub const ABORT: u8 = 2;
+}
+
+/// Between nodes: a transaction's coordinator tells the leader of one of
+/// its partitions, on another node, that the partition joined the
+/// transaction or that the transaction ended (Kafka's WriteTxnMarkers).
+/// Answered with `TxnResponse` once done (a marker: durable); the node
+/// answering does not forward it further.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct WriteTxnMarkersRequest {
+    pub topic: String,
+    pub partition: u32,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    /// One of `txn_marker`.
+    pub marker: u8,
+}
+
 /// `protocol_type` of consumer groups.
 pub const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
 
@@ -708,6 +734,7 @@ pub enum Request<'a> {
     AddOffsetsToTxn(&'a ArchivedAddOffsetsToTxnRequest),
     EndTxn(&'a ArchivedEndTxnRequest),
     TxnOffsetCommit(&'a ArchivedTxnOffsetCommitRequest),
+    WriteTxnMarkers(&'a ArchivedWriteTxnMarkersRequest),
 }
 
 /// Decodes a request frame's body: checks the api key and version are
@@ -747,6 +774,7 @@ pub fn decode_request<'a>(frame: &RequestFrame<'a>) -> Result<Request<'a>, NetEr
         ApiKey::AddOffsetsToTxn => Request::AddOffsetsToTxn(access(archive, "AddOffsetsToTxn request")?),
         ApiKey::EndTxn => Request::EndTxn(access(archive, "EndTxn request")?),
         ApiKey::TxnOffsetCommit => Request::TxnOffsetCommit(access(archive, "TxnOffsetCommit request")?),
+        ApiKey::WriteTxnMarkers => Request::WriteTxnMarkers(access(archive, "WriteTxnMarkers request")?),
     })
 }
 

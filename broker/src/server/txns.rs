@@ -98,3 +98,28 @@ pub(super) async fn end(shard: &Shard, id: u32, request: &ArchivedEndTxnRequest)
     let error = code_of(&shard.txn_call(call).await);
     respond(id, ApiKey::EndTxn, &TxnResponse { error })
 }
+
+/// A coordinator on another node asks this one, as the leader of one of
+/// the transaction's partitions, to take the partition into the
+/// transaction or to end it there. Answered here or refused: never sent
+/// on to a third node.
+pub(super) async fn write_markers(shard: &Shard, id: u32, request: &ArchivedWriteTxnMarkersRequest) -> Vec<Out> {
+    let result = shard
+        .txn_partition_call(
+            request.topic.as_str(),
+            request.partition.to_native(),
+            request.producer_id.to_native(),
+            request.producer_epoch.to_native(),
+            request.marker,
+            crate::shard::Forward::No,
+        )
+        .await;
+    let error = match &result {
+        Ok(()) => ErrorCode::None.code(),
+        Err(error) => {
+            tracing::debug!(%error, "a transaction marker from another node refused");
+            error.code().code()
+        }
+    };
+    respond(id, ApiKey::WriteTxnMarkers, &TxnResponse { error })
+}

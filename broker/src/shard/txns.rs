@@ -9,11 +9,12 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use glommio::sync::Semaphore;
+use net::messages::{txn_marker, WriteTxnMarkersRequest};
 use net::ErrorCode;
 use storage::batch::{self, control, control::Marker, RecordBatchBuilder};
 
 use super::coordinators::Internal;
-use super::{Shard, ShardId, ShardMessage};
+use super::{Forward, Shard, ShardId, ShardMessage};
 use crate::error::BrokerError;
 use crate::offsets::{self, OffsetKey, OffsetValue, OFFSETS_TOPIC};
 use crate::txn::{self, InitStep, Step, TxnMeta, TxnState, TXN_STATE_TOPIC};
@@ -314,6 +315,108 @@ impl Shard {
     }
 
     async fn expect_txn(&self, topic: &str, partition: u32, producer_id: i64, epoch: i16) -> Result<(), BrokerError> {
+        self.txn_partition_call(
+            topic,
+            partition,
+            producer_id,
+            epoch,
+            txn_marker::EXPECT,
+            Forward::ToLeader,
+        )
+        .await
+    }
+
+    async fn write_marker(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> Result<(), BrokerError> {
+        let marker = if commit { txn_marker::COMMIT } else { txn_marker::ABORT };
+        self.txn_partition_call(topic, partition, producer_id, epoch, marker, Forward::ToLeader)
+            .await
+    }
+
+    /// What a transaction's coordinator asks of one of its partitions (one
+    /// of `txn_marker`): done by the shard that owns it here if this node
+    /// leads it; else, with `Forward::ToLeader`, sent to the node that
+    /// leads it (`WriteTxnMarkers` on its native listener), as Kafka's
+    /// coordinator sends its markers to each partition's leader.
+    pub async fn txn_partition_call(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer_id: i64,
+        epoch: i16,
+        marker: u8,
+        forward: Forward,
+    ) -> Result<(), BrokerError> {
+        let here = match marker {
+            txn_marker::EXPECT => self.expect_txn_here(topic, partition, producer_id, epoch).await,
+            txn_marker::COMMIT | txn_marker::ABORT => {
+                self.write_marker_here(topic, partition, producer_id, epoch, marker == txn_marker::COMMIT)
+                    .await
+            }
+            other => {
+                return Err(BrokerError::InvalidRequest(format!(
+                    "{topic}/{partition}: transaction marker {other} is none of expect, commit, abort"
+                )))
+            }
+        };
+        let leader = match &here {
+            Err(BrokerError::NotLeaderOrFollower { .. }) if forward == Forward::ToLeader => {
+                let table = self.metadata.snapshot();
+                self.metadata
+                    .leader(&table, topic, partition)
+                    .map(|l| l.node)
+                    .filter(|node| *node != self.config.node_id)
+            }
+            _ => None,
+        };
+        let Some(leader) = leader else {
+            return here;
+        };
+        let request = WriteTxnMarkersRequest {
+            topic: topic.to_string(),
+            partition,
+            producer_id,
+            producer_epoch: epoch,
+            marker,
+        };
+        let unknown = BrokerError::NotLeaderOrFollower {
+            topic: topic.to_string(),
+            partition,
+            leader: Some(leader),
+        };
+        self.call_node(leader, unknown, async |c| c.write_txn_markers(&request).await)
+            .await
+            .map_err(|error| match error {
+                // As if it were here: the callers treat these by kind.
+                BrokerError::Remote {
+                    code: net::ErrorCode::UnknownTopicOrPartition,
+                    ..
+                } => super::unknown(topic, partition),
+                BrokerError::Remote {
+                    code: net::ErrorCode::NotLeaderOrFollower,
+                    ..
+                } => BrokerError::NotLeaderOrFollower {
+                    topic: topic.to_string(),
+                    partition,
+                    leader: None,
+                },
+                other => other,
+            })
+    }
+
+    async fn expect_txn_here(
+        &self,
+        topic: &str,
+        partition: u32,
+        producer_id: i64,
+        epoch: i16,
+    ) -> Result<(), BrokerError> {
         let owner = self.owner(topic, partition)?;
         if owner == self.id {
             return self.expect_txn_local(topic, partition, producer_id, epoch).await;
@@ -360,7 +463,7 @@ impl Shard {
         Ok(())
     }
 
-    async fn write_marker(
+    async fn write_marker_here(
         &self,
         topic: &str,
         partition: u32,
