@@ -39,6 +39,17 @@ pub enum TopicCommand {
     Delete {
         name: String,
     },
+    /// Moves a replicated partition's leadership to the replica on a node
+    /// (the node, brought up to date, is told to campaign at once);
+    /// answered once it leads.
+    TransferLeader {
+        name: String,
+        #[arg(long)]
+        partition: u32,
+        /// The node whose replica should lead.
+        #[arg(long)]
+        to: u64,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -221,6 +232,16 @@ pub fn topic(broker: &str, command: TopicCommand) -> Result<(), String> {
             TopicCommand::Delete { name } => {
                 connection.delete_topic(&name).await.map_err(|e| e.to_string())?;
                 println!("deleted topic {name}");
+            }
+            TopicCommand::TransferLeader { name, partition, to } => {
+                let request = net::messages::TransferLeaderRequest {
+                    topic: name.clone(),
+                    partition,
+                    to,
+                    forwarded: false,
+                };
+                connection.transfer_leader(&request).await.map_err(|e| e.to_string())?;
+                println!("{name}/{partition} is led by node {to}");
             }
         }
         Ok(())

@@ -382,6 +382,30 @@ async fn handle(shard: &Shard, endpoints: &Endpoints, bytes: &[u8]) -> Option<Ve
         Request::AddOffsetsToTxn(request) => Some(txns::add_offsets(shard, id, request).await),
         Request::EndTxn(request) => Some(txns::end(shard, id, request).await),
         Request::WriteTxnMarkers(request) => Some(txns::write_markers(shard, id, request).await),
+        Request::TransferLeader(request) => {
+            let forward = if request.forwarded {
+                crate::shard::Forward::No
+            } else {
+                crate::shard::Forward::ToLeader
+            };
+            let result = shard
+                .transfer_leader(
+                    request.topic.as_str(),
+                    request.partition.to_native(),
+                    request.to.to_native(),
+                    forward,
+                )
+                .await;
+            let (error, message) = match result {
+                Ok(()) => (ErrorCode::None.code(), None),
+                Err(error) => (error.code().code(), Some(error.to_string())),
+            };
+            Some(respond(
+                id,
+                ApiKey::TransferLeader,
+                &TransferLeaderResponse { error, message },
+            ))
+        }
         Request::TxnOffsetCommit(request) => Some(groups::txn_offset_commit(shard, id, request).await),
     }
 }

@@ -17,6 +17,7 @@ use storage::{Offset, PartitionLog, ReadBytes};
 
 mod coordinators;
 mod groups;
+mod leadership;
 mod txns;
 
 pub use groups::{GroupAnswer, GroupCall};
@@ -67,6 +68,13 @@ pub enum ShardMessage {
         current_leader_epoch: i32,
         leader_epoch: i32,
         reply: Reply<(i32, i64)>,
+    },
+    /// Move the partition's leadership to this node (its owner here).
+    TransferLeader {
+        topic: String,
+        partition: u32,
+        to: u64,
+        reply: Reply<()>,
     },
     /// A long poll's wait on another shard's partition: answered when the
     /// log's end moves past `offset` or at `deadline`.
@@ -1831,6 +1839,18 @@ impl Shard {
                             aborted: f.aborted,
                             leader_epoch: f.leader_epoch,
                         }));
+                    })
+                    .detach();
+                }
+                ShardMessage::TransferLeader {
+                    topic,
+                    partition,
+                    to,
+                    reply,
+                } => {
+                    debug_assert_eq!(to, shard.config.node_id);
+                    glommio::spawn_local(async move {
+                        let _ = reply.send(shard.transfer_leader_here(&topic, partition).await);
                     })
                     .detach();
                 }

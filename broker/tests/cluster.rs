@@ -1641,9 +1641,15 @@ fn a_transaction_spans_nodes_and_survives_its_coordinators_loss() {
         None,
     )
     .expect("created");
+    elected(&addr(&nodes[0]), "txns", &ids, &[]);
+    // One partition led on each node: whichever node coordinates, some of
+    // its markers go to other nodes.
+    for (p, node) in nodes.iter().enumerate() {
+        transfer_leader(&addr(&nodes[0]), "txns", p as u32, node.id).expect("moved");
+    }
     let leaders = elected(&addr(&nodes[0]), "txns", &ids, &[]);
     let leading: std::collections::BTreeSet<i64> = leaders.iter().map(|l| l.0).collect();
-    eprintln!("partition leaders: {leaders:?}");
+    assert_eq!(leading.len(), 3, "{leaders:?}");
 
     let servers: Vec<String> = nodes.iter().map(kafka).collect();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_clients/transactions.py");
@@ -1710,5 +1716,95 @@ fn a_transaction_spans_nodes_and_survives_its_coordinators_loss() {
     assert_eq!(saw["twice"], serde_json::json!([]), "committed values read twice");
     assert_eq!(saw["aborted_read"], serde_json::json!([]), "aborted values read");
     assert!(saw["committed"].as_u64().unwrap() > 0);
+    stop_all(&mut nodes);
+}
+
+/// `corelog topic transfer-leader` through `addr`.
+fn transfer_leader(addr: &str, topic: &str, partition: u32, to: u64) -> Result<String, String> {
+    cli(
+        &[
+            "topic",
+            "transfer-leader",
+            topic,
+            "--partition",
+            &partition.to_string(),
+            "--to",
+            &to.to_string(),
+            "--broker",
+            addr,
+        ],
+        None,
+    )
+}
+
+/// Each partition's leadership moved where it is asked, through a node
+/// that may lead none of them (the request goes to the node that should
+/// lead): answered once it leads, in a later epoch, every node naming it;
+/// writes go on through it. A node with no replica, or a partition of one
+/// replica, is refused by name.
+#[test]
+fn a_partitions_leadership_moves_to_the_replica_asked() {
+    const PARTITIONS: u32 = 3;
+    let mut nodes = cluster(3);
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
+    let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+    cli(
+        &[
+            "topic",
+            "create",
+            "moved",
+            "--partitions",
+            &PARTITIONS.to_string(),
+            "--broker",
+            &addr(&nodes[0]),
+        ],
+        None,
+    )
+    .expect("created");
+    let mut before = elected(&addr(&nodes[0]), "moved", &ids, &[]);
+    for round in 0..2u64 {
+        for p in 0..PARTITIONS {
+            let to = ids[((u64::from(p) + round) % 3) as usize];
+            let through = addr(&nodes[(p as usize + 1) % 3]);
+            transfer_leader(&through, "moved", p, to).expect("moved");
+            for node in &nodes {
+                let now = elected(&addr(node), "moved", &ids, &[]);
+                assert_eq!(now[p as usize].0 as u64, to, "node {} names another leader", node.id);
+                if before[p as usize].0 as u64 != to {
+                    assert!(
+                        now[p as usize].1 > before[p as usize].1,
+                        "a new leader in a later epoch"
+                    );
+                }
+            }
+            before = elected(&addr(&nodes[0]), "moved", &ids, &[]);
+        }
+    }
+    let lines: String = (0..300).map(|i| format!("v{i:03}\n")).collect();
+    cli(
+        &["produce", "moved", "--acks", "all", "--broker", &addr(&nodes[2])],
+        Some(&lines),
+    )
+    .expect("produced");
+    assert_eq!(read_sorted(&addr(&nodes[1]), "moved", 300).len(), 300);
+
+    let refused = transfer_leader(&addr(&nodes[0]), "moved", 0, 9).expect_err("no replica on node 9");
+    assert!(refused.contains("no replica on node 9"), "{refused}");
+    cli(
+        &[
+            "topic",
+            "create",
+            "single",
+            "--replication-factor",
+            "1",
+            "--broker",
+            &addr(&nodes[0]),
+        ],
+        None,
+    )
+    .expect("created");
+    let refused = transfer_leader(&addr(&nodes[0]), "single", 0, 1).expect_err("one replica");
+    assert!(refused.contains("one replica"), "{refused}");
     stop_all(&mut nodes);
 }

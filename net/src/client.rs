@@ -321,6 +321,21 @@ impl Connection {
         )
     }
 
+    /// Moves a replicated partition's leadership to node `to`: answered
+    /// once that node's replica leads it.
+    pub async fn transfer_leader(&mut self, request: &TransferLeaderRequest) -> Result<(), NetError> {
+        let response: TransferLeaderResponse = self
+            .call(ApiKey::TransferLeader, request, "TransferLeader response")
+            .await?;
+        check(
+            response.error,
+            response.message.as_deref().unwrap_or(&format!(
+                "leadership of {}/{} to node {}",
+                request.topic, request.partition, request.to
+            )),
+        )
+    }
+
     /// Commits offsets inside the open transaction; the first error, if any.
     pub async fn txn_offset_commit(&mut self, request: &TxnOffsetCommitRequest) -> Result<(), NetError> {
         let response: OffsetCommitResponse = self

@@ -59,10 +59,11 @@ pub enum ApiKey {
     EndTxn = 18,
     TxnOffsetCommit = 19,
     WriteTxnMarkers = 20,
+    TransferLeader = 21,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 21] = [
+    pub const ALL: [ApiKey; 22] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -84,6 +85,7 @@ impl ApiKey {
         ApiKey::EndTxn,
         ApiKey::TxnOffsetCommit,
         ApiKey::WriteTxnMarkers,
+        ApiKey::TransferLeader,
     ];
 
     pub fn from_u16(key: u16) -> Option<ApiKey> {

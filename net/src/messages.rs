@@ -687,6 +687,27 @@ pub struct WriteTxnMarkersRequest {
     pub marker: u8,
 }
 
+/// Moves a replicated partition's leadership to the replica on node `to`
+/// (`corelog topic transfer-leader`): answered once that replica leads, or
+/// with an error (REQUEST_TIMED_OUT when it did not within the wait). Any
+/// node takes it and sends it on to node `to`.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TransferLeaderRequest {
+    pub topic: String,
+    pub partition: u32,
+    pub to: u64,
+    /// Sent on by another node: answered here, never sent further.
+    pub forwarded: bool,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TransferLeaderResponse {
+    pub error: i16,
+    pub message: Option<String>,
+}
+
 /// `protocol_type` of consumer groups.
 pub const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
 
@@ -735,6 +756,7 @@ pub enum Request<'a> {
     EndTxn(&'a ArchivedEndTxnRequest),
     TxnOffsetCommit(&'a ArchivedTxnOffsetCommitRequest),
     WriteTxnMarkers(&'a ArchivedWriteTxnMarkersRequest),
+    TransferLeader(&'a ArchivedTransferLeaderRequest),
 }
 
 /// Decodes a request frame's body: checks the api key and version are
@@ -775,6 +797,7 @@ pub fn decode_request<'a>(frame: &RequestFrame<'a>) -> Result<Request<'a>, NetEr
         ApiKey::EndTxn => Request::EndTxn(access(archive, "EndTxn request")?),
         ApiKey::TxnOffsetCommit => Request::TxnOffsetCommit(access(archive, "TxnOffsetCommit request")?),
         ApiKey::WriteTxnMarkers => Request::WriteTxnMarkers(access(archive, "WriteTxnMarkers request")?),
+        ApiKey::TransferLeader => Request::TransferLeader(access(archive, "TransferLeader request")?),
     })
 }
 

@@ -50,6 +50,9 @@ pub enum Command {
     },
     /// A peer's Raft messages for groups of this shard.
     Step { from: u64, messages: Vec<(u64, Vec<u8>)> },
+    /// Moves a group's leadership to node `to` (`corelog topic
+    /// transfer-leader`); the asker watches the group's view for it.
+    Transfer { group: u64, to: u64 },
     /// A clean stop: every group this shard leads is handed to a follower,
     /// and the task ends once none is led here, or at `until`.
     Stop { until: Instant, reply: oneshot::Sender<()> },
@@ -205,6 +208,10 @@ fn take(
             let _ = reply.send(proposed);
         }
         Command::Step { from, messages } => set.step(from, messages),
+        Command::Transfer { group, to } => match set.get_mut(group) {
+            Some(replica) => replica.transfer_leader(to),
+            None => tracing::debug!(group, to, "transfer of a group not held here, dropped"),
+        },
         Command::Stop { until, reply } => {
             for (group, replica) in set.iter_mut() {
                 if let Some(transferee) = replica.hand_over() {

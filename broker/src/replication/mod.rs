@@ -69,7 +69,8 @@ pub struct ReplicaView {
     leadership: RefCell<Leadership>,
     is_leader: Cell<bool>,
     high_watermark: Cell<Offset>,
-    /// Long polls waiting for the high watermark to move.
+    /// Long polls waiting for the high watermark to move, and transfers
+    /// waiting for the leadership to change.
     waiters: RefCell<Vec<oneshot::Sender<()>>>,
     /// Set when the driver let the replica go (deleted, failed, stopping):
     /// waiters are told, and nothing more is asked of it.
@@ -133,6 +134,9 @@ impl ReplicaView {
         let changed = *self.leadership.borrow() != leadership;
         if changed {
             *self.leadership.borrow_mut() = leadership;
+            for waiter in self.waiters.borrow_mut().drain(..) {
+                let _ = waiter.send(());
+            }
         }
         changed
     }
@@ -146,8 +150,20 @@ impl ReplicaView {
     /// Waits until the high watermark passes `offset` or `deadline` comes;
     /// answers whether it did.
     pub async fn wait_for_data(&self, offset: Offset, deadline: Instant) -> bool {
+        self.wait_until(deadline, || self.high_watermark.get() > offset).await
+    }
+
+    /// Waits until this replica leads or `deadline` comes; answers whether
+    /// it does.
+    pub async fn wait_for_leadership(&self, deadline: Instant) -> bool {
+        self.wait_until(deadline, || self.is_leader()).await
+    }
+
+    /// Waits, woken by each change of the high watermark or leadership,
+    /// until `done` or `deadline`; answers `done`.
+    async fn wait_until(&self, deadline: Instant, done: impl Fn() -> bool) -> bool {
         loop {
-            if self.high_watermark.get() > offset {
+            if done() {
                 return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());

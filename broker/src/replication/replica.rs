@@ -843,6 +843,13 @@ impl PartitionReplica {
     pub fn hand_over(&mut self) -> Option<u64> {
         super::hand_over(&mut self.node)
     }
+
+    /// Asks for the leadership to move to `to`: a leader sends it its log's
+    /// tail and then tells it to campaign at once; a follower passes the
+    /// request to the leader it knows (raft-rs's MsgTransferLeader).
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.node.transfer_leader(to);
+    }
 }
 
 /// Raft's own entry (a new leader's empty one, a configuration change): no
