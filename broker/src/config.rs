@@ -114,6 +114,10 @@ pub struct BrokerConfig {
     /// How often each partition's producer state is written to its
     /// snapshot while it changes: a crash replays the log after it.
     pub producer_snapshot_interval_ms: u64,
+    /// How often each shard applies its partitions' retention (`retention.ms`,
+    /// `retention.bytes`): whole sealed segments past it are deleted
+    /// (Kafka's log.retention.check.interval.ms).
+    pub log_retention_check_interval_ms: u64,
     /// This node's id in its cluster, 1 or more.
     pub node_id: u64,
     /// The internal listener, for what nodes say to each other (the
@@ -163,6 +167,7 @@ impl Default for BrokerConfig {
             transaction_state_partitions: 4,
             transaction_max_timeout_ms: 900_000,
             producer_snapshot_interval_ms: 30_000,
+            log_retention_check_interval_ms: 300_000,
             node_id: 1,
             rpc_listen: None,
             peers: Vec::new(),
@@ -282,6 +287,10 @@ impl BrokerConfig {
             (
                 "producer_snapshot_interval_ms",
                 self.producer_snapshot_interval_ms as usize,
+            ),
+            (
+                "log_retention_check_interval_ms",
+                self.log_retention_check_interval_ms as usize,
             ),
         ];
         for (name, value) in positive {

@@ -472,6 +472,8 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 let clock = glommio::spawn_local(async move { clock.run_group_clock().await }).detach();
                 let txn_clock = shard.clone();
                 let txn_clock = glommio::spawn_local(async move { txn_clock.run_txn_clock().await }).detach();
+                let retention = shard.clone();
+                let retention = glommio::spawn_local(async move { retention.run_retention_clock().await }).detach();
                 shard.clone().serve_inbox(inbox).await;
                 accepting.cancel();
                 if let Some(announcer) = announcer {
@@ -479,6 +481,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 }
                 clock.cancel();
                 txn_clock.cancel();
+                retention.cancel();
                 if let Some((stop, task)) = controller {
                     // A leader hands over before its node goes.
                     let _ = stop.send(());

@@ -18,6 +18,7 @@ use storage::{Offset, PartitionLog, ReadBytes};
 mod coordinators;
 mod groups;
 mod leadership;
+mod retention;
 mod txns;
 
 pub use groups::{GroupAnswer, GroupCall};

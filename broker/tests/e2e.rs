@@ -797,3 +797,64 @@ fn a_fetch_of_several_partitions_keeps_to_its_max_bytes() {
     });
     broker.stop();
 }
+
+/// Retention runs on its own: a topic whose `retention.bytes` keeps about
+/// two segments loses its oldest whole segments at the next check, its log
+/// start offset moves up, and a consumer from the earliest offset reads
+/// every record from there on, in order, to the end.
+#[test]
+fn retention_deletes_the_oldest_segments_at_its_check() {
+    const SEGMENT: u64 = 64 << 10;
+    let dir = data_dir();
+    let broker = Broker::start_with_config(dir.path(), 1, "log_retention_check_interval_ms = 200\n");
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut c = Connection::connect(&addr).await.unwrap();
+        let configs = [
+            ("segment.bytes", SEGMENT),
+            ("segment.preallocate.bytes", SEGMENT),
+            ("retention.bytes", 2 * SEGMENT),
+        ]
+        .into_iter()
+        .map(|(key, value)| messages::TopicConfig {
+            key: key.into(),
+            value: value.to_string(),
+        })
+        .collect();
+        c.create_topic("kept", 1, configs).await.unwrap();
+        // 2,000 records of about 200 bytes: some six segments.
+        for chunk in 0..20u64 {
+            let mut builder = RecordBatchBuilder::new();
+            for n in chunk * 100..(chunk + 1) * 100 {
+                builder.push(
+                    1_700_000_000_000,
+                    None,
+                    Some(format!("{n:05}{}", "x".repeat(190)).as_bytes()),
+                    vec![],
+                );
+            }
+            c.produce("kept", 0, &builder.build(), acks::ALL).await.unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let start = loop {
+            let start = c
+                .list_offset("kept", 0, messages::EARLIEST_TIMESTAMP)
+                .await
+                .unwrap()
+                .unwrap();
+            if start > 0 {
+                break start;
+            }
+            assert!(std::time::Instant::now() < deadline, "retention never ran");
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+        };
+        let values = consume_all(&mut c, "kept", 0).await;
+        let first: u64 = values[0][..5].parse().unwrap();
+        assert_eq!(first, start, "reading starts at the log start offset");
+        let expected: Vec<u64> = (start..2000).collect();
+        let read: Vec<u64> = values.iter().map(|v| v[..5].parse().unwrap()).collect();
+        assert_eq!(read, expected, "every record from the log start on, in order");
+        assert!(start >= 1000, "about two segments of six are kept, from {start}");
+    });
+    broker.stop();
+}
