@@ -382,6 +382,31 @@ async fn handle(shard: &Shard, endpoints: &Endpoints, bytes: &[u8]) -> Option<Ve
         Request::AddOffsetsToTxn(request) => Some(txns::add_offsets(shard, id, request).await),
         Request::EndTxn(request) => Some(txns::end(shard, id, request).await),
         Request::WriteTxnMarkers(request) => Some(txns::write_markers(shard, id, request).await),
+        Request::FindCoordinator(request) => {
+            let key = request.key.as_str();
+            let at = if request.transactional {
+                shard.txn_coordinator_at(key)
+            } else {
+                shard.group_coordinator_at(key)
+            };
+            let table = shard.metadata.snapshot();
+            let broker = at.map(|(node, owner)| native_broker(&table, endpoints, node, owner));
+            let response = match broker {
+                Ok(Some(broker)) => FindCoordinatorResponse { error: 0, broker },
+                found => {
+                    tracing::debug!(key, ?found, "no coordinator to name");
+                    FindCoordinatorResponse {
+                        error: ErrorCode::CoordinatorNotAvailable.code(),
+                        broker: BrokerInfo {
+                            node_id: 0,
+                            host: String::new(),
+                            port: 0,
+                        },
+                    }
+                }
+            };
+            Some(respond(id, ApiKey::FindCoordinator, &response))
+        }
         Request::TransferLeader(request) => {
             let forward = if request.forwarded {
                 crate::shard::Forward::No
@@ -582,6 +607,32 @@ fn cluster_brokers(view: &crate::topics::ClusterView) -> Vec<BrokerInfo> {
         }
     }
     brokers
+}
+
+/// Node `node`'s shard `shard` as a native client reaches it: its own port
+/// with shard ports, else the node's (on one node, this listener's).
+fn native_broker(
+    table: &crate::topics::TopicTable,
+    endpoints: &Endpoints,
+    node: u64,
+    shard: crate::shard::ShardId,
+) -> Option<BrokerInfo> {
+    let Some(view) = &table.cluster else {
+        let at = endpoints.shards.get(usize::from(shard)).unwrap_or(&endpoints.bootstrap);
+        return Some(BrokerInfo {
+            node_id: endpoints.broker_of(shard),
+            host: at.ip().to_string(),
+            port: at.port(),
+        });
+    };
+    let n = view.nodes.get(&node)?;
+    let addr = n.native_shard_addrs.get(usize::from(shard)).unwrap_or(&n.native_addr);
+    let (host, port) = addr.rsplit_once(':')?;
+    Some(BrokerInfo {
+        node_id: cluster_broker(table, node, shard),
+        host: host.to_string(),
+        port: port.parse().ok()?,
+    })
 }
 
 fn cluster_broker(table: &crate::topics::TopicTable, node: u64, shard: u16) -> u32 {

@@ -1589,11 +1589,17 @@ fn librdkafka_clients_ride_through_repeated_leader_kills_and_a_pause() {
 
 /// The node coordinating `transactional_id`, as a Kafka client finds it.
 fn txn_coordinator(kafka_addr: &str, transactional_id: &str) -> Option<u64> {
+    coordinator_node(kafka_addr, transactional_id, 1)
+}
+
+/// The node coordinating a key of Kafka's `key_type` (0 a group, 1 a
+/// transactional id).
+fn coordinator_node(kafka_addr: &str, key: &str, key_type: i8) -> Option<u64> {
     use net::kafka::kafka_protocol::messages::{ApiKey, FindCoordinatorRequest, FindCoordinatorResponse};
     use net::kafka::kafka_protocol::protocol::StrBytes;
     let request = FindCoordinatorRequest::default()
-        .with_key(StrBytes::from_string(transactional_id.to_string()))
-        .with_key_type(1);
+        .with_key(StrBytes::from_string(key.to_string()))
+        .with_key_type(key_type);
     let answer: FindCoordinatorResponse = common::kafka_call(kafka_addr, ApiKey::FindCoordinator, 3, &request);
     let broker = u64::try_from(answer.node_id.0)
         .ok()
@@ -1806,5 +1812,90 @@ fn a_partitions_leadership_moves_to_the_replica_asked() {
     .expect("created");
     let refused = transfer_leader(&addr(&nodes[0]), "single", 0, 1).expect_err("one replica");
     assert!(refused.contains("one replica"), "{refused}");
+    stop_all(&mut nodes);
+}
+
+/// corelog's own GroupConsumer finds its group's coordinator (native
+/// FindCoordinator) and finds it again when the coordinator's node, which
+/// also leads the partition it reads, is killed (-9): it goes on consuming
+/// (from the next leader) and committing in the same generation, reading
+/// every record once, in order, and its last commit is the partition's end.
+#[test]
+fn corelogs_group_consumer_follows_its_coordinator_through_its_loss() {
+    use net::group::{GroupConfig, GroupConsumer};
+    const RECORDS: usize = 300;
+    let mut nodes = cluster(3);
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
+    let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+    cli(&["topic", "create", "grouped", "--broker", &addr(&nodes[0])], None).expect("created");
+    elected(&addr(&nodes[0]), "grouped", &ids, &[]);
+    let lines: String = (0..RECORDS).map(|i| format!("v{i:04}\n")).collect();
+    cli(
+        &["produce", "grouped", "--acks", "all", "--broker", &addr(&nodes[0])],
+        Some(&lines),
+    )
+    .expect("produced");
+    let kafka = nodes[0].broker.as_ref().unwrap().kafka_addr.clone();
+    let coordinator = coordinator_node(&kafka, "native-group", 0).expect("a coordinator");
+    let lost = nodes.iter().position(|n| n.id == coordinator).unwrap();
+    // The partition is led there too: the kill takes both its leader and
+    // the group's coordinator.
+    transfer_leader(&addr(&nodes[0]), "grouped", 0, coordinator).expect("moved");
+    // Bootstrapped from a node that stays: the coordinator is found anew
+    // through it (and through the other brokers it named).
+    let bootstrap = addr(&nodes[(lost + 1) % nodes.len()]);
+
+    let (to_test, halfway) = std::sync::mpsc::channel::<i32>();
+    let (to_consumer, go_on) = std::sync::mpsc::channel::<()>();
+    let consuming = std::thread::spawn(move || {
+        run(async move {
+            let config = GroupConfig {
+                session_timeout: Duration::from_secs(10),
+                rebalance_timeout: Duration::from_secs(20),
+                heartbeat_interval: Duration::from_millis(200),
+                max_wait_ms: 100,
+                auto_commit: None,
+                ..GroupConfig::new("native-group", &["grouped"])
+            };
+            let mut member = GroupConsumer::join(&bootstrap, config).await.expect("joined");
+            let generation = member.generation();
+            let mut read = Vec::new();
+            let mut told = false;
+            while read.len() < RECORDS {
+                for record in member.poll().await.expect("polled through the loss") {
+                    read.push(String::from_utf8(record.record.value.unwrap()).unwrap());
+                }
+                if read.len() >= RECORDS / 3 && !told {
+                    member.commit_sync().await.expect("committed");
+                    to_test.send(member.generation()).unwrap();
+                    go_on.recv().unwrap();
+                    told = true;
+                }
+            }
+            member.commit_sync().await.expect("committed after the loss");
+            let after = member.generation();
+            member.close().await.expect("left");
+            (read, generation, after)
+        })
+    });
+    halfway.recv().expect("the consumer got a third of the way");
+    nodes[lost].broker.take().unwrap().kill9();
+    to_consumer.send(()).unwrap();
+    let (read, generation, after) = consuming.join().expect("the consumer finished");
+    let expected: Vec<String> = (0..RECORDS).map(|i| format!("v{i:04}")).collect();
+    assert_eq!(read, expected, "every record once, in order");
+    assert_eq!(generation, after, "no rebalance through the coordinator's loss");
+
+    // Its commit is where a new member of the group starts.
+    let survivor = addr(&nodes[(lost + 1) % nodes.len()]);
+    let committed = run(async move {
+        let mut c = net::client::Connection::connect(&survivor).await.unwrap();
+        let at = c.find_coordinator("native-group", false).await.unwrap();
+        let mut coordinator = net::client::Connection::connect(&at).await.unwrap();
+        coordinator.fetch_offsets("native-group", None).await.unwrap()
+    });
+    assert_eq!(committed, vec![("grouped".to_string(), 0, Some(RECORDS as u64))]);
+    nodes[lost].start();
     stop_all(&mut nodes);
 }

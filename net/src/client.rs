@@ -336,6 +336,20 @@ impl Connection {
         )
     }
 
+    /// The address of `key`'s coordinator (a group's, or a transactional
+    /// id's), as `host:port`.
+    pub async fn find_coordinator(&mut self, key: &str, transactional: bool) -> Result<String, NetError> {
+        let request = FindCoordinatorRequest {
+            key: key.to_string(),
+            transactional,
+        };
+        let response: FindCoordinatorResponse = self
+            .call(ApiKey::FindCoordinator, &request, "FindCoordinator response")
+            .await?;
+        check(response.error, &format!("the coordinator of {key}"))?;
+        Ok(format!("{}:{}", response.broker.host, response.broker.port))
+    }
+
     /// Commits offsets inside the open transaction; the first error, if any.
     pub async fn txn_offset_commit(&mut self, request: &TxnOffsetCommitRequest) -> Result<(), NetError> {
         let response: OffsetCommitResponse = self

@@ -60,10 +60,11 @@ pub enum ApiKey {
     TxnOffsetCommit = 19,
     WriteTxnMarkers = 20,
     TransferLeader = 21,
+    FindCoordinator = 22,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 22] = [
+    pub const ALL: [ApiKey; 23] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -86,6 +87,7 @@ impl ApiKey {
         ApiKey::TxnOffsetCommit,
         ApiKey::WriteTxnMarkers,
         ApiKey::TransferLeader,
+        ApiKey::FindCoordinator,
     ];
 
     pub fn from_u16(key: u16) -> Option<ApiKey> {

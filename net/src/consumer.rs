@@ -23,6 +23,25 @@ use crate::messages::{isolation, AbortedTransaction, EARLIEST_TIMESTAMP, LATEST_
 
 /// Bytes asked of a partition per fetch.
 pub const FETCH_BYTES_MAX: u32 = 1 << 20;
+/// Wait before asking again who leads after a leader was lost (an election
+/// takes about one to two seconds): Kafka's retry.backoff.ms.
+const LEADER_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// An error that says the partition's leader is elsewhere, or gone.
+fn leader_moved(error: &NetError) -> bool {
+    use crate::error::ErrorCode;
+    match error {
+        NetError::Rejected { code, .. } => matches!(
+            code,
+            ErrorCode::NotLeaderOrFollower
+                | ErrorCode::LeaderNotAvailable
+                | ErrorCode::FencedLeaderEpoch
+                | ErrorCode::UnknownLeaderEpoch
+        ),
+        NetError::Io { .. } | NetError::ConnectionClosed { .. } => true,
+        _ => false,
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsumerRecord {
@@ -45,6 +64,9 @@ pub struct Consumer {
     connection: Option<Connection>,
     /// Each assigned partition's leader address, from the metadata.
     leaders: HashMap<u32, String>,
+    /// Every broker the last metadata named: where the bootstrap connection
+    /// is made again if its node is lost.
+    brokers: Vec<String>,
     /// A connection per leader address, idle between fetches.
     links: HashMap<String, Connection>,
     follow_leaders: bool,
@@ -62,6 +84,7 @@ impl Consumer {
             topic: topic.to_string(),
             connection: Some(Connection::connect(addr).await?),
             leaders: HashMap::new(),
+            brokers: Vec::new(),
             links: HashMap::new(),
             follow_leaders: true,
             positions: Vec::new(),
@@ -120,25 +143,78 @@ impl Consumer {
         self.positions.clear();
         self.leaders.clear();
         if self.follow_leaders {
-            let topic = self.topic.clone();
-            let metadata = self.connection().metadata(Some(vec![topic])).await?;
-            for partition in metadata.topics.iter().flat_map(|t| t.partitions.iter()) {
-                if let Some(leader) = metadata.brokers.iter().find(|b| b.node_id == partition.leader) {
-                    self.leaders
-                        .insert(partition.partition, format!("{}:{}", leader.host, leader.port));
-                }
-            }
+            self.refresh_leaders().await?;
         }
         for &partition in partitions {
-            let topic = self.topic.clone();
-            let offset = self
-                .connection()
-                .list_offset(&topic, partition, EARLIEST_TIMESTAMP)
-                .await?
-                .unwrap_or(0);
+            let offset = self.list_offset(partition, EARLIEST_TIMESTAMP).await?.unwrap_or(0);
             self.positions.push((partition, offset));
         }
         Ok(())
+    }
+
+    /// Asks the metadata who leads each partition now (after a leader was
+    /// lost or moved), through the bootstrap connection or, if its node is
+    /// gone, through another broker the last metadata named.
+    async fn refresh_leaders(&mut self) -> Result<(), NetError> {
+        let topics = Some(vec![self.topic.clone()]);
+        let metadata = match self.connection().metadata(topics.clone()).await {
+            Ok(metadata) => metadata,
+            Err(error) if leader_moved(&error) => {
+                let mut last = error;
+                let mut found = None;
+                for addr in self.brokers.clone() {
+                    let asked = async {
+                        let mut connection = Connection::connect(&addr).await?;
+                        let metadata = connection.metadata(topics.clone()).await?;
+                        Ok::<_, NetError>((connection, metadata))
+                    }
+                    .await;
+                    match asked {
+                        Ok((connection, metadata)) => {
+                            self.connection = Some(connection);
+                            found = Some(metadata);
+                            break;
+                        }
+                        Err(error) => last = error,
+                    }
+                }
+                found.ok_or(last)?
+            }
+            Err(error) => return Err(error),
+        };
+        self.leaders.clear();
+        for partition in metadata.topics.iter().flat_map(|t| t.partitions.iter()) {
+            if let Some(leader) = metadata.brokers.iter().find(|b| b.node_id == partition.leader) {
+                self.leaders
+                    .insert(partition.partition, format!("{}:{}", leader.host, leader.port));
+            }
+        }
+        if !metadata.brokers.is_empty() {
+            self.brokers = metadata
+                .brokers
+                .iter()
+                .map(|b| format!("{}:{}", b.host, b.port))
+                .collect();
+        }
+        Ok(())
+    }
+
+    /// ListOffsets at the partition's leader (the bootstrap connection
+    /// while none is known): only a leader answers it.
+    async fn list_offset(&mut self, partition: u32, timestamp: i64) -> Result<Option<u64>, NetError> {
+        let topic = self.topic.clone();
+        let Some(addr) = self.leaders.get(&partition).cloned() else {
+            return self.connection().list_offset(&topic, partition, timestamp).await;
+        };
+        let mut link = match self.links.remove(&addr) {
+            Some(link) => link,
+            None => Connection::connect(&addr).await?,
+        };
+        let listed = link.list_offset(&topic, partition, timestamp).await;
+        if !matches!(listed, Err(NetError::Io { .. } | NetError::ConnectionClosed { .. })) {
+            self.links.insert(addr, link);
+        }
+        listed
     }
 
     /// Consumes every partition of the topic.
@@ -164,14 +240,9 @@ impl Consumer {
 
     pub async fn seek_to_end(&mut self) -> Result<(), NetError> {
         self.settle().await?;
-        let topic = self.topic.clone();
         let mut positions = std::mem::take(&mut self.positions);
         for position in positions.iter_mut() {
-            position.1 = self
-                .connection()
-                .list_offset(&topic, position.0, LATEST_TIMESTAMP)
-                .await?
-                .unwrap_or(0);
+            position.1 = self.list_offset(position.0, LATEST_TIMESTAMP).await?.unwrap_or(0);
         }
         self.positions = positions;
         Ok(())
@@ -224,7 +295,17 @@ impl Consumer {
         };
         let (leader, connection, index, result) = task.await.expect("fetch task finished");
         self.give_back(leader, connection);
-        let fetched = result?;
+        let fetched = match result {
+            Ok(fetched) => fetched,
+            // Its leader was lost or moved: ask who leads now, and fetch
+            // there from the next poll on.
+            Err(error) if self.follow_leaders && leader_moved(&error) => {
+                glommio::timer::sleep(LEADER_RETRY_BACKOFF).await;
+                self.refresh_leaders().await?;
+                return Ok(Vec::new());
+            }
+            Err(error) => return Err(error),
+        };
         let (partition, from) = self.positions[index];
         let mut records = VecDeque::new();
         let mut next = from;

@@ -108,9 +108,18 @@ pub struct GroupRecord {
 }
 
 pub struct GroupConsumer {
+    /// The broker it was given: where it asks for the coordinator and
+    /// bootstraps its fetching consumers.
     addr: String,
     config: GroupConfig,
+    /// The group's coordinator, found through `addr` (FindCoordinator) and
+    /// found again when it moves (its node lost, its partition led
+    /// elsewhere).
     coordinator: Connection,
+    coordinator_addr: String,
+    /// Where to ask for the coordinator: `addr`, then the brokers the last
+    /// metadata named.
+    brokers: Vec<String>,
     member_id: String,
     generation: i32,
     /// One fetching consumer per assigned topic.
@@ -223,9 +232,12 @@ impl GroupConsumer {
                 reason: "needs a topic and an assignor".into(),
             });
         }
+        let (coordinator_addr, coordinator, known) = find_coordinator(&[addr.to_string()], &config).await?;
         let mut consumer = GroupConsumer {
             addr: addr.to_string(),
-            coordinator: Connection::connect(addr).await?,
+            coordinator,
+            coordinator_addr,
+            brokers: std::iter::once(addr.to_string()).chain(known).collect(),
             config,
             member_id: String::new(),
             generation: -1,
@@ -280,7 +292,14 @@ impl GroupConsumer {
                 session_timeout_ms: self.config.session_timeout.as_millis() as u32,
                 rebalance_timeout_ms: self.config.rebalance_timeout.as_millis() as u32,
             };
-            let joined = self.coordinator.join_group(&request).await?;
+            let joined = match self.coordinator.join_group(&request).await {
+                Ok(joined) => joined,
+                Err(error) if coordinator_moved(&error) => {
+                    self.find_coordinator_again().await?;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             match ErrorCode::from_code(joined.error) {
                 ErrorCode::None => {}
                 ErrorCode::UnknownMemberId => {
@@ -288,8 +307,12 @@ impl GroupConsumer {
                     self.member_id.clear();
                     continue;
                 }
-                ErrorCode::RebalanceInProgress | ErrorCode::CoordinatorNotAvailable => {
+                ErrorCode::RebalanceInProgress => {
                     glommio::timer::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                code if moved_code(code) => {
+                    self.find_coordinator_again().await?;
                     continue;
                 }
                 code => {
@@ -306,7 +329,7 @@ impl GroupConsumer {
             } else {
                 Vec::new()
             };
-            let synced = self
+            let synced = match self
                 .coordinator
                 .sync_group(&SyncGroupRequest {
                     group: self.config.group.clone(),
@@ -314,9 +337,21 @@ impl GroupConsumer {
                     member_id: self.member_id.clone(),
                     assignments,
                 })
-                .await?;
+                .await
+            {
+                Ok(synced) => synced,
+                Err(error) if coordinator_moved(&error) => {
+                    self.find_coordinator_again().await?;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             match ErrorCode::from_code(synced.error) {
                 ErrorCode::None => {}
+                code if moved_code(code) => {
+                    self.find_coordinator_again().await?;
+                    continue;
+                }
                 // Another rebalance began before this one settled.
                 ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration => continue,
                 ErrorCode::UnknownMemberId => {
@@ -385,7 +420,7 @@ impl GroupConsumer {
     }
 
     async fn take_up(&mut self, assignment: ConsumerAssignment) -> Result<(), NetError> {
-        let topics = assignment
+        let topics: Vec<OffsetFetchTopic> = assignment
             .partitions
             .iter()
             .map(|t| OffsetFetchTopic {
@@ -393,9 +428,21 @@ impl GroupConsumer {
                 partitions: t.partitions.clone(),
             })
             .collect();
-        let committed = self.coordinator.fetch_offsets(&self.config.group, Some(topics)).await?;
+        let committed = loop {
+            match self
+                .coordinator
+                .fetch_offsets(&self.config.group, Some(topics.clone()))
+                .await
+            {
+                Ok(committed) => break committed,
+                Err(error) if coordinator_moved(&error) => self.find_coordinator_again().await?,
+                Err(error) => return Err(error),
+            }
+        };
         for owned in &assignment.partitions {
-            let mut consumer = Consumer::connect(&self.addr, &owned.topic).await?;
+            // Through the coordinator just found: alive, where the bootstrap
+            // node may not be.
+            let mut consumer = Consumer::connect(&self.coordinator_addr, &owned.topic).await?;
             consumer.set_max_wait_ms(self.config.max_wait_ms);
             consumer.set_isolation_level(self.config.isolation_level);
             consumer.assign(&owned.partitions).await?;
@@ -428,12 +475,20 @@ impl GroupConsumer {
     pub async fn poll(&mut self) -> Result<Vec<GroupRecord>, NetError> {
         if self.last_heartbeat.elapsed() >= self.config.heartbeat_interval {
             self.last_heartbeat = Instant::now();
-            let answer = self
+            let answer = match self
                 .coordinator
                 .heartbeat(&self.config.group, self.generation, &self.member_id)
-                .await?;
+                .await
+            {
+                Ok(answer) => answer,
+                Err(error) if coordinator_moved(&error) => ErrorCode::NotCoordinator,
+                Err(error) => return Err(error),
+            };
             match answer {
                 ErrorCode::None => {}
+                // The next coordinator knows the group's members: this one
+                // goes on, heartbeating there.
+                code if moved_code(code) => self.find_coordinator_again().await?,
                 ErrorCode::RebalanceInProgress => {
                     if self.config.auto_commit.is_some() {
                         // Commit what this generation consumed before giving
@@ -520,7 +575,7 @@ impl GroupConsumer {
         }
         let mut connection = match self.committer.take() {
             Some(connection) => connection,
-            None => Connection::connect(&self.addr).await?,
+            None => Connection::connect(&self.coordinator_addr).await?,
         };
         let (group, generation, member_id) = (self.config.group.clone(), self.generation, self.member_id.clone());
         self.async_commit = Some(
@@ -553,12 +608,38 @@ impl GroupConsumer {
         self.wait_commits().await?;
         self.last_commit = Instant::now();
         let positions = self.positions();
+        self.commit(&positions).await
+    }
+
+    /// Commits on the coordinator, found again while it moves.
+    async fn commit(&mut self, positions: &[(String, u32, u64)]) -> Result<(), NetError> {
         if positions.is_empty() {
             return Ok(());
         }
-        self.coordinator
-            .commit_offsets(&self.config.group, self.generation, &self.member_id, &positions)
-            .await
+        loop {
+            let committed = self
+                .coordinator
+                .commit_offsets(&self.config.group, self.generation, &self.member_id, positions)
+                .await;
+            match committed {
+                Err(error) if coordinator_moved(&error) => self.find_coordinator_again().await?,
+                other => return other,
+            }
+        }
+    }
+
+    /// The coordinator moved or went: asks for it again (within the
+    /// rebalance timeout) and connects there. A commit connection to the
+    /// old one goes.
+    async fn find_coordinator_again(&mut self) -> Result<(), NetError> {
+        let (addr, connection, known) = find_coordinator(&self.brokers, &self.config).await?;
+        self.coordinator = connection;
+        self.coordinator_addr = addr;
+        self.committer = None;
+        if !known.is_empty() {
+            self.brokers = std::iter::once(self.addr.clone()).chain(known).collect();
+        }
+        Ok(())
     }
 
     /// Commits the given positions (next offsets to read) of partitions
@@ -566,12 +647,7 @@ impl GroupConsumer {
     /// processed rather than everything `poll` returned.
     pub async fn commit_positions(&mut self, positions: &[(String, u32, u64)]) -> Result<(), NetError> {
         self.last_commit = Instant::now();
-        if positions.is_empty() {
-            return Ok(());
-        }
-        self.coordinator
-            .commit_offsets(&self.config.group, self.generation, &self.member_id, positions)
-            .await
+        self.commit(positions).await
     }
 
     /// Leaves the group (committing first with auto-commit), so the others
@@ -586,6 +662,69 @@ impl GroupConsumer {
             .leave_group(&self.config.group, &self.member_id)
             .await?;
         Ok(())
+    }
+}
+
+/// Between two asks for a coordinator that is not there yet (an election,
+/// a coordinator loading its partition).
+const COORDINATOR_RETRY: Duration = Duration::from_millis(100);
+
+/// An error that says the coordinator is elsewhere or gone: ask again.
+fn moved_code(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable | ErrorCode::CoordinatorLoadInProgress
+    )
+}
+
+fn coordinator_moved(error: &NetError) -> bool {
+    match error {
+        NetError::Rejected { code, .. } => moved_code(*code),
+        NetError::Io { .. } | NetError::ConnectionClosed { .. } => true,
+        _ => false,
+    }
+}
+
+/// Asks where the group's coordinator is and connects there: asks each of
+/// `brokers` in turn (the bootstrap first, then every broker the last
+/// metadata named, so a lost bootstrap node is no dead end), again while
+/// none names one or it cannot be reached, up to the rebalance timeout.
+/// Answers the brokers the asked one's metadata names now, too.
+async fn find_coordinator(
+    brokers: &[String],
+    config: &GroupConfig,
+) -> Result<(String, Connection, Vec<String>), NetError> {
+    let deadline = Instant::now() + config.rebalance_timeout;
+    loop {
+        let mut last = None;
+        for broker in brokers {
+            let found = async {
+                let mut asked = Connection::connect(broker).await?;
+                let addr = asked.find_coordinator(&config.group, false).await?;
+                let known = asked
+                    .metadata(Some(Vec::new()))
+                    .await?
+                    .brokers
+                    .iter()
+                    .map(|b| format!("{}:{}", b.host, b.port))
+                    .collect();
+                let connection = Connection::connect(&addr).await?;
+                Ok::<_, NetError>((addr, connection, known))
+            }
+            .await;
+            match found {
+                Err(error) if coordinator_moved(&error) => last = Some(error),
+                other => return other,
+            }
+        }
+        let error = last.unwrap_or_else(|| NetError::Malformed {
+            what: "group consumer",
+            reason: "no broker to ask for the coordinator".into(),
+        });
+        if Instant::now() >= deadline {
+            return Err(error);
+        }
+        glommio::timer::sleep(COORDINATOR_RETRY).await;
     }
 }
 

@@ -708,6 +708,24 @@ pub struct TransferLeaderResponse {
     pub message: Option<String>,
 }
 
+/// Where a group's (or a transactional id's) coordinator is: the broker
+/// leading its internal partition, which moves with that leadership.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct FindCoordinatorRequest {
+    pub key: String,
+    /// A transactional id's coordinator, not a group's.
+    pub transactional: bool,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct FindCoordinatorResponse {
+    pub error: i16,
+    /// The coordinator as a broker of Metadata's list.
+    pub broker: BrokerInfo,
+}
+
 /// `protocol_type` of consumer groups.
 pub const CONSUMER_PROTOCOL_TYPE: &str = "consumer";
 
@@ -757,6 +775,7 @@ pub enum Request<'a> {
     TxnOffsetCommit(&'a ArchivedTxnOffsetCommitRequest),
     WriteTxnMarkers(&'a ArchivedWriteTxnMarkersRequest),
     TransferLeader(&'a ArchivedTransferLeaderRequest),
+    FindCoordinator(&'a ArchivedFindCoordinatorRequest),
 }
 
 /// Decodes a request frame's body: checks the api key and version are
@@ -798,6 +817,7 @@ pub fn decode_request<'a>(frame: &RequestFrame<'a>) -> Result<Request<'a>, NetEr
         ApiKey::TxnOffsetCommit => Request::TxnOffsetCommit(access(archive, "TxnOffsetCommit request")?),
         ApiKey::WriteTxnMarkers => Request::WriteTxnMarkers(access(archive, "WriteTxnMarkers request")?),
         ApiKey::TransferLeader => Request::TransferLeader(access(archive, "TransferLeader request")?),
+        ApiKey::FindCoordinator => Request::FindCoordinator(access(archive, "FindCoordinator request")?),
     })
 }
 
