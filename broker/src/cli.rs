@@ -710,33 +710,8 @@ fn decode_assignment(bytes: &[u8]) -> Vec<(String, u32)> {
 const CLUSTER_STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn cluster(command: ClusterCommand) -> Result<(), String> {
-    use net::cluster::{PeerFrame, PeerMessage, PEER_FRAME_HEADER_BYTES};
-    use std::io::Read;
     let ClusterCommand::Status { node } = command;
-    let mut stream = std::net::TcpStream::connect(&node).map_err(|e| format!("connect to {node}: {e}"))?;
-    stream
-        .set_read_timeout(Some(CLUSTER_STATUS_TIMEOUT))
-        .map_err(|e| format!("{node}: {e}"))?;
-    let request = PeerFrame {
-        from: crate::controller::driver::CLIENT_SENDER,
-        message: PeerMessage::StatusRequest,
-    };
-    stream
-        .write_all(&request.encode().map_err(|e| e.to_string())?)
-        .map_err(|e| format!("ask {node}: {e}"))?;
-    let mut header = [0u8; PEER_FRAME_HEADER_BYTES];
-    stream
-        .read_exact(&mut header)
-        .map_err(|e| format!("read {node}'s answer: {e}"))?;
-    let (len, crc) = PeerFrame::header(header).map_err(|e| format!("{node}: {e}"))?;
-    let mut archive = vec![0u8; len];
-    stream
-        .read_exact(&mut archive)
-        .map_err(|e| format!("read {node}'s answer: {e}"))?;
-    let frame = PeerFrame::decode(crc, &archive).map_err(|e| format!("{node}: {e}"))?;
-    let PeerMessage::Status(status) = frame.message else {
-        return Err(format!("{node} answered something other than its status"));
-    };
+    let status = crate::controller::driver::peer_status(&node, CLUSTER_STATUS_TIMEOUT)?;
     let json = serde_json::json!({
         "node": status.node,
         "leader": status.leader,

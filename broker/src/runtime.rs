@@ -143,6 +143,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
             )));
         }
         let opened = crate::controller::driver::open(config.node_id, peers.clone(), &config.data_dir)?;
+        opened.refuse_a_lost_directory()?;
         metadata.replace(crate::topics::TopicTable::from_controller(
             config.node_id,
             opened.metadata(),

@@ -1416,6 +1416,47 @@ fn a_node_hosting_no_replica_names_each_partitions_leader_and_epoch() {
     stop_all(&mut nodes);
 }
 
+/// Whether confluent-kafka is there; under CI its absence fails the test.
+fn confluent_kafka() -> bool {
+    let found = Command::new("python3")
+        .args(["-c", "import confluent_kafka"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "confluent-kafka is missing; .ci/run installs it"
+        );
+        eprintln!("skipping: confluent-kafka is not installed");
+    }
+    found
+}
+
+/// A script of `tests/kafka_clients` run with `args`, its stdin and stdout
+/// piped; its stderr goes to the file `KAFKA_CLIENT_STDERR` names, if set.
+/// Bounded: a script that never gets through is killed after 300 s (and
+/// its test fails on its missing output).
+fn kafka_client_script(script: &str, args: &[&str]) -> std::process::Child {
+    let path = format!("{}/tests/kafka_clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    let child = Command::new("python3")
+        .arg(path)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(match std::env::var_os("KAFKA_CLIENT_STDERR") {
+            Some(path) => std::process::Stdio::from(std::fs::File::create(path).expect("a stderr file")),
+            None => std::process::Stdio::null(),
+        })
+        .spawn()
+        .expect("python3 runs");
+    let pid = child.id();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(300));
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    });
+    child
+}
+
 /// What the failover script saw (`tests/kafka_clients/failover.py`).
 #[derive(serde::Deserialize)]
 struct ClientsSaw {
@@ -1490,16 +1531,7 @@ fn check_what_clients_saw(saw: &ClientsSaw, partitions: i32) {
 fn librdkafka_clients_ride_through_repeated_leader_kills_and_a_pause() {
     const PARTITIONS: i32 = 2;
     const KILLS: usize = 3;
-    if !Command::new("python3")
-        .args(["-c", "import confluent_kafka"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "confluent-kafka is missing; .ci/run installs it"
-        );
-        eprintln!("skipping: confluent-kafka is not installed");
+    if !confluent_kafka() {
         return;
     }
     let mut nodes = cluster(3);
@@ -1524,23 +1556,7 @@ fn librdkafka_clients_ride_through_repeated_leader_kills_and_a_pause() {
         .iter()
         .map(|n| n.broker.as_ref().unwrap().kafka_addr.clone())
         .collect();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_clients/failover.py");
-    let mut child = Command::new("python3")
-        .args([script, &servers.join(","), "ride", &PARTITIONS.to_string()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(match std::env::var_os("FAILOVER_STDERR") {
-            Some(path) => std::process::Stdio::from(std::fs::File::create(path).expect("a stderr file")),
-            None => std::process::Stdio::null(),
-        })
-        .spawn()
-        .expect("python3 runs");
-    // Bounded: clients that never get through are killed, and fail.
-    let pid = child.id();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(300));
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-    });
+    let mut child = kafka_client_script("failover.py", &[&servers.join(","), "ride", &PARTITIONS.to_string()]);
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
@@ -1617,16 +1633,7 @@ fn coordinator_node(kafka_addr: &str, key: &str, key_type: i8) -> Option<u64> {
 #[test]
 fn a_transaction_spans_nodes_and_survives_its_coordinators_loss() {
     const PARTITIONS: u32 = 3;
-    if !Command::new("python3")
-        .args(["-c", "import confluent_kafka"])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "confluent-kafka is missing; .ci/run installs it"
-        );
-        eprintln!("skipping: confluent-kafka is not installed");
+    if !confluent_kafka() {
         return;
     }
     let mut nodes = cluster(3);
@@ -1658,22 +1665,10 @@ fn a_transaction_spans_nodes_and_survives_its_coordinators_loss() {
     assert_eq!(leading.len(), 3, "{leaders:?}");
 
     let servers: Vec<String> = nodes.iter().map(kafka).collect();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kafka_clients/transactions.py");
-    let mut child = Command::new("python3")
-        .args([script, &servers.join(","), "txns", &PARTITIONS.to_string()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(match std::env::var_os("TRANSACTIONS_STDERR") {
-            Some(path) => std::process::Stdio::from(std::fs::File::create(path).expect("a stderr file")),
-            None => std::process::Stdio::null(),
-        })
-        .spawn()
-        .expect("python3 runs");
-    let pid = child.id();
-    std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(300));
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-    });
+    let mut child = kafka_client_script(
+        "transactions.py",
+        &[&servers.join(","), "txns", &PARTITIONS.to_string()],
+    );
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     use std::io::BufRead;
@@ -1897,5 +1892,27 @@ fn corelogs_group_consumer_follows_its_coordinator_through_its_loss() {
     });
     assert_eq!(committed, vec![("grouped".to_string(), 0, Some(RECORDS as u64))]);
     nodes[lost].start();
+    stop_all(&mut nodes);
+}
+
+/// A node whose data directory was lost is refused when it starts again
+/// under its old id (it forgot the votes it gave and the entries it
+/// acknowledged), by name, every time; the other two go on without it.
+#[test]
+fn a_node_that_lost_its_data_directory_is_refused_under_its_old_id() {
+    let mut nodes = cluster(3);
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let lost = nodes.pop().unwrap();
+    let Node { dir, broker, .. } = lost;
+    broker.unwrap().stop();
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let config_file = dir.path().with_extension("toml");
+    for _ in 0..2 {
+        let refused = refused_start(dir.path(), &config_file);
+        assert!(refused.contains("data directory was lost"), "{refused}");
+    }
+    let addr = nodes[0].broker.as_ref().unwrap().addr.clone();
+    cli(&["topic", "create", "after", "--broker", &addr], None).expect("the others go on");
     stop_all(&mut nodes);
 }

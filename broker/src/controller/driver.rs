@@ -69,6 +69,9 @@ pub struct Opened {
     path: PathBuf,
     file: Arc<std::fs::File>,
     replica: ControllerReplica,
+    /// The log held nothing: a node new to its cluster, or one whose data
+    /// directory was lost (`refuse_a_lost_directory` tells them apart).
+    empty: bool,
 }
 
 /// Opens node `node`'s replica from its log file and applies what the log
@@ -78,6 +81,7 @@ pub struct Opened {
 pub fn open(node: u64, peers: Vec<Peer>, data_dir: &Path) -> Result<Opened, BrokerError> {
     let path = log_path(data_dir);
     let (file, log) = open_log(&path)?;
+    let empty = log.is_empty();
     let voters: Vec<u64> = peers.iter().map(|p| p.id).collect();
     let mut replica = ControllerReplica::open(node, &voters, &log)?;
     // Nothing to send yet: no peer is known to be up, and Raft sends again
@@ -101,12 +105,88 @@ pub fn open(node: u64, peers: Vec<Peer>, data_dir: &Path) -> Result<Opened, Brok
         path,
         file,
         replica,
+        empty,
     })
 }
 
 impl Opened {
     pub fn metadata(&self) -> &ClusterMetadata {
         self.replica.metadata()
+    }
+
+    /// Refuses to start a node whose controller log is empty while a peer's
+    /// metadata has it registered: its data directory was lost. Such a node
+    /// forgot the votes it gave and the entries it acknowledged, and a voter
+    /// that forgot them can help elect a leader missing committed entries
+    /// (in the controller's group and in every partition's). A node new to
+    /// its cluster is registered nowhere yet, and a cluster whose peers all
+    /// stay silent (all new, all starting) is let through.
+    pub fn refuse_a_lost_directory(&self) -> Result<(), BrokerError> {
+        if !self.empty {
+            return Ok(());
+        }
+        for peer in self.peers.iter().filter(|p| p.id != self.node) {
+            let status = match peer_status(&peer.rpc_addr.to_string(), LOST_DIRECTORY_ASK) {
+                Ok(status) => status,
+                Err(error) => {
+                    tracing::debug!(peer = peer.id, %error, "no status from a peer at start");
+                    continue;
+                }
+            };
+            if status.nodes.iter().any(|(id, _)| *id == self.node) {
+                return Err(BrokerError::Config(format!(
+                    "node {}: its controller log ({}) is empty, but node {}'s cluster has node {} registered: \
+                     its data directory was lost. A node that forgot its votes and its log must not rejoin under \
+                     its old id: restore the directory, or join it as a new node id",
+                    self.node,
+                    self.path.display(),
+                    status.node,
+                    self.node
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Longest a starting node with an empty log waits for each peer's status.
+const LOST_DIRECTORY_ASK: Duration = Duration::from_secs(2);
+
+/// A node's view of the controller, asked on its internal port (what
+/// `corelog cluster status` prints), within `timeout`.
+pub fn peer_status(addr: &str, timeout: Duration) -> Result<ControllerStatus, String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let socket = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} names no address"))?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&socket, timeout).map_err(|e| format!("connect to {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| format!("{addr}: {e}"))?;
+    let request = PeerFrame {
+        from: CLIENT_SENDER,
+        message: PeerMessage::StatusRequest,
+    };
+    stream
+        .write_all(&request.encode().map_err(|e| e.to_string())?)
+        .map_err(|e| format!("ask {addr}: {e}"))?;
+    let mut header = [0u8; PEER_FRAME_HEADER_BYTES];
+    stream
+        .read_exact(&mut header)
+        .map_err(|e| format!("read {addr}'s answer: {e}"))?;
+    let (len, crc) = PeerFrame::header(header).map_err(|e| format!("{addr}: {e}"))?;
+    let mut archive = vec![0u8; len];
+    stream
+        .read_exact(&mut archive)
+        .map_err(|e| format!("read {addr}'s answer: {e}"))?;
+    let frame = PeerFrame::decode(crc, &archive).map_err(|e| format!("{addr}: {e}"))?;
+    match frame.message {
+        PeerMessage::Status(status) => Ok(status),
+        _ => Err(format!("{addr} answered something other than its status")),
     }
 }
 
@@ -249,19 +329,12 @@ pub async fn run(
         path,
         file,
         mut replica,
+        empty: _,
     } = opened;
     let voters: Vec<u64> = peers.iter().map(|p| p.id).collect();
     let (inbox_tx, mut inbox) = mpsc::channel::<Inbound>(INBOX_DEPTH);
     glommio::spawn_local(accept_loop(listener, inbox_tx, Rc::new(voters.clone()), route)).detach();
-    let links: BTreeMap<u64, mpsc::Sender<Vec<u8>>> = peers
-        .iter()
-        .filter(|p| p.id != node)
-        .map(|p| {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_DEPTH);
-            glommio::spawn_local(peer_link(p.id, p.rpc_addr, rx)).detach();
-            (p.id, tx)
-        })
-        .collect();
+    let links = open_peer_links(node, &peers, PEER_QUEUE_DEPTH);
     let mut links = Links { node, links };
     let mut next_tick = Instant::now() + TICK;
     let mut registered_at: Option<Instant> = None;
@@ -544,6 +617,20 @@ impl Links {
 /// shard's, the controller's and the partitions'), for `cluster status`.
 pub static PEER_FRAMES_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 pub static PEER_BYTES_SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A `peer_link` of its own to every peer but `node`, each taking up to
+/// `depth` frames: the senders, by peer.
+pub(crate) fn open_peer_links(node: u64, peers: &[Peer], depth: usize) -> BTreeMap<u64, mpsc::Sender<Vec<u8>>> {
+    peers
+        .iter()
+        .filter(|p| p.id != node)
+        .map(|p| {
+            let (tx, rx) = mpsc::channel(depth);
+            glommio::spawn_local(peer_link(p.id, p.rpc_addr, rx)).detach();
+            (p.id, tx)
+        })
+        .collect()
+}
 
 pub(crate) async fn peer_link(peer: u64, addr: std::net::SocketAddr, mut frames: mpsc::Receiver<Vec<u8>>) {
     let mut pending: Option<Vec<u8>> = None;

@@ -73,16 +73,7 @@ pub async fn run(
     mut commands: mpsc::Receiver<Command>,
     metadata: Arc<Metadata>,
 ) {
-    let links: BTreeMap<u64, mpsc::Sender<Vec<u8>>> = peers
-        .iter()
-        .filter(|p| p.id != node)
-        .map(|p| {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_DEPTH);
-            glommio::spawn_local(crate::controller::driver::peer_link(p.id, p.rpc_addr, rx)).detach();
-            (p.id, tx)
-        })
-        .collect();
-    let mut links = links;
+    let mut links = crate::controller::driver::open_peer_links(node, &peers, PEER_QUEUE_DEPTH);
     let mut send = |to: u64, message: PeerMessage| {
         let Some(link) = links.get_mut(&to) else {
             tracing::warn!(node, shard, to, "replication: a message to a node not among the peers");

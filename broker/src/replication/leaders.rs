@@ -10,10 +10,9 @@
 //! here goes out again every `FULL_EVERY_TICKS`, for a node that started
 //! since or lost a frame. An idle node sends nothing between those.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures::channel::mpsc;
 use net::cluster::{LeaderNote, PeerFrame, PeerMessage, LEADER_NOTES_MAX};
 
 use crate::config::Peer;
@@ -29,15 +28,7 @@ const PEER_QUEUE_DEPTH: usize = 16;
 
 /// Runs on shard 0 of a cluster node for as long as the node does.
 pub async fn announce(node: u64, peers: Vec<Peer>, metadata: Arc<Metadata>) {
-    let mut links: BTreeMap<u64, mpsc::Sender<Vec<u8>>> = peers
-        .iter()
-        .filter(|p| p.id != node)
-        .map(|p| {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_DEPTH);
-            glommio::spawn_local(crate::controller::driver::peer_link(p.id, p.rpc_addr, rx)).detach();
-            (p.id, tx)
-        })
-        .collect();
+    let mut links = crate::controller::driver::open_peer_links(node, &peers, PEER_QUEUE_DEPTH);
     // What each group led here was last announced as.
     let mut announced: HashMap<u64, (u64, Vec<u64>)> = HashMap::new();
     let mut version_seen = None;
