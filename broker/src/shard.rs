@@ -247,7 +247,7 @@ impl Deref for FetchBytes {
 fn current_epoch(log: &PartitionLog, replica: Option<&ReplicaView>) -> i32 {
     match replica {
         Some(view) => view.term() as i32,
-        None => log.leader_epochs().last().map_or(0, |e| e.epoch),
+        None => log.latest_leader_epoch().unwrap_or(0),
     }
 }
 

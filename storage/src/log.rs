@@ -531,6 +531,13 @@ impl PartitionLog {
         self.inner.state.borrow().leader_epochs.entries().to_vec()
     }
 
+    /// The epoch of the log's last batch (None before any): what a
+    /// partition that is not replicated answers as its current epoch, on
+    /// every fetch that names one, so it copies nothing.
+    pub fn latest_leader_epoch(&self) -> Option<i32> {
+        self.inner.state.borrow().leader_epochs.latest().map(|e| e.epoch)
+    }
+
     /// The leader epoch of the batch holding `offset`, or None where no
     /// epoch names it (a log of no batches, an offset before the first).
     pub fn leader_epoch_at(&self, offset: Offset) -> Option<i32> {
