@@ -858,3 +858,50 @@ fn retention_deletes_the_oldest_segments_at_its_check() {
     });
     broker.stop();
 }
+
+/// The requests between nodes and the admin verbs, sent to one node with
+/// bad or pointless arguments, get clear errors and leave the broker up: a
+/// transaction marker of no known kind, a leadership transfer on a
+/// partition of one replica or of no topic; FindCoordinator names an
+/// address a group's requests are served at.
+#[test]
+fn node_to_node_requests_with_bad_arguments_are_refused_by_name() {
+    let dir = data_dir();
+    let mut broker = Broker::start(dir.path(), 2);
+    let addr = broker.addr.clone();
+    run(async move {
+        let mut c = Connection::connect(&addr).await.unwrap();
+        c.create_topic("solo", 1, vec![]).await.unwrap();
+        let marker = messages::WriteTxnMarkersRequest {
+            topic: "solo".into(),
+            partition: 0,
+            producer_id: 1,
+            producer_epoch: 0,
+            marker: 9,
+        };
+        match c.write_txn_markers(&marker).await {
+            Err(NetError::Rejected { code, .. }) => assert_eq!(code, ErrorCode::InvalidRequest),
+            other => panic!("a marker of kind 9 was taken: {other:?}"),
+        }
+        for (topic, wanted) in [
+            ("solo", ErrorCode::InvalidRequest),
+            ("nowhere", ErrorCode::UnknownTopicOrPartition),
+        ] {
+            let transfer = messages::TransferLeaderRequest {
+                topic: topic.into(),
+                partition: 0,
+                to: 1,
+                forwarded: false,
+            };
+            match c.transfer_leader(&transfer).await {
+                Err(NetError::Rejected { code, message }) => assert_eq!(code, wanted, "{message}"),
+                other => panic!("a transfer on {topic} was taken: {other:?}"),
+            }
+        }
+        let at = c.find_coordinator("some-group", false).await.unwrap();
+        let mut coordinator = Connection::connect(&at).await.unwrap();
+        assert!(coordinator.fetch_offsets("some-group", None).await.unwrap().is_empty());
+    });
+    broker.assert_alive();
+    broker.stop();
+}

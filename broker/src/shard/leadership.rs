@@ -29,17 +29,16 @@ impl Shard {
         forward: Forward,
     ) -> Result<(), BrokerError> {
         let table = self.metadata.snapshot();
-        let meta = table
-            .topics
-            .get(topic)
-            .filter(|t| (partition as usize) < t.replicas.len())
-            .ok_or_else(|| super::unknown(topic, partition))?;
+        if !table.exists(topic, partition) {
+            return Err(super::unknown(topic, partition));
+        }
         if table.group(topic, partition).is_none() {
             return Err(BrokerError::InvalidRequest(format!(
                 "{topic}/{partition} has one replica: there is no leadership to move"
             )));
         }
-        if !meta.replicas[partition as usize].iter().any(|(node, _)| *node == to) {
+        let replicas = &table.topics[topic].replicas[partition as usize];
+        if !replicas.iter().any(|(node, _)| *node == to) {
             return Err(BrokerError::InvalidRequest(format!(
                 "{topic}/{partition} has no replica on node {to}"
             )));
