@@ -11,24 +11,6 @@ use net::client::Connection;
 mod common;
 use common::*;
 
-/// Whether `program --version`-like probing finds the tool; under CI a
-/// missing tool fails the test.
-fn available(what: &str, probe: &mut Command) -> bool {
-    let found = probe
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{what} is missing; .ci/run installs it"
-        );
-        eprintln!("skipped: {what} is not installed (.ci/run installs it)");
-    }
-    found
-}
-
 fn python_clients() -> bool {
     available(
         "the Python Kafka clients",

@@ -234,3 +234,21 @@ where
     ResponseHeader::decode(&mut body, api.response_header_version(version)).unwrap();
     R::decode(&mut body, version).unwrap()
 }
+
+/// Whether `program --version`-like probing finds the tool; under CI a
+/// missing tool fails the test.
+pub fn available(what: &str, probe: &mut Command) -> bool {
+    let found = probe
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{what} is missing; .ci/run installs it"
+        );
+        eprintln!("skipped: {what} is not installed (.ci/run installs it)");
+    }
+    found
+}
