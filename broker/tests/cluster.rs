@@ -77,6 +77,11 @@ fn free_port() -> u16 {
 }
 
 fn cluster(n: u64) -> Vec<Node> {
+    cluster_with(n, "")
+}
+
+/// `n` nodes, each with `extra` in its config file.
+fn cluster_with(n: u64, extra: &str) -> Vec<Node> {
     let rpcs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
     let peers: Vec<String> = rpcs
         .iter()
@@ -91,7 +96,7 @@ fn cluster(n: u64) -> Vec<Node> {
             rpc: rpc.clone(),
             dir: data_dir(),
             config: format!(
-                "node_id = {}\nrpc_listen = \"{rpc}\"\npeers = [{}]\n",
+                "node_id = {}\nrpc_listen = \"{rpc}\"\npeers = [{}]\n{extra}",
                 i + 1,
                 peers.join(", ")
             ),
@@ -531,6 +536,18 @@ fn kafka_fetch(kafka_addr: &str, topic: &str, partition: i32, current_leader_epo
 
 /// A Kafka ListOffsets (v6) for the latest offset: (error, offset, epoch).
 fn kafka_latest(kafka_addr: &str, topic: &str, partition: i32, current_leader_epoch: i32) -> (i16, i64, i32) {
+    kafka_list_offset(kafka_addr, topic, partition, current_leader_epoch, -1)
+}
+
+/// A Kafka ListOffsets (v6) for `timestamp` (-1 latest, -2 earliest):
+/// (error, offset, epoch).
+fn kafka_list_offset(
+    kafka_addr: &str,
+    topic: &str,
+    partition: i32,
+    current_leader_epoch: i32,
+    timestamp: i64,
+) -> (i16, i64, i32) {
     use net::kafka::kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
     use net::kafka::kafka_protocol::messages::{ApiKey, BrokerId, ListOffsetsRequest, ListOffsetsResponse, TopicName};
     use net::kafka::kafka_protocol::protocol::StrBytes;
@@ -541,7 +558,7 @@ fn kafka_latest(kafka_addr: &str, topic: &str, partition: i32, current_leader_ep
             .with_partitions(vec![ListOffsetsPartition::default()
                 .with_partition_index(partition)
                 .with_current_leader_epoch(current_leader_epoch)
-                .with_timestamp(-1)])]);
+                .with_timestamp(timestamp)])]);
     let answer: ListOffsetsResponse = common::kafka_call(kafka_addr, ApiKey::ListOffsets, 6, &request);
     let p = &answer.topics[0].partitions[0];
     (p.error_code, p.offset, p.leader_epoch)
@@ -1902,4 +1919,134 @@ fn a_node_that_lost_its_data_directory_is_refused_under_its_old_id() {
     let addr = nodes[0].broker.as_ref().unwrap().addr.clone();
     cli(&["topic", "create", "after", "--broker", &addr], None).expect("the others go on");
     stop_all(&mut nodes);
+}
+
+/// Retention on a replicated partition: each replica deletes the head of
+/// its log that retention lets go. A follower killed meanwhile and started
+/// again behind the leader's log start is sent a snapshot: it starts its
+/// log there, catches up, and can lead. What it serves, and the bytes it
+/// stores, are its leader's.
+#[test]
+fn a_follower_behind_the_leaders_log_start_catches_up_by_snapshot() {
+    const RECORDS: usize = 2000;
+    let mut nodes = cluster_with(3, "log_retention_check_interval_ms = 200\n");
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
+    let kafka = |n: &Node| n.broker.as_ref().unwrap().kafka_addr.clone();
+    let at = |nodes: &[Node], id: u64| nodes.iter().position(|n| n.id == id).unwrap();
+    let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+    let segment = (64 << 10).to_string();
+    cli(
+        &[
+            "topic",
+            "create",
+            "snap",
+            "--config",
+            &format!("segment.bytes={segment}"),
+            "--config",
+            &format!("segment.preallocate.bytes={segment}"),
+            "--config",
+            "retention.bytes=131072",
+            "--broker",
+            &addr(&nodes[0]),
+        ],
+        None,
+    )
+    .expect("created");
+    let leader = elected(&addr(&nodes[0]), "snap", &ids, &[])[0].0 as u64;
+    let behind = ids.iter().copied().find(|id| *id != leader).unwrap();
+    let behind_at = at(&nodes, behind);
+    nodes[behind_at].broker.take().unwrap().kill9();
+    // Some 400 KB: six segments, of which retention keeps two.
+    let value = |i: usize| format!("v{i:05}-{}", "x".repeat(190));
+    let through = addr(&nodes[at(&nodes, leader)]);
+    for chunk in 0..4 {
+        let lines: String = (chunk * RECORDS / 4..(chunk + 1) * RECORDS / 4)
+            .map(|i| value(i) + "\n")
+            .collect();
+        cli(
+            &["produce", "snap", "--acks", "all", "--broker", &through],
+            Some(&lines),
+        )
+        .expect("produced");
+    }
+    let leader_kafka = kafka(&nodes[at(&nodes, leader)]);
+    let started = Instant::now();
+    let leader_start = loop {
+        let (error, start, _) = kafka_list_offset(&leader_kafka, "snap", 0, -1, -2);
+        assert_eq!(error, 0);
+        if start > 0 {
+            break start;
+        }
+        assert!(
+            started.elapsed() < AGREE_WITHIN,
+            "retention never moved the leader's log start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    nodes[behind_at].start();
+    // It leads once it holds the leader's log: then it serves from where
+    // the snapshot started it, every record after.
+    let started = Instant::now();
+    while let Err(e) = transfer_leader(&through, "snap", 0, behind) {
+        assert!(
+            started.elapsed() < AGREE_WITHIN * 2,
+            "the follower never caught up: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let behind_kafka = kafka(&nodes[at(&nodes, behind)]);
+    let (error, start, _) = kafka_list_offset(&behind_kafka, "snap", 0, -1, -2);
+    assert_eq!(error, 0);
+    assert!(
+        start >= leader_start,
+        "the follower starts at the leader's snapshot ({start}, the leader's log start {leader_start})"
+    );
+    let (error, end, _) = kafka_latest(&behind_kafka, "snap", 0, -1);
+    assert_eq!((error, end), (0, RECORDS as i64));
+    let served = read_sorted(&addr(&nodes[at(&nodes, behind)]), "snap", RECORDS - start as usize);
+    let expected: Vec<String> = (start as usize..RECORDS).map(value).collect();
+    assert!(
+        served == expected,
+        "the follower serves every record from its log start"
+    );
+    let lines: String = (RECORDS..RECORDS + 100).map(|i| value(i) + "\n").collect();
+    cli(
+        &[
+            "produce",
+            "snap",
+            "--acks",
+            "all",
+            "--broker",
+            &addr(&nodes[at(&nodes, behind)]),
+        ],
+        Some(&lines),
+    )
+    .expect("the snapshotted replica takes writes");
+
+    stop_all(&mut nodes);
+    let stored: Vec<Vec<Vec<u8>>> = nodes.iter().map(|n| stored_batches(n.dir.path(), "snap", 0)).collect();
+    let from = stored
+        .iter()
+        .map(|batches| storage::batch::peek_header(&batches[0]).unwrap().base_offset)
+        .max()
+        .unwrap();
+    let tail = |batches: &Vec<Vec<u8>>| -> Vec<Vec<u8>> {
+        batches
+            .iter()
+            .filter(|b| storage::batch::peek_header(b).unwrap().base_offset >= from)
+            .cloned()
+            .collect()
+    };
+    let expected = tail(&stored[0]);
+    assert!(!expected.is_empty());
+    for (node, batches) in nodes.iter().zip(&stored).skip(1) {
+        assert!(
+            tail(batches) == expected,
+            "node {} holds other bytes than node {} from offset {from}",
+            node.id,
+            nodes[0].id
+        );
+    }
 }

@@ -1845,13 +1845,33 @@ impl PartitionLog {
     /// how many segments went.
     pub async fn apply_retention(&self) -> Result<usize> {
         let _permit = self.lock().await?;
+        let mut expired = self.retention_limits();
+        self.delete_sealed_segments_locked(|segment, _| expired(segment)).await
+    }
+
+    /// Where `apply_retention` would start the log now: the base offset of
+    /// the first segment it would keep (the log start if it keeps all). A
+    /// replicated partition moves its log start there itself, once its Raft
+    /// log may forget what lies below (`delete_records_before`).
+    pub fn retention_point(&self) -> Offset {
+        let mut expired = self.retention_limits();
+        let st = self.inner.state.borrow();
+        let active_base = st.active().base_offset;
+        st.segments
+            .values()
+            .find(|s| s.base_offset == active_base || !expired(s))
+            .map_or(st.log_start_offset, |s| s.base_offset.max(st.log_start_offset))
+    }
+
+    /// Whether each segment, taken from the oldest on, is past retention.
+    fn retention_limits(&self) -> impl FnMut(&Segment) -> bool + '_ {
         let now_ms = (self.inner.clock)();
         let config = &self.inner.config;
         let mut excess_bytes = match config.retention_bytes {
             Some(max) => self.size_bytes().saturating_sub(max),
             None => 0,
         };
-        self.delete_sealed_segments_locked(|segment, _| {
+        move |segment| {
             let expired = config
                 .retention_ms
                 .is_some_and(|ms| segment.max_timestamp_ms < now_ms.saturating_sub(ms as i64));
@@ -1860,8 +1880,27 @@ impl PartitionLog {
                 excess_bytes -= segment.size;
             }
             expired || oversize
-        })
-        .await
+        }
+    }
+
+    /// Deletes every segment and starts the log afresh, empty, at `start`:
+    /// a replica handed a snapshot of a log whose start lies past its own
+    /// end. `start` may not go below the log start (offsets below it were
+    /// handed out once).
+    pub async fn reset_to(&self, start: Offset) -> Result<()> {
+        let _permit = self.lock().await?;
+        {
+            let st = self.inner.state.borrow();
+            st.usable(&self.inner.dir)?;
+            if start < st.log_start_offset {
+                return Err(StorageError::OffsetOutOfRange {
+                    offset: start,
+                    log_start: st.log_start_offset,
+                    log_end: st.next_offset,
+                });
+            }
+        }
+        self.truncate_fully_locked(start).await
     }
 
     /// Deletes sealed segments from the oldest on while `doomed` says so.

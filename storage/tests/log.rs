@@ -235,8 +235,13 @@ fn retention_by_size_and_age_deletes_whole_sealed_segments() {
             log.append(&batch(tag, 1, 1000, tag as i64 * 1000)).await.unwrap();
         }
         let before = log.segment_base_offsets();
+        let point = log.retention_point();
+        assert!(point > Offset(0) && before.contains(&point), "a segment's base");
+        assert_eq!(log.log_start_offset(), Offset(0), "finding the point deletes nothing");
         let deleted = log.apply_retention().await.unwrap();
         assert!(deleted > 0);
+        assert_eq!(log.log_start_offset(), point, "retention starts the log where it said");
+        assert_eq!(log.retention_point(), point, "and then keeps the rest");
         assert!(
             log.size_bytes() < (200 << 10) + (64 << 10),
             "within one segment of the limit"
@@ -270,6 +275,43 @@ fn retention_by_size_and_age_deletes_whole_sealed_segments() {
         log.close().await.unwrap();
         let log = PartitionLog::open_with_clock(dir.path(), config, clock).await.unwrap();
         assert_eq!(log.log_end_offset(), Offset(600));
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn a_log_reset_past_its_end_starts_empty_there_and_stays_so() {
+    let dir = test_dir();
+    run(|| async {
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        for tag in 0..200u64 {
+            log.append(&batch(tag, 1, 1000, 0)).await.unwrap();
+        }
+        log.delete_records_before(Offset(20)).await.unwrap();
+        assert!(matches!(
+            log.reset_to(Offset(10)).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        log.reset_to(Offset(500)).await.unwrap();
+        assert_eq!(
+            (log.log_start_offset(), log.log_end_offset()),
+            (Offset(500), Offset(500))
+        );
+        assert_eq!(log.segment_base_offsets(), vec![Offset(500)]);
+        let info = log
+            .append_stamped(&batch(7, 2, 100, 0), Stamp::Replica)
+            .await
+            .map(|info| info.base_offset);
+        assert!(info.is_err(), "a replica's batch must name the offset it goes at");
+        let info = log.append(&batch(7, 2, 100, 0)).await.unwrap();
+        assert_eq!(info.base_offset, Offset(500));
+        log.close().await.unwrap();
+        let log = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(
+            (log.log_start_offset(), log.log_end_offset()),
+            (Offset(500), Offset(502))
+        );
+        assert_eq!(read_all(&log, 5000).await.first().unwrap().offset, Offset(500));
         log.close().await.unwrap();
     });
 }

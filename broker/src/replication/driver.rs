@@ -53,6 +53,9 @@ pub enum Command {
     /// Moves a group's leadership to node `to` (`corelog topic
     /// transfer-leader`); the asker watches the group's view for it.
     Transfer { group: u64, to: u64 },
+    /// A retention pass over the shard's replicas (each forgets the head of
+    /// its log that retention no longer keeps), run after the turn.
+    Retention,
     /// A clean stop: every group this shard leads is handed to a follower,
     /// and the task ends once none is led here, or at `until`.
     Stop { until: Instant, reply: oneshot::Sender<()> },
@@ -93,12 +96,13 @@ pub async fn run(
     let mut views: BTreeMap<u64, Rc<ReplicaView>> = BTreeMap::new();
     let mut next_tick = Instant::now() + tick;
     let mut stopping: Option<(Instant, oneshot::Sender<()>)> = None;
+    let mut retention_due = false;
     loop {
         if !set.has_ready() {
             let wait = next_tick.saturating_duration_since(Instant::now());
             futures::select! {
                 command = commands.next() => match command {
-                    Some(command) => take(command, &mut set, &mut views, &mut stopping, &metadata),
+                    Some(command) => take(command, &mut set, &mut views, &mut stopping, &mut retention_due, &metadata),
                     None => break,
                 },
                 _ = glommio::timer::sleep(wait).fuse() => {}
@@ -106,7 +110,14 @@ pub async fn run(
         }
         // What else has arrived goes into the same turn.
         while let Ok(command) = commands.try_recv() {
-            take(command, &mut set, &mut views, &mut stopping, &metadata);
+            take(
+                command,
+                &mut set,
+                &mut views,
+                &mut stopping,
+                &mut retention_due,
+                &metadata,
+            );
         }
         let now = Instant::now();
         if now >= next_tick {
@@ -126,6 +137,14 @@ pub async fn run(
             let view = views.get(&group).expect("every replica has its view");
             if view.update(replica) {
                 metadata.set_leadership(group, Some(view.leadership()));
+            }
+        }
+        if std::mem::take(&mut retention_due) {
+            for stopped in set.apply_retention().await {
+                if let Some(view) = views.remove(&stopped.group) {
+                    view.close();
+                }
+                metadata.set_leadership(stopped.group, None);
             }
         }
         if let Some((until, _)) = &stopping {
@@ -155,6 +174,7 @@ fn take(
     set: &mut ReplicaSet,
     views: &mut BTreeMap<u64, Rc<ReplicaView>>,
     stopping: &mut Option<(Instant, oneshot::Sender<()>)>,
+    retention_due: &mut bool,
     metadata: &Metadata,
 ) {
     match command {
@@ -203,6 +223,7 @@ fn take(
             Some(replica) => replica.transfer_leader(to),
             None => tracing::debug!(group, to, "transfer of a group not held here, dropped"),
         },
+        Command::Retention => *retention_due = true,
         Command::Stop { until, reply } => {
             for (group, replica) in set.iter_mut() {
                 if let Some(transferee) = replica.hand_over() {

@@ -18,6 +18,15 @@
 //! term and end offset (the high watermark moves to it), so an entry whose
 //! bytes are no longer held is handed over without them (`data` empty,
 //! marked by `DATA_ELIDED` in its context): never sent, never stored.
+//!
+//! Retention forgets the log's head (`compact`): the entries up to an
+//! applied index go with the segments below the Kafka offset after them.
+//! A follower that needs one of them is sent a snapshot instead, which
+//! for a partition is only where its log starts (`LogStart`): the index
+//! and term of the last entry forgotten and the Kafka offset the next one
+//! starts at. The follower empties its log and starts it there
+//! (`install`), as a Kafka follower behind its leader's log start does
+//! (`truncateFullyAndStartAt`); what is above is sent as entries.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -38,6 +47,44 @@ const FETCHED_BYTES_MAX: usize = 16 << 20;
 
 /// The context of an entry handed over without its bytes.
 pub const DATA_ELIDED: &[u8] = b"elided";
+
+/// Where a Raft log starts once its head is gone: every entry up to
+/// `index` (of `term`) is forgotten, and the first batch after them starts
+/// at Kafka offset `offset`. A partition's snapshot, and its record in the
+/// state file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogStart {
+    pub index: u64,
+    pub term: u64,
+    pub offset: Offset,
+}
+
+impl LogStart {
+    const BYTES: usize = 24;
+
+    pub fn encode(&self) -> [u8; LogStart::BYTES] {
+        let mut bytes = [0u8; LogStart::BYTES];
+        bytes[..8].copy_from_slice(&self.index.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.term.to_le_bytes());
+        bytes[16..].copy_from_slice(&self.offset.0.to_le_bytes());
+        bytes
+    }
+
+    /// Decodes what a peer or the state file holds: only its length is
+    /// checked here; what it says is checked against the log it would
+    /// start.
+    pub fn decode(bytes: &[u8]) -> Result<LogStart, String> {
+        if bytes.len() != LogStart::BYTES {
+            return Err(format!("{} bytes, not {}", bytes.len(), LogStart::BYTES));
+        }
+        let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        Ok(LogStart {
+            index: word(0),
+            term: word(8),
+            offset: Offset(word(16)),
+        })
+    }
+}
 
 /// One entry above the window's start.
 #[derive(Clone, Debug)]
@@ -83,6 +130,8 @@ pub struct LogStorage {
     conf_state: ConfState,
     /// The index and term of the entry before the first this log holds.
     before_first: (u64, u64),
+    /// The Kafka offset the first entry's batch starts at.
+    start_offset: Offset,
     /// Entries `window_first..=last_index`, contiguous.
     window: VecDeque<Slot>,
     window_first: u64,
@@ -115,20 +164,26 @@ pub enum Located {
 }
 
 impl LogStorage {
-    /// A storage for a log after `before_first` (the index and term of the
-    /// entry before its first), whose entries from `window_first` on are
+    /// A storage for a log after `start` (the index and term of the entry
+    /// before its first, and where its first batch starts), whose entries
+    /// from `window_first` on are
     /// appended next (the first of them starting at Kafka offset
     /// `base_offset`); `internal_below` are Raft's own entries before
     /// `window_first`, and everything up to `applied` was applied.
     pub fn new(
         hard_state: HardState,
         conf_state: ConfState,
-        before_first: (u64, u64),
+        start: LogStart,
         window_first: u64,
         base_offset: Offset,
         internal_below: BTreeMap<u64, Entry>,
         applied: u64,
     ) -> LogStorage {
+        let before_first = (start.index, start.term);
+        assert!(
+            base_offset >= start.offset,
+            "the window's first batch starts at or after the log's"
+        );
         assert!(
             window_first > before_first.0,
             "the window starts after the first entry's predecessor"
@@ -147,6 +202,7 @@ impl LogStorage {
             hard_state,
             conf_state,
             before_first,
+            start_offset: start.offset,
             window: VecDeque::new(),
             window_first,
             window_base_offset: base_offset,
@@ -166,6 +222,98 @@ impl LogStorage {
 
     pub fn first_index(&self) -> u64 {
         self.before_first.0 + 1
+    }
+
+    /// Where the log starts: the entry before its first, and the Kafka
+    /// offset its first batch starts at.
+    pub fn log_start(&self) -> LogStart {
+        LogStart {
+            index: self.before_first.0,
+            term: self.before_first.1,
+            offset: self.start_offset,
+        }
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Forgets every entry up to `start.index` (applied), whose batches lie
+    /// below `start.offset`: retention deleting the segments that held them.
+    pub fn compact(&mut self, start: LogStart) {
+        assert!(
+            start.index > self.before_first.0 && start.index <= self.applied,
+            "compaction to entry {} outside {}..={} (applied)",
+            start.index,
+            self.before_first.0 + 1,
+            self.applied
+        );
+        assert_eq!(
+            raft::Storage::term(self, start.index).ok(),
+            Some(start.term),
+            "entry {}'s term",
+            start.index
+        );
+        while self.window_first <= start.index {
+            let slot = self
+                .window
+                .pop_front()
+                .expect("the window holds entries up to the last");
+            self.tail_bytes -= slot.data_bytes();
+            if let Slot::Batch { next_offset, .. } = slot {
+                self.window_base_offset = next_offset;
+            }
+            self.window_first += 1;
+        }
+        if self.window_first == start.index + 1 {
+            assert!(
+                self.window_base_offset <= start.offset,
+                "the batches up to entry {} end at {}, past the log start {}",
+                start.index,
+                self.window_base_offset,
+                start.offset
+            );
+            self.window_base_offset = start.offset;
+        }
+        self.internal_below = self.internal_below.split_off(&(start.index + 1));
+        self.term_starts.retain(|(index, _)| *index > start.index);
+        self.term_starts.insert(0, (start.index, start.term));
+        self.before_first = (start.index, start.term);
+        self.start_offset = start.offset;
+        self.forget_fetches_through(start.index);
+    }
+
+    /// Replaces the whole log with a leader's snapshot: no entry is held,
+    /// everything up to `start.index` counts as committed and applied, and
+    /// the next entry's batch starts at `start.offset`.
+    pub fn install(&mut self, start: LogStart) {
+        assert!(
+            start.index >= self.hard_state.commit,
+            "a snapshot at {} below the commit index {}",
+            start.index,
+            self.hard_state.commit
+        );
+        self.before_first = (start.index, start.term);
+        self.start_offset = start.offset;
+        self.window.clear();
+        self.window_first = start.index + 1;
+        self.window_base_offset = start.offset;
+        self.tail_bytes = 0;
+        self.term_starts = vec![(start.index, start.term)];
+        self.internal_below.clear();
+        self.applied = start.index;
+        self.hard_state.commit = start.index;
+        self.forget_fetches_through(u64::MAX);
+    }
+
+    /// Reads waiting for entries now gone are dropped (raft-rs, asked
+    /// again, sends a snapshot), with what was read for them.
+    fn forget_fetches_through(&mut self, index: u64) {
+        self.fetches.borrow_mut().retain(|fetch| fetch.low > index);
+        let mut fetched = self.fetched.borrow_mut();
+        let kept = fetched.split_off(&(index.saturating_add(1)));
+        *fetched = kept;
+        *self.fetched_bytes.borrow_mut() = fetched.values().map(|e| e.data.len()).sum();
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -495,10 +643,23 @@ impl raft::Storage for LogStorage {
         Ok(LogStorage::last_index(self))
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Nothing is compacted away from a replicated log yet (retention
-        // waits for snapshots), so no follower needs one.
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+    /// Asked for a follower that needs an entry this log forgot: where the
+    /// log starts (nothing more is a partition's state).
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let start = self.log_start();
+        let (index, term) = (start.index, start.term);
+        if index == 0 || index < request_index {
+            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+        }
+        let mut snapshot = Snapshot {
+            data: Bytes::copy_from_slice(&start.encode()),
+            ..Default::default()
+        };
+        let metadata = snapshot.mut_metadata();
+        metadata.index = index;
+        metadata.term = term;
+        metadata.set_conf_state(self.conf_state.clone());
+        Ok(snapshot)
     }
 }
 
@@ -529,7 +690,11 @@ mod tests {
         LogStorage::new(
             HardState::default(),
             ConfState::from((vec![1, 2, 3], vec![])),
-            (0, 0),
+            LogStart {
+                index: 0,
+                term: 0,
+                offset: Offset(0),
+            },
             1,
             Offset(0),
             BTreeMap::new(),
@@ -595,6 +760,53 @@ mod tests {
         assert!(s.is_internal(1));
         assert_eq!(s.internal_entries(1, 9).len(), 1);
         assert_eq!(s.end_offset(), Offset(90));
+    }
+
+    #[test]
+    fn a_compacted_log_answers_a_snapshot_of_where_it_starts() {
+        let mut s = storage();
+        assert_eq!(
+            s.snapshot(0, 2).unwrap_err(),
+            raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable),
+            "nothing forgotten, nothing to send"
+        );
+        s.append(&noop(1, 1), None);
+        s.append(&batch(2, 1, 10), Some(Offset(5)));
+        s.append(&noop(3, 2), None);
+        s.append(&batch(4, 2, 10), Some(Offset(9)));
+        s.append(&batch(5, 2, 10), Some(Offset(12)));
+        s.set_commit(5);
+        s.set_applied(4);
+        // Retention deleted the segment holding offsets 0..9.
+        let start = LogStart {
+            index: 4,
+            term: 2,
+            offset: Offset(9),
+        };
+        s.compact(start);
+        assert_eq!((LogStorage::first_index(&s), s.log_start()), (5, start));
+        assert_eq!(s.term(4).unwrap(), 2);
+        assert_eq!(s.term(3), Err(raft::Error::Store(StorageError::Compacted)));
+        assert_eq!(
+            s.entries(3, 5, None, GetEntriesContext::empty(true)).unwrap_err(),
+            raft::Error::Store(StorageError::Compacted)
+        );
+        assert_eq!(s.locate(5), Located::At(Offset(9)));
+        assert!(s.internal_entries(1, 6).is_empty(), "internal entries below went too");
+        let snapshot = s.snapshot(0, 2).unwrap();
+        assert_eq!((snapshot.get_metadata().index, snapshot.get_metadata().term), (4, 2));
+        assert_eq!(snapshot.get_metadata().get_conf_state().voters, vec![1, 2, 3]);
+        assert_eq!(LogStart::decode(&snapshot.data), Ok(start));
+        // A follower installing it holds nothing, and appends after it.
+        let mut follower = storage();
+        follower.append(&noop(1, 1), None);
+        follower.install(start);
+        assert_eq!((follower.last_index(), follower.end_offset()), (4, Offset(9)));
+        assert_eq!((follower.applied(), follower.hard_state().commit), (4, 4));
+        follower.append(&batch(5, 2, 10), Some(Offset(12)));
+        assert_eq!(follower.locate(5), Located::At(Offset(9)));
+        assert_eq!(follower.term(4).unwrap(), 2);
+        assert!(LogStart::decode(&[0; 23]).is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use storage::batch::{self, BatchLimits, Stamps};
 use storage::log::Clock;
 use storage::{Offset, PartitionLog, Stamp};
 
-use super::log_storage::{Located, LogStorage};
+use super::log_storage::{Located, LogStart, LogStorage};
 use super::state_file::{self, ReplicaState, StateBatch};
 use crate::error::BrokerError;
 
@@ -123,6 +123,8 @@ pub struct PartitionReplica {
     leading_since: Option<(u64, u64)>,
     /// Each follower's last tick caught up with the leader's log.
     caught_up: BTreeMap<u64, u64>,
+    /// Followers sent a snapshot in this turn's messages.
+    snapshots_sent: Vec<u64>,
 }
 
 impl PartitionReplica {
@@ -148,7 +150,40 @@ impl PartitionReplica {
             .await
             .map_err(|e| storage_error(topic, partition, e))?;
         let mut state = state_file::replay(&bytes).map_err(&fail)?;
-        let (applied, high_watermark) = state.applied.unwrap_or((0, log.log_start_offset()));
+        let mut state_file = StateFile {
+            path: log.dir().join(state_file::FILE_NAME),
+            file,
+            bytes: state.valid_bytes,
+        };
+        let log_start = state.log_start.unwrap_or(LogStart {
+            index: 0,
+            term: 0,
+            offset: log.log_start_offset(),
+        });
+        if let Some(start) = state.installing.take() {
+            // A snapshot's install a crash interrupted: the partition log
+            // may still hold what it replaced.
+            log.reset_to(start.offset)
+                .await
+                .map_err(|e| storage_error(topic, partition, e))?;
+            let mut batch = StateBatch::default();
+            batch.log_start(start);
+            batch.applied(start.index, start.offset);
+            state_file
+                .append(batch)
+                .await
+                .map_err(|e| storage_error(topic, partition, e))?;
+            state.applied = Some((start.index, start.offset));
+        } else if log.log_start_offset() < log_start.offset {
+            // Retention's deletion a crash interrupted.
+            log.delete_records_before(log_start.offset)
+                .await
+                .map_err(|e| storage_error(topic, partition, e))?;
+        }
+        let (applied, high_watermark) = state
+            .applied
+            .filter(|(index, _)| *index >= log_start.index)
+            .unwrap_or((log_start.index, log_start.offset));
         if high_watermark < log.log_start_offset() || high_watermark > log.log_end_offset() {
             return Err(fail(format!(
                 "the applied checkpoint's offset {high_watermark} is outside the log {}..{}",
@@ -162,7 +197,7 @@ impl PartitionReplica {
         let mut storage = LogStorage::new(
             state.hard_state.clone(),
             conf_state,
-            (0, 0),
+            log_start,
             applied + 1,
             high_watermark,
             below,
@@ -224,11 +259,6 @@ impl PartitionReplica {
         while let Some(entry) = above.first_entry().filter(|e| *e.key() == storage.last_index() + 1) {
             storage.append(&entry.remove(), None);
         }
-        let mut state_file = StateFile {
-            path: log.dir().join(state_file::FILE_NAME),
-            file,
-            bytes: state.valid_bytes,
-        };
         if let Some((&index, _)) = above.first_key_value() {
             // Raft's own entries past a gap were written ahead of batches a
             // crash lost: they go, in the file too.
@@ -281,6 +311,7 @@ impl PartitionReplica {
             last_index_at_tick: 0,
             leading_since: None,
             caught_up: BTreeMap::new(),
+            snapshots_sent: Vec::new(),
         })
     }
 
@@ -336,6 +367,12 @@ impl PartitionReplica {
     /// applied checkpoint.
     pub fn recovered_from(&self) -> Offset {
         self.recovered_from
+    }
+
+    /// The commit index and its term.
+    #[cfg(test)]
+    pub fn committed(&self) -> (u64, u64) {
+        self.node.raft.raft_log.commit_info()
     }
 
     #[cfg(test)]
@@ -406,10 +443,10 @@ impl PartitionReplica {
     pub fn step(&mut self, mut message: Message) {
         let (from, kind) = (message.from, message.get_msg_type());
         if kind == MessageType::MsgSnapshot {
-            // Nothing is compacted from a replicated log yet, so no leader
-            // sends one.
-            tracing::warn!(topic = %self.topic, partition = self.partition, from, "replica: a snapshot, refused");
-            return;
+            if let Err(reason) = self.check_snapshot(&message) {
+                tracing::warn!(topic = %self.topic, partition = self.partition, from, %reason, "replica: a snapshot, refused");
+                return;
+            }
         }
         let last_index = self.node.raft.raft_log.last_index();
         if kind == MessageType::MsgHeartbeat && message.commit > last_index {
@@ -452,6 +489,42 @@ impl PartitionReplica {
         if let Err(e) = self.node.step(message) {
             tracing::debug!(topic = %self.topic, partition = self.partition, from, ?kind, error = %e, "replica: message refused");
         }
+    }
+
+    /// Whether a leader's snapshot may replace this replica's log: it says
+    /// where the log starts (`LogStart`, the entry it names the one the
+    /// metadata names), over the replicas this one has, and, if it is past
+    /// what this replica committed, no lower than its high watermark.
+    fn check_snapshot(&self, message: &Message) -> Result<(), String> {
+        let snapshot = message.get_snapshot();
+        let metadata = snapshot.get_metadata();
+        let start = LogStart::decode(&snapshot.data)?;
+        if (start.index, start.term) != (metadata.index, metadata.term) || start.index == 0 {
+            return Err(format!(
+                "it starts the log after entry {} of term {}, its metadata after {} of term {}",
+                start.index, start.term, metadata.index, metadata.term
+            ));
+        }
+        let voters = |conf: &ConfState| {
+            let mut voters = conf.voters.clone();
+            voters.sort_unstable();
+            (voters, conf.learners.is_empty())
+        };
+        let ours = &self.node.raft.prs().conf().to_conf_state();
+        if voters(metadata.get_conf_state()) != voters(ours) {
+            return Err(format!(
+                "its replicas {:?} are not this group's {:?}",
+                metadata.get_conf_state().voters,
+                ours.voters
+            ));
+        }
+        if start.index > self.node.raft.raft_log.committed && start.offset < self.high_watermark {
+            return Err(format!(
+                "it starts the log at offset {}, below the high watermark {}",
+                start.offset, self.high_watermark
+            ));
+        }
+        Ok(())
     }
 
     /// Proposes a record batch (a frame that passes `check_frame`). Its
@@ -562,7 +635,7 @@ impl PartitionReplica {
         }
         let mut ready = self.node.ready();
         let messages = ready.take_messages();
-        assert!(ready.snapshot().is_empty(), "no snapshot is taken or stepped");
+        self.note_snapshots_sent(&messages);
         let committed = ready.take_committed_entries();
         self.apply(committed);
         let entries = ready.take_entries();
@@ -573,6 +646,11 @@ impl PartitionReplica {
     pub async fn persist(&mut self, work: &mut ReadyWork) -> Result<(), BrokerError> {
         let ReadyWork { ready, entries } = work;
         let mut batch = StateBatch::default();
+        if !ready.snapshot().is_empty() {
+            let start = self.install(ready.snapshot()).await?;
+            batch.log_start(start);
+            batch.applied(start.index, start.offset);
+        }
         if let Some(first) = entries.first().map(|e| e.index) {
             if first <= self.node.store().last_index() {
                 let Located::At(offset) = self.node.store().locate(first) else {
@@ -649,7 +727,117 @@ impl PartitionReplica {
         messages.extend(light.take_messages());
         self.apply(light.take_committed_entries());
         self.node.advance_apply();
+        self.note_snapshots_sent(&messages);
+        // A snapshot is where the log starts, a few bytes in the frame with
+        // the rest: once it is handed to the link it counts as sent, and
+        // the follower is probed from after it. One that was lost shows as
+        // the probe's refusal, and raft-rs sends another.
+        for to in std::mem::take(&mut self.snapshots_sent) {
+            self.node.report_snapshot(to, raft::SnapshotStatus::Finish);
+        }
         messages
+    }
+
+    fn note_snapshots_sent(&mut self, messages: &[Message]) {
+        for message in messages {
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                tracing::info!(
+                    topic = %self.topic,
+                    partition = self.partition,
+                    to = message.to,
+                    index = message.get_snapshot().get_metadata().index,
+                    "replica: a follower behind the log start is sent a snapshot"
+                );
+                self.snapshots_sent.push(message.to);
+            }
+        }
+    }
+
+    /// Replaces this replica's log with a leader's snapshot (checked when
+    /// stepped): the install is recorded first, then the partition log is
+    /// emptied and started at the snapshot's offset. Produce requests still
+    /// waiting here have an outcome this replica cannot tell.
+    async fn install(&mut self, snapshot: &raft::prelude::Snapshot) -> Result<LogStart, BrokerError> {
+        let start = LogStart::decode(&snapshot.data).map_err(|e| self.fail(format!("a snapshot stepped: {e}")))?;
+        assert!(
+            start.offset >= self.high_watermark,
+            "a snapshot at offset {} below the high watermark {}",
+            start.offset,
+            self.high_watermark
+        );
+        let mut batch = StateBatch::default();
+        batch.install(start);
+        self.state_file
+            .append(batch)
+            .await
+            .map_err(|e| storage_error(&self.topic, self.partition, e))?;
+        self.log
+            .reset_to(start.offset)
+            .await
+            .map_err(|e| storage_error(&self.topic, self.partition, e))?;
+        self.node.mut_store().install(start);
+        tracing::info!(
+            topic = %self.topic,
+            partition = self.partition,
+            index = start.index,
+            offset = start.offset.0,
+            "replica: the log starts afresh at the leader's snapshot"
+        );
+        for (_, pending) in std::mem::take(&mut self.pending) {
+            let _ = pending.reply.send(Err(BrokerError::TimedOut(format!(
+                "{}/{}: the outcome of the batch at offset {} is unknown here: a leader's snapshot replaced this replica's log",
+                self.topic, self.partition, pending.appended.base_offset
+            ))));
+        }
+        self.high_watermark = start.offset;
+        self.proposed = None;
+        self.last_checkpoint = start.index;
+        self.unchecked_bytes = 0;
+        Ok(start)
+    }
+
+    /// Deletes the segments retention no longer keeps, as far as this
+    /// replica's Raft log may forget them: only what it applied, below the
+    /// high watermark. The log start is recorded (with an applied
+    /// checkpoint at or past it) before a segment goes. Answers where the
+    /// log starts now, if it moved.
+    pub async fn apply_retention(&mut self) -> Result<Option<LogStart>, BrokerError> {
+        let storage_error = |e| storage_error(&self.topic, self.partition, e);
+        let point = self.log.retention_point().min(self.high_watermark);
+        let Some(offset) = self.log.segment_base_offsets().into_iter().rfind(|base| *base <= point) else {
+            return Ok(None);
+        };
+        let store = self.node.store();
+        let (applied, before) = (store.applied(), store.log_start());
+        if offset <= self.log.log_start_offset() || offset <= before.offset {
+            return Ok(None);
+        }
+        // The entry before the batch at `offset` (Raft's own entries
+        // between them take no offset, so any up to the applied one will
+        // do): the log then holds every entry after it from `offset` on.
+        let mut index = applied;
+        if offset < self.log.log_end_offset() {
+            let read = self.log.read(offset, 1).await.map_err(storage_error)?;
+            let frame = batch::frames(&read.bytes)
+                .next()
+                .ok_or_else(|| self.fail(format!("no batch at offset {offset}, a segment's base")))?;
+            let info = batch::peek_header(frame).map_err(storage_error)?;
+            index = index.min(info.raft_index.saturating_sub(1));
+        }
+        if index <= before.index {
+            return Ok(None);
+        }
+        let term = raft::Storage::term(store, index).map_err(|e| self.fail(format!("entry {index}'s term: {e}")))?;
+        let start = LogStart { index, term, offset };
+        let mut batch = StateBatch::default();
+        batch.applied(applied, self.high_watermark);
+        batch.log_start(start);
+        self.state_file.append(batch).await.map_err(storage_error)?;
+        self.last_checkpoint = applied;
+        self.unchecked_bytes = 0;
+        self.log.delete_records_before(offset).await.map_err(storage_error)?;
+        self.node.mut_store().compact(start);
+        Ok(Some(start))
     }
 
     /// Moves the high watermark over committed entries and answers the
@@ -723,6 +911,8 @@ impl PartitionReplica {
         if self.state_file.bytes > STATE_FILE_BYTES_MAX {
             let store = self.node.store();
             let state = ReplicaState {
+                log_start: Some(store.log_start()).filter(|start| start.index > 0),
+                installing: None,
                 internal: store
                     .internal_entries(store.first_index(), store.last_index() + 1)
                     .into_iter()

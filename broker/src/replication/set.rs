@@ -182,6 +182,31 @@ impl ReplicaSet {
         }
     }
 
+    /// A retention pass: each replica forgets the head of its log that
+    /// retention no longer keeps, one after another (each deletes files).
+    /// Answers the groups that stopped (their state file or log failed).
+    pub async fn apply_retention(&mut self) -> Vec<Stopped> {
+        let mut stopped = Vec::new();
+        for (group, replica) in self.replicas.iter_mut() {
+            match replica.apply_retention().await {
+                Ok(None) => {}
+                Ok(Some(start)) => tracing::info!(
+                    topic = replica.topic(),
+                    partition = replica.partition(),
+                    log_start_offset = start.offset.0,
+                    raft_index = start.index,
+                    "retention deleted segments"
+                ),
+                Err(error) => stopped.push(Stopped { group: *group, error }),
+            }
+        }
+        for Stopped { group, error } in &stopped {
+            tracing::error!(node = self.node, group, %error, "replication: a replica stopped");
+            self.replicas.remove(group);
+        }
+        stopped
+    }
+
     /// One turn: every group's `Ready`, its messages handed to `send` as
     /// one `PeerMessage::Raft` per node and step. Answers the groups that
     /// stopped.

@@ -16,6 +16,8 @@ use raft::prelude::{Entry, HardState};
 use storage::record_file::{self, BatchWriter};
 use storage::Offset;
 
+use super::log_storage::LogStart;
+
 /// The file's name in the partition's directory.
 pub const FILE_NAME: &str = "raft-state";
 
@@ -23,6 +25,8 @@ const KIND_ENTRY: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
 const KIND_CUT: u8 = 3;
 const KIND_APPLIED: u8 = 4;
+const KIND_LOG_START: u8 = 5;
+const KIND_INSTALL: u8 = 6;
 
 /// Records to write in one batch.
 #[derive(Default)]
@@ -62,6 +66,22 @@ impl StateBatch {
         self.writer.record(KIND_APPLIED, &payload);
     }
 
+    /// The Raft log's entries up to `start.index` are forgotten: the
+    /// partition log's segments below `start.offset` may go.
+    pub fn log_start(&mut self, start: LogStart) {
+        self.writer.record(KIND_LOG_START, &start.encode());
+        self.needs_sync = true;
+    }
+
+    /// A leader's snapshot replaces the whole log: written before the
+    /// partition log is emptied, so a crash between the two finishes the
+    /// install at the next open (`ReplicaState::installing`) rather than
+    /// leaving a log that belongs to neither.
+    pub fn install(&mut self, start: LogStart) {
+        self.writer.record(KIND_INSTALL, &start.encode());
+        self.needs_sync = true;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.writer.is_empty()
     }
@@ -79,6 +99,11 @@ pub struct ReplicaState {
     pub hard_state: HardState,
     /// The last applied checkpoint: index and high watermark.
     pub applied: Option<(u64, Offset)>,
+    /// Where the Raft log starts, once its head was forgotten.
+    pub log_start: Option<LogStart>,
+    /// A snapshot whose install may not have emptied the partition log
+    /// (no `log_start` at or past it followed).
+    pub installing: Option<LogStart>,
     /// Bytes of whole batches (a torn last one lies past them).
     pub valid_bytes: usize,
 }
@@ -87,6 +112,12 @@ impl ReplicaState {
     /// The batch that writes this state whole, for a fresh file.
     pub fn rewrite(&self) -> StateBatch {
         let mut batch = StateBatch::default();
+        if let Some(start) = self.installing {
+            batch.install(start);
+        }
+        if let Some(start) = self.log_start.filter(|_| self.installing.is_none()) {
+            batch.log_start(start);
+        }
         for entry in self.internal.values() {
             batch.entry(entry);
         }
@@ -135,6 +166,18 @@ pub fn replay(bytes: &[u8]) -> Result<ReplicaState, String> {
                 let index = index_of(payload, "applied")?;
                 let offset = index_of(&payload[8..], "applied")?;
                 state.applied = Some((index, Offset(offset)));
+            }
+            KIND_LOG_START => {
+                let start = LogStart::decode(payload).map_err(|e| format!("{FILE_NAME}: a log start: {e}"))?;
+                state.internal = state.internal.split_off(&(start.index + 1));
+                state.installing = state.installing.filter(|i| i.index > start.index);
+                state.log_start = Some(start);
+            }
+            KIND_INSTALL => {
+                let start = LogStart::decode(payload).map_err(|e| format!("{FILE_NAME}: an install: {e}"))?;
+                state.internal.clear();
+                state.installing = Some(start);
+                state.log_start = Some(start);
             }
             other => return Err(format!("{FILE_NAME}: a record of unknown kind {other}")),
         }
@@ -191,6 +234,36 @@ mod tests {
             (again.internal, again.hard_state, again.applied),
             (state.internal, state.hard_state, state.applied)
         );
+        // A log start forgets the entries up to it; an install all of them
+        // until a log start at or past it says the partition log was emptied.
+        let start = |index, offset| LogStart {
+            index,
+            term: 4,
+            offset: Offset(offset),
+        };
+        let mut batch = StateBatch::default();
+        batch.entry(&noop(9, 4));
+        batch.log_start(start(8, 60));
+        file.extend(batch.finish().unwrap());
+        let state = replay(&file).unwrap();
+        assert_eq!(state.internal.keys().copied().collect::<Vec<_>>(), [9]);
+        assert_eq!((state.log_start, state.installing), (Some(start(8, 60)), None));
+        let mut batch = StateBatch::default();
+        batch.install(start(20, 90));
+        file.extend(batch.finish().unwrap());
+        let state = replay(&file).unwrap();
+        assert!(state.internal.is_empty());
+        assert_eq!(state.installing, Some(start(20, 90)));
+        let again = replay(&state.rewrite().finish().unwrap()).unwrap();
+        assert_eq!((again.log_start, again.installing), (state.log_start, state.installing));
+        let mut batch = StateBatch::default();
+        batch.log_start(start(20, 90));
+        batch.entry(&noop(21, 5));
+        file.extend(batch.finish().unwrap());
+        let state = replay(&file).unwrap();
+        assert_eq!((state.log_start, state.installing), (Some(start(20, 90)), None));
+        let again = replay(&state.rewrite().finish().unwrap()).unwrap();
+        assert_eq!((&again.internal, again.log_start), (&state.internal, state.log_start));
         let mut odd = BatchWriter::default();
         odd.record(KIND_CUT, b"short");
         assert!(replay(&odd.finish().unwrap())

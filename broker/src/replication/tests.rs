@@ -55,8 +55,8 @@ impl PartitionReplica {
     }
 }
 
-async fn open(dir: &std::path::Path, id: u64) -> PartitionReplica {
-    let log = Rc::new(PartitionLog::open(dir, config()).await.expect("the log opens"));
+async fn open(dir: &std::path::Path, id: u64, config: LogConfig) -> PartitionReplica {
+    let log = Rc::new(PartitionLog::open(dir, config).await.expect("the log opens"));
     PartitionReplica::open("t", 0, id, &VOTERS, log, storage::log::system_clock())
         .await
         .expect("the replica opens")
@@ -84,6 +84,7 @@ struct Waiting {
 }
 
 struct Group {
+    config: LogConfig,
     dirs: BTreeMap<u64, tempfile::TempDir>,
     replicas: BTreeMap<u64, Option<PartitionReplica>>,
     network: VecDeque<Message>,
@@ -102,7 +103,12 @@ struct Group {
 
 impl Group {
     async fn new() -> Group {
+        Group::with_config(config()).await
+    }
+
+    async fn with_config(config: LogConfig) -> Group {
         let mut group = Group {
+            config,
             dirs: BTreeMap::new(),
             replicas: BTreeMap::new(),
             network: VecDeque::new(),
@@ -116,7 +122,9 @@ impl Group {
         };
         for id in VOTERS {
             let dir = tempfile::tempdir().unwrap();
-            group.replicas.insert(id, Some(open(dir.path(), id).await));
+            group
+                .replicas
+                .insert(id, Some(open(dir.path(), id, group.config.clone()).await));
             group.dirs.insert(id, dir);
         }
         group
@@ -135,7 +143,7 @@ impl Group {
         // A new process: what was sent to the old one is gone with it.
         self.paused.remove(&id);
         self.held.retain(|m| m.to != id);
-        let replica = open(self.dirs[&id].path(), id).await;
+        let replica = open(self.dirs[&id].path(), id, self.config.clone()).await;
         self.replicas.insert(id, Some(replica));
     }
 
@@ -255,12 +263,20 @@ impl Group {
         panic!("the group did not settle in {SETTLE_TURNS_MAX} turns");
     }
 
-    /// Every replica that is up holds the same bytes, and every
-    /// acknowledged batch is where it was acknowledged.
+    /// Every replica that is up holds the same bytes from the latest of
+    /// their log starts on (retention moves each one's alone), and every
+    /// acknowledged batch from there on is where it was acknowledged.
     async fn check(&mut self) {
+        let up = || self.replicas.iter().filter_map(|(id, r)| Some((*id, r.as_ref()?)));
+        let start = up()
+            .map(|(_, r)| r.log().log_start_offset())
+            .max()
+            .expect("a replica is up");
         let mut logs = Vec::new();
-        for (id, replica) in self.replicas.iter().filter_map(|(id, r)| Some((*id, r.as_ref()?))) {
-            logs.push((id, frames(replica.log()).await));
+        for (id, replica) in up() {
+            let mut frames = frames(replica.log()).await;
+            frames.retain(|f| batch::peek_header(f).unwrap().base_offset >= start);
+            logs.push((id, frames));
         }
         let (first_id, first) = &logs[0];
         for (id, frames) in &logs[1..] {
@@ -277,12 +293,12 @@ impl Group {
             .iter()
             .map(|f| (batch::peek_header(f).unwrap().base_offset, f))
             .collect();
-        let mut next = Offset(0);
+        let mut next = start;
         for (offset, frame) in &by_offset {
             assert_eq!(*offset, next, "offsets follow each other");
             next = batch::peek_header(frame).unwrap().next_offset();
         }
-        for (tag, appended) in &self.acked {
+        for (tag, appended) in self.acked.iter().filter(|(_, a)| a.base_offset >= start) {
             let frame = by_offset
                 .get(&appended.base_offset)
                 .unwrap_or_else(|| panic!("acknowledged batch {tag} at {} is lost", appended.base_offset));
@@ -593,6 +609,114 @@ fn a_follower_whose_directory_was_lost_is_refilled() {
         group.settle().await;
         group.check().await;
         assert_eq!(group.acked.len(), 25);
+    });
+}
+
+/// Segments of 64 KiB, of which retention keeps 256 KiB.
+fn retention_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 << 10,
+        retention_bytes: Some(256 << 10),
+        ..config()
+    }
+}
+
+#[test]
+fn a_follower_behind_the_leaders_log_start_is_sent_a_snapshot() {
+    run(async {
+        let mut group = Group::with_config(retention_config()).await;
+        let leader = group.leader().await;
+        let behind = VOTERS.into_iter().find(|id| *id != leader).unwrap();
+        group.crash(behind);
+        for tag in 0..100 {
+            group.propose(leader, tag, 8 << 10);
+            group.turn().await;
+        }
+        group.settle().await;
+        // Each replica that is up forgets the head retention lets go.
+        let mut starts = BTreeMap::new();
+        for id in VOTERS.into_iter().filter(|id| *id != behind) {
+            let start = group
+                .replica(id)
+                .apply_retention()
+                .await
+                .unwrap()
+                .expect("retention moved the log start");
+            assert!(start.offset > Offset(0) && start.index > 1);
+            assert_eq!(group.replica(id).log().log_start_offset(), start.offset);
+            starts.insert(id, start);
+        }
+        assert!(
+            group.replica(leader).apply_retention().await.unwrap().is_none(),
+            "a second pass finds nothing more"
+        );
+        group.restart(behind).await;
+        group.settle().await;
+        group.check().await;
+        let caught_up = group.replica(behind).log().clone();
+        assert_eq!(
+            caught_up.log_start_offset(),
+            starts[&leader].offset,
+            "the follower's log starts where the leader's snapshot said"
+        );
+        assert_eq!(
+            frames(&caught_up).await.len() as u64,
+            100 - starts[&leader].offset.0,
+            "and holds every batch after it"
+        );
+        // What was installed survives a restart, and the group goes on with
+        // the snapshotted replica leading.
+        group.crash(behind);
+        group.restart(behind).await;
+        group.settle().await;
+        group.check().await;
+        group.crash(leader);
+        let next = group.leader().await;
+        for tag in 100..110 {
+            group.propose(next, tag, 100);
+        }
+        group.restart(leader).await;
+        group.settle().await;
+        group.check().await;
+        assert_eq!(group.acked.len(), 110, "every batch is acknowledged");
+    });
+}
+
+#[test]
+fn a_snapshots_install_a_crash_interrupted_is_finished_at_open() {
+    run(async {
+        let mut group = Group::new().await;
+        let leader = group.leader().await;
+        for tag in 0..20 {
+            group.propose(leader, tag, 300);
+        }
+        group.settle().await;
+        let follower = VOTERS.into_iter().find(|id| *id != leader).unwrap();
+        let (index, term) = group.replica(leader).committed();
+        let offset = group.replica(leader).high_watermark();
+        group.crash(follower);
+        // The install was recorded, and the crash came before the partition
+        // log was emptied.
+        let path = group.dirs[&follower].path().join(super::state_file::FILE_NAME);
+        let mut batch = super::state_file::StateBatch::default();
+        batch.install(super::log_storage::LogStart { index, term, offset });
+        let (file, _) = storage::record_file::open(&path).unwrap();
+        storage::record_file::append(&file, &path, &batch.finish().unwrap(), true).unwrap();
+        group.restart(follower).await;
+        let log = group.replica(follower).log().clone();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (offset, offset));
+        assert_eq!(group.replica(follower).high_watermark(), offset);
+        for tag in 20..25 {
+            group.propose(leader, tag, 300);
+        }
+        group.settle().await;
+        group.check().await;
+        // Once finished, a restart keeps what came after.
+        group.crash(follower);
+        group.restart(follower).await;
+        assert_eq!(group.replica(follower).log().log_end_offset(), Offset(25));
+        group.settle().await;
+        group.check().await;
     });
 }
 

@@ -3,9 +3,11 @@
 //! `log_retention_check_interval_ms` (Kafka's retention check).
 //!
 //! Left alone: the internal topics, whose coordinators compact them
-//! (`compact_offsets`, `compact_txn_states`), and replicated partitions,
-//! whose segments are their Raft log: deleting them needs the snapshot a
-//! follower behind the new log start would be sent, which is not built.
+//! (`compact_offsets`, `compact_txn_states`). A replicated partition's
+//! segments are its Raft log, so its replica applies retention itself, in
+//! the replication task (`PartitionReplica::apply_retention`): each replica
+//! to its own log, and a follower that falls behind the leader's log start
+//! is sent a snapshot.
 
 use std::time::Duration;
 
@@ -31,8 +33,10 @@ impl Shard {
             .filter(|((topic, _), _)| topic != OFFSETS_TOPIC && topic != TXN_STATE_TOPIC)
             .map(|(key, log)| (key.clone(), log.clone()))
             .collect();
+        let mut replicated = false;
         for ((topic, partition), log) in logs {
             if self.replica_view(&topic, partition).is_some() {
+                replicated = true;
                 continue;
             }
             match log.apply_retention().await {
@@ -45,6 +49,16 @@ impl Shard {
                     "retention deleted segments"
                 ),
                 Err(error) => tracing::error!(%topic, partition, %error, "applying retention failed"),
+            }
+        }
+        if let Some(mut handle) = self.replication.clone().filter(|_| replicated) {
+            use futures::SinkExt;
+            if handle
+                .send(crate::replication::driver::Command::Retention)
+                .await
+                .is_err()
+            {
+                tracing::debug!(shard = self.id, "retention: the replication task is gone");
             }
         }
     }

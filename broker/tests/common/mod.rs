@@ -49,7 +49,10 @@ impl Broker {
             .arg(data_dir)
             .arg("--config")
             .arg(&config_file)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("BROKER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             // A file, not the test's stderr: a broker orphaned by a killed
             // test must not hold the test runner's output open.
