@@ -102,6 +102,21 @@ fn route_raft(
 ) -> crate::controller::driver::Route {
     let learning = metadata.clone();
     let raft = Rc::new(move |from: u64, messages: Vec<(u64, Vec<u8>)>| {
+        if messages.is_empty() {
+            // A beat: the peer is up, for every shard's quiesced groups.
+            for (shard, inbox) in inboxes.iter().enumerate() {
+                if inbox
+                    .try_send(ShardMessage::Raft {
+                        from,
+                        messages: Vec::new(),
+                    })
+                    .is_err()
+                {
+                    tracing::debug!(from, shard, "a peer's beat dropped: the shard's inbox is full");
+                }
+            }
+            return;
+        }
         let table = metadata.snapshot();
         let mut per_shard: std::collections::BTreeMap<u16, Vec<(u64, Vec<u8>)>> = Default::default();
         for (group, message) in messages {

@@ -729,9 +729,12 @@ async fn peer_connection(
                 )));
             }
             PeerMessage::Raft { messages } => {
+                // An empty frame is a shard's beat (`replication::set`):
+                // every shard here hears the node is up.
+                let beat = messages.is_empty();
                 let (controller, partitions): (Vec<_>, Vec<_>) =
                     messages.into_iter().partition(|(group, _)| *group == CONTROLLER_GROUP);
-                if !partitions.is_empty() {
+                if !partitions.is_empty() || beat {
                     // Each is checked by the replica set it reaches.
                     (route.raft)(frame.from, partitions);
                 }

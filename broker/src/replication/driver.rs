@@ -92,7 +92,7 @@ pub async fn run(
         }
     };
     let tick = crate::controller::driver::TICK;
-    let mut set = ReplicaSet::new(node);
+    let mut set = ReplicaSet::new(node, peers.iter().map(|peer| peer.id).collect());
     let mut views: BTreeMap<u64, Rc<ReplicaView>> = BTreeMap::new();
     let mut next_tick = Instant::now() + tick;
     let mut stopping: Option<(Instant, oneshot::Sender<()>)> = None;
@@ -121,7 +121,7 @@ pub async fn run(
         }
         let now = Instant::now();
         if now >= next_tick {
-            set.tick();
+            set.tick(&mut send);
             next_tick += tick;
             if next_tick < now {
                 next_tick = now + tick;

@@ -54,6 +54,11 @@ const CHECKPOINT_ENTRIES: u64 = 1024;
 const CHECKPOINT_BYTES: u64 = 4 << 20;
 /// Past this size the state file is written again whole.
 const STATE_FILE_BYTES_MAX: usize = 1 << 20;
+/// Ticks a leader's group stays idle (every follower holding its whole log
+/// and told its commit, nothing waiting) before it is quiesced.
+const QUIESCE_AFTER_TICKS: u64 = 3;
+/// The context of the heartbeat by which a leader quiesces its group.
+pub const QUIESCE: &[u8] = b"quiesce";
 
 /// A committed batch: where the leader put it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +130,14 @@ pub struct PartitionReplica {
     caught_up: BTreeMap<u64, u64>,
     /// Followers sent a snapshot in this turn's messages.
     snapshots_sent: Vec<u64>,
+    /// An idle group stops ticking (no heartbeats, no election timer)
+    /// until a message, a proposal or its leader's silence wakes it.
+    quiesced: bool,
+    /// Ticks this leader's group has been idle.
+    idle_ticks: u64,
+    /// Messages of this replica's own making (the quiescing heartbeats),
+    /// sent with the next turn's.
+    outgoing: Vec<Message>,
 }
 
 impl PartitionReplica {
@@ -312,6 +325,9 @@ impl PartitionReplica {
             leading_since: None,
             caught_up: BTreeMap::new(),
             snapshots_sent: Vec::new(),
+            quiesced: false,
+            idle_ticks: 0,
+            outgoing: Vec::new(),
         })
     }
 
@@ -386,9 +402,29 @@ impl PartitionReplica {
         self.node.has_ready() || self.node.store().has_fetch()
     }
 
-    pub fn tick(&mut self) {
-        self.node.tick();
+    /// A tick of Raft's clock; `alive` says which nodes were heard from
+    /// within an election timeout. A quiesced group does not tick: a
+    /// follower wakes once its leader's node goes silent (it may have to
+    /// elect another), and a quiesced leader counts the followers whose
+    /// nodes it hears as caught up (they held its whole log when it
+    /// quiesced, and nothing was appended since).
+    pub fn tick(&mut self, alive: &impl Fn(u64) -> bool) {
         self.ticks += 1;
+        if self.quiesced && !self.is_leader() && !self.leader().is_some_and(alive) {
+            self.wake();
+        }
+        if self.quiesced {
+            if self.is_leader() {
+                let (id, ticks) = (self.id, self.ticks);
+                for peer in self.node.raft.prs().conf().voters().ids().iter() {
+                    if peer != id && alive(peer) {
+                        self.caught_up.insert(peer, ticks);
+                    }
+                }
+            }
+            return;
+        }
+        self.node.tick();
         if !self.is_leader() {
             return;
         }
@@ -402,6 +438,82 @@ impl PartitionReplica {
             }
         }
         self.last_index_at_tick = self.node.raft.raft_log.last_index();
+        if self.is_idle() {
+            self.idle_ticks += 1;
+        } else {
+            self.idle_ticks = 0;
+        }
+        if self.idle_ticks >= QUIESCE_AFTER_TICKS {
+            self.quiesce();
+        }
+    }
+
+    #[cfg(test)]
+    pub fn is_quiesced(&self) -> bool {
+        self.quiesced
+    }
+
+    /// Whether this leader's group has nothing to do: every entry
+    /// committed in its term and applied, nothing waiting, and every
+    /// follower holding the whole log and told its commit.
+    fn is_idle(&self) -> bool {
+        let raft = &self.node.raft;
+        let log = &raft.raft_log;
+        let committed = log.committed;
+        self.pending.is_empty()
+            && raft.lead_transferee.is_none()
+            && !self.node.store().has_fetch()
+            && committed == log.last_index()
+            && log.applied == committed
+            && log.term(committed).is_ok_and(|term| term == raft.term)
+            && raft.prs().iter().all(|(peer, progress)| {
+                *peer == self.id
+                    || (progress.matched == committed
+                        && progress.committed_index == committed
+                        && progress.state == raft::ProgressState::Replicate)
+            })
+    }
+
+    /// Stops ticking this leader's group, and tells each follower to stop
+    /// too: a heartbeat (it resets their election timers, as any does)
+    /// marked `QUIESCE`, naming the last index, which a follower must hold
+    /// to quiesce. One lost leaves that follower ticking: it campaigns, and
+    /// its vote request wakes the group.
+    fn quiesce(&mut self) {
+        let raft = &self.node.raft;
+        let (term, committed, last_index) = (raft.term, raft.raft_log.committed, raft.raft_log.last_index());
+        for peer in raft.prs().conf().voters().ids().iter().filter(|peer| *peer != self.id) {
+            let mut heartbeat = Message::default();
+            heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+            heartbeat.from = self.id;
+            heartbeat.to = peer;
+            heartbeat.term = term;
+            heartbeat.commit = committed;
+            heartbeat.index = last_index;
+            heartbeat.context = bytes::Bytes::from_static(QUIESCE);
+            self.outgoing.push(heartbeat);
+        }
+        self.quiesced = true;
+        self.idle_ticks = 0;
+    }
+
+    /// Ticks the group again. A leader's check-quorum clock starts over:
+    /// its followers said nothing while quiet, and have a full election
+    /// timeout to answer now.
+    fn wake(&mut self) {
+        if !self.quiesced {
+            return;
+        }
+        self.quiesced = false;
+        self.idle_ticks = 0;
+        if self.is_leader() {
+            self.node.raft.election_elapsed = 0;
+        }
+    }
+
+    /// The messages of this replica's own making since the last turn.
+    pub fn take_outgoing(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.outgoing)
     }
 
     /// A new term led: every follower counts as in sync from its start
@@ -486,8 +598,30 @@ impl PartitionReplica {
                 }
             }
         }
+        // Every message wakes a quiesced group but the quiescing heartbeat,
+        // and, on the leader, followers' answers that ask for nothing more
+        // (the last heartbeats' answers come after it quiesced). A
+        // follower quiesces on the heartbeat only if it holds its leader's
+        // whole log and commit.
+        let quiescing = kind == MessageType::MsgHeartbeat && message.context.as_ref() == QUIESCE;
+        let answer = matches!(kind, MessageType::MsgHeartbeatResponse | MessageType::MsgAppendResponse);
+        let (term, commit, last_index) = (message.term, message.commit, message.index);
+        if !quiescing && !(answer && self.is_leader()) {
+            self.wake();
+        }
         if let Err(e) = self.node.step(message) {
             tracing::debug!(topic = %self.topic, partition = self.partition, from, ?kind, error = %e, "replica: message refused");
+        }
+        if quiescing {
+            let raft = &self.node.raft;
+            self.quiesced = raft.leader_id == from
+                && raft.term == term
+                && raft.raft_log.last_index() == last_index
+                && raft.raft_log.committed == commit;
+        }
+        if self.is_leader() && self.node.has_ready() {
+            // The answer showed a follower lagging: the leader sends again.
+            self.wake();
         }
     }
 
@@ -539,6 +673,7 @@ impl PartitionReplica {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
+        self.wake();
         if acks == Acks::All {
             let in_sync = self.in_sync_replicas().len();
             if in_sync < min_insync {
@@ -616,9 +751,11 @@ impl PartitionReplica {
     pub async fn handle_ready(&mut self, send: &mut impl FnMut(Vec<Message>)) -> Result<bool, BrokerError> {
         self.serve_fetches().await?;
         let Some((messages, mut work)) = self.begin_ready() else {
+            send(self.take_outgoing());
             return Ok(false);
         };
         send(messages);
+        send(self.take_outgoing());
         self.persist(&mut work).await?;
         send(self.end_ready(work));
         self.checkpoint().await?;
@@ -1031,6 +1168,7 @@ impl PartitionReplica {
     /// Hands this replica's leadership to the follower furthest along
     /// (`replication::hand_over`).
     pub fn hand_over(&mut self) -> Option<u64> {
+        self.wake();
         super::hand_over(&mut self.node)
     }
 
@@ -1038,6 +1176,7 @@ impl PartitionReplica {
     /// tail and then tells it to campaign at once; a follower passes the
     /// request to the leader it knows (raft-rs's MsgTransferLeader).
     pub fn transfer_leader(&mut self, to: u64) {
+        self.wake();
         self.node.transfer_leader(to);
     }
 }

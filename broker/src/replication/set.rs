@@ -1,10 +1,16 @@
 //! A shard's replicas of partition groups, driven together so that what
 //! they say to other nodes travels coalesced: every group's messages to one
-//! node in a turn go in one peer frame (or a few, past a frame's limits),
-//! so 1,000 idle partitions cost a frame a tick to each peer, not 1,000
-//! (CockroachDB's and TiKV's batching). Each group's heartbeat is still a
-//! message of its own inside the frame; collapsing them into one per node
-//! pair, as Redpanda's heartbeat manager does, is not done yet.
+//! node in a turn go in one peer frame (or a few, past a frame's limits)
+//! (CockroachDB's and TiKV's batching).
+//!
+//! An idle group says nothing at all: its leader quiesces it (no ticks, no
+//! heartbeats, on every replica; CockroachDB's quiescence, TiKV's
+//! hibernating regions). What stands for its heartbeats is one beat a tick
+//! from each shard to each peer node, an empty frame when nothing else
+//! went: a quiesced follower wakes, and may elect a leader, once its
+//! leader's node has not been heard from for an election timeout. So
+//! 1,000 idle partitions cost each pair of nodes a frame a tick, with no
+//! message in it.
 //!
 //! A turn runs each group's `Ready` in three steps over all groups at
 //! once: the messages that may go before a sync (a leader's appends) leave
@@ -12,14 +18,14 @@
 //! concurrently (their fdatasyncs overlap), then what waited for the
 //! syncs leaves in one more frame per node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::join_all;
 use net::cluster::{PeerMessage, CONTROLLER_GROUP, PEER_FRAME_BYTES_MAX, PEER_FRAME_MESSAGES_MAX};
 use protobuf::Message as _;
 use raft::prelude::Message;
 
-use super::replica::PartitionReplica;
+use super::replica::{PartitionReplica, ELECTION_TICKS};
 use crate::error::BrokerError;
 
 /// Groups one shard may hold a replica of.
@@ -39,6 +45,8 @@ struct Outbox {
     nodes: BTreeMap<u64, Outgoing>,
     frames_sent: u64,
     messages_sent: u64,
+    /// Nodes sent a frame since the last tick (they need no beat).
+    sent_since_tick: BTreeSet<u64>,
 }
 
 impl Outbox {
@@ -51,6 +59,7 @@ impl Outbox {
             {
                 let full = std::mem::take(outgoing);
                 self.frames_sent += 1;
+                self.sent_since_tick.insert(message.to);
                 send(
                     message.to,
                     PeerMessage::Raft {
@@ -68,6 +77,7 @@ impl Outbox {
         for (node, outgoing) in std::mem::take(&mut self.nodes) {
             if !outgoing.messages.is_empty() {
                 self.frames_sent += 1;
+                self.sent_since_tick.insert(node);
                 send(
                     node,
                     PeerMessage::Raft {
@@ -81,8 +91,14 @@ impl Outbox {
 
 pub struct ReplicaSet {
     node: u64,
+    /// The other nodes of the cluster: each is sent a beat a tick.
+    peers: Vec<u64>,
     replicas: BTreeMap<u64, PartitionReplica>,
     outbox: Outbox,
+    ticks: u64,
+    /// The tick each peer node was last heard from at (a frame of any
+    /// shard of it, a beat included).
+    heard: BTreeMap<u64, u64>,
 }
 
 /// A group whose replica stopped: its `Ready` could not be persisted (a
@@ -94,11 +110,14 @@ pub struct Stopped {
 }
 
 impl ReplicaSet {
-    pub fn new(node: u64) -> ReplicaSet {
+    pub fn new(node: u64, peers: Vec<u64>) -> ReplicaSet {
         ReplicaSet {
             node,
+            peers: peers.into_iter().filter(|peer| *peer != node).collect(),
             replicas: BTreeMap::new(),
             outbox: Outbox::default(),
+            ticks: 0,
+            heard: BTreeMap::new(),
         }
     }
 
@@ -140,10 +159,28 @@ impl ReplicaSet {
         (self.outbox.frames_sent, self.outbox.messages_sent)
     }
 
-    pub fn tick(&mut self) {
+    /// Groups quiesced now.
+    #[cfg(test)]
+    pub fn quiesced(&self) -> usize {
+        self.replicas.values().filter(|r| r.is_quiesced()).count()
+    }
+
+    /// Ticks every group (a quiesced one only counts the tick), and beats
+    /// to each peer node this shard sent nothing since the last tick.
+    pub fn tick(&mut self, send: &mut impl FnMut(u64, PeerMessage)) {
+        self.ticks += 1;
+        let (ticks, heard) = (self.ticks, &self.heard);
+        let alive = |node: u64| heard.get(&node).is_some_and(|at| ticks - at <= ELECTION_TICKS as u64);
         for replica in self.replicas.values_mut() {
-            replica.tick();
+            replica.tick(&alive);
         }
+        for peer in &self.peers {
+            if !self.outbox.sent_since_tick.contains(peer) {
+                self.outbox.frames_sent += 1;
+                send(*peer, PeerMessage::Raft { messages: Vec::new() });
+            }
+        }
+        self.outbox.sent_since_tick.clear();
     }
 
     /// The Raft messages of a frame node `from` sent. One that does not
@@ -151,6 +188,7 @@ impl ReplicaSet {
     /// held here (deleted, or not yet created here) is dropped and logged:
     /// Raft sends again what was not answered.
     pub fn step(&mut self, from: u64, messages: Vec<(u64, Vec<u8>)>) {
+        self.heard.insert(from, self.ticks);
         for (group, bytes) in messages {
             let message = match Message::parse_from_bytes(&bytes) {
                 Ok(message) => message,
@@ -230,6 +268,8 @@ impl ReplicaSet {
                 outbox.queue(*group, messages, send);
                 works.insert(*group, work);
             }
+            // After the tick's heartbeats: a follower quiesces on the last.
+            outbox.queue(*group, replica.take_outgoing(), send);
         }
         outbox.flush(send);
         let persisted = join_all(

@@ -194,7 +194,7 @@ impl Group {
     async fn tick(&mut self) {
         for (id, replica) in self.replicas.iter_mut() {
             if let Some(replica) = replica.as_mut().filter(|_| !self.paused.contains(id)) {
-                replica.tick();
+                replica.tick(&|_| true);
             }
         }
         self.turn().await;
@@ -820,6 +820,8 @@ struct Nodes {
     sets: BTreeMap<u64, super::set::ReplicaSet>,
     /// Frames in flight: (from, to, encoded frame).
     wire: VecDeque<(u64, u64, Vec<u8>)>,
+    /// Nodes that neither tick, turn, send nor hear (a dead process).
+    down: BTreeSet<u64>,
 }
 
 impl Nodes {
@@ -828,7 +830,7 @@ impl Nodes {
         let mut sets = BTreeMap::new();
         for node in VOTERS {
             let dir = tempfile::tempdir().unwrap();
-            let mut set = super::set::ReplicaSet::new(node);
+            let mut set = super::set::ReplicaSet::new(node, VOTERS.to_vec());
             for group in 1..=SET_GROUPS {
                 let path = dir.path().join(format!("group-{group}"));
                 let log = Rc::new(PartitionLog::open(&path, small_log_config()).await.unwrap());
@@ -845,12 +847,13 @@ impl Nodes {
             _dirs: dirs,
             sets,
             wire: VecDeque::new(),
+            down: BTreeSet::new(),
         }
     }
 
     /// A turn of every node; the frames go through their encoding.
     async fn turn(&mut self) {
-        for (node, set) in self.sets.iter_mut() {
+        for (node, set) in self.sets.iter_mut().filter(|(node, _)| !self.down.contains(node)) {
             let wire = &mut self.wire;
             let stopped = set
                 .drive(&mut |to, message| {
@@ -866,15 +869,25 @@ impl Nodes {
             let net::cluster::PeerMessage::Raft { messages } = frame.message else {
                 panic!("only Raft messages between sets");
             };
-            self.sets.get_mut(&to).unwrap().step(from, messages);
+            if !self.down.contains(&to) {
+                self.sets.get_mut(&to).unwrap().step(from, messages);
+            }
         }
     }
 
     async fn tick(&mut self) {
-        for set in self.sets.values_mut() {
-            set.tick();
+        for (node, set) in self.sets.iter_mut().filter(|(node, _)| !self.down.contains(node)) {
+            let wire = &mut self.wire;
+            set.tick(&mut |to, message| {
+                let frame = net::cluster::PeerFrame { from: *node, message };
+                wire.push_back((*node, to, frame.encode().expect("a frame within limits")));
+            });
         }
         self.turn().await;
+    }
+
+    fn quiesced(&self) -> usize {
+        self.sets.values().map(|s| s.quiesced()).sum()
     }
 
     fn sent(&self) -> (u64, u64) {
@@ -884,12 +897,13 @@ impl Nodes {
             .fold((0, 0), |(f, m), (sf, sm)| (f + sf, m + sm))
     }
 
-    /// Each group's leader, once every group has one.
+    /// Each group's leader among the nodes up, once every group has one.
     fn leaders(&mut self) -> Option<BTreeMap<u64, u64>> {
         let mut leaders = BTreeMap::new();
         for group in 1..=SET_GROUPS {
             let leader = VOTERS
                 .into_iter()
+                .filter(|node| !self.down.contains(node))
                 .find(|node| self.sets.get_mut(node).unwrap().get_mut(group).unwrap().is_leader())?;
             leaders.insert(group, leader);
         }
@@ -943,23 +957,84 @@ fn a_shards_groups_talk_to_each_peer_in_one_frame_a_step() {
             messages - messages_before >= 4 * SET_GROUPS,
             "each group's appends and answers"
         );
-        // Idle: a tick's heartbeats and answers of every group, coalesced.
+        // Idle, every group quiesces within a few ticks, on every node.
+        let mut ticks = 0;
+        while nodes.quiesced() < 3 * SET_GROUPS as usize {
+            assert!(
+                ticks < 20,
+                "{} of {} replicas quiesced",
+                nodes.quiesced(),
+                3 * SET_GROUPS
+            );
+            nodes.tick().await;
+            ticks += 1;
+        }
+        // The answers to the last heartbeats go, and then each shard sends
+        // each peer a beat a tick, and no message.
+        nodes.turn().await;
         let (frames_before, messages_before) = nodes.sent();
-        const IDLE_TICKS: u64 = 10;
+        const IDLE_TICKS: u64 = 30;
         for _ in 0..IDLE_TICKS {
             nodes.tick().await;
         }
         let (frames, messages) = nodes.sent();
-        let (frames, messages) = (frames - frames_before, messages - messages_before);
+        assert_eq!(messages - messages_before, 0, "an idle group sends nothing");
+        // (The first tick's beat is not needed where the answers just went.)
         assert!(
-            frames <= IDLE_TICKS * 2 * 6,
-            "{frames} frames for {IDLE_TICKS} idle ticks"
+            (IDLE_TICKS - 1) * 6 <= frames - frames_before && frames - frames_before <= IDLE_TICKS * 6,
+            "a beat a tick to each peer: {} frames in {IDLE_TICKS} ticks",
+            frames - frames_before
         );
+        assert_eq!(
+            nodes.leaders(),
+            Some(leaders.clone()),
+            "no spurious election while quiet"
+        );
+        // A write wakes its group alone, which quiesces again after it.
+        let (group, leader) = leaders.iter().next().map(|(g, l)| (*g, *l)).unwrap();
+        let mut reply = nodes
+            .sets
+            .get_mut(&leader)
+            .unwrap()
+            .get_mut(group)
+            .unwrap()
+            .propose_all(frame(group, 100))
+            .unwrap();
+        for _ in 0..5 {
+            nodes.turn().await;
+        }
+        assert_eq!(reply.try_recv().unwrap().unwrap().unwrap().base_offset, Offset(1));
         assert!(
-            messages >= IDLE_TICKS * SET_GROUPS * 2,
-            "every group's heartbeats go out ({messages} messages)"
+            nodes.quiesced() >= 3 * (SET_GROUPS as usize - 1),
+            "the other groups stay quiet"
         );
-        assert_eq!(nodes.leaders(), Some(leaders), "no spurious election while idle");
+        for _ in 0..10 {
+            nodes.tick().await;
+        }
+        assert_eq!(nodes.quiesced(), 3 * SET_GROUPS as usize, "and it quiesces again");
+        // A node that goes silent: the groups it led wake on the others
+        // once its beats stop, and elect leaders there.
+        let lost = leader;
+        nodes.down.insert(lost);
+        let led_by_lost = leaders.values().filter(|l| **l == lost).count();
+        assert!(led_by_lost > 0);
+        let mut ticks = 0;
+        let after = loop {
+            nodes.tick().await;
+            ticks += 1;
+            if let Some(after) = nodes.leaders() {
+                break after;
+            }
+            assert!(ticks < ELECTION_TICKS_MAX, "the lost node's groups elect new leaders");
+        };
+        for (group, before) in &leaders {
+            if *before != lost {
+                assert_eq!(
+                    after[group], *before,
+                    "group {group}, led by a live node, keeps its leader"
+                );
+            }
+        }
     });
 }
 
@@ -968,7 +1043,7 @@ fn a_set_drops_what_is_not_for_its_groups_and_refuses_a_group_twice() {
     run(async {
         let (leader, follower) = (1, 2);
         let dir = tempfile::tempdir().unwrap();
-        let mut set = super::set::ReplicaSet::new(follower);
+        let mut set = super::set::ReplicaSet::new(follower, VOTERS.to_vec());
         let log = Rc::new(PartitionLog::open(dir.path(), config()).await.unwrap());
         let replica = PartitionReplica::open("t", 0, follower, &VOTERS, log, storage::log::system_clock())
             .await
