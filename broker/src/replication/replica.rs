@@ -606,7 +606,8 @@ impl PartitionReplica {
         let quiescing = kind == MessageType::MsgHeartbeat && message.context.as_ref() == QUIESCE;
         let answer = matches!(kind, MessageType::MsgHeartbeatResponse | MessageType::MsgAppendResponse);
         let (term, commit, last_index) = (message.term, message.commit, message.index);
-        if !quiescing && !(answer && self.is_leader()) {
+        let asks_nothing = quiescing || (answer && self.is_leader());
+        if !asks_nothing {
             self.wake();
         }
         if let Err(e) = self.node.step(message) {
