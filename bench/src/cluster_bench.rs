@@ -931,14 +931,21 @@ fn render(
         ));
     }
     let frames = |p| median_of(&idle_of(idle, p), |s| mean(&s.node_frames_per_s));
+    let bytes = |p| median_of(&idle_of(idle, p), |s| mean(&s.node_bytes_per_s));
     out.push_str(&format!(
-        "\nUncoalesced, {busy} partitions' leaders would send a heartbeat a tick (10 a second) to each of two \
-         followers, and each follower answer it: about {:.0} messages a second a node. Coalesced per pair of nodes \
-         (one frame per peer a turn, carrying every partition's messages), each node writes {:.0} frames a second \
-         ({:.0} with no user partition).\n",
+        "\nUncoalesced and awake, {busy} partitions' leaders would send a heartbeat a tick (10 a second) to each of \
+         two followers, and each follower answer it: about {:.0} messages a second a node. An idle group quiesces \
+         instead (its leader, once every follower holds its whole log and commit, stops ticking and tells them to \
+         stop too), and what stands for its heartbeats is one beat a tick from each shard to each peer node, an \
+         empty frame: a quiesced follower wakes once its leader's node has been silent for an election timeout. \
+         So each node writes {:.0} frames and {:.0} bytes a second with {busy} idle partitions, against {:.0} and \
+         {:.0} with none: the controller's own group (which does not quiesce) and the beats, whatever the number \
+         of partitions. Their CPU is the ticks' bookkeeping and the beats.\n",
         f64::from(busy) / 3.0 * 2.0 * 10.0 * 2.0,
         frames(busy),
+        bytes(busy),
         frames(0),
+        bytes(0),
     ));
     out
 }
