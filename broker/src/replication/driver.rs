@@ -97,6 +97,11 @@ pub async fn run(
     let mut next_tick = Instant::now() + tick;
     let mut stopping: Option<(Instant, oneshot::Sender<()>)> = None;
     let mut retention_due = false;
+    // Each turn's writes wait for their fdatasync in tasks of their own
+    // (the log's group commit), so the next turn goes on meanwhile; each
+    // says here when it is done.
+    let (synced_tx, mut synced) = mpsc::unbounded::<(u64, Result<(), storage::StorageError>)>();
+    let mut stopped: Vec<super::set::Stopped> = Vec::new();
     loop {
         if !set.has_ready() {
             let wait = next_tick.saturating_duration_since(Instant::now());
@@ -105,9 +110,16 @@ pub async fn run(
                     Some(command) => take(command, &mut set, &mut views, &mut stopping, &mut retention_due, &metadata),
                     None => break,
                 },
+                done = synced.next() => if let Some((group, result)) = done {
+                    stopped.extend(set.synced(group, result, &mut send));
+                },
                 _ = glommio::timer::sleep(wait).fuse() => {}
             }
         }
+        while let Ok((group, result)) = synced.try_recv() {
+            stopped.extend(set.synced(group, result, &mut send));
+        }
+        set.flush(&mut send);
         // What else has arrived goes into the same turn.
         while let Ok(command) = commands.try_recv() {
             take(
@@ -127,7 +139,15 @@ pub async fn run(
                 next_tick = now + tick;
             }
         }
-        for stopped in set.drive(&mut send).await {
+        let turn = set.drive(&mut send).await;
+        for sync in turn.syncs {
+            let synced_tx = synced_tx.clone();
+            glommio::spawn_local(async move {
+                let _ = synced_tx.unbounded_send(sync.wait().await);
+            })
+            .detach();
+        }
+        for stopped in turn.stopped.into_iter().chain(stopped.drain(..)) {
             if let Some(view) = views.remove(&stopped.group) {
                 view.close();
             }

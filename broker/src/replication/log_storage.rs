@@ -325,6 +325,7 @@ impl LogStorage {
         self.hard_state = hard_state;
     }
 
+    #[cfg(test)]
     pub fn set_commit(&mut self, commit: u64) {
         assert!(commit >= self.hard_state.commit, "the commit index never goes back");
         self.hard_state.commit = commit;

@@ -86,6 +86,19 @@ pub struct ReadyWork {
     entries: Vec<Entry>,
 }
 
+/// A `Ready` written and handed back to raft-rs, not yet durable: what it
+/// may say once it is, and the last offset it appended (None: nothing, so
+/// it is durable once those before it are).
+struct Syncing {
+    number: u64,
+    messages: Vec<Message>,
+    last_offset: Option<Offset>,
+}
+
+/// `Ready`s written and waiting for their fdatasync at once: past it the
+/// replica takes no new `Ready` until the oldest is durable.
+const SYNCING_MAX: usize = 64;
+
 struct Pending {
     term: u64,
     appended: Appended,
@@ -115,8 +128,14 @@ pub struct PartitionReplica {
     proposed: Option<(u64, Offset)>,
     pending: BTreeMap<u64, Pending>,
     last_checkpoint: u64,
-    /// Bytes of batches appended since the last checkpoint.
-    unchecked_bytes: u64,
+    /// Bytes of batches appended since this replica opened, and each batch
+    /// appended since the last checkpoint with the total through it: a
+    /// checkpoint is due once enough of them are applied (they are applied
+    /// a turn or more after they are written).
+    appended_bytes: u64,
+    unchecked: std::collections::VecDeque<(u64, u64)>,
+    /// `appended_bytes` as of the last checkpoint.
+    checkpointed_bytes: u64,
     /// Where the last open read the log back from.
     recovered_from: Offset,
     /// Reads from the partition log served for lagging followers.
@@ -138,6 +157,13 @@ pub struct PartitionReplica {
     /// Messages of this replica's own making (the quiescing heartbeats),
     /// sent with the next turn's.
     outgoing: Vec<Message>,
+    /// `Ready`s written, oldest first, waiting to be durable: their
+    /// persisted messages go, in order, once they are (raft-rs's
+    /// asynchronous persistence), so the next turn need not wait.
+    syncing: std::collections::VecDeque<Syncing>,
+    /// Persisted messages released while a `Ready` was written (a cut
+    /// waits for every earlier write first), sent before its own.
+    released: Vec<Message>,
 }
 
 impl PartitionReplica {
@@ -317,7 +343,9 @@ impl PartitionReplica {
             proposed: None,
             pending: BTreeMap::new(),
             last_checkpoint: applied,
-            unchecked_bytes: 0,
+            appended_bytes: 0,
+            unchecked: std::collections::VecDeque::new(),
+            checkpointed_bytes: 0,
             recovered_from: high_watermark,
             fetches_served: 0,
             ticks: 0,
@@ -328,6 +356,8 @@ impl PartitionReplica {
             quiesced: false,
             idle_ticks: 0,
             outgoing: Vec::new(),
+            syncing: std::collections::VecDeque::new(),
+            released: Vec::new(),
         })
     }
 
@@ -399,7 +429,12 @@ impl PartitionReplica {
     /// Whether a turn has work: a `Ready`, or entries to read back for a
     /// lagging follower.
     pub fn has_ready(&self) -> bool {
-        self.node.has_ready() || self.node.store().has_fetch()
+        self.syncing.len() < SYNCING_MAX && (self.node.has_ready() || self.node.store().has_fetch())
+    }
+
+    /// The partition log, for the wait on a written `Ready`'s durability.
+    pub fn partition_log(&self) -> &Rc<PartitionLog> {
+        &self.log
     }
 
     /// A tick of Raft's clock; `alive` says which nodes were heard from
@@ -461,6 +496,7 @@ impl PartitionReplica {
         let log = &raft.raft_log;
         let committed = log.committed;
         self.pending.is_empty()
+            && self.syncing.is_empty()
             && raft.lead_transferee.is_none()
             && !self.node.store().has_fetch()
             && committed == log.last_index()
@@ -747,7 +783,8 @@ impl PartitionReplica {
 
     /// Persists a `Ready` if there is one, handing the messages to `send` as
     /// soon as each may go; answers whether there was one. (`ReplicaSet`
-    /// runs the three steps itself, for many replicas at once.)
+    /// runs the steps itself, for many replicas at once, and does not wait
+    /// for the fdatasync in its turn.)
     #[cfg(test)]
     pub async fn handle_ready(&mut self, send: &mut impl FnMut(Vec<Message>)) -> Result<bool, BrokerError> {
         self.serve_fetches().await?;
@@ -757,8 +794,14 @@ impl PartitionReplica {
         };
         send(messages);
         send(self.take_outgoing());
-        self.persist(&mut work).await?;
-        send(self.end_ready(work));
+        let last_offset = self.write(&mut work).await?;
+        if let Some(last) = last_offset {
+            self.log
+                .wait_durable(last)
+                .await
+                .map_err(|e| storage_error(&self.topic, self.partition, e))?;
+        }
+        send(self.end_ready(work, last_offset));
         self.checkpoint().await?;
         Ok(true)
     }
@@ -780,9 +823,27 @@ impl PartitionReplica {
         Some((messages, ReadyWork { ready, entries }))
     }
 
-    /// The second: the entries and the hard state made durable.
-    pub async fn persist(&mut self, work: &mut ReadyWork) -> Result<(), BrokerError> {
+    /// The second: the entries written, Raft's own entries and the term and
+    /// vote made durable; answers the last offset appended, durable once
+    /// the log's fdatasync passes it (`release_durable`). A cut or a
+    /// snapshot first waits for every earlier write to be durable and
+    /// releases their messages: none may go for entries the cut replaces.
+    pub async fn write(&mut self, work: &mut ReadyWork) -> Result<Option<Offset>, BrokerError> {
         let ReadyWork { ready, entries } = work;
+        let cuts = entries
+            .first()
+            .is_some_and(|e| e.index <= self.node.store().last_index());
+        if (cuts || !ready.snapshot().is_empty()) && !self.syncing.is_empty() {
+            if let Some(last) = self.syncing.iter().rev().find_map(|s| s.last_offset) {
+                self.log
+                    .wait_durable(last)
+                    .await
+                    .map_err(|e| storage_error(&self.topic, self.partition, e))?;
+            }
+            let released = self.release_durable();
+            self.released.extend(released);
+            assert!(self.syncing.is_empty(), "every earlier write is durable");
+        }
         let mut batch = StateBatch::default();
         if !ready.snapshot().is_empty() {
             let start = self.install(ready.snapshot()).await?;
@@ -799,6 +860,9 @@ impl PartitionReplica {
                     .await
                     .map_err(|e| storage_error(&self.topic, self.partition, e))?;
                 batch.cut(first);
+                while self.unchecked.back().is_some_and(|(index, _)| *index >= first) {
+                    self.unchecked.pop_back();
+                }
             }
             self.fail_replaced(first, entries);
             for entry in entries.iter().filter(|e| is_internal(e)) {
@@ -829,7 +893,8 @@ impl PartitionReplica {
                 .await
                 .map_err(|e| storage_error(&self.topic, self.partition, e))?;
             self.node.mut_store().append(entry, Some(info.last_offset.next()));
-            self.unchecked_bytes += entry.data.len() as u64;
+            self.appended_bytes += entry.data.len() as u64;
+            self.unchecked.push_back((entry.index, self.appended_bytes));
             last_appended = Some(info.last_offset);
             if self
                 .pending
@@ -840,38 +905,63 @@ impl PartitionReplica {
                 let _ = pending.reply.send(Ok(pending.appended));
             }
         }
-        if let Some(last) = last_appended {
-            self.log
-                .wait_durable(last)
-                .await
-                .map_err(|e| storage_error(&self.topic, self.partition, e))?;
-        }
         // After the entries: its commit may count the ones just appended,
         // and the entries they replaced were not committed.
         if let Some(hard_state) = ready.hs() {
             self.node.mut_store().set_hard_state(hard_state.clone());
         }
-        Ok(())
+        Ok(last_appended)
     }
 
-    /// The third, once `persist` returned: the messages that waited for it.
-    pub fn end_ready(&mut self, work: ReadyWork) -> Vec<Message> {
+    /// The third, once `write` returned: the `Ready` handed back to raft-rs
+    /// (its entries readable from the storage, not yet durable), and the
+    /// messages that may go now: those an earlier cut released, and any
+    /// whose `Ready`s are durable already.
+    pub fn end_ready(&mut self, work: ReadyWork, last_offset: Option<Offset>) -> Vec<Message> {
         let ReadyWork { mut ready, .. } = work;
-        let mut messages = ready.take_persisted_messages();
-        let mut light = self.node.advance(ready);
-        if let Some(commit) = light.commit_index() {
-            self.node.mut_store().set_commit(commit);
-        }
-        messages.extend(light.take_messages());
-        self.apply(light.take_committed_entries());
+        let number = ready.number();
+        let messages = ready.take_persisted_messages();
+        self.node.advance_append_async(ready);
+        self.syncing.push_back(Syncing {
+            number,
+            messages,
+            last_offset,
+        });
+        let mut out = std::mem::take(&mut self.released);
+        out.extend(self.release_durable());
+        // After the release: a snapshot installed (durable as it was
+        // written) counts as applied only once raft-rs knows it persisted.
         self.node.advance_apply();
-        self.note_snapshots_sent(&messages);
         // A snapshot is where the log starts, a few bytes in the frame with
         // the rest: once it is handed to the link it counts as sent, and
         // the follower is probed from after it. One that was lost shows as
         // the probe's refusal, and raft-rs sends another.
         for to in std::mem::take(&mut self.snapshots_sent) {
             self.node.report_snapshot(to, raft::SnapshotStatus::Finish);
+        }
+        out
+    }
+
+    /// Tells raft-rs which written `Ready`s the log's fdatasync has made
+    /// durable (in order: one waits for those before it), and answers
+    /// their persisted messages (a follower's acknowledgements, votes),
+    /// which may go now. A leader counts its own entries for the commit
+    /// from here.
+    pub fn release_durable(&mut self) -> Vec<Message> {
+        let durable = self.log.durable_offset();
+        let mut messages = Vec::new();
+        let mut last = None;
+        while self
+            .syncing
+            .front()
+            .is_some_and(|s| s.last_offset.is_none_or(|offset| offset < durable))
+        {
+            let syncing = self.syncing.pop_front().expect("just seen");
+            last = Some(syncing.number);
+            messages.extend(syncing.messages);
+        }
+        if let Some(number) = last {
+            self.node.on_persist_ready(number);
         }
         messages
     }
@@ -929,8 +1019,8 @@ impl PartitionReplica {
         }
         self.high_watermark = start.offset;
         self.proposed = None;
-        self.last_checkpoint = start.index;
-        self.unchecked_bytes = 0;
+        self.unchecked.clear();
+        self.checkpointed(start.index);
         Ok(start)
     }
 
@@ -971,9 +1061,8 @@ impl PartitionReplica {
         batch.applied(applied, self.high_watermark);
         batch.log_start(start);
         self.state_file.append(batch).await.map_err(storage_error)?;
-        self.last_checkpoint = applied;
-        self.unchecked_bytes = 0;
         self.log.delete_records_before(offset).await.map_err(storage_error)?;
+        self.checkpointed(applied);
         self.node.mut_store().compact(start);
         Ok(Some(start))
     }
@@ -1034,18 +1123,35 @@ impl PartitionReplica {
         }
     }
 
+    /// Bytes appended through the last batch applied (`applied` or
+    /// before), of those counted since the last checkpoint.
+    fn applied_bytes(&self, applied: u64) -> u64 {
+        let through = self.unchecked.partition_point(|(index, _)| *index <= applied);
+        through
+            .checked_sub(1)
+            .map_or(self.checkpointed_bytes, |at| self.unchecked[at].1)
+    }
+
+    /// A checkpoint of `applied` was written.
+    fn checkpointed(&mut self, applied: u64) {
+        self.checkpointed_bytes = self.applied_bytes(applied);
+        let through = self.unchecked.partition_point(|(index, _)| *index <= applied);
+        self.unchecked.drain(..through);
+        self.last_checkpoint = applied;
+    }
+
     /// Writes the applied index every `CHECKPOINT_ENTRIES` or
     /// `CHECKPOINT_BYTES`, and the whole state file again once it has grown
     /// past `STATE_FILE_BYTES_MAX`.
     pub async fn checkpoint(&mut self) -> Result<(), BrokerError> {
         let applied = self.node.raft.raft_log.applied;
         if applied == self.last_checkpoint
-            || (applied < self.last_checkpoint + CHECKPOINT_ENTRIES && self.unchecked_bytes < CHECKPOINT_BYTES)
+            || (applied < self.last_checkpoint + CHECKPOINT_ENTRIES
+                && self.applied_bytes(applied) - self.checkpointed_bytes < CHECKPOINT_BYTES)
         {
             return Ok(());
         }
-        self.last_checkpoint = applied;
-        self.unchecked_bytes = 0;
+        self.checkpointed(applied);
         if self.state_file.bytes > STATE_FILE_BYTES_MAX {
             let store = self.node.store();
             let state = ReplicaState {

@@ -246,9 +246,11 @@ impl ReplicaSet {
     }
 
     /// One turn: every group's `Ready`, its messages handed to `send` as
-    /// one `PeerMessage::Raft` per node and step. Answers the groups that
-    /// stopped.
-    pub async fn drive(&mut self, send: &mut impl FnMut(u64, PeerMessage)) -> Vec<Stopped> {
+    /// one `PeerMessage::Raft` per node and step. The entries are written
+    /// but the turn does not wait for their fdatasync: it answers the
+    /// writes to wait for (`Sync`), and `synced` hands on what each one's
+    /// durability releases. Answers the groups that stopped too.
+    pub async fn drive(&mut self, send: &mut impl FnMut(u64, PeerMessage)) -> Turn {
         let mut stopped = Vec::new();
         let ReplicaSet { replicas, outbox, .. } = self;
         let fetches = join_all(
@@ -272,22 +274,30 @@ impl ReplicaSet {
             outbox.queue(*group, replica.take_outgoing(), send);
         }
         outbox.flush(send);
-        let persisted = join_all(
+        let written = join_all(
             replicas
                 .iter_mut()
                 .filter_map(|(group, replica)| Some((*group, replica, works.remove(group)?)))
                 .map(|(group, replica, mut work)| async move {
-                    let result = replica.persist(&mut work).await;
+                    let result = replica.write(&mut work).await;
                     (group, work, result)
                 }),
         )
         .await;
         let mut ended = Vec::new();
-        for (group, work, result) in persisted {
+        let mut syncs = Vec::new();
+        for (group, work, result) in written {
             match result {
-                Ok(()) => {
-                    let replica = replicas.get_mut(&group).expect("held while persisting");
-                    outbox.queue(group, replica.end_ready(work), send);
+                Ok(last_offset) => {
+                    let replica = replicas.get_mut(&group).expect("held while writing");
+                    outbox.queue(group, replica.end_ready(work, last_offset), send);
+                    if let Some(last_offset) = last_offset {
+                        syncs.push(Sync {
+                            group,
+                            log: replica.partition_log().clone(),
+                            last_offset,
+                        });
+                    }
                     ended.push(group);
                 }
                 Err(error) => stopped.push(Stopped { group, error }),
@@ -310,6 +320,59 @@ impl ReplicaSet {
             tracing::error!(node = self.node, group, %error, "replication: a replica stopped");
             self.replicas.remove(group);
         }
-        stopped
+        Turn { stopped, syncs }
+    }
+
+    /// A write `drive` answered is durable (or failed): the messages it
+    /// and the writes before it held back are queued, to go at the next
+    /// `flush` or turn. A group no longer held (let go meanwhile) is
+    /// passed over.
+    pub fn synced(
+        &mut self,
+        group: u64,
+        result: Result<(), storage::StorageError>,
+        send: &mut impl FnMut(u64, PeerMessage),
+    ) -> Option<Stopped> {
+        let replica = self.replicas.get_mut(&group)?;
+        if let Err(source) = result {
+            let error = BrokerError::Storage {
+                topic: replica.topic().to_string(),
+                partition: replica.partition(),
+                source,
+            };
+            tracing::error!(node = self.node, group, %error, "replication: a replica stopped");
+            self.replicas.remove(&group);
+            return Some(Stopped { group, error });
+        }
+        let messages = replica.release_durable();
+        self.outbox.queue(group, messages, send);
+        None
+    }
+
+    /// Sends what `synced` released, one frame per node: the syncs that
+    /// ended together go together.
+    pub fn flush(&mut self, send: &mut impl FnMut(u64, PeerMessage)) {
+        self.outbox.flush(send);
+    }
+}
+
+/// What a turn did.
+pub struct Turn {
+    pub stopped: Vec<Stopped>,
+    /// Writes to wait for, each then handed to `synced`.
+    pub syncs: Vec<Sync>,
+}
+
+/// A group's write whose durability its messages wait for.
+pub struct Sync {
+    pub group: u64,
+    pub log: std::rc::Rc<storage::PartitionLog>,
+    pub last_offset: storage::Offset,
+}
+
+impl Sync {
+    /// Waits until the write is durable (the log's group commit).
+    pub async fn wait(self) -> (u64, Result<(), storage::StorageError>) {
+        (self.group, self.log.wait_durable(self.last_offset).await)
     }
 }

@@ -855,13 +855,17 @@ impl Nodes {
     async fn turn(&mut self) {
         for (node, set) in self.sets.iter_mut().filter(|(node, _)| !self.down.contains(node)) {
             let wire = &mut self.wire;
-            let stopped = set
-                .drive(&mut |to, message| {
-                    let frame = net::cluster::PeerFrame { from: *node, message };
-                    wire.push_back((*node, to, frame.encode().expect("a frame within limits")));
-                })
-                .await;
-            assert!(stopped.is_empty(), "{stopped:?}");
+            let mut send = |to, message| {
+                let frame = net::cluster::PeerFrame { from: *node, message };
+                wire.push_back((*node, to, frame.encode().expect("a frame within limits")));
+            };
+            let turn = set.drive(&mut send).await;
+            assert!(turn.stopped.is_empty(), "{:?}", turn.stopped);
+            for sync in turn.syncs {
+                let (group, result) = sync.wait().await;
+                assert!(set.synced(group, result, &mut send).is_none());
+            }
+            set.flush(&mut send);
         }
         while let Some((from, to, bytes)) = self.wire.pop_front() {
             let frame = net::cluster::PeerFrame::decode_frame(&bytes).expect("a frame decodes");
