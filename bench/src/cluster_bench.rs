@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use storage::batch::RecordBatchBuilder;
 
 use crate::broker_process::BrokerProcess;
-use crate::machine::Machine;
+use crate::machine::{DiskCounters, Machine};
 use crate::storage_bench::median;
 
 #[derive(clap::Args)]
@@ -83,6 +83,12 @@ pub struct ProduceSample {
     /// Each node's CPU over the cell, in % of one core (node 1 first).
     pub node_cpu_percent: Vec<f64>,
     pub client_cpu_percent: f64,
+    /// What the one disk under every node wrote a second over the cell
+    /// (`/proc/diskstats`), and its flushes a second.
+    #[serde(default)]
+    pub disk_write_mb_per_s: f64,
+    #[serde(default)]
+    pub disk_flushes_per_s: f64,
 }
 
 /// One idle window, with or without the idle topic.
@@ -472,6 +478,7 @@ fn produce_cell(
     let targets: Vec<String> = leaders.iter().map(|l| l.addr.clone().expect("elected")).collect();
 
     let cpu = CpuWindow::open(cluster.pids().into_iter().chain([0]).collect());
+    let disk_before = DiskCounters::read(&args.data_dir);
     let bytes = args.bytes;
     let (produced, seconds, histogram) = glommio::LocalExecutorBuilder::default()
         .io_memory(4 << 20)
@@ -522,6 +529,10 @@ fn produce_cell(
             }
         })?;
     let mut cpu = cpu.close();
+    let (disk_write_mb_per_s, disk_flushes_per_s) = match (disk_before, DiskCounters::read(&args.data_dir)) {
+        (Some(before), Some(after)) => before.rates_until(&after, seconds),
+        _ => (0.0, 0.0),
+    };
     let client = cpu.pop().unwrap_or(0.0);
     delete_topic(&any, &topic)?;
     Ok(ProduceSample {
@@ -535,6 +546,8 @@ fn produce_cell(
         ack_max_us: histogram.max(),
         node_cpu_percent: cpu,
         client_cpu_percent: client,
+        disk_write_mb_per_s,
+        disk_flushes_per_s,
     })
 }
 
@@ -808,9 +821,12 @@ fn render(
          around it by the client. acks=all with factor 3 is a reply once two of three replicas have fdatasynced the \
          batch; with factor 1, once the leader has. The cells alternate (factor 3 first, then 1, for each N), {} \
          runs; medians, each run in brackets. *Little* is what N batches in flight at the median ack latency would \
-         carry (N × batch bytes / p50): near the measured rate, the wait for each ack binds, not a resource.\n\n\
+         carry (N × batch bytes / p50): near the measured rate, the wait for each ack binds, not a resource. *Disk* \
+         is what the one device under all three nodes' data directories wrote a second over the cell, and its \
+         flushes a second (`/proc/diskstats`): every replica writes every byte to it.\n\n\
          | replication factor | connections | produce MB/s | ack p50 µs | ack p99 µs | ack max µs | Little MB/s | \
-         CPU node 1, 2, 3 (% of a core) | CPU client | CPU all |\n|---|---|---|---|---|---|---|---|---|---|\n",
+         CPU node 1, 2, 3 (% of a core) | CPU client | CPU all | disk MB/s written | disk flushes/s |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
         args.partitions,
         args.bytes >> 20,
         args.runs
@@ -828,7 +844,7 @@ fn render(
                 .collect();
             let little = connections as f64 * batch_bytes / median_of(&cells, |s| s.ack_p50_us as f64);
             out.push_str(&format!(
-                "| {rf} | {connections} | {} | {} | {} | {} | {little:.0} | {} | {:.0} | {:.0} |\n",
+                "| {rf} | {connections} | {} | {} | {} | {} | {little:.0} | {} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
                 runs(|s| s.produce_mb_per_s),
                 runs(|s| s.ack_p50_us as f64),
                 runs(|s| s.ack_p99_us as f64),
@@ -836,6 +852,8 @@ fn render(
                 node_cpu.join(", "),
                 median_of(&cells, |s| s.client_cpu_percent),
                 all_cpu(&cells),
+                median_of(&cells, |s| s.disk_write_mb_per_s),
+                median_of(&cells, |s| s.disk_flushes_per_s),
             ));
         }
     }
@@ -859,11 +877,13 @@ fn render(
     let (rf3, rf1) = (produce_of(produce, 3, deepest), produce_of(produce, 1, deepest));
     let per_mb = |cells: &[&ProduceSample]| median_of(cells, |s| all_cpu_of(s) / s.produce_mb_per_s);
     let cpu3 = all_cpu(&rf3);
+    let disk = |cells: &[&ProduceSample]| median_of(cells, |s| s.disk_write_mb_per_s);
     out.push_str(&format!(
         "\nWith {deepest} in flight, factor 3 moves {:.0}% of factor 1's bytes a second. The processes together use \
-         {cpu3:.0}% (factor 3) and {:.0}% (factor 1) of the machine's {}%: {}. CPU per MB/s is {:.2}% of a core with \
-         factor 3 and {:.2}% with factor 1: each batch crosses to two followers, is written and fdatasynced three \
-         times, and the acks come back.\n",
+         {cpu3:.0}% (factor 3) and {:.0}% (factor 1) of the machine's {}%: {}. The one disk under all three nodes \
+         wrote {:.0} MB/s with factor 3 (each record three times, plus indexes and state) against {:.0} MB/s with \
+         factor 1: {}. CPU per MB/s is {:.2}% of a core with factor 3 and {:.2}% with factor 1: each batch crosses \
+         to two followers, is written and fdatasynced three times, and the acks come back.\n",
         100.0 * median_of(&rf3, |s| s.produce_mb_per_s) / median_of(&rf1, |s| s.produce_mb_per_s),
         all_cpu(&rf1),
         machine.cores * 100,
@@ -871,8 +891,17 @@ fn render(
             "the two cores bind, every replica's work coming out of the CPU that a replica on a machine of its own \
              would have to itself"
         } else {
-            "the CPU is not saturated; what binds is the wait for each ack (a majority's fdatasync one after the \
-             other, the leader's then a follower's, with the hops between), as the Little column shows"
+            "the CPU is not saturated"
+        },
+        disk(&rf3),
+        disk(&rf1),
+        if disk(&rf3) > 0.75 * disk(&rf1) {
+            "the disk's write rate, shared here by three replicas that on a cluster of machines would each have a \
+             disk of their own, is what binds factor 3 (the Little column: the ack waits for a majority's writes \
+             and fdatasyncs queued on that one device)"
+        } else {
+            "the disk is not what binds either; the wait for each ack (a majority's fdatasync, with the hops \
+             between) is, as the Little column shows"
         },
         per_mb(&rf3),
         per_mb(&rf1),
@@ -939,8 +968,9 @@ fn render(
          stop too), and what stands for its heartbeats is one beat a tick from each shard to each peer node, an \
          empty frame: a quiesced follower wakes once its leader's node has been silent for an election timeout. \
          So each node writes {:.0} frames and {:.0} bytes a second with {busy} idle partitions, against {:.0} and \
-         {:.0} with none: the controller's own group (which does not quiesce) and the beats, whatever the number \
-         of partitions. Their CPU is the ticks' bookkeeping and the beats.\n",
+         {:.0} with none: the controller's own group (which does not quiesce), the beats, and each leader's \
+         announcement of the groups it leads every 3 s (a few bytes a group). What CPU remains is the ticks' \
+         bookkeeping and those.\n",
         f64::from(busy) / 3.0 * 2.0 * 10.0 * 2.0,
         frames(busy),
         bytes(busy),

@@ -56,3 +56,40 @@ impl Machine {
         )
     }
 }
+
+/// The block device's counters (`/proc/diskstats`) under a directory:
+/// bytes written and write-cache flushes completed since boot.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiskCounters {
+    pub bytes_written: u64,
+    pub flushes: u64,
+}
+
+impl DiskCounters {
+    /// The counters of the device `df` names for `dir` (None where it is
+    /// not a plain block device, or the kernel does not count flushes).
+    pub fn read(dir: &std::path::Path) -> Option<DiskCounters> {
+        let source = command("df", &["--output=source", dir.to_str()?])?;
+        let device = source.lines().nth(1)?.trim().strip_prefix("/dev/")?.to_string();
+        let stats = std::fs::read_to_string("/proc/diskstats").ok()?;
+        let line = stats
+            .lines()
+            .find(|l| l.split_whitespace().nth(2) == Some(device.as_str()))?;
+        let fields: Vec<u64> = line.split_whitespace().skip(3).filter_map(|f| f.parse().ok()).collect();
+        // Sectors written is the 7th count after the name, flushes
+        // completed the 16th (Linux 5.5 and later).
+        Some(DiskCounters {
+            bytes_written: *fields.get(6)? * 512,
+            flushes: *fields.get(15)?,
+        })
+    }
+
+    /// What was done between `self` and `later`, a second over `seconds`:
+    /// (MB written, flushes).
+    pub fn rates_until(&self, later: &DiskCounters, seconds: f64) -> (f64, f64) {
+        (
+            later.bytes_written.saturating_sub(self.bytes_written) as f64 / seconds / 1e6,
+            later.flushes.saturating_sub(self.flushes) as f64 / seconds,
+        )
+    }
+}
