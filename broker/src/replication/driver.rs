@@ -160,7 +160,7 @@ pub async fn run(
             }
         }
         if std::mem::take(&mut retention_due) {
-            for stopped in set.apply_retention().await {
+            for stopped in set.apply_retention(&mut send).await {
                 if let Some(view) = views.remove(&stopped.group) {
                     view.close();
                 }

@@ -1272,6 +1272,30 @@ impl PartitionReplica {
         Ok(low)
     }
 
+    /// What a leader let go on a failure says last: its leadership handed
+    /// to the follower furthest along, and a heartbeat to each follower
+    /// that wakes it if quiesced, so that it elects a leader within an
+    /// election timeout if the hand-over does not reach it. Nothing from a
+    /// follower.
+    pub fn farewell(&mut self) -> Vec<Message> {
+        if !self.is_leader() {
+            return Vec::new();
+        }
+        self.hand_over();
+        let mut messages = std::mem::take(&mut self.node.raft.msgs);
+        let raft = &self.node.raft;
+        for (peer, progress) in raft.prs().iter().filter(|(peer, _)| **peer != self.id) {
+            let mut heartbeat = Message::default();
+            heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+            heartbeat.from = self.id;
+            heartbeat.to = *peer;
+            heartbeat.term = raft.term;
+            heartbeat.commit = progress.matched.min(raft.raft_log.committed);
+            messages.push(heartbeat);
+        }
+        messages
+    }
+
     /// Hands this replica's leadership to the follower furthest along
     /// (`replication::hand_over`).
     pub fn hand_over(&mut self) -> Option<u64> {

@@ -223,7 +223,7 @@ impl ReplicaSet {
     /// A retention pass: each replica forgets the head of its log that
     /// retention no longer keeps, one after another (each deletes files).
     /// Answers the groups that stopped (their state file or log failed).
-    pub async fn apply_retention(&mut self) -> Vec<Stopped> {
+    pub async fn apply_retention(&mut self, send: &mut impl FnMut(u64, PeerMessage)) -> Vec<Stopped> {
         let mut stopped = Vec::new();
         for (group, replica) in self.replicas.iter_mut() {
             match replica.apply_retention().await {
@@ -240,9 +240,23 @@ impl ReplicaSet {
         }
         for Stopped { group, error } in &stopped {
             tracing::error!(node = self.node, group, %error, "replication: a replica stopped");
-            self.replicas.remove(group);
+            self.let_go(*group, send);
         }
         stopped
+    }
+
+    /// Takes a replica that failed out of the set. One that led first
+    /// hands its leadership over (raft-rs's MsgTimeoutNow needs no disk)
+    /// and wakes its followers: quiesced, they would otherwise wait on a
+    /// node that is up, beating, and no longer holds the group.
+    pub fn let_go(&mut self, group: u64, send: &mut impl FnMut(u64, PeerMessage)) {
+        if let Some(mut replica) = self.replicas.remove(&group) {
+            let farewell = replica.farewell();
+            if !farewell.is_empty() {
+                self.outbox.queue(group, farewell, send);
+                self.outbox.flush(send);
+            }
+        }
     }
 
     /// One turn: every group's `Ready`, its messages handed to `send` as
@@ -318,7 +332,7 @@ impl ReplicaSet {
         );
         for Stopped { group, error } in &stopped {
             tracing::error!(node = self.node, group, %error, "replication: a replica stopped");
-            self.replicas.remove(group);
+            self.let_go(*group, send);
         }
         Turn { stopped, syncs }
     }
@@ -341,7 +355,7 @@ impl ReplicaSet {
                 source,
             };
             tracing::error!(node = self.node, group, %error, "replication: a replica stopped");
-            self.replicas.remove(&group);
+            self.let_go(group, send);
             return Some(Stopped { group, error });
         }
         let messages = replica.release_durable();

@@ -908,7 +908,13 @@ impl Nodes {
             let leader = VOTERS
                 .into_iter()
                 .filter(|node| !self.down.contains(node))
-                .find(|node| self.sets.get_mut(node).unwrap().get_mut(group).unwrap().is_leader())?;
+                .find(|node| {
+                    self.sets
+                        .get_mut(node)
+                        .unwrap()
+                        .get_mut(group)
+                        .is_some_and(|replica| replica.is_leader())
+                })?;
             leaders.insert(group, leader);
         }
         Some(leaders)
@@ -1016,6 +1022,44 @@ fn a_shards_groups_talk_to_each_peer_in_one_frame_a_step() {
             nodes.tick().await;
         }
         assert_eq!(nodes.quiesced(), 3 * SET_GROUPS as usize, "and it quiesces again");
+        // A leader's replica that fails while its node stays up (beating)
+        // hands over and wakes its followers: they elect a leader at once.
+        // (One the node lost below led too: its other two replicas stay up.)
+        let (failed, failed_leader) = leaders
+            .iter()
+            .find(|(g, l)| **l == leader && **g != group)
+            .map(|(g, l)| (*g, *l))
+            .expect("the node leads another group");
+        {
+            let Nodes { sets, wire, .. } = &mut nodes;
+            sets.get_mut(&failed_leader)
+                .unwrap()
+                .let_go(failed, &mut |to, message| {
+                    let frame = net::cluster::PeerFrame {
+                        from: failed_leader,
+                        message,
+                    };
+                    wire.push_back((failed_leader, to, frame.encode().expect("a frame within limits")));
+                });
+        }
+        let mut ticks = 0;
+        loop {
+            nodes.tick().await;
+            ticks += 1;
+            let elected = VOTERS
+                .into_iter()
+                .filter(|node| *node != failed_leader)
+                .any(|node| nodes.sets.get_mut(&node).unwrap().get_mut(failed).unwrap().is_leader());
+            if elected {
+                break;
+            }
+            assert!(
+                ticks < 2 * 20,
+                "group {failed} elects a leader after its leader's replica failed"
+            );
+        }
+        // (Its replica on that node is gone for the rest of the test.)
+        let leaders: BTreeMap<u64, u64> = leaders.into_iter().filter(|(g, _)| *g != failed).collect();
         // A node that goes silent: the groups it led wake on the others
         // once its beats stop, and elect leaders there.
         let lost = leader;
