@@ -46,9 +46,13 @@ pub struct Args {
     /// each with one request in flight: one cell for each count listed.
     #[arg(long, value_delimiter = ',', default_values_t = [6usize, 24])]
     connections: Vec<usize>,
-    /// Leader kills measured for failover.
+    /// Leader kills measured for failover, at each Raft timing.
     #[arg(long, default_value_t = 10)]
     kills: usize,
+    /// The shorter Raft timing failover is measured at too, beside the
+    /// default: heartbeat interval and election timeout, in ms.
+    #[arg(long, value_delimiter = ',', default_values_t = [50u64, 500])]
+    short_timing_ms: Vec<u64>,
     /// Partitions (replication factor 3) of the idle topic.
     #[arg(long, default_value_t = 1000)]
     idle_partitions: u32,
@@ -106,6 +110,11 @@ pub struct IdleSample {
 pub struct Failover {
     /// From the kill to the first produce sent after it being acknowledged.
     pub millis: f64,
+    /// The nodes' `raft_election_timeout_ms` and heartbeat interval.
+    #[serde(default = "default_election_timeout_ms")]
+    pub election_timeout_ms: u64,
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
     pub killed_node: u64,
     pub new_leader_node: u64,
     pub epoch_before: i32,
@@ -122,6 +131,8 @@ struct Node {
 
 struct Cluster {
     nodes: Vec<Node>,
+    /// Its Raft timing: heartbeat interval and election timeout, in ms.
+    timing: (u64, u64),
 }
 
 fn free_port() -> Result<u16, String> {
@@ -133,6 +144,10 @@ fn free_port() -> Result<u16, String> {
 
 impl Cluster {
     fn start(root: &Path) -> Result<Cluster, String> {
+        Cluster::start_with(root, DEFAULT_TIMING_MS)
+    }
+
+    fn start_with(root: &Path, timing: (u64, u64)) -> Result<Cluster, String> {
         let rpcs = (0..NODES)
             .map(|_| free_port().map(|p| format!("127.0.0.1:{p}")))
             .collect::<Result<Vec<_>, _>>()?;
@@ -150,6 +165,8 @@ impl Cluster {
                 ("node_id".to_string(), (i + 1).to_string()),
                 ("rpc_listen".to_string(), format!("\"{rpc}\"")),
                 ("peers".to_string(), format!("[{}]", peers.join(", "))),
+                ("raft_heartbeat_interval_ms".to_string(), timing.0.to_string()),
+                ("raft_election_timeout_ms".to_string(), timing.1.to_string()),
             ]);
             nodes.push(Node {
                 id: i as u64 + 1,
@@ -159,7 +176,7 @@ impl Cluster {
                 process: None,
             });
         }
-        let mut cluster = Cluster { nodes };
+        let mut cluster = Cluster { nodes, timing };
         for id in 1..=NODES {
             cluster.start_node(id)?;
         }
@@ -458,10 +475,18 @@ fn measure_all(mut cluster: Cluster, args: &Args) -> Result<Measured, String> {
             produce.push(sample);
         }
     }
-    let failovers = failovers(&mut cluster, args)?;
+    let mut failed_over = failovers(&mut cluster, args)?;
     let idle = idle(&cluster, args)?;
     cluster.stop();
-    Ok((produce, failovers, idle))
+    // Again on three fresh nodes with the shorter timing.
+    if let [heartbeat, election] = args.short_timing_ms[..] {
+        let dir = args.data_dir.join("short-timing");
+        let mut short = Cluster::start_with(&dir, (heartbeat, election))?;
+        let measured = failovers(&mut short, args);
+        short.stop();
+        failed_over.extend(measured?);
+    }
+    Ok((produce, failed_over, idle))
 }
 
 fn produce_cell(
@@ -555,6 +580,17 @@ fn produce_cell(
 /// acknowledged.
 type Acks = Arc<Mutex<Vec<(Instant, Instant)>>>;
 
+fn default_election_timeout_ms() -> u64 {
+    DEFAULT_TIMING_MS.1
+}
+
+fn default_heartbeat_interval_ms() -> u64 {
+    DEFAULT_TIMING_MS.0
+}
+
+/// The broker's default Raft timing: heartbeat interval, election timeout.
+const DEFAULT_TIMING_MS: (u64, u64) = (100, 1000);
+
 fn failovers(cluster: &mut Cluster, args: &Args) -> Result<Vec<Failover>, String> {
     const TOPIC: &str = "failover";
     let any = cluster.addrs()[0].clone();
@@ -592,6 +628,8 @@ fn failovers(cluster: &mut Cluster, args: &Args) -> Result<Vec<Failover>, String
             let after = cluster.wait_leaders(TOPIC, 1)?.remove(0);
             let failover = Failover {
                 millis: (first - killed_at).as_secs_f64() * 1e3,
+                election_timeout_ms: cluster.timing.1,
+                heartbeat_interval_ms: cluster.timing.0,
                 killed_node: before.node,
                 new_leader_node: after.node,
                 epoch_before: before.epoch,
@@ -774,7 +812,11 @@ fn mean(values: &[f64]) -> f64 {
 fn headline(produce: &[ProduceSample], failovers: &[Failover], idle: &[IdleSample]) -> String {
     let deepest = produce.iter().map(|s| s.connections).max().unwrap_or(1);
     let rate = |rf| median_of(&produce_of(produce, rf, deepest), |s| s.produce_mb_per_s);
-    let millis: Vec<f64> = failovers.iter().map(|f| f.millis).collect();
+    let millis: Vec<f64> = failovers
+        .iter()
+        .filter(|f| f.election_timeout_ms == DEFAULT_TIMING_MS.1)
+        .map(|f| f.millis)
+        .collect();
     let busy = idle.iter().map(|s| s.partitions).max().unwrap_or(0);
     let frames = |p| median_of(&idle_of(idle, p), |s| mean(&s.node_frames_per_s));
     format!(
@@ -907,32 +949,47 @@ fn render(
         per_mb(&rf1),
     ));
 
-    let millis: Vec<f64> = failovers.iter().map(|f| f.millis).collect();
-    out.push_str(&format!(
+    out.push_str(
         "\n## Failover\n\n\
          A topic of one partition, three replicas. One idempotent producer (corelog's own, acks=all, retrying every \
          10 ms, following leaders through the metadata) sends one 100-byte record at a time and waits for each ack. \
          The partition's leader is killed (-9); the time is from the kill to the ack of the first record sent after \
          it, which only a new leader can give. The killed node is started again and caught up before the next kill. \
-         The broker's default timeouts: a tick of 100 ms, an election after 10 to 20 ticks without the leader's word \
-         (1 to 2 s), a heartbeat every tick.\n\n\
-         {} kills: median **{:.0} ms**, min {:.0} ms, max **{:.0} ms**.\n\n\
-         | kill | killed node (epoch) | new leader (epoch) | ms |\n|---|---|---|---|\n",
-        failovers.len(),
-        median(millis.clone()),
-        millis.iter().copied().fold(f64::INFINITY, f64::min),
-        millis.iter().copied().fold(0.0, f64::max),
-    ));
-    for (i, f) in failovers.iter().enumerate() {
+         First with the broker's default Raft timing (`raft_heartbeat_interval_ms` 100: a heartbeat and a tick; \
+         `raft_election_timeout_ms` 1000: an election after 1 to 2 s without the leader's word), then on three \
+         fresh nodes with a shorter one.\n",
+    );
+    let mut timings: Vec<(u64, u64)> = failovers
+        .iter()
+        .map(|f| (f.heartbeat_interval_ms, f.election_timeout_ms))
+        .collect();
+    timings.dedup();
+    for (heartbeat, election) in timings {
+        let these: Vec<&Failover> = failovers
+            .iter()
+            .filter(|f| (f.heartbeat_interval_ms, f.election_timeout_ms) == (heartbeat, election))
+            .collect();
+        let millis: Vec<f64> = these.iter().map(|f| f.millis).collect();
         out.push_str(&format!(
-            "| {} | {} ({}) | {} ({}) | {:.0} |\n",
-            i + 1,
-            f.killed_node,
-            f.epoch_before,
-            f.new_leader_node,
-            f.epoch_after,
-            f.millis
+            "\n### Heartbeat every {heartbeat} ms, election timeout {election} ms\n\n\
+             {} kills: median **{:.0} ms**, min {:.0} ms, max **{:.0} ms**.\n\n\
+             | kill | killed node (epoch) | new leader (epoch) | ms |\n|---|---|---|---|\n",
+            these.len(),
+            median(millis.clone()),
+            millis.iter().copied().fold(f64::INFINITY, f64::min),
+            millis.iter().copied().fold(0.0, f64::max),
         ));
+        for (i, f) in these.iter().enumerate() {
+            out.push_str(&format!(
+                "| {} | {} ({}) | {} ({}) | {:.0} |\n",
+                i + 1,
+                f.killed_node,
+                f.epoch_before,
+                f.new_leader_node,
+                f.epoch_after,
+                f.millis
+            ));
+        }
     }
 
     let busy = args.idle_partitions;

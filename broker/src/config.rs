@@ -16,6 +16,36 @@ pub const SPIN_BEFORE_PARK_US_DEFAULT: u64 = 50;
 /// Longest spin before park accepted: past it a shard is a busy loop.
 pub const SPIN_BEFORE_PARK_US_MAX: u64 = 1_000_000;
 /// Bounds of the batch cache a shard gets when `read_cache_bytes` is unset.
+/// Raft's heartbeat interval (its tick) may not be shorter than this: the
+/// shards' tasks would spend their time ticking.
+pub const RAFT_HEARTBEAT_INTERVAL_MS_MIN: u64 = 10;
+pub const RAFT_HEARTBEAT_INTERVAL_MS_MAX: u64 = 10_000;
+/// An election timeout of fewer heartbeats than this would elect on one
+/// late heartbeat; of more, it would take a leader's loss for a quiet spell.
+pub const RAFT_ELECTION_TICKS_MIN: u64 = 3;
+pub const RAFT_ELECTION_TICKS_MAX: u64 = 1_000;
+
+/// Raft's clock, for the controller's group and every partition's: a leader
+/// heartbeats every tick, a follower campaigns after `election_ticks` to
+/// twice that without its word, and a follower that has not caught up
+/// within `replica_lag_ticks` leaves the ISR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftTiming {
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub replica_lag_ticks: u64,
+}
+
+impl Default for RaftTiming {
+    fn default() -> Self {
+        RaftTiming {
+            tick: Duration::from_millis(100),
+            election_ticks: 10,
+            replica_lag_ticks: 300,
+        }
+    }
+}
+
 pub const READ_CACHE_AUTO_MIN_BYTES: usize = 32 << 20;
 pub const READ_CACHE_AUTO_MAX_BYTES: usize = 1 << 30;
 /// The share of the machine's memory the shards' batch caches get together
@@ -118,6 +148,16 @@ pub struct BrokerConfig {
     /// `retention.bytes`): whole sealed segments past it are deleted
     /// (Kafka's log.retention.check.interval.ms).
     pub log_retention_check_interval_ms: u64,
+    /// Raft's heartbeat interval, and its tick (Redpanda's
+    /// raft_heartbeat_interval_ms), for the controller and every partition.
+    pub raft_heartbeat_interval_ms: u64,
+    /// A follower campaigns after this, to twice this, without its
+    /// leader's word (Redpanda's election_timeout_ms); a whole number of
+    /// heartbeat intervals.
+    pub raft_election_timeout_ms: u64,
+    /// A follower not caught up with its leader's log within this leaves
+    /// the ISR (Kafka's replica.lag.time.max.ms).
+    pub replica_lag_time_max_ms: u64,
     /// This node's id in its cluster, 1 or more.
     pub node_id: u64,
     /// The internal listener, for what nodes say to each other (the
@@ -168,9 +208,24 @@ impl Default for BrokerConfig {
             transaction_max_timeout_ms: 900_000,
             producer_snapshot_interval_ms: 30_000,
             log_retention_check_interval_ms: 300_000,
+            raft_heartbeat_interval_ms: 100,
+            raft_election_timeout_ms: 1_000,
+            replica_lag_time_max_ms: 30_000,
             node_id: 1,
             rpc_listen: None,
             peers: Vec::new(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Raft's clock as configured (validated).
+    pub fn raft_timing(&self) -> RaftTiming {
+        let heartbeat = self.raft_heartbeat_interval_ms.max(1);
+        RaftTiming {
+            tick: Duration::from_millis(heartbeat),
+            election_ticks: (self.raft_election_timeout_ms / heartbeat) as usize,
+            replica_lag_ticks: self.replica_lag_time_max_ms.div_ceil(heartbeat),
         }
     }
 }
@@ -314,6 +369,29 @@ impl BrokerConfig {
         if self.node_id == 0 {
             return Err(BrokerError::Config("node_id must be 1 or more".into()));
         }
+        let heartbeat = self.raft_heartbeat_interval_ms;
+        if !(RAFT_HEARTBEAT_INTERVAL_MS_MIN..=RAFT_HEARTBEAT_INTERVAL_MS_MAX).contains(&heartbeat) {
+            return Err(BrokerError::Config(format!(
+                "raft_heartbeat_interval_ms {heartbeat} is outside \
+                 {RAFT_HEARTBEAT_INTERVAL_MS_MIN}..={RAFT_HEARTBEAT_INTERVAL_MS_MAX}"
+            )));
+        }
+        let election = self.raft_election_timeout_ms;
+        if election % heartbeat != 0
+            || !(RAFT_ELECTION_TICKS_MIN..=RAFT_ELECTION_TICKS_MAX).contains(&(election / heartbeat))
+        {
+            return Err(BrokerError::Config(format!(
+                "raft_election_timeout_ms {election} must be {RAFT_ELECTION_TICKS_MIN} to \
+                 {RAFT_ELECTION_TICKS_MAX} times raft_heartbeat_interval_ms {heartbeat}"
+            )));
+        }
+        if self.replica_lag_time_max_ms < election {
+            return Err(BrokerError::Config(format!(
+                "replica_lag_time_max_ms {} is less than raft_election_timeout_ms {election}: \
+                 every follower would leave the ISR between two elections",
+                self.replica_lag_time_max_ms
+            )));
+        }
         if self.node_id > net::cluster::NODE_ID_MAX {
             // Kafka broker ids are node × 1000 + shard, in an i32.
             return Err(BrokerError::Config(format!(
@@ -344,6 +422,46 @@ fn machine_memory_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raft_timing_is_checked_and_counted_in_heartbeats() {
+        let timing = BrokerConfig::default().raft_timing();
+        assert_eq!(timing, RaftTiming::default(), "the defaults are the tests' timing");
+        let short = BrokerConfig {
+            raft_heartbeat_interval_ms: 50,
+            raft_election_timeout_ms: 500,
+            replica_lag_time_max_ms: 10_000,
+            ..BrokerConfig::default()
+        };
+        short.validate().unwrap();
+        assert_eq!(
+            short.raft_timing(),
+            RaftTiming {
+                tick: Duration::from_millis(50),
+                election_ticks: 10,
+                replica_lag_ticks: 200,
+            }
+        );
+        for (heartbeat, election, lag, refused) in [
+            (5, 500, 30_000, "raft_heartbeat_interval_ms"),
+            (100, 150, 30_000, "raft_election_timeout_ms"),
+            (100, 200, 30_000, "raft_election_timeout_ms"),
+            (10, 20_000, 30_000, "raft_election_timeout_ms"),
+            (100, 1_000, 500, "replica_lag_time_max_ms"),
+        ] {
+            let config = BrokerConfig {
+                raft_heartbeat_interval_ms: heartbeat,
+                raft_election_timeout_ms: election,
+                replica_lag_time_max_ms: lag,
+                ..BrokerConfig::default()
+            };
+            let error = config.validate().expect_err("refused");
+            assert!(
+                error.to_string().contains(refused),
+                "{heartbeat}/{election}/{lag}: {error}"
+            );
+        }
+    }
 
     #[test]
     fn the_defaults_are_valid_and_a_spin_past_its_limit_is_refused() {

@@ -157,7 +157,8 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                 net::cluster::SHARDS_MAX
             )));
         }
-        let opened = crate::controller::driver::open(config.node_id, peers.clone(), &config.data_dir)?;
+        let opened =
+            crate::controller::driver::open(config.node_id, peers.clone(), &config.data_dir, config.raft_timing())?;
         opened.refuse_a_lost_directory()?;
         metadata.replace(crate::topics::TopicTable::from_controller(
             config.node_id,
@@ -352,6 +353,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                         peers.clone(),
                         commands,
                         metadata.clone(),
+                        config.raft_timing(),
                     );
                     (replication, glommio::spawn_local(task))
                 });
@@ -481,6 +483,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
                         shard.config.node_id,
                         peers.clone(),
                         shard.metadata.clone(),
+                        shard.config.raft_timing().tick,
                     );
                     glommio::spawn_local(task).detach()
                 });

@@ -718,6 +718,7 @@ impl Shard {
             voters,
             Rc::new(log.clone()),
             storage::log::system_clock(),
+            &self.config.raft_timing(),
         )
         .await?;
         let view = Rc::new(ReplicaView::new(group, replica.high_watermark()));

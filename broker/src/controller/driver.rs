@@ -24,12 +24,9 @@ use raft::prelude::Message;
 
 use super::replica::ControllerReplica;
 use super::ClusterMetadata;
-use crate::config::Peer;
+use crate::config::{Peer, RaftTiming};
 use crate::error::BrokerError;
 
-/// Raft's tick: with `ELECTION_TICKS` of 10, a leader's loss is noticed
-/// within 1 to 2 s, as Kafka's KRaft controllers do.
-pub const TICK: Duration = Duration::from_millis(100);
 /// What the connections may hand the replica before they wait.
 const INBOX_DEPTH: usize = 1024;
 /// Frames queued to one peer; past it, new ones are dropped.
@@ -72,18 +69,19 @@ pub struct Opened {
     /// The log held nothing: a node new to its cluster, or one whose data
     /// directory was lost (`refuse_a_lost_directory` tells them apart).
     empty: bool,
+    timing: RaftTiming,
 }
 
 /// Opens node `node`'s replica from its log file and applies what the log
 /// says was committed: before the node says it is up (and before its
 /// shards start), so that a damaged log stops the start and the shards
 /// open the partitions the controller last placed here.
-pub fn open(node: u64, peers: Vec<Peer>, data_dir: &Path) -> Result<Opened, BrokerError> {
+pub fn open(node: u64, peers: Vec<Peer>, data_dir: &Path, timing: RaftTiming) -> Result<Opened, BrokerError> {
     let path = log_path(data_dir);
     let (file, log) = open_log(&path)?;
     let empty = log.is_empty();
     let voters: Vec<u64> = peers.iter().map(|p| p.id).collect();
-    let mut replica = ControllerReplica::open(node, &voters, &log)?;
+    let mut replica = ControllerReplica::open(node, &voters, &log, &timing)?;
     // Nothing to send yet: no peer is known to be up, and Raft sends again
     // whatever a peer has not acknowledged.
     while let Some(mut work) = replica.begin_ready()? {
@@ -106,6 +104,7 @@ pub fn open(node: u64, peers: Vec<Peer>, data_dir: &Path) -> Result<Opened, Brok
         file,
         replica,
         empty,
+        timing,
     })
 }
 
@@ -330,13 +329,15 @@ pub async fn run(
         file,
         mut replica,
         empty: _,
+        timing,
     } = opened;
+    let tick = timing.tick;
     let voters: Vec<u64> = peers.iter().map(|p| p.id).collect();
     let (inbox_tx, mut inbox) = mpsc::channel::<Inbound>(INBOX_DEPTH);
     glommio::spawn_local(accept_loop(listener, inbox_tx, Rc::new(voters.clone()), route)).detach();
     let links = open_peer_links(node, &peers, PEER_QUEUE_DEPTH);
     let mut links = Links { node, links };
-    let mut next_tick = Instant::now() + TICK;
+    let mut next_tick = Instant::now() + tick;
     let mut registered_at: Option<Instant> = None;
     let mut stop = stop.fuse();
     // Set once stopping: until when to wait for the follower told to lead.
@@ -380,9 +381,9 @@ pub async fn run(
         }
         if Instant::now() >= next_tick {
             replica.tick();
-            next_tick += TICK;
+            next_tick += tick;
             if next_tick < Instant::now() {
-                next_tick = Instant::now() + TICK;
+                next_tick = Instant::now() + tick;
             }
         }
         while let Some(mut work) = replica.begin_ready()? {

@@ -21,9 +21,11 @@ use super::store::{self, ReadyBatch, BATCH_BYTES_MAX};
 use super::{Applied, ClusterMetadata};
 use crate::error::BrokerError;
 
-/// Raft's logical clock: an election after 10 to 20 ticks without a
-/// leader's word, a heartbeat every tick.
-pub const ELECTION_TICKS: usize = 10;
+/// The default election timeout in ticks, for the tests' clocks (the
+/// broker's is configured: `RaftTiming`).
+#[cfg(test)]
+const ELECTION_TICKS: usize = 10;
+/// A leader's heartbeat every tick.
 pub const HEARTBEAT_TICKS: usize = 1;
 /// Bytes of entries in one append message, and append messages in flight
 /// to one follower.
@@ -60,7 +62,12 @@ impl ControllerReplica {
     /// The replica of node `id` in a group of `voters`, from the bytes of
     /// its log file (empty for a new node). Every node starts the group with
     /// the same voters, so no configuration entry is needed to form it.
-    pub fn open(id: u64, voters: &[u64], log: &[u8]) -> Result<ControllerReplica, BrokerError> {
+    pub fn open(
+        id: u64,
+        voters: &[u64],
+        log: &[u8],
+        timing: &crate::config::RaftTiming,
+    ) -> Result<ControllerReplica, BrokerError> {
         let raft_error = |e: raft::Error| BrokerError::Controller(format!("node {id}: {e}"));
         if !voters.contains(&id) {
             return Err(BrokerError::Controller(format!(
@@ -90,7 +97,7 @@ impl ControllerReplica {
         }
         let config = Config {
             id,
-            election_tick: ELECTION_TICKS,
+            election_tick: timing.election_ticks,
             heartbeat_tick: HEARTBEAT_TICKS,
             // The metadata lives in memory and is built again from the log
             // at every start: everything committed is applied anew.
@@ -433,7 +440,13 @@ mod tests {
         }
 
         fn start(&mut self, id: u64) {
-            let replica = ControllerReplica::open(id, &self.voters, &self.disks[&id]).unwrap();
+            let replica = ControllerReplica::open(
+                id,
+                &self.voters,
+                &self.disks[&id],
+                &crate::config::RaftTiming::default(),
+            )
+            .unwrap();
             self.replicas.insert(id, Some(replica));
         }
 

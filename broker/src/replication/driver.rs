@@ -75,6 +75,7 @@ pub async fn run(
     peers: Vec<Peer>,
     mut commands: mpsc::Receiver<Command>,
     metadata: Arc<Metadata>,
+    timing: crate::config::RaftTiming,
 ) {
     let mut links = crate::controller::driver::open_peer_links(node, &peers, PEER_QUEUE_DEPTH);
     let mut send = |to: u64, message: PeerMessage| {
@@ -91,8 +92,8 @@ pub async fn run(
             Err(error) => tracing::error!(node, shard, to, %error, "replication: frame not sent"),
         }
     };
-    let tick = crate::controller::driver::TICK;
-    let mut set = ReplicaSet::new(node, peers.iter().map(|peer| peer.id).collect());
+    let tick = timing.tick;
+    let mut set = ReplicaSet::new(node, peers.iter().map(|peer| peer.id).collect(), timing.election_ticks);
     let mut views: BTreeMap<u64, Rc<ReplicaView>> = BTreeMap::new();
     let mut next_tick = Instant::now() + tick;
     let mut stopping: Option<(Instant, oneshot::Sender<()>)> = None;

@@ -27,14 +27,14 @@ pub const FULL_EVERY_TICKS: u32 = 30;
 const PEER_QUEUE_DEPTH: usize = 16;
 
 /// Runs on shard 0 of a cluster node for as long as the node does.
-pub async fn announce(node: u64, peers: Vec<Peer>, metadata: Arc<Metadata>) {
+pub async fn announce(node: u64, peers: Vec<Peer>, metadata: Arc<Metadata>, tick: std::time::Duration) {
     let mut links = crate::controller::driver::open_peer_links(node, &peers, PEER_QUEUE_DEPTH);
     // What each group led here was last announced as.
     let mut announced: HashMap<u64, (u64, Vec<u64>)> = HashMap::new();
     let mut version_seen = None;
     let mut ticks = 0u32;
     loop {
-        glommio::timer::sleep(crate::controller::driver::TICK).await;
+        glommio::timer::sleep(tick).await;
         ticks = ticks.wrapping_add(1);
         let full = ticks % FULL_EVERY_TICKS == 0;
         let version = metadata.leaders_version();

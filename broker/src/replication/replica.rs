@@ -30,10 +30,9 @@ use super::log_storage::{Located, LogStart, LogStorage};
 use super::state_file::{self, ReplicaState, StateBatch};
 use crate::error::BrokerError;
 
-/// Raft's logical clock: an election after 10 to 20 ticks without a
-/// leader's word, a heartbeat every tick.
-pub const ELECTION_TICKS: usize = 10;
-pub const HEARTBEAT_TICKS: usize = 1;
+/// A leader's heartbeat every tick (the election timeout and the tick are
+/// configured: `RaftTiming`).
+const HEARTBEAT_TICKS: usize = 1;
 /// Bytes of entries in one append message, and append messages in flight
 /// to one follower.
 const MESSAGE_BYTES_MAX: u64 = 1 << 20;
@@ -43,10 +42,6 @@ const MESSAGES_IN_FLIGHT_MAX: usize = 64;
 const UNCOMMITTED_BYTES_MAX: u64 = 64 << 20;
 /// Produce requests waiting for their batch to commit.
 pub const PENDING_MAX: usize = 4096;
-/// A follower is in sync while it has caught up with the leader's log
-/// within this many ticks (Kafka's `replica.lag.time.max.ms`, 30 s, at
-/// the 100 ms tick).
-pub const REPLICA_LAG_TICKS: u64 = 300;
 /// Entries applied between checkpoints of the applied index: a restart
 /// reads back the partition log from the last one.
 const CHECKPOINT_ENTRIES: u64 = 1024;
@@ -147,6 +142,9 @@ pub struct PartitionReplica {
     leading_since: Option<(u64, u64)>,
     /// Each follower's last tick caught up with the leader's log.
     caught_up: BTreeMap<u64, u64>,
+    /// A follower is in sync while it has caught up with the leader's log
+    /// within this many ticks (Kafka's `replica.lag.time.max.ms`).
+    lag_ticks: u64,
     /// Followers sent a snapshot in this turn's messages.
     snapshots_sent: Vec<u64>,
     /// An idle group stops ticking (no heartbeats, no election timer)
@@ -176,6 +174,7 @@ impl PartitionReplica {
         voters: &[u64],
         log: Rc<PartitionLog>,
         clock: Clock,
+        timing: &crate::config::RaftTiming,
     ) -> Result<PartitionReplica, BrokerError> {
         let fail = |reason: String| BrokerError::Replication {
             topic: topic.to_string(),
@@ -313,7 +312,7 @@ impl PartitionReplica {
         storage.set_hard_state(hard_state);
         let config = Config {
             id,
-            election_tick: ELECTION_TICKS,
+            election_tick: timing.election_ticks,
             heartbeat_tick: HEARTBEAT_TICKS,
             applied,
             max_size_per_msg: MESSAGE_BYTES_MAX,
@@ -352,6 +351,7 @@ impl PartitionReplica {
             last_index_at_tick: 0,
             leading_since: None,
             caught_up: BTreeMap::new(),
+            lag_ticks: timing.replica_lag_ticks,
             snapshots_sent: Vec::new(),
             quiesced: false,
             idle_ticks: 0,
@@ -572,15 +572,14 @@ impl PartitionReplica {
         }
         self.note_leading();
         let since = self.leading_since.map_or(0, |(_, tick)| tick);
-        let (id, ticks) = (self.id, self.ticks);
+        let (id, ticks, lag_ticks) = (self.id, self.ticks, self.lag_ticks);
         self.node
             .raft
             .prs()
             .iter()
             .map(|(peer, _)| *peer)
             .filter(|peer| {
-                *peer == id
-                    || ticks - self.caught_up.get(peer).copied().unwrap_or(since).max(since) <= REPLICA_LAG_TICKS
+                *peer == id || ticks - self.caught_up.get(peer).copied().unwrap_or(since).max(since) <= lag_ticks
             })
             .collect()
     }

@@ -25,7 +25,7 @@ use net::cluster::{PeerMessage, CONTROLLER_GROUP, PEER_FRAME_BYTES_MAX, PEER_FRA
 use protobuf::Message as _;
 use raft::prelude::Message;
 
-use super::replica::{PartitionReplica, ELECTION_TICKS};
+use super::replica::PartitionReplica;
 use crate::error::BrokerError;
 
 /// Groups one shard may hold a replica of.
@@ -99,6 +99,9 @@ pub struct ReplicaSet {
     /// The tick each peer node was last heard from at (a frame of any
     /// shard of it, a beat included).
     heard: BTreeMap<u64, u64>,
+    /// A node not heard from for this many ticks (an election timeout)
+    /// counts as gone: the groups it led quiesced wake.
+    silent_ticks: u64,
 }
 
 /// A group whose replica stopped: its `Ready` could not be persisted (a
@@ -110,7 +113,7 @@ pub struct Stopped {
 }
 
 impl ReplicaSet {
-    pub fn new(node: u64, peers: Vec<u64>) -> ReplicaSet {
+    pub fn new(node: u64, peers: Vec<u64>, election_ticks: usize) -> ReplicaSet {
         ReplicaSet {
             node,
             peers: peers.into_iter().filter(|peer| *peer != node).collect(),
@@ -118,6 +121,7 @@ impl ReplicaSet {
             outbox: Outbox::default(),
             ticks: 0,
             heard: BTreeMap::new(),
+            silent_ticks: election_ticks as u64,
         }
     }
 
@@ -169,8 +173,8 @@ impl ReplicaSet {
     /// to each peer node this shard sent nothing since the last tick.
     pub fn tick(&mut self, send: &mut impl FnMut(u64, PeerMessage)) {
         self.ticks += 1;
-        let (ticks, heard) = (self.ticks, &self.heard);
-        let alive = |node: u64| heard.get(&node).is_some_and(|at| ticks - at <= ELECTION_TICKS as u64);
+        let (ticks, heard, silent) = (self.ticks, &self.heard, self.silent_ticks);
+        let alive = |node: u64| heard.get(&node).is_some_and(|at| ticks - at <= silent);
         for replica in self.replicas.values_mut() {
             replica.tick(&alive);
         }

@@ -13,7 +13,11 @@ use raft::prelude::Message;
 use storage::batch::{self, RecordBatchBuilder};
 use storage::{LogConfig, Offset, PartitionLog};
 
-use super::replica::{Acks, Appended, PartitionReplica, Reply, REPLICA_LAG_TICKS};
+use super::replica::{Acks, Appended, PartitionReplica, Reply};
+use crate::config::RaftTiming;
+
+/// A follower lagging this many ticks leaves the ISR (the default timing).
+const REPLICA_LAG_TICKS: u64 = 300;
 use crate::error::BrokerError;
 
 const VOTERS: [u64; 3] = [1, 2, 3];
@@ -57,9 +61,17 @@ impl PartitionReplica {
 
 async fn open(dir: &std::path::Path, id: u64, config: LogConfig) -> PartitionReplica {
     let log = Rc::new(PartitionLog::open(dir, config).await.expect("the log opens"));
-    PartitionReplica::open("t", 0, id, &VOTERS, log, storage::log::system_clock())
-        .await
-        .expect("the replica opens")
+    PartitionReplica::open(
+        "t",
+        0,
+        id,
+        &VOTERS,
+        log,
+        storage::log::system_clock(),
+        &RaftTiming::default(),
+    )
+    .await
+    .expect("the replica opens")
 }
 
 /// Every batch frame of a log, in order.
@@ -830,14 +842,21 @@ impl Nodes {
         let mut sets = BTreeMap::new();
         for node in VOTERS {
             let dir = tempfile::tempdir().unwrap();
-            let mut set = super::set::ReplicaSet::new(node, VOTERS.to_vec());
+            let mut set = super::set::ReplicaSet::new(node, VOTERS.to_vec(), RaftTiming::default().election_ticks);
             for group in 1..=SET_GROUPS {
                 let path = dir.path().join(format!("group-{group}"));
                 let log = Rc::new(PartitionLog::open(&path, small_log_config()).await.unwrap());
-                let replica =
-                    PartitionReplica::open("t", group as u32, node, &VOTERS, log, storage::log::system_clock())
-                        .await
-                        .unwrap();
+                let replica = PartitionReplica::open(
+                    "t",
+                    group as u32,
+                    node,
+                    &VOTERS,
+                    log,
+                    storage::log::system_clock(),
+                    &RaftTiming::default(),
+                )
+                .await
+                .unwrap();
                 set.insert(group, replica).unwrap();
             }
             sets.insert(node, set);
@@ -1091,21 +1110,45 @@ fn a_set_drops_what_is_not_for_its_groups_and_refuses_a_group_twice() {
     run(async {
         let (leader, follower) = (1, 2);
         let dir = tempfile::tempdir().unwrap();
-        let mut set = super::set::ReplicaSet::new(follower, VOTERS.to_vec());
+        let mut set = super::set::ReplicaSet::new(follower, VOTERS.to_vec(), RaftTiming::default().election_ticks);
         let log = Rc::new(PartitionLog::open(dir.path(), config()).await.unwrap());
-        let replica = PartitionReplica::open("t", 0, follower, &VOTERS, log, storage::log::system_clock())
-            .await
-            .unwrap();
+        let replica = PartitionReplica::open(
+            "t",
+            0,
+            follower,
+            &VOTERS,
+            log,
+            storage::log::system_clock(),
+            &RaftTiming::default(),
+        )
+        .await
+        .unwrap();
         set.insert(7, replica).unwrap();
         let log = Rc::new(PartitionLog::open(dir.path().join("b"), config()).await.unwrap());
-        let again = PartitionReplica::open("t", 1, follower, &VOTERS, log, storage::log::system_clock())
-            .await
-            .unwrap();
+        let again = PartitionReplica::open(
+            "t",
+            1,
+            follower,
+            &VOTERS,
+            log,
+            storage::log::system_clock(),
+            &RaftTiming::default(),
+        )
+        .await
+        .unwrap();
         assert!(set.insert(7, again).is_err(), "a group held twice");
         let log = Rc::new(PartitionLog::open(dir.path().join("c"), config()).await.unwrap());
-        let controller = PartitionReplica::open("t", 2, follower, &VOTERS, log, storage::log::system_clock())
-            .await
-            .unwrap();
+        let controller = PartitionReplica::open(
+            "t",
+            2,
+            follower,
+            &VOTERS,
+            log,
+            storage::log::system_clock(),
+            &RaftTiming::default(),
+        )
+        .await
+        .unwrap();
         assert!(set.insert(net::cluster::CONTROLLER_GROUP, controller).is_err());
         // Bytes that do not decode, a message naming another sender, one
         // for a group not held: all dropped, nothing changes.
