@@ -149,10 +149,7 @@ pub async fn run(
             .detach();
         }
         for stopped in turn.stopped.into_iter().chain(stopped.drain(..)) {
-            if let Some(view) = views.remove(&stopped.group) {
-                view.close();
-            }
-            metadata.set_leadership(stopped.group, None);
+            forget(stopped.group, &mut views, &metadata);
         }
         for (group, replica) in set.iter_mut() {
             let view = views.get(&group).expect("every replica has its view");
@@ -162,10 +159,7 @@ pub async fn run(
         }
         if std::mem::take(&mut retention_due) {
             for stopped in set.apply_retention(&mut send).await {
-                if let Some(view) = views.remove(&stopped.group) {
-                    view.close();
-                }
-                metadata.set_leadership(stopped.group, None);
+                forget(stopped.group, &mut views, &metadata);
             }
         }
         if let Some((until, _)) = &stopping {
@@ -190,6 +184,16 @@ pub async fn run(
     }
 }
 
+/// A group whose replica is gone from this shard (let go, or stopped by a
+/// failed write) is no longer served here: its view's waiters are told,
+/// and the node stops naming a leader for it.
+fn forget(group: u64, views: &mut BTreeMap<u64, Rc<ReplicaView>>, metadata: &Metadata) {
+    if let Some(view) = views.remove(&group) {
+        view.close();
+    }
+    metadata.set_leadership(group, None);
+}
+
 fn take(
     command: Command,
     set: &mut ReplicaSet,
@@ -211,10 +215,7 @@ fn take(
         Command::Close { group, reply } => {
             // Its waiting produce requests see their replies dropped.
             set.remove(group);
-            if let Some(view) = views.remove(&group) {
-                view.close();
-            }
-            metadata.set_leadership(group, None);
+            forget(group, views, metadata);
             let _ = reply.send(());
         }
         Command::Propose {

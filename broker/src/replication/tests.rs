@@ -60,10 +60,15 @@ impl PartitionReplica {
 }
 
 async fn open(dir: &std::path::Path, id: u64, config: LogConfig) -> PartitionReplica {
+    open_partition(dir, 0, id, config).await
+}
+
+/// Node `id`'s replica of partition `partition` of topic "t", its log in `dir`.
+async fn open_partition(dir: &std::path::Path, partition: u32, id: u64, config: LogConfig) -> PartitionReplica {
     let log = Rc::new(PartitionLog::open(dir, config).await.expect("the log opens"));
     PartitionReplica::open(
         "t",
-        0,
+        partition,
         id,
         &VOTERS,
         log,
@@ -600,16 +605,23 @@ proptest::proptest! {
     }
 }
 
+/// A group that acknowledged 20 batches and settled: it, its leader and a
+/// follower.
+async fn settled_group() -> (Group, u64, u64) {
+    let mut group = Group::new().await;
+    let leader = group.leader().await;
+    for tag in 0..20 {
+        group.propose(leader, tag, 300);
+    }
+    group.settle().await;
+    let follower = VOTERS.into_iter().find(|id| *id != leader).unwrap();
+    (group, leader, follower)
+}
+
 #[test]
 fn a_follower_whose_directory_was_lost_is_refilled() {
     run(async {
-        let mut group = Group::new().await;
-        let leader = group.leader().await;
-        for tag in 0..20 {
-            group.propose(leader, tag, 300);
-        }
-        group.settle().await;
-        let follower = VOTERS.into_iter().find(|id| *id != leader).unwrap();
+        let (mut group, leader, follower) = settled_group().await;
         group.crash(follower);
         let dir = group.dirs[&follower].path().to_path_buf();
         std::fs::remove_dir_all(&dir).unwrap();
@@ -697,13 +709,7 @@ fn a_follower_behind_the_leaders_log_start_is_sent_a_snapshot() {
 #[test]
 fn a_snapshots_install_a_crash_interrupted_is_finished_at_open() {
     run(async {
-        let mut group = Group::new().await;
-        let leader = group.leader().await;
-        for tag in 0..20 {
-            group.propose(leader, tag, 300);
-        }
-        group.settle().await;
-        let follower = VOTERS.into_iter().find(|id| *id != leader).unwrap();
+        let (mut group, leader, follower) = settled_group().await;
         let (index, term) = group.replica(leader).committed();
         let offset = group.replica(leader).high_watermark();
         group.crash(follower);
@@ -845,18 +851,7 @@ impl Nodes {
             let mut set = super::set::ReplicaSet::new(node, VOTERS.to_vec(), RaftTiming::default().election_ticks);
             for group in 1..=SET_GROUPS {
                 let path = dir.path().join(format!("group-{group}"));
-                let log = Rc::new(PartitionLog::open(&path, small_log_config()).await.unwrap());
-                let replica = PartitionReplica::open(
-                    "t",
-                    group as u32,
-                    node,
-                    &VOTERS,
-                    log,
-                    storage::log::system_clock(),
-                    &RaftTiming::default(),
-                )
-                .await
-                .unwrap();
+                let replica = open_partition(&path, group as u32, node, small_log_config()).await;
                 set.insert(group, replica).unwrap();
             }
             sets.insert(node, set);
@@ -1111,44 +1106,11 @@ fn a_set_drops_what_is_not_for_its_groups_and_refuses_a_group_twice() {
         let (leader, follower) = (1, 2);
         let dir = tempfile::tempdir().unwrap();
         let mut set = super::set::ReplicaSet::new(follower, VOTERS.to_vec(), RaftTiming::default().election_ticks);
-        let log = Rc::new(PartitionLog::open(dir.path(), config()).await.unwrap());
-        let replica = PartitionReplica::open(
-            "t",
-            0,
-            follower,
-            &VOTERS,
-            log,
-            storage::log::system_clock(),
-            &RaftTiming::default(),
-        )
-        .await
-        .unwrap();
+        let replica = open_partition(dir.path(), 0, follower, config()).await;
         set.insert(7, replica).unwrap();
-        let log = Rc::new(PartitionLog::open(dir.path().join("b"), config()).await.unwrap());
-        let again = PartitionReplica::open(
-            "t",
-            1,
-            follower,
-            &VOTERS,
-            log,
-            storage::log::system_clock(),
-            &RaftTiming::default(),
-        )
-        .await
-        .unwrap();
+        let again = open_partition(&dir.path().join("b"), 1, follower, config()).await;
         assert!(set.insert(7, again).is_err(), "a group held twice");
-        let log = Rc::new(PartitionLog::open(dir.path().join("c"), config()).await.unwrap());
-        let controller = PartitionReplica::open(
-            "t",
-            2,
-            follower,
-            &VOTERS,
-            log,
-            storage::log::system_clock(),
-            &RaftTiming::default(),
-        )
-        .await
-        .unwrap();
+        let controller = open_partition(&dir.path().join("c"), 2, follower, config()).await;
         assert!(set.insert(net::cluster::CONTROLLER_GROUP, controller).is_err());
         // Bytes that do not decode, a message naming another sender, one
         // for a group not held: all dropped, nothing changes.
