@@ -1998,10 +1998,28 @@ fn a_follower_behind_the_leaders_log_start_catches_up_by_snapshot() {
     }
     let behind_kafka = kafka(&nodes[at(&nodes, behind)]);
     let (error, start, _) = kafka_list_offset(&behind_kafka, "snap", 0, -1, -2);
-    assert_eq!(error, 0);
+    // What every node says, for a failure's message.
+    let seen = || -> String {
+        nodes
+            .iter()
+            .filter(|n| n.broker.is_some())
+            .map(|n| {
+                let earliest = kafka_list_offset(&kafka(n), "snap", 0, -1, -2);
+                let latest = kafka_latest(&kafka(n), "snap", 0, -1);
+                let described = cli(&["topic", "describe", "snap", "--broker", &addr(n)], None);
+                format!(
+                    "node {}: earliest {earliest:?}, latest {latest:?}, {described:?}\n",
+                    n.id
+                )
+            })
+            .collect()
+    };
+    assert_eq!(error, 0, "{}", seen());
     assert!(
         start >= leader_start,
-        "the follower starts at the leader's snapshot ({start}, the leader's log start {leader_start})"
+        "the follower (node {behind}) starts at the leader's snapshot ({start}, the leader's (node {leader}) log \
+         start {leader_start}); the nodes say:\n{}",
+        seen()
     );
     let (error, end, _) = kafka_latest(&behind_kafka, "snap", 0, -1);
     assert_eq!((error, end), (0, RECORDS as i64));
