@@ -432,6 +432,12 @@ impl PartitionReplica {
         self.syncing.len() < SYNCING_MAX && (self.node.has_ready() || self.node.store().has_fetch())
     }
 
+    /// Whether raft-rs waits for entries to be read back from the
+    /// partition log (for a lagging follower).
+    pub fn has_fetch(&self) -> bool {
+        self.node.store().has_fetch()
+    }
+
     /// The partition log, for the wait on a written `Ready`'s durability.
     pub fn partition_log(&self) -> &Rc<PartitionLog> {
         &self.log

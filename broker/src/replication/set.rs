@@ -274,6 +274,7 @@ impl ReplicaSet {
         let fetches = join_all(
             replicas
                 .iter_mut()
+                .filter(|(_, replica)| replica.has_fetch())
                 .map(|(group, replica)| async move { (*group, replica.serve_fetches().await) }),
         )
         .await;
