@@ -352,21 +352,8 @@ fn topics_are_placed_by_the_controller_and_served_where_they_live() {
     let follower = nodes.iter().find(|n| n.id != leader).unwrap();
     let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
     let follower_addr = addr(follower);
-    cli(
-        &[
-            "topic",
-            "create",
-            "t",
-            "--partitions",
-            "6",
-            "--replication-factor",
-            "1",
-            "--broker",
-            &follower_addr,
-        ],
-        None,
-    )
-    .expect("created through a follower");
+    create_topic(&follower_addr, "t", &["--partitions", "6", "--replication-factor", "1"])
+        .expect("created through a follower");
     // Every node hosts two of the six, and together all of them.
     let mut all: Vec<u32> = Vec::new();
     for node in &nodes {
@@ -564,6 +551,14 @@ fn kafka_list_offset(
     (p.error_code, p.offset, p.leader_epoch)
 }
 
+/// `corelog topic create TOPIC OPTIONS... --broker THROUGH`: its output.
+fn create_topic(through: &str, topic: &str, options: &[&str]) -> Result<String, String> {
+    let mut args = vec!["topic", "create", topic];
+    args.extend_from_slice(options);
+    args.extend(["--broker", through]);
+    cli(&args, None)
+}
+
 /// Every record of `topic` read through `addr`, its values sorted.
 fn read_sorted(addr: &str, topic: &str, count: usize) -> Vec<String> {
     let out = cli(
@@ -597,19 +592,7 @@ fn a_replicated_partition_keeps_what_it_acknowledged_through_its_leaders_loss() 
     agreed(&nodes.iter().collect::<Vec<_>>(), 3);
     let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
     let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
-    cli(
-        &[
-            "topic",
-            "create",
-            "r",
-            "--partitions",
-            "2",
-            "--broker",
-            &addr(&nodes[0]),
-        ],
-        None,
-    )
-    .expect("created");
+    create_topic(&addr(&nodes[0]), "r", &["--partitions", "2"]).expect("created");
     let first = elected(&addr(&nodes[0]), "r", &ids, &[]);
     assert!(first.iter().all(|p| p.2 == 3), "three replicas a partition: {first:?}");
     for node in &nodes {
@@ -708,7 +691,7 @@ fn an_idempotent_producer_rides_through_its_leaders_loss_and_pause() {
     agreed(&nodes.iter().collect::<Vec<_>>(), 3);
     let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
     let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
-    cli(&["topic", "create", "i", "--broker", &addr(&nodes[0])], None).expect("created");
+    create_topic(&addr(&nodes[0]), "i", &[]).expect("created");
     let first = elected(&addr(&nodes[0]), "i", &ids, &[]);
 
     // The producer bootstraps from a node that is not the first leader.
@@ -827,7 +810,7 @@ fn a_producer_finds_the_leader_after_its_bootstrap_and_leader_are_lost() {
     agreed(&nodes.iter().collect::<Vec<_>>(), 3);
     let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
     let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
-    cli(&["topic", "create", "b", "--broker", &addr(&nodes[0])], None).expect("created");
+    create_topic(&addr(&nodes[0]), "b", &[]).expect("created");
     let first = elected(&addr(&nodes[0]), "b", &ids, &[]);
     let leader = nodes.iter().position(|n| n.id == first[0].0 as u64).unwrap();
     let bootstrap = (leader + 1) % nodes.len();
@@ -905,7 +888,7 @@ fn a_partition_leader_stopped_cleanly_hands_its_leadership_over() {
     agreed(&nodes.iter().collect::<Vec<_>>(), 3);
     let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
     let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
-    cli(&["topic", "create", "h", "--broker", &addr(&nodes[0])], None).expect("created");
+    create_topic(&addr(&nodes[0]), "h", &[]).expect("created");
     let first = elected(&addr(&nodes[0]), "h", &ids, &[]);
     let (leader, epoch, _) = first[0];
     let stopping = nodes.iter().position(|n| n.id == leader as u64).unwrap();
@@ -943,19 +926,7 @@ fn a_consumer_group_keeps_going_through_its_coordinators_loss() {
     agreed(&nodes.iter().collect::<Vec<_>>(), 3);
     let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
     let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
-    cli(
-        &[
-            "topic",
-            "create",
-            "t",
-            "--partitions",
-            "1",
-            "--broker",
-            &addr(&nodes[0]),
-        ],
-        None,
-    )
-    .expect("created");
+    create_topic(&addr(&nodes[0]), "t", &["--partitions", "1"]).expect("created");
     elected(&addr(&nodes[0]), "t", &ids, &[]);
     let lines: String = (0..300).map(|i| format!("v{i}\n")).collect();
     cli(
@@ -1225,7 +1196,7 @@ fn an_isolated_leader_acknowledges_nothing_and_its_replicas_agree_byte_for_byte_
     agreed(&nodes.iter().collect::<Vec<_>>(), 3);
     let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
     let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
-    cli(&["topic", "create", "iso", "--broker", &addr(&nodes[0])], None).expect("created");
+    create_topic(&addr(&nodes[0]), "iso", &[]).expect("created");
     let first = elected(&addr(&nodes[0]), "iso", &ids, &[]);
     let (isolated, epoch) = (first[0].0 as u64, first[0].1);
     let at = |id: u64| nodes.iter().position(|n| n.id == id).unwrap();
@@ -1309,19 +1280,10 @@ fn a_topic_created_as_the_controllers_leader_dies_is_whole_or_absent_everywhere(
     let lost = nodes.iter().position(|n| n.id == leader).unwrap();
     let through = addr(&nodes[(lost + 1) % nodes.len()]);
     let creating = std::thread::spawn(move || {
-        cli(
-            &[
-                "topic",
-                "create",
-                "half",
-                "--partitions",
-                &PARTITIONS.to_string(),
-                "--replication-factor",
-                "2",
-                "--broker",
-                &through,
-            ],
-            None,
+        create_topic(
+            &through,
+            "half",
+            &["--partitions", &PARTITIONS.to_string(), "--replication-factor", "2"],
         )
     });
     // Long enough for the command to be on its way, too short for it to
@@ -1374,19 +1336,10 @@ fn a_node_hosting_no_replica_names_each_partitions_leader_and_epoch() {
     agreed(&nodes.iter().collect::<Vec<_>>(), 4);
     let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
     let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
-    cli(
-        &[
-            "topic",
-            "create",
-            "learned",
-            "--partitions",
-            "4",
-            "--replication-factor",
-            "3",
-            "--broker",
-            &addr(&nodes[0]),
-        ],
-        None,
+    create_topic(
+        &addr(&nodes[0]),
+        "learned",
+        &["--partitions", "4", "--replication-factor", "3"],
     )
     .expect("created");
     let first = elected(&addr(&nodes[0]), "learned", &ids, &[]);
@@ -1542,19 +1495,7 @@ fn librdkafka_clients_ride_through_repeated_leader_kills_and_a_pause() {
     agreed(&nodes.iter().collect::<Vec<_>>(), 3);
     let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
     let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
-    cli(
-        &[
-            "topic",
-            "create",
-            "ride",
-            "--partitions",
-            &PARTITIONS.to_string(),
-            "--broker",
-            &addr(&nodes[0]),
-        ],
-        None,
-    )
-    .expect("created");
+    create_topic(&addr(&nodes[0]), "ride", &["--partitions", &PARTITIONS.to_string()]).expect("created");
     elected(&addr(&nodes[0]), "ride", &ids, &[]);
     let servers: Vec<String> = nodes
         .iter()
@@ -1645,19 +1586,7 @@ fn a_transaction_spans_nodes_and_survives_its_coordinators_loss() {
     let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
     let kafka = |n: &Node| n.broker.as_ref().unwrap().kafka_addr.clone();
     let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
-    cli(
-        &[
-            "topic",
-            "create",
-            "txns",
-            "--partitions",
-            &PARTITIONS.to_string(),
-            "--broker",
-            &addr(&nodes[0]),
-        ],
-        None,
-    )
-    .expect("created");
+    create_topic(&addr(&nodes[0]), "txns", &["--partitions", &PARTITIONS.to_string()]).expect("created");
     elected(&addr(&nodes[0]), "txns", &ids, &[]);
     // One partition led on each node: whichever node coordinates, some of
     // its markers go to other nodes.
@@ -1754,19 +1683,7 @@ fn a_partitions_leadership_moves_to_the_replica_asked() {
     agreed(&nodes.iter().collect::<Vec<_>>(), 3);
     let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
     let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
-    cli(
-        &[
-            "topic",
-            "create",
-            "moved",
-            "--partitions",
-            &PARTITIONS.to_string(),
-            "--broker",
-            &addr(&nodes[0]),
-        ],
-        None,
-    )
-    .expect("created");
+    create_topic(&addr(&nodes[0]), "moved", &["--partitions", &PARTITIONS.to_string()]).expect("created");
     let mut before = elected(&addr(&nodes[0]), "moved", &ids, &[]);
     for round in 0..2u64 {
         for p in 0..PARTITIONS {
@@ -1796,19 +1713,7 @@ fn a_partitions_leadership_moves_to_the_replica_asked() {
 
     let refused = transfer_leader(&addr(&nodes[0]), "moved", 0, 9).expect_err("no replica on node 9");
     assert!(refused.contains("no replica on node 9"), "{refused}");
-    cli(
-        &[
-            "topic",
-            "create",
-            "single",
-            "--replication-factor",
-            "1",
-            "--broker",
-            &addr(&nodes[0]),
-        ],
-        None,
-    )
-    .expect("created");
+    create_topic(&addr(&nodes[0]), "single", &["--replication-factor", "1"]).expect("created");
     let refused = transfer_leader(&addr(&nodes[0]), "single", 0, 1).expect_err("one replica");
     assert!(refused.contains("one replica"), "{refused}");
     stop_all(&mut nodes);
@@ -1827,7 +1732,7 @@ fn corelogs_group_consumer_follows_its_coordinator_through_its_loss() {
     agreed(&nodes.iter().collect::<Vec<_>>(), 3);
     let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
     let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
-    cli(&["topic", "create", "grouped", "--broker", &addr(&nodes[0])], None).expect("created");
+    create_topic(&addr(&nodes[0]), "grouped", &[]).expect("created");
     elected(&addr(&nodes[0]), "grouped", &ids, &[]);
     let lines: String = (0..RECORDS).map(|i| format!("v{i:04}\n")).collect();
     cli(
@@ -1917,7 +1822,7 @@ fn a_node_that_lost_its_data_directory_is_refused_under_its_old_id() {
         assert!(refused.contains("data directory was lost"), "{refused}");
     }
     let addr = nodes[0].broker.as_ref().unwrap().addr.clone();
-    cli(&["topic", "create", "after", "--broker", &addr], None).expect("the others go on");
+    create_topic(&addr, "after", &[]).expect("the others go on");
     stop_all(&mut nodes);
 }
 
@@ -1936,21 +1841,17 @@ fn a_follower_behind_the_leaders_log_start_catches_up_by_snapshot() {
     let at = |nodes: &[Node], id: u64| nodes.iter().position(|n| n.id == id).unwrap();
     let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
     let segment = (64 << 10).to_string();
-    cli(
+    create_topic(
+        &addr(&nodes[0]),
+        "snap",
         &[
-            "topic",
-            "create",
-            "snap",
             "--config",
             &format!("segment.bytes={segment}"),
             "--config",
             &format!("segment.preallocate.bytes={segment}"),
             "--config",
             "retention.bytes=131072",
-            "--broker",
-            &addr(&nodes[0]),
         ],
-        None,
     )
     .expect("created");
     let leader = elected(&addr(&nodes[0]), "snap", &ids, &[])[0].0 as u64;
