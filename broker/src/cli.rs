@@ -717,7 +717,7 @@ pub fn cluster(command: ClusterCommand) -> Result<(), String> {
         "leader": status.leader,
         "term": status.term,
         "applied_index": status.applied_index,
-        "nodes": status.nodes.iter().map(|(id, kafka)| serde_json::json!({"id": id, "kafka": kafka})).collect::<Vec<_>>(),
+        "nodes": status.nodes.iter().map(|n| serde_json::json!({"id": n.id, "kafka": n.kafka_addr, "incarnation": n.incarnation})).collect::<Vec<_>>(),
         "topics": status.topics,
         "frames_sent": status.frames_sent,
         "bytes_sent": status.bytes_sent,

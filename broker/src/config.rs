@@ -166,6 +166,12 @@ pub struct BrokerConfig {
     /// Every voter of the cluster as `id@host:port` (its `rpc_listen`),
     /// this node included. Empty: a cluster of one, a broker as ever.
     pub peers: Vec<String>,
+    /// Which life of this node its data directory is (0 at first, one
+    /// more each time it came back with the directory lost): not
+    /// configured, read from the directory at start
+    /// (`controller::driver::incarnation`).
+    #[serde(skip)]
+    pub incarnation: u32,
 }
 
 /// A voter of the cluster as `peers` names it.
@@ -214,6 +220,7 @@ impl Default for BrokerConfig {
             node_id: 1,
             rpc_listen: None,
             peers: Vec::new(),
+            incarnation: 0,
         }
     }
 }

@@ -608,6 +608,13 @@ pub struct ProducerIdAllocator {
 
 /// Ids a node of a cluster can give: the low bits of a producer id.
 const NODE_PRODUCER_IDS: i64 = 1 << 40;
+/// A node's ids are split among its incarnations (`BrokerConfig::
+/// incarnation`): one that lost its data directory lost the count of what
+/// it gave, and must not give those ids again. The 256th incarnation
+/// after one takes its range again; the ids of that life expired long
+/// before.
+const INCARNATION_PRODUCER_IDS: i64 = 1 << 32;
+const INCARNATION_RANGES: u32 = (NODE_PRODUCER_IDS / INCARNATION_PRODUCER_IDS) as u32;
 
 /// Ids reserved per write of `producer_ids.json`.
 const PRODUCER_ID_BLOCK: i64 = 1_000;
@@ -618,14 +625,15 @@ struct ReservedIds {
 }
 
 impl ProducerIdAllocator {
-    /// Opens the allocator of a node alone (`node` None) or of node `node`
-    /// of a cluster.
-    pub fn open_for(data_dir: &Path, node: Option<u64>) -> std::io::Result<ProducerIdAllocator> {
-        let node_bits = match node {
+    /// Opens the allocator of a node alone (`member` None) or of node
+    /// `member.0` of a cluster, in its incarnation `member.1`.
+    pub fn open_for(data_dir: &Path, member: Option<(u64, u32)>) -> std::io::Result<ProducerIdAllocator> {
+        let node_bits = match member {
             None => 0,
-            Some(node) => {
+            Some((node, incarnation)) => {
                 assert!(node <= net::cluster::NODE_ID_MAX, "node ids are checked at start");
                 (node as i64) * NODE_PRODUCER_IDS
+                    + i64::from(incarnation % INCARNATION_RANGES) * INCARNATION_PRODUCER_IDS
             }
         };
         let path = data_dir.join("producer_ids.json");
@@ -662,9 +670,9 @@ impl ProducerIdAllocator {
             }
             self.block_end = end;
         }
-        if self.node_bits != 0 && self.next >= NODE_PRODUCER_IDS {
+        if self.node_bits != 0 && self.next >= INCARNATION_PRODUCER_IDS {
             return Err(std::io::Error::other(format!(
-                "{}: this node has given all {NODE_PRODUCER_IDS} producer ids it may",
+                "{}: this node has given all {INCARNATION_PRODUCER_IDS} producer ids it may in its incarnation",
                 self.path.display()
             )));
         }
@@ -681,18 +689,25 @@ mod allocator_tests {
     #[test]
     fn nodes_of_a_cluster_give_ids_of_their_own() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let mut one = ProducerIdAllocator::open_for(a.path(), Some(1)).unwrap();
-        let mut two = ProducerIdAllocator::open_for(b.path(), Some(2)).unwrap();
+        let mut one = ProducerIdAllocator::open_for(a.path(), Some((1, 0))).unwrap();
+        let mut two = ProducerIdAllocator::open_for(b.path(), Some((2, 0))).unwrap();
         let ones: Vec<i64> = (0..2_500).map(|_| one.allocate().unwrap()).collect();
         let twos: Vec<i64> = (0..2_500).map(|_| two.allocate().unwrap()).collect();
         assert!(ones.iter().all(|id| !twos.contains(id)));
         assert_eq!(ones[0], NODE_PRODUCER_IDS);
         assert_eq!(twos[0], 2 * NODE_PRODUCER_IDS);
         // A restart keeps the node's range and never gives an id again.
-        let mut again = ProducerIdAllocator::open_for(b.path(), Some(2)).unwrap();
+        let mut again = ProducerIdAllocator::open_for(b.path(), Some((2, 0))).unwrap();
         assert!(again.allocate().unwrap() > *twos.last().unwrap());
+        // Node 2 back with its directory lost: its new incarnation starts
+        // counting again, in a range of its own.
+        let lost = tempfile::tempdir().unwrap();
+        let mut reborn = ProducerIdAllocator::open_for(lost.path(), Some((2, 1))).unwrap();
+        let reborns: Vec<i64> = (0..2_500).map(|_| reborn.allocate().unwrap()).collect();
+        assert!(reborns.iter().all(|id| !twos.contains(id) && !ones.contains(id)));
+        assert!(reborns.iter().all(|id| *id / NODE_PRODUCER_IDS == 2));
         assert!(
-            ProducerIdAllocator::open_for(a.path(), Some(net::cluster::NODE_ID_MAX))
+            ProducerIdAllocator::open_for(a.path(), Some((net::cluster::NODE_ID_MAX, u32::MAX)))
                 .unwrap()
                 .allocate()
                 .unwrap()

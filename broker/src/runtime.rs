@@ -140,7 +140,7 @@ fn route_raft(
     }
 }
 
-pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
+pub fn start(mut config: BrokerConfig) -> Result<Running, BrokerError> {
     config.validate()?;
     let cpus = config.shard_cpus()?;
     let shards = cpus.len() as u16;
@@ -159,7 +159,7 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         }
         let opened =
             crate::controller::driver::open(config.node_id, peers.clone(), &config.data_dir, config.raft_timing())?;
-        opened.refuse_a_lost_directory()?;
+        config.incarnation = opened.incarnation;
         metadata.replace(crate::topics::TopicTable::from_controller(
             config.node_id,
             opened.metadata(),
@@ -183,12 +183,15 @@ pub fn start(config: BrokerConfig) -> Result<Running, BrokerError> {
         );
     }
     let producer_ids = Arc::new(std::sync::Mutex::new(
-        crate::producer_state::ProducerIdAllocator::open_for(&config.data_dir, opened.as_ref().map(|_| config.node_id))
-            .map_err(|source| BrokerError::Io {
-                op: "read producer ids in",
-                path: config.data_dir.clone(),
-                source,
-            })?,
+        crate::producer_state::ProducerIdAllocator::open_for(
+            &config.data_dir,
+            opened.as_ref().map(|_| (config.node_id, config.incarnation)),
+        )
+        .map_err(|source| BrokerError::Io {
+            op: "read producer ids in",
+            path: config.data_dir.clone(),
+            source,
+        })?,
     ));
     let (reserved, addr) = reserve(&config.listen)?;
     let kafka = if config.kafka_listen == "none" {

@@ -665,13 +665,15 @@ impl Shard {
                 shard = self.id, topic = %topic.name, partition, log_start_offset = %log.log_start_offset(),
                 log_end_offset = %log.log_end_offset(), "opened partition"
             );
-            let voters: Vec<u64> = topic
-                .replicas
-                .get(partition as usize)
-                .map(|r| r.iter().map(|(node, _)| *node).collect())
-                .unwrap_or_default();
-            if voters.len() > 1 {
-                self.open_replica(topic, partition, &voters, &log).await?;
+            let members: Vec<u64> = topic.members.get(partition as usize).cloned().unwrap_or_else(|| {
+                topic
+                    .replicas
+                    .get(partition as usize)
+                    .map(|r| r.iter().map(|(node, _)| *node).collect())
+                    .unwrap_or_default()
+            });
+            if members.len() > 1 {
+                self.open_replica(topic, partition, &members, &log).await?;
                 self.logs.borrow_mut().insert((topic.name.clone(), partition), log);
                 opened += 1;
                 continue;
@@ -707,15 +709,15 @@ impl Shard {
         &self,
         topic: &TopicMeta,
         partition: u32,
-        voters: &[u64],
+        members: &[u64],
         log: &PartitionLog,
     ) -> Result<(), BrokerError> {
         let group = crate::replication::group_id(topic.id, partition);
         let replica = crate::replication::replica::PartitionReplica::open(
             &topic.name,
             partition,
-            self.config.node_id,
-            voters,
+            net::cluster::member_id(self.config.node_id, self.config.incarnation),
+            members,
             Rc::new(log.clone()),
             storage::log::system_clock(),
             &self.config.raft_timing(),
@@ -723,7 +725,7 @@ impl Shard {
         .await?;
         let view = Rc::new(ReplicaView::new(group, replica.high_watermark()));
         tracing::info!(
-            shard = self.id, topic = %topic.name, partition, group, voters = ?voters,
+            shard = self.id, topic = %topic.name, partition, group, members = ?members,
             recovered_from = %replica.recovered_from(), "opened partition replica"
         );
         let mut handle = self.replication.clone().ok_or_else(|| BrokerError::Replication {

@@ -32,6 +32,10 @@ pub struct TopicMeta {
     /// node of its own, where every partition is this node's.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<Vec<(u64, u32)>>,
+    /// In a cluster, the Raft members each partition's group was formed
+    /// with (`TopicAssignment::members`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<Vec<u64>>,
     /// The controller's id for this topic's creation (0 on one node): a
     /// partition directory left by a deleted topic of the same name is not
     /// this topic's.
@@ -140,6 +144,7 @@ impl TopicTable {
                         .iter()
                         .map(|replicas| replicas.iter().map(|r| (r.node, r.shard)).collect())
                         .collect(),
+                    members: topic.members.clone(),
                     id: topic.id,
                 };
                 (name.clone(), meta)
@@ -498,6 +503,7 @@ impl Metadata {
             shards,
             configs,
             replicas: Vec::new(),
+            members: Vec::new(),
             id: 0,
         };
         let mut table = TopicTable::clone(&guard);

@@ -1804,26 +1804,110 @@ fn corelogs_group_consumer_follows_its_coordinator_through_its_loss() {
     stop_all(&mut nodes);
 }
 
-/// A node whose data directory was lost is refused when it starts again
-/// under its old id (it forgot the votes it gave and the entries it
-/// acknowledged), by name, every time; the other two go on without it.
+/// A node's incarnation as `node`'s controller metadata has it.
+fn incarnation(rpc: &str, node: u64) -> Option<u64> {
+    status(rpc)?["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["id"].as_u64() == Some(node))?["incarnation"]
+        .as_u64()
+}
+
+/// A node whose data directory was lost comes back under its old id as a
+/// new incarnation (a new Raft member in every group, KIP-853's directory
+/// id), and the others refill it: it ends up holding every record, can
+/// lead each partition, and counts in the majorities, of the controller's
+/// group and the partitions', that the loss of another node leaves.
 #[test]
-fn a_node_that_lost_its_data_directory_is_refused_under_its_old_id() {
+fn a_node_that_lost_its_data_directory_rejoins_and_is_refilled() {
+    const RECORDS: usize = 600;
     let mut nodes = cluster(3);
     agreed(&nodes.iter().collect::<Vec<_>>(), 3);
-    let lost = nodes.pop().unwrap();
-    let Node { dir, broker, .. } = lost;
-    broker.unwrap().stop();
-    std::fs::remove_dir_all(dir.path()).unwrap();
-    std::fs::create_dir_all(dir.path()).unwrap();
-    let config_file = dir.path().with_extension("toml");
-    for _ in 0..2 {
-        let refused = refused_start(dir.path(), &config_file);
-        assert!(refused.contains("data directory was lost"), "{refused}");
+    let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
+    let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+    create_topic(&addr(&nodes[0]), "refill", &["--partitions", "2"]).expect("created");
+    elected(&addr(&nodes[0]), "refill", &ids, &[]);
+    let value = |i: usize| format!("r{i:05}");
+    let produce = |through: &str, range: std::ops::Range<usize>| {
+        let lines: String = range.map(|i| value(i) + "\n").collect();
+        cli(
+            &["produce", "refill", "--acks", "all", "--broker", through],
+            Some(&lines),
+        )
+    };
+    produce(&addr(&nodes[0]), 0..RECORDS / 2).expect("produced");
+
+    // Node 3 loses its data directory, and more is written without it.
+    let lost = 2;
+    nodes[lost].broker.take().unwrap().kill9();
+    std::fs::remove_dir_all(nodes[lost].dir.path()).unwrap();
+    std::fs::create_dir_all(nodes[lost].dir.path()).unwrap();
+    let started = Instant::now();
+    while let Err(e) = produce(&addr(&nodes[0]), RECORDS / 2..RECORDS) {
+        assert!(started.elapsed() < AGREE_WITHIN, "the two others take no writes: {e}");
+        std::thread::sleep(Duration::from_millis(200));
     }
-    let addr = nodes[0].broker.as_ref().unwrap().addr.clone();
-    create_topic(&addr, "after", &[]).expect("the others go on");
+    assert_eq!(incarnation(&nodes[0].rpc, 3), Some(0));
+
+    nodes[lost].start();
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    for node in &nodes {
+        assert_eq!(
+            incarnation(&node.rpc, 3),
+            Some(1),
+            "node {} knows node 3's comeback",
+            node.id
+        );
+    }
+    // It leads each partition once it holds the whole log, and serves it.
+    for partition in 0..2 {
+        let started = Instant::now();
+        while let Err(e) = transfer_leader(&addr(&nodes[0]), "refill", partition, 3) {
+            assert!(started.elapsed() < AGREE_WITHIN * 2, "node 3 never caught up: {e}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let expected: Vec<String> = (0..RECORDS).map(value).collect();
+    assert_eq!(read_sorted(&addr(&nodes[lost]), "refill", RECORDS), expected);
+
+    // Started again, it is the same incarnation (its directory says so).
+    nodes[lost].broker.take().unwrap().stop();
+    nodes[lost].start();
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    assert_eq!(incarnation(&nodes[lost].rpc, 3), Some(1));
+
+    // Node 1 goes: node 2 and the new node 3 are the majority of every
+    // group, the controller's included.
+    nodes[0].broker.take().unwrap().kill9();
+    let started = Instant::now();
+    while let Err(e) = create_topic(&addr(&nodes[1]), "after", &[]) {
+        assert!(
+            started.elapsed() < AGREE_WITHIN * 2,
+            "no controller without node 1: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let started = Instant::now();
+    while let Err(e) = produce(&addr(&nodes[lost]), RECORDS..RECORDS + 100) {
+        assert!(
+            started.elapsed() < AGREE_WITHIN * 2,
+            "no partition majority without node 1: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Every partition led by node 2 or 3 (a consumer does not wait out
+    // an election).
+    elected(&addr(&nodes[1]), "refill", &[2, 3], &[]);
+    let expected: Vec<String> = (0..RECORDS + 100).map(value).collect();
+    assert_eq!(read_sorted(&addr(&nodes[1]), "refill", RECORDS + 100), expected);
     stop_all(&mut nodes);
+    for partition in 0..2 {
+        assert!(
+            stored_batches(nodes[1].dir.path(), "refill", partition)
+                == stored_batches(nodes[lost].dir.path(), "refill", partition),
+            "nodes 2 and 3 hold the same bytes in partition {partition}"
+        );
+    }
 }
 
 /// Retention on a replicated partition: each replica deletes the head of

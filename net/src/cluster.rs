@@ -41,6 +41,27 @@ pub fn broker_id(node: u64, shard: Option<u32>) -> i32 {
     }
 }
 
+/// A node's Raft member id in its incarnation: the node id in the low 32
+/// bits, the incarnation above. A node whose data directory was lost
+/// rejoins under its old node id but as a new member (KIP-853's directory
+/// id): the votes and acknowledgements its lost directory gave stay with
+/// the old member, which each group swaps out by a configuration change.
+/// Incarnation 0 is the node id itself.
+pub fn member_id(node: u64, incarnation: u32) -> u64 {
+    debug_assert!(node <= NODE_ID_MAX);
+    node | (u64::from(incarnation) << 32)
+}
+
+/// The node a Raft member id is an incarnation of.
+pub fn node_of(member: u64) -> u64 {
+    member & 0xffff_ffff
+}
+
+/// The incarnation of a Raft member id.
+pub fn incarnation_of(member: u64) -> u32 {
+    (member >> 32) as u32
+}
+
 /// One replica of a partition: the node holding it and the shard on that
 /// node that owns it.
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -76,6 +97,16 @@ pub enum ControllerCommand {
     },
     DeleteTopic {
         name: String,
+    },
+    /// A registered node whose data directory was lost comes back as
+    /// incarnation `incarnation`, which must follow its current one, from
+    /// the new directory named `directory` (a random id the node drew: it
+    /// knows its own proposal by it). Every Raft group then swaps the old
+    /// member for the new one.
+    Reincarnate {
+        node: u64,
+        incarnation: u32,
+        directory: u64,
     },
 }
 
@@ -191,6 +222,14 @@ impl ControllerCommand {
                 }
             }
             ControllerCommand::DeleteTopic { name } => check_topic_name(name)?,
+            ControllerCommand::Reincarnate { node, incarnation, .. } => {
+                if *node == 0 || *node > NODE_ID_MAX {
+                    return Err(format!("node id {node} is not 1..={NODE_ID_MAX}"));
+                }
+                if *incarnation == 0 {
+                    return Err(format!("node {node}: incarnation 0 is a node's first"));
+                }
+            }
         }
         Ok(())
     }
@@ -280,14 +319,25 @@ pub struct ControllerStatus {
     pub leader: u64,
     pub term: u64,
     pub applied_index: u64,
-    /// The nodes registered, with their Kafka addresses.
-    pub nodes: Vec<(u64, String)>,
+    /// The nodes registered.
+    pub nodes: Vec<NodeStatus>,
     pub topics: Vec<String>,
     /// Frames and bytes this node has written to its peers since it
     /// started, over every link (the controller's and the partitions'
     /// groups): what the benchmark of idle partitions counts.
     pub frames_sent: u64,
     pub bytes_sent: u64,
+}
+
+/// A registered node, as the controller's metadata holds it.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub kafka_addr: String,
+    /// Which life of the node (`ControllerCommand::Reincarnate`), and the
+    /// directory id it drew for it (0 for a first).
+    pub incarnation: u32,
+    pub directory: u64,
 }
 
 /// A frame between nodes: who sent it and what it says.

@@ -59,29 +59,37 @@ pub fn log_path(data_dir: &Path) -> PathBuf {
     data_dir.join("controller").join("raft.log")
 }
 
+/// The file under the data directory naming which life of the node the
+/// directory is: `incarnation directory-id`.
+pub fn incarnation_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("controller").join("incarnation")
+}
+
 /// A replica opened on its log file, ready to run.
 pub struct Opened {
     node: u64,
+    /// Which life of the node this data directory is.
+    pub incarnation: u32,
     peers: Vec<Peer>,
     path: PathBuf,
     file: Arc<std::fs::File>,
     replica: ControllerReplica,
-    /// The log held nothing: a node new to its cluster, or one whose data
-    /// directory was lost (`refuse_a_lost_directory` tells them apart).
-    empty: bool,
     timing: RaftTiming,
 }
 
 /// Opens node `node`'s replica from its log file and applies what the log
 /// says was committed: before the node says it is up (and before its
 /// shards start), so that a damaged log stops the start and the shards
-/// open the partitions the controller last placed here.
+/// open the partitions the controller last placed here. A node whose data
+/// directory was lost first comes back as a new incarnation
+/// (`incarnation`).
 pub fn open(node: u64, peers: Vec<Peer>, data_dir: &Path, timing: RaftTiming) -> Result<Opened, BrokerError> {
     let path = log_path(data_dir);
     let (file, log) = open_log(&path)?;
-    let empty = log.is_empty();
+    let incarnation = incarnation(node, &peers, data_dir, log.is_empty())?;
     let voters: Vec<u64> = peers.iter().map(|p| p.id).collect();
-    let mut replica = ControllerReplica::open(node, &voters, &log, &timing)?;
+    let member = net::cluster::member_id(node, incarnation);
+    let mut replica = ControllerReplica::open(member, &voters, &log, &timing)?;
     // Nothing to send yet: no peer is known to be up, and Raft sends again
     // whatever a peer has not acknowledged.
     while let Some(mut work) = replica.begin_ready()? {
@@ -92,6 +100,7 @@ pub fn open(node: u64, peers: Vec<Peer>, data_dir: &Path, timing: RaftTiming) ->
     }
     tracing::info!(
         node,
+        incarnation,
         voters = ?voters,
         applied = replica.metadata().applied_index,
         topics = replica.metadata().topics.len(),
@@ -99,11 +108,11 @@ pub fn open(node: u64, peers: Vec<Peer>, data_dir: &Path, timing: RaftTiming) ->
     );
     Ok(Opened {
         node,
+        incarnation,
         peers,
         path,
         file,
         replica,
-        empty,
         timing,
     })
 }
@@ -112,40 +121,170 @@ impl Opened {
     pub fn metadata(&self) -> &ClusterMetadata {
         self.replica.metadata()
     }
+}
 
-    /// Refuses to start a node whose controller log is empty while a peer's
-    /// metadata has it registered: its data directory was lost. Such a node
-    /// forgot the votes it gave and the entries it acknowledged, and a voter
-    /// that forgot them can help elect a leader missing committed entries
-    /// (in the controller's group and in every partition's). A node new to
-    /// its cluster is registered nowhere yet, and a cluster whose peers all
-    /// stay silent (all new, all starting) is let through.
-    pub fn refuse_a_lost_directory(&self) -> Result<(), BrokerError> {
-        if !self.empty {
-            return Ok(());
+/// Which life of node `node` its data directory is: the one its
+/// `incarnation` file names; a directory with a controller log and no such
+/// file is a first life from before the file (0).
+///
+/// An empty directory is a node new to its cluster, or one whose data
+/// directory was lost. A node that lost it forgot the votes it gave and
+/// the entries it acknowledged, and a voter that forgot them can help
+/// elect a leader missing committed entries, in the controller's group and
+/// in every partition's. So it must not come back as the same Raft member:
+/// if a peer's metadata has the node registered, it asks the controller's
+/// leader, through every peer, to commit its next incarnation under a
+/// directory id it draws (KIP-853), until a peer's metadata shows that
+/// incarnation with its directory; then it writes the file, before any
+/// Raft state. A node registered nowhere (a new cluster, or every peer
+/// silent) starts as its first incarnation.
+fn incarnation(node: u64, peers: &[Peer], data_dir: &Path, log_empty: bool) -> Result<u32, BrokerError> {
+    let path = incarnation_path(data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return text
+                .split_whitespace()
+                .next()
+                .and_then(|word| word.parse().ok())
+                .ok_or_else(|| BrokerError::Config(format!("{}: no incarnation in {text:?}", path.display())));
         }
-        for peer in self.peers.iter().filter(|p| p.id != self.node) {
-            let status = match peer_status(&peer.rpc_addr.to_string(), LOST_DIRECTORY_ASK) {
-                Ok(status) => status,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(BrokerError::Io {
+                op: "read",
+                path,
+                source,
+            })
+        }
+    }
+    let (incarnation, directory) = if log_empty { rejoin(node, peers)? } else { (0, 0) };
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let temp = path.with_extension("tmp");
+        let mut file = std::fs::File::create(&temp)?;
+        writeln!(file, "{incarnation} {directory}")?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &path)?;
+        std::fs::File::open(path.parent().expect("under the data directory"))?.sync_all()
+    };
+    write().map_err(|source| BrokerError::Io {
+        op: "write",
+        path: path.clone(),
+        source,
+    })?;
+    Ok(incarnation)
+}
+
+/// Longest a node back with its data directory lost waits for its new
+/// incarnation to be committed (a controller majority must be up).
+const REJOIN_WAIT: Duration = Duration::from_secs(60);
+/// Between its rounds of asking the peers.
+const REJOIN_RETRY: Duration = Duration::from_millis(500);
+
+/// The (incarnation, directory id) an empty data directory starts as:
+/// (0, 0) for a node no peer knows; for a registered one, the next
+/// incarnation, once committed with a directory id drawn here.
+fn rejoin(node: u64, peers: &[Peer]) -> Result<(u32, u64), BrokerError> {
+    let others: Vec<&Peer> = peers.iter().filter(|p| p.id != node).collect();
+    let registered = |statuses: &[ControllerStatus]| {
+        statuses
+            .iter()
+            .flat_map(|status| status.nodes.iter())
+            .filter(|known| known.id == node)
+            .max_by_key(|known| known.incarnation)
+            .map(|known| (known.incarnation, known.directory))
+    };
+    let ask = |timeout: Duration| -> Vec<ControllerStatus> {
+        others
+            .iter()
+            .filter_map(|peer| match peer_status(&peer.rpc_addr.to_string(), timeout) {
+                Ok(status) => Some(status),
                 Err(error) => {
                     tracing::debug!(peer = peer.id, %error, "no status from a peer at start");
-                    continue;
+                    None
                 }
-            };
-            if status.nodes.iter().any(|(id, _)| *id == self.node) {
-                return Err(BrokerError::Config(format!(
-                    "node {}: its controller log ({}) is empty, but node {}'s cluster has node {} registered: \
-                     its data directory was lost. A node that forgot its votes and its log must not rejoin under \
-                     its old id: restore the directory, or join it as a new node id",
-                    self.node,
-                    self.path.display(),
-                    status.node,
-                    self.node
-                )));
+            })
+            .collect()
+    };
+    let Some((mut current, _)) = registered(&ask(LOST_DIRECTORY_ASK)) else {
+        return Ok((0, 0));
+    };
+    let directory = draw_directory_id()?;
+    let deadline = Instant::now() + REJOIN_WAIT;
+    tracing::warn!(
+        node,
+        incarnation = current + 1,
+        "the data directory is empty, but the cluster has this node registered: its directory was lost. \
+         Rejoining as a new incarnation, refilled by the other replicas"
+    );
+    loop {
+        let command = ControllerCommand::Reincarnate {
+            node,
+            incarnation: current + 1,
+            directory,
+        };
+        for peer in &others {
+            if let Err(error) = propose_to(node, &peer.rpc_addr.to_string(), &command, LOST_DIRECTORY_ASK) {
+                tracing::debug!(peer = peer.id, %error, "rejoin: proposal not sent");
             }
         }
-        Ok(())
+        std::thread::sleep(REJOIN_RETRY);
+        if let Some((incarnation, drawn)) = registered(&ask(LOST_DIRECTORY_ASK)) {
+            if (incarnation, drawn) == (current + 1, directory) {
+                tracing::info!(node, incarnation, directory, "rejoined as a new incarnation");
+                return Ok((incarnation, directory));
+            }
+            // Another directory's comeback (an attempt that crashed before
+            // its file was written, which never ran): the next one.
+            current = current.max(incarnation);
+        }
+        if Instant::now() >= deadline {
+            return Err(BrokerError::Config(format!(
+                "node {node}: its data directory is empty and the cluster has it registered (its directory was \
+                 lost), but no controller leader committed its comeback as incarnation {} within {REJOIN_WAIT:?}: \
+                 a majority of the peers must be up",
+                current + 1
+            )));
+        }
     }
+}
+
+/// A random id for a new data directory (KIP-853's directory id): how a
+/// node tells its own comeback from another's.
+fn draw_directory_id() -> Result<u64, BrokerError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .map_err(|source| BrokerError::Io {
+            op: "read",
+            path: "/dev/urandom".into(),
+            source,
+        })?;
+    Ok(u64::from_le_bytes(bytes).max(1))
+}
+
+/// Sends `command` to a peer's internal port for its controller's leader
+/// to propose (a follower drops it).
+fn propose_to(node: u64, addr: &str, command: &ControllerCommand, timeout: Duration) -> Result<(), String> {
+    use std::io::Write;
+    use std::net::ToSocketAddrs;
+    let socket = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} names no address"))?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&socket, timeout).map_err(|e| format!("connect to {addr}: {e}"))?;
+    let frame = PeerFrame {
+        from: node,
+        message: PeerMessage::Propose {
+            command: command.encode(),
+        },
+    };
+    stream
+        .write_all(&frame.encode().map_err(|e| e.to_string())?)
+        .map_err(|e| format!("send to {addr}: {e}"))
 }
 
 /// Longest a starting node with an empty log waits for each peer's status.
@@ -324,11 +463,11 @@ pub async fn run(
     } = wiring;
     let Opened {
         node,
+        incarnation: _,
         peers,
         path,
         file,
         mut replica,
-        empty: _,
         timing,
     } = opened;
     let tick = timing.tick;
@@ -401,6 +540,7 @@ pub async fn run(
             on_change(replica.metadata(), now.1);
         }
         register(&mut replica, &mut links, &registration, &mut registered_at);
+        replica.reconfigure();
         create_internal_topics(&mut replica, &voters, &internal_topics, &mut internal_proposed_at);
     }
 }
@@ -584,7 +724,10 @@ impl Links {
         let mut by_peer: BTreeMap<u64, Vec<(u64, Vec<u8>)>> = BTreeMap::new();
         for message in messages {
             let bytes = message.write_to_bytes().expect("a raft message encodes");
-            by_peer.entry(message.to).or_default().push((CONTROLLER_GROUP, bytes));
+            by_peer
+                .entry(net::cluster::node_of(message.to))
+                .or_default()
+                .push((CONTROLLER_GROUP, bytes));
         }
         for (peer, messages) in by_peer {
             self.frame(peer, PeerMessage::Raft { messages });
@@ -742,7 +885,7 @@ async fn peer_connection(
                 for (_, bytes) in controller {
                     let message = Message::parse_from_bytes(&bytes)
                         .map_err(|e| BrokerError::Controller(format!("node {}: a raft message: {e}", frame.from)))?;
-                    if message.from != frame.from {
+                    if net::cluster::node_of(message.from) != frame.from {
                         return Err(BrokerError::Controller(format!(
                             "node {} sent a raft message from node {}",
                             frame.from, message.from
@@ -755,9 +898,15 @@ async fn peer_connection(
             }
             PeerMessage::Propose { command } => {
                 let command = ControllerCommand::decode(&command).map_err(malformed)?;
-                if !matches!(command, ControllerCommand::RegisterNode { node, .. } if node == frame.from) {
+                let own = match &command {
+                    ControllerCommand::RegisterNode { node, .. } | ControllerCommand::Reincarnate { node, .. } => {
+                        *node == frame.from
+                    }
+                    _ => false,
+                };
+                if !own {
                     return Err(BrokerError::Controller(format!(
-                        "node {} proposed something other than its own registration",
+                        "node {} proposed something other than its own registration or comeback",
                         frame.from
                     )));
                 }

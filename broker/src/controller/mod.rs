@@ -33,6 +33,12 @@ pub struct NodeInfo {
     /// Each shard's own addresses (shard ports), or none.
     pub kafka_shard_addrs: Vec<String>,
     pub native_shard_addrs: Vec<String>,
+    /// Which life of the node this is: 0 at first, one more each time it
+    /// comes back with its data directory lost (`ControllerCommand::
+    /// Reincarnate`). Its Raft member id is `member_id(node, incarnation)`.
+    pub incarnation: u32,
+    /// The directory id that incarnation drew (0 for a first).
+    pub directory: u64,
 }
 
 /// A topic as the controller knows it.
@@ -44,6 +50,11 @@ pub struct TopicAssignment {
     pub id: u64,
     /// `replicas[p]`: partition p's replicas, the preferred leader first.
     pub replicas: Vec<Vec<Replica>>,
+    /// `members[p]`: the Raft member ids partition p's group was formed
+    /// with (each replica's node in its incarnation when the topic was
+    /// created): every replica starts the group's configuration from them,
+    /// and replays the changes of its log after.
+    pub members: Vec<Vec<u64>>,
     pub configs: BTreeMap<String, String>,
 }
 
@@ -105,8 +116,30 @@ impl ClusterMetadata {
                         native_addr: native_addr.clone(),
                         kafka_shard_addrs: kafka_shard_addrs.clone(),
                         native_shard_addrs: native_shard_addrs.clone(),
+                        incarnation: self.nodes.get(node).map_or(0, |known| known.incarnation),
+                        directory: self.nodes.get(node).map_or(0, |known| known.directory),
                     },
                 );
+            }
+            ControllerCommand::Reincarnate {
+                node,
+                incarnation,
+                directory,
+            } => {
+                let known = self
+                    .nodes
+                    .get_mut(node)
+                    .ok_or_else(|| BrokerError::Config(format!("node {node} comes back, but was never registered")))?;
+                // Compare and set: a retried proposal of the same comeback
+                // does not make another.
+                if *incarnation != known.incarnation + 1 {
+                    return Err(BrokerError::Config(format!(
+                        "node {node} comes back as incarnation {incarnation}, but is in its {}",
+                        known.incarnation
+                    )));
+                }
+                known.incarnation = *incarnation;
+                known.directory = *directory;
             }
             ControllerCommand::CreateTopic {
                 name,
@@ -128,11 +161,16 @@ impl ClusterMetadata {
                     }
                 }
                 self.next_topic_id += 1;
+                let members = assignment
+                    .iter()
+                    .map(|replicas| replicas.iter().map(|r| self.member(r.node)).collect())
+                    .collect();
                 self.topics.insert(
                     name.clone(),
                     TopicAssignment {
                         id: self.next_topic_id,
                         replicas: assignment.clone(),
+                        members,
                         configs: configs.iter().cloned().collect(),
                     },
                 );
@@ -147,6 +185,12 @@ impl ClusterMetadata {
             }
         }
         Ok(Applied::Done)
+    }
+
+    /// `node`'s Raft member id in its current incarnation (a node not
+    /// registered: its first).
+    pub fn member(&self, node: u64) -> u64 {
+        net::cluster::member_id(node, self.nodes.get(&node).map_or(0, |n| n.incarnation))
     }
 
     /// The partitions `node` should host, with the shard of each: what a
@@ -357,6 +401,69 @@ mod tests {
         assert!(metadata.topics.is_empty());
         create(&mut metadata, "a", 2, 2).unwrap();
         assert_eq!(metadata.topics["a"].id, 2, "created again, another topic");
+    }
+
+    #[test]
+    fn a_node_comes_back_once_per_incarnation_and_new_topics_name_its_new_member() {
+        let mut metadata = cluster(&[1, 1, 1]);
+        create(&mut metadata, "before", 1, 3).unwrap();
+        let mut members = metadata.topics["before"].members[0].clone();
+        members.sort_unstable();
+        assert_eq!(members, vec![1, 2, 3]);
+        let back = |incarnation, directory| ControllerCommand::Reincarnate {
+            node: 3,
+            incarnation,
+            directory,
+        };
+        let apply = |metadata: &mut ClusterMetadata, command: &ControllerCommand| {
+            let command = ControllerCommand::decode(&command.encode()).unwrap();
+            metadata.apply(metadata.applied_index + 1, &command)
+        };
+        apply(&mut metadata, &back(1, 77)).unwrap();
+        let member = net::cluster::member_id(3, 1);
+        assert_eq!((metadata.nodes[&3].incarnation, metadata.nodes[&3].directory), (1, 77));
+        assert_eq!(metadata.member(3), member);
+        assert_eq!(net::cluster::node_of(member), 3);
+        // A retried proposal of the same comeback, or another directory's
+        // for the same incarnation, makes no other.
+        assert!(apply(&mut metadata, &back(1, 77)).is_err());
+        assert!(apply(&mut metadata, &back(1, 78)).is_err());
+        assert!(
+            apply(&mut metadata, &back(3, 79)).is_err(),
+            "incarnations follow each other"
+        );
+        assert_eq!((metadata.nodes[&3].incarnation, metadata.nodes[&3].directory), (1, 77));
+        assert!(apply(
+            &mut metadata,
+            &ControllerCommand::Reincarnate {
+                node: 9,
+                incarnation: 1,
+                directory: 1
+            }
+        )
+        .is_err());
+        // Registering again (new addresses) keeps the incarnation.
+        let register = ControllerCommand::RegisterNode {
+            node: 3,
+            shards: 1,
+            kafka_addr: "127.0.0.1:1".into(),
+            native_addr: "127.0.0.1:2".into(),
+            kafka_shard_addrs: Vec::new(),
+            native_shard_addrs: Vec::new(),
+        };
+        apply(&mut metadata, &register).unwrap();
+        assert_eq!(metadata.nodes[&3].incarnation, 1);
+        create(&mut metadata, "after", 1, 3).unwrap();
+        let mut members = metadata.topics["after"].members[0].clone();
+        members.sort_unstable();
+        assert_eq!(members, vec![1, 2, member]);
+        assert_eq!(
+            metadata.topics["before"].members[0].iter().max(),
+            Some(&3),
+            "a group formed before keeps what it was formed with"
+        );
+        // Incarnation 0 is no comeback.
+        assert!(ControllerCommand::decode(&back(0, 1).encode()).is_err());
     }
 
     #[test]

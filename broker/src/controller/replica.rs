@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use net::cluster::ControllerCommand;
+use net::cluster::{node_of, ControllerCommand};
 use raft::prelude::{ConfState, Config, Entry, EntryType, Message, RawNode};
 use raft::storage::MemStorage;
 use raft::StateRole;
@@ -59,9 +59,13 @@ pub struct ControllerReplica {
 }
 
 impl ControllerReplica {
-    /// The replica of node `id` in a group of `voters`, from the bytes of
-    /// its log file (empty for a new node). Every node starts the group with
-    /// the same voters, so no configuration entry is needed to form it.
+    /// The replica of Raft member `id` (a node in one incarnation) in a
+    /// group formed of `voters` (the nodes of `--peers` in their first
+    /// incarnation), from the bytes of its log file (empty for a new node).
+    /// Every node starts the group with the same voters, so no
+    /// configuration entry is needed to form it; the changes since (a node
+    /// back with its directory lost, swapped in) are in the log, applied
+    /// again as it is replayed.
     pub fn open(
         id: u64,
         voters: &[u64],
@@ -69,9 +73,10 @@ impl ControllerReplica {
         timing: &crate::config::RaftTiming,
     ) -> Result<ControllerReplica, BrokerError> {
         let raft_error = |e: raft::Error| BrokerError::Controller(format!("node {id}: {e}"));
-        if !voters.contains(&id) {
+        if !voters.contains(&node_of(id)) {
             return Err(BrokerError::Controller(format!(
-                "node {id} is not among the voters {voters:?}"
+                "node {} is not among the voters {voters:?}",
+                node_of(id)
             )));
         }
         let replayed = store::replay(log).map_err(|e| BrokerError::Controller(format!("node {id}: {e}")))?;
@@ -128,9 +133,9 @@ impl ControllerReplica {
         self.node.raft.state == StateRole::Leader
     }
 
-    /// The leader this replica knows of, if any.
+    /// The node of the leader this replica knows of, if any.
     pub fn leader(&self) -> Option<u64> {
-        Some(self.node.raft.leader_id).filter(|id| *id != 0)
+        Some(self.node.raft.leader_id).filter(|id| *id != 0).map(node_of)
     }
 
     pub fn term(&self) -> u64 {
@@ -140,7 +145,7 @@ impl ControllerReplica {
     /// This replica's view of the group, for `corelog cluster status`.
     pub fn status(&self) -> net::cluster::ControllerStatus {
         net::cluster::ControllerStatus {
-            node: self.id,
+            node: node_of(self.id),
             leader: self.leader().unwrap_or(0),
             term: self.term(),
             applied_index: self.metadata.applied_index,
@@ -148,7 +153,12 @@ impl ControllerReplica {
                 .metadata
                 .nodes
                 .iter()
-                .map(|(id, info)| (*id, info.kafka_addr.clone()))
+                .map(|(id, info)| net::cluster::NodeStatus {
+                    id: *id,
+                    kafka_addr: info.kafka_addr.clone(),
+                    incarnation: info.incarnation,
+                    directory: info.directory,
+                })
                 .collect(),
             topics: self.metadata.topics.keys().cloned().collect(),
             frames_sent: super::driver::PEER_FRAMES_SENT.load(std::sync::atomic::Ordering::Relaxed),
@@ -173,6 +183,17 @@ impl ControllerReplica {
     /// changes nothing and is only logged: peers' bytes are not trusted.
     pub fn step(&mut self, mut message: Message) {
         let (from, kind) = (message.from, message.get_msg_type());
+        if message.to != self.id {
+            // For this node's earlier incarnation, whose votes and log were
+            // not this one's.
+            tracing::debug!(
+                node = self.id,
+                from,
+                to = message.to,
+                "controller: a message for another member, dropped"
+            );
+            return;
+        }
         let last_index = self.node.raft.raft_log.last_index();
         if kind == raft::prelude::MessageType::MsgHeartbeat && message.commit > last_index {
             // A leader sends a commit index only up to what it knows this
@@ -246,6 +267,17 @@ impl ControllerReplica {
             .map_err(|_| BrokerError::NotController { leader: self.leader() })
     }
 
+    /// On the leader: swaps one voter whose node came back in a later
+    /// incarnation for that incarnation's member (`replication::
+    /// reconfiguration`), unless a change is under way. Answers whether it
+    /// proposed one.
+    pub fn reconfigure(&mut self) -> bool {
+        let metadata = &self.metadata;
+        crate::replication::reconfigure(&mut self.node, |node| {
+            metadata.nodes.contains_key(&node).then(|| metadata.member(node))
+        })
+    }
+
     /// The outcome of proposal `proposal`, once it has one (taken: asked
     /// again, None).
     pub fn outcome(&mut self, proposal: u64) -> Option<Result<(), BrokerError>> {
@@ -315,13 +347,21 @@ impl ControllerReplica {
     fn apply(&mut self, entries: Vec<Entry>) {
         for entry in entries {
             if entry.get_entry_type() != EntryType::EntryNormal {
-                // No configuration change is ever proposed: the voters are
-                // fixed by `--peers`.
-                tracing::error!(
-                    node = self.id,
-                    index = entry.index,
-                    "controller: a configuration entry, ignored"
-                );
+                match crate::replication::conf_change(&entry) {
+                    Ok(change) => match self.node.apply_conf_change(&change) {
+                        Ok(conf) => {
+                            tracing::info!(node = self.id, index = entry.index, voters = ?conf.voters, outgoing = ?conf.voters_outgoing, "controller: configuration applied");
+                            self.node.mut_store().wl().set_conf_state(conf);
+                        }
+                        Err(e) => {
+                            tracing::error!(node = self.id, index = entry.index, error = %e, "controller: a configuration change that does not apply")
+                        }
+                    },
+                    // The same on every node: the entry changes nothing.
+                    Err(e) => {
+                        tracing::error!(node = self.id, index = entry.index, error = %e, "controller: a configuration entry that does not decode")
+                    }
+                }
                 self.metadata.applied_index = self.metadata.applied_index.max(entry.index);
                 continue;
             }
@@ -347,6 +387,16 @@ impl ControllerReplica {
                 }
             }
         }
+    }
+
+    /// The group's voters, sorted, and None while the configuration is
+    /// joint (tests).
+    #[cfg(test)]
+    fn voters(&self) -> Option<Vec<u64>> {
+        let conf = self.node.raft.prs().conf().to_conf_state();
+        let mut voters = conf.voters;
+        voters.sort_unstable();
+        conf.voters_outgoing.is_empty().then_some(voters)
     }
 
     /// (index, term, data) of every committed entry in the log (tests).
@@ -571,6 +621,68 @@ mod tests {
             assert!(group.replica(leader).outcome(proposal).unwrap().is_ok());
         }
         (group, leader)
+    }
+
+    /// Node 3 loses its log and comes back as its next incarnation: the
+    /// leader swaps the new member in, which replays the whole log, and
+    /// with it the group survives the loss of another node; the swap is in
+    /// every replica's log, so a restart keeps it.
+    #[test]
+    fn a_node_back_with_its_log_lost_is_swapped_in_as_its_next_incarnation() {
+        let (mut group, _) = registered_group();
+        group.crash(3);
+        group.disks.remove(&3);
+        let leader = group.leader();
+        let before = create(&mut group, leader, "before");
+        group.settle();
+        assert!(group.replica(leader).outcome(before).unwrap().is_ok());
+        let back = ControllerCommand::Reincarnate {
+            node: 3,
+            incarnation: 1,
+            directory: 5,
+        };
+        let proposal = group.replica(leader).propose(&back).unwrap();
+        group.settle();
+        assert!(group.replica(leader).outcome(proposal).unwrap().is_ok());
+        let new = net::cluster::member_id(3, 1);
+        group.disks.insert(new, Vec::new());
+        group.start(new);
+        let swapped = Some(vec![1, 2, new]);
+        for _ in 0..100 {
+            group.replica(leader).reconfigure();
+            group.ticks(1);
+            if group.replicas.values().flatten().all(|r| r.voters() == swapped) {
+                break;
+            }
+        }
+        for id in [1, 2, new] {
+            assert_eq!(group.replica(id).voters(), swapped, "member {id}'s voters");
+        }
+        assert!(!group.replica(leader).reconfigure(), "nothing more to swap");
+        assert_eq!(group.metadata(new), group.metadata(leader), "the new member replayed the log");
+        assert_eq!(group.replica(new).status().node, 3, "it is node 3 to the rest of the node");
+
+        group.crash(leader);
+        let next = group.leader();
+        assert!(next != leader && next != 3);
+        let after = create(&mut group, next, "after");
+        group.settle();
+        assert!(group.replica(next).outcome(after).unwrap().is_ok());
+        for id in [1, 2, new] {
+            if id != leader {
+                group.crash(id);
+            }
+        }
+        for id in [1, 2, new] {
+            group.start(id);
+        }
+        let leader = group.leader();
+        for id in [1, 2, new] {
+            assert_eq!(group.replica(id).voters(), swapped, "member {id}'s voters after a restart");
+        }
+        let again = create(&mut group, leader, "again");
+        group.settle();
+        assert!(group.replica(leader).outcome(again).unwrap().is_ok());
     }
 
     #[test]

@@ -134,6 +134,16 @@ pub async fn run(
         }
         let now = Instant::now();
         if now >= next_tick {
+            // A node back in a new incarnation is swapped into the groups
+            // led here (a check of each led group's voters).
+            if let Some(cluster) = metadata.snapshot().cluster.clone() {
+                let nodes = &cluster.nodes;
+                set.reconfigure(&|node| {
+                    nodes
+                        .get(&node)
+                        .map(|info| net::cluster::member_id(node, info.incarnation))
+                });
+            }
             set.tick(&mut send);
             next_tick += tick;
             if next_tick < now {

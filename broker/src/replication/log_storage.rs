@@ -86,6 +86,38 @@ impl LogStart {
     }
 }
 
+/// A partition's snapshot, as sent: where the log starts, and the index of
+/// the entry that made the configuration the snapshot names (it may lie
+/// after the log start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotData {
+    pub start: LogStart,
+    pub conf_index: u64,
+}
+
+impl SnapshotData {
+    const BYTES: usize = LogStart::BYTES + 8;
+
+    pub fn encode(&self) -> [u8; SnapshotData::BYTES] {
+        let mut bytes = [0u8; SnapshotData::BYTES];
+        bytes[..LogStart::BYTES].copy_from_slice(&self.start.encode());
+        bytes[LogStart::BYTES..].copy_from_slice(&self.conf_index.to_le_bytes());
+        bytes
+    }
+
+    /// Decodes a peer's bytes: only their length is checked here.
+    pub fn decode(bytes: &[u8]) -> Result<SnapshotData, String> {
+        if bytes.len() != SnapshotData::BYTES {
+            return Err(format!("{} bytes, not {}", bytes.len(), SnapshotData::BYTES));
+        }
+        let (start, conf_index) = bytes.split_at(LogStart::BYTES);
+        Ok(SnapshotData {
+            start: LogStart::decode(start)?,
+            conf_index: u64::from_le_bytes(conf_index.try_into().expect("8 bytes")),
+        })
+    }
+}
+
 /// One entry above the window's start.
 #[derive(Clone, Debug)]
 enum Slot {
@@ -127,7 +159,11 @@ pub struct Fetch {
 
 pub struct LogStorage {
     hard_state: HardState,
-    conf_state: ConfState,
+    /// The group's configuration in force, and the index of the entry
+    /// that made it (a change applied there, a snapshot's, or the log
+    /// start's for the one the group was formed with): a change at or below
+    /// it is in it already.
+    conf: (u64, ConfState),
     /// The index and term of the entry before the first this log holds.
     before_first: (u64, u64),
     /// The Kafka offset the first entry's batch starts at.
@@ -165,14 +201,15 @@ pub enum Located {
 
 impl LogStorage {
     /// A storage for a log after `start` (the index and term of the entry
-    /// before its first, and where its first batch starts), whose entries
+    /// before its first, and where its first batch starts; `conf` the
+    /// configuration in force and the entry that made it), whose entries
     /// from `window_first` on are
     /// appended next (the first of them starting at Kafka offset
     /// `base_offset`); `internal_below` are Raft's own entries before
     /// `window_first`, and everything up to `applied` was applied.
     pub fn new(
         hard_state: HardState,
-        conf_state: ConfState,
+        conf: (u64, ConfState),
         start: LogStart,
         window_first: u64,
         base_offset: Offset,
@@ -200,7 +237,7 @@ impl LogStorage {
         }
         LogStorage {
             hard_state,
-            conf_state,
+            conf,
             before_first,
             start_offset: start.offset,
             window: VecDeque::new(),
@@ -236,6 +273,17 @@ impl LogStorage {
 
     pub fn applied(&self) -> u64 {
         self.applied
+    }
+
+    /// The configuration a change applied at `index` made.
+    pub fn set_conf(&mut self, index: u64, conf_state: ConfState) {
+        assert!(index >= self.conf.0, "configuration changes apply in order");
+        self.conf = (index, conf_state);
+    }
+
+    /// The configuration in force, and the index of the entry that made it.
+    pub fn conf(&self) -> (u64, &ConfState) {
+        (self.conf.0, &self.conf.1)
     }
 
     /// Forgets every entry up to `start.index` (applied), whose batches lie
@@ -285,8 +333,9 @@ impl LogStorage {
 
     /// Replaces the whole log with a leader's snapshot: no entry is held,
     /// everything up to `start.index` counts as committed and applied, and
-    /// the next entry's batch starts at `start.offset`.
-    pub fn install(&mut self, start: LogStart) {
+    /// the next entry's batch starts at `start.offset`, under the
+    /// snapshot's configuration `conf` (made at the entry it names).
+    pub fn install(&mut self, start: LogStart, conf: (u64, ConfState)) {
         assert!(
             start.index >= self.hard_state.commit,
             "a snapshot at {} below the commit index {}",
@@ -301,6 +350,7 @@ impl LogStorage {
         self.tail_bytes = 0;
         self.term_starts = vec![(start.index, start.term)];
         self.internal_below.clear();
+        self.conf = conf;
         self.applied = start.index;
         self.hard_state.commit = start.index;
         self.forget_fetches_through(u64::MAX);
@@ -536,7 +586,7 @@ impl LogStorage {
 
 impl raft::Storage for LogStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        Ok(RaftState::new(self.hard_state.clone(), self.conf_state.clone()))
+        Ok(RaftState::new(self.hard_state.clone(), self.conf.1.clone()))
     }
 
     fn entries(
@@ -652,14 +702,22 @@ impl raft::Storage for LogStorage {
         if index == 0 || index < request_index {
             return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
         }
+        let data = SnapshotData {
+            start,
+            conf_index: self.conf.0,
+        };
         let mut snapshot = Snapshot {
-            data: Bytes::copy_from_slice(&start.encode()),
+            data: Bytes::copy_from_slice(&data.encode()),
             ..Default::default()
         };
         let metadata = snapshot.mut_metadata();
         metadata.index = index;
         metadata.term = term;
-        metadata.set_conf_state(self.conf_state.clone());
+        // The configuration in force, which may be younger than the log
+        // start: a member a change added must find itself in it (raft-rs
+        // refuses a snapshot that does not name it), and skips the change
+        // when its entry arrives (`SnapshotData::conf_index`).
+        metadata.set_conf_state(self.conf.1.clone());
         Ok(snapshot)
     }
 }
@@ -690,7 +748,7 @@ mod tests {
     fn storage() -> LogStorage {
         LogStorage::new(
             HardState::default(),
-            ConfState::from((vec![1, 2, 3], vec![])),
+            (0, ConfState::from((vec![1, 2, 3], vec![]))),
             LogStart {
                 index: 0,
                 term: 0,
@@ -778,6 +836,18 @@ mod tests {
         s.append(&batch(5, 2, 10), Some(Offset(12)));
         s.set_commit(5);
         s.set_applied(4);
+        // Node 3 swapped for its next incarnation at entries 3 (joint) and
+        // 5 (left): a snapshot at 4 names the configuration of 5, which
+        // the new member needs to find itself in.
+        let joint = {
+            let mut joint = ConfState::from((vec![1, 2, 1 << 32 | 3], vec![]));
+            joint.voters_outgoing = vec![1, 2, 3];
+            joint
+        };
+        s.set_conf(3, joint);
+        let swapped = ConfState::from((vec![1, 2, 1 << 32 | 3], vec![]));
+        s.set_conf(5, swapped.clone());
+        assert_eq!(s.initial_state().unwrap().conf_state, swapped);
         // Retention deleted the segment holding offsets 0..9.
         let start = LogStart {
             index: 4,
@@ -796,18 +866,23 @@ mod tests {
         assert!(s.internal_entries(1, 6).is_empty(), "internal entries below went too");
         let snapshot = s.snapshot(0, 2).unwrap();
         assert_eq!((snapshot.get_metadata().index, snapshot.get_metadata().term), (4, 2));
-        assert_eq!(snapshot.get_metadata().get_conf_state().voters, vec![1, 2, 3]);
-        assert_eq!(LogStart::decode(&snapshot.data), Ok(start));
+        assert_eq!(snapshot.get_metadata().get_conf_state(), &swapped);
+        assert_eq!(
+            SnapshotData::decode(&snapshot.data),
+            Ok(SnapshotData { start, conf_index: 5 })
+        );
         // A follower installing it holds nothing, and appends after it.
         let mut follower = storage();
         follower.append(&noop(1, 1), None);
-        follower.install(start);
+        follower.install(start, (5, swapped.clone()));
+        assert_eq!(follower.conf(), (5, &swapped));
         assert_eq!((follower.last_index(), follower.end_offset()), (4, Offset(9)));
         assert_eq!((follower.applied(), follower.hard_state().commit), (4, 4));
         follower.append(&batch(5, 2, 10), Some(Offset(12)));
         assert_eq!(follower.locate(5), Located::At(Offset(9)));
         assert_eq!(follower.term(4).unwrap(), 2);
         assert!(LogStart::decode(&[0; 23]).is_err());
+        assert!(SnapshotData::decode(&[0; 24]).is_err());
     }
 
     #[test]

@@ -195,13 +195,97 @@ pub fn hand_over<S: raft::Storage>(node: &mut RawNode<S>) -> Option<u64> {
         return None;
     }
     let id = node.raft.id;
+    // Not a member a configuration change is taking out (a node's former
+    // incarnation, gone with its directory).
+    let incoming = node.raft.prs().conf().to_conf_state().voters;
     let (transferee, _) = node
         .raft
         .prs()
         .iter()
-        .filter(|(peer, _)| **peer != id)
+        .filter(|(peer, _)| **peer != id && incoming.contains(peer))
         .map(|(peer, progress)| (*peer, progress.matched))
         .max_by_key(|(peer, matched)| (*matched, std::cmp::Reverse(*peer)))?;
     node.transfer_leader(transferee);
     Some(transferee)
+}
+
+/// The configuration change an entry of type `EntryConfChange` or
+/// `EntryConfChangeV2` carries. A peer's bytes: one that does not decode
+/// is refused by name, the same on every replica.
+pub fn conf_change(entry: &raft::prelude::Entry) -> Result<raft::prelude::ConfChangeV2, String> {
+    use protobuf::Message as _;
+    use raft::prelude::{ConfChange, ConfChangeSingle, ConfChangeV2, EntryType};
+    match entry.get_entry_type() {
+        EntryType::EntryConfChangeV2 => ConfChangeV2::parse_from_bytes(&entry.data)
+            .map_err(|e| format!("entry {}: a configuration change: {e}", entry.index)),
+        EntryType::EntryConfChange => ConfChange::parse_from_bytes(&entry.data)
+            .map(|change| {
+                let mut single = ConfChangeSingle {
+                    node_id: change.node_id,
+                    ..Default::default()
+                };
+                single.set_change_type(change.get_change_type());
+                let mut v2 = ConfChangeV2::default();
+                v2.set_changes(vec![single].into());
+                v2
+            })
+            .map_err(|e| format!("entry {}: a configuration change: {e}", entry.index)),
+        EntryType::EntryNormal => Err(format!("entry {} is no configuration change", entry.index)),
+    }
+}
+
+/// Swapping a node's earlier incarnation out of a group (KIP-853's
+/// directory ids). A node that lost its data directory forgot the votes it
+/// gave and the entries it acknowledged: back under the same member id it
+/// could help elect a leader missing committed entries, or vote twice in a
+/// term. So it comes back as a new member (`member_id(node, incarnation)`),
+/// and the group's leader replaces the old member by it with one joint
+/// configuration change: old and new majorities both commit it, which the
+/// other replicas make without it, and the new member then catches up as a
+/// new follower does (entries, or a snapshot past the log start).
+///
+/// On the leader: if the configuration is joint with no change pending (a
+/// leader that took over mid-change), proposes leaving it; otherwise swaps
+/// the first voter whose node's member is now another (`current`: a node's
+/// member, None if the node is unknown). Answers whether it proposed.
+pub fn reconfigure<S: raft::Storage>(node: &mut RawNode<S>, current: impl Fn(u64) -> Option<u64>) -> bool {
+    use raft::prelude::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
+    let raft = &node.raft;
+    if raft.state != StateRole::Leader || raft.pending_conf_index > raft.raft_log.applied {
+        return false;
+    }
+    let conf = raft.prs().conf().to_conf_state();
+    let mut change = ConfChangeV2::default();
+    change.set_transition(ConfChangeTransition::Auto);
+    if conf.voters_outgoing.is_empty() {
+        let Some((old, new)) = conf.voters.iter().find_map(|voter| {
+            let member = current(net::cluster::node_of(*voter))?;
+            (member != *voter && !conf.voters.contains(&member)).then_some((*voter, member))
+        }) else {
+            return false;
+        };
+        let single = |node_id: u64, change_type: ConfChangeType| {
+            let mut single = ConfChangeSingle {
+                node_id,
+                ..Default::default()
+            };
+            single.set_change_type(change_type);
+            single
+        };
+        change.set_changes(
+            vec![
+                single(new, ConfChangeType::AddNode),
+                single(old, ConfChangeType::RemoveNode),
+            ]
+            .into(),
+        );
+        tracing::info!(
+            raft_id = raft.id,
+            old,
+            new,
+            "replacing a member by its node's new incarnation"
+        );
+    }
+    // An empty change leaves a joint configuration.
+    node.propose_conf_change(Vec::new(), change).is_ok()
 }

@@ -20,13 +20,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use futures::channel::oneshot;
+use net::cluster::node_of;
 use raft::prelude::{ConfState, Config, Entry, EntryType, Message, MessageType, RawNode};
 use raft::StateRole;
 use storage::batch::{self, BatchLimits, Stamps};
 use storage::log::Clock;
 use storage::{Offset, PartitionLog, Stamp};
 
-use super::log_storage::{Located, LogStart, LogStorage};
+use super::log_storage::{Located, LogStart, LogStorage, SnapshotData};
 use super::state_file::{self, ReplicaState, StateBatch};
 use crate::error::BrokerError;
 
@@ -162,16 +163,20 @@ pub struct PartitionReplica {
     /// Persisted messages released while a `Ready` was written (a cut
     /// waits for every earlier write first), sent before its own.
     released: Vec<Message>,
+    /// Configurations applied since the last write, to record with it.
+    confs_applied: Vec<(u64, ConfState)>,
 }
 
 impl PartitionReplica {
-    /// Node `id`'s replica of `topic`/`partition` among `voters`, over
-    /// `log` (opened, maybe empty) and its directory's state file.
+    /// Raft member `id`'s replica (a node in its incarnation) of
+    /// `topic`/`partition`, over `log` (opened, maybe empty) and its
+    /// directory's state file. `members` are those the group was formed
+    /// with: its configuration until its log or state file says otherwise.
     pub async fn open(
         topic: &str,
         partition: u32,
         id: u64,
-        voters: &[u64],
+        members: &[u64],
         log: Rc<PartitionLog>,
         clock: Clock,
         timing: &crate::config::RaftTiming,
@@ -181,8 +186,11 @@ impl PartitionReplica {
             partition,
             reason,
         };
-        if !voters.contains(&id) {
-            return Err(fail(format!("node {id} is not among the replicas {voters:?}")));
+        if !members.iter().any(|member| node_of(*member) == node_of(id)) {
+            return Err(fail(format!(
+                "node {} is not among the replicas {members:?}",
+                node_of(id)
+            )));
         }
         let (file, bytes) = open_state_file(&log.dir().join(state_file::FILE_NAME))
             .await
@@ -231,10 +239,16 @@ impl PartitionReplica {
         }
         let mut above = state.internal.split_off(&(applied + 1));
         let below = std::mem::take(&mut state.internal);
-        let conf_state = ConfState::from((voters.to_vec(), vec![]));
+        // The last configuration recorded: a change applied (committed) or
+        // a snapshot's, maybe past the checkpoint, in which case its entry
+        // is skipped when applied again. None: the one it was formed with.
+        let conf = state.confs.last_key_value().map_or_else(
+            || (log_start.index, ConfState::from((members.to_vec(), vec![]))),
+            |(index, conf)| (*index, conf.clone()),
+        );
         let mut storage = LogStorage::new(
             state.hard_state.clone(),
-            conf_state,
+            conf,
             log_start,
             applied + 1,
             high_watermark,
@@ -358,6 +372,7 @@ impl PartitionReplica {
             outgoing: Vec::new(),
             syncing: std::collections::VecDeque::new(),
             released: Vec::new(),
+            confs_applied: Vec::new(),
         })
     }
 
@@ -394,9 +409,9 @@ impl PartitionReplica {
         self.node.raft.state == StateRole::Leader
     }
 
-    /// The leader this replica knows of, if any.
+    /// The node of the leader this replica knows of, if any.
     pub fn leader(&self) -> Option<u64> {
-        Some(self.node.raft.leader_id).filter(|id| *id != 0)
+        Some(self.node.raft.leader_id).filter(|id| *id != 0).map(node_of)
     }
 
     /// The term: the leader epoch of the batches its leader appends.
@@ -419,6 +434,18 @@ impl PartitionReplica {
     #[cfg(test)]
     pub fn committed(&self) -> (u64, u64) {
         self.node.raft.raft_log.commit_info()
+    }
+
+    /// The group's voters as this replica has them (a joint
+    /// configuration's incoming and outgoing both).
+    #[cfg(test)]
+    pub fn voters(&self) -> (Vec<u64>, Vec<u64>) {
+        let conf = self.node.raft.prs().conf().to_conf_state();
+        let sorted = |mut ids: Vec<u64>| {
+            ids.sort_unstable();
+            ids
+        };
+        (sorted(conf.voters), sorted(conf.voters_outgoing))
     }
 
     #[cfg(test)]
@@ -458,7 +485,7 @@ impl PartitionReplica {
             if self.is_leader() {
                 let (id, ticks) = (self.id, self.ticks);
                 for peer in self.node.raft.prs().conf().voters().ids().iter() {
-                    if peer != id && alive(peer) {
+                    if peer != id && alive(node_of(peer)) {
                         self.caught_up.insert(peer, ticks);
                     }
                 }
@@ -570,8 +597,8 @@ impl PartitionReplica {
         self.last_index_at_tick = self.node.raft.raft_log.last_index();
     }
 
-    /// The replicas in sync (this leader among them): Kafka's ISR. Empty on
-    /// a follower.
+    /// The nodes of the replicas in sync (this leader among them): Kafka's
+    /// ISR. Empty on a follower.
     pub fn in_sync_replicas(&mut self) -> Vec<u64> {
         if !self.is_leader() {
             return Vec::new();
@@ -587,7 +614,15 @@ impl PartitionReplica {
             .filter(|peer| {
                 *peer == id || ticks - self.caught_up.get(peer).copied().unwrap_or(since).max(since) <= lag_ticks
             })
-            .collect()
+            .map(node_of)
+            // While a node's old and new members are both in a joint
+            // configuration, it counts once.
+            .fold(Vec::new(), |mut nodes, node| {
+                if !nodes.contains(&node) {
+                    nodes.push(node);
+                }
+                nodes
+            })
     }
 
     /// A message from a peer. One that raft-rs refuses, or whose entries do
@@ -595,6 +630,12 @@ impl PartitionReplica {
     /// peers' bytes are not trusted.
     pub fn step(&mut self, mut message: Message) {
         let (from, kind) = (message.from, message.get_msg_type());
+        if message.to != self.id {
+            // For this node's earlier incarnation, whose votes and log were
+            // not this one's.
+            tracing::debug!(topic = %self.topic, partition = self.partition, from, to = message.to, "replica: a message for another member, dropped");
+            return;
+        }
         if kind == MessageType::MsgSnapshot {
             if let Err(reason) = self.check_snapshot(&message) {
                 tracing::warn!(topic = %self.topic, partition = self.partition, from, %reason, "replica: a snapshot, refused");
@@ -674,20 +715,28 @@ impl PartitionReplica {
     fn check_snapshot(&self, message: &Message) -> Result<(), String> {
         let snapshot = message.get_snapshot();
         let metadata = snapshot.get_metadata();
-        let start = LogStart::decode(&snapshot.data)?;
+        let start = SnapshotData::decode(&snapshot.data)?.start;
         if (start.index, start.term) != (metadata.index, metadata.term) || start.index == 0 {
             return Err(format!(
                 "it starts the log after entry {} of term {}, its metadata after {} of term {}",
                 start.index, start.term, metadata.index, metadata.term
             ));
         }
-        let voters = |conf: &ConfState| {
-            let mut voters = conf.voters.clone();
-            voters.sort_unstable();
-            (voters, conf.learners.is_empty())
+        // The nodes, not the members: a snapshot from before a node came
+        // back in a new incarnation names its old member.
+        let nodes = |conf: &ConfState| {
+            let mut nodes: Vec<u64> = conf
+                .voters
+                .iter()
+                .chain(&conf.voters_outgoing)
+                .map(|m| node_of(*m))
+                .collect();
+            nodes.sort_unstable();
+            nodes.dedup();
+            (nodes, conf.learners.is_empty())
         };
         let ours = &self.node.raft.prs().conf().to_conf_state();
-        if voters(metadata.get_conf_state()) != voters(ours) {
+        if nodes(metadata.get_conf_state()) != nodes(ours) {
             return Err(format!(
                 "its replicas {:?} are not this group's {:?}",
                 metadata.get_conf_state().voters,
@@ -850,6 +899,9 @@ impl PartitionReplica {
             assert!(self.syncing.is_empty(), "every earlier write is durable");
         }
         let mut batch = StateBatch::default();
+        for (index, conf_state) in std::mem::take(&mut self.confs_applied) {
+            batch.conf(index, &conf_state);
+        }
         if !ready.snapshot().is_empty() {
             let start = self.install(ready.snapshot()).await?;
             batch.log_start(start);
@@ -991,15 +1043,18 @@ impl PartitionReplica {
     /// emptied and started at the snapshot's offset. Produce requests still
     /// waiting here have an outcome this replica cannot tell.
     async fn install(&mut self, snapshot: &raft::prelude::Snapshot) -> Result<LogStart, BrokerError> {
-        let start = LogStart::decode(&snapshot.data).map_err(|e| self.fail(format!("a snapshot stepped: {e}")))?;
+        let SnapshotData { start, conf_index } =
+            SnapshotData::decode(&snapshot.data).map_err(|e| self.fail(format!("a snapshot stepped: {e}")))?;
         assert!(
             start.offset >= self.high_watermark,
             "a snapshot at offset {} below the high watermark {}",
             start.offset,
             self.high_watermark
         );
+        let conf_state = snapshot.get_metadata().get_conf_state().clone();
         let mut batch = StateBatch::default();
         batch.install(start);
+        batch.conf(conf_index, &conf_state);
         self.state_file
             .append(batch)
             .await
@@ -1008,7 +1063,7 @@ impl PartitionReplica {
             .reset_to(start.offset)
             .await
             .map_err(|e| storage_error(&self.topic, self.partition, e))?;
-        self.node.mut_store().install(start);
+        self.node.mut_store().install(start, (conf_index, conf_state));
         tracing::info!(
             topic = %self.topic,
             partition = self.partition,
@@ -1080,9 +1135,7 @@ impl PartitionReplica {
         };
         for entry in &entries {
             if entry.get_entry_type() != EntryType::EntryNormal {
-                // No configuration change is proposed yet: the replicas are
-                // fixed when the partition is created.
-                tracing::error!(topic = %self.topic, partition = self.partition, index = entry.index, "replica: a configuration entry, ignored");
+                self.apply_conf_change(entry);
             }
             if let Some(pending) = self.pending.remove(&entry.index) {
                 let outcome = if pending.term == entry.term {
@@ -1104,6 +1157,66 @@ impl PartitionReplica {
         );
         self.high_watermark = high_watermark;
         self.node.mut_store().set_applied(last);
+    }
+
+    /// Applies a configuration change committed at `entry`, to be recorded
+    /// with the next write (a crash before it applies it again). One that
+    /// does not decode or apply is skipped, the same on every replica.
+    fn apply_conf_change(&mut self, entry: &Entry) {
+        if entry.index <= self.node.store().conf().0 {
+            // In the configuration already: a snapshot's (which names the
+            // one in force when it was sent), or recorded before a crash
+            // that came ahead of the next checkpoint.
+            return;
+        }
+        let applied = super::conf_change(entry).and_then(|change| {
+            self.node
+                .apply_conf_change(&change)
+                .map_err(|e| format!("entry {}: {e}", entry.index))
+        });
+        match applied {
+            Ok(conf_state) => {
+                tracing::info!(
+                    topic = %self.topic,
+                    partition = self.partition,
+                    index = entry.index,
+                    voters = ?conf_state.voters,
+                    outgoing = ?conf_state.voters_outgoing,
+                    "replica: configuration applied"
+                );
+                self.confs_applied.push((entry.index, conf_state.clone()));
+                self.node.mut_store().set_conf(entry.index, conf_state);
+                // Followers added learn of it from their leader's appends.
+                self.wake();
+            }
+            Err(reason) => tracing::error!(
+                topic = %self.topic,
+                partition = self.partition,
+                %reason,
+                "replica: a configuration change skipped"
+            ),
+        }
+    }
+
+    /// On the leader: swaps a replica whose node came back in a new
+    /// incarnation for its new member (`replication::reconfigure`);
+    /// `current` names each node's member now.
+    pub fn reconfigure(&mut self, current: &impl Fn(u64) -> Option<u64>) {
+        if !self.is_leader() {
+            return;
+        }
+        let due = {
+            let conf = self.node.raft.prs().conf().to_conf_state();
+            !conf.voters_outgoing.is_empty()
+                || conf
+                    .voters
+                    .iter()
+                    .any(|voter| current(node_of(*voter)).is_some_and(|member| member != *voter))
+        };
+        if due {
+            self.wake();
+            super::reconfigure(&mut self.node, current);
+        }
     }
 
     /// Answers the produce requests whose entries a leader's entries
@@ -1169,6 +1282,7 @@ impl PartitionReplica {
                     .collect(),
                 hard_state: store.hard_state().clone(),
                 applied: Some((applied, self.high_watermark)),
+                confs: BTreeMap::from([(store.conf().0, store.conf().1.clone())]),
                 valid_bytes: 0,
             };
             return self
@@ -1313,7 +1427,21 @@ impl PartitionReplica {
     /// request to the leader it knows (raft-rs's MsgTransferLeader).
     pub fn transfer_leader(&mut self, to: u64) {
         self.wake();
-        self.node.transfer_leader(to);
+        let member = self
+            .node
+            .raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .find(|m| node_of(*m) == to);
+        match member {
+            Some(member) => self.node.transfer_leader(member),
+            None => {
+                tracing::warn!(topic = %self.topic, partition = self.partition, to, "replica: a transfer to a node with no replica here, ignored")
+            }
+        }
     }
 }
 

@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::join_all;
-use net::cluster::{PeerMessage, CONTROLLER_GROUP, PEER_FRAME_BYTES_MAX, PEER_FRAME_MESSAGES_MAX};
+use net::cluster::{node_of, PeerMessage, CONTROLLER_GROUP, PEER_FRAME_BYTES_MAX, PEER_FRAME_MESSAGES_MAX};
 use protobuf::Message as _;
 use raft::prelude::Message;
 
@@ -53,15 +53,16 @@ impl Outbox {
     fn queue(&mut self, group: u64, messages: Vec<Message>, send: &mut impl FnMut(u64, PeerMessage)) {
         for message in messages {
             let bytes = message.write_to_bytes().expect("a message encodes");
-            let outgoing = self.nodes.entry(message.to).or_default();
+            let to = node_of(message.to);
+            let outgoing = self.nodes.entry(to).or_default();
             if outgoing.messages.len() == PEER_FRAME_MESSAGES_MAX
                 || outgoing.bytes + bytes.len() > PEER_FRAME_BYTES_MAX - FRAME_OVERHEAD_BYTES
             {
                 let full = std::mem::take(outgoing);
                 self.frames_sent += 1;
-                self.sent_since_tick.insert(message.to);
+                self.sent_since_tick.insert(to);
                 send(
-                    message.to,
+                    to,
                     PeerMessage::Raft {
                         messages: full.messages,
                     },
@@ -169,6 +170,14 @@ impl ReplicaSet {
         self.replicas.values().filter(|r| r.is_quiesced()).count()
     }
 
+    /// Has every group this shard leads swap in the members of nodes back
+    /// in a new incarnation (`current`: a node's member now).
+    pub fn reconfigure(&mut self, current: &impl Fn(u64) -> Option<u64>) {
+        for replica in self.replicas.values_mut() {
+            replica.reconfigure(current);
+        }
+    }
+
     /// Ticks every group (a quiesced one only counts the tick), and beats
     /// to each peer node this shard sent nothing since the last tick.
     pub fn tick(&mut self, send: &mut impl FnMut(u64, PeerMessage)) {
@@ -201,7 +210,7 @@ impl ReplicaSet {
                     continue;
                 }
             };
-            if message.from != from || message.to != self.node {
+            if node_of(message.from) != from || node_of(message.to) != self.node {
                 tracing::warn!(
                     node = self.node,
                     from,

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use protobuf::Message as _;
-use raft::prelude::{Entry, HardState};
+use raft::prelude::{ConfState, Entry, HardState};
 use storage::record_file::{self, BatchWriter};
 use storage::Offset;
 
@@ -27,6 +27,7 @@ const KIND_CUT: u8 = 3;
 const KIND_APPLIED: u8 = 4;
 const KIND_LOG_START: u8 = 5;
 const KIND_INSTALL: u8 = 6;
+const KIND_CONF: u8 = 7;
 
 /// Records to write in one batch.
 #[derive(Default)]
@@ -82,6 +83,15 @@ impl StateBatch {
         self.needs_sync = true;
     }
 
+    /// The group's configuration after entry `index` (a change applied
+    /// there, or a snapshot's at its index).
+    pub fn conf(&mut self, index: u64, conf_state: &ConfState) {
+        let mut payload = index.to_le_bytes().to_vec();
+        payload.extend(conf_state.write_to_bytes().expect("a configuration encodes"));
+        self.writer.record(KIND_CONF, &payload);
+        self.needs_sync = true;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.writer.is_empty()
     }
@@ -104,6 +114,8 @@ pub struct ReplicaState {
     /// A snapshot whose install may not have emptied the partition log
     /// (no `log_start` at or past it followed).
     pub installing: Option<LogStart>,
+    /// The configurations recorded, by the index they hold after.
+    pub confs: BTreeMap<u64, ConfState>,
     /// Bytes of whole batches (a torn last one lies past them).
     pub valid_bytes: usize,
 }
@@ -117,6 +129,9 @@ impl ReplicaState {
         }
         if let Some(start) = self.log_start.filter(|_| self.installing.is_none()) {
             batch.log_start(start);
+        }
+        for (index, conf_state) in &self.confs {
+            batch.conf(*index, conf_state);
         }
         for entry in self.internal.values() {
             batch.entry(entry);
@@ -176,8 +191,16 @@ pub fn replay(bytes: &[u8]) -> Result<ReplicaState, String> {
             KIND_INSTALL => {
                 let start = LogStart::decode(payload).map_err(|e| format!("{FILE_NAME}: an install: {e}"))?;
                 state.internal.clear();
+                // The snapshot's configuration follows in the same batch.
+                state.confs.clear();
                 state.installing = Some(start);
                 state.log_start = Some(start);
+            }
+            KIND_CONF => {
+                let index = index_of(payload, "configuration")?;
+                let conf_state = ConfState::parse_from_bytes(&payload[8..])
+                    .map_err(|e| format!("{FILE_NAME}: a configuration: {e}"))?;
+                state.confs.insert(index, conf_state);
             }
             other => return Err(format!("{FILE_NAME}: a record of unknown kind {other}")),
         }
@@ -195,6 +218,40 @@ mod tests {
             term,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn configurations_replay_by_index_and_an_install_carries_its_own() {
+        let conf = |voters: Vec<u64>, outgoing: Vec<u64>| {
+            let mut conf = ConfState::from((voters, vec![]));
+            conf.voters_outgoing = outgoing;
+            conf
+        };
+        let joint = conf(vec![1, 2, 4], vec![1, 2, 3]);
+        let mut file = Vec::new();
+        let mut batch = StateBatch::default();
+        batch.conf(5, &joint);
+        batch.conf(6, &conf(vec![1, 2, 4], vec![]));
+        assert!(batch.needs_sync);
+        file.extend(batch.finish().unwrap());
+        let state = replay(&file).unwrap();
+        assert_eq!(state.confs.keys().copied().collect::<Vec<_>>(), [5, 6]);
+        assert_eq!(state.confs[&5], joint);
+        let again = replay(&state.rewrite().finish().unwrap()).unwrap();
+        assert_eq!(again.confs, state.confs);
+        let start = LogStart {
+            index: 30,
+            term: 2,
+            offset: Offset(70),
+        };
+        let mut batch = StateBatch::default();
+        batch.install(start);
+        batch.conf(30, &conf(vec![1, 2, 3], vec![]));
+        file.extend(batch.finish().unwrap());
+        let state = replay(&file).unwrap();
+        assert_eq!(state.confs.keys().copied().collect::<Vec<_>>(), [30]);
+        let again = replay(&state.rewrite().finish().unwrap()).unwrap();
+        assert_eq!((again.confs, again.installing), (state.confs, state.installing));
     }
 
     #[test]
@@ -253,6 +310,7 @@ mod tests {
         file.extend(batch.finish().unwrap());
         let state = replay(&file).unwrap();
         assert!(state.internal.is_empty());
+        assert!(state.confs.is_empty(), "an install replaces the configurations");
         assert_eq!(state.installing, Some(start(20, 90)));
         let again = replay(&state.rewrite().finish().unwrap()).unwrap();
         assert_eq!((again.log_start, again.installing), (state.log_start, state.installing));

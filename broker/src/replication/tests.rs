@@ -618,21 +618,106 @@ async fn settled_group() -> (Group, u64, u64) {
     (group, leader, follower)
 }
 
+/// A follower's directory is lost while the others delete the head of
+/// their logs: it comes back as a new member (its node's next
+/// incarnation), which the leader swaps in for the old one by a joint
+/// configuration change. The new member is sent a snapshot (naming the
+/// configuration at the log start) and the changes after it as entries,
+/// holds the same bytes, counts in the majority once another replica is
+/// lost, and every replica keeps its configuration across restarts.
 #[test]
-fn a_follower_whose_directory_was_lost_is_refilled() {
+fn a_replica_whose_directory_was_lost_is_swapped_for_its_next_incarnation() {
     run(async {
-        let (mut group, leader, follower) = settled_group().await;
-        group.crash(follower);
-        let dir = group.dirs[&follower].path().to_path_buf();
-        std::fs::remove_dir_all(&dir).unwrap();
-        std::fs::create_dir(&dir).unwrap();
-        group.restart(follower).await;
-        for tag in 20..25 {
-            group.propose(leader, tag, 300);
+        let mut group = Group::with_config(retention_config()).await;
+        let leader = group.leader().await;
+        let lost = VOTERS.into_iter().find(|id| *id != leader).unwrap();
+        let other = VOTERS.into_iter().find(|id| *id != leader && *id != lost).unwrap();
+        group.crash(lost);
+        std::fs::remove_dir_all(group.dirs[&lost].path()).unwrap();
+        for tag in 0..100 {
+            group.propose(leader, tag, 8 << 10);
+            group.turn().await;
+        }
+        group.settle().await;
+        for id in [leader, other] {
+            group
+                .replica(id)
+                .apply_retention()
+                .await
+                .unwrap()
+                .expect("retention moved the log start");
+        }
+
+        let new = net::cluster::member_id(lost, 1);
+        let dir = tempfile::tempdir().unwrap();
+        let replica = open(dir.path(), new, group.config.clone()).await;
+        group.replicas.insert(new, Some(replica));
+        group.dirs.insert(new, dir);
+        // Until the leader swaps it in, the new member is no voter: it
+        // neither campaigns nor is sent anything.
+        for _ in 0..30 {
+            group.tick().await;
+        }
+        assert!(!group.replica(new).is_leader());
+        assert_eq!(group.replica(new).log().log_end_offset(), Offset(0));
+        let current = move |node: u64| Some(if node == lost { new } else { node });
+        let mut sorted = vec![leader, other, new];
+        sorted.sort_unstable();
+        for _ in 0..SETTLE_TURNS_MAX {
+            group.replica(leader).reconfigure(&current);
+            group.tick().await;
+            if group
+                .replicas
+                .values()
+                .flatten()
+                .all(|r| r.voters() == (sorted.clone(), Vec::new()))
+            {
+                break;
+            }
+        }
+        for id in [leader, other, new] {
+            assert_eq!(
+                group.replica(id).voters(),
+                (sorted.clone(), Vec::new()),
+                "replica {id}'s configuration"
+            );
         }
         group.settle().await;
         group.check().await;
-        assert_eq!(group.acked.len(), 25);
+        assert!(
+            group.replica(new).log().log_start_offset() > Offset(0),
+            "it was sent a snapshot"
+        );
+        assert_eq!(group.replica(leader).in_sync_replicas().len(), 3, "one in sync a node");
+
+        // The leader goes: the other and the new member are the majority.
+        group.crash(leader);
+        let next = group.leader().await;
+        assert!(next == other || next == new);
+        for tag in 100..110 {
+            group.propose(next, tag, 100);
+        }
+        group.settle().await;
+        group.check().await;
+        // Every replica keeps the configuration across a restart.
+        for id in [other, new] {
+            group.crash(id);
+        }
+        for id in [leader, other, new] {
+            group.restart(id).await;
+        }
+        for id in [leader, other, new] {
+            assert_eq!(
+                group.replica(id).voters(),
+                (sorted.clone(), Vec::new()),
+                "replica {id} after a restart"
+            );
+        }
+        let next = group.leader().await;
+        group.propose(next, 110, 100);
+        group.settle().await;
+        group.check().await;
+        assert_eq!(group.acked.len(), 111, "every batch is acknowledged");
     });
 }
 
@@ -804,6 +889,10 @@ fn a_peers_snapshot_that_does_not_fit_is_refused_and_changes_nothing() {
                 term,
                 offset: Offset(offset),
             };
+            let at = super::log_storage::SnapshotData {
+                start: at,
+                conf_index: 0,
+            };
             snapshot.data = data.unwrap_or_else(|| at.encode().to_vec()).into();
             snapshot.mut_metadata().index = index;
             snapshot.mut_metadata().term = term;
@@ -822,10 +911,13 @@ fn a_peers_snapshot_that_does_not_fit_is_refused_and_changes_nothing() {
                 term,
                 1000,
                 Some(
-                    super::log_storage::LogStart {
-                        index: past + 1,
-                        term,
-                        offset: Offset(1000),
+                    super::log_storage::SnapshotData {
+                        start: super::log_storage::LogStart {
+                            index: past + 1,
+                            term,
+                            offset: Offset(1000),
+                        },
+                        conf_index: 0,
                     }
                     .encode()
                     .to_vec(),
