@@ -1548,6 +1548,87 @@ fn librdkafka_clients_ride_through_repeated_leader_kills_and_a_pause() {
     stop_all(&mut nodes);
 }
 
+/// The Kafka clients written in Python itself, each with its own metadata
+/// and retry logic (aiokafka's and kafka-python's idempotent producers,
+/// acks=all, and their consumers), write and read at once, each on a topic
+/// of its own, while the leader of each topic's first partition is killed
+/// (-9) in turn. The checker over what each saw finds no error, nothing
+/// acknowledged lost, no offset with two values, no value twice, no
+/// consumer skipping or going back.
+#[test]
+fn python_kafka_clients_ride_through_leader_kills() {
+    const PARTITIONS: i32 = 2;
+    const CLIENTS: [&str; 2] = ["aiokafka", "kafka-python"];
+    let has =
+        |name: &str, module: &str| available(name, Command::new("python3").args(["-c", &format!("import {module}")]));
+    if !has("aiokafka", "aiokafka") || !has("kafka-python", "kafka") {
+        return;
+    }
+    let mut nodes = cluster(3);
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
+    let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+    let topic = |client: &str| format!("ride-{client}");
+    let servers: Vec<String> = nodes
+        .iter()
+        .map(|n| n.broker.as_ref().unwrap().kafka_addr.clone())
+        .collect();
+    let mut children = Vec::new();
+    for client in CLIENTS {
+        create_topic(
+            &addr(&nodes[0]),
+            &topic(client),
+            &["--partitions", &PARTITIONS.to_string()],
+        )
+        .expect("created");
+        elected(&addr(&nodes[0]), &topic(client), &ids, &[]);
+        let mut child = kafka_client_script(
+            "failover_python.py",
+            &[client, &servers.join(","), &topic(client), &PARTITIONS.to_string()],
+        );
+        let stdin = child.stdin.take().unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        use std::io::BufRead;
+        stdout.read_line(&mut line).expect("the clients' first line");
+        assert_eq!(line.trim(), "started", "{client}");
+        children.push((client, child, stdin, stdout));
+    }
+
+    // Each round: the leader of one client's topic's first partition
+    // killed, a new one elected in a later epoch while the clients go on,
+    // the killed node started again.
+    for (round, client) in CLIENTS.iter().enumerate() {
+        let live: Vec<u64> = nodes.iter().filter(|n| n.broker.is_some()).map(|n| n.id).collect();
+        let before = elected(&addr(&nodes[round % nodes.len()]), &topic(client), &live, &[]);
+        let lost = before[0].0 as u64;
+        let at = nodes.iter().position(|n| n.id == lost).unwrap();
+        nodes[at].broker.take().unwrap().kill9();
+        let survivors: Vec<u64> = ids.iter().copied().filter(|&id| id != lost).collect();
+        let survivor = addr(nodes.iter().find(|n| n.id == survivors[0]).unwrap());
+        elected(&survivor, &topic(client), &survivors, &[before[0].1]);
+        std::thread::sleep(Duration::from_millis(1500));
+        nodes[at].start();
+        agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+
+    for (_, _, stdin, _) in &mut children {
+        writeln!(stdin, "stop").expect("the clients are still running");
+    }
+    for (client, mut child, _, mut stdout) in children {
+        use std::io::BufRead;
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("what the clients saw");
+        let saw: ClientsSaw =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{client}'s JSON line ({e}): {line:?}"));
+        let _ = child.wait();
+        eprintln!("{client}:");
+        check_what_clients_saw(&saw, PARTITIONS);
+    }
+    stop_all(&mut nodes);
+}
+
 /// The node coordinating `transactional_id`, as a Kafka client finds it.
 fn txn_coordinator(kafka_addr: &str, transactional_id: &str) -> Option<u64> {
     coordinator_node(kafka_addr, transactional_id, 1)

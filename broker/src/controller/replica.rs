@@ -659,8 +659,16 @@ mod tests {
             assert_eq!(group.replica(id).voters(), swapped, "member {id}'s voters");
         }
         assert!(!group.replica(leader).reconfigure(), "nothing more to swap");
-        assert_eq!(group.metadata(new), group.metadata(leader), "the new member replayed the log");
-        assert_eq!(group.replica(new).status().node, 3, "it is node 3 to the rest of the node");
+        assert_eq!(
+            group.metadata(new),
+            group.metadata(leader),
+            "the new member replayed the log"
+        );
+        assert_eq!(
+            group.replica(new).status().node,
+            3,
+            "it is node 3 to the rest of the node"
+        );
 
         group.crash(leader);
         let next = group.leader();
@@ -678,7 +686,11 @@ mod tests {
         }
         let leader = group.leader();
         for id in [1, 2, new] {
-            assert_eq!(group.replica(id).voters(), swapped, "member {id}'s voters after a restart");
+            assert_eq!(
+                group.replica(id).voters(),
+                swapped,
+                "member {id}'s voters after a restart"
+            );
         }
         let again = create(&mut group, leader, "again");
         group.settle();
