@@ -161,6 +161,8 @@ impl BrokerProcess {
                 "127.0.0.1:0",
                 "--kafka-listen",
                 if kafka { "127.0.0.1:0" } else { "none" },
+                "--metrics-listen",
+                "127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(data_dir);

@@ -11,6 +11,9 @@ use crate::error::BrokerError;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9292";
 /// The Kafka listener's default address (Kafka's port).
 pub const DEFAULT_KAFKA_LISTEN: &str = "127.0.0.1:9092";
+/// Where Prometheus scrapes `/metrics` and health checks ask
+/// `/v1/status/ready` (Redpanda's admin port).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9644";
 /// `spin_before_park_us` unless configured (measured: tuning.md).
 pub const SPIN_BEFORE_PARK_US_DEFAULT: u64 = 50;
 /// Longest spin before park accepted: past it a shard is a busy loop.
@@ -65,6 +68,9 @@ pub struct BrokerConfig {
     /// Kafka protocol address, served by every shard like `listen`;
     /// "none" turns the Kafka listener off.
     pub kafka_listen: String,
+    /// Prometheus metrics and health (`/metrics`, `/v1/status/ready`);
+    /// "none" turns it off.
+    pub metrics_listen: String,
     /// host:port Kafka clients are told to connect to (Metadata,
     /// FindCoordinator); default: the bound Kafka address.
     pub kafka_advertised: Option<String>,
@@ -187,6 +193,7 @@ impl Default for BrokerConfig {
             data_dir: PathBuf::from("corelog-data"),
             listen: DEFAULT_LISTEN.to_string(),
             kafka_listen: DEFAULT_KAFKA_LISTEN.to_string(),
+            metrics_listen: DEFAULT_METRICS_LISTEN.to_string(),
             kafka_advertised: None,
             shard_ports: true,
             shards: None,

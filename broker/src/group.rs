@@ -649,6 +649,18 @@ impl Coordinator {
         }
     }
 
+    /// Every committed offset held here: (group, topic, partition, offset).
+    pub fn committed_offsets(&self) -> Vec<(&str, &str, u32, u64)> {
+        self.groups
+            .iter()
+            .flat_map(|(name, group)| {
+                group.offsets.iter().map(move |((topic, partition), committed)| {
+                    (name.as_str(), topic.as_str(), *partition, committed.offset)
+                })
+            })
+            .collect()
+    }
+
     /// Committed offsets of a group: of the partitions named, or all.
     pub fn offsets(&self, group_id: &str, only: Option<&[(String, u32)]>) -> Vec<((String, u32), Option<Committed>)> {
         let group = self.groups.get(group_id);

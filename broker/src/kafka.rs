@@ -264,12 +264,23 @@ async fn connection(shard: &Shard, mut stream: TcpStream, advertised: &Endpoints
         };
         let mut message = vec![0u8; length];
         stream.read_exact(&mut message).await?;
-        shard.stats.requests.set(shard.stats.requests.get() + 1);
+        let read_at = std::time::Instant::now();
+        let stats = &shard.stats;
+        stats.requests.set(stats.requests.get() + 1);
+        stats
+            .bytes_received
+            .set(stats.bytes_received.get() + (wire::LENGTH_BYTES + length) as u64);
         out.clear();
         match wire::decode_request(Bytes::from(message)) {
             Ok(Decoded::Request { header, version, body }) => {
                 let api = ApiKey::try_from(header.request_api_key).expect("decoded requests have known keys");
-                let Some(response) = handle(shard, advertised, version, *body).await else {
+                let response = handle(shard, advertised, version, *body).await;
+                stats.kafka_request(api as i16, read_at.elapsed(), |each| {
+                    if let Some(response) = &response {
+                        error_codes(response, each);
+                    }
+                });
+                let Some(response) = response else {
                     continue; // acks=0
                 };
                 if let Err(error) = wire::encode_response(header.correlation_id, api, version, &response, &mut out) {
@@ -322,6 +333,78 @@ async fn connection(shard: &Shard, mut stream: TcpStream, advertised: &Endpoints
             }
         }
         stream.write_all(&out).await?;
+        stats.bytes_sent.set(stats.bytes_sent.get() + out.len() as u64);
+    }
+}
+
+/// Hands each error code a response carries (top level and per topic or
+/// partition) to `each`, for the metrics: the APIs clients call most. An
+/// API not listed here counts its requests only.
+fn error_codes(response: &ResponseKind, each: &mut dyn FnMut(i16)) {
+    match response {
+        ResponseKind::Produce(r) => r
+            .responses
+            .iter()
+            .flat_map(|t| &t.partition_responses)
+            .for_each(|p| each(p.error_code)),
+        ResponseKind::Fetch(r) => {
+            each(r.error_code);
+            r.responses
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .for_each(|p| each(p.error_code));
+        }
+        ResponseKind::Metadata(r) => {
+            for topic in &r.topics {
+                each(topic.error_code);
+                topic.partitions.iter().for_each(|p| each(p.error_code));
+            }
+        }
+        ResponseKind::ListOffsets(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .for_each(|p| each(p.error_code)),
+        ResponseKind::OffsetForLeaderEpoch(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .for_each(|p| each(p.error_code)),
+        ResponseKind::OffsetCommit(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .for_each(|p| each(p.error_code)),
+        ResponseKind::TxnOffsetCommit(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .for_each(|p| each(p.error_code)),
+        ResponseKind::OffsetFetch(r) => {
+            each(r.error_code);
+            r.topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .for_each(|p| each(p.error_code));
+        }
+        ResponseKind::FindCoordinator(r) => {
+            each(r.error_code);
+            r.coordinators.iter().for_each(|c| each(c.error_code));
+        }
+        ResponseKind::CreateTopics(r) => r.topics.iter().for_each(|t| each(t.error_code)),
+        ResponseKind::DeleteTopics(r) => r.responses.iter().for_each(|t| each(t.error_code)),
+        ResponseKind::DescribeGroups(r) => r.groups.iter().for_each(|g| each(g.error_code)),
+        ResponseKind::DescribeConfigs(r) => r.results.iter().for_each(|c| each(c.error_code)),
+        ResponseKind::ApiVersions(r) => each(r.error_code),
+        ResponseKind::JoinGroup(r) => each(r.error_code),
+        ResponseKind::SyncGroup(r) => each(r.error_code),
+        ResponseKind::Heartbeat(r) => each(r.error_code),
+        ResponseKind::LeaveGroup(r) => each(r.error_code),
+        ResponseKind::ListGroups(r) => each(r.error_code),
+        ResponseKind::InitProducerId(r) => each(r.error_code),
+        ResponseKind::AddOffsetsToTxn(r) => each(r.error_code),
+        ResponseKind::EndTxn(r) => each(r.error_code),
+        _ => {}
     }
 }
 
@@ -483,6 +566,11 @@ async fn produce(shard: &Shard, request: ProduceRequest) -> Option<ResponseKind>
             let result = match (u32::try_from(partition), data.records) {
                 (Ok(p), Some(records)) if acks != i8::MAX => match wire::records::to_storage(records) {
                     Ok(frames) => shard.produce(&name, p, &frames, acks).await,
+                    Err(net::NetError::BatchTooLarge { size, max }) => Err(BrokerError::Storage {
+                        topic: name.clone(),
+                        partition: p,
+                        source: storage::StorageError::BatchTooLarge { size, max },
+                    }),
                     Err(error) => Err(BrokerError::CorruptBatches {
                         topic: name.clone(),
                         partition: p,

@@ -8,6 +8,7 @@ mod controller;
 mod error;
 mod group;
 mod kafka;
+mod metrics;
 mod offsets;
 mod producer_state;
 mod replication;
@@ -34,6 +35,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 /// `serve`'s flags, each over the config file's key.
 #[derive(clap::Args)]
 struct ServeArgs {
@@ -48,6 +55,14 @@ struct ServeArgs {
     /// off); port 0 picks a free port.
     #[arg(long)]
     kafka_listen: Option<String>,
+    /// Address of the Prometheus metrics and health endpoint (default
+    /// 127.0.0.1:9644; "none": off); port 0 picks a free port.
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// How log lines are written to stderr: text, or json for log shippers
+    /// (one object a line). RUST_LOG sets the filter (default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[arg(long, conflicts_with = "cpus")]
     shards: Option<usize>,
     /// Cores to run shards on, e.g. 0,2,4.
@@ -94,11 +109,24 @@ enum Command {
     Consume(cli::ConsumeArgs),
 }
 
+
 fn main() {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let json = matches!(&cli.command, Command::Serve(args) if args.log_format == LogFormat::Json);
+    if json {
+        // One JSON object a line, for log shippers.
+        tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter)
+            .init();
+    }
     // A shard that panics takes the node with it: a node missing a core
     // (its partitions, its controller replica) while the rest answers is
     // worse than one that is down, which clients and peers handle.
@@ -107,7 +135,6 @@ fn main() {
         report(info);
         std::process::abort();
     }));
-    let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Cluster { command } => cli::cluster(command),
@@ -135,6 +162,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     }
     if let Some(kafka_listen) = args.kafka_listen {
         config.kafka_listen = kafka_listen;
+    }
+    if let Some(metrics_listen) = args.metrics_listen {
+        config.metrics_listen = metrics_listen;
     }
     if args.shards.is_some() {
         config.shards = args.shards;
@@ -173,9 +203,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         tracing::info!(addr = %rpc_addr, node = node_id, "internal listener (the controller's raft)");
         println!("corelog rpc listening on {rpc_addr}");
     }
+    if let Some(metrics_addr) = running.metrics_addr {
+        tracing::info!(addr = %metrics_addr, "metrics and health listener");
+        println!("corelog metrics listening on {metrics_addr}");
+    }
     if let Some(signal) = signals.forever().next() {
         tracing::info!(signal, "shutting down: flushing and closing partitions");
     }
+    running.health.stopping();
     running.shutdown();
     tracing::info!("stopped");
     Ok(())

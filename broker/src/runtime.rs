@@ -34,6 +34,10 @@ pub struct Running {
     pub kafka_shard_addrs: Vec<SocketAddr>,
     /// The internal listener's address, when the node has peers.
     pub rpc_addr: Option<SocketAddr>,
+    /// The metrics and health listener's address, unless it is off.
+    pub metrics_addr: Option<SocketAddr>,
+    /// What `/v1/status/ready` says.
+    pub health: Arc<crate::metrics::Health>,
     inboxes: Arc<Vec<flume::Sender<ShardMessage>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -169,7 +173,7 @@ pub fn start(mut config: BrokerConfig) -> Result<Running, BrokerError> {
     };
     if opened.is_none() && !metadata.snapshot().topics.contains_key(OFFSETS_TOPIC) {
         metadata.create(OFFSETS_TOPIC, config.offsets_topic_partitions, offsets_topic_configs())?;
-        tracing::info!(partitions = config.offsets_topic_partitions, "created {OFFSETS_TOPIC}");
+        tracing::debug!(partitions = config.offsets_topic_partitions, "created {OFFSETS_TOPIC}");
     }
     if opened.is_none() && !metadata.snapshot().topics.contains_key(TXN_STATE_TOPIC) {
         metadata.create(
@@ -177,7 +181,7 @@ pub fn start(mut config: BrokerConfig) -> Result<Running, BrokerError> {
             config.transaction_state_partitions,
             offsets_topic_configs(),
         )?;
-        tracing::info!(
+        tracing::debug!(
             partitions = config.transaction_state_partitions,
             "created {TXN_STATE_TOPIC}"
         );
@@ -200,6 +204,17 @@ pub fn start(mut config: BrokerConfig) -> Result<Running, BrokerError> {
         Some(reserve(&config.kafka_listen)?)
     };
     let kafka_addr = kafka.as_ref().map(|(_, addr)| *addr);
+    let metrics_listener = if config.metrics_listen == "none" {
+        None
+    } else {
+        let listener = std::net::TcpListener::bind(&config.metrics_listen).map_err(|source| BrokerError::Io {
+            op: "listen (metrics) on",
+            path: config.metrics_listen.clone().into(),
+            source,
+        })?;
+        Some(listener)
+    };
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     // Each shard's own ports, reserved like the shared ones so that every
     // shard can advertise all of them before any accepts.
     let reserve_shards = |bound: SocketAddr, configured: &str, listener: &str| {
@@ -305,8 +320,9 @@ pub fn start(mut config: BrokerConfig) -> Result<Running, BrokerError> {
     let open_gate = Arc::new(OpenGate::new(usize::from(shards)));
     let core_ids = core_affinity::get_core_ids().unwrap_or_default();
     let read_cache_bytes = config.read_cache_shard_bytes(usize::from(shards));
-    tracing::info!(shards, read_cache_bytes, "batch cache per shard");
+    tracing::debug!(shards, read_cache_bytes, "batch cache per shard");
     let mut threads = Vec::new();
+    let mut stall_logs = Vec::new();
     for (id, (cpu, inbox)) in cpus.iter().copied().zip(receivers).enumerate() {
         let id = id as u16;
         let (config, metadata, inboxes, ready) = (config.clone(), metadata.clone(), inboxes.clone(), ready_tx.clone());
@@ -330,6 +346,7 @@ pub fn start(mut config: BrokerConfig) -> Result<Running, BrokerError> {
         };
         let (detector, stall_log) =
             crate::stalls::Detector::new(id, std::time::Duration::from_micros(config.stall_threshold_us));
+        stall_logs.push(stall_log.clone());
         let detector =
             (config.stall_threshold_us > 0).then(|| Box::new(detector) as Box<dyn glommio::StallDetectionHandler>);
         let executor = LocalExecutorBuilder::new(placement)
@@ -342,7 +359,7 @@ pub fn start(mut config: BrokerConfig) -> Result<Running, BrokerError> {
             .preempt_timer(std::time::Duration::from_micros(config.task_quota_us))
             .spin_before_park(std::time::Duration::from_micros(config.spin_before_park_us))
             .spawn(move || async move {
-                tracing::info!(shard = id, cpu, pinned, "shard started");
+                tracing::debug!(shard = id, cpu, pinned, "shard started");
                 storage::read_ahead::set_thread_budget(config.read_ahead_shard_bytes);
                 storage::batch_cache::set_thread_capacity(read_cache_bytes);
                 let born = std::time::Instant::now();
@@ -373,9 +390,7 @@ pub fn start(mut config: BrokerConfig) -> Result<Running, BrokerError> {
                 let started = async {
                     let opened = shard.open_owned_partitions().await?;
                     let offsets = shard.load_offsets().await?;
-                    tracing::info!(shard = id, offsets, "loaded committed offsets");
                     let txns = shard.load_txns().await?;
-                    tracing::info!(shard = id, txns, "loaded transaction states");
                     let listen = |addr: SocketAddr| {
                         glommio::net::TcpListener::bind(addr).map_err(|e| BrokerError::Io {
                             op: "listen on",
@@ -426,7 +441,17 @@ pub fn start(mut config: BrokerConfig) -> Result<Running, BrokerError> {
                         }
                         None => None,
                     };
-                    tracing::info!(shard = id, partitions = opened, "recovered partitions");
+                    // The shard's one line at start.
+                    tracing::info!(
+                        shard = id,
+                        cpu,
+                        pinned,
+                        partitions = opened,
+                        committed_offsets = offsets,
+                        transactions = txns,
+                        read_cache_bytes,
+                        "shard open"
+                    );
                     Ok::<_, BrokerError>((listeners, kafka_listeners, rpc_listener))
                 }
                 .await;
@@ -464,7 +489,7 @@ pub fn start(mut config: BrokerConfig) -> Result<Running, BrokerError> {
                                 .detach();
                             }
                         }
-                        tracing::info!(shard = id, "accepting clients");
+                        tracing::debug!(shard = id, "accepting clients");
                     })
                     .detach()
                 };
@@ -549,10 +574,22 @@ pub fn start(mut config: BrokerConfig) -> Result<Running, BrokerError> {
         }));
     }
     drop(ready_tx);
+    let health = Arc::new(crate::metrics::Health::default());
+    if let Some(listener) = metrics_listener {
+        crate::metrics::spawn(listener, inboxes.clone(), health.clone(), stall_logs).map_err(|source| {
+            BrokerError::Io {
+                op: "start the metrics listener on",
+                path: config.metrics_listen.clone().into(),
+                source,
+            }
+        })?;
+    }
     let running = Running {
         addr,
         kafka_addr,
         rpc_addr,
+        metrics_addr,
+        health,
         shard_addrs,
         kafka_shard_addrs,
         inboxes,
@@ -576,6 +613,7 @@ pub fn start(mut config: BrokerConfig) -> Result<Running, BrokerError> {
     drop(kafka_shards);
     drop(native_shards);
     drop(rpc_reserved);
+    running.health.serving();
     Ok(running)
 }
 

@@ -18,6 +18,7 @@ use storage::{Offset, PartitionLog, ReadBytes};
 mod coordinators;
 mod groups;
 mod leadership;
+pub(crate) mod metrics;
 mod retention;
 mod txns;
 
@@ -128,6 +129,10 @@ pub enum ShardMessage {
     Raft {
         from: u64,
         messages: Vec<(u64, Vec<u8>)>,
+    },
+    /// A scrape's ask for the shard's samples.
+    Metrics {
+        reply: flume::Sender<Vec<crate::metrics::Sample>>,
     },
     Shutdown,
 }
@@ -309,11 +314,17 @@ pub struct Shard {
 }
 
 /// Counters of one shard's work, reported when it stops (beside its
-/// allocations, to show what a request costs).
+/// allocations, to show what a request costs) and to each scrape
+/// (`metrics`).
 #[derive(Default)]
 pub struct ShardStats {
     /// Requests read from this shard's connections.
     pub requests: Cell<u64>,
+    /// Kafka requests by API: how many, how long, which error codes.
+    kafka: RefCell<Vec<Option<Box<ApiStats>>>>,
+    /// Bytes of Kafka requests read and of responses written.
+    pub bytes_received: Cell<u64>,
+    pub bytes_sent: Cell<u64>,
     /// Records appended to the logs this shard owns.
     pub records_appended: Cell<u64>,
     /// Partition produces and fetches this shard's connections asked for,
@@ -344,6 +355,7 @@ pub struct ShardStats {
     pub log_sync_time_max: Cell<std::time::Duration>,
     pub log_flush_time: Cell<std::time::Duration>,
     pub log_zeroed_bytes: Cell<u64>,
+    pub log_written_bytes: Cell<u64>,
     /// Reads of the logs this shard closed, summed: from disk without
     /// read-ahead, and what read-ahead did.
     pub log_disk_read_bytes: Cell<u64>,
@@ -365,6 +377,11 @@ impl Default for Latencies {
 }
 
 impl Latencies {
+    /// As Prometheus buckets.
+    pub fn value(&self) -> crate::metrics::Value {
+        crate::metrics::histogram(&self.0.borrow())
+    }
+
     pub fn record(&self, latency: std::time::Duration) {
         let us = (latency.as_micros() as u64).clamp(1, LATENCY_MAX_US);
         self.0.borrow_mut().saturating_record(us);
@@ -382,7 +399,61 @@ impl Latencies {
     }
 }
 
+/// One Kafka API's requests on a shard.
+#[derive(Clone)]
+pub struct ApiStats {
+    pub requests: u64,
+    /// µs, 2 significant digits.
+    pub latency: hdrhistogram::Histogram<u64>,
+    /// Error codes its responses carried, by code.
+    pub errors: std::collections::BTreeMap<i16, u64>,
+}
+
+/// Kafka API keys a shard keeps counts for; a higher one (none is served)
+/// counts as the last.
+const API_KEYS_MAX: usize = 128;
+
 impl ShardStats {
+    /// A Kafka request of API `api` answered in `latency`, its response
+    /// carrying `errors` (0 for none).
+    pub fn kafka_request(&self, api: i16, latency: std::time::Duration, errors: impl FnOnce(&mut dyn FnMut(i16))) {
+        let mut apis = self.kafka.borrow_mut();
+        if apis.is_empty() {
+            apis.resize_with(API_KEYS_MAX, || None);
+        }
+        let slot = &mut apis[(api.max(0) as usize).min(API_KEYS_MAX - 1)];
+        let stats = slot.get_or_insert_with(|| {
+            Box::new(ApiStats {
+                requests: 0,
+                latency: hdrhistogram::Histogram::new_with_max(LATENCY_MAX_US, 2).expect("valid histogram bounds"),
+                errors: std::collections::BTreeMap::new(),
+            })
+        });
+        stats.requests += 1;
+        let us = (latency.as_micros() as u64).clamp(1, LATENCY_MAX_US);
+        stats.latency.saturating_record(us);
+        errors(&mut |code| {
+            if code != 0 {
+                *stats.errors.entry(code).or_default() += 1;
+            }
+        });
+    }
+
+    /// Each Kafka API served so far, by name, with its errors by name.
+    pub fn kafka_apis(&self) -> Vec<(String, ApiStats)> {
+        self.kafka
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter_map(|(key, stats)| {
+                let stats = stats.as_ref()?;
+                let name = net::kafka::kafka_protocol::messages::ApiKey::try_from(key as i16)
+                    .map_or_else(|_| format!("ApiKey{key}"), |api| format!("{api:?}"));
+                Some((name, ApiStats::clone(stats)))
+            })
+            .collect()
+    }
+
     fn add_log(&self, log: &storage::LogStats) {
         self.log_flushes.set(self.log_flushes.get() + log.flushes);
         self.log_sync_time.set(self.log_sync_time.get() + log.sync_time);
@@ -391,6 +462,8 @@ impl ShardStats {
         self.log_flush_time.set(self.log_flush_time.get() + log.flush_time);
         self.log_zeroed_bytes
             .set(self.log_zeroed_bytes.get() + log.zeroed_bytes);
+        self.log_written_bytes
+            .set(self.log_written_bytes.get() + log.bytes_written);
         self.log_disk_read_bytes
             .set(self.log_disk_read_bytes.get() + log.disk_read_bytes);
         let mut ahead = self.log_read_ahead.get();
@@ -661,10 +734,19 @@ impl Shard {
                     partition,
                     source,
                 })?;
-            tracing::info!(
-                shard = self.id, topic = %topic.name, partition, log_start_offset = %log.log_start_offset(),
-                log_end_offset = %log.log_end_offset(), "opened partition"
-            );
+            // Internal partitions at debug: a broker's start says one line a
+            // shard, and one a partition of its users'.
+            if topic.name.starts_with("__") {
+                tracing::debug!(
+                    shard = self.id, topic = %topic.name, partition, log_start_offset = %log.log_start_offset(),
+                    log_end_offset = %log.log_end_offset(), "opened partition"
+                );
+            } else {
+                tracing::info!(
+                    shard = self.id, topic = %topic.name, partition, log_start_offset = %log.log_start_offset(),
+                    log_end_offset = %log.log_end_offset(), "opened partition"
+                );
+            }
             let members: Vec<u64> = topic.members.get(partition as usize).cloned().unwrap_or_else(|| {
                 topic
                     .replicas
@@ -724,7 +806,7 @@ impl Shard {
         )
         .await?;
         let view = Rc::new(ReplicaView::new(group, replica.high_watermark()));
-        tracing::info!(
+        tracing::debug!(
             shard = self.id, topic = %topic.name, partition, group, members = ?members,
             recovered_from = %replica.recovered_from(), "opened partition replica"
         );
@@ -1815,6 +1897,9 @@ impl Shard {
                     break;
                 }
                 ShardMessage::Raft { from, messages } => self.step_replicas(from, messages),
+                ShardMessage::Metrics { reply } => {
+                    let _ = reply.try_send(self.metric_samples());
+                }
                 ShardMessage::Produce {
                     topic,
                     partition,

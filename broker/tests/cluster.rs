@@ -134,6 +134,8 @@ fn refused_start(dir: &std::path::Path, config_file: &std::path::Path) -> String
             "127.0.0.1:0",
             "--kafka-listen",
             "none",
+            "--metrics-listen",
+            "none",
             "--data-dir",
         ])
         .arg(dir)
@@ -1950,6 +1952,17 @@ fn a_node_that_lost_its_data_directory_rejoins_and_is_refilled() {
     }
     let expected: Vec<String> = (0..RECORDS).map(value).collect();
     assert_eq!(read_sorted(&addr(&nodes[lost]), "refill", RECORDS), expected);
+    // Its metrics say it leads, in a later epoch, with all three in sync;
+    // node 1's that it does not.
+    let metrics = |n: &Node| get(&n.broker.as_ref().unwrap().metrics_addr, "/metrics").1;
+    let p0 = [("topic", "refill"), ("partition", "0")];
+    let text = metrics(&nodes[lost]);
+    assert_eq!(metric(&text, "corelog_partition_leader", &p0), Some(1.0), "{text}");
+    assert_eq!(metric(&text, "corelog_partition_in_sync_replicas", &p0), Some(3.0));
+    assert!(metric(&text, "corelog_partition_leader_epoch", &p0).is_some_and(|e| e >= 2.0));
+    assert!(metric(&text, "corelog_partition_leader_changes_total", &p0).is_some_and(|c| c >= 1.0));
+    assert!(metric(&text, "corelog_partition_follower_lag_entries", &p0).is_some());
+    assert_eq!(metric(&metrics(&nodes[0]), "corelog_partition_leader", &p0), Some(0.0));
 
     // Started again, it is the same incarnation (its directory says so).
     nodes[lost].broker.take().unwrap().stop();

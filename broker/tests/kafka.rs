@@ -480,6 +480,50 @@ mod raw {
             vec![("committed".to_string(), 1, Some(3))],
             "partition 0 has no commit"
         );
+        // A batch over the batch limit (16 MiB), within the frame limit:
+        // MESSAGE_TOO_LARGE, which clients do not retry (not the
+        // CORRUPT_MESSAGE it once was), and nothing is stored.
+        {
+            use net::kafka::kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+            use net::kafka::kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+            use net::kafka::kafka_protocol::records::{
+                Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+            };
+            let record = Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 0,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: 0,
+                sequence: -1,
+                timestamp: 1,
+                key: None,
+                value: Some(Bytes::from(vec![7u8; 20 << 20])),
+                headers: Default::default(),
+            };
+            let mut records = BytesMut::new();
+            let options = RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            };
+            RecordBatchEncoder::encode(&mut records, [&record], &options).unwrap();
+            let produce = ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(5000)
+                .with_topic_data(vec![TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("committed")))
+                    .with_partition_data(vec![PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(records.freeze()))])]);
+            send(&mut stream, ApiKey::Produce, 7, &produce, 1);
+            let mut response = receive(&mut stream).expect("an answer");
+            ResponseHeader::decode(&mut response, 0).unwrap();
+            let produced = ProduceResponse::decode(&mut response, 7).unwrap();
+            assert_eq!(produced.responses[0].partition_responses[0].error_code, 10);
+        }
         // A client that vanishes mid-frame harms no one.
         let mut vanishing = connect();
         vanishing.write_all(&[0, 0, 1, 0, 0, 3]).unwrap();

@@ -36,6 +36,11 @@ pub enum NetError {
     #[error("malformed {what}: {reason}")]
     Malformed { what: &'static str, reason: String },
 
+    /// A well-formed record batch over the limit (as sent, or decompressed):
+    /// Kafka's MESSAGE_TOO_LARGE, not a corrupt message.
+    #[error("a record batch of {size} bytes, over the limit of {max} bytes")]
+    BatchTooLarge { size: usize, max: usize },
+
     #[error("payload range {offset}+{len} lies outside the frame's {payload} payload bytes")]
     PayloadOutOfRange { offset: u32, len: u32, payload: usize },
 

@@ -439,7 +439,7 @@ impl PartitionLog {
         // catches up at the next change.
         leader_epochs.truncate_from_end(next_offset);
         leader_epochs.truncate_from_start(log_start_offset);
-        tracing::info!(dir = %dir.display(), segments = segments.len(), %log_start_offset, log_end_offset = %next_offset, "recovered partition log");
+        tracing::debug!(dir = %dir.display(), segments = segments.len(), %log_start_offset, log_end_offset = %next_offset, "recovered partition log");
 
         let id = crate::batch_cache::new_log_id();
         let inner = Rc::new(Inner {

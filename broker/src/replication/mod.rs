@@ -75,6 +75,10 @@ pub struct ReplicaView {
     /// Set when the driver let the replica go (deleted, failed, stopping):
     /// waiters are told, and nothing more is asked of it.
     closed: Cell<bool>,
+    /// Changes of leader, term or in-sync replicas seen.
+    changes: Cell<u64>,
+    /// On the leader, the most entries a follower lacks, as of the last turn.
+    follower_lag: Cell<u64>,
 }
 
 impl ReplicaView {
@@ -85,6 +89,8 @@ impl ReplicaView {
             is_leader: Cell::new(false),
             high_watermark: Cell::new(high_watermark),
             waiters: RefCell::new(Vec::new()),
+            changes: Cell::new(0),
+            follower_lag: Cell::new(0),
             closed: Cell::new(false),
         }
     }
@@ -109,6 +115,21 @@ impl ReplicaView {
         self.high_watermark.get()
     }
 
+    /// The replicas in sync, as the leader knows them (0 elsewhere).
+    pub fn in_sync_count(&self) -> usize {
+        self.leadership.borrow().in_sync.len()
+    }
+
+    /// On the leader, the most entries a follower lacks.
+    pub fn follower_lag(&self) -> u64 {
+        self.follower_lag.get()
+    }
+
+    /// Changes of leader, term or in-sync replicas this replica saw.
+    pub fn leadership_changes(&self) -> u64 {
+        self.changes.get()
+    }
+
     /// Takes the replica's state after a turn; answers whether its
     /// leadership changed (for the node's metadata).
     pub fn update(&self, replica: &mut replica::PartitionReplica) -> bool {
@@ -126,6 +147,7 @@ impl ReplicaView {
             }
         }
         self.is_leader.set(replica.is_leader());
+        self.follower_lag.set(replica.follower_lag_max());
         let leadership = Leadership {
             leader: replica.leader(),
             term: replica.term(),
@@ -133,6 +155,7 @@ impl ReplicaView {
         };
         let changed = *self.leadership.borrow() != leadership;
         if changed {
+            self.changes.set(self.changes.get() + 1);
             *self.leadership.borrow_mut() = leadership;
             for waiter in self.waiters.borrow_mut().drain(..) {
                 let _ = waiter.send(());

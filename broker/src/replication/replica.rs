@@ -597,6 +597,21 @@ impl PartitionReplica {
         self.last_index_at_tick = self.node.raft.raft_log.last_index();
     }
 
+    /// On the leader, the most Raft entries a follower lacks (0 elsewhere).
+    pub fn follower_lag_max(&self) -> u64 {
+        if !self.is_leader() {
+            return 0;
+        }
+        let raft = &self.node.raft;
+        let last = raft.raft_log.last_index();
+        raft.prs()
+            .iter()
+            .filter(|(peer, _)| **peer != self.id)
+            .map(|(_, progress)| last.saturating_sub(progress.matched))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The nodes of the replicas in sync (this leader among them): Kafka's
     /// ISR. Empty on a follower.
     pub fn in_sync_replicas(&mut self) -> Vec<u64> {

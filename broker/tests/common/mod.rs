@@ -2,7 +2,8 @@
 //! picks, an executor with a deadline, batches and a reader of partitions.
 #![allow(dead_code)] // each test binary uses its own part of this
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -18,6 +19,9 @@ pub struct Broker {
     pub addr: String,
     /// The Kafka listener's address.
     pub kafka_addr: String,
+    /// The metrics and health listener's address (`/metrics`,
+    /// `/v1/status/ready`).
+    pub metrics_addr: String,
 }
 
 impl Broker {
@@ -42,6 +46,8 @@ impl Broker {
                 listen,
                 "--kafka-listen",
                 kafka_listen,
+                "--metrics-listen",
+                "127.0.0.1:0",
                 "--shards",
                 &shards.to_string(),
                 "--data-dir",
@@ -74,11 +80,22 @@ impl Broker {
         };
         let addr = read("corelog listening on ");
         let kafka_addr = read("corelog kafka listening on ");
+        // A node of a cluster says where its internal listener is first.
+        let mut metrics_addr = read("corelog ");
+        if let Some(rpc) = metrics_addr.strip_prefix("rpc listening on ") {
+            assert!(!rpc.is_empty());
+            metrics_addr = read("corelog ");
+        }
+        let metrics_addr = metrics_addr
+            .strip_prefix("metrics listening on ")
+            .unwrap_or_else(|| panic!("expected the metrics listener, got {metrics_addr:?}"))
+            .to_string();
         Broker {
             child,
             stdout,
             addr,
             kafka_addr,
+            metrics_addr,
         }
     }
 
@@ -252,6 +269,49 @@ pub fn available(what: &str, probe: &mut Command) -> bool {
             "{what} is missing; .ci/run installs it"
         );
         eprintln!("skipped: {what} is not installed (.ci/run installs it)");
+    }
+    found
+}
+
+/// `GET path` on `addr`: the status code and the body.
+pub fn get(addr: &str, path: &str) -> (u16, String) {
+    try_get(addr, path).expect("the listener answers")
+}
+
+/// `GET path` on `addr`, None if it does not answer (yet).
+pub fn try_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
+}
+
+/// The sum of every series of `name` carrying `labels`, None if there is
+/// none.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
+        if series_name != name {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")))
+        {
+            *found.get_or_insert(0.0) += value.parse::<f64>().expect("a number");
+        }
     }
     found
 }

@@ -461,7 +461,45 @@ def shard_aware():
     reader.close()
 
 
+def metered():
+    """kafka-python: what the metrics test then reads back from /metrics.
+    Topic "metered" of 2 partitions; 300 records to partition 0 and 200 to
+    partition 1 (acks=all); group "meter" commits offset 100 of partition 0.
+    With a rate in records a second as the next argument, it
+    produces to partition 0 at that rate instead, for the seconds after it,
+    then commits the group at half of what it wrote."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.structs import OffsetAndMetadata
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    admin.create_topics([NewTopic("metered", 2, 1)])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=5)
+    consumer = KafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id="meter", enable_auto_commit=False)
+    if len(sys.argv) > 3:
+        rate, seconds = int(sys.argv[3]), int(sys.argv[4])
+        began = time.time()
+        sent = 0
+        while time.time() - began < seconds:
+            while sent < (time.time() - began) * rate:
+                producer.send("metered", value=b"r%d" % sent, partition=0)
+                sent += 1
+            time.sleep(0.01)
+        producer.flush()
+        consumer.commit({TopicPartition("metered", 0): OffsetAndMetadata(sent // 2, "", -1)})
+        print(f"sent {sent}")
+    else:
+        for i in range(500):
+            producer.send("metered", value=b"m%d" % i, partition=0 if i < 300 else 1)
+        producer.flush()
+        consumer.commit({TopicPartition("metered", 0): OffsetAndMetadata(100, "", -1)})
+    producer.close()
+    consumer.close()
+
+
 SCENARIOS = {
+    "metered": metered,
     "kafka-python-times": kafka_python_times,
     "aiokafka-roundtrip": aiokafka_roundtrip,
     "confluent-transactions": confluent_transactions,

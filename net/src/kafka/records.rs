@@ -41,11 +41,14 @@ pub fn to_storage(mut kafka: Bytes) -> Result<Vec<u8>, NetError> {
         }
         let length = i32::from_be_bytes(kafka[8..12].try_into().expect("4 bytes"));
         let total = 12usize.saturating_add(usize::try_from(length).unwrap_or(usize::MAX));
-        if total > KAFKA_BATCH_BYTES_MAX || total > kafka.len() || total < BATCH_HEADER_BYTES {
-            return Err(malformed(format!(
-                "a batch of {total} bytes ({} left, at most {KAFKA_BATCH_BYTES_MAX})",
-                kafka.len()
-            )));
+        if total > kafka.len() || total < BATCH_HEADER_BYTES {
+            return Err(malformed(format!("a batch of {total} bytes, {} left", kafka.len())));
+        }
+        if total > KAFKA_BATCH_BYTES_MAX {
+            return Err(NetError::BatchTooLarge {
+                size: total,
+                max: KAFKA_BATCH_BYTES_MAX,
+            });
         }
         let batch = kafka.split_to(total);
         let header = check_batch(&batch)?;
@@ -137,7 +140,16 @@ fn decompress(codec: u16, mut compressed: Bytes) -> Result<Bytes, NetError> {
         4 => Zstd::decompress(&mut compressed, take),
         other => return Err(malformed(format!("compression codec {other}"))),
     }
-    .map_err(|e| malformed(e.to_string()))
+    .map_err(
+        |e| match e.downcast_ref::<kafka_protocol::compression::DecompressedTooLarge>() {
+            // Its decompressed size is not known past the cap.
+            Some(_) => NetError::BatchTooLarge {
+                size: KAFKA_BATCH_BYTES_MAX + 1,
+                max: KAFKA_BATCH_BYTES_MAX,
+            },
+            None => malformed(e.to_string()),
+        },
+    )
 }
 
 /// The records of a checked batch (`records`: the bytes after its header,
@@ -419,6 +431,68 @@ mod tests {
         )
         .unwrap();
         out.freeze()
+    }
+
+    /// One record of `value_bytes` zeros, in a batch compressed so.
+    fn big_batch(compression: Compression, value_bytes: usize) -> Bytes {
+        let record = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: -1,
+            timestamp: 1_000,
+            key: None,
+            value: Some(Bytes::from(vec![0u8; value_bytes])),
+            headers: Default::default(),
+        };
+        let mut out = BytesMut::new();
+        RecordBatchEncoder::encode(
+            &mut out,
+            [&record],
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .unwrap();
+        out.freeze()
+    }
+
+    #[test]
+    fn a_batch_over_the_limit_is_too_large_not_corrupt() {
+        let over = KAFKA_BATCH_BYTES_MAX + 1024;
+        for compression in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Zstd,
+            Compression::Lz4,
+            Compression::Snappy,
+        ] {
+            let batch = big_batch(compression, over);
+            assert!(
+                matches!(
+                    to_storage(batch),
+                    Err(NetError::BatchTooLarge {
+                        max: KAFKA_BATCH_BYTES_MAX,
+                        ..
+                    })
+                ),
+                "{compression:?}"
+            );
+            // Just under the limit, it passes.
+            assert!(
+                to_storage(big_batch(compression, KAFKA_BATCH_BYTES_MAX - 4096)).is_ok(),
+                "{compression:?}"
+            );
+        }
+        // A batch cut short is malformed, whatever its claimed size.
+        let cut = big_batch(Compression::None, 1000).slice(..500);
+        assert!(matches!(to_storage(cut), Err(NetError::Malformed { .. })));
     }
 
     #[test]

@@ -22,8 +22,26 @@ mod zstd;
 /// bytes can claim gigabytes).
 pub const DECOMPRESSED_BYTES_MAX: usize = 16 << 20;
 
+/// corelog patch: a batch that decompresses (or claims to) past
+/// `DECOMPRESSED_BYTES_MAX`: too large, not malformed, so that a broker can
+/// answer MESSAGE_TOO_LARGE rather than CORRUPT_MESSAGE (which clients
+/// retry). Found by downcasting the decompressor's error.
+#[derive(Debug)]
+pub struct DecompressedTooLarge {
+    /// The codec.
+    pub codec: &'static str,
+}
+
+impl std::fmt::Display for DecompressedTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} batch decompresses past {DECOMPRESSED_BYTES_MAX} bytes", self.codec)
+    }
+}
+
+impl std::error::Error for DecompressedTooLarge {}
+
 /// Reads `reader` to its end, refusing more than `DECOMPRESSED_BYTES_MAX`.
-pub(crate) fn read_capped(reader: impl std::io::Read, what: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_capped(reader: impl std::io::Read, what: &'static str) -> anyhow::Result<Vec<u8>> {
     use std::io::Read as _;
     let mut out = Vec::new();
     reader
@@ -31,7 +49,7 @@ pub(crate) fn read_capped(reader: impl std::io::Read, what: &str) -> anyhow::Res
         .read_to_end(&mut out)
         .map_err(|e| anyhow::anyhow!("failed to decompress {what}: {e}"))?;
     if out.len() > DECOMPRESSED_BYTES_MAX {
-        anyhow::bail!("{what} batch decompresses past {DECOMPRESSED_BYTES_MAX} bytes");
+        return Err(DecompressedTooLarge { codec: what }.into());
     }
     Ok(out)
 }

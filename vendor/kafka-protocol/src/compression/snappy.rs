@@ -82,7 +82,7 @@ impl<B: ByteBuf> Decompressor<B> for Snappy {
             let compressed = compressed.copy_to_bytes(compressed.remaining());
             let actual_len = decompress_len(&compressed).context("failed to read snappy header")?;
             if actual_len > super::DECOMPRESSED_BYTES_MAX {
-                anyhow::bail!("snappy batch claims {actual_len} bytes decompressed");
+                return Err(super::DecompressedTooLarge { codec: "snappy" }.into());
             }
             let mut tmp = BytesMut::zeroed(actual_len);
             Decoder::new()
@@ -109,7 +109,7 @@ impl<B: ByteBuf> Decompressor<B> for Snappy {
                 .context("failed to get snappy uncompressed length")?;
             let uncompressed_block_start = uncompressed.len();
             if uncompressed_block_start.saturating_add(uncompressed_block_length) > super::DECOMPRESSED_BYTES_MAX {
-                anyhow::bail!("snappy batch decompresses past {} bytes", super::DECOMPRESSED_BYTES_MAX);
+                return Err(super::DecompressedTooLarge { codec: "snappy" }.into());
             }
             uncompressed.resize(
                 uncompressed_block_start.saturating_add(uncompressed_block_length),
