@@ -17,6 +17,7 @@ mod server;
 mod shard;
 mod stalls;
 mod topics;
+mod tune;
 mod txn;
 
 use std::path::PathBuf;
@@ -107,8 +108,36 @@ enum Command {
     Produce(cli::ProduceArgs),
     /// Print a topic's records, one per line.
     Consume(cli::ConsumeArgs),
+    /// Check (and with --apply, set) what on this machine bears on the
+    /// broker: CPU governor, SMT, isolated cores, interrupts, the data
+    /// disk's scheduler and queue, its filesystem and mount options,
+    /// fs.aio-max-nr, memlock, transparent huge pages, the clock source.
+    Tune(TuneArgs),
 }
 
+#[derive(clap::Args)]
+struct TuneArgs {
+    /// Report only (the default).
+    #[arg(long, conflicts_with = "apply")]
+    check: bool,
+    /// Set what can be set at run time (root), and say what changed.
+    #[arg(long)]
+    apply: bool,
+    /// The broker's config file: its data directory and shard cores.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The shards' cores, e.g. 0,2,4 (default: the config's).
+    #[arg(long, value_delimiter = ',')]
+    cpus: Option<Vec<usize>>,
+    /// One JSON object a check instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Where procfs and sysfs are found (tests).
+    #[arg(long, default_value = "/", hide = true)]
+    root: PathBuf,
+}
 
 fn main() {
     let cli = Cli::parse();
@@ -142,11 +171,59 @@ fn main() {
         Command::Group { command, broker } => cli::group(&broker, command),
         Command::Produce(args) => cli::produce(args),
         Command::Consume(args) => cli::consume(args),
+        Command::Tune(args) => tune(args),
     };
     if let Err(error) = result {
         eprintln!("corelog: {error}");
         std::process::exit(1);
     }
+}
+
+fn tune(args: TuneArgs) -> Result<(), String> {
+    let mut config = match &args.config {
+        Some(path) => BrokerConfig::from_toml_file(path).map_err(|e| e.to_string())?,
+        None => BrokerConfig::default(),
+    };
+    if let Some(data_dir) = args.data_dir {
+        config.data_dir = data_dir;
+    }
+    if args.cpus.is_some() {
+        config.cpus = args.cpus;
+    }
+    let data_dir = std::env::current_dir()
+        .map_err(|e| format!("the working directory: {e}"))?
+        .join(&config.data_dir);
+    let machine = tune::Machine {
+        root: args.root,
+        data_dir,
+        shard_cpus: config.shard_cpus().map_err(|e| e.to_string())?,
+    };
+    let checks = machine.checks();
+    if args.apply {
+        for line in tune::apply(&machine, &checks) {
+            println!("{line}");
+        }
+        let checks = machine.checks();
+        print!(
+            "{}",
+            if args.json {
+                tune::report_json(&checks)
+            } else {
+                tune::report(&checks)
+            }
+        );
+    } else {
+        let _ = args.check;
+        print!(
+            "{}",
+            if args.json {
+                tune::report_json(&checks)
+            } else {
+                tune::report(&checks)
+            }
+        );
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> Result<(), String> {

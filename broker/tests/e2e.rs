@@ -905,3 +905,59 @@ fn node_to_node_requests_with_bad_arguments_are_refused_by_name() {
     broker.assert_alive();
     broker.stop();
 }
+
+/// `corelog tune --check` on this machine: a line for every check, each
+/// with a verdict, and nothing changed; `--apply` on a tree of procfs and
+/// sysfs files sets what it can and says so.
+#[test]
+fn tune_checks_this_machine_and_applies_to_a_tree_of_its_files() {
+    let dir = data_dir();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(["tune", "--check", "--json", "--cpus", "0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("the corelog binary runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let checks: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON object a line"))
+        .collect();
+    for name in [
+        "cpu frequency governor",
+        "shards on SMT siblings",
+        "shard cores isolated",
+        "fs.aio-max-nr",
+        "memlock limit",
+        "transparent huge pages",
+        "clock source",
+        "data disk scheduler",
+        "data disk queue depth",
+        "data filesystem",
+        "data mount discard",
+        "data mount atime",
+        "interrupts on shard cores",
+    ] {
+        let check = checks
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("no {name} check: {checks:?}"));
+        assert!(
+            ["good", "change", "unknown"].contains(&check["verdict"].as_str().unwrap()),
+            "{check}"
+        );
+    }
+
+    let root = data_dir();
+    let aio = root.path().join("proc/sys/fs/aio-max-nr");
+    std::fs::create_dir_all(aio.parent().unwrap()).unwrap();
+    std::fs::write(&aio, "65536\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(["tune", "--apply", "--cpus", "0", "--root"])
+        .arg(root.path())
+        .output()
+        .expect("the corelog binary runs");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(said.contains("fs.aio-max-nr: 65536 -> 1048576"), "{said}");
+    assert_eq!(std::fs::read_to_string(&aio).unwrap(), "1048576");
+}
