@@ -404,6 +404,11 @@ fn error_codes(response: &ResponseKind, each: &mut dyn FnMut(i16)) {
         ResponseKind::InitProducerId(r) => each(r.error_code),
         ResponseKind::AddOffsetsToTxn(r) => each(r.error_code),
         ResponseKind::EndTxn(r) => each(r.error_code),
+        ResponseKind::DescribeCluster(r) => each(r.error_code),
+        ResponseKind::DescribeLogDirs(r) => {
+            each(r.error_code);
+            r.results.iter().for_each(|d| each(d.error_code));
+        }
         _ => {}
     }
 }
@@ -450,6 +455,8 @@ async fn handle(shard: &Shard, advertised: &Endpoints, version: i16, body: Reque
         RequestKind::AddOffsetsToTxn(request) => groups::add_offsets_to_txn(shard, request).await,
         RequestKind::EndTxn(request) => groups::end_txn(shard, request).await,
         RequestKind::TxnOffsetCommit(request) => groups::txn_offset_commit(shard, request).await,
+        RequestKind::DescribeCluster(request) => describe_cluster(shard, advertised, request),
+        RequestKind::DescribeLogDirs(request) => describe_log_dirs(shard, advertised, request).await,
         other => {
             // Decoding refuses APIs outside `SUPPORTED`; one listed there but
             // not served here is a bug, answered rather than dropped.
@@ -520,12 +527,7 @@ async fn metadata(shard: &Shard, advertised: &Endpoints, request: MetadataReques
                 .with_partitions(partitions)
         })
         .collect();
-    let controller = match &table.cluster {
-        Some(view) => view
-            .controller
-            .map_or(-1, |node| broker_at(&table, advertised, node, 0).0),
-        None => advertised.broker_of(0),
-    };
+    let controller = controller_broker(&table, advertised);
     ResponseKind::Metadata(
         MetadataResponse::default()
             .with_brokers(
@@ -544,6 +546,104 @@ async fn metadata(shard: &Shard, advertised: &Endpoints, request: MetadataReques
             .with_controller_id(BrokerId(controller))
             .with_topics(topics),
     )
+}
+
+/// The broker clients are told is the controller: shard 0 of the
+/// controller's leader in a cluster (-1 while there is none), shard 0 of a
+/// node alone.
+fn controller_broker(table: &TopicTable, advertised: &Endpoints) -> i32 {
+    match &table.cluster {
+        Some(view) => view
+            .controller
+            .map_or(-1, |node| broker_at(table, advertised, node, 0).0),
+        None => advertised.broker_of(0),
+    }
+}
+
+/// DescribeCluster (KIP-700): the brokers Metadata lists, the cluster id
+/// and the controller, without a topic.
+fn describe_cluster(shard: &Shard, advertised: &Endpoints, request: DescribeClusterRequest) -> ResponseKind {
+    /// Kafka's endpoint types (KIP-919): brokers, or controllers.
+    const BROKERS: i8 = 1;
+    const UNSUPPORTED_ENDPOINT_TYPE: i16 = 120;
+    if request.endpoint_type != BROKERS {
+        return ResponseKind::DescribeCluster(
+            DescribeClusterResponse::default()
+                .with_error_code(UNSUPPORTED_ENDPOINT_TYPE)
+                .with_error_message(Some(name("corelog describes its brokers only")))
+                .with_endpoint_type(request.endpoint_type),
+        );
+    }
+    let table = shard.metadata.snapshot();
+    let brokers = brokers(&table, advertised)
+        .into_iter()
+        .map(|b| {
+            describe_cluster_response::DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(b.id))
+                .with_host(name(&b.at.host))
+                .with_port(b.at.port)
+                .with_rack(b.rack.as_deref().map(name))
+        })
+        .collect();
+    ResponseKind::DescribeCluster(
+        DescribeClusterResponse::default()
+            .with_endpoint_type(BROKERS)
+            .with_cluster_id(name("corelog"))
+            .with_controller_id(BrokerId(controller_broker(&table, advertised)))
+            .with_brokers(brokers)
+            // No ACLs: every operation is allowed (Kafka's "not requested").
+            .with_cluster_authorized_operations(i32::MIN),
+    )
+}
+
+/// DescribeLogDirs: the one data directory, and the bytes of each
+/// partition this broker holds, of the topics asked or all; a topic or
+/// partition not held here is left out, as Kafka does. With shard ports
+/// each shard is a broker and answers for its own partitions (a tool asks
+/// every broker and sums); without, the node is one broker and answers for
+/// every shard's.
+async fn describe_log_dirs(shard: &Shard, advertised: &Endpoints, request: DescribeLogDirsRequest) -> ResponseKind {
+    let sizes = match advertised.shards.is_empty() {
+        true => shard.partition_sizes().await,
+        false => Ok(shard.partition_sizes_local()),
+    };
+    let sizes = match sizes {
+        Ok(sizes) => sizes,
+        Err(error) => {
+            return ResponseKind::DescribeLogDirs(
+                DescribeLogDirsResponse::default().with_error_code(error.code().code()),
+            )
+        }
+    };
+    let wanted = |topic: &str, partition: u32| match &request.topics {
+        None => true,
+        Some(topics) => topics
+            .iter()
+            .any(|t| t.topic.0.as_str() == topic && t.partitions.contains(&(partition as i32))),
+    };
+    let mut by_topic: BTreeMap<String, Vec<describe_log_dirs_response::DescribeLogDirsPartition>> = BTreeMap::new();
+    for (topic, partition, bytes) in sizes.into_iter().filter(|(t, p, _)| wanted(t, *p)) {
+        by_topic.entry(topic).or_default().push(
+            describe_log_dirs_response::DescribeLogDirsPartition::default()
+                .with_partition_index(partition as i32)
+                .with_partition_size(bytes as i64),
+        );
+    }
+    let topics = by_topic
+        .into_iter()
+        .map(|(topic, mut partitions)| {
+            partitions.sort_by_key(|p| p.partition_index);
+            describe_log_dirs_response::DescribeLogDirsTopic::default()
+                .with_name(topic_name(&topic))
+                .with_partitions(partitions)
+        })
+        .collect();
+    let dir = std::path::absolute(&shard.config.data_dir).unwrap_or_else(|_| shard.config.data_dir.clone());
+    ResponseKind::DescribeLogDirs(DescribeLogDirsResponse::default().with_results(
+        vec![describe_log_dirs_response::DescribeLogDirsResult::default()
+            .with_log_dir(StrBytes::from_string(dir.display().to_string()))
+            .with_topics(topics)],
+    ))
 }
 
 async fn produce(shard: &Shard, request: ProduceRequest) -> Option<ResponseKind> {

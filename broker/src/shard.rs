@@ -130,6 +130,10 @@ pub enum ShardMessage {
         from: u64,
         messages: Vec<(u64, Vec<u8>)>,
     },
+    /// The bytes of each partition the shard owns (DescribeLogDirs).
+    PartitionSizes {
+        reply: Reply<Vec<(String, u32, u64)>>,
+    },
     /// A scrape's ask for the shard's samples.
     Metrics {
         reply: flume::Sender<Vec<crate::metrics::Sample>>,
@@ -1650,6 +1654,25 @@ impl Shard {
         .await
     }
 
+    /// (topic, partition, bytes) of every partition this shard owns.
+    pub fn partition_sizes_local(&self) -> Vec<(String, u32, u64)> {
+        self.logs
+            .borrow()
+            .iter()
+            .map(|((topic, partition), log)| (topic.clone(), *partition, log.size_bytes()))
+            .collect()
+    }
+
+    /// (topic, partition, bytes) of every partition of this node, asked of
+    /// each shard in turn.
+    pub async fn partition_sizes(&self) -> Result<Vec<(String, u32, u64)>, BrokerError> {
+        let mut sizes = self.partition_sizes_local();
+        for owner in (0..self.inboxes.len() as ShardId).filter(|s| *s != self.id) {
+            sizes.extend(self.ask(owner, |reply| ShardMessage::PartitionSizes { reply }).await?);
+        }
+        Ok(sizes)
+    }
+
     /// OffsetForLeaderEpoch (KIP-320): the largest epoch at most
     /// `leader_epoch` and the offset where the epoch after it starts (the
     /// log end for the current one), or (-1, -1) for an epoch before the
@@ -1897,6 +1920,9 @@ impl Shard {
                     break;
                 }
                 ShardMessage::Raft { from, messages } => self.step_replicas(from, messages),
+                ShardMessage::PartitionSizes { reply } => {
+                    let _ = reply.send(Ok(shard.partition_sizes_local()));
+                }
                 ShardMessage::Metrics { reply } => {
                     let _ = reply.try_send(self.metric_samples());
                 }

@@ -149,6 +149,21 @@ fn kafka_python_admin_produce_and_fetch_round_trip_exactly() {
     broker.stop();
 }
 
+/// kafka-python's admin client describes the cluster (every shard a
+/// broker, the controller among them) and the log directories (each
+/// partition once over all brokers, its bytes growing with what was
+/// produced).
+#[test]
+fn kafka_python_describes_the_cluster_and_its_log_dirs() {
+    if !python_clients() {
+        return;
+    }
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    python_with("kafka-python-cluster-admin", &broker.kafka_addr, &["2"]);
+    broker.stop();
+}
+
 /// Each shard is a Kafka broker of its own (`shard_ports`, on by
 /// default): unchanged librdkafka and kafka-python clients send every
 /// partition's produce and fetch to the core that owns it, which the

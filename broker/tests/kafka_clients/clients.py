@@ -498,7 +498,44 @@ def metered():
     consumer.close()
 
 
+def kafka_python_cluster_admin():
+    """kafka-python's admin client: DescribeCluster names every broker (one
+    a shard) and the controller; DescribeLogDirs the data directory and the
+    bytes of each partition, which grow with what is produced."""
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    cluster = admin.describe_cluster()
+    brokers = {b["broker_id"] for b in cluster["brokers"]}
+    assert len(brokers) == int(sys.argv[3]), cluster
+    assert cluster["controller_id"] in brokers, cluster
+    assert cluster["cluster_id"] == "corelog", cluster
+    admin.create_topics([NewTopic("sized", 2, 1)])
+    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
+    for i in range(100):
+        producer.send("sized", value=b"x" * 1000, partition=0)
+    producer.flush()
+    producer.close()
+    # Every broker (a shard each) answers for its own partitions: each
+    # partition once over all of them.
+    answers = admin.describe_log_dirs()
+    assert {a["broker"] for a in answers} == brokers, answers
+    sizes = {}
+    for answer in answers:
+        assert len(answer["log_dirs"]) == 1, answer
+        for topic in answer["log_dirs"][0]["topics"]:
+            for p in topic["partitions"]:
+                key = (topic["name"], p["partition_index"])
+                assert key not in sizes, f"{key} described twice"
+                sizes[key] = p["partition_size"]
+    assert sizes[("sized", 0)] >= 100 * 1000 and sizes[("sized", 1)] == 0, sizes
+    assert ("__consumer_offsets", 0) in sizes, sizes.keys()
+    admin.close()
+
+
 SCENARIOS = {
+    "kafka-python-cluster-admin": kafka_python_cluster_admin,
     "metered": metered,
     "kafka-python-times": kafka_python_times,
     "aiokafka-roundtrip": aiokafka_roundtrip,

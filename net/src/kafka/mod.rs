@@ -49,6 +49,10 @@ pub const SUPPORTED: &[(KafkaApi, i16, i16)] = &[
     (KafkaApi::TxnOffsetCommit, 0, 3),
     // v2 is the first with the client's current leader epoch (KIP-320).
     (KafkaApi::OffsetForLeaderEpoch, 2, 4),
+    (KafkaApi::DescribeLogDirs, 0, 4),
+    // v1 lets a client ask for the controllers' endpoints (KIP-919), which
+    // corelog does not expose: only brokers are described.
+    (KafkaApi::DescribeCluster, 0, 1),
 ];
 
 /// The versions of `api` corelog serves.
