@@ -169,6 +169,37 @@ pub struct GroupDescription {
     pub members: Vec<MemberDescription>,
 }
 
+/// What a group's members consume (`Coordinator::subscribed_topics`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Subscribed {
+    Topics(std::collections::BTreeSet<String>),
+    All,
+}
+
+/// The topics of a consumer protocol subscription (Kafka's
+/// ConsumerProtocolSubscription: version, then the topics, in every
+/// version), or None if the bytes are not one. A member's bytes: every
+/// count is checked against what is there.
+pub fn consumer_subscription(bytes: &[u8]) -> Option<Vec<String>> {
+    let mut at = 2; // the version
+    let take = |at: &mut usize, n: usize| -> Option<&[u8]> {
+        let slice = bytes.get(*at..at.checked_add(n)?)?;
+        *at += n;
+        Some(slice)
+    };
+    let count = i32::from_be_bytes(take(&mut at, 4)?.try_into().ok()?);
+    if count < 0 || count as usize > bytes.len() / 2 {
+        return None;
+    }
+    let mut topics = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let len = i16::from_be_bytes(take(&mut at, 2)?.try_into().ok()?);
+        let name = take(&mut at, usize::try_from(len).ok()?)?;
+        topics.push(String::from_utf8(name.to_vec()).ok()?);
+    }
+    Some(topics)
+}
+
 struct Member {
     client_id: String,
     protocols: Vec<(String, Vec<u8>)>,
@@ -649,6 +680,32 @@ impl Coordinator {
         }
     }
 
+    /// The topics `group`'s members consume, which OffsetDelete must leave
+    /// alone; None for a group not held here. An empty group consumes
+    /// none. A group of another protocol than Kafka's consumer protocol, or
+    /// whose chosen protocol's subscription does not parse, counts as
+    /// consuming every topic while it has members.
+    pub fn subscribed_topics(&self, group_id: &str) -> Option<Subscribed> {
+        let group = self.groups.get(group_id)?;
+        if group.members.is_empty() {
+            return Some(Subscribed::Topics(std::collections::BTreeSet::new()));
+        }
+        if group.protocol_type != "consumer" {
+            return Some(Subscribed::All);
+        }
+        let mut topics = std::collections::BTreeSet::new();
+        for member in group.members.values() {
+            let Some((_, metadata)) = member.protocols.iter().find(|(name, _)| *name == group.protocol) else {
+                return Some(Subscribed::All);
+            };
+            match consumer_subscription(metadata) {
+                Some(subscribed) => topics.extend(subscribed),
+                None => return Some(Subscribed::All),
+            }
+        }
+        Some(Subscribed::Topics(topics))
+    }
+
     /// Every committed offset held here: (group, topic, partition, offset).
     pub fn committed_offsets(&self) -> Vec<(&str, &str, u32, u64)> {
         self.groups
@@ -897,6 +954,41 @@ fn now_nanos_tag() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod subscription_tests {
+    use super::*;
+
+    /// A ConsumerProtocolSubscription of `version` naming `topics`, with
+    /// user data after them.
+    fn subscription(version: i16, topics: &[&str]) -> Vec<u8> {
+        let mut bytes = version.to_be_bytes().to_vec();
+        bytes.extend((topics.len() as i32).to_be_bytes());
+        for topic in topics {
+            bytes.extend((topic.len() as i16).to_be_bytes());
+            bytes.extend(topic.as_bytes());
+        }
+        bytes.extend((-1i32).to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn a_consumer_subscription_names_its_topics_and_bad_bytes_name_none() {
+        assert_eq!(
+            consumer_subscription(&subscription(3, &["a", "bb"])),
+            Some(vec!["a".to_string(), "bb".to_string()])
+        );
+        assert_eq!(consumer_subscription(&subscription(0, &[])), Some(vec![]));
+        let whole = subscription(1, &["topic"]);
+        for cut in 0..whole.len() - 4 {
+            assert_eq!(consumer_subscription(&whole[..cut]), None, "cut at {cut}");
+        }
+        // A count far past the bytes reserves nothing for it.
+        let mut lying = 0i16.to_be_bytes().to_vec();
+        lying.extend(i32::MAX.to_be_bytes());
+        assert_eq!(consumer_subscription(&lying), None);
+    }
 }
 
 #[cfg(test)]

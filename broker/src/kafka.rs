@@ -405,6 +405,13 @@ fn error_codes(response: &ResponseKind, each: &mut dyn FnMut(i16)) {
         ResponseKind::AddOffsetsToTxn(r) => each(r.error_code),
         ResponseKind::EndTxn(r) => each(r.error_code),
         ResponseKind::DescribeCluster(r) => each(r.error_code),
+        ResponseKind::OffsetDelete(r) => {
+            each(r.error_code);
+            r.topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .for_each(|p| each(p.error_code));
+        }
         ResponseKind::DescribeLogDirs(r) => {
             each(r.error_code);
             r.results.iter().for_each(|d| each(d.error_code));
@@ -456,6 +463,7 @@ async fn handle(shard: &Shard, advertised: &Endpoints, version: i16, body: Reque
         RequestKind::EndTxn(request) => groups::end_txn(shard, request).await,
         RequestKind::TxnOffsetCommit(request) => groups::txn_offset_commit(shard, request).await,
         RequestKind::DescribeCluster(request) => describe_cluster(shard, advertised, request),
+        RequestKind::OffsetDelete(request) => groups::offset_delete(shard, request).await,
         RequestKind::DescribeLogDirs(request) => describe_log_dirs(shard, advertised, request).await,
         other => {
             // Decoding refuses APIs outside `SUPPORTED`; one listed there but

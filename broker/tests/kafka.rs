@@ -164,6 +164,24 @@ fn kafka_python_describes_the_cluster_and_its_log_dirs() {
     broker.stop();
 }
 
+/// kafka-python's admin client deletes a group's commits (OffsetDelete):
+/// of a topic no member consumes, durably (still gone after a restart);
+/// not of the topic an active member consumes (GROUP_SUBSCRIBED_TO_TOPIC);
+/// an unknown group's: GROUP_ID_NOT_FOUND.
+#[test]
+fn kafka_python_deletes_a_groups_offsets_of_topics_it_does_not_consume() {
+    if !python_clients() {
+        return;
+    }
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    python("kafka-python-offset-delete", &broker.kafka_addr);
+    broker.stop();
+    let broker = Broker::start(dir.path(), 2);
+    python("kafka-python-offsets-after-restart", &broker.kafka_addr);
+    broker.stop();
+}
+
 /// Each shard is a Kafka broker of its own (`shard_ports`, on by
 /// default): unchanged librdkafka and kafka-python clients send every
 /// partition's produce and fetch to the core that owns it, which the

@@ -28,6 +28,44 @@ use crate::error::BrokerError;
 use crate::group::JoinRequest;
 use crate::shard::{GroupAnswer, GroupCall, Shard, TxnAnswer, TxnCall};
 
+/// OffsetDelete: a group's commits of the partitions named, unless its
+/// members consume their topics.
+pub(super) async fn offset_delete(shard: &Shard, request: OffsetDeleteRequest) -> ResponseKind {
+    let partitions = request
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| (t.name.0.to_string(), p.partition_index.max(0) as u32))
+        })
+        .collect();
+    let call = GroupCall::DeleteOffsets {
+        group: request.group_id.0.to_string(),
+        partitions,
+    };
+    let mut response = OffsetDeleteResponse::default();
+    match shard.group_call(call).await {
+        Ok(GroupAnswer::Committed(results)) => {
+            for (topic, partition, code) in results {
+                let entry = offset_delete_response::OffsetDeleteResponsePartition::default()
+                    .with_partition_index(partition as i32)
+                    .with_error_code(code.code());
+                match response.topics.last_mut() {
+                    Some(last) if *last.name.0 == *topic => last.partitions.push(entry),
+                    _ => response.topics.push(
+                        offset_delete_response::OffsetDeleteResponseTopic::default()
+                            .with_name(super::topic_name(&topic))
+                            .with_partitions(vec![entry]),
+                    ),
+                }
+            }
+        }
+        other => response.error_code = error_of(other),
+    }
+    ResponseKind::OffsetDelete(response)
+}
+
 fn error_of(answer: Result<GroupAnswer, BrokerError>) -> i16 {
     match answer {
         Ok(GroupAnswer::Error(code)) => code.code(),

@@ -116,6 +116,12 @@ pub enum GroupCall {
     },
     /// The groups this shard coordinates.
     List,
+    /// OffsetDelete: the group's commits of these partitions, unless its
+    /// members consume their topics.
+    DeleteOffsets {
+        group: String,
+        partitions: Vec<(String, u32)>,
+    },
 }
 
 impl GroupCall {
@@ -128,6 +134,7 @@ impl GroupCall {
             | GroupCall::Commit { group, .. }
             | GroupCall::TxnCommit { group, .. }
             | GroupCall::FetchOffsets { group, .. }
+            | GroupCall::DeleteOffsets { group, .. }
             | GroupCall::Describe { group } => Some(group),
             GroupCall::List => None,
         }
@@ -304,7 +311,45 @@ impl Shard {
             }
             GroupCall::Describe { group } => GroupAnswer::Described(self.coordinator.borrow().describe(&group)),
             GroupCall::List => GroupAnswer::Listed(self.coordinator.borrow().list()),
+            GroupCall::DeleteOffsets { group, partitions } => self.delete_offsets(&group, partitions).await?,
         })
+    }
+
+    /// OffsetDelete: tombstones for the group's commits of `partitions`,
+    /// durable in the offsets log before they apply; a partition of a topic
+    /// the group's members consume is refused with
+    /// GROUP_SUBSCRIBED_TO_TOPIC, an unknown group with GROUP_ID_NOT_FOUND.
+    async fn delete_offsets(&self, group: &str, partitions: Vec<(String, u32)>) -> Result<GroupAnswer, BrokerError> {
+        /// Kafka's GROUP_SUBSCRIBED_TO_TOPIC.
+        const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
+        let Some(subscribed) = self.coordinator.borrow().subscribed_topics(group) else {
+            return Ok(GroupAnswer::Error(ErrorCode::GroupIdNotFound));
+        };
+        let mut results = Vec::with_capacity(partitions.len());
+        let mut tombstones = Vec::new();
+        for (topic, partition) in partitions {
+            let consumed = match &subscribed {
+                crate::group::Subscribed::All => true,
+                crate::group::Subscribed::Topics(topics) => topics.contains(&topic),
+            };
+            if consumed {
+                results.push((topic, partition, ErrorCode::from_code(GROUP_SUBSCRIBED_TO_TOPIC)));
+                continue;
+            }
+            tombstones.push((
+                OffsetKey {
+                    group: group.to_string(),
+                    topic: topic.clone(),
+                    partition,
+                },
+                None,
+            ));
+            results.push((topic, partition, ErrorCode::None));
+        }
+        if !tombstones.is_empty() {
+            self.append_offsets(group, tombstones, AppendMode::Commit).await?;
+        }
+        Ok(GroupAnswer::Committed(results))
     }
 
     /// A commit: checked against the group's generation, written to the

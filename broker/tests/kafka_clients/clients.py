@@ -534,7 +534,56 @@ def kafka_python_cluster_admin():
     admin.close()
 
 
+def kafka_python_offset_delete():
+    """kafka-python's admin client deletes a group's commits (OffsetDelete):
+    those of a topic no member consumes go, durably (a restart keeps them
+    gone is checked by the test); those of the topic an active member
+    consumes stay, refused with GROUP_SUBSCRIBED_TO_TOPIC; an unknown group
+    is GROUP_ID_NOT_FOUND."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import GroupIdNotFoundError, GroupSubscribedToTopicError, NoError
+    from kafka.structs import OffsetAndMetadata
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    admin.create_topics([NewTopic("kept", 1, 1), NewTopic("dropped", 1, 1)])
+    member = KafkaConsumer("kept", bootstrap_servers=BOOTSTRAP, group_id="deleting", enable_auto_commit=False)
+    deadline = time.time() + 30
+    while not member.assignment() and time.time() < deadline:
+        member.poll(timeout_ms=200)
+    assert member.assignment(), "the member joined"
+    member.commit({
+        TopicPartition("kept", 0): OffsetAndMetadata(5, "", -1),
+        TopicPartition("dropped", 0): OffsetAndMetadata(7, "", -1),
+    })
+    results = admin.delete_group_offsets("deleting", [TopicPartition("kept", 0), TopicPartition("dropped", 0)])
+    assert results[TopicPartition("kept", 0)] is GroupSubscribedToTopicError, results
+    assert results[TopicPartition("dropped", 0)] is NoError, results
+    committed = admin.list_group_offsets("deleting")["deleting"]
+    assert TopicPartition("kept", 0) in committed and TopicPartition("dropped", 0) not in committed, committed
+    member.close()
+    try:
+        admin.delete_group_offsets("nobody", [TopicPartition("kept", 0)])
+        raise AssertionError("an unknown group's offsets deleted")
+    except GroupIdNotFoundError:
+        pass
+    admin.close()
+
+
+def kafka_python_offsets_after_restart():
+    """After the broker restarted: the deleted commit is still gone."""
+    from kafka import TopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    committed = admin.list_group_offsets("deleting")["deleting"]
+    assert TopicPartition("kept", 0) in committed and TopicPartition("dropped", 0) not in committed, committed
+    admin.close()
+
+
 SCENARIOS = {
+    "kafka-python-offset-delete": kafka_python_offset_delete,
+    "kafka-python-offsets-after-restart": kafka_python_offsets_after_restart,
     "kafka-python-cluster-admin": kafka_python_cluster_admin,
     "metered": metered,
     "kafka-python-times": kafka_python_times,

@@ -53,6 +53,7 @@ pub const SUPPORTED: &[(KafkaApi, i16, i16)] = &[
     // v1 lets a client ask for the controllers' endpoints (KIP-919), which
     // corelog does not expose: only brokers are described.
     (KafkaApi::DescribeCluster, 0, 1),
+    (KafkaApi::OffsetDelete, 0, 0),
 ];
 
 /// The versions of `api` corelog serves.
