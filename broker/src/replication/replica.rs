@@ -1215,9 +1215,22 @@ impl PartitionReplica {
 
     /// On the leader: swaps a replica whose node came back in a new
     /// incarnation for its new member (`replication::reconfigure`);
-    /// `current` names each node's member now.
+    /// `current` names each node's member now. On a quiesced follower whose
+    /// leader is such a former member: wakes it. That member is gone, but
+    /// its node beats again as the new one, so the silence that wakes a
+    /// quiesced follower never comes.
     pub fn reconfigure(&mut self, current: &impl Fn(u64) -> Option<u64>) {
         if !self.is_leader() {
+            let leader = self.node.raft.leader_id;
+            if self.quiesced && leader != 0 && current(node_of(leader)).is_some_and(|member| member != leader) {
+                tracing::info!(
+                    topic = %self.topic,
+                    partition = self.partition,
+                    leader,
+                    "replica: the quiesced group's leader is a node's former incarnation; waking"
+                );
+                self.wake();
+            }
             return;
         }
         let due = {
@@ -1442,15 +1455,15 @@ impl PartitionReplica {
     /// request to the leader it knows (raft-rs's MsgTransferLeader).
     pub fn transfer_leader(&mut self, to: u64) {
         self.wake();
-        let member = self
-            .node
-            .raft
-            .prs()
-            .conf()
-            .voters()
-            .ids()
-            .iter()
-            .find(|m| node_of(*m) == to);
+        // The incoming configuration's: mid-swap, the node's former member
+        // is still an outgoing voter, and gone.
+        // This node's own is this replica's member, not a former one this
+        // replica (not yet swapped in) still has as a voter.
+        let incoming = self.node.raft.prs().conf().to_conf_state().voters;
+        let member = match to == node_of(self.id) {
+            true => incoming.contains(&self.id).then_some(self.id),
+            false => incoming.into_iter().find(|m| node_of(*m) == to),
+        };
         match member {
             Some(member) => self.node.transfer_leader(member),
             None => {

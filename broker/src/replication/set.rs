@@ -171,7 +171,8 @@ impl ReplicaSet {
     }
 
     /// Has every group this shard leads swap in the members of nodes back
-    /// in a new incarnation (`current`: a node's member now).
+    /// in a new incarnation (`current`: a node's member now), and every
+    /// quiesced group whose leader was a former incarnation wake.
     pub fn reconfigure(&mut self, current: &impl Fn(u64) -> Option<u64>) {
         for replica in self.replicas.values_mut() {
             replica.reconfigure(current);

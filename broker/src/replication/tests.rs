@@ -721,6 +721,45 @@ fn a_replica_whose_directory_was_lost_is_swapped_for_its_next_incarnation() {
     });
 }
 
+/// A group quiesced under a leader whose directory is then lost: its node
+/// comes back as another member and beats again, so its followers never
+/// hear the silence that would wake them. Told of the node's new member
+/// (`reconfigure`), they wake and elect a leader among themselves.
+#[test]
+fn followers_quiesced_under_a_lost_leader_wake_once_its_node_is_another_member() {
+    run(async {
+        let mut group = Group::new().await;
+        let leader = group.leader().await;
+        group.propose(leader, 0, 100);
+        group.settle().await;
+        for _ in 0..20 {
+            group.tick().await;
+        }
+        let others: Vec<u64> = VOTERS.into_iter().filter(|id| *id != leader).collect();
+        for id in &others {
+            assert!(group.replica(*id).is_quiesced(), "replica {id} quiesced");
+        }
+        group.crash(leader);
+        // Its node is heard from (every tick says so here): they wait.
+        for _ in 0..50 {
+            group.tick().await;
+        }
+        for id in &others {
+            assert!(!group.replica(*id).is_leader() && group.replica(*id).is_quiesced());
+        }
+        let new = net::cluster::member_id(leader, 1);
+        let current = move |node: u64| Some(if node == leader { new } else { node });
+        for id in &others {
+            group.replica(*id).reconfigure(&current);
+        }
+        let next = group.leader().await;
+        assert!(others.contains(&next), "a leader among the others: {next}");
+        group.propose(next, 1, 100);
+        group.settle().await;
+        group.check().await;
+    });
+}
+
 /// Segments of 64 KiB, of which retention keeps 256 KiB.
 fn retention_config() -> LogConfig {
     LogConfig {
