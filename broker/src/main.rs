@@ -198,31 +198,19 @@ fn tune(args: TuneArgs) -> Result<(), String> {
         data_dir,
         shard_cpus: config.shard_cpus().map_err(|e| e.to_string())?,
     };
-    let checks = machine.checks();
-    if args.apply {
+    let mut checks = machine.checks();
+    // --check is the default; clap refuses it beside --apply.
+    if args.apply && !args.check {
         for line in tune::apply(&machine, &checks) {
             println!("{line}");
         }
-        let checks = machine.checks();
-        print!(
-            "{}",
-            if args.json {
-                tune::report_json(&checks)
-            } else {
-                tune::report(&checks)
-            }
-        );
-    } else {
-        let _ = args.check;
-        print!(
-            "{}",
-            if args.json {
-                tune::report_json(&checks)
-            } else {
-                tune::report(&checks)
-            }
-        );
+        checks = machine.checks();
     }
+    let report = match args.json {
+        true => tune::report_json(&checks),
+        false => tune::report(&checks),
+    };
+    print!("{report}");
     Ok(())
 }
 

@@ -194,7 +194,18 @@ fn answer(
     stream.set_write_timeout(Some(REQUEST_WAIT))?;
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
+    // One connection at a time: a client trickling its head is cut off
+    // after REQUEST_WAIT in all, not per read.
+    let started = Instant::now();
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if started.elapsed() > REQUEST_WAIT {
+            return respond(
+                &mut stream,
+                "408 Request Timeout",
+                "text/plain",
+                "request head too slow\n",
+            );
+        }
         let read = stream.read(&mut chunk)?;
         if read == 0 {
             return Ok(());

@@ -71,6 +71,14 @@ fn metrics_show_what_clients_produced_committed_and_were_refused() {
         (200, "ready\n".to_string())
     );
     assert_eq!(get(&broker.metrics_addr, "/nowhere").0, 404);
+    // A client that sends half a request head and stalls holds the
+    // listener (one connection at a time) for its timeout, no longer.
+    let mut stalled = TcpStream::connect(&broker.metrics_addr).unwrap();
+    stalled.write_all(b"GET /metr").unwrap();
+    let asked = Instant::now();
+    assert_eq!(get(&broker.metrics_addr, "/v1/status/ready").0, 200);
+    assert!(asked.elapsed() < Duration::from_secs(8), "{:?}", asked.elapsed());
+    drop(stalled);
     let (status, text) = get(&broker.metrics_addr, "/metrics");
     assert_eq!(status, 200);
     assert_eq!(metric(&text, "corelog_ready", &[]), Some(1.0));

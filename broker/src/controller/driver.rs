@@ -268,14 +268,7 @@ fn draw_directory_id() -> Result<u64, BrokerError> {
 /// to propose (a follower drops it).
 fn propose_to(node: u64, addr: &str, command: &ControllerCommand, timeout: Duration) -> Result<(), String> {
     use std::io::Write;
-    use std::net::ToSocketAddrs;
-    let socket = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr} names no address"))?;
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&socket, timeout).map_err(|e| format!("connect to {addr}: {e}"))?;
+    let mut stream = connect(addr, timeout)?;
     let frame = PeerFrame {
         from: node,
         message: PeerMessage::Propose {
@@ -287,6 +280,18 @@ fn propose_to(node: u64, addr: &str, command: &ControllerCommand, timeout: Durat
         .map_err(|e| format!("send to {addr}: {e}"))
 }
 
+/// A blocking connection to a peer's internal port, within `timeout`
+/// (before the node's shards run: its start asks its peers).
+fn connect(addr: &str, timeout: Duration) -> Result<std::net::TcpStream, String> {
+    use std::net::ToSocketAddrs;
+    let socket = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} names no address"))?;
+    std::net::TcpStream::connect_timeout(&socket, timeout).map_err(|e| format!("connect to {addr}: {e}"))
+}
+
 /// Longest a starting node with an empty log waits for each peer's status.
 const LOST_DIRECTORY_ASK: Duration = Duration::from_secs(2);
 
@@ -294,14 +299,7 @@ const LOST_DIRECTORY_ASK: Duration = Duration::from_secs(2);
 /// `corelog cluster status` prints), within `timeout`.
 pub fn peer_status(addr: &str, timeout: Duration) -> Result<ControllerStatus, String> {
     use std::io::{Read, Write};
-    use std::net::ToSocketAddrs;
-    let socket = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr} names no address"))?;
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&socket, timeout).map_err(|e| format!("connect to {addr}: {e}"))?;
+    let mut stream = connect(addr, timeout)?;
     stream
         .set_read_timeout(Some(timeout))
         .map_err(|e| format!("{addr}: {e}"))?;
