@@ -420,6 +420,11 @@ mod tests {
                     .collect(),
             })
             .collect();
+        encode(&records, compression)
+    }
+
+    /// `records` as one v2 batch, compressed so.
+    fn encode(records: &[Record], compression: Compression) -> Bytes {
         let mut out = BytesMut::new();
         RecordBatchEncoder::encode(
             &mut out,
@@ -433,9 +438,9 @@ mod tests {
         out.freeze()
     }
 
-    /// One record of `value_bytes` zeros, in a batch compressed so.
-    fn big_batch(compression: Compression, value_bytes: usize) -> Bytes {
-        let record = Record {
+    /// A record of no producer and no headers, the `offset`th of its batch.
+    fn plain_record(offset: i64, timestamp: i64, key: Option<Bytes>, value: Option<Bytes>) -> Record {
+        Record {
             transactional: false,
             control: false,
             delete_horizon: false,
@@ -443,24 +448,19 @@ mod tests {
             producer_id: -1,
             producer_epoch: -1,
             timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence: -1,
-            timestamp: 1_000,
-            key: None,
-            value: Some(Bytes::from(vec![0u8; value_bytes])),
+            offset,
+            sequence: -1 + offset as i32,
+            timestamp,
+            key,
+            value,
             headers: Default::default(),
-        };
-        let mut out = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut out,
-            [&record],
-            &RecordEncodeOptions {
-                version: 2,
-                compression,
-            },
-        )
-        .unwrap();
-        out.freeze()
+        }
+    }
+
+    /// One record of `value_bytes` zeros, in a batch compressed so.
+    fn big_batch(compression: Compression, value_bytes: usize) -> Bytes {
+        let value = Some(Bytes::from(vec![0u8; value_bytes]));
+        encode(&[plain_record(0, 1_000, None, value)], compression)
     }
 
     #[test]
@@ -645,18 +645,8 @@ mod tests {
                         .collect(),
                 })
                 .collect();
-            let encode = |compression| {
-                let mut out = BytesMut::new();
-                RecordBatchEncoder::encode(
-                    &mut out,
-                    kafka_records.iter(),
-                    &RecordEncodeOptions { version: 2, compression },
-                )
-                .unwrap();
-                out.freeze()
-            };
-            let walked = to_storage(encode(Compression::None)).unwrap();
-            let decoded = to_storage(encode(Compression::Gzip)).unwrap();
+            let walked = to_storage(encode(&kafka_records, Compression::None)).unwrap();
+            let decoded = to_storage(encode(&kafka_records, Compression::Gzip)).unwrap();
             prop_assert_eq!(&walked, &decoded);
             let info = batch::verify_crc(&walked).unwrap();
             prop_assert_eq!((info.producer_id, info.producer_epoch, info.base_sequence), (id, epoch, sequence));
@@ -681,29 +671,11 @@ mod tests {
             let kafka_records: Vec<Record> = records
                 .iter()
                 .enumerate()
-                .map(|(i, (timestamp, key, value, _))| Record {
-                    transactional: false,
-                    control: false,
-                    delete_horizon: false,
-                    partition_leader_epoch: 0,
-                    producer_id: -1,
-                    producer_epoch: -1,
-                    timestamp_type: TimestampType::Creation,
-                    offset: i as i64,
-                    sequence: -1 + i as i32,
-                    timestamp: *timestamp,
-                    key: key.clone().map(Bytes::from),
-                    value: value.clone().map(Bytes::from),
-                    headers: Default::default(),
+                .map(|(i, (timestamp, key, value, _))| {
+                    plain_record(i as i64, *timestamp, key.clone().map(Bytes::from), value.clone().map(Bytes::from))
                 })
                 .collect();
-            let mut out = BytesMut::new();
-            RecordBatchEncoder::encode(
-                &mut out,
-                kafka_records.iter(),
-                &RecordEncodeOptions { version: 2, compression: Compression::None },
-            )
-            .unwrap();
+            let mut out = BytesMut::from(&encode(&kafka_records, Compression::None)[..]);
             let at = at.index(out.len());
             // Bytes outside the CRC: the base offset (ignored) and the
             // partition leader epoch (ignored); the length is checked.
@@ -784,17 +756,7 @@ mod tests {
         let set = RecordBatchDecoder::decode(&mut served).unwrap();
         assert!(set.records[0].control && set.records[0].transactional);
         assert_eq!(set.records[0].key.as_deref(), Some(&[0u8, 0, 0, 1][..]));
-        let mut again = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut again,
-            set.records.iter(),
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .unwrap();
-        assert!(to_storage(again.freeze()).is_err());
+        assert!(to_storage(encode(&set.records, Compression::None)).is_err());
     }
 
     /// A batch header with a valid checksum whose counts claim far more
