@@ -115,26 +115,42 @@ pub fn histogram(latencies: &hdrhistogram::Histogram<u64>) -> Value {
     }
 }
 
-pub static SCRAPE_SHARDS_MISSING: Family = Family {
-    name: "corelog_scrape_shards_missing",
-    help: "Shards that did not answer this scrape in time (their samples are missing from it).",
-    kind: Kind::Gauge,
-};
-pub static CONSUMER_GROUP_LAG: Family = Family {
-    name: "corelog_consumer_group_lag",
-    help: "Records between a consumer group's committed offset and the partition's high watermark.",
-    kind: Kind::Gauge,
-};
-pub static STALLS: Family = Family {
-    name: "corelog_shard_stalls",
-    help: "Times a shard's task ran past its quota without yielding (stall_threshold_us).",
-    kind: Kind::Counter,
-};
-pub static READY: Family = Family {
-    name: "corelog_ready",
-    help: "1 while the node serves (every owned partition open, listeners up), 0 before and while it stops.",
-    kind: Kind::Gauge,
-};
+/// `family!(STATIC, "name", Kind, "help")`: a metric family as a static.
+macro_rules! family {
+    ($static:ident, $name:literal, $kind:ident, $help:literal) => {
+        pub static $static: $crate::metrics::Family = $crate::metrics::Family {
+            name: $name,
+            help: $help,
+            kind: $crate::metrics::Kind::$kind,
+        };
+    };
+}
+pub(crate) use family;
+
+family!(
+    SCRAPE_SHARDS_MISSING,
+    "corelog_scrape_shards_missing",
+    Gauge,
+    "Shards that did not answer this scrape in time (their samples are missing from it)."
+);
+family!(
+    CONSUMER_GROUP_LAG,
+    "corelog_consumer_group_lag",
+    Gauge,
+    "Records between a consumer group's committed offset and the partition's high watermark."
+);
+family!(
+    STALLS,
+    "corelog_shard_stalls",
+    Counter,
+    "Times a shard's task ran past its quota without yielding (stall_threshold_us)."
+);
+family!(
+    READY,
+    "corelog_ready",
+    Gauge,
+    "1 while the node serves (every owned partition open, listeners up), 0 before and while it stops."
+);
 
 /// Where the node is in its life, for `/v1/status/ready`.
 #[derive(Debug, Default)]

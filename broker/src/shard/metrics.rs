@@ -4,19 +4,9 @@
 //! the shard's own thread, when a scrape asks: the hot path only bumps
 //! cells.
 
-use crate::metrics::{histogram, Family, Kind, Sample, Value};
+use crate::metrics::{family, histogram, Sample, Value};
 
 use super::Shard;
-
-macro_rules! family {
-    ($static:ident, $name:literal, $kind:ident, $help:literal) => {
-        pub static $static: Family = Family {
-            name: $name,
-            help: $help,
-            kind: Kind::$kind,
-        };
-    };
-}
 
 family!(
     REQUESTS,
