@@ -39,6 +39,41 @@ pub enum TopicCommand {
     Delete {
         name: String,
     },
+    /// Changes a topic's configs live (Kafka's IncrementalAlterConfigs; with
+    /// --replace, AlterConfigs): e.g. --set retention.ms=3600000 --delete
+    /// segment.bytes.
+    AlterConfig {
+        name: String,
+        #[arg(long = "set", value_parser = parse_key_value)]
+        set: Vec<(String, String)>,
+        /// Keys to put back to their defaults.
+        #[arg(long = "delete")]
+        delete: Vec<String>,
+        /// Every key not set goes back to its default.
+        #[arg(long)]
+        replace: bool,
+        /// Only check the change.
+        #[arg(long)]
+        validate_only: bool,
+    },
+    /// Grows a topic to --count partitions (never fewer: keys would move).
+    AddPartitions {
+        name: String,
+        #[arg(long)]
+        count: u32,
+        #[arg(long)]
+        validate_only: bool,
+    },
+    /// Moves a partition's log start to --before (Kafka's DeleteRecords):
+    /// the records below it are gone for consumers, whole segments below
+    /// it from the disk. -1: the high watermark (everything so far).
+    DeleteRecords {
+        name: String,
+        #[arg(long)]
+        partition: u32,
+        #[arg(long, allow_negative_numbers = true)]
+        before: i64,
+    },
     /// Moves a replicated partition's leadership to the replica on a node
     /// (the node, brought up to date, is told to campaign at once);
     /// answered once it leads.
@@ -232,6 +267,69 @@ pub fn topic(broker: &str, command: TopicCommand) -> Result<(), String> {
             TopicCommand::Delete { name } => {
                 connection.delete_topic(&name).await.map_err(|e| e.to_string())?;
                 println!("deleted topic {name}");
+            }
+            TopicCommand::AlterConfig {
+                name,
+                set,
+                delete,
+                replace,
+                validate_only,
+            } => {
+                let request = net::messages::AlterConfigsRequest {
+                    topic: name.clone(),
+                    replace,
+                    set: set.into_iter().map(|(key, value)| TopicConfig { key, value }).collect(),
+                    delete,
+                    validate_only,
+                    forwarded: false,
+                };
+                connection.alter_configs(&request).await.map_err(|e| e.to_string())?;
+                match validate_only {
+                    true => println!("the configs of topic {name} would change"),
+                    false => println!("changed the configs of topic {name}"),
+                }
+            }
+            TopicCommand::AddPartitions {
+                name,
+                count,
+                validate_only,
+            } => {
+                let request = net::messages::CreatePartitionsRequest {
+                    topic: name.clone(),
+                    count,
+                    validate_only,
+                    forwarded: false,
+                };
+                connection
+                    .create_partitions(&request)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match validate_only {
+                    true => println!("topic {name} could grow to {count} partitions"),
+                    false => println!("topic {name} has {count} partitions"),
+                }
+            }
+            TopicCommand::DeleteRecords {
+                name,
+                partition,
+                before,
+            } => {
+                let mut leaders = Leaders::of(&mut connection, &name).await?;
+                if partition >= leaders.partitions() {
+                    return Err(format!("topic {name} has no partition {partition}"));
+                }
+                let request = net::messages::DeleteRecordsRequest {
+                    topic: name.clone(),
+                    partition,
+                    offset: before,
+                };
+                let start = leaders
+                    .of_partition(partition)
+                    .await?
+                    .delete_records(&request)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("{name}/{partition} starts at offset {start}");
             }
             TopicCommand::TransferLeader { name, partition, to } => {
                 let request = net::messages::TransferLeaderRequest {

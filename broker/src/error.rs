@@ -18,6 +18,27 @@ pub enum BrokerError {
     #[error("invalid partition count {0}: must be 1..={max}", max = crate::topics::PARTITIONS_MAX)]
     InvalidPartitions(u32),
 
+    #[error("topic {topic} has {current} partitions: it may grow to more, up to {max}, not to {requested}", max = crate::topics::PARTITIONS_MAX)]
+    InvalidPartitionCount {
+        topic: String,
+        current: usize,
+        requested: u32,
+    },
+
+    #[error("{topic}/{partition}: offset {offset} is not 0..={high_watermark} (the high watermark), nor -1 for it")]
+    DeleteRecordsOutOfRange {
+        topic: String,
+        partition: u32,
+        offset: i64,
+        high_watermark: u64,
+    },
+
+    #[error("invalid replica assignment: {0}")]
+    InvalidReplicaAssignment(String),
+
+    #[error("invalid topic configs: {0}")]
+    InvalidTopicConfigs(String),
+
     #[error("not the controller's leader (the leader: {leader:?})")]
     NotController { leader: Option<u64> },
 
@@ -146,7 +167,12 @@ impl BrokerError {
             BrokerError::UnknownTopicOrPartition { .. } => ErrorCode::UnknownTopicOrPartition,
             BrokerError::TopicAlreadyExists(_) => ErrorCode::TopicAlreadyExists,
             BrokerError::InvalidTopic { .. } => ErrorCode::InvalidTopic,
-            BrokerError::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
+            BrokerError::InvalidPartitions(_) | BrokerError::InvalidPartitionCount { .. } => {
+                ErrorCode::InvalidPartitions
+            }
+            BrokerError::InvalidTopicConfigs(_) => ErrorCode::InvalidConfig,
+            BrokerError::InvalidReplicaAssignment(_) => ErrorCode::InvalidReplicaAssignment,
+            BrokerError::DeleteRecordsOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             BrokerError::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
             // A coordinator lives on the leader of its internal partition.
             BrokerError::NotLeaderOrFollower { topic, .. }

@@ -40,6 +40,7 @@ use crate::error::BrokerError;
 use crate::shard::{FetchAt, FetchLimit, ListedOffset, Shard};
 use crate::topics::TopicTable;
 
+mod admin;
 mod groups;
 
 /// The longest a fetch may wait, whatever it asks.
@@ -416,6 +417,20 @@ fn error_codes(response: &ResponseKind, each: &mut dyn FnMut(i16)) {
             each(r.error_code);
             r.results.iter().for_each(|d| each(d.error_code));
         }
+        ResponseKind::AlterConfigs(r) => r.responses.iter().for_each(|c| each(c.error_code)),
+        ResponseKind::IncrementalAlterConfigs(r) => r.responses.iter().for_each(|c| each(c.error_code)),
+        ResponseKind::CreatePartitions(r) => r.results.iter().for_each(|t| each(t.error_code)),
+        ResponseKind::DeleteRecords(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .for_each(|p| each(p.error_code)),
+        ResponseKind::DescribeProducers(r) => r
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .for_each(|p| each(p.error_code)),
+        ResponseKind::ListTransactions(r) => each(r.error_code),
         _ => {}
     }
 }
@@ -465,6 +480,12 @@ async fn handle(shard: &Shard, advertised: &Endpoints, version: i16, body: Reque
         RequestKind::DescribeCluster(request) => describe_cluster(shard, advertised, request),
         RequestKind::OffsetDelete(request) => groups::offset_delete(shard, request).await,
         RequestKind::DescribeLogDirs(request) => describe_log_dirs(shard, advertised, request).await,
+        RequestKind::AlterConfigs(request) => admin::alter_configs(shard, request).await,
+        RequestKind::IncrementalAlterConfigs(request) => admin::incremental_alter_configs(shard, request).await,
+        RequestKind::CreatePartitions(request) => admin::create_partitions(shard, request).await,
+        RequestKind::DeleteRecords(request) => admin::delete_records(shard, request).await,
+        RequestKind::DescribeProducers(request) => admin::describe_producers(shard, request).await,
+        RequestKind::ListTransactions(request) => admin::list_transactions(shard, request).await,
         other => {
             // Decoding refuses APIs outside `SUPPORTED`; one listed there but
             // not served here is a bug, answered rather than dropped.

@@ -56,6 +56,19 @@ struct Producer {
     last_offset: u64,
 }
 
+/// A producer as one partition knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActiveProducer {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// The sequence of its last batch's last record here (-1: none kept).
+    pub last_sequence: i32,
+    /// The offset of its last batch's last record here.
+    pub last_offset: u64,
+    /// Where its open transaction here begins, if one is open.
+    pub txn_start_offset: Option<u64>,
+}
+
 /// What to do with an incoming batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Check {
@@ -306,6 +319,24 @@ impl ProducerStates {
             .min(high_watermark)
     }
 
+    /// The producers this partition remembers, by id: what
+    /// DescribeProducers shows.
+    pub fn active(&self) -> Vec<ActiveProducer> {
+        let mut active: Vec<ActiveProducer> = self
+            .producers
+            .iter()
+            .map(|(&producer_id, producer)| ActiveProducer {
+                producer_id,
+                epoch: producer.epoch,
+                last_sequence: producer.batches.back().map_or(-1, |b| b.last_seq),
+                last_offset: producer.last_offset,
+                txn_start_offset: self.ongoing.get(&producer_id).map(|open| open.first_offset),
+            })
+            .collect();
+        active.sort_by_key(|p| p.producer_id);
+        active
+    }
+
     /// Whether any transaction is open in this partition.
     pub fn has_open_transactions(&self) -> bool {
         !self.ongoing.is_empty()
@@ -440,6 +471,26 @@ mod tests {
         );
         // Producers without an id are not tracked.
         assert_eq!(states.check(&batch(-1, -1, -1, 3, 0)), Check::Append);
+        states.record(&batch(2, 4, 0, 3, 130), None);
+        assert_eq!(
+            states.active(),
+            vec![
+                ActiveProducer {
+                    producer_id: 2,
+                    epoch: 4,
+                    last_sequence: 2,
+                    last_offset: 132,
+                    txn_start_offset: None,
+                },
+                ActiveProducer {
+                    producer_id: 7,
+                    epoch: 1,
+                    last_sequence: 0,
+                    last_offset: 120,
+                    txn_start_offset: None,
+                },
+            ]
+        );
     }
 
     #[test]

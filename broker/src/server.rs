@@ -432,6 +432,67 @@ async fn handle(shard: &Shard, endpoints: &Endpoints, bytes: &[u8]) -> Option<Ve
             ))
         }
         Request::TxnOffsetCommit(request) => Some(groups::txn_offset_commit(shard, id, request).await),
+        Request::AlterConfigs(request) => {
+            let changes = crate::topics::ConfigChanges {
+                replace: request.replace,
+                set: request
+                    .set
+                    .iter()
+                    .map(|c| (c.key.to_string(), c.value.to_string()))
+                    .collect(),
+                delete: request.delete.iter().map(|k| k.to_string()).collect(),
+            };
+            let result = shard
+                .alter_topic_configs(&request.topic, changes, request.validate_only, request.forwarded)
+                .await;
+            Some(respond(id, ApiKey::AlterConfigs, &admin_response(result)))
+        }
+        Request::CreatePartitions(request) => {
+            let result = shard
+                .create_partitions(
+                    &request.topic,
+                    request.count.to_native(),
+                    request.validate_only,
+                    request.forwarded,
+                )
+                .await;
+            Some(respond(id, ApiKey::CreatePartitions, &admin_response(result)))
+        }
+        Request::DeleteRecords(request) => {
+            let result = shard
+                .delete_records(
+                    &request.topic,
+                    request.partition.to_native(),
+                    request.offset.to_native(),
+                )
+                .await;
+            let response = match result {
+                Ok(start) => DeleteRecordsResponse {
+                    error: ErrorCode::None.code(),
+                    message: None,
+                    log_start_offset: start.0 as i64,
+                },
+                Err(error) => DeleteRecordsResponse {
+                    error: error.code().code(),
+                    message: Some(error.to_string()),
+                    log_start_offset: -1,
+                },
+            };
+            Some(respond(id, ApiKey::DeleteRecords, &response))
+        }
+    }
+}
+
+fn admin_response(result: Result<(), crate::error::BrokerError>) -> AdminResponse {
+    match result {
+        Ok(()) => AdminResponse {
+            error: ErrorCode::None.code(),
+            message: None,
+        },
+        Err(error) => AdminResponse {
+            error: error.code().code(),
+            message: Some(error.to_string()),
+        },
     }
 }
 

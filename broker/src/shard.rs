@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use storage::{Offset, PartitionLog, ReadBytes};
 
+mod admin;
 mod coordinators;
 mod groups;
 mod leadership;
@@ -78,6 +79,23 @@ pub enum ShardMessage {
         to: u64,
         reply: Reply<()>,
     },
+    /// DescribeProducers of a partition the shard owns.
+    DescribeProducers {
+        topic: String,
+        partition: u32,
+        reply: Reply<Vec<crate::producer_state::ActiveProducer>>,
+    },
+    /// The transactions this shard's coordinator holds.
+    ListTransactions {
+        reply: Reply<Vec<(String, crate::txn::TxnMeta)>>,
+    },
+    /// DeleteRecords of a partition the shard owns.
+    DeleteRecords {
+        topic: String,
+        partition: u32,
+        offset: i64,
+        reply: Reply<Offset>,
+    },
     /// A long poll's wait on another shard's partition: answered when the
     /// log's end moves past `offset` or at `deadline`.
     WaitForData {
@@ -119,6 +137,12 @@ pub enum ShardMessage {
         reply: Reply<()>,
     },
     DeletePartitions {
+        topic: TopicMeta,
+        reply: Reply<()>,
+    },
+    /// A topic's configs changed: put them in force in the partition logs
+    /// this shard owns.
+    ApplyConfigs {
         topic: TopicMeta,
         reply: Reply<()>,
     },
@@ -623,9 +647,16 @@ impl Shard {
             }
         }
         for (name, new) in &current.topics {
-            if previous.topics.get(name).is_none_or(|t| t.id != new.id) {
+            let old = previous.topics.get(name).filter(|t| t.id == new.id);
+            // A new topic, or one grown: open what is new here.
+            if old.is_none_or(|t| t.shards.len() != new.shards.len()) {
                 if let Err(error) = self.open_partitions(new).await {
                     tracing::error!(shard = self.id, topic = %name, %error, "partitions not opened");
+                }
+            }
+            if old.is_some_and(|t| t.configs != new.configs) {
+                if let Err(error) = self.apply_topic_configs(new).await {
+                    tracing::error!(shard = self.id, topic = %name, %error, "topic configs not applied");
                 }
             }
         }
@@ -1957,6 +1988,30 @@ impl Shard {
                     })
                     .detach();
                 }
+                ShardMessage::DescribeProducers {
+                    topic,
+                    partition,
+                    reply,
+                } => {
+                    glommio::spawn_local(async move {
+                        let _ = reply.send(shard.describe_producers_here(&topic, partition).await);
+                    })
+                    .detach();
+                }
+                ShardMessage::ListTransactions { reply } => {
+                    let _ = reply.send(Ok(shard.transactions_here()));
+                }
+                ShardMessage::DeleteRecords {
+                    topic,
+                    partition,
+                    offset,
+                    reply,
+                } => {
+                    glommio::spawn_local(async move {
+                        let _ = reply.send(shard.delete_records_here(&topic, partition, offset).await);
+                    })
+                    .detach();
+                }
                 ShardMessage::TransferLeader {
                     topic,
                     partition,
@@ -2067,6 +2122,12 @@ impl Shard {
                 ShardMessage::DeletePartitions { topic, reply } => {
                     glommio::spawn_local(async move {
                         let _ = reply.send(shard.delete_partitions(&topic).await);
+                    })
+                    .detach();
+                }
+                ShardMessage::ApplyConfigs { topic, reply } => {
+                    glommio::spawn_local(async move {
+                        let _ = reply.send(shard.apply_topic_configs(&topic).await);
                     })
                     .detach();
                 }

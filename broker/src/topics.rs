@@ -513,16 +513,58 @@ impl Metadata {
         Ok(meta)
     }
 
+    /// Changes a topic's configs (checked whole, as the partition logs will
+    /// take them) and persists them, answering the topic as it is now;
+    /// with `validate_only` only checks. The owning shards then put them in
+    /// force (`Shard::apply_topic_configs`).
+    pub fn alter_configs(
+        &self,
+        name: &str,
+        changes: &ConfigChanges,
+        validate_only: bool,
+    ) -> Result<TopicMeta, BrokerError> {
+        let mut guard = self.table.write().expect("topic table lock");
+        let mut meta = guard.topics.get(name).cloned().ok_or_else(|| unknown_topic(name))?;
+        meta.configs = changes.apply(&meta.configs);
+        log_config(&meta.configs)?;
+        if validate_only {
+            return Ok(meta);
+        }
+        let mut table = TopicTable::clone(&guard);
+        table.topics.insert(name.to_string(), meta.clone());
+        self.persist(&table)?;
+        *guard = Arc::new(table);
+        Ok(meta)
+    }
+
+    /// Grows a topic to `count` partitions, the new ones on the least
+    /// loaded shards, and persists it, answering the topic as it is now;
+    /// with `validate_only` only checks. A topic never shrinks: keys would
+    /// map to other partitions and records would be lost.
+    pub fn add_partitions(&self, name: &str, count: u32, validate_only: bool) -> Result<TopicMeta, BrokerError> {
+        let mut guard = self.table.write().expect("topic table lock");
+        let mut meta = guard.topics.get(name).cloned().ok_or_else(|| unknown_topic(name))?;
+        check_growth(name, meta.shards.len(), count)?;
+        let mut load = guard.load(self.shards);
+        while meta.shards.len() < count as usize {
+            let shard = least_loaded(&load);
+            load[shard as usize] += 1;
+            meta.shards.push(shard);
+        }
+        if validate_only {
+            return Ok(meta);
+        }
+        let mut table = TopicTable::clone(&guard);
+        table.topics.insert(name.to_string(), meta.clone());
+        self.persist(&table)?;
+        *guard = Arc::new(table);
+        Ok(meta)
+    }
+
     pub fn delete(&self, name: &str) -> Result<TopicMeta, BrokerError> {
         let mut guard = self.table.write().expect("topic table lock");
         let mut table = TopicTable::clone(&guard);
-        let meta = table
-            .topics
-            .remove(name)
-            .ok_or_else(|| BrokerError::UnknownTopicOrPartition {
-                topic: name.to_string(),
-                partition: 0,
-            })?;
+        let meta = table.topics.remove(name).ok_or_else(|| unknown_topic(name))?;
         self.persist(&table)?;
         *guard = Arc::new(table);
         Ok(meta)
@@ -547,6 +589,55 @@ impl Metadata {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io("sync data directory", e))
+    }
+}
+
+fn unknown_topic(name: &str) -> BrokerError {
+    BrokerError::UnknownTopicOrPartition {
+        topic: name.to_string(),
+        partition: 0,
+    }
+}
+
+/// Whether a topic of `current` partitions may grow to `count`: more than
+/// it has, within `PARTITIONS_MAX`.
+pub fn check_growth(name: &str, current: usize, count: u32) -> Result<(), BrokerError> {
+    if count as usize <= current || count > PARTITIONS_MAX {
+        return Err(BrokerError::InvalidPartitionCount {
+            topic: name.to_string(),
+            current,
+            requested: count,
+        });
+    }
+    Ok(())
+}
+
+/// A change of a topic's configs, as AlterConfigs (`replace`: what is not
+/// set goes back to its default) and IncrementalAlterConfigs (`set` and
+/// `delete`, the rest kept) ask it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigChanges {
+    pub replace: bool,
+    pub set: Vec<(String, String)>,
+    pub delete: Vec<String>,
+}
+
+impl ConfigChanges {
+    /// The configs `current` becomes.
+    pub fn apply(&self, current: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut configs = if self.replace { BTreeMap::new() } else { current.clone() };
+        for key in &self.delete {
+            configs.remove(key);
+        }
+        configs.extend(self.set.iter().cloned());
+        configs
+    }
+
+    /// Whether `configs` show this change made.
+    pub fn made_in(&self, configs: &BTreeMap<String, String>) -> bool {
+        self.set.iter().all(|(k, v)| configs.get(k) == Some(v))
+            && self.delete.iter().all(|k| !configs.contains_key(k))
+            && (!self.replace || configs.len() == self.set.len())
     }
 }
 
@@ -643,7 +734,9 @@ pub fn log_config(configs: &BTreeMap<String, String>) -> Result<LogConfig, Broke
             _ => return Err(invalid("unknown topic config")),
         }
     }
-    config.validate().map_err(|e| BrokerError::Config(e.to_string()))?;
+    config
+        .validate()
+        .map_err(|e| BrokerError::InvalidTopicConfigs(e.to_string()))?;
     Ok(config)
 }
 
@@ -736,5 +829,66 @@ mod tests {
         let config = log_config(&good).unwrap();
         assert_eq!(config.retention_ms, Some(1000));
         assert_eq!(config.flush, FlushPolicy::EveryAppend);
+    }
+
+    #[test]
+    fn configs_change_and_partitions_grow_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let metadata = Metadata::load(dir.path(), 2).unwrap();
+        let set = |k: &str, v: &str| (k.to_string(), v.to_string());
+        metadata
+            .create(
+                "t",
+                1,
+                BTreeMap::from([set("retention.ms", "1000"), set("segment.bytes", "65536")]),
+            )
+            .unwrap();
+        let incremental = ConfigChanges {
+            replace: false,
+            set: vec![set("retention.bytes", "4096")],
+            delete: vec!["retention.ms".into()],
+        };
+        let meta = metadata.alter_configs("t", &incremental, false).unwrap();
+        let expected = BTreeMap::from([set("retention.bytes", "4096"), set("segment.bytes", "65536")]);
+        assert_eq!(meta.configs, expected);
+        assert!(incremental.made_in(&meta.configs));
+        let whole = ConfigChanges {
+            replace: true,
+            set: vec![set("flush.ms", "10")],
+            delete: vec![],
+        };
+        assert!(!whole.made_in(&meta.configs));
+        // Checked before anything changes; validate_only changes nothing.
+        let bad = ConfigChanges {
+            set: vec![set("segment.bytes", "big")],
+            ..ConfigChanges::default()
+        };
+        assert!(matches!(
+            metadata.alter_configs("t", &bad, false),
+            Err(BrokerError::InvalidConfig { .. })
+        ));
+        assert!(matches!(
+            metadata.alter_configs("nope", &whole, false),
+            Err(BrokerError::UnknownTopicOrPartition { .. })
+        ));
+        assert_eq!(metadata.alter_configs("t", &whole, true).unwrap().configs.len(), 1);
+        assert_eq!(metadata.snapshot().topics["t"].configs, expected);
+        metadata.alter_configs("t", &whole, false).unwrap();
+
+        assert!(matches!(
+            metadata.add_partitions("t", 1, false),
+            Err(BrokerError::InvalidPartitionCount {
+                current: 1,
+                requested: 1,
+                ..
+            })
+        ));
+        assert!(metadata.add_partitions("t", PARTITIONS_MAX + 1, false).is_err());
+        assert_eq!(metadata.add_partitions("t", 3, true).unwrap().shards.len(), 3);
+        assert_eq!(metadata.snapshot().topics["t"].shards.len(), 1);
+        assert_eq!(metadata.add_partitions("t", 3, false).unwrap().shards, vec![0, 1, 0]);
+        let reloaded = Metadata::load(dir.path(), 2).unwrap().snapshot();
+        assert_eq!(reloaded.topics["t"].shards.len(), 3);
+        assert_eq!(reloaded.topics["t"].configs, BTreeMap::from([set("flush.ms", "10")]));
     }
 }

@@ -502,6 +502,50 @@ impl Connection {
         self.create_topic_with(name, partitions, -1, configs, false).await
     }
 
+    /// Changes a topic's configs (see `AlterConfigsRequest`).
+    pub async fn alter_configs(&mut self, request: &AlterConfigsRequest) -> Result<(), NetError> {
+        let response: AdminResponse = self
+            .call(ApiKey::AlterConfigs, request, "AlterConfigs response")
+            .await?;
+        check(
+            response.error,
+            response
+                .message
+                .as_deref()
+                .unwrap_or(&format!("alter the configs of topic {}", request.topic)),
+        )
+    }
+
+    /// Grows a topic to `request.count` partitions.
+    pub async fn create_partitions(&mut self, request: &CreatePartitionsRequest) -> Result<(), NetError> {
+        let response: AdminResponse = self
+            .call(ApiKey::CreatePartitions, request, "CreatePartitions response")
+            .await?;
+        check(
+            response.error,
+            response
+                .message
+                .as_deref()
+                .unwrap_or(&format!("grow topic {} to {} partitions", request.topic, request.count)),
+        )
+    }
+
+    /// Moves a partition's log start (on its leader): answers where it
+    /// starts now.
+    pub async fn delete_records(&mut self, request: &DeleteRecordsRequest) -> Result<i64, NetError> {
+        let response: DeleteRecordsResponse = self
+            .call(ApiKey::DeleteRecords, request, "DeleteRecords response")
+            .await?;
+        check(
+            response.error,
+            response.message.as_deref().unwrap_or(&format!(
+                "delete the records of {}/{} before {}",
+                request.topic, request.partition, request.offset
+            )),
+        )?;
+        Ok(response.log_start_offset)
+    }
+
     /// As a node forwarding its client's creation to the controller's leader.
     pub async fn create_topic_forwarded(
         &mut self,

@@ -108,6 +108,24 @@ pub enum ControllerCommand {
         incarnation: u32,
         directory: u64,
     },
+    /// A topic's configs change (AlterConfigs, IncrementalAlterConfigs):
+    /// with `replace`, every key not set here goes back to its default;
+    /// else `set` overrides and `delete` removes keys.
+    AlterTopicConfigs {
+        name: String,
+        replace: bool,
+        set: Vec<(String, String)>,
+        delete: Vec<String>,
+    },
+    /// A topic grows (CreatePartitions): `assignment[i]` lists the replicas
+    /// of its partition `first + i`, where `first` is its partition count
+    /// when the leader proposed this (a topic that has grown since refuses
+    /// it, the same on every node).
+    CreatePartitions {
+        name: String,
+        first: u32,
+        assignment: Vec<Vec<Replica>>,
+    },
 }
 
 impl ControllerCommand {
@@ -181,45 +199,40 @@ impl ControllerCommand {
                 configs,
             } => {
                 check_topic_name(name)?;
-                if assignment.is_empty() || assignment.len() > PARTITIONS_MAX as usize {
+                if assignment.is_empty() {
+                    return Err(format!("topic {name}: no partitions"));
+                }
+                check_assignment(name, 0, assignment)?;
+                check_configs(name, configs)?;
+            }
+            ControllerCommand::AlterTopicConfigs { name, set, delete, .. } => {
+                check_topic_name(name)?;
+                if delete.len() > TOPIC_CONFIGS_MAX {
                     return Err(format!(
-                        "topic {name}: {} partitions, not 1..={PARTITIONS_MAX}",
+                        "topic {name}: {} configs deleted, over {TOPIC_CONFIGS_MAX}",
+                        delete.len()
+                    ));
+                }
+                check_configs(name, set)?;
+                if let Some(key) = delete.iter().find(|k| k.is_empty() || k.len() > CONFIG_BYTES_MAX) {
+                    return Err(format!(
+                        "topic {name}: deleted config {key:?} empty or over {CONFIG_BYTES_MAX} bytes"
+                    ));
+                }
+            }
+            ControllerCommand::CreatePartitions {
+                name,
+                first,
+                assignment,
+            } => {
+                check_topic_name(name)?;
+                if *first == 0 || assignment.is_empty() {
+                    return Err(format!(
+                        "topic {name}: {} partitions added after {first}",
                         assignment.len()
                     ));
                 }
-                for (partition, replicas) in assignment.iter().enumerate() {
-                    if replicas.is_empty() || replicas.len() > REPLICATION_FACTOR_MAX {
-                        return Err(format!(
-                            "topic {name} partition {partition}: {} replicas, not 1..={REPLICATION_FACTOR_MAX}",
-                            replicas.len()
-                        ));
-                    }
-                    for (i, replica) in replicas.iter().enumerate() {
-                        if replica.node == 0 {
-                            return Err(format!("topic {name} partition {partition}: node id 0"));
-                        }
-                        if replicas[..i].iter().any(|r| r.node == replica.node) {
-                            return Err(format!(
-                                "topic {name} partition {partition}: node {} holds two replicas",
-                                replica.node
-                            ));
-                        }
-                    }
-                }
-                if configs.len() > TOPIC_CONFIGS_MAX {
-                    return Err(format!(
-                        "topic {name}: {} configs, over {TOPIC_CONFIGS_MAX}",
-                        configs.len()
-                    ));
-                }
-                if let Some((key, _)) = configs
-                    .iter()
-                    .find(|(k, v)| k.is_empty() || k.len() + v.len() > CONFIG_BYTES_MAX)
-                {
-                    return Err(format!(
-                        "topic {name}: config {key:?} empty or over {CONFIG_BYTES_MAX} bytes"
-                    ));
-                }
+                check_assignment(name, *first, assignment)?;
             }
             ControllerCommand::DeleteTopic { name } => check_topic_name(name)?,
             ControllerCommand::Reincarnate { node, incarnation, .. } => {
@@ -233,6 +246,58 @@ impl ControllerCommand {
         }
         Ok(())
     }
+}
+
+/// A topic's partitions `first..` as a command assigns them: within
+/// `PARTITIONS_MAX` in all, each on 1..=`REPLICATION_FACTOR_MAX` distinct
+/// nodes.
+fn check_assignment(name: &str, first: u32, assignment: &[Vec<Replica>]) -> Result<(), String> {
+    if assignment.len() as u64 + u64::from(first) > u64::from(PARTITIONS_MAX) {
+        return Err(format!(
+            "topic {name}: {} partitions, over {PARTITIONS_MAX}",
+            assignment.len() as u64 + u64::from(first)
+        ));
+    }
+    for (i, replicas) in assignment.iter().enumerate() {
+        let partition = u64::from(first) + i as u64;
+        if replicas.is_empty() || replicas.len() > REPLICATION_FACTOR_MAX {
+            return Err(format!(
+                "topic {name} partition {partition}: {} replicas, not 1..={REPLICATION_FACTOR_MAX}",
+                replicas.len()
+            ));
+        }
+        for (i, replica) in replicas.iter().enumerate() {
+            if replica.node == 0 {
+                return Err(format!("topic {name} partition {partition}: node id 0"));
+            }
+            if replicas[..i].iter().any(|r| r.node == replica.node) {
+                return Err(format!(
+                    "topic {name} partition {partition}: node {} holds two replicas",
+                    replica.node
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A command's topic configs: at most `TOPIC_CONFIGS_MAX`, each key named
+/// and within `CONFIG_BYTES_MAX` with its value.
+fn check_configs(name: &str, configs: &[(String, String)]) -> Result<(), String> {
+    if configs.len() > TOPIC_CONFIGS_MAX {
+        return Err(format!(
+            "topic {name}: {} configs, over {TOPIC_CONFIGS_MAX}",
+            configs.len()
+        ));
+    }
+    for (key, value) in configs {
+        if key.is_empty() || key.len() + value.len() > CONFIG_BYTES_MAX {
+            return Err(format!(
+                "topic {name}: config {key:?} empty or over {CONFIG_BYTES_MAX} bytes"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_topic_name(name: &str) -> Result<(), String> {
@@ -475,6 +540,17 @@ mod tests {
                 kafka_shard_addrs: vec!["10.0.0.3:9093".into(); 16],
                 native_shard_addrs: Vec::new(),
             },
+            ControllerCommand::AlterTopicConfigs {
+                name: "orders".into(),
+                replace: false,
+                set: vec![("retention.ms".into(), "1000".into())],
+                delete: vec!["segment.bytes".into()],
+            },
+            ControllerCommand::CreatePartitions {
+                name: "orders".into(),
+                first: 6,
+                assignment: vec![vec![Replica { node: 2, shard: 1 }]; 3],
+            },
         ] {
             assert_eq!(ControllerCommand::decode(&command.encode()).unwrap(), command);
         }
@@ -502,6 +578,20 @@ mod tests {
             configs: vec![],
         };
         assert!(ControllerCommand::decode(&none.encode()).is_err());
+        let past_max = ControllerCommand::CreatePartitions {
+            name: "t".into(),
+            first: PARTITIONS_MAX,
+            assignment: vec![vec![Replica { node: 1, shard: 0 }]],
+        };
+        let e = ControllerCommand::decode(&past_max.encode()).unwrap_err().to_string();
+        assert!(e.contains(&format!("over {PARTITIONS_MAX}")), "{e}");
+        let unnamed_key = ControllerCommand::AlterTopicConfigs {
+            name: "t".into(),
+            replace: true,
+            set: vec![],
+            delete: vec![String::new()],
+        };
+        assert!(ControllerCommand::decode(&unnamed_key.encode()).is_err());
     }
 
     #[test]

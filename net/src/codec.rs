@@ -61,10 +61,13 @@ pub enum ApiKey {
     WriteTxnMarkers = 20,
     TransferLeader = 21,
     FindCoordinator = 22,
+    AlterConfigs = 23,
+    CreatePartitions = 24,
+    DeleteRecords = 25,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 23] = [
+    pub const ALL: [ApiKey; 26] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -88,6 +91,9 @@ impl ApiKey {
         ApiKey::WriteTxnMarkers,
         ApiKey::TransferLeader,
         ApiKey::FindCoordinator,
+        ApiKey::AlterConfigs,
+        ApiKey::CreatePartitions,
+        ApiKey::DeleteRecords,
     ];
 
     pub fn from_u16(key: u16) -> Option<ApiKey> {

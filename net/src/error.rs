@@ -91,6 +91,8 @@ pub enum ErrorCode {
     /// A part of a request refused for another part's sake.
     OperationNotAttempted,
     InvalidReplicationFactor,
+    /// Replicas placed by the client: corelog places them itself.
+    InvalidReplicaAssignment,
     /// The request needs the controller and this node is not its leader.
     NotController,
     StorageError,
@@ -153,6 +155,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => 42,
             ErrorCode::OperationNotAttempted => 55,
             ErrorCode::InvalidReplicationFactor => 38,
+            ErrorCode::InvalidReplicaAssignment => 39,
             ErrorCode::NotController => 41,
             ErrorCode::StorageError => 56,
             ErrorCode::OffsetMetadataTooLarge => 12,
@@ -184,7 +187,7 @@ impl ErrorCode {
     }
 
     pub fn from_code(code: i16) -> ErrorCode {
-        const KNOWN: [ErrorCode; 47] = [
+        const KNOWN: [ErrorCode; 48] = [
             ErrorCode::None,
             ErrorCode::UnknownServerError,
             ErrorCode::OffsetOutOfRange,
@@ -206,6 +209,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest,
             ErrorCode::OperationNotAttempted,
             ErrorCode::InvalidReplicationFactor,
+            ErrorCode::InvalidReplicaAssignment,
             ErrorCode::NotController,
             ErrorCode::StorageError,
             ErrorCode::OffsetMetadataTooLarge,

@@ -708,6 +708,62 @@ pub struct TransferLeaderResponse {
     pub message: Option<String>,
 }
 
+/// Changes a topic's configs live (`corelog topic alter-config`, and a
+/// node forwarding its Kafka client's AlterConfigs to the controller's
+/// leader): with `replace`, every key not in `set` goes back to its
+/// default; else `set` overrides and `delete` removes keys.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct AlterConfigsRequest {
+    pub topic: String,
+    pub replace: bool,
+    pub set: Vec<TopicConfig>,
+    pub delete: Vec<String>,
+    pub validate_only: bool,
+    /// As `CreateTopicsRequest::forwarded`.
+    pub forwarded: bool,
+}
+
+/// Grows a topic to `count` partitions (`corelog topic add-partitions`).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct CreatePartitionsRequest {
+    pub topic: String,
+    pub count: u32,
+    pub validate_only: bool,
+    /// As `CreateTopicsRequest::forwarded`.
+    pub forwarded: bool,
+}
+
+/// The answer to an admin request that changes one thing: its error, and
+/// what it was when there is one.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct AdminResponse {
+    pub error: i16,
+    pub message: Option<String>,
+}
+
+/// Moves a partition's log start to `offset` (Kafka's DeleteRecords;
+/// `corelog topic delete-records`); -1: its high watermark. Sent to the
+/// partition's leader.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DeleteRecordsRequest {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DeleteRecordsResponse {
+    pub error: i16,
+    pub message: Option<String>,
+    /// Where the log starts now.
+    pub log_start_offset: i64,
+}
+
 /// Where a group's (or a transactional id's) coordinator is: the broker
 /// leading its internal partition, which moves with that leadership.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -776,6 +832,9 @@ pub enum Request<'a> {
     WriteTxnMarkers(&'a ArchivedWriteTxnMarkersRequest),
     TransferLeader(&'a ArchivedTransferLeaderRequest),
     FindCoordinator(&'a ArchivedFindCoordinatorRequest),
+    AlterConfigs(&'a ArchivedAlterConfigsRequest),
+    CreatePartitions(&'a ArchivedCreatePartitionsRequest),
+    DeleteRecords(&'a ArchivedDeleteRecordsRequest),
 }
 
 /// Decodes a request frame's body: checks the api key and version are
@@ -818,6 +877,9 @@ pub fn decode_request<'a>(frame: &RequestFrame<'a>) -> Result<Request<'a>, NetEr
         ApiKey::WriteTxnMarkers => Request::WriteTxnMarkers(access(archive, "WriteTxnMarkers request")?),
         ApiKey::TransferLeader => Request::TransferLeader(access(archive, "TransferLeader request")?),
         ApiKey::FindCoordinator => Request::FindCoordinator(access(archive, "FindCoordinator request")?),
+        ApiKey::AlterConfigs => Request::AlterConfigs(access(archive, "AlterConfigs request")?),
+        ApiKey::CreatePartitions => Request::CreatePartitions(access(archive, "CreatePartitions request")?),
+        ApiKey::DeleteRecords => Request::DeleteRecords(access(archive, "DeleteRecords request")?),
     })
 }
 

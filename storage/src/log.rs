@@ -16,7 +16,7 @@
 //! active segment can have a torn tail after a crash, and recovery cuts it
 //! at the last complete, valid batch.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
@@ -374,13 +374,37 @@ struct Inner {
     /// The log's name in the thread's batch cache.
     id: u64,
     dir: PathBuf,
-    config: LogConfig,
-    limits: BatchLimits,
+    /// Swapped whole by `set_config` (a topic's configs changed live);
+    /// each use takes the one in force then.
+    config: RefCell<Rc<LogConfig>>,
+    limits: Cell<BatchLimits>,
+    /// Bumped whenever the flush policy changes: an interval flusher
+    /// started under an older one stops.
+    flusher_generation: Cell<u64>,
+    /// The largest write buffer any setting asked for since the log
+    /// opened: each new segment's buffer is this size, so that a batch a
+    /// buffer took before a setting shrank still fits the next.
+    write_buffer_bytes: Cell<usize>,
     clock: Clock,
     /// Serializes everything that writes, syncs or changes the set of
     /// segments: buffer writes, flushes, rolls, truncation, deletion.
     io_lock: Semaphore,
     state: RefCell<State>,
+}
+
+impl Inner {
+    fn config(&self) -> Rc<LogConfig> {
+        self.config.borrow().clone()
+    }
+
+    /// The settings a new active segment opens with: those in force, with
+    /// the largest write buffer asked for since the log opened.
+    fn segment_config(&self) -> LogConfig {
+        LogConfig {
+            write_buffer_bytes: self.write_buffer_bytes.get(),
+            ..LogConfig::clone(&self.config())
+        }
+    }
 }
 
 /// One partition's log. See the module docs.
@@ -444,8 +468,10 @@ impl PartitionLog {
         let id = crate::batch_cache::new_log_id();
         let inner = Rc::new(Inner {
             id,
-            limits: config.batch_limits(),
-            config,
+            limits: Cell::new(config.batch_limits()),
+            write_buffer_bytes: Cell::new(config.write_buffer_bytes),
+            config: RefCell::new(Rc::new(config)),
+            flusher_generation: Cell::new(0),
             dir,
             clock,
             io_lock: Semaphore::new(1),
@@ -479,18 +505,49 @@ impl PartitionLog {
             }),
         });
         crate::read_ahead::register(&inner.state.borrow().read_ahead);
-        if let FlushPolicy::IntervalMs(ms) = inner.config.flush {
-            spawn_interval_flusher(Rc::downgrade(&inner), Duration::from_millis(ms));
+        if let FlushPolicy::IntervalMs(ms) = inner.config().flush {
+            spawn_interval_flusher(Rc::downgrade(&inner), Duration::from_millis(ms), 0);
         }
         Ok(PartitionLog { inner })
+    }
+
+    /// Puts new settings in force (a topic's configs altered live). What
+    /// reads them reads them at each use: the next append is checked
+    /// against the new limits, the next roll, retention pass and read-ahead
+    /// use the new sizes. A write buffer too small for the new largest
+    /// batch grows now, under the io lock; a flush interval restarts.
+    pub async fn set_config(&self, config: LogConfig) -> Result<()> {
+        config.validate()?;
+        let _permit = self.lock().await?;
+        let old = self.inner.config();
+        {
+            let mut st = self.inner.state.borrow_mut();
+            st.usable(&self.inner.dir)?;
+            st.appender_mut().grow_buffer(config.write_buffer_bytes);
+        }
+        let buffer = self.inner.write_buffer_bytes.get().max(config.write_buffer_bytes);
+        self.inner.write_buffer_bytes.set(buffer);
+        self.inner.limits.set(config.batch_limits());
+        let flush = config.flush;
+        *self.inner.config.borrow_mut() = Rc::new(config);
+        if flush != old.flush {
+            let generation = self.inner.flusher_generation.get() + 1;
+            self.inner.flusher_generation.set(generation);
+            if let FlushPolicy::IntervalMs(ms) = flush {
+                spawn_interval_flusher(Rc::downgrade(&self.inner), Duration::from_millis(ms), generation);
+            }
+        }
+        tracing::debug!(dir = %self.inner.dir.display(), "partition log settings changed");
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {
         &self.inner.dir
     }
 
-    pub fn config(&self) -> &LogConfig {
-        &self.inner.config
+    /// The settings in force now.
+    pub fn config(&self) -> Rc<LogConfig> {
+        self.inner.config()
     }
 
     pub fn log_start_offset(&self) -> Offset {
@@ -564,8 +621,23 @@ impl PartitionLog {
     /// Appends as `append` does, stamping the leader epoch and Raft index as
     /// `stamp` says. The first batch of a new epoch waits for the epoch's
     /// start to be written to the leader epoch checkpoint.
+    ///
+    /// A replica's batch (`Stamp::Replica`) was checked against the topic's
+    /// limits by its leader; here it need only fit the write buffer, which
+    /// never shrinks while the log is open: a follower whose topic's limit
+    /// was lowered after its leader took the batch still stores it.
     pub async fn append_stamped(&self, frame: &[u8], stamp: Stamp) -> Result<AppendInfo> {
-        let info = check_frame(frame, &self.inner.limits)?;
+        let limits = match stamp {
+            Stamp::Replica => {
+                let fits = self.inner.write_buffer_bytes.get() - crate::config::BLOCK_BYTES;
+                BatchLimits {
+                    batch_bytes_max: fits,
+                    record_bytes_max: fits,
+                }
+            }
+            Stamp::Local | Stamp::Leader { .. } => self.inner.limits.get(),
+        };
+        let info = check_frame(frame, &limits)?;
         let appended = loop {
             let now_ms = (self.inner.clock)();
             let needs = match self.try_append(frame, &info, now_ms, stamp) {
@@ -579,7 +651,7 @@ impl PartitionLog {
                 NeedsIo::NewEpoch(start) => self.write_new_epoch_locked(start).await?,
             }
         };
-        match self.inner.config.flush {
+        match self.inner.config().flush {
             FlushPolicy::EveryAppend => self.wait_durable(appended.last_offset).await?,
             FlushPolicy::Bytes(bytes) => {
                 let unflushed = self.inner.state.borrow().unflushed_bytes;
@@ -601,7 +673,7 @@ impl PartitionLog {
         now_ms: i64,
         stamp: Stamp,
     ) -> Result<AppendInfo, Result<NeedsIo>> {
-        let config = &self.inner.config;
+        let config = self.inner.config();
         let mut st = self.inner.state.borrow_mut();
         st.usable(&self.inner.dir).map_err(Err)?;
         let refused = |reason: String| {
@@ -873,7 +945,7 @@ impl PartitionLog {
     /// A failure here (a full disk) changes nothing: the bytes stay in the
     /// buffer and the next write or flush tries again.
     async fn preallocate_locked(&self, needed: u64) -> Result<()> {
-        let config = &self.inner.config;
+        let config = self.inner.config();
         let (file, path, preallocated) = {
             let st = self.inner.state.borrow();
             let appender = st.appender();
@@ -903,7 +975,7 @@ impl PartitionLog {
     /// `zeroed_end` when that is less than `segment_zero_ahead_bytes` ahead
     /// of `needed`.
     fn zero_ahead_locked(&self, needed: u64) {
-        let config = &self.inner.config;
+        let config = self.inner.config();
         let mut st = self.inner.state.borrow_mut();
         if st.decision_bytes >= ZERO_AHEAD_DECISION_BYTES {
             st.zero_ahead = config.segment_zero_ahead_bytes > 0
@@ -1132,7 +1204,7 @@ impl PartitionLog {
         self.finish_active_locked().await?;
         let next_offset = self.log_end_offset();
         let path = segment_path(&self.inner.dir, next_offset, LOG_SUFFIX);
-        let appender = match SegmentAppender::open(&path, 0, self.inner.config.write_buffer_bytes).await {
+        let appender = match SegmentAppender::open(&path, 0, self.inner.write_buffer_bytes.get()).await {
             Ok(appender) => appender,
             Err(e) => {
                 self.inner.state.borrow_mut().failed = true;
@@ -1157,7 +1229,7 @@ impl PartitionLog {
 
     fn evict_read_handles(&self) {
         let mut st = self.inner.state.borrow_mut();
-        while st.open_reads.len() > self.inner.config.open_segments_max {
+        while st.open_reads.len() > self.inner.config().open_segments_max {
             let base = st.open_reads.pop_front().expect("non-empty");
             if let Some(segment) = st.segments.get_mut(&base) {
                 segment.read_file = None;
@@ -1326,7 +1398,7 @@ impl PartitionLog {
             Disk(Rc<DmaFile>),
             Open(PathBuf),
         }
-        let ahead = self.inner.config.read_ahead_bytes;
+        let ahead = self.inner.config().read_ahead_bytes;
         let (source, len, memory_start, final_end, cut_epoch) = {
             let mut st = self.inner.state.borrow_mut();
             st.usable(&self.inner.dir)?;
@@ -1497,7 +1569,7 @@ impl PartitionLog {
                 base,
                 final_end,
                 sealed,
-                self.inner.config.read_ahead_bytes,
+                self.inner.config().read_ahead_bytes,
                 |after, at_most| index.and_then(|i| i.batch_start_in(after, at_most)),
                 &mut stats.read_ahead,
             );
@@ -1576,7 +1648,7 @@ impl PartitionLog {
     /// The first offset whose record timestamp is at or after `timestamp_ms`
     /// (by the log's timestamp type), or None if every record is older.
     pub async fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<Option<Offset>> {
-        let timestamp_type = self.inner.config.timestamp_type;
+        let timestamp_type = self.inner.config().timestamp_type;
         let (base, start_offset, position, log_start) = {
             let st = self.inner.state.borrow();
             st.usable(&self.inner.dir)?;
@@ -1743,7 +1815,7 @@ impl PartitionLog {
                 .map_err(|e| io_error("fdatasync segment", &path, e))?;
             file.close().await.map_err(|e| io_error("close segment", &path, e))?;
             remove_index_files(&self.inner.dir, base).await?;
-            recover_active_segment(&self.inner.dir, base, &self.inner.config).await
+            recover_active_segment(&self.inner.dir, base, &self.inner.segment_config()).await
         }
         .await;
         let (segment, appender) = match result {
@@ -1787,13 +1859,14 @@ impl PartitionLog {
             }
         }
         write_log_start_checkpoint(&self.inner.dir, start).await?;
-        let (segment, appender) = match recover_active_segment(&self.inner.dir, start, &self.inner.config).await {
-            Ok(recovered) => recovered,
-            Err(e) => {
-                self.inner.state.borrow_mut().failed = true;
-                return Err(e);
-            }
-        };
+        let (segment, appender) =
+            match recover_active_segment(&self.inner.dir, start, &self.inner.segment_config()).await {
+                Ok(recovered) => recovered,
+                Err(e) => {
+                    self.inner.state.borrow_mut().failed = true;
+                    return Err(e);
+                }
+            };
         sync_dir(&self.inner.dir).await?;
         {
             let mut st = self.inner.state.borrow_mut();
@@ -1866,7 +1939,7 @@ impl PartitionLog {
     /// Whether each segment, taken from the oldest on, is past retention.
     fn retention_limits(&self) -> impl FnMut(&Segment) -> bool + '_ {
         let now_ms = (self.inner.clock)();
-        let config = &self.inner.config;
+        let config = self.inner.config();
         let mut excess_bytes = match config.retention_bytes {
             Some(max) => self.size_bytes().saturating_sub(max),
             None => 0,
@@ -2022,11 +2095,14 @@ impl Drop for FlushingGuard<'_> {
     }
 }
 
-fn spawn_interval_flusher(log: Weak<Inner>, interval: Duration) {
+fn spawn_interval_flusher(log: Weak<Inner>, interval: Duration, generation: u64) {
     glommio::spawn_local(async move {
         loop {
             glommio::timer::sleep(interval).await;
             let Some(inner) = log.upgrade() else { break };
+            if inner.flusher_generation.get() != generation {
+                break;
+            }
             let log = PartitionLog { inner };
             let (closed, dirty) = {
                 let st = log.inner.state.borrow();

@@ -260,6 +260,22 @@ impl SegmentAppender {
         self.in_flight.as_ref()
     }
 
+    /// Makes the buffer hold `buffer_bytes` from now on, if that is more
+    /// than it holds (a topic's largest batch grew): the bytes not yet
+    /// written move to a new buffer. A buffer never shrinks while the
+    /// segment is active; the next segment's takes the configured size.
+    pub fn grow_buffer(&mut self, buffer_bytes: usize) {
+        if buffer_bytes <= self.buffer_bytes {
+            return;
+        }
+        let mut bigger = self.file.alloc_dma_buffer(buffer_bytes);
+        bigger.as_bytes_mut()[..self.buffer_len].copy_from_slice(&self.buffer.as_bytes()[..self.buffer_len]);
+        self.buffer = bigger;
+        self.buffer_bytes = buffer_bytes;
+        // A spare of the old size would not do for the next seal.
+        self.spare = None;
+    }
+
     pub fn free_bytes(&self) -> usize {
         self.buffer_bytes - self.buffer_len
     }

@@ -485,6 +485,83 @@ fn bad_batches_are_refused_and_change_nothing() {
 }
 
 #[test]
+fn settings_changed_live_apply_to_the_next_append_roll_and_flush() {
+    let dir = test_dir();
+    run(|| async {
+        let small = LogConfig {
+            batch_bytes_max: 4096,
+            record_bytes_max: 4096,
+            write_buffer_bytes: 8192,
+            ..small_config()
+        };
+        let log = PartitionLog::open(dir.path(), small.clone()).await.unwrap();
+        log.append(&batch(1, 1, 100, 0)).await.unwrap();
+        let big = batch(2, 1, 20_000, 0);
+        assert!(matches!(
+            log.append(&big).await,
+            Err(StorageError::BatchTooLarge { max: 4096, .. })
+        ));
+
+        // A larger batch limit grows the active segment's buffer, keeping
+        // what it held: the batch before reads back beside the new one.
+        let larger = LogConfig {
+            batch_bytes_max: 32 << 10,
+            record_bytes_max: 32 << 10,
+            write_buffer_bytes: 64 << 10,
+            ..small.clone()
+        };
+        log.set_config(larger.clone()).await.unwrap();
+        assert_eq!(log.config().batch_bytes_max, 32 << 10);
+        let info = log.append(&big).await.unwrap();
+        assert_eq!(info.base_offset, Offset(1));
+        log.flush().await.unwrap();
+        let seen = read_all(&log, 1 << 20).await;
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].value.len(), 20_000);
+
+        // A smaller segment size rolls at the next append.
+        let segments = log.segment_base_offsets().len();
+        log.set_config(LogConfig {
+            segment_bytes: 4096,
+            ..larger.clone()
+        })
+        .await
+        .unwrap();
+        log.append(&batch(3, 1, 100, 0)).await.unwrap();
+        assert_eq!(log.segment_base_offsets().len(), segments + 1);
+
+        // A flush interval set live starts flushing; a bad setting is
+        // refused and leaves the one in force.
+        log.set_config(LogConfig {
+            flush: FlushPolicy::IntervalMs(5),
+            ..larger.clone()
+        })
+        .await
+        .unwrap();
+        let last = log.append(&batch(4, 1, 10, 0)).await.unwrap();
+        let mut waited = 0;
+        while log.durable_offset() <= last.last_offset {
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+            waited += 1;
+            assert!(waited < 2000, "the interval flusher set live never flushed");
+        }
+        let bad = LogConfig {
+            write_buffer_bytes: 1000,
+            ..larger
+        };
+        assert!(matches!(
+            log.set_config(bad).await,
+            Err(StorageError::InvalidConfig { .. })
+        ));
+        assert_eq!(log.config().flush, FlushPolicy::IntervalMs(5));
+        log.close().await.unwrap();
+        let reopened = PartitionLog::open(dir.path(), small_config()).await.unwrap();
+        assert_eq!(read_all(&reopened, 1 << 20).await.len(), 4);
+        reopened.close().await.unwrap();
+    });
+}
+
+#[test]
 fn invalid_config_is_refused() {
     let dir = test_dir();
     run(|| async {

@@ -340,6 +340,16 @@ pub enum Request {
         name: String,
         reply: oneshot::Sender<Result<(), BrokerError>>,
     },
+    AlterTopicConfigs {
+        name: String,
+        changes: crate::topics::ConfigChanges,
+        reply: oneshot::Sender<Result<(), BrokerError>>,
+    },
+    CreatePartitions {
+        name: String,
+        count: u32,
+        reply: oneshot::Sender<Result<(), BrokerError>>,
+    },
 }
 
 /// Requests from the shards waiting for the controller's task.
@@ -385,6 +395,40 @@ impl Handle {
         self.call(
             Request::DeleteTopic {
                 name: name.to_string(),
+                reply,
+            },
+            answer,
+        )
+        .await
+    }
+
+    /// Changes a topic's configs through the controller, checked whole on
+    /// the leader against the configs it holds; answered as `create_topic`.
+    pub async fn alter_topic_configs(
+        &self,
+        name: &str,
+        changes: crate::topics::ConfigChanges,
+    ) -> Result<(), BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        self.call(
+            Request::AlterTopicConfigs {
+                name: name.to_string(),
+                changes,
+                reply,
+            },
+            answer,
+        )
+        .await
+    }
+
+    /// Grows a topic to `count` partitions through the controller, placed
+    /// by its leader; answered as `create_topic`.
+    pub async fn create_partitions(&self, name: &str, count: u32) -> Result<(), BrokerError> {
+        let (reply, answer) = oneshot::channel();
+        self.call(
+            Request::CreatePartitions {
+                name: name.to_string(),
+                count,
                 reply,
             },
             answer,
@@ -577,6 +621,34 @@ fn serve(replica: &mut ControllerReplica, voters: usize, request: Request, waiti
                     partition: 0,
                 })
             };
+            (command, reply)
+        }
+        Request::AlterTopicConfigs { name, changes, reply } => {
+            let command = match replica.metadata().topics.get(&name) {
+                None => Err(BrokerError::UnknownTopicOrPartition {
+                    topic: name,
+                    partition: 0,
+                }),
+                Some(topic) => crate::topics::log_config(&changes.apply(&topic.configs)).map(|_| {
+                    ControllerCommand::AlterTopicConfigs {
+                        name,
+                        replace: changes.replace,
+                        set: changes.set,
+                        delete: changes.delete,
+                    }
+                }),
+            };
+            (command, reply)
+        }
+        Request::CreatePartitions { name, count, reply } => {
+            let command = replica.metadata().assign_more(&name, count).map(|assignment| {
+                let first = count - assignment.len() as u32;
+                ControllerCommand::CreatePartitions {
+                    name,
+                    first,
+                    assignment,
+                }
+            });
             (command, reply)
         }
     };

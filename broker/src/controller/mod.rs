@@ -149,22 +149,8 @@ impl ClusterMetadata {
                 if self.topics.contains_key(name) {
                     return Err(BrokerError::TopicAlreadyExists(name.clone()));
                 }
-                for (partition, replicas) in assignment.iter().enumerate() {
-                    for replica in replicas {
-                        let known = self.nodes.get(&replica.node).is_some_and(|n| replica.shard < n.shards);
-                        if !known {
-                            return Err(BrokerError::Config(format!(
-                                "topic {name} partition {partition}: replica on node {} shard {}, which the cluster does not have",
-                                replica.node, replica.shard
-                            )));
-                        }
-                    }
-                }
+                let members = self.members(name, 0, assignment)?;
                 self.next_topic_id += 1;
-                let members = assignment
-                    .iter()
-                    .map(|replicas| replicas.iter().map(|r| self.member(r.node)).collect())
-                    .collect();
                 self.topics.insert(
                     name.clone(),
                     TopicAssignment {
@@ -176,15 +162,67 @@ impl ClusterMetadata {
                 );
             }
             ControllerCommand::DeleteTopic { name } => {
-                if self.topics.remove(name).is_none() {
-                    return Err(BrokerError::UnknownTopicOrPartition {
+                self.topics.remove(name).ok_or_else(|| unknown_topic(name))?;
+            }
+            ControllerCommand::AlterTopicConfigs {
+                name,
+                replace,
+                set,
+                delete,
+            } => {
+                let topic = self.topics.get_mut(name).ok_or_else(|| unknown_topic(name))?;
+                let changes = crate::topics::ConfigChanges {
+                    replace: *replace,
+                    set: set.clone(),
+                    delete: delete.clone(),
+                };
+                topic.configs = changes.apply(&topic.configs);
+            }
+            ControllerCommand::CreatePartitions {
+                name,
+                first,
+                assignment,
+            } => {
+                let current = self.topics.get(name).ok_or_else(|| unknown_topic(name))?.replicas.len();
+                // Proposed for the topic as it was: one grown meanwhile
+                // (two growths proposed at once) takes only the first.
+                if current != *first as usize {
+                    return Err(BrokerError::InvalidPartitionCount {
                         topic: name.clone(),
-                        partition: 0,
+                        current,
+                        requested: *first + assignment.len() as u32,
                     });
                 }
+                let members = self.members(name, *first, assignment)?;
+                let topic = self.topics.get_mut(name).expect("looked up above");
+                topic.replicas.extend(assignment.iter().cloned());
+                topic.members.extend(members);
             }
         }
         Ok(Applied::Done)
+    }
+
+    /// The Raft members partitions `first..` of a topic start with: each
+    /// replica's node in its current incarnation. Every replica must be on
+    /// a node and shard the cluster has.
+    fn members(&self, name: &str, first: u32, assignment: &[Vec<Replica>]) -> Result<Vec<Vec<u64>>, BrokerError> {
+        for (i, replicas) in assignment.iter().enumerate() {
+            for replica in replicas {
+                let known = self.nodes.get(&replica.node).is_some_and(|n| replica.shard < n.shards);
+                if !known {
+                    return Err(BrokerError::Config(format!(
+                        "topic {name} partition {}: replica on node {} shard {}, which the cluster does not have",
+                        first as usize + i,
+                        replica.node,
+                        replica.shard
+                    )));
+                }
+            }
+        }
+        Ok(assignment
+            .iter()
+            .map(|replicas| replicas.iter().map(|r| self.member(r.node)).collect())
+            .collect())
     }
 
     /// `node`'s Raft member id in its current incarnation (a node not
@@ -227,6 +265,26 @@ impl ClusterMetadata {
         if partitions == 0 || partitions > net::cluster::PARTITIONS_MAX {
             return Err(BrokerError::InvalidPartitions(partitions));
         }
+        self.assign_after(topic, &[], partitions, replication_factor)
+    }
+
+    /// Where the partitions a topic grows by go (CreatePartitions): as
+    /// `assign` would place them after its `existing` ones, with as many
+    /// replicas as its first partition has.
+    pub fn assign_more(&self, topic: &str, count: u32) -> Result<Vec<Vec<Replica>>, BrokerError> {
+        let existing = &self.topics.get(topic).ok_or_else(|| unknown_topic(topic))?.replicas;
+        crate::topics::check_growth(topic, existing.len(), count)?;
+        let factor = existing.first().map_or(1, Vec::len);
+        self.assign_after(topic, existing, count - existing.len() as u32, factor)
+    }
+
+    fn assign_after(
+        &self,
+        topic: &str,
+        existing: &[Vec<Replica>],
+        partitions: u32,
+        replication_factor: usize,
+    ) -> Result<Vec<Vec<Replica>>, BrokerError> {
         if replication_factor == 0 || replication_factor > self.nodes.len().min(REPLICATION_FACTOR_MAX) {
             return Err(BrokerError::InvalidReplicationFactor {
                 topic: topic.to_string(),
@@ -241,6 +299,9 @@ impl ClusterMetadata {
             }
         }
         let mut this = Load::default();
+        for replicas in existing {
+            this.add(replicas);
+        }
         let mut assignment = Vec::with_capacity(partitions as usize);
         for _ in 0..partitions {
             let mut replicas: Vec<Replica> = Vec::with_capacity(replication_factor);
@@ -282,6 +343,13 @@ impl ClusterMetadata {
             assignment.push(replicas);
         }
         Ok(assignment)
+    }
+}
+
+fn unknown_topic(name: &str) -> BrokerError {
+    BrokerError::UnknownTopicOrPartition {
+        topic: name.to_string(),
+        partition: 0,
     }
 }
 
@@ -387,6 +455,75 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_topic_grows_and_its_configs_change_through_the_log() {
+        let mut metadata = cluster(&[2, 2, 2]);
+        create(&mut metadata, "orders", 3, 2).unwrap();
+        let apply = |metadata: &mut ClusterMetadata, command: ControllerCommand| {
+            let command = ControllerCommand::decode(&command.encode()).unwrap();
+            metadata.apply(metadata.applied_index + 1, &command)
+        };
+        let more = metadata.assign_more("orders", 6).unwrap();
+        assert_eq!(more.len(), 3);
+        assert!(more.iter().all(|replicas| replicas.len() == 2));
+        let grow = ControllerCommand::CreatePartitions {
+            name: "orders".into(),
+            first: 3,
+            assignment: more,
+        };
+        apply(&mut metadata, grow.clone()).unwrap();
+        let topic = &metadata.topics["orders"];
+        assert_eq!((topic.replicas.len(), topic.members.len()), (6, 6));
+        // Leaders spread over the nodes as if the topic had been made with 6.
+        let leaders = |node| topic.replicas.iter().filter(|r| r[0].node == node).count();
+        assert_eq!((leaders(1), leaders(2), leaders(3)), (2, 2, 2));
+        // The same growth again (proposed twice) is refused, changing nothing.
+        let before = metadata.topics.clone();
+        assert!(matches!(
+            apply(&mut metadata, grow),
+            Err(BrokerError::InvalidPartitionCount { current: 6, .. })
+        ));
+        assert_eq!(metadata.topics, before);
+        assert!(matches!(
+            metadata.assign_more("orders", 6),
+            Err(BrokerError::InvalidPartitionCount { .. })
+        ));
+        assert!(metadata.assign_more("none", 6).is_err());
+
+        let set = |k: &str, v: &str| (k.to_string(), v.to_string());
+        apply(
+            &mut metadata,
+            ControllerCommand::AlterTopicConfigs {
+                name: "orders".into(),
+                replace: false,
+                set: vec![set("retention.ms", "1000"), set("segment.bytes", "65536")],
+                delete: vec![],
+            },
+        )
+        .unwrap();
+        apply(
+            &mut metadata,
+            ControllerCommand::AlterTopicConfigs {
+                name: "orders".into(),
+                replace: false,
+                set: vec![],
+                delete: vec!["retention.ms".into()],
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            metadata.topics["orders"].configs,
+            BTreeMap::from([set("segment.bytes", "65536")])
+        );
+        let unknown = ControllerCommand::AlterTopicConfigs {
+            name: "none".into(),
+            replace: true,
+            set: vec![],
+            delete: vec![],
+        };
+        assert!(apply(&mut metadata, unknown).is_err());
     }
 
     #[test]

@@ -48,6 +48,13 @@ pub enum Command {
         min_insync: usize,
         reply: oneshot::Sender<Result<Reply, BrokerError>>,
     },
+    /// Moves a group's log start (DeleteRecords): answered with the
+    /// receiver of the outcome once proposed.
+    DeleteRecords {
+        group: u64,
+        offset: storage::Offset,
+        reply: oneshot::Sender<Result<oneshot::Receiver<Result<storage::Offset, BrokerError>>, BrokerError>>,
+    },
     /// A peer's Raft messages for groups of this shard.
     Step { from: u64, messages: Vec<(u64, Vec<u8>)> },
     /// Moves a group's leadership to node `to` (`corelog topic
@@ -237,6 +244,22 @@ fn take(
         } => {
             let proposed = match set.get_mut(group) {
                 Some(replica) if stopping.is_none() => replica.propose(frame, acks, min_insync),
+                Some(replica) => Err(BrokerError::NotLeaderOrFollower {
+                    topic: replica.topic().to_string(),
+                    partition: replica.partition(),
+                    leader: None,
+                }),
+                None => Err(BrokerError::Replication {
+                    topic: String::new(),
+                    partition: super::group_partition(group).1,
+                    reason: format!("group {group} is not held by this shard"),
+                }),
+            };
+            let _ = reply.send(proposed);
+        }
+        Command::DeleteRecords { group, offset, reply } => {
+            let proposed = match set.get_mut(group) {
+                Some(replica) if stopping.is_none() => replica.propose_log_start(offset),
                 Some(replica) => Err(BrokerError::NotLeaderOrFollower {
                     topic: replica.topic().to_string(),
                     partition: replica.partition(),

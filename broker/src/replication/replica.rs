@@ -23,7 +23,7 @@ use futures::channel::oneshot;
 use net::cluster::node_of;
 use raft::prelude::{ConfState, Config, Entry, EntryType, Message, MessageType, RawNode};
 use raft::StateRole;
-use storage::batch::{self, BatchLimits, Stamps};
+use storage::batch::{self, Stamps};
 use storage::log::Clock;
 use storage::{Offset, PartitionLog, Stamp};
 
@@ -55,6 +55,9 @@ const STATE_FILE_BYTES_MAX: usize = 1 << 20;
 const QUIESCE_AFTER_TICKS: u64 = 3;
 /// The context of the heartbeat by which a leader quiesces its group.
 pub const QUIESCE: &[u8] = b"quiesce";
+/// The context of an entry that moves the partition's log start (Kafka's
+/// DeleteRecords); its data is the offset, 8 bytes little endian.
+pub const LOG_START: &[u8] = b"log-start";
 
 /// A committed batch: where the leader put it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +118,6 @@ pub struct PartitionReplica {
     id: u64,
     node: RawNode<LogStorage>,
     log: Rc<PartitionLog>,
-    limits: BatchLimits,
     clock: Clock,
     state_file: StateFile,
     high_watermark: Offset,
@@ -165,6 +167,21 @@ pub struct PartitionReplica {
     released: Vec<Message>,
     /// Configurations applied since the last write, to record with it.
     confs_applied: Vec<(u64, ConfState)>,
+    /// DeleteRecords proposed here and not yet applied, by index: the
+    /// term proposed in and who waits.
+    deletes_pending: BTreeMap<u64, (u64, oneshot::Sender<Result<Offset, BrokerError>>)>,
+    /// A log start entry applied, to carry out before the next checkpoint
+    /// (`move_log_start`): its index, offset and who waits for it here.
+    log_start_due: Option<LogStartDue>,
+}
+
+/// A committed move of the log start (DeleteRecords), not yet made.
+struct LogStartDue {
+    index: u64,
+    offset: Offset,
+    /// The high watermark at `index`.
+    high_watermark: Offset,
+    replies: Vec<oneshot::Sender<Result<Offset, BrokerError>>>,
 }
 
 impl PartitionReplica {
@@ -342,14 +359,12 @@ impl PartitionReplica {
             slog::o!("raft" => format!("{topic}/{partition}"), "node" => id),
         );
         let node = RawNode::new(&config, storage, &logger).map_err(|e| fail(e.to_string()))?;
-        let limits = log.config().batch_limits();
         Ok(PartitionReplica {
             topic: topic.to_string(),
             partition,
             id,
             node,
             log,
-            limits,
             clock,
             state_file,
             high_watermark,
@@ -373,6 +388,8 @@ impl PartitionReplica {
             syncing: std::collections::VecDeque::new(),
             released: Vec::new(),
             confs_applied: Vec::new(),
+            deletes_pending: BTreeMap::new(),
+            log_start_due: None,
         })
     }
 
@@ -670,7 +687,7 @@ impl PartitionReplica {
                 if is_internal(entry) {
                     continue;
                 }
-                let checked = batch::check_frame(&entry.data, &self.limits).and_then(|info| {
+                let checked = batch::check_frame(&entry.data, &self.log.config().batch_limits()).and_then(|info| {
                     if info.raft_index == entry.index && info.leader_epoch as u64 == entry.term {
                         Ok(())
                     } else {
@@ -796,8 +813,8 @@ impl PartitionReplica {
         }
         let term = self.term();
         let leader_epoch = i32::try_from(term).map_err(|_| self.fail(format!("term {term} is past a leader epoch")))?;
-        let info =
-            batch::check_frame(&frame, &self.limits).map_err(|e| storage_error(&self.topic, self.partition, e))?;
+        let info = batch::check_frame(&frame, &self.log.config().batch_limits())
+            .map_err(|e| storage_error(&self.topic, self.partition, e))?;
         let base_offset = match self.proposed {
             Some((proposed_term, end)) if proposed_term == term => end,
             _ => self.raft_log_end_offset(),
@@ -831,6 +848,43 @@ impl PartitionReplica {
                 reply,
             },
         );
+        Ok(rx)
+    }
+
+    /// Proposes moving the partition's log start to `offset` (Kafka's
+    /// DeleteRecords), at most the high watermark: a Raft entry of its own
+    /// (`LOG_START`), so that every replica moves its log start at the same
+    /// point of the log, and a replica that was away moves it when it
+    /// applies the entry. Answered once this replica has moved its own.
+    pub fn propose_log_start(
+        &mut self,
+        offset: Offset,
+    ) -> Result<oneshot::Receiver<Result<Offset, BrokerError>>, BrokerError> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        if offset > self.high_watermark {
+            return Err(storage_error(
+                &self.topic,
+                self.partition,
+                storage::StorageError::OffsetOutOfRange {
+                    offset,
+                    log_start: self.log.log_start_offset(),
+                    log_end: self.high_watermark,
+                },
+            ));
+        }
+        if self.deletes_pending.len() >= PENDING_MAX {
+            return Err(self.fail(format!("{PENDING_MAX} log start moves already wait to be committed")));
+        }
+        self.wake();
+        let index = self.node.raft.raft_log.last_index() + 1;
+        let proposed = self.node.propose(LOG_START.to_vec(), offset.0.to_le_bytes().to_vec());
+        if proposed.is_err() || self.node.raft.raft_log.last_index() != index {
+            return Err(self.not_leader());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.deletes_pending.insert(index, (self.term(), reply));
         Ok(rx)
     }
 
@@ -1142,6 +1196,55 @@ impl PartitionReplica {
         Ok(Some(start))
     }
 
+    /// Carries out a log start entry applied: the partition log starts at
+    /// its offset (made durable by the log), and the Raft log
+    /// forgets every entry before the batch holding it. The state file
+    /// records that start first, with an applied checkpoint just before
+    /// the entry: a crash before the log's own move applies it again.
+    /// Answers where the log starts.
+    async fn move_log_start(&mut self, due: &LogStartDue) -> Result<Offset, BrokerError> {
+        let storage_error = |e| storage_error(&self.topic, self.partition, e);
+        let (index, offset) = (due.index, due.offset.min(due.high_watermark));
+        if offset <= self.log.log_start_offset() {
+            return Ok(self.log.log_start_offset());
+        }
+        let store = self.node.store();
+        let before = store.log_start();
+        // The entry before the batch holding `offset`, and where that batch
+        // starts: the Raft log keeps it whole.
+        let (forget, batch_start) = if offset < self.log.log_end_offset() {
+            let read = self.log.read(offset, 1).await.map_err(storage_error)?;
+            let frame = batch::frames(&read.bytes)
+                .next()
+                .ok_or_else(|| self.fail(format!("no batch holds offset {offset}, below the high watermark")))?;
+            let info = batch::peek_header(frame).map_err(storage_error)?;
+            (info.raft_index.saturating_sub(1), info.base_offset)
+        } else {
+            (index - 1, offset)
+        };
+        let store = self.node.store();
+        if forget > before.index && batch_start > before.offset {
+            let term =
+                raft::Storage::term(store, forget).map_err(|e| self.fail(format!("entry {forget}'s term: {e}")))?;
+            let start = LogStart {
+                index: forget,
+                term,
+                offset: batch_start,
+            };
+            let mut batch = StateBatch::default();
+            batch.applied(index - 1, due.high_watermark);
+            batch.log_start(start);
+            self.state_file.append(batch).await.map_err(storage_error)?;
+            self.log.delete_records_before(offset).await.map_err(storage_error)?;
+            self.checkpointed(index - 1);
+            self.node.mut_store().compact(start);
+        } else {
+            self.log.delete_records_before(offset).await.map_err(storage_error)?;
+        }
+        tracing::info!(topic = %self.topic, partition = self.partition, index, log_start_offset = %offset, "replica: log start moved");
+        Ok(offset)
+    }
+
     /// Moves the high watermark over committed entries and answers the
     /// produce requests they commit.
     fn apply(&mut self, entries: Vec<Entry>) {
@@ -1151,6 +1254,28 @@ impl PartitionReplica {
         for entry in &entries {
             if entry.get_entry_type() != EntryType::EntryNormal {
                 self.apply_conf_change(entry);
+            }
+            let waiting = self.deletes_pending.remove(&entry.index);
+            if let Some(offset) = log_start_entry(entry) {
+                let high_watermark = self
+                    .node
+                    .store()
+                    .end_offset_of(entry.index)
+                    .expect("the window holds every entry above the applied index");
+                let due = self.log_start_due.get_or_insert_with(|| LogStartDue {
+                    index: entry.index,
+                    offset,
+                    high_watermark,
+                    replies: Vec::new(),
+                });
+                (due.index, due.offset, due.high_watermark) = (entry.index, due.offset.max(offset), high_watermark);
+                if let Some((term, reply)) = waiting.filter(|(term, _)| *term == entry.term) {
+                    debug_assert_eq!(term, entry.term);
+                    due.replies.push(reply);
+                }
+            } else if let Some((_, reply)) = waiting {
+                // Another leader's entry took its index.
+                let _ = reply.send(Err(self.not_leader()));
             }
             if let Some(pending) = self.pending.remove(&entry.index) {
                 let outcome = if pending.term == entry.term {
@@ -1290,6 +1415,18 @@ impl PartitionReplica {
     /// `CHECKPOINT_BYTES`, and the whole state file again once it has grown
     /// past `STATE_FILE_BYTES_MAX`.
     pub async fn checkpoint(&mut self) -> Result<(), BrokerError> {
+        // Before any checkpoint past its entry: a crash before the move is
+        // made applies the entry again.
+        if let Some(due) = self.log_start_due.take() {
+            let moved = self.move_log_start(&due).await;
+            for reply in due.replies {
+                let _ = reply.send(match &moved {
+                    Ok(start) => Ok(*start),
+                    Err(error) => Err(self.fail(format!("the log start not moved: {error}"))),
+                });
+            }
+            moved?;
+        }
         let applied = self.node.raft.raft_log.applied;
         if applied == self.last_checkpoint
             || (applied < self.last_checkpoint + CHECKPOINT_ENTRIES
@@ -1476,7 +1613,18 @@ impl PartitionReplica {
 /// Raft's own entry (a new leader's empty one, a configuration change): no
 /// record batch, no Kafka offset.
 pub fn is_internal(entry: &Entry) -> bool {
-    entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty()
+    entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() || entry.context.as_ref() == LOG_START
+}
+
+/// The offset a log start entry (`propose_log_start`) moves the log start
+/// to; None for any other entry. One whose data is not an offset is
+/// refused by the replicas that step it.
+pub fn log_start_entry(entry: &Entry) -> Option<Offset> {
+    if entry.get_entry_type() != EntryType::EntryNormal || entry.context.as_ref() != LOG_START {
+        return None;
+    }
+    let bytes: [u8; 8] = entry.data.as_ref().try_into().ok()?;
+    Some(Offset(u64::from_le_bytes(bytes)))
 }
 
 fn storage_error(topic: &str, partition: u32, source: storage::StorageError) -> BrokerError {

@@ -831,6 +831,81 @@ fn a_follower_behind_the_leaders_log_start_is_sent_a_snapshot() {
 }
 
 #[test]
+fn delete_records_moves_every_replicas_log_start_through_the_raft_log() {
+    run(async {
+        let mut group = Group::with_config(LogConfig {
+            segment_bytes: 64 << 10,
+            ..config()
+        })
+        .await;
+        let leader = group.leader().await;
+        let behind = VOTERS.into_iter().find(|id| *id != leader).unwrap();
+        group.crash(behind);
+        for tag in 0..100 {
+            group.propose(leader, tag, 8 << 10);
+            group.turn().await;
+        }
+        group.settle().await;
+        let segments = group.replica(leader).log().segment_base_offsets().len();
+        let past = group.replica(leader).propose_log_start(Offset(101));
+        assert!(
+            matches!(
+                past,
+                Err(BrokerError::Storage {
+                    source: storage::StorageError::OffsetOutOfRange { .. },
+                    ..
+                })
+            ),
+            "past the high watermark"
+        );
+        let mut moved = group.replica(leader).propose_log_start(Offset(60)).unwrap();
+        let mut answer = None;
+        for _ in 0..SETTLE_TURNS_MAX {
+            group.turn().await;
+            if let Ok(Some(result)) = moved.try_recv() {
+                answer = Some(result);
+                break;
+            }
+        }
+        assert_eq!(answer.expect("answered").unwrap(), Offset(60));
+        group.settle().await;
+        for id in VOTERS.into_iter().filter(|id| *id != behind) {
+            let log = group.replica(id).log().clone();
+            assert_eq!(log.log_start_offset(), Offset(60), "replica {id} moved its log start");
+            assert!(
+                log.segment_base_offsets().len() < segments,
+                "whole segments below it went"
+            );
+            assert_eq!(frames(&log).await.len(), 40);
+        }
+        // A replica that was away is sent where the log starts, then the
+        // entry that moved it; a restart keeps the start.
+        group.restart(behind).await;
+        group.settle().await;
+        group.check().await;
+        assert_eq!(group.replica(behind).log().log_start_offset(), Offset(60));
+        for id in VOTERS {
+            group.crash(id);
+            group.restart(id).await;
+        }
+        let next = group.leader().await;
+        for tag in 100..110 {
+            group.propose(next, tag, 100);
+        }
+        group.settle().await;
+        group.check().await;
+        for id in VOTERS {
+            assert_eq!(
+                group.replica(id).log().log_start_offset(),
+                Offset(60),
+                "replica {id} after a restart"
+            );
+        }
+        assert_eq!(group.acked.len(), 110);
+    });
+}
+
+#[test]
 fn a_snapshots_install_a_crash_interrupted_is_finished_at_open() {
     run(async {
         let (mut group, leader, follower) = settled_group().await;

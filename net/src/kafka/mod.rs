@@ -54,6 +54,13 @@ pub const SUPPORTED: &[(KafkaApi, i16, i16)] = &[
     // corelog does not expose: only brokers are described.
     (KafkaApi::DescribeCluster, 0, 1),
     (KafkaApi::OffsetDelete, 0, 0),
+    (KafkaApi::AlterConfigs, 0, 2),
+    (KafkaApi::IncrementalAlterConfigs, 0, 1),
+    (KafkaApi::CreatePartitions, 0, 3),
+    (KafkaApi::DeleteRecords, 0, 2),
+    (KafkaApi::DescribeProducers, 0, 0),
+    // v2 filters by a transactional id pattern (a Java regex).
+    (KafkaApi::ListTransactions, 0, 1),
 ];
 
 /// The versions of `api` corelog serves.

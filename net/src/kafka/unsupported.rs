@@ -357,6 +357,9 @@ pub fn error_response(request: &RequestKind, version: i16, code: i16) -> Option<
                     .collect(),
             ),
         ),
+        RequestKind::ListTransactions(_) => {
+            ResponseKind::ListTransactions(ListTransactionsResponse::default().with_error_code(code))
+        }
         _ => return None,
     })
 }
