@@ -485,7 +485,7 @@ async fn handle(shard: &Shard, advertised: &Endpoints, version: i16, body: Reque
         RequestKind::CreatePartitions(request) => admin::create_partitions(shard, request).await,
         RequestKind::DeleteRecords(request) => admin::delete_records(shard, request).await,
         RequestKind::DescribeProducers(request) => admin::describe_producers(shard, request).await,
-        RequestKind::ListTransactions(request) => admin::list_transactions(shard, request).await,
+        RequestKind::ListTransactions(request) => admin::list_transactions(shard, advertised, request).await,
         other => {
             // Decoding refuses APIs outside `SUPPORTED`; one listed there but
             // not served here is a bug, answered rather than dropped.
@@ -1151,8 +1151,8 @@ fn describe_configs(shard: &Shard, request: DescribeConfigsRequest) -> ResponseK
                     };
                     let mut configs = Vec::new();
                     let defaults = crate::topics::config_defaults();
-                    // Keys set on the topic that have no default (flush.ms,
-                    // flush.bytes) come first.
+                    // Keys set on the topic that have no default (none
+                    // today: every key log_config takes has one) come first.
                     for (key, value) in &topic.configs {
                         if wanted(key) && !defaults.iter().any(|(k, _)| k == key) {
                             configs.push(

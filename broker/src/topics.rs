@@ -677,6 +677,9 @@ pub fn config_defaults() -> Vec<(&'static str, String)> {
         ("read.ahead.bytes", d.read_ahead_bytes.to_string()),
         ("max.message.bytes", d.batch_bytes_max.to_string()),
         ("flush.every.append", "false".to_string()),
+        // -1: no flush by time or by bytes (the default policy applies).
+        ("flush.ms", "-1".to_string()),
+        ("flush.bytes", "-1".to_string()),
         (MIN_INSYNC_REPLICAS, "1".to_string()),
         (
             "message.timestamp.type",
@@ -717,6 +720,8 @@ pub fn log_config(configs: &BTreeMap<String, String>) -> Result<LogConfig, Broke
                     return Err(invalid("at least 1"));
                 }
             }
+            "flush.ms" if value == "-1" => {}
+            "flush.bytes" if value == "-1" => {}
             "flush.ms" => config.flush = FlushPolicy::IntervalMs(number()?),
             "flush.bytes" => config.flush = FlushPolicy::Bytes(number()?),
             "flush.every.append" => match value.as_str() {

@@ -2147,3 +2147,177 @@ fn a_follower_behind_the_leaders_log_start_catches_up_by_snapshot() {
         );
     }
 }
+
+/// `topic describe` on `addr`: partition `partition`'s log start offset,
+/// if that node leads it.
+fn log_start(addr: &str, topic: &str, partition: u32) -> Option<u64> {
+    let described = cli(&["topic", "describe", topic, "--broker", addr], None).ok()?;
+    let prefix = format!("partition {partition} ");
+    let line = described
+        .lines()
+        .map(str::trim_start)
+        .find(|l| l.starts_with(&prefix) && l.contains("log_start_offset"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "log_start_offset")?;
+    words.get(at + 1)?.parse().ok()
+}
+
+/// Waits until `topic describe` on `addr` says what `done` looks for.
+fn described_until(addr: &str, topic: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let started = Instant::now();
+    loop {
+        let described = cli(&["topic", "describe", topic, "--broker", addr], None);
+        if let Ok(text) = &described {
+            if done(text) {
+                return text.clone();
+            }
+        }
+        assert!(started.elapsed() < AGREE_WITHIN, "{what} on {addr}: {described:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A topic changed after its creation, through the controller and the
+/// partitions' Raft logs: configs altered through a follower of the
+/// controller reach every node and are in force where the partitions live
+/// (a record over a lowered max.message.bytes is refused, taken once the
+/// limit is replaced away); partitions added are placed, elected and take
+/// records; records deleted move the log start on every replica, kept
+/// through the leader's kill -9 and by the old leader when it leads again.
+#[test]
+fn topic_configs_partitions_and_log_starts_change_on_every_node() {
+    let mut nodes = cluster(3);
+    let (controller, _) = agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    let addr = |n: &Node| n.broker.as_ref().unwrap().addr.clone();
+    let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+    let follower = addr(nodes.iter().find(|n| n.id != controller).unwrap());
+    create_topic(&follower, "adm", &["--partitions", "1"]).expect("created");
+    elected(&follower, "adm", &ids, &[]);
+
+    let alter = |args: &[&str]| {
+        let mut all = vec!["topic", "alter-config", "adm"];
+        all.extend_from_slice(args);
+        all.extend(["--broker", &follower]);
+        cli(&all, None)
+    };
+    alter(&["--set", "retention.ms=3600000", "--set", "max.message.bytes=2000"]).expect("altered");
+    for node in &nodes {
+        described_until(&addr(node), "adm", "the altered configs", |d| {
+            d.contains("config max.message.bytes=2000") && d.contains("config retention.ms=3600000")
+        });
+    }
+    let big = format!("{}\n", "x".repeat(5000));
+    let produce =
+        |through: &str, lines: &str| cli(&["produce", "adm", "--acks", "all", "--broker", through], Some(lines));
+    let refused = produce(&follower, &big).expect_err("a record over max.message.bytes is refused");
+    assert!(refused.contains("MessageTooLarge"), "{refused}");
+    let bad = alter(&["--set", "segment.bytes=big"]).expect_err("a bad value is refused");
+    assert!(bad.contains("InvalidConfig"), "{bad}");
+    alter(&["--replace", "--set", "retention.ms=60000"]).expect("replaced");
+    for node in &nodes {
+        described_until(&addr(node), "adm", "the replaced configs", |d| {
+            d.contains("config retention.ms=60000") && !d.contains("max.message.bytes")
+        });
+    }
+    produce(&follower, &big).expect("taken once the limit is gone");
+
+    // Partitions added through another node: placed, elected, written.
+    cli(
+        &[
+            "topic",
+            "add-partitions",
+            "adm",
+            "--count",
+            "3",
+            "--broker",
+            &addr(&nodes[2]),
+        ],
+        None,
+    )
+    .expect("grown");
+    let shrink = cli(
+        &[
+            "topic",
+            "add-partitions",
+            "adm",
+            "--count",
+            "2",
+            "--broker",
+            &addr(&nodes[0]),
+        ],
+        None,
+    );
+    assert!(shrink.expect_err("a topic never shrinks").contains("InvalidPartitions"));
+    for node in &nodes {
+        assert_eq!(elected(&addr(node), "adm", &ids, &[]).len(), 3, "on node {}", node.id);
+    }
+    let lines: String = (0..300).map(|i| format!("k{i},v{i}\n")).collect();
+    cli(
+        &[
+            "produce",
+            "adm",
+            "--key-separator",
+            ",",
+            "--acks",
+            "all",
+            "--broker",
+            &follower,
+        ],
+        Some(&lines),
+    )
+    .expect("produced to every partition");
+
+    // Records deleted on partition 0, up to its high watermark.
+    let leaders = elected(&follower, "adm", &ids, &[]);
+    let leader = leaders[0].0 as u64;
+    let leader_index = nodes.iter().position(|n| n.id == leader).unwrap();
+    let out = cli(
+        &[
+            "topic",
+            "delete-records",
+            "adm",
+            "--partition",
+            "0",
+            "--before",
+            "-1",
+            "--broker",
+            &follower,
+        ],
+        None,
+    )
+    .expect("deleted");
+    let start: u64 = out.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(start > 1, "partition 0 held the big record and some of the 300: {out}");
+    assert_eq!(log_start(&addr(&nodes[leader_index]), "adm", 0), Some(start));
+    let remaining = read_sorted(&follower, "adm", 300 + 1 - start as usize);
+    assert!(
+        remaining.iter().all(|v| v.starts_with('v')),
+        "the big record went with partition 0's head"
+    );
+
+    // The leader is lost: the next one starts its log where it was moved.
+    nodes[leader_index].broker.take().unwrap().kill9();
+    let survivors: Vec<u64> = ids.iter().copied().filter(|&id| id != leader).collect();
+    let survivor = addr(nodes.iter().find(|n| n.id == survivors[0]).unwrap());
+    let epochs: Vec<i64> = leaders
+        .iter()
+        .map(|&(l, e, _)| if l as u64 == leader { e } else { 0 })
+        .collect();
+    let next = elected(&survivor, "adm", &survivors, &epochs)[0].0 as u64;
+    let next_addr = addr(nodes.iter().find(|n| n.id == next).unwrap());
+    assert_eq!(
+        log_start(&next_addr, "adm", 0),
+        Some(start),
+        "the new leader's log start"
+    );
+    nodes[leader_index].start();
+    agreed(&nodes.iter().collect::<Vec<_>>(), 3);
+    elected(&survivor, "adm", &ids, &[]);
+    transfer_leader(&survivor, "adm", 0, leader).expect("the old leader leads again");
+    assert_eq!(
+        log_start(&addr(&nodes[leader_index]), "adm", 0),
+        Some(start),
+        "kept through its restart"
+    );
+    stop_all(&mut nodes);
+}

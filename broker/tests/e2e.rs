@@ -81,6 +81,113 @@ fn acknowledged_records_survive_kill_9() {
     broker.stop();
 }
 
+/// `corelog ARGS... --broker addr`: its stdout, or its stderr as the error.
+fn cli(addr: &str, args: &[&str], stdin: &str) -> Result<String, String> {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(args)
+        .args(["--broker", addr])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the corelog binary runs");
+    child.stdin.take().expect("piped").write_all(stdin.as_bytes()).unwrap();
+    let output = child.wait_with_output().expect("the CLI finishes");
+    match output.status.success() {
+        true => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
+        false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
+    }
+}
+
+/// The CLI changes a live topic on one node of two shards: configs
+/// checked only, set, refused when bad; partitions added over the shards
+/// and written; a partition's log start moved, not past its high
+/// watermark; all of it kept through a restart.
+#[test]
+fn the_cli_changes_a_live_topic() {
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    let addr = broker.addr.clone();
+    cli(&addr, &["topic", "create", "t", "--partitions", "2"], "").unwrap();
+    let lines: String = (0..100).map(|i| format!("k{i},v{i}\n")).collect();
+    cli(&addr, &["produce", "t", "--key-separator", ","], &lines).unwrap();
+    let out = cli(
+        &addr,
+        &[
+            "topic",
+            "alter-config",
+            "t",
+            "--set",
+            "retention.ms=1000",
+            "--validate-only",
+        ],
+        "",
+    )
+    .unwrap();
+    assert!(out.contains("would change"), "{out}");
+    let describe = || cli(&addr, &["topic", "describe", "t"], "").unwrap();
+    assert!(!describe().contains("retention.ms"), "{}", describe());
+    cli(
+        &addr,
+        &["topic", "alter-config", "t", "--set", "segment.bytes=65536"],
+        "",
+    )
+    .unwrap();
+    assert!(describe().contains("config segment.bytes=65536"), "{}", describe());
+    let bad = cli(&addr, &["topic", "alter-config", "t", "--set", "colour=blue"], "").unwrap_err();
+    assert!(bad.contains("InvalidConfig") && bad.contains("colour"), "{bad}");
+    let internal = cli(
+        &addr,
+        &["topic", "alter-config", "__consumer_offsets", "--set", "retention.ms=1"],
+        "",
+    );
+    assert!(internal.unwrap_err().contains("InvalidTopic"));
+
+    cli(&addr, &["topic", "add-partitions", "t", "--count", "4"], "").unwrap();
+    let described = describe();
+    assert!(described.contains("partitions 4"), "{described}");
+    let shards: std::collections::BTreeSet<&str> = described
+        .lines()
+        .filter_map(|l| l.split(" shard ").nth(1)?.split_whitespace().next())
+        .collect();
+    assert_eq!(shards.len(), 2, "the partitions spread over both shards: {described}");
+    cli(&addr, &["produce", "t", "--key-separator", ","], &lines).unwrap();
+
+    let out = cli(
+        &addr,
+        &["topic", "delete-records", "t", "--partition", "0", "--before", "3"],
+        "",
+    )
+    .unwrap();
+    assert!(out.contains("t/0 starts at offset 3"), "{out}");
+    let past = cli(
+        &addr,
+        &["topic", "delete-records", "t", "--partition", "0", "--before", "100000"],
+        "",
+    );
+    assert!(past.unwrap_err().contains("OffsetOutOfRange"));
+    let missing = cli(
+        &addr,
+        &["topic", "delete-records", "t", "--partition", "9", "--before", "1"],
+        "",
+    );
+    assert!(missing.unwrap_err().contains("no partition 9"));
+    broker.stop();
+
+    let broker = Broker::start(dir.path(), 2);
+    let addr = broker.addr.clone();
+    let described = cli(&addr, &["topic", "describe", "t"], "").unwrap();
+    assert!(
+        described.contains("partitions 4") && described.contains("config segment.bytes=65536"),
+        "{described}"
+    );
+    assert!(
+        described.contains("partition 0 ") && described.contains("log_start_offset 3"),
+        "{described}"
+    );
+    broker.stop();
+}
+
 #[test]
 fn topics_persist_and_shutdown_is_clean() {
     let dir = data_dir();

@@ -182,6 +182,38 @@ fn kafka_python_deletes_a_groups_offsets_of_topics_it_does_not_consume() {
     broker.stop();
 }
 
+/// kafka-python's admin client changes a live topic (configs set,
+/// deleted and replaced; partitions added; records deleted), each in
+/// force at once, refused with Kafka's codes when bad, and all kept
+/// through a restart.
+#[test]
+fn kafka_python_changes_a_live_topics_configs_partitions_and_log_start() {
+    if !python_clients() {
+        return;
+    }
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    python("kafka-python-topic-admin", &broker.kafka_addr);
+    broker.stop();
+    let broker = Broker::start(dir.path(), 2);
+    python("kafka-python-topic-admin-after-restart", &broker.kafka_addr);
+    broker.stop();
+}
+
+/// kafka-python's admin client lists transactions and describes a
+/// partition's producers: an open transaction, its producer and where
+/// it began, then its commit.
+#[test]
+fn kafka_python_lists_transactions_and_describes_producers() {
+    if !python_clients() {
+        return;
+    }
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    python("kafka-python-producers-and-transactions", &broker.kafka_addr);
+    broker.stop();
+}
+
 /// Each shard is a Kafka broker of its own (`shard_ports`, on by
 /// default): unchanged librdkafka and kafka-python clients send every
 /// partition's produce and fetch to the core that owns it, which the

@@ -246,9 +246,15 @@ pub(super) async fn describe_producers(shard: &Shard, request: DescribeProducers
     ResponseKind::DescribeProducers(DescribeProducersResponse::default().with_topics(topics))
 }
 
-/// ListTransactions: the transactions this node's coordinators hold,
-/// filtered by state, producer id and (v1) how long they have run.
-pub(super) async fn list_transactions(shard: &Shard, request: ListTransactionsRequest) -> ResponseKind {
+/// ListTransactions: the transactions this broker's coordinators hold,
+/// filtered by state, producer id and (v1) how long they have run. With
+/// shard ports each shard is a broker and answers for its own (a tool asks
+/// every broker); without, the node answers for every shard's.
+pub(super) async fn list_transactions(
+    shard: &Shard,
+    advertised: &super::Endpoints,
+    request: ListTransactionsRequest,
+) -> ResponseKind {
     use crate::txn::TxnState;
     const STATES: [TxnState; 6] = [
         TxnState::Empty,
@@ -262,7 +268,11 @@ pub(super) async fn list_transactions(shard: &Shard, request: ListTransactionsRe
         .state_filters
         .iter()
         .partition(|f| STATES.iter().any(|s| s.name() == f.as_str()));
-    let transactions = match shard.list_all_transactions().await {
+    let transactions = match advertised.shards.is_empty() {
+        true => shard.list_all_transactions().await,
+        false => Ok(shard.transactions_here()),
+    };
+    let transactions = match transactions {
         Ok(transactions) => transactions,
         Err(error) => {
             tracing::warn!(%error, "listing transactions failed");

@@ -313,7 +313,7 @@ impl Shard {
     }
 
     /// The transactions this shard's coordinator holds.
-    pub(super) fn transactions_here(&self) -> Vec<(String, crate::txn::TxnMeta)> {
+    pub fn transactions_here(&self) -> Vec<(String, crate::txn::TxnMeta)> {
         self.txn_coordinator.borrow().states(|_| true)
     }
 }

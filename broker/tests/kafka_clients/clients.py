@@ -581,7 +581,168 @@ def kafka_python_offsets_after_restart():
     admin.close()
 
 
+def kafka_python_topic_admin():
+    """kafka-python's admin client changes a live topic: configs set and
+    deleted (IncrementalAlterConfigs) and replaced whole (AlterConfigs),
+    each shown by DescribeConfigs and in force at once (a lowered
+    max.message.bytes refuses a record the topic took before, a raised one
+    takes it); partitions added, produced to and fetched from; records
+    deleted, after which a consumer from the beginning starts at the new
+    log start. Bad asks get Kafka's codes."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import (AlterConfigOp, ConfigResource, ConfigResourceType, KafkaAdminClient,
+                             NewPartitions, NewTopic)
+    from kafka.errors import (InvalidPartitionsError, InvalidReplicationAssignmentError, MessageSizeTooLargeError,
+                              OffsetOutOfRangeError, UnknownTopicOrPartitionError)
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    admin.create_topics([NewTopic("live", 1, 1)])
+    topic = lambda configs=None: ConfigResource(ConfigResourceType.TOPIC, "live", configs)
+
+    def described():
+        answer = admin.describe_configs([topic()], config_filter="modified")
+        return {k: v["value"] for k, v in answer["topic"]["live"].items()} if isinstance(answer, dict) else answer
+
+    result = admin.alter_configs([topic({"max.message.bytes": "2000", "retention.ms": "3600000"})], incremental=True)
+    assert result == {"topic": {"live": "OK"}}, result
+    assert described() == {"max.message.bytes": "2000", "retention.ms": "3600000"}, described()
+
+    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", retries=0, max_request_size=1 << 20)
+    producer.send("live", value=b"small", partition=0).get(timeout=30)
+    try:
+        producer.send("live", value=b"x" * 5000, partition=0).get(timeout=30)
+        raise AssertionError("a record over max.message.bytes was taken")
+    except MessageSizeTooLargeError:
+        pass
+    result = admin.alter_configs([topic({"max.message.bytes": (AlterConfigOp.DELETE, None)})], incremental=True)
+    assert result == {"topic": {"live": "OK"}}, result
+    assert described() == {"retention.ms": "3600000"}, described()
+    producer.send("live", value=b"x" * 5000, partition=0).get(timeout=30)
+
+    # AlterConfigs replaces the whole set; kafka-python sends the keys set
+    # before beside the new one, so retention.ms stays.
+    result = admin.alter_configs([topic({"segment.bytes": "1048576"})], incremental=False)
+    assert result == {"topic": {"live": "OK"}}, result
+    kept = {"retention.ms": "3600000", "segment.bytes": "1048576"}
+    assert described() == kept, described()
+    # A bad value, an unknown key, a list operation and an unknown topic
+    # are refused, changing nothing.
+    for bad in [{"segment.bytes": "big"}, {"colour": "blue"}, {"retention.ms": (AlterConfigOp.APPEND, "1")}]:
+        result = admin.alter_configs([topic(bad)], incremental=True, raise_on_unknown=False)
+        assert "InvalidConfig" in result["topic"]["live"], (bad, result)
+    assert described() == kept, described()
+    result = admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, "nowhere", {"retention.ms": "1"})],
+                                 incremental=True, raise_on_unknown=False)
+    assert "UnknownTopicOrPartition" in result["topic"]["nowhere"], result
+    result = admin.alter_configs([topic({"retention.ms": "1"})], incremental=True, validate_only=True)
+    assert result == {"topic": {"live": "OK"}} and described() == kept, described()
+
+    # Partitions added: the metadata shows them and they take records.
+    admin.create_partitions({"live": NewPartitions(total_count=3)})
+    until("three partitions", lambda: len(producer.partitions_for("live") or []) == 3 or not producer._metadata.request_update())
+    for p in range(3):
+        producer.send("live", value=f"in {p}".encode(), partition=p).get(timeout=30)
+    for bad in [2, 3]:
+        try:
+            admin.create_partitions({"live": NewPartitions(total_count=bad)})
+            raise AssertionError(f"a topic of 3 partitions grown to {bad}")
+        except InvalidPartitionsError:
+            pass
+    try:
+        admin.create_partitions({"nowhere": NewPartitions(total_count=2)})
+        raise AssertionError("an unknown topic grown")
+    except UnknownTopicOrPartitionError:
+        pass
+    try:
+        admin.create_partitions({"live": NewPartitions(total_count=4, new_assignments=[[0]])})
+        raise AssertionError("a client's placement taken")
+    except InvalidReplicationAssignmentError:
+        pass
+    broker = ConfigResource(ConfigResourceType.BROKER, "0", {"log.retention.ms": "1"})
+    result = admin.alter_configs([broker], incremental=True, raise_on_unknown=False)
+    assert "InvalidRequest" in result["broker"]["0"], result
+
+    # Records deleted: partition 0 holds 2 records; the log starts at 1.
+    deleted = admin.delete_records({TopicPartition("live", 0): 1})
+    assert deleted[TopicPartition("live", 0)]["low_watermark"] == 1, deleted
+    consumer = KafkaConsumer(bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest", consumer_timeout_ms=5000)
+    consumer.assign([TopicPartition("live", 0)])
+    consumer.seek_to_beginning()
+    assert consumer.position(TopicPartition("live", 0)) == 1
+    values = [m.value for m in consumer]
+    assert values == [b"x" * 5000, b"in 0"], values
+    consumer.close()
+    deleted = admin.delete_records({TopicPartition("live", 1): -1})
+    assert deleted[TopicPartition("live", 1)]["low_watermark"] == 1, deleted
+    try:
+        admin.delete_records({TopicPartition("live", 2): 5})
+        raise AssertionError("records past the high watermark deleted")
+    except OffsetOutOfRangeError:
+        pass
+    producer.close()
+    admin.close()
+
+
+def kafka_python_topic_admin_after_restart():
+    """After a restart: the changed configs, the added partitions and the
+    moved log start are all still there."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    answer = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "live")], config_filter="modified")
+    kept = {"retention.ms": "3600000", "segment.bytes": "1048576"}
+    assert {k: v["value"] for k, v in answer["topic"]["live"].items()} == kept, answer
+    consumer = KafkaConsumer(bootstrap_servers=BOOTSTRAP)
+    assert consumer.partitions_for_topic("live") == {0, 1, 2}
+    starts = consumer.beginning_offsets([TopicPartition("live", p) for p in range(3)])
+    assert [starts[TopicPartition("live", p)] for p in range(3)] == [1, 1, 0], starts
+    consumer.close()
+    admin.close()
+
+
+def kafka_python_producers_and_transactions():
+    """kafka-python's admin client lists transactions (ListTransactions)
+    and describes a partition's producers (DescribeProducers): a
+    transactional librdkafka producer with one transaction open shows up in
+    both, its transaction's first offset among them."""
+    from confluent_kafka import Producer
+    from kafka import TopicPartition
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    admin.create_topics([NewTopic("txn-described", 1, 1)])
+    idempotent = Producer({"bootstrap.servers": BOOTSTRAP, "enable.idempotence": True})
+    idempotent.produce("txn-described", b"plain", partition=0)
+    assert idempotent.flush(30) == 0
+    producer = Producer({"bootstrap.servers": BOOTSTRAP, "transactional.id": "described"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce("txn-described", b"open", partition=0)
+    assert producer.flush(30) == 0
+    # Each broker (a shard) lists its own coordinators' transactions.
+    listed = [t for ts in admin.list_transactions().values() for t in ts]
+    ours = [t for t in listed if t.transactional_id == "described"]
+    assert len(ours) == 1 and ours[0].state.value == "Ongoing", listed
+    committed = lambda: [t for ts in admin.list_transactions(state_filters=["CompleteCommit"]).values() for t in ts]
+    assert not [t for t in committed() if t.transactional_id == "described"]
+    described = admin.describe_producers([TopicPartition("txn-described", 0)])
+    active = described[TopicPartition("txn-described", 0)].active_producers
+    assert len(active) == 2, active
+    by_id = {p.producer_id: p for p in active}
+    txn = by_id[ours[0].producer_id]
+    assert txn.current_transaction_start_offset == 1 and txn.last_sequence == 0, txn
+    plain = [p for p in active if p.producer_id != ours[0].producer_id][0]
+    assert plain.current_transaction_start_offset == -1, plain
+    producer.commit_transaction(30)
+    assert [t for t in committed() if t.transactional_id == "described"], committed()
+    admin.close()
+
+
 SCENARIOS = {
+    "kafka-python-topic-admin": kafka_python_topic_admin,
+    "kafka-python-topic-admin-after-restart": kafka_python_topic_admin_after_restart,
+    "kafka-python-producers-and-transactions": kafka_python_producers_and_transactions,
     "kafka-python-offset-delete": kafka_python_offset_delete,
     "kafka-python-offsets-after-restart": kafka_python_offsets_after_restart,
     "kafka-python-cluster-admin": kafka_python_cluster_admin,
