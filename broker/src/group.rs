@@ -809,6 +809,12 @@ impl Coordinator {
                     client_id: m.client_id.clone(),
                     session_timeout_ms: m.session_timeout.as_millis().min(u128::from(u32::MAX)) as u32,
                     rebalance_timeout_ms: m.rebalance_timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+                    subscription: m
+                        .protocols
+                        .iter()
+                        .find(|(name, _)| *name == group.protocol)
+                        .map(|(_, metadata)| metadata.clone())
+                        .unwrap_or_default(),
                     assignment: m.assignment.clone(),
                 })
                 .collect(),
@@ -852,8 +858,9 @@ impl Coordinator {
                         Member {
                             client_id: member.client_id,
                             // A rejoin brings every protocol again; the
-                            // chosen one is all a stable group needs.
-                            protocols: vec![(group.protocol.clone(), Vec::new())],
+                            // chosen one (its subscription, for
+                            // OffsetDelete) is all a stable group needs.
+                            protocols: vec![(group.protocol.clone(), member.subscription)],
                             session_timeout: Duration::from_millis(u64::from(member.session_timeout_ms)),
                             rebalance_timeout: Duration::from_millis(u64::from(member.rebalance_timeout_ms)),
                             assignment: member.assignment,
@@ -1039,7 +1046,13 @@ mod tests {
         ready(first.sync("g", 1, &id, vec![(id.clone(), b"p0".to_vec())], now));
         let record = first.settled("g", 1, &id).expect("settled");
         assert_eq!(first.settled("g", 0, &id), None, "an older generation is not current");
-        let decoded = crate::offsets::decode_group(&crate::offsets::encode_group(&record));
+        let decoded = crate::offsets::decode_record(
+            &crate::offsets::encode_group_key("g"),
+            Some(&crate::offsets::encode_group(&record)),
+        );
+        let Some(crate::offsets::OffsetsRecord::Group(_, decoded)) = decoded else {
+            panic!("a group record reads back");
+        };
         let mut next = Coordinator::new(limits());
         next.restore("g", decoded, now);
         assert_eq!(next.heartbeat("g", 1, &id, now), ErrorCode::None);

@@ -214,6 +214,20 @@ fn kafka_python_lists_transactions_and_describes_producers() {
     broker.stop();
 }
 
+/// A tool reading `__consumer_offsets` directly (as Burrow does) decodes
+/// corelog's commits and group metadata with the schemas of Kafka's group
+/// coordinator.
+#[test]
+fn the_offsets_topic_holds_kafkas_own_record_format() {
+    if !python_clients() {
+        return;
+    }
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    python("kafka-python-reads-the-offsets-topic", &broker.kafka_addr);
+    broker.stop();
+}
+
 /// Each shard is a Kafka broker of its own (`shard_ports`, on by
 /// default): unchanged librdkafka and kafka-python clients send every
 /// partition's produce and fetch to the core that owns it, which the

@@ -620,20 +620,17 @@ impl Shard {
         Ok(())
     }
 
-    /// Writes a group's settled membership (None: it emptied) where its
-    /// offsets partition is replicated, so that the coordinator taking
-    /// over on another node knows its members and their generation. On one
-    /// replica the coordinator moves only with a restart, which every
-    /// member sees; nothing is written. A write that fails costs only a
-    /// rebalance after a failover: logged, not answered.
+    /// Writes a group's settled membership (None: it emptied), as Kafka's
+    /// coordinator does: the coordinator taking over (on another node, or
+    /// after a restart) knows its members and their generation, and tools
+    /// reading the offsets topic (Burrow) see who owns what. A write that
+    /// fails costs only a rebalance after a failover: logged, not
+    /// answered.
     async fn write_group_record(&self, group: &str, record: Option<offsets::GroupRecord>) {
         let Ok(partitions) = self.offsets_partitions() else {
             return;
         };
         let partition = offsets::partition_for_group(group, partitions);
-        if self.replica_view(OFFSETS_TOPIC, partition).is_none() {
-            return;
-        }
         if record.as_ref().is_some_and(|r| r.size() > OFFSETS_BATCH_BYTES) {
             tracing::warn!(group, "group membership over {OFFSETS_BATCH_BYTES} bytes: not written");
             return;
@@ -744,38 +741,31 @@ impl Shard {
                 let mut coordinator = self.coordinator.borrow_mut();
                 for record in archived.records.iter() {
                     let log_offset = info.base_offset.0 + u64::from(record.offset_delta.to_native());
-                    if let Some(group) = record.key.as_ref().and_then(|k| offsets::decode_group_key(k)) {
-                        match record.value.as_ref().map(|v| offsets::decode_group(v)) {
-                            Some(None) => {
-                                tracing::warn!(partition, log_offset, "group record with an unreadable value; skipped")
-                            }
-                            value => coordinator.restore(&group, value.flatten(), now),
+                    let decoded = record
+                        .key
+                        .as_ref()
+                        .and_then(|key| offsets::decode_record(key, record.value.as_deref()));
+                    let (key, value) = match decoded {
+                        Some(offsets::OffsetsRecord::Group(group, value)) => {
+                            coordinator.restore(&group, value, now);
+                            continue;
                         }
-                        continue;
-                    }
-                    let Some(key) = record.key.as_ref().and_then(|k| offsets::decode_key(k)) else {
-                        tracing::warn!(partition, log_offset, "offsets record with an unreadable key; skipped");
-                        continue;
-                    };
-                    let committed = match record.value.as_ref() {
-                        None => None,
-                        Some(bytes) => match offsets::decode_value(bytes) {
-                            Some(v) => Some(Committed {
-                                offset: v.offset,
-                                metadata: v.metadata,
-                                commit_time_ms: v.commit_time_ms,
+                        Some(offsets::OffsetsRecord::Offset(key, value)) => (key, value),
+                        None => {
+                            tracing::warn!(
+                                partition,
                                 log_offset,
-                            }),
-                            None => {
-                                tracing::warn!(
-                                    partition,
-                                    log_offset,
-                                    "offsets record with an unreadable value; skipped"
-                                );
-                                continue;
-                            }
-                        },
+                                "offsets record with an unreadable key or value; skipped"
+                            );
+                            continue;
+                        }
                     };
+                    let committed = value.map(|v| Committed {
+                        offset: v.offset,
+                        metadata: v.metadata,
+                        commit_time_ms: v.commit_time_ms,
+                        log_offset,
+                    });
                     if transactional {
                         // Counts only if the transaction's marker commits.
                         if let Some(c) = committed {

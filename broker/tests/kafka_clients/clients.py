@@ -739,7 +739,106 @@ def kafka_python_producers_and_transactions():
     admin.close()
 
 
+def kafka_python_reads_the_offsets_topic():
+    """A tool reading `__consumer_offsets` directly, as Burrow does: its
+    commits and group metadata decode with the key and value schemas of
+    Kafka's group coordinator (OffsetCommitKey v1 / OffsetCommitValue v3,
+    GroupMetadataKey v2 / GroupMetadataValue v3, the member's assignment in
+    the consumer protocol)."""
+    import struct
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    admin.create_topics([NewTopic("watched", 1, 1)])
+    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
+    for i in range(10):
+        producer.send("watched", value=b"v%d" % i, partition=0)
+    producer.flush()
+    producer.close()
+    member = KafkaConsumer("watched", bootstrap_servers=BOOTSTRAP, group_id="watchers",
+                           auto_offset_reset="earliest", enable_auto_commit=False)
+    seen = 0
+    deadline = time.time() + 30
+    while seen < 10 and time.time() < deadline:
+        seen += sum(len(r) for r in member.poll(timeout_ms=200).values())
+    assert seen == 10, seen
+    member.commit()
+
+    class Reader:
+        def __init__(self, data):
+            self.data, self.at = data, 0
+
+        def take(self, fmt):
+            (v,) = struct.unpack_from(fmt, self.data, self.at)
+            self.at += struct.calcsize(fmt)
+            return v
+
+        def string(self):
+            n = self.take(">h")
+            if n < 0:
+                return None
+            v = self.data[self.at:self.at + n].decode()
+            self.at += n
+            return v
+
+        def bytes(self):
+            n = self.take(">i")
+            v = self.data[self.at:self.at + n]
+            self.at += n
+            return v
+
+    reader = KafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id=None, enable_auto_commit=False)
+    partitions = [TopicPartition("__consumer_offsets", p) for p in reader.partitions_for_topic("__consumer_offsets")]
+    reader.assign(partitions)
+    reader.seek_to_beginning()
+    commit, group = None, None
+    deadline = time.time() + 30
+    while (commit is None or group is None) and time.time() < deadline:
+        for records in reader.poll(timeout_ms=200).values():
+            for record in records:
+                key = Reader(record.key)
+                version = key.take(">h")
+                if version in (0, 1):
+                    k = (key.string(), key.string(), key.take(">i"))
+                    if k == ("watchers", "watched", 0) and record.value is not None:
+                        value = Reader(record.value)
+                        assert value.take(">h") == 3
+                        offset, epoch, metadata, ts = value.take(">q"), value.take(">i"), value.string(), value.take(">q")
+                        assert value.at == len(record.value), "the whole value read"
+                        commit = (offset, metadata, abs(ts / 1000 - time.time()) < 300)
+                elif version == 2 and key.string() == "watchers" and record.value is not None:
+                    value = Reader(record.value)
+                    assert value.take(">h") == 3
+                    protocol_type, generation = value.string(), value.take(">i")
+                    protocol, leader, _state_ts = value.string(), value.string(), value.take(">q")
+                    members = []
+                    for _ in range(value.take(">i")):
+                        member_id, _instance, client_id, _host = (value.string(), value.string(),
+                                                                  value.string(), value.string())
+                        _rebalance, _session = value.take(">i"), value.take(">i")
+                        subscription, assignment = value.bytes(), value.bytes()
+                        a = Reader(assignment)
+                        a.take(">h")
+                        owned = {}
+                        for _ in range(a.take(">i")):
+                            topic = a.string()
+                            owned[topic] = [a.take(">i") for _ in range(a.take(">i"))]
+                        members.append((member_id, client_id, owned, len(subscription) > 0))
+                    assert value.at == len(record.value), "the whole value read"
+                    group = (protocol_type, generation, protocol, leader, members)
+    assert commit is not None and commit[0] == 10 and commit[2], commit
+    assert group is not None, "the group's metadata record"
+    protocol_type, generation, protocol, leader, members = group
+    assert protocol_type == "consumer" and generation >= 1 and protocol in ("range", "roundrobin"), group
+    assert len(members) == 1 and members[0][0] == leader and members[0][2] == {"watched": [0]} and members[0][3], group
+    reader.close()
+    member.close()
+    admin.close()
+
+
 SCENARIOS = {
+    "kafka-python-reads-the-offsets-topic": kafka_python_reads_the_offsets_topic,
     "kafka-python-topic-admin": kafka_python_topic_admin,
     "kafka-python-topic-admin-after-restart": kafka_python_topic_admin_after_restart,
     "kafka-python-producers-and-transactions": kafka_python_producers_and_transactions,
