@@ -280,20 +280,28 @@ fn a_paused_leader_is_replaced_and_follows_when_it_wakes() {
 
 /// A controller log damaged before a whole batch (not a crash's torn tail)
 /// stops the node's start with the file named, rather than let it forget a
-/// vote or an entry it acknowledged.
+/// vote or an entry it acknowledged; so does a damaged incarnation file.
 #[test]
 fn a_damaged_controller_log_refuses_the_start() {
     let mut nodes = cluster(3);
     agreed(&nodes.iter().collect::<Vec<_>>(), 3);
     stop_all(&mut nodes);
     let log = nodes[0].dir.path().join("controller").join("raft.log");
-    let mut bytes = std::fs::read(&log).unwrap();
+    let whole = std::fs::read(&log).unwrap();
+    let mut bytes = whole.clone();
     assert!(bytes.len() > 64, "the log has several batches");
     bytes[10] ^= 0xff; // inside the first batch's body
     std::fs::write(&log, &bytes).unwrap();
     let config_file = nodes[0].dir.path().with_extension("toml");
     let stderr = refused_start(nodes[0].dir.path(), &config_file);
     assert!(stderr.contains("raft.log") && stderr.contains("damaged"), "{stderr}");
+    // A damaged incarnation file, too: which life of the node its data
+    // directory is cannot be guessed.
+    std::fs::write(&log, &whole).unwrap();
+    let incarnation = nodes[0].dir.path().join("controller").join("incarnation");
+    std::fs::write(&incarnation, "garbage\n").unwrap();
+    let stderr = refused_start(nodes[0].dir.path(), &config_file);
+    assert!(stderr.contains("incarnation") && stderr.contains("garbage"), "{stderr}");
 }
 
 #[test]

@@ -95,6 +95,8 @@ pub enum ErrorCode {
     InvalidReplicaAssignment,
     /// The request needs the controller and this node is not its leader.
     NotController,
+    /// DescribeTransactions of an id its coordinator does not know.
+    TransactionalIdNotFound,
     StorageError,
     OffsetMetadataTooLarge,
     /// The coordinator is reading its partition's log (it has just begun
@@ -157,6 +159,7 @@ impl ErrorCode {
             ErrorCode::InvalidReplicationFactor => 38,
             ErrorCode::InvalidReplicaAssignment => 39,
             ErrorCode::NotController => 41,
+            ErrorCode::TransactionalIdNotFound => 105,
             ErrorCode::StorageError => 56,
             ErrorCode::OffsetMetadataTooLarge => 12,
             ErrorCode::CoordinatorLoadInProgress => 14,
@@ -187,7 +190,7 @@ impl ErrorCode {
     }
 
     pub fn from_code(code: i16) -> ErrorCode {
-        const KNOWN: [ErrorCode; 48] = [
+        const KNOWN: [ErrorCode; 49] = [
             ErrorCode::None,
             ErrorCode::UnknownServerError,
             ErrorCode::OffsetOutOfRange,
@@ -211,6 +214,7 @@ impl ErrorCode {
             ErrorCode::InvalidReplicationFactor,
             ErrorCode::InvalidReplicaAssignment,
             ErrorCode::NotController,
+            ErrorCode::TransactionalIdNotFound,
             ErrorCode::StorageError,
             ErrorCode::OffsetMetadataTooLarge,
             ErrorCode::CoordinatorLoadInProgress,

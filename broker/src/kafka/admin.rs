@@ -1,6 +1,7 @@
 //! Kafka's admin APIs that change a topic after its creation or look into
 //! its producers and transactions: AlterConfigs, IncrementalAlterConfigs,
-//! CreatePartitions, DeleteRecords, DescribeProducers, ListTransactions.
+//! CreatePartitions, DeleteRecords, DescribeProducers, ListTransactions,
+//! DescribeTransactions.
 //! Each resource, topic or partition of a request gets its own error code;
 //! one refused leaves the others to go on, as a Kafka broker answers.
 
@@ -12,6 +13,7 @@ use net::kafka::kafka_protocol::messages::delete_records_response::{
 use net::kafka::kafka_protocol::messages::describe_producers_response::{
     PartitionResponse, ProducerState, TopicResponse,
 };
+use net::kafka::kafka_protocol::messages::describe_transactions_response as described_txn;
 use net::kafka::kafka_protocol::messages::incremental_alter_configs_response as incremental;
 use net::kafka::kafka_protocol::messages::list_transactions_response::TransactionState;
 use net::kafka::kafka_protocol::messages::*;
@@ -304,4 +306,46 @@ pub(super) async fn list_transactions(
             .with_unknown_state_filters(unknown.into_iter().cloned().collect())
             .with_transaction_states(listed),
     )
+}
+
+/// DescribeTransactions, on the ids' coordinator (a client finds it with
+/// FindCoordinator): each id's state, producer, timeout, start and
+/// partitions; TRANSACTIONAL_ID_NOT_FOUND for one it does not know.
+pub(super) async fn describe_transactions(shard: &Shard, request: DescribeTransactionsRequest) -> ResponseKind {
+    use crate::shard::{TxnAnswer, TxnCall};
+    let mut states = Vec::new();
+    for id in request.transactional_ids {
+        let call = TxnCall::Describe { id: id.0.to_string() };
+        let answer = described_txn::TransactionState::default().with_transactional_id(id);
+        states.push(match shard.txn_call(call).await {
+            Ok(TxnAnswer::Described(Some(meta))) => {
+                let mut topics: std::collections::BTreeMap<&str, Vec<i32>> = std::collections::BTreeMap::new();
+                for (topic, partition) in &meta.partitions {
+                    topics.entry(topic).or_default().push(*partition as i32);
+                }
+                answer
+                    .with_transaction_state(StrBytes::from_static_str(meta.state.name()))
+                    .with_transaction_timeout_ms(meta.timeout_ms)
+                    .with_transaction_start_time_ms(match meta.state {
+                        crate::txn::TxnState::Ongoing => meta.started_ms,
+                        _ => -1,
+                    })
+                    .with_producer_id(ProducerId(meta.producer_id))
+                    .with_producer_epoch(meta.epoch)
+                    .with_topics(
+                        topics
+                            .into_iter()
+                            .map(|(topic, partitions)| {
+                                described_txn::TopicData::default()
+                                    .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                                    .with_partitions(partitions)
+                            })
+                            .collect(),
+                    )
+            }
+            Ok(TxnAnswer::Described(None)) => answer.with_error_code(ErrorCode::TransactionalIdNotFound.code()),
+            other => answer.with_error_code(super::groups::txn_code(other)),
+        });
+    }
+    ResponseKind::DescribeTransactions(DescribeTransactionsResponse::default().with_transaction_states(states))
 }

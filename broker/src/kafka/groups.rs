@@ -80,10 +80,10 @@ fn error_of(answer: Result<GroupAnswer, BrokerError>) -> i16 {
     }
 }
 
-fn txn_code(answer: Result<TxnAnswer, BrokerError>) -> i16 {
+pub(super) fn txn_code(answer: Result<TxnAnswer, BrokerError>) -> i16 {
     match answer {
         Ok(TxnAnswer::Error(code)) => code.code(),
-        Ok(TxnAnswer::Initialized { .. }) => 0,
+        Ok(TxnAnswer::Initialized { .. } | TxnAnswer::Described(_)) => 0,
         Err(error) => {
             tracing::warn!(%error, "transaction request failed");
             error.coordinator_code().code()

@@ -14,7 +14,7 @@ use crate::shard::{Shard, TxnAnswer, TxnCall};
 fn code_of(answer: &Result<TxnAnswer, BrokerError>) -> i16 {
     match answer {
         Ok(TxnAnswer::Error(code)) => code.code(),
-        Ok(TxnAnswer::Initialized { .. }) => ErrorCode::None.code(),
+        Ok(TxnAnswer::Initialized { .. } | TxnAnswer::Described(_)) => ErrorCode::None.code(),
         Err(error) => {
             tracing::warn!(%error, "transaction request failed");
             match error {

@@ -88,8 +88,13 @@ impl Shard {
     }
 
     /// Puts a topic's configs in force in the partition logs this shard
-    /// owns.
+    /// owns: those of the table now, whatever change asked (two changes
+    /// told in one order and arriving in the other still end at the last).
     pub(super) async fn apply_topic_configs(&self, topic: &TopicMeta) -> Result<(), BrokerError> {
+        let table = self.metadata.snapshot();
+        let Some(topic) = table.topics.get(&topic.name).filter(|t| t.id == topic.id) else {
+            return Ok(()); // deleted meanwhile
+        };
         let config = log_config(&topic.configs)?;
         let logs: Vec<(u32, PartitionLog)> = self
             .logs

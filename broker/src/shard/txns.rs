@@ -50,6 +50,10 @@ pub enum TxnCall {
         epoch: i16,
         commit: bool,
     },
+    /// The id's state as its coordinator holds it (DescribeTransactions).
+    Describe {
+        id: String,
+    },
 }
 
 impl TxnCall {
@@ -58,14 +62,20 @@ impl TxnCall {
             TxnCall::Init { id, .. }
             | TxnCall::AddPartitions { id, .. }
             | TxnCall::AddOffsets { id, .. }
-            | TxnCall::End { id, .. } => id,
+            | TxnCall::End { id, .. }
+            | TxnCall::Describe { id } => id,
         }
     }
 }
 
 #[derive(Debug)]
 pub enum TxnAnswer {
-    Initialized { producer_id: i64, epoch: i16 },
+    Initialized {
+        producer_id: i64,
+        epoch: i16,
+    },
+    /// None: the coordinator knows no such id.
+    Described(Option<Box<crate::txn::TxnMeta>>),
     Error(ErrorCode),
 }
 
@@ -210,6 +220,9 @@ impl Shard {
                     }
                 }
             }
+            TxnCall::Describe { id } => Ok(TxnAnswer::Described(
+                self.txn_coordinator.borrow().get(&id).cloned().map(Box::new),
+            )),
         }
     }
 

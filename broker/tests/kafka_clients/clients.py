@@ -524,6 +524,8 @@ def kafka_python_cluster_admin():
     sizes = {}
     for answer in answers:
         assert len(answer["log_dirs"]) == 1, answer
+        dir_ = answer["log_dirs"][0]
+        assert 0 < dir_["usable_bytes"] <= dir_["total_bytes"], dir_
         for topic in answer["log_dirs"][0]["topics"]:
             for p in topic["partitions"]:
                 key = (topic["name"], p["partition_index"])
@@ -702,13 +704,15 @@ def kafka_python_topic_admin_after_restart():
 
 
 def kafka_python_producers_and_transactions():
-    """kafka-python's admin client lists transactions (ListTransactions)
-    and describes a partition's producers (DescribeProducers): a
+    """kafka-python's admin client lists transactions (ListTransactions),
+    describes them (DescribeTransactions) and a partition's producers
+    (DescribeProducers): a
     transactional librdkafka producer with one transaction open shows up in
     both, its transaction's first offset among them."""
     from confluent_kafka import Producer
     from kafka import TopicPartition
     from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TransactionalIdNotFoundError
 
     admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
     admin.create_topics([NewTopic("txn-described", 1, 1)])
@@ -734,6 +738,17 @@ def kafka_python_producers_and_transactions():
     assert txn.current_transaction_start_offset == 1 and txn.last_sequence == 0, txn
     plain = [p for p in active if p.producer_id != ours[0].producer_id][0]
     assert plain.current_transaction_start_offset == -1, plain
+    # DescribeTransactions, on the id's coordinator: its state, producer
+    # and partitions; an unknown id is TRANSACTIONAL_ID_NOT_FOUND.
+    description = admin.describe_transactions(["described"])["described"]
+    assert description.state.value == "Ongoing" and description.producer_id == ours[0].producer_id, description
+    assert description.topic_partitions == {TopicPartition("txn-described", 0)}, description
+    assert description.transaction_start_time_ms > 0, description
+    try:
+        admin.describe_transactions(["nobody"])
+        raise AssertionError("an unknown transactional id described")
+    except TransactionalIdNotFoundError:
+        pass
     producer.commit_transaction(30)
     assert [t for t in committed() if t.transactional_id == "described"], committed()
     admin.close()

@@ -61,6 +61,7 @@ pub const SUPPORTED: &[(KafkaApi, i16, i16)] = &[
     (KafkaApi::DescribeProducers, 0, 0),
     // v2 filters by a transactional id pattern (a Java regex).
     (KafkaApi::ListTransactions, 0, 1),
+    (KafkaApi::DescribeTransactions, 0, 0),
 ];
 
 /// The versions of `api` corelog serves.
