@@ -74,6 +74,13 @@ pub enum TopicCommand {
         #[arg(long, allow_negative_numbers = true)]
         before: i64,
     },
+    /// The producers a partition's leader remembers: id, epoch, last
+    /// sequence, and where its open transaction begins.
+    Producers {
+        name: String,
+        #[arg(long)]
+        partition: u32,
+    },
     /// Moves a replicated partition's leadership to the replica on a node
     /// (the node, brought up to date, is told to campaign at once);
     /// answered once it leads.
@@ -330,6 +337,28 @@ pub fn topic(broker: &str, command: TopicCommand) -> Result<(), String> {
                     .await
                     .map_err(|e| e.to_string())?;
                 println!("{name}/{partition} starts at offset {start}");
+            }
+            TopicCommand::Producers { name, partition } => {
+                let mut leaders = Leaders::of(&mut connection, &name).await?;
+                if partition >= leaders.partitions() {
+                    return Err(format!("topic {name} has no partition {partition}"));
+                }
+                let producers = leaders
+                    .of_partition(partition)
+                    .await?
+                    .describe_producers(&name, partition)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for p in producers {
+                    let transaction = match p.txn_start_offset {
+                        -1 => "-".to_string(),
+                        offset => offset.to_string(),
+                    };
+                    println!(
+                        "producer {} epoch {} last_sequence {} transaction_start_offset {transaction}",
+                        p.producer_id, p.epoch, p.last_sequence
+                    );
+                }
             }
             TopicCommand::TransferLeader { name, partition, to } => {
                 let request = net::messages::TransferLeaderRequest {
@@ -610,12 +639,82 @@ async fn commit_printed(member: &mut GroupConsumer, topic: &str, printed_to: &BT
 }
 
 #[derive(clap::Subcommand)]
+pub enum TransactionsCommand {
+    /// Every transaction: id, producer, epoch, state.
+    List {
+        /// Only those in this state (Ongoing, CompleteCommit, ...).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// One transaction: its state, producer, timeout, start and partitions.
+    Describe { id: String },
+}
+
+pub fn transactions(broker: &str, command: TransactionsCommand) -> Result<(), String> {
+    run(async {
+        let mut connection = Connection::connect(broker).await.map_err(|e| e.to_string())?;
+        let all = connection.list_transactions().await.map_err(|e| e.to_string())?;
+        match command {
+            TransactionsCommand::List { state } => {
+                for t in all.iter().filter(|t| state.as_ref().is_none_or(|s| *s == t.state)) {
+                    println!(
+                        "{}\tproducer {}\tepoch {}\t{}",
+                        t.transactional_id, t.producer_id, t.epoch, t.state
+                    );
+                }
+            }
+            TransactionsCommand::Describe { id } => {
+                let t = all
+                    .iter()
+                    .find(|t| t.transactional_id == id)
+                    .ok_or_else(|| format!("no transaction {id} on this node's coordinators"))?;
+                println!(
+                    "transaction {} producer {} epoch {} state {} timeout_ms {} started_ms {}",
+                    t.transactional_id, t.producer_id, t.epoch, t.state, t.timeout_ms, t.started_ms
+                );
+                for p in &t.partitions {
+                    println!("  partition {}/{}", p.topic, p.partition);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn log_dirs(broker: &str) -> Result<(), String> {
+    run(async {
+        let mut connection = Connection::connect(broker).await.map_err(|e| e.to_string())?;
+        let dirs = connection.describe_log_dirs().await.map_err(|e| e.to_string())?;
+        println!(
+            "dir {} total_bytes {} usable_bytes {}",
+            dirs.dir, dirs.total_bytes, dirs.usable_bytes
+        );
+        let mut partitions = dirs.partitions;
+        partitions.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        for p in partitions {
+            println!("  {}/{} {}", p.topic, p.partition, p.bytes);
+        }
+        Ok(())
+    })
+}
+
+#[derive(clap::Subcommand)]
 pub enum GroupCommand {
     /// Every consumer group and its state.
     List,
     /// A group's members, their partitions, and committed offset and lag
     /// per partition.
     Describe { group: String },
+    /// Deletes a group's commits of a topic (Kafka's OffsetDelete): refused
+    /// while a member of the group consumes it.
+    DeleteOffsets {
+        group: String,
+        #[arg(long)]
+        topic: String,
+        /// Partitions to delete; default: every partition of the topic.
+        #[arg(long = "partition")]
+        partitions: Vec<u32>,
+    },
     /// Moves a group's committed offsets (the group must have no members).
     ResetOffsets {
         group: String,
@@ -713,6 +812,48 @@ pub fn group(broker: &str, command: GroupCommand) -> Result<(), String> {
                         lag,
                         owners.get(&(topic.clone(), partition)).map_or("-", String::as_str)
                     );
+                }
+            }
+            GroupCommand::DeleteOffsets {
+                group,
+                topic,
+                partitions,
+            } => {
+                let partitions = if partitions.is_empty() {
+                    let metadata = connection
+                        .metadata(Some(vec![topic.clone()]))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    match metadata.topics.first() {
+                        Some(t) if t.error == 0 => t.partitions.iter().map(|p| p.partition).collect(),
+                        _ => return Err(format!("unknown topic {topic}")),
+                    }
+                } else {
+                    partitions
+                };
+                let asked = partitions
+                    .into_iter()
+                    .map(|partition| net::messages::TopicPartition {
+                        topic: topic.clone(),
+                        partition,
+                    })
+                    .collect();
+                let results = connection
+                    .delete_group_offsets(&group, asked)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut refused = 0;
+                for r in &results {
+                    match net::ErrorCode::from_code(r.error) {
+                        net::ErrorCode::None => println!("{}/{}: deleted", r.topic, r.partition),
+                        code => {
+                            refused += 1;
+                            println!("{}/{}: {code:?}", r.topic, r.partition);
+                        }
+                    }
+                }
+                if refused > 0 {
+                    return Err(format!("{refused} of group {group}'s commits not deleted"));
                 }
             }
             GroupCommand::ResetOffsets { group, topics, to } => {

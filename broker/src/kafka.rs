@@ -670,11 +670,7 @@ async fn describe_log_dirs(shard: &Shard, advertised: &Endpoints, request: Descr
         })
         .collect();
     let dir = std::path::absolute(&shard.config.data_dir).unwrap_or_else(|_| shard.config.data_dir.clone());
-    // statvfs may wait on the disk: off the shard.
-    let statted = dir.clone();
-    let (total, usable) = storage::blocking::off_shard(move || filesystem_bytes(&statted))
-        .await
-        .map_or((-1, -1), |(total, usable)| (total as i64, usable as i64));
+    let (total, usable) = shard.data_dir_bytes().await;
     ResponseKind::DescribeLogDirs(DescribeLogDirsResponse::default().with_results(
         vec![describe_log_dirs_response::DescribeLogDirsResult::default()
             .with_log_dir(StrBytes::from_string(dir.display().to_string()))
@@ -682,21 +678,6 @@ async fn describe_log_dirs(shard: &Shard, advertised: &Endpoints, request: Descr
             .with_usable_bytes(usable)
             .with_topics(topics)],
     ))
-}
-
-/// The total and usable (available to an unprivileged writer) bytes of the
-/// filesystem holding `dir`; None where statvfs fails.
-fn filesystem_bytes(dir: &std::path::Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes only into `stats`, which outlives the call;
-    // `path` is a NUL-terminated string that outlives it too.
-    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
-        return None;
-    }
-    let block = stats.f_frsize as u64;
-    Some((stats.f_blocks as u64 * block, stats.f_bavail as u64 * block))
 }
 
 async fn produce(shard: &Shard, request: ProduceRequest) -> Option<ResponseKind> {

@@ -104,6 +104,19 @@ enum Command {
         #[arg(long, global = true, default_value = DEFAULT_LISTEN)]
         broker: String,
     },
+    /// The transactions a node's coordinators hold, and each one's state.
+    Transactions {
+        #[command(subcommand)]
+        command: cli::TransactionsCommand,
+        #[arg(long, global = true, default_value = DEFAULT_LISTEN)]
+        broker: String,
+    },
+    /// A node's data directory: its filesystem's total and usable bytes,
+    /// and each partition's bytes.
+    LogDirs {
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        broker: String,
+    },
     /// Produce lines from standard input, one record each.
     Produce(cli::ProduceArgs),
     /// Print a topic's records, one per line.
@@ -169,6 +182,8 @@ fn main() {
         Command::Cluster { command } => cli::cluster(command),
         Command::Topic { command, broker } => cli::topic(&broker, command),
         Command::Group { command, broker } => cli::group(&broker, command),
+        Command::Transactions { command, broker } => cli::transactions(&broker, command),
+        Command::LogDirs { broker } => cli::log_dirs(&broker),
         Command::Produce(args) => cli::produce(args),
         Command::Consume(args) => cli::consume(args),
         Command::Tune(args) => tune(args),

@@ -480,6 +480,127 @@ async fn handle(shard: &Shard, endpoints: &Endpoints, bytes: &[u8]) -> Option<Ve
             };
             Some(respond(id, ApiKey::DeleteRecords, &response))
         }
+        Request::DescribeProducers(request) => {
+            let result = shard
+                .describe_producers(&request.topic, request.partition.to_native())
+                .await;
+            let response = match result {
+                Ok(producers) => DescribeProducersResponse {
+                    error: ErrorCode::None.code(),
+                    message: None,
+                    producers: producers
+                        .into_iter()
+                        .map(|p| ProducerInfo {
+                            producer_id: p.producer_id,
+                            epoch: p.epoch,
+                            last_sequence: p.last_sequence,
+                            txn_start_offset: p.txn_start_offset.map_or(-1, |o| o as i64),
+                        })
+                        .collect(),
+                },
+                Err(error) => DescribeProducersResponse {
+                    error: error.code().code(),
+                    message: Some(error.to_string()),
+                    producers: Vec::new(),
+                },
+            };
+            Some(respond(id, ApiKey::DescribeProducers, &response))
+        }
+        Request::ListTransactions(_) => {
+            let response = match shard.list_all_transactions().await {
+                Ok(transactions) => ListTransactionsResponse {
+                    error: ErrorCode::None.code(),
+                    transactions: transactions
+                        .into_iter()
+                        .map(|(transactional_id, meta)| TransactionInfo {
+                            transactional_id,
+                            producer_id: meta.producer_id,
+                            epoch: meta.epoch,
+                            state: meta.state.name().to_string(),
+                            timeout_ms: meta.timeout_ms,
+                            started_ms: match meta.state {
+                                crate::txn::TxnState::Ongoing => meta.started_ms,
+                                _ => -1,
+                            },
+                            partitions: meta
+                                .partitions
+                                .into_iter()
+                                .map(|(topic, partition)| TopicPartition { topic, partition })
+                                .collect(),
+                        })
+                        .collect(),
+                },
+                Err(error) => ListTransactionsResponse {
+                    error: error.coordinator_code().code(),
+                    transactions: Vec::new(),
+                },
+            };
+            Some(respond(id, ApiKey::ListTransactions, &response))
+        }
+        Request::DescribeLogDirs(_) => {
+            let dir = std::path::absolute(&shard.config.data_dir).unwrap_or_else(|_| shard.config.data_dir.clone());
+            let (total_bytes, usable_bytes) = shard.data_dir_bytes().await;
+            let response = match shard.partition_sizes().await {
+                Ok(sizes) => DescribeLogDirsResponse {
+                    error: ErrorCode::None.code(),
+                    dir: dir.display().to_string(),
+                    total_bytes,
+                    usable_bytes,
+                    partitions: sizes
+                        .into_iter()
+                        .map(|(topic, partition, bytes)| PartitionSize {
+                            topic,
+                            partition,
+                            bytes,
+                        })
+                        .collect(),
+                },
+                Err(error) => DescribeLogDirsResponse {
+                    error: error.code().code(),
+                    dir: dir.display().to_string(),
+                    total_bytes,
+                    usable_bytes,
+                    partitions: Vec::new(),
+                },
+            };
+            Some(respond(id, ApiKey::DescribeLogDirs, &response))
+        }
+        Request::DeleteGroupOffsets(request) => {
+            let call = crate::shard::GroupCall::DeleteOffsets {
+                group: request.group.to_string(),
+                partitions: request
+                    .partitions
+                    .iter()
+                    .map(|p| (p.topic.to_string(), p.partition.to_native()))
+                    .collect(),
+            };
+            let response = match shard.group_call(call).await {
+                Ok(crate::shard::GroupAnswer::Committed(results)) => DeleteGroupOffsetsResponse {
+                    error: ErrorCode::None.code(),
+                    partitions: results
+                        .into_iter()
+                        .map(|(topic, partition, code)| OffsetDeleted {
+                            topic,
+                            partition,
+                            error: code.code(),
+                        })
+                        .collect(),
+                },
+                Ok(crate::shard::GroupAnswer::Error(code)) => DeleteGroupOffsetsResponse {
+                    error: code.code(),
+                    partitions: Vec::new(),
+                },
+                Ok(_) => DeleteGroupOffsetsResponse {
+                    error: ErrorCode::UnknownServerError.code(),
+                    partitions: Vec::new(),
+                },
+                Err(error) => DeleteGroupOffsetsResponse {
+                    error: error.coordinator_code().code(),
+                    partitions: Vec::new(),
+                },
+            };
+            Some(respond(id, ApiKey::DeleteGroupOffsets, &response))
+        }
     }
 }
 

@@ -228,6 +228,73 @@ fn the_offsets_topic_holds_kafkas_own_record_format() {
     broker.stop();
 }
 
+/// `corelog ARGS... --broker addr`: its stdout, or its stderr as the error.
+fn corelog(addr: &str, args: &[&str]) -> Result<String, String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_corelog"))
+        .args(args)
+        .args(["--broker", addr])
+        .output()
+        .expect("the corelog binary runs");
+    match output.status.success() {
+        true => Ok(String::from_utf8_lossy(&output.stdout).into_owned()),
+        false => Err(String::from_utf8_lossy(&output.stderr).into_owned()),
+    }
+}
+
+/// The CLI's views of what Kafka clients left: a transaction listed and
+/// described, its partition's producers, the node's data directory with
+/// the partition's bytes; and a group's commits of a topic deleted (an
+/// unknown group refused).
+#[test]
+fn the_cli_shows_transactions_producers_and_log_dirs_and_deletes_group_offsets() {
+    if !python_clients() {
+        return;
+    }
+    let dir = data_dir();
+    let broker = Broker::start(dir.path(), 2);
+    python("open-transaction-and-commit", &broker.kafka_addr);
+    let addr = &broker.addr;
+    let listed = corelog(addr, &["transactions", "list"]).unwrap();
+    assert!(
+        listed.lines().any(|l| l.starts_with("cli\t") && l.ends_with("Ongoing")),
+        "{listed}"
+    );
+    let committed = corelog(addr, &["transactions", "list", "--state", "CompleteCommit"]).unwrap();
+    assert!(!committed.contains("cli\t"), "{committed}");
+    let described = corelog(addr, &["transactions", "describe", "cli"]).unwrap();
+    assert!(
+        described.contains("state Ongoing") && described.contains("partition cli-txn/0"),
+        "{described}"
+    );
+    assert!(corelog(addr, &["transactions", "describe", "nobody"]).is_err());
+    let producers = corelog(addr, &["topic", "producers", "cli-txn", "--partition", "0"]).unwrap();
+    assert!(
+        producers.contains("last_sequence 0 transaction_start_offset 0"),
+        "{producers}"
+    );
+    let dirs = corelog(addr, &["log-dirs"]).unwrap();
+    let total: i64 = dirs
+        .split_whitespace()
+        .skip_while(|w| *w != "total_bytes")
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(total > 0, "{dirs}");
+    let bytes: u64 = dirs
+        .lines()
+        .find(|l| l.trim_start().starts_with("cli-txn/0 "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("cli-txn/0 among the partitions: {dirs}"));
+    assert!(bytes > 0, "{dirs}");
+    let deleted = corelog(addr, &["group", "delete-offsets", "cli-group", "--topic", "cli-txn"]).unwrap();
+    assert!(deleted.contains("cli-txn/0: deleted"), "{deleted}");
+    let unknown = corelog(addr, &["group", "delete-offsets", "nobody", "--topic", "cli-txn"]);
+    assert!(unknown.unwrap_err().contains("GroupIdNotFound"));
+    broker.stop();
+}
+
 /// Each shard is a Kafka broker of its own (`shard_ports`, on by
 /// default): unchanged librdkafka and kafka-python clients send every
 /// partition's produce and fetch to the core that owns it, which the

@@ -546,6 +546,68 @@ impl Connection {
         Ok(response.log_start_offset)
     }
 
+    /// The producers a partition remembers (on its leader).
+    pub async fn describe_producers(&mut self, topic: &str, partition: u32) -> Result<Vec<ProducerInfo>, NetError> {
+        let request = DescribeProducersRequest {
+            topic: topic.to_string(),
+            partition,
+        };
+        let response: DescribeProducersResponse = self
+            .call(ApiKey::DescribeProducers, &request, "DescribeProducers response")
+            .await?;
+        check(
+            response.error,
+            response
+                .message
+                .as_deref()
+                .unwrap_or(&format!("describe the producers of {topic}/{partition}")),
+        )?;
+        Ok(response.producers)
+    }
+
+    /// The transactions this node's coordinators hold.
+    pub async fn list_transactions(&mut self) -> Result<Vec<TransactionInfo>, NetError> {
+        let response: ListTransactionsResponse = self
+            .call(
+                ApiKey::ListTransactions,
+                &ListTransactionsRequest {},
+                "ListTransactions response",
+            )
+            .await?;
+        check(response.error, "list transactions")?;
+        Ok(response.transactions)
+    }
+
+    /// This node's data directory and the bytes of each partition in it.
+    pub async fn describe_log_dirs(&mut self) -> Result<DescribeLogDirsResponse, NetError> {
+        let response: DescribeLogDirsResponse = self
+            .call(
+                ApiKey::DescribeLogDirs,
+                &DescribeLogDirsRequest {},
+                "DescribeLogDirs response",
+            )
+            .await?;
+        check(response.error, "describe the log directory")?;
+        Ok(response)
+    }
+
+    /// Deletes a group's commits of `partitions`: each partition's error.
+    pub async fn delete_group_offsets(
+        &mut self,
+        group: &str,
+        partitions: Vec<TopicPartition>,
+    ) -> Result<Vec<OffsetDeleted>, NetError> {
+        let request = DeleteGroupOffsetsRequest {
+            group: group.to_string(),
+            partitions,
+        };
+        let response: DeleteGroupOffsetsResponse = self
+            .call(ApiKey::DeleteGroupOffsets, &request, "DeleteGroupOffsets response")
+            .await?;
+        check(response.error, &format!("delete offsets of group {group}"))?;
+        Ok(response.partitions)
+    }
+
     /// As a node forwarding its client's creation to the controller's leader.
     pub async fn create_topic_forwarded(
         &mut self,

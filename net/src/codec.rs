@@ -64,10 +64,14 @@ pub enum ApiKey {
     AlterConfigs = 23,
     CreatePartitions = 24,
     DeleteRecords = 25,
+    DescribeProducers = 26,
+    ListTransactions = 27,
+    DescribeLogDirs = 28,
+    DeleteGroupOffsets = 29,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 26] = [
+    pub const ALL: [ApiKey; 30] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -94,6 +98,10 @@ impl ApiKey {
         ApiKey::AlterConfigs,
         ApiKey::CreatePartitions,
         ApiKey::DeleteRecords,
+        ApiKey::DescribeProducers,
+        ApiKey::ListTransactions,
+        ApiKey::DescribeLogDirs,
+        ApiKey::DeleteGroupOffsets,
     ];
 
     pub fn from_u16(key: u16) -> Option<ApiKey> {

@@ -764,6 +764,118 @@ pub struct DeleteRecordsResponse {
     pub log_start_offset: i64,
 }
 
+/// The producers a partition's leader remembers (`corelog topic
+/// producers`; Kafka's DescribeProducers).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DescribeProducersRequest {
+    pub topic: String,
+    pub partition: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ProducerInfo {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// Its last batch's last sequence (-1: none kept).
+    pub last_sequence: i32,
+    /// Where its open transaction begins (-1: none open).
+    pub txn_start_offset: i64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DescribeProducersResponse {
+    pub error: i16,
+    pub message: Option<String>,
+    pub producers: Vec<ProducerInfo>,
+}
+
+/// The transactions a node's coordinators hold (`corelog transactions`;
+/// Kafka's ListTransactions and DescribeTransactions).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ListTransactionsRequest {}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TransactionInfo {
+    pub transactional_id: String,
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// Kafka's name of its state (Ongoing, CompleteCommit, ...).
+    pub state: String,
+    pub timeout_ms: i32,
+    /// When the open transaction began (ms since the epoch); -1 if none.
+    pub started_ms: i64,
+    pub partitions: Vec<TopicPartition>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct TopicPartition {
+    pub topic: String,
+    pub partition: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct ListTransactionsResponse {
+    pub error: i16,
+    pub transactions: Vec<TransactionInfo>,
+}
+
+/// A node's data directory: its filesystem's bytes and each partition's
+/// (`corelog log-dirs`; Kafka's DescribeLogDirs).
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DescribeLogDirsRequest {}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct PartitionSize {
+    pub topic: String,
+    pub partition: u32,
+    pub bytes: u64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DescribeLogDirsResponse {
+    pub error: i16,
+    pub dir: String,
+    /// The filesystem's total and usable bytes; -1 where not known.
+    pub total_bytes: i64,
+    pub usable_bytes: i64,
+    pub partitions: Vec<PartitionSize>,
+}
+
+/// Deletes a group's commits of some partitions (`corelog group
+/// delete-offsets`; Kafka's OffsetDelete): refused for a topic an active
+/// member consumes.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DeleteGroupOffsetsRequest {
+    pub group: String,
+    pub partitions: Vec<TopicPartition>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct OffsetDeleted {
+    pub topic: String,
+    pub partition: u32,
+    pub error: i16,
+}
+
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct DeleteGroupOffsetsResponse {
+    pub error: i16,
+    pub partitions: Vec<OffsetDeleted>,
+}
+
 /// Where a group's (or a transactional id's) coordinator is: the broker
 /// leading its internal partition, which moves with that leadership.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -835,6 +947,10 @@ pub enum Request<'a> {
     AlterConfigs(&'a ArchivedAlterConfigsRequest),
     CreatePartitions(&'a ArchivedCreatePartitionsRequest),
     DeleteRecords(&'a ArchivedDeleteRecordsRequest),
+    DescribeProducers(&'a ArchivedDescribeProducersRequest),
+    ListTransactions(&'a ArchivedListTransactionsRequest),
+    DescribeLogDirs(&'a ArchivedDescribeLogDirsRequest),
+    DeleteGroupOffsets(&'a ArchivedDeleteGroupOffsetsRequest),
 }
 
 /// Decodes a request frame's body: checks the api key and version are
@@ -880,6 +996,10 @@ pub fn decode_request<'a>(frame: &RequestFrame<'a>) -> Result<Request<'a>, NetEr
         ApiKey::AlterConfigs => Request::AlterConfigs(access(archive, "AlterConfigs request")?),
         ApiKey::CreatePartitions => Request::CreatePartitions(access(archive, "CreatePartitions request")?),
         ApiKey::DeleteRecords => Request::DeleteRecords(access(archive, "DeleteRecords request")?),
+        ApiKey::DescribeProducers => Request::DescribeProducers(access(archive, "DescribeProducers request")?),
+        ApiKey::ListTransactions => Request::ListTransactions(access(archive, "ListTransactions request")?),
+        ApiKey::DescribeLogDirs => Request::DescribeLogDirs(access(archive, "DescribeLogDirs request")?),
+        ApiKey::DeleteGroupOffsets => Request::DeleteGroupOffsets(access(archive, "DeleteGroupOffsets request")?),
     })
 }
 

@@ -321,4 +321,29 @@ impl Shard {
     pub fn transactions_here(&self) -> Vec<(String, crate::txn::TxnMeta)> {
         self.txn_coordinator.borrow().states(|_| true)
     }
+
+    /// The total and usable bytes of the data directory's filesystem; -1
+    /// each where statvfs fails. statvfs may wait on the disk: off the
+    /// shard.
+    pub async fn data_dir_bytes(&self) -> (i64, i64) {
+        let dir = self.config.data_dir.clone();
+        storage::blocking::off_shard(move || filesystem_bytes(&dir))
+            .await
+            .map_or((-1, -1), |(total, usable)| (total as i64, usable as i64))
+    }
+}
+
+/// The total and usable (available to an unprivileged writer) bytes of the
+/// filesystem holding `dir`; None where statvfs fails.
+fn filesystem_bytes(dir: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes only into `stats`, which outlives the call;
+    // `path` is a NUL-terminated string that outlives it too.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+        return None;
+    }
+    let block = stats.f_frsize as u64;
+    Some((stats.f_blocks as u64 * block, stats.f_bavail as u64 * block))
 }

@@ -852,7 +852,31 @@ def kafka_python_reads_the_offsets_topic():
     admin.close()
 
 
+def open_transaction_and_commit():
+    """Leaves what the CLI test then looks at: a transaction of id "cli"
+    open on partition 0 of "cli-txn" (its producer gone, the transaction
+    waits for its timeout), and group "cli-group"'s commit of that topic,
+    no member left."""
+    from confluent_kafka import Producer
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.structs import OffsetAndMetadata
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    admin.create_topics([NewTopic("cli-txn", 1, 1)])
+    producer = Producer({"bootstrap.servers": BOOTSTRAP, "transactional.id": "cli"})
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    producer.produce("cli-txn", b"open", partition=0)
+    assert producer.flush(30) == 0
+    consumer = KafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id="cli-group", enable_auto_commit=False)
+    consumer.commit({TopicPartition("cli-txn", 0): OffsetAndMetadata(1, "", -1)})
+    consumer.close()
+    admin.close()
+
+
 SCENARIOS = {
+    "open-transaction-and-commit": open_transaction_and_commit,
     "kafka-python-reads-the-offsets-topic": kafka_python_reads_the_offsets_topic,
     "kafka-python-topic-admin": kafka_python_topic_admin,
     "kafka-python-topic-admin-after-restart": kafka_python_topic_admin_after_restart,
