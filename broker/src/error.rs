@@ -204,6 +204,7 @@ fn storage_code(error: &StorageError) -> ErrorCode {
     match error {
         StorageError::BatchTooLarge { .. } | StorageError::RecordTooLarge { .. } => ErrorCode::MessageTooLarge,
         StorageError::BatchMalformed { .. } | StorageError::BatchCrcMismatch { .. } => ErrorCode::CorruptMessage,
+        StorageError::KeyRequired { .. } => ErrorCode::InvalidRecord,
         StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         StorageError::Io { .. }
         | StorageError::CorruptBatch { .. }
@@ -214,5 +215,7 @@ fn storage_code(error: &StorageError) -> ErrorCode {
         StorageError::InvalidConfig { .. } => ErrorCode::InvalidConfig,
         // An epoch older than the log's last: the appender was deposed.
         StorageError::AppendRefused { .. } => ErrorCode::NotLeaderOrFollower,
+        // Retried inside the log; a caller never sees it.
+        StorageError::SegmentReplaced { .. } => ErrorCode::RequestTimedOut,
     }
 }

@@ -668,6 +668,15 @@ pub fn config_defaults() -> Vec<(&'static str, String)> {
     let d = LogConfig::default();
     let optional = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
     vec![
+        ("cleanup.policy", "delete".to_string()),
+        (
+            "min.cleanable.dirty.ratio",
+            d.compaction.min_cleanable_dirty_ratio.to_string(),
+        ),
+        ("min.compaction.lag.ms", d.compaction.min_compaction_lag_ms.to_string()),
+        // Kafka shows "no maximum" as Long.MAX_VALUE.
+        ("max.compaction.lag.ms", i64::MAX.to_string()),
+        ("delete.retention.ms", d.compaction.delete_retention_ms.to_string()),
         ("retention.ms", optional(d.retention_ms)),
         ("retention.bytes", optional(d.retention_bytes)),
         ("segment.bytes", d.segment_bytes.to_string()),
@@ -702,6 +711,36 @@ pub fn log_config(configs: &BTreeMap<String, String>) -> Result<LogConfig, Broke
         };
         let number = || value.parse::<u64>().map_err(|_| invalid("not a non-negative integer"));
         match key.as_str() {
+            "cleanup.policy" => {
+                let mut policy = storage::CleanupPolicy {
+                    delete: false,
+                    compact: false,
+                };
+                for word in value.split(',').map(str::trim) {
+                    match word {
+                        "delete" => policy.delete = true,
+                        "compact" => policy.compact = true,
+                        _ => return Err(invalid("delete, compact, or compact,delete")),
+                    }
+                }
+                config.cleanup = policy;
+            }
+            "min.cleanable.dirty.ratio" => {
+                config.compaction.min_cleanable_dirty_ratio = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| invalid("a number in 0..=1"))?
+            }
+            "min.compaction.lag.ms" => config.compaction.min_compaction_lag_ms = number()?,
+            "max.compaction.lag.ms" => {
+                config.compaction.max_compaction_lag_ms = match number()? {
+                    max if max >= i64::MAX as u64 => None,
+                    0 => return Err(invalid("positive")),
+                    max => Some(max),
+                }
+            }
+            "delete.retention.ms" => config.compaction.delete_retention_ms = number()?,
             "retention.ms" => config.retention_ms = if value == "-1" { None } else { Some(number()?) },
             "retention.bytes" => config.retention_bytes = if value == "-1" { None } else { Some(number()?) },
             "segment.bytes" => config.segment_bytes = number()?,
@@ -834,6 +873,31 @@ mod tests {
         let config = log_config(&good).unwrap();
         assert_eq!(config.retention_ms, Some(1000));
         assert_eq!(config.flush, FlushPolicy::EveryAppend);
+        assert_eq!(config.cleanup, storage::CleanupPolicy::DELETE);
+
+        let compacted = |policy: &str| {
+            log_config(&BTreeMap::from([
+                ("cleanup.policy".to_string(), policy.to_string()),
+                ("min.cleanable.dirty.ratio".to_string(), "0.1".to_string()),
+                ("max.compaction.lag.ms".to_string(), i64::MAX.to_string()),
+                ("delete.retention.ms".to_string(), "1000".to_string()),
+            ]))
+        };
+        let both = compacted("compact, delete").unwrap();
+        assert!(both.cleanup.compact && both.cleanup.delete && both.batch_limits().keys_required);
+        assert_eq!(both.compaction.min_cleanable_dirty_ratio, 0.1);
+        assert_eq!(both.compaction.max_compaction_lag_ms, None);
+        assert_eq!(both.compaction.delete_retention_ms, 1000);
+        let compact = compacted("compact").unwrap();
+        assert!(compact.cleanup.compact && !compact.cleanup.delete);
+        assert!(matches!(compacted("shred"), Err(BrokerError::InvalidConfig { .. })));
+        assert!(matches!(compacted(""), Err(BrokerError::InvalidConfig { .. })));
+        let ratio = BTreeMap::from([("min.cleanable.dirty.ratio".to_string(), "1.5".to_string())]);
+        assert!(matches!(log_config(&ratio), Err(BrokerError::InvalidConfig { .. })));
+        // Every default DescribeConfigs shows is one log_config takes.
+        let defaults: BTreeMap<String, String> =
+            config_defaults().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        assert!(log_config(&defaults).is_ok(), "{defaults:?}");
     }
 
     #[test]

@@ -5,10 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use storage::batch::{self, BatchLimits};
 
-const LIMITS: BatchLimits = BatchLimits {
-    batch_bytes_max: 1 << 20,
-    record_bytes_max: 1 << 20,
-};
+const LIMITS: BatchLimits = BatchLimits::sized(1 << 20, 1 << 20);
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(info) = batch::check_frame(data, &LIMITS) {

@@ -49,6 +49,10 @@ pub mod attributes {
     pub const TRANSACTIONAL: u16 = 0x10;
     /// The batch is a control batch (a transaction marker), not user data.
     pub const CONTROL: u16 = 0x20;
+    /// corelog's own, never sent to a client: the log cleaner rewrote the
+    /// batch, dropping records, so its offset deltas have gaps. A client's
+    /// batch carrying it is refused.
+    pub const COMPACTED: u16 = 0x8000;
 }
 
 /// A transaction marker: the one record of a control batch, written by the
@@ -224,6 +228,24 @@ pub struct BatchLimits {
     pub batch_bytes_max: usize,
     /// Largest record payload (key + value + headers) accepted.
     pub record_bytes_max: usize,
+    /// Every record but a control batch's must have a key (a compacted
+    /// topic's: the cleaner keeps the last record of each key).
+    pub keys_required: bool,
+    /// A batch the log cleaner rewrote (`attributes::COMPACTED`, gaps in
+    /// its offsets) is taken: from a replica's leader, never a client.
+    pub compacted_allowed: bool,
+}
+
+impl BatchLimits {
+    /// Limits of size alone: keys optional, no compacted batch.
+    pub const fn sized(batch_bytes_max: usize, record_bytes_max: usize) -> BatchLimits {
+        BatchLimits {
+            batch_bytes_max,
+            record_bytes_max,
+            keys_required: false,
+            compacted_allowed: false,
+        }
+    }
 }
 
 /// What the log learns of a batch from its header. Cheap to obtain: a few
@@ -419,20 +441,33 @@ fn check_records(batch: &ArchivedRecordBatch, info: &BatchInfo, limits: &BatchLi
             info.record_count
         )));
     }
-    if info.last_offset_delta as usize != count - 1 {
+    let compacted = info.attributes & attributes::COMPACTED != 0;
+    if compacted && !limits.compacted_allowed {
+        return Err(malformed("only a log's cleaner writes a compacted batch"));
+    }
+    // A client's batch counts its offsets densely; one the cleaner rewrote
+    // keeps its records' offsets, with gaps, and its last offset.
+    if !compacted && info.last_offset_delta as usize != count - 1 {
         return Err(malformed(format!(
             "last offset delta {} does not match {count} records",
             info.last_offset_delta
         )));
     }
+    let control = info.attributes & attributes::CONTROL != 0;
     let mut max_timestamp_ms = i64::MIN;
+    let mut next_delta = 0u64;
     for (index, record) in batch.records.iter().enumerate() {
         let offset_delta = record.offset_delta.to_native();
-        if offset_delta as usize != index {
+        let in_order = match compacted {
+            false => offset_delta as usize == index,
+            true => u64::from(offset_delta) >= next_delta && offset_delta <= info.last_offset_delta,
+        };
+        if !in_order {
             return Err(malformed(format!(
                 "record {index} has offset delta {offset_delta}; deltas must count up from 0"
             )));
         }
+        next_delta = u64::from(offset_delta) + 1;
         let size = record.payload_bytes();
         if size > limits.record_bytes_max {
             return Err(StorageError::RecordTooLarge {
@@ -441,19 +476,83 @@ fn check_records(batch: &ArchivedRecordBatch, info: &BatchInfo, limits: &BatchLi
                 max: limits.record_bytes_max,
             });
         }
+        if limits.keys_required && !control && record.key.is_none() {
+            return Err(StorageError::KeyRequired { offset_delta });
+        }
         let timestamp_ms = info
             .first_timestamp_ms
             .checked_add(record.timestamp_delta_ms.to_native())
             .ok_or_else(|| malformed(format!("record {index}: timestamp overflows")))?;
         max_timestamp_ms = max_timestamp_ms.max(timestamp_ms);
     }
-    if max_timestamp_ms != info.max_timestamp_ms {
+    // The cleaner keeps the batch's max timestamp (the time index holds
+    // it) though the record that had it may be gone.
+    let timestamps_agree = match compacted {
+        false => max_timestamp_ms == info.max_timestamp_ms,
+        true => max_timestamp_ms <= info.max_timestamp_ms,
+    };
+    if !timestamps_agree {
         return Err(malformed(format!(
             "header max timestamp {} differs from the records' {max_timestamp_ms}",
             info.max_timestamp_ms
         )));
     }
     Ok(())
+}
+
+/// What `retain` made of a batch.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Retained {
+    /// Every record stays: the frame as it is.
+    All,
+    /// No record stays: the batch goes.
+    None,
+    /// The frame rewritten with the records that stay.
+    Some(Vec<u8>),
+}
+
+/// Rewrites a stored batch keeping the records `keep` selects by offset,
+/// as the log cleaner does: the header stays (base and last offset,
+/// timestamps, producer id, epoch and sequence, leader epoch, Raft index),
+/// the records kept keep their offsets, and the batch is marked
+/// `COMPACTED`. The frame must have passed `check_frame` (or been read
+/// back from a log, which verifies it).
+pub fn retain(frame: &[u8], mut keep: impl FnMut(Offset, &ArchivedRecord) -> bool) -> Result<Retained> {
+    let archived = access(frame)?;
+    let base = archived.header.base_offset.to_native();
+    let kept: Vec<bool> = archived
+        .records
+        .iter()
+        .map(|r| keep(Offset(base + u64::from(r.offset_delta.to_native())), r))
+        .collect();
+    if kept.iter().all(|k| *k) {
+        return Ok(Retained::All);
+    }
+    if !kept.iter().any(|k| *k) {
+        return Ok(Retained::None);
+    }
+    let mut batch: RecordBatch = rkyv::deserialize::<RecordBatch, rancor::Error>(archived)
+        .map_err(|e| malformed(format!("batch does not deserialize: {e}")))?;
+    let mut kept = kept.into_iter();
+    batch.records.retain(|_| kept.next().expect("one verdict a record"));
+    batch.header.record_count = batch.records.len() as u32;
+    batch.header.attributes |= attributes::COMPACTED;
+    Ok(Retained::Some(encode(&batch, frame.len())))
+}
+
+/// Encodes a batch into a frame with its checksum set.
+fn encode(batch: &RecordBatch, estimate: usize) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(estimate);
+    frame.extend_from_slice(&[0; FRAME_LENGTH_BYTES]);
+    let mut frame =
+        rkyv::api::high::to_bytes_in::<_, rancor::Error>(batch, frame).expect("serializing into a Vec cannot fail");
+    let archive_len = frame.len() - FRAME_LENGTH_BYTES;
+    let archive_len_u32 = u32::try_from(archive_len).expect("batch under 4 GiB");
+    frame[..FRAME_LENGTH_BYTES].copy_from_slice(&archive_len_u32.to_le_bytes());
+    let crc = archive_crc(&frame[FRAME_LENGTH_BYTES..]);
+    let at = FRAME_LENGTH_BYTES + header_field(archive_len, field!(crc));
+    frame[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+    frame
 }
 
 /// What the log writes into a batch when it appends it.
@@ -658,17 +757,7 @@ impl RecordBatchBuilder {
             records: self.records,
         };
         let estimate = FRAME_LENGTH_BYTES + ROOT_BYTES + self.payload_bytes + count * 64;
-        let mut frame = Vec::with_capacity(estimate);
-        frame.extend_from_slice(&[0; FRAME_LENGTH_BYTES]);
-        let mut frame = rkyv::api::high::to_bytes_in::<_, rancor::Error>(&batch, frame)
-            .expect("serializing into a Vec cannot fail");
-        let archive_len = frame.len() - FRAME_LENGTH_BYTES;
-        let archive_len_u32 = u32::try_from(archive_len).expect("batch under 4 GiB");
-        frame[..FRAME_LENGTH_BYTES].copy_from_slice(&archive_len_u32.to_le_bytes());
-        let crc = archive_crc(&frame[FRAME_LENGTH_BYTES..]);
-        let at = FRAME_LENGTH_BYTES + header_field(archive_len, field!(crc));
-        frame[at..at + 4].copy_from_slice(&crc.to_le_bytes());
-        frame
+        encode(&batch, estimate)
     }
 }
 
@@ -677,10 +766,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const LIMITS: BatchLimits = BatchLimits {
-        batch_bytes_max: 8 << 20,
-        record_bytes_max: 4 << 20,
-    };
+    const LIMITS: BatchLimits = BatchLimits::sized(8 << 20, 4 << 20);
 
     fn stamps(base_offset: Offset, append_time_ms: i64) -> Stamps {
         Stamps {
@@ -807,18 +893,12 @@ mod tests {
     #[test]
     fn limits_are_enforced() {
         let frame = sample(&[&[0u8; 1000]]);
-        let tight = BatchLimits {
-            batch_bytes_max: 100,
-            record_bytes_max: 4096,
-        };
+        let tight = BatchLimits::sized(100, 4096);
         assert!(matches!(
             check_frame(&frame, &tight),
             Err(StorageError::BatchTooLarge { .. })
         ));
-        let tight = BatchLimits {
-            batch_bytes_max: 1 << 20,
-            record_bytes_max: 999,
-        };
+        let tight = BatchLimits::sized(1 << 20, 999);
         assert!(matches!(
             check_frame(&frame, &tight),
             Err(StorageError::RecordTooLarge { offset_delta: 0, .. })
@@ -841,6 +921,78 @@ mod tests {
         bytes.extend_from_slice(&b[..10]);
         let found: Vec<&[u8]> = frames(&bytes).collect();
         assert_eq!(found, vec![&a[..], &b[..]]);
+    }
+
+    #[test]
+    fn a_cleaned_batch_keeps_its_offsets_header_and_the_records_kept() {
+        let mut frame = sample(&[b"a", b"b", b"c", b"d"]);
+        let checked = check_frame(&frame, &LIMITS).unwrap();
+        stamp(&mut frame, &checked, stamps(Offset(100), 5));
+        assert_eq!(retain(&frame, |_, _| true).unwrap(), Retained::All);
+        assert_eq!(retain(&frame, |_, _| false).unwrap(), Retained::None);
+        let Retained::Some(cleaned) = retain(&frame, |offset, _| offset.0 % 2 == 1).unwrap() else {
+            panic!("two of four kept");
+        };
+        // A client may not send it; a replica takes it from its leader.
+        assert!(matches!(
+            check_frame(&cleaned, &LIMITS),
+            Err(StorageError::BatchMalformed { .. })
+        ));
+        let replica = BatchLimits {
+            compacted_allowed: true,
+            ..LIMITS
+        };
+        let info = check_frame(&cleaned, &replica).unwrap();
+        let before = peek_header(&frame).unwrap();
+        assert_eq!(
+            (info.base_offset, info.last_offset(), info.record_count),
+            (Offset(100), Offset(103), 2)
+        );
+        assert_eq!(
+            (
+                info.producer_id,
+                info.producer_epoch,
+                info.base_sequence,
+                info.max_timestamp_ms
+            ),
+            (
+                before.producer_id,
+                before.producer_epoch,
+                before.base_sequence,
+                before.max_timestamp_ms
+            )
+        );
+        let archived = access(&cleaned).unwrap();
+        let kept: Vec<(u32, Option<&[u8]>)> = archived
+            .records
+            .iter()
+            .map(|r| (r.offset_delta.to_native(), r.value.as_ref().map(|v| v.as_slice())))
+            .collect();
+        assert_eq!(kept, vec![(1, Some(&b"b"[..])), (3, Some(&b"d"[..]))]);
+        // Cleaned again, it keeps its gaps.
+        let Retained::Some(again) = retain(&cleaned, |offset, _| offset == Offset(103)).unwrap() else {
+            panic!("one kept");
+        };
+        assert_eq!(check_frame(&again, &replica).unwrap().last_offset(), Offset(103));
+    }
+
+    #[test]
+    fn a_compacted_topic_refuses_a_record_without_a_key() {
+        let keyed = BatchLimits {
+            keys_required: true,
+            ..LIMITS
+        };
+        assert!(check_frame(&sample(&[b"a"]), &keyed).is_ok());
+        let mut builder = RecordBatchBuilder::new();
+        builder.push(0, Some(b"k"), Some(b"v"), vec![]);
+        builder.push(0, None, Some(b"v"), vec![]);
+        assert!(matches!(
+            check_frame(&builder.build(), &keyed),
+            Err(StorageError::KeyRequired { offset_delta: 1 })
+        ));
+        // A transaction marker has a key; a control batch is the broker's.
+        let marker = control::batch(7, 1, control::Marker::Commit, 0);
+        assert!(check_frame(&marker, &keyed).is_ok());
     }
 
     proptest! {

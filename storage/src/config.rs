@@ -30,8 +30,51 @@ pub enum TimestampType {
     LogAppendTime,
 }
 
+/// What becomes of a log's sealed segments (Kafka's `cleanup.policy`):
+/// deleted past retention, compacted to the last record of each key, or
+/// both. At least one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CleanupPolicy {
+    pub delete: bool,
+    pub compact: bool,
+}
+
+impl CleanupPolicy {
+    pub const DELETE: CleanupPolicy = CleanupPolicy {
+        delete: true,
+        compact: false,
+    };
+}
+
+/// When a compacted log is cleaned, and how long its tombstones stay
+/// (Kafka's names, in `LogConfig`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Compaction {
+    /// The share of the log not yet cleaned past which it is cleaned.
+    pub min_cleanable_dirty_ratio: f64,
+    /// A record younger than this is not cleaned away.
+    pub min_compaction_lag_ms: u64,
+    /// A record older than this is cleaned whatever the dirty ratio.
+    pub max_compaction_lag_ms: Option<u64>,
+    /// How long a tombstone stays readable once its segment was cleaned.
+    pub delete_retention_ms: u64,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Compaction {
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: None,
+            delete_retention_ms: 24 * 3600 * 1000,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct LogConfig {
+    pub cleanup: CleanupPolicy,
+    pub compaction: Compaction,
     /// Roll to a new segment before the active one would pass this size.
     pub segment_bytes: u64,
     /// Roll to a new segment once the active one's first batch is this old.
@@ -83,6 +126,8 @@ pub const READ_AHEAD_BYTES_MAX: usize = 256 << 20;
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
+            cleanup: CleanupPolicy::DELETE,
+            compaction: Compaction::default(),
             segment_bytes: 1 << 30,
             segment_ms: Some(7 * 24 * 3600 * 1000),
             index_interval_bytes: 4096,
@@ -106,6 +151,8 @@ impl LogConfig {
         BatchLimits {
             batch_bytes_max: self.batch_bytes_max,
             record_bytes_max: self.record_bytes_max,
+            keys_required: self.cleanup.compact,
+            compacted_allowed: false,
         }
     }
 
@@ -165,6 +212,21 @@ impl LogConfig {
         }
         if self.open_segments_max == 0 {
             return invalid("open_segments_max must be positive".into());
+        }
+        if !self.cleanup.delete && !self.cleanup.compact {
+            return invalid("the cleanup policy must delete, compact, or both".into());
+        }
+        let ratio = self.compaction.min_cleanable_dirty_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            return invalid(format!("min_cleanable_dirty_ratio {ratio} must be in 0..=1"));
+        }
+        if let Some(max) = self.compaction.max_compaction_lag_ms {
+            if max == 0 || max < self.compaction.min_compaction_lag_ms {
+                return invalid(format!(
+                    "max_compaction_lag_ms {max} must be positive and at least min_compaction_lag_ms {}",
+                    self.compaction.min_compaction_lag_ms
+                ));
+            }
         }
         Ok(())
     }

@@ -22,6 +22,14 @@ pub enum StorageError {
     #[error("record at offset delta {offset_delta} is {size} bytes, over the limit of {max} bytes")]
     RecordTooLarge { offset_delta: u32, size: usize, max: usize },
 
+    #[error("record at offset delta {offset_delta} has no key: a compacted topic keeps the last record of each key")]
+    KeyRequired { offset_delta: u32 },
+
+    /// A read raced the log cleaner's swap of segment `base`: asked again
+    /// by `PartitionLog::read`, never seen by its callers.
+    #[error("segment {base} was replaced by its cleaned copy during the read")]
+    SegmentReplaced { base: crate::offset::Offset },
+
     #[error("malformed record batch: {reason}")]
     BatchMalformed { reason: String },
 

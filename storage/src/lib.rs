@@ -28,6 +28,6 @@ pub mod record_file;
 pub mod recovery;
 pub mod segment;
 
-pub use config::{FlushPolicy, LogConfig, TimestampType};
+pub use config::{CleanupPolicy, Compaction, FlushPolicy, LogConfig, TimestampType};
 pub use leader_epoch::{EpochStart, LeaderEpochCache};
 pub use log::{AppendInfo, LogRead, LogStats, PartitionLog, ReadBytes, Stamp};

@@ -392,6 +392,13 @@ struct Inner {
     state: RefCell<State>,
 }
 
+#[path = "log_clean.rs"]
+mod clean;
+
+/// Times a read that raced the cleaner's swap of its segment looks again.
+const READ_TRIES_MAX: usize = 8;
+pub use clean::{CleanStats, CLEAN_MAP_BYTES_MAX};
+
 impl Inner {
     fn config(&self) -> Rc<LogConfig> {
         self.config.borrow().clone()
@@ -427,6 +434,7 @@ impl PartitionLog {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| io_error("create log directory", &dir, e))?;
         crate::device::prime_iopoll_probe(&dir).await?;
+        clean::finish_swaps(&dir)?;
         let bases = list_segments(&dir)?;
         check_log_format(&dir, !bases.is_empty()).await?;
         let checkpoint = read_log_start_checkpoint(&dir)?;
@@ -631,8 +639,8 @@ impl PartitionLog {
             Stamp::Replica => {
                 let fits = self.inner.write_buffer_bytes.get() - crate::config::BLOCK_BYTES;
                 BatchLimits {
-                    batch_bytes_max: fits,
-                    record_bytes_max: fits,
+                    compacted_allowed: true,
+                    ..BatchLimits::sized(fits, fits)
                 }
             }
             Stamp::Local | Stamp::Leader { .. } => self.inner.limits.get(),
@@ -1241,7 +1249,51 @@ impl PartitionLog {
     /// batch, however large, so a consumer always progresses). Reading at the
     /// log end returns no bytes. Bytes from disk have their crc32c checked
     /// before they are returned.
+    ///
+    /// On a cleaned log, an offset in a gap reads from the next batch
+    /// after it, in this segment or the next.
     pub async fn read(&self, from: Offset, max_bytes: usize) -> Result<LogRead> {
+        // A read that raced the cleaner's swap of its segment looks again;
+        // a swap is rare and brief, so a few tries are plenty.
+        let mut tries = 0;
+        loop {
+            match self.read_once(from, max_bytes).await {
+                Err(StorageError::SegmentReplaced { .. }) if tries < READ_TRIES_MAX => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn read_once(&self, from: Offset, max_bytes: usize) -> Result<LogRead> {
+        let mut at = from;
+        loop {
+            if let Some(read) = self.read_in_segment(from, at, max_bytes).await? {
+                return Ok(read);
+            }
+            // Nothing at or after `at` in its segment (a cleaned segment's
+            // trailing gap): the next segment's first batch, if any.
+            let next = {
+                let st = self.inner.state.borrow();
+                st.segments.range(at.next()..).next().map(|(base, _)| *base)
+            };
+            match next {
+                Some(base) => at = base,
+                None => {
+                    let st = self.inner.state.borrow();
+                    return Ok(LogRead {
+                        bytes: ReadBytes::empty(),
+                        next_offset: from,
+                        log_start_offset: st.log_start_offset,
+                        log_end_offset: st.next_offset,
+                    });
+                }
+            }
+        }
+    }
+
+    /// `read` within the segment holding `at` (at or past `from`): None
+    /// when the segment holds no batch ending at or after `at`.
+    async fn read_in_segment(&self, from: Offset, at: Offset, max_bytes: usize) -> Result<Option<LogRead>> {
         let (segment_base, position, log_start_offset, log_end_offset) = {
             let st = self.inner.state.borrow();
             st.usable(&self.inner.dir)?;
@@ -1254,30 +1306,29 @@ impl PartitionLog {
             }
             let (&base, segment) = st
                 .segments
-                .range(..=from)
+                .range(..=at)
                 .next_back()
                 .expect("from is at or past the log start");
             (
                 base,
-                segment.offset_index.lookup(relative(base, from)),
+                segment.offset_index.lookup(relative(base, at)),
                 st.log_start_offset,
                 st.next_offset,
             )
         };
-        let empty = LogRead {
-            bytes: ReadBytes::empty(),
-            next_offset: from,
-            log_start_offset,
-            log_end_offset,
-        };
-        if from == log_end_offset {
-            return Ok(empty);
+        if at >= log_end_offset {
+            return Ok(Some(LogRead {
+                bytes: ReadBytes::empty(),
+                next_offset: from,
+                log_start_offset,
+                log_end_offset,
+            }));
         }
         let found = self
-            .seek(segment_base, position.0, max_bytes, |info| info.last_offset() >= from)
+            .seek(segment_base, position.0, max_bytes, |info| info.last_offset() >= at)
             .await?;
         let Some((position, bytes)) = found else {
-            return Ok(empty);
+            return Ok(None);
         };
         let mut taken = 0;
         let mut next_offset = from;
@@ -1294,12 +1345,12 @@ impl PartitionLog {
             next_offset = info.next_offset();
             taken += len;
         }
-        Ok(LogRead {
+        Ok(Some(LogRead {
             bytes: bytes.slice(0, taken),
             next_offset,
             log_start_offset,
             log_end_offset,
-        })
+        }))
     }
 
     fn corrupt(&self, segment_base: Offset, position: u64, error: StorageError) -> StorageError {
@@ -1396,7 +1447,7 @@ impl PartitionLog {
     async fn read_range(&self, base: Offset, start: u64, len: usize) -> Result<ReadBytes> {
         enum Source {
             Disk(Rc<DmaFile>),
-            Open(PathBuf),
+            Open(PathBuf, u64),
         }
         let ahead = self.inner.config().read_ahead_bytes;
         let (source, len, memory_start, final_end, cut_epoch) = {
@@ -1414,6 +1465,7 @@ impl PartitionLog {
             let segment_size = segment.size;
             let read_file = segment.read_file.clone();
             let log_path = segment.log_path.clone();
+            let generation = segment.generation;
             if is_active {
                 let appender = st.appender();
                 let memory_start = appender.memory_start();
@@ -1453,7 +1505,7 @@ impl PartitionLog {
                 st.open_reads.push_back(base);
                 (Source::Disk(file), len, None, segment_size, cut_epoch)
             } else {
-                (Source::Open(log_path), len, None, segment_size, cut_epoch)
+                (Source::Open(log_path, generation), len, None, segment_size, cut_epoch)
             }
         };
         let straddles_memory = memory_start.is_some_and(|boundary| start + len as u64 > boundary);
@@ -1473,7 +1525,7 @@ impl PartitionLog {
         }
         let file = match source {
             Source::Disk(file) => file,
-            Source::Open(path) => {
+            Source::Open(path, generation) => {
                 let file = Rc::new(
                     DmaFile::open(&path)
                         .await
@@ -1481,6 +1533,11 @@ impl PartitionLog {
                 );
                 {
                     let mut st = self.inner.state.borrow_mut();
+                    if st.segments.get(&base).is_some_and(|s| s.generation != generation) {
+                        // The cleaner swapped another file in while this one
+                        // opened: `start` was looked up in the one before.
+                        return Err(StorageError::SegmentReplaced { base });
+                    }
                     if let Some(segment) = st.segments.get_mut(&base) {
                         segment.read_file = Some(file.clone());
                         st.open_reads.push_back(base);
@@ -1937,18 +1994,23 @@ impl PartitionLog {
     }
 
     /// Whether each segment, taken from the oldest on, is past retention.
+    ///
+    /// A log whose cleanup policy does not delete (compact alone) keeps
+    /// every segment: its records go only by compaction.
     fn retention_limits(&self) -> impl FnMut(&Segment) -> bool + '_ {
         let now_ms = (self.inner.clock)();
         let config = self.inner.config();
+        let deletes = config.cleanup.delete;
         let mut excess_bytes = match config.retention_bytes {
-            Some(max) => self.size_bytes().saturating_sub(max),
-            None => 0,
+            Some(max) if deletes => self.size_bytes().saturating_sub(max),
+            _ => 0,
         };
         move |segment| {
-            let expired = config
-                .retention_ms
-                .is_some_and(|ms| segment.max_timestamp_ms < now_ms.saturating_sub(ms as i64));
-            let oversize = excess_bytes >= segment.size;
+            let expired = deletes
+                && config
+                    .retention_ms
+                    .is_some_and(|ms| segment.max_timestamp_ms < now_ms.saturating_sub(ms as i64));
+            let oversize = deletes && excess_bytes >= segment.size;
             if oversize {
                 excess_bytes -= segment.size;
             }
@@ -2160,7 +2222,7 @@ async fn open_sealed_segment(dir: &Path, base: Offset, next: Offset, config: &Lo
             let file = DmaFile::open(&log_path)
                 .await
                 .map_err(|e| io_error("open segment", &log_path, e))?;
-            let scan = scan_segment(&file, dir, base, size, config).await?;
+            let scan = scan_segment(&file, dir, base, size, config, true).await?;
             file.close()
                 .await
                 .map_err(|e| io_error("close segment", &log_path, e))?;
@@ -2172,16 +2234,19 @@ async fn open_sealed_segment(dir: &Path, base: Offset, next: Offset, config: &Lo
                 });
             }
             let mut segment = scan.segment;
-            if segment.next_offset != next {
+            // A cleaned segment may end in a gap (or hold nothing at all):
+            // its offsets run to the next segment's base all the same.
+            if segment.next_offset > next {
                 return Err(StorageError::CorruptBatch {
                     path: log_path,
                     position: FilePosition(segment.size),
                     reason: format!(
-                        "sealed segment ends at offset {} but the next begins at {next}",
+                        "sealed segment runs to offset {} past the next's beginning at {next}",
                         segment.next_offset
                     ),
                 });
             }
+            segment.next_offset = next;
             segment.index_max_timestamp();
             write_index_file(
                 segment_path(dir, base, OFFSET_INDEX_SUFFIX),
@@ -2206,7 +2271,7 @@ async fn recover_active_segment(dir: &Path, base: Offset, config: &LogConfig) ->
         .await
         .map_err(|e| io_error("open segment", &path, e))?;
     let file_bytes = file.file_size().await.map_err(|e| io_error("stat segment", &path, e))?;
-    let scan = scan_segment(&file, dir, base, file_bytes, config).await?;
+    let scan = scan_segment(&file, dir, base, file_bytes, config, false).await?;
     let end = scan.segment.size;
     if let Some((position, reason)) = scan
         .defect

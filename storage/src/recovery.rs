@@ -18,10 +18,7 @@ const SCAN_CHUNK_BYTES: usize = 4 << 20;
 /// Batches already on disk are checked against the format's own limits, not
 /// the current configuration: a lowered `batch_bytes_max` must not make
 /// recovery cut away batches that were valid when they were appended.
-const RECOVERY_LIMITS: BatchLimits = BatchLimits {
-    batch_bytes_max: i32::MAX as usize,
-    record_bytes_max: usize::MAX,
-};
+const RECOVERY_LIMITS: BatchLimits = BatchLimits::sized(i32::MAX as usize, usize::MAX);
 
 /// Why a scan stops at zeros: the normal end of a preallocated file, or of a
 /// partial block padded by a flush.
@@ -37,14 +34,20 @@ pub struct Scan {
 /// Reads every batch of `file` from the start, checking each fully (length,
 /// rkyv validation, crc32c, dense offsets from `base`, leader epochs never
 /// going back), and rebuilds the segment's indexes. Stops at the first batch
-/// that fails.
+/// that fails. A `sealed` segment may have been cleaned: its batches may be
+/// compacted and its offsets may jump between them (still increasing).
 pub async fn scan_segment(
     file: &DmaFile,
     dir: &Path,
     base: Offset,
     file_bytes: u64,
     config: &LogConfig,
+    sealed: bool,
 ) -> Result<Scan> {
+    let limits = BatchLimits {
+        compacted_allowed: sealed,
+        ..RECOVERY_LIMITS
+    };
     let mut segment = Segment::new(dir, base);
     let path = segment.log_path.clone();
     let mut position = 0u64;
@@ -82,11 +85,15 @@ pub async fn scan_segment(
         if needed == FRAME_LENGTH_BYTES {
             break Some(ZEROS.to_string());
         }
-        let info = match check_frame(&available[..needed], &RECOVERY_LIMITS) {
+        let info = match check_frame(&available[..needed], &limits) {
             Ok(info) => info,
             Err(e) => break Some(e.to_string()),
         };
-        if info.base_offset != segment.next_offset {
+        let in_order = match sealed {
+            false => info.base_offset == segment.next_offset,
+            true => info.base_offset >= segment.next_offset,
+        };
+        if !in_order {
             break Some(format!(
                 "batch has base offset {} where {} was expected",
                 info.base_offset, segment.next_offset

@@ -60,6 +60,9 @@ pub struct Segment {
     bytes_since_index_entry: u64,
     /// Open read handle of a sealed segment; bounded by `open_segments_max`.
     pub read_file: Option<Rc<DmaFile>>,
+    /// Bumped each time the cleaner swaps a new file in: a read that looked
+    /// a position up in one file must not read it from the next.
+    pub generation: u64,
 }
 
 impl Segment {
@@ -76,6 +79,7 @@ impl Segment {
             time_index: TimeIndex::default(),
             bytes_since_index_entry: 0,
             read_file: None,
+            generation: 0,
         }
     }
 
@@ -93,7 +97,9 @@ impl Segment {
         index_interval_bytes: u32,
     ) {
         assert_eq!(position.0, self.size, "batches are laid end to end");
-        assert_eq!(info.base_offset, self.next_offset, "offsets are dense and increasing");
+        // Dense in what is appended (the log gives each batch the next
+        // offset); a cleaned segment's batches may leave gaps between them.
+        assert!(info.base_offset >= self.next_offset, "offsets increase");
         let timestamp_ms = match timestamp_type {
             TimestampType::CreateTime => info.max_timestamp_ms,
             TimestampType::LogAppendTime => info.append_time_ms,

@@ -279,6 +279,49 @@ fn retention_by_size_and_age_deletes_whole_sealed_segments() {
     });
 }
 
+/// A compacted log whose policy does not also delete keeps every segment
+/// whatever its age and size: its records go only by compaction. Set to
+/// compact and delete, retention applies again.
+#[test]
+fn retention_leaves_a_compact_only_log_whole() {
+    let dir = test_dir();
+    run(|| async {
+        let (now, clock) = manual_clock(0);
+        let compact = LogConfig {
+            retention_bytes: Some(100 << 10),
+            retention_ms: Some(1_000),
+            cleanup: storage::CleanupPolicy {
+                delete: false,
+                compact: true,
+            },
+            ..small_config()
+        };
+        let log = PartitionLog::open_with_clock(dir.path(), compact.clone(), clock)
+            .await
+            .unwrap();
+        for tag in 0..300u64 {
+            log.append(&batch(tag, 1, 1000, tag as i64)).await.unwrap();
+        }
+        now.set(1_000_000);
+        let segments = log.segment_base_offsets().len();
+        assert!(segments > 2);
+        assert_eq!(log.retention_point(), Offset(0));
+        assert_eq!(log.apply_retention().await.unwrap(), 0);
+        assert_eq!(log.segment_base_offsets().len(), segments);
+        log.set_config(LogConfig {
+            cleanup: storage::CleanupPolicy {
+                delete: true,
+                compact: true,
+            },
+            ..compact
+        })
+        .await
+        .unwrap();
+        assert!(log.apply_retention().await.unwrap() > 0);
+        log.close().await.unwrap();
+    });
+}
+
 #[test]
 fn a_log_reset_past_its_end_starts_empty_there_and_stays_so() {
     let dir = test_dir();

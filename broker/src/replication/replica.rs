@@ -687,7 +687,13 @@ impl PartitionReplica {
                 if is_internal(entry) {
                     continue;
                 }
-                let checked = batch::check_frame(&entry.data, &self.log.config().batch_limits()).and_then(|info| {
+                // A lagging follower is sent batches the leader's cleaner
+                // rewrote; its own limits are the leader's to enforce.
+                let limits = storage::batch::BatchLimits {
+                    compacted_allowed: true,
+                    ..self.log.config().batch_limits()
+                };
+                let checked = batch::check_frame(&entry.data, &limits).and_then(|info| {
                     if info.raft_index == entry.index && info.leader_epoch as u64 == entry.term {
                         Ok(())
                     } else {

@@ -572,7 +572,7 @@ mod tests {
                 builder.push(1_700_000_000_000 + timestamp, key.as_deref(), value.as_deref(), headers);
             }
             let mut frame = builder.build();
-            let limits = batch::BatchLimits { batch_bytes_max: 8 << 20, record_bytes_max: 8 << 20 };
+            let limits = batch::BatchLimits::sized(8 << 20, 8 << 20);
             let info = batch::check_frame(&frame, &limits).unwrap();
             batch::stamp(&mut frame, &info, local_stamps(base_offset, 1_800_000_000_000));
             let served = to_kafka(&frame, log_append).unwrap();
@@ -714,10 +714,7 @@ mod tests {
     #[test]
     fn log_append_time_topics_serve_the_append_time_marked_as_such() {
         let mut frames = to_storage(kafka_batch(Compression::None, -1, false)).unwrap();
-        let limits = batch::BatchLimits {
-            batch_bytes_max: 1 << 20,
-            record_bytes_max: 1 << 20,
-        };
+        let limits = batch::BatchLimits::sized(1 << 20, 1 << 20);
         let info = batch::check_frame(&frames, &limits).unwrap();
         batch::stamp(&mut frames, &info, local_stamps(40, 1_700_000_123_456));
         let served = to_kafka(&frames, true).unwrap();
