@@ -154,6 +154,15 @@ pub struct BrokerConfig {
     /// `retention.bytes`): whole sealed segments past it are deleted
     /// (Kafka's log.retention.check.interval.ms).
     pub log_retention_check_interval_ms: u64,
+    /// How often each shard looks for compacted partitions to clean
+    /// (Kafka's log.cleaner.backoff.ms).
+    pub log_cleaner_backoff_ms: u64,
+    /// Most bytes a second each shard's cleaner reads (Kafka's
+    /// log.cleaner.io.max.bytes.per.second): its disk use stays bounded.
+    pub log_cleaner_io_bytes_per_second: u64,
+    /// The cleaner's share of its shard's CPU against the requests'
+    /// (1000): a glommio task queue of its own.
+    pub log_cleaner_shares: usize,
     /// Raft's heartbeat interval, and its tick (Redpanda's
     /// raft_heartbeat_interval_ms), for the controller and every partition.
     pub raft_heartbeat_interval_ms: u64,
@@ -221,6 +230,9 @@ impl Default for BrokerConfig {
             transaction_max_timeout_ms: 900_000,
             producer_snapshot_interval_ms: 30_000,
             log_retention_check_interval_ms: 300_000,
+            log_cleaner_backoff_ms: 15_000,
+            log_cleaner_io_bytes_per_second: 128 << 20,
+            log_cleaner_shares: 100,
             raft_heartbeat_interval_ms: 100,
             raft_election_timeout_ms: 1_000,
             replica_lag_time_max_ms: 30_000,
@@ -361,11 +373,23 @@ impl BrokerConfig {
                 "log_retention_check_interval_ms",
                 self.log_retention_check_interval_ms as usize,
             ),
+            ("log_cleaner_backoff_ms", self.log_cleaner_backoff_ms as usize),
+            (
+                "log_cleaner_io_bytes_per_second",
+                self.log_cleaner_io_bytes_per_second as usize,
+            ),
+            ("log_cleaner_shares", self.log_cleaner_shares),
         ];
         for (name, value) in positive {
             if value == 0 {
                 return Err(BrokerError::Config(format!("{name} must be positive")));
             }
+        }
+        if self.log_cleaner_shares > 1000 {
+            return Err(BrokerError::Config(format!(
+                "log_cleaner_shares {} must be 1..=1000 (the requests' queue has 1000)",
+                self.log_cleaner_shares
+            )));
         }
         if self.read_ahead_shard_bytes > self.io_memory_bytes {
             return Err(BrokerError::Config(format!(

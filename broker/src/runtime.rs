@@ -521,6 +521,17 @@ pub fn start(mut config: BrokerConfig) -> Result<Running, BrokerError> {
                 let txn_clock = glommio::spawn_local(async move { txn_clock.run_txn_clock().await }).detach();
                 let retention = shard.clone();
                 let retention = glommio::spawn_local(async move { retention.run_retention_clock().await }).detach();
+                // The cleaner's reads and rewrites share the core with the
+                // requests, in a queue of their own at a lower share.
+                let cleaner_queue = glommio::executor().create_task_queue(
+                    glommio::Shares::Static(shard.config.log_cleaner_shares),
+                    glommio::Latency::NotImportant,
+                    "log-cleaner",
+                );
+                let cleaner = shard.clone();
+                let cleaner = glommio::spawn_local_into(async move { cleaner.run_cleaner_clock().await }, cleaner_queue)
+                    .expect("the cleaner's queue was just made")
+                    .detach();
                 shard.clone().serve_inbox(inbox).await;
                 accepting.cancel();
                 if let Some(announcer) = announcer {
@@ -529,6 +540,7 @@ pub fn start(mut config: BrokerConfig) -> Result<Running, BrokerError> {
                 clock.cancel();
                 txn_clock.cancel();
                 retention.cancel();
+                cleaner.cancel();
                 if let Some((stop, task)) = controller {
                     // A leader hands over before its node goes.
                     let _ = stop.send(());

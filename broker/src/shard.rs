@@ -16,6 +16,7 @@ use std::sync::Arc;
 use storage::{Offset, PartitionLog, ReadBytes};
 
 mod admin;
+mod cleaner;
 mod coordinators;
 mod groups;
 mod leadership;
@@ -301,6 +302,8 @@ pub struct Shard {
     /// the append and the state update must not interleave with another
     /// batch's (a retry arriving while its original is being appended).
     idempotent_turns: RefCell<HashMap<(String, u32), Rc<glommio::sync::Semaphore>>>,
+    /// Where the log cleaner has cleaned each compacted partition to.
+    cleaner_offsets: RefCell<HashMap<(String, u32), Offset>>,
     pub producer_ids: Arc<std::sync::Mutex<ProducerIdAllocator>>,
     /// Offsets writes appended but not yet applied, per offsets partition: a
     /// compaction waits until there are none (see `compact_offsets`).
@@ -388,6 +391,11 @@ pub struct ShardStats {
     /// read-ahead, and what read-ahead did.
     pub log_disk_read_bytes: Cell<u64>,
     pub log_read_ahead: Cell<storage::read_ahead::ReadAheadStats>,
+    /// What the log cleaner did: bytes of the segments it rewrote, before
+    /// and after, and the records it dropped.
+    pub cleaned_bytes_before: Cell<u64>,
+    pub cleaned_bytes_after: Cell<u64>,
+    pub cleaned_records_removed: Cell<u64>,
 }
 
 /// A latency histogram of one shard (µs, 3 significant digits).
@@ -480,6 +488,15 @@ impl ShardStats {
                 Some((name, ApiStats::clone(stats)))
             })
             .collect()
+    }
+
+    pub fn add_clean(&self, clean: &storage::log::CleanStats) {
+        self.cleaned_bytes_before
+            .set(self.cleaned_bytes_before.get() + clean.bytes_before);
+        self.cleaned_bytes_after
+            .set(self.cleaned_bytes_after.get() + clean.bytes_after);
+        self.cleaned_records_removed
+            .set(self.cleaned_records_removed.get() + clean.records_removed);
     }
 
     fn add_log(&self, log: &storage::LogStats) {
@@ -589,6 +606,7 @@ impl Shard {
             coordinator,
             producer_states: RefCell::new(HashMap::new()),
             idempotent_turns: RefCell::new(HashMap::new()),
+            cleaner_offsets: RefCell::new(HashMap::new()),
             producer_ids,
             offsets_writes: RefCell::new(HashMap::new()),
             offsets_turns: RefCell::new(HashMap::new()),

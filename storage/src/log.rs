@@ -397,7 +397,7 @@ mod clean;
 
 /// Times a read that raced the cleaner's swap of its segment looks again.
 const READ_TRIES_MAX: usize = 8;
-pub use clean::{CleanStats, CLEAN_MAP_BYTES_MAX};
+pub use clean::{CleanStats, SegmentStat, CLEAN_MAP_BYTES_MAX};
 
 impl Inner {
     fn config(&self) -> Rc<LogConfig> {

@@ -59,6 +59,55 @@ pub struct CleanStats {
     pub cleaned_to: Offset,
 }
 
+/// Holds a pass to `bytes_per_second` of what it reads: the cleaner's
+/// disk use stays within its share, whatever the log's size.
+struct Throttle {
+    bytes_per_second: u64,
+    started: std::time::Instant,
+    bytes: u64,
+}
+
+impl Throttle {
+    fn new(bytes_per_second: u64) -> Throttle {
+        Throttle {
+            bytes_per_second,
+            started: std::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `bytes` read, then waits until the pass is within its rate.
+    async fn take(&mut self, bytes: usize) {
+        self.bytes += bytes as u64;
+        if self.bytes_per_second == 0 {
+            return;
+        }
+        let due = std::time::Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_second as f64);
+        let elapsed = self.started.elapsed();
+        if due > elapsed {
+            glommio::timer::sleep(due - elapsed).await;
+        }
+    }
+}
+
+/// A segment as the cleaner's caller sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentStat {
+    pub base_offset: Offset,
+    /// One past its last offset.
+    pub next_offset: Offset,
+    pub size: u64,
+    pub max_timestamp_ms: i64,
+}
+
+/// What every segment of one pass is cleaned against.
+struct Pass<'a> {
+    map: &'a OffsetMap,
+    /// A tombstone appended before this goes.
+    horizon_ms: i64,
+    config: &'a LogConfig,
+}
+
 /// Each key's last offset below the map's end.
 struct OffsetMap {
     last: HashMap<Box<[u8]>, u64>,
@@ -72,10 +121,12 @@ impl PartitionLog {
     /// docs): answers what it did. Appends and reads go on meanwhile; a
     /// segment retention, a cut or another pass changed meanwhile is left
     /// as it is.
-    pub async fn clean(&self, up_to: Offset, now_ms: i64) -> Result<CleanStats> {
+    /// It reads at most `bytes_per_second` (0: as fast as it can).
+    pub async fn clean(&self, up_to: Offset, now_ms: i64, bytes_per_second: u64) -> Result<CleanStats> {
         let config = self.inner.config();
         let up_to = up_to.min(self.inner.state.borrow().active().base_offset);
-        let map = self.map_keys(up_to).await?;
+        let mut throttle = Throttle::new(bytes_per_second);
+        let map = self.map_keys(up_to, &mut throttle).await?;
         let sealed: Vec<(Offset, Offset)> = {
             let st = self.inner.state.borrow();
             st.usable(&self.inner.dir)?;
@@ -90,8 +141,12 @@ impl PartitionLog {
             now_ms.saturating_sub(i64::try_from(config.compaction.delete_retention_ms).unwrap_or(i64::MAX));
         let mut stats = CleanStats::default();
         for (base, next) in sealed {
-            self.clean_segment(base, next, &map, horizon_ms, &config, &mut stats)
-                .await?;
+            let pass = Pass {
+                map: &map,
+                horizon_ms,
+                config: &config,
+            };
+            self.clean_segment(base, next, &pass, &mut stats, &mut throttle).await?;
             stats.cleaned_to = next;
         }
         if stats.segments > 0 {
@@ -106,7 +161,7 @@ impl PartitionLog {
     /// Maps each key to its last offset from the log start up to `up_to`,
     /// or up to where `CLEAN_MAP_BYTES_MAX` filled (a whole batch at most
     /// past it, so that a pass always progresses).
-    async fn map_keys(&self, up_to: Offset) -> Result<OffsetMap> {
+    async fn map_keys(&self, up_to: Offset, throttle: &mut Throttle) -> Result<OffsetMap> {
         let mut map = OffsetMap {
             last: HashMap::new(),
             bytes: 0,
@@ -118,6 +173,7 @@ impl PartitionLog {
             if read.bytes.is_empty() {
                 break;
             }
+            throttle.take(read.bytes.len()).await;
             for frame in frames(&read.bytes) {
                 let info = peek_header(frame)?;
                 if info.next_offset() > up_to || map.bytes > CLEAN_MAP_BYTES_MAX {
@@ -149,11 +205,15 @@ impl PartitionLog {
         &self,
         base: Offset,
         next: Offset,
-        map: &OffsetMap,
-        horizon_ms: i64,
-        config: &LogConfig,
+        pass: &Pass<'_>,
         stats: &mut CleanStats,
+        throttle: &mut Throttle,
     ) -> Result<()> {
+        let Pass {
+            map,
+            horizon_ms,
+            config,
+        } = *pass;
         let dir = self.inner.dir.clone();
         let Some(generation) = self.inner.state.borrow().segments.get(&base).map(|s| s.generation) else {
             return Ok(());
@@ -181,6 +241,7 @@ impl PartitionLog {
             if read.bytes.is_empty() {
                 break;
             }
+            throttle.take(read.bytes.len()).await;
             for frame in frames(&read.bytes) {
                 let info = peek_header(frame)?;
                 if info.base_offset >= next {
@@ -267,6 +328,24 @@ impl PartitionLog {
         segment.generation = generation + 1;
         st.segments.insert(base, segment);
         Ok(())
+    }
+
+    /// Every segment's offsets, bytes and newest timestamp, oldest first:
+    /// what the cleaner's caller weighs (the dirty share, the age of what
+    /// is not clean).
+    pub fn segment_stats(&self) -> Vec<SegmentStat> {
+        self.inner
+            .state
+            .borrow()
+            .segments
+            .values()
+            .map(|s| SegmentStat {
+                base_offset: s.base_offset,
+                next_offset: s.next_offset,
+                size: s.size,
+                max_timestamp_ms: s.max_timestamp_ms,
+            })
+            .collect()
     }
 
     /// Removes what a pass wrote of segment `base` and leaves it as it was.

@@ -58,7 +58,7 @@ fn cleaning_keeps_each_keys_last_record_at_its_offset() {
         let active = *segments.last().unwrap();
         let size = log.size_bytes();
 
-        let stats = log.clean(Offset(u64::MAX), 0).await.unwrap();
+        let stats = log.clean(Offset(u64::MAX), 0, 0).await.unwrap();
         assert_eq!(stats.segments, segments.len() - 1, "every sealed segment");
         assert_eq!(stats.cleaned_to, active);
         assert!(stats.records_removed > 0 && stats.bytes_after < stats.bytes_before);
@@ -92,7 +92,7 @@ fn cleaning_keeps_each_keys_last_record_at_its_offset() {
         assert!(found.0 >= 1234 || after.iter().any(|s| s.offset >= found));
 
         // Cleaning again changes nothing; a reopen reads the same.
-        let again = log.clean(Offset(u64::MAX), 0).await.unwrap();
+        let again = log.clean(Offset(u64::MAX), 0, 0).await.unwrap();
         assert_eq!(again.records_removed, 0);
         assert_eq!(read_all(&log, 1 << 20).await, after);
         log.close().await.unwrap();
@@ -130,13 +130,13 @@ fn tombstones_go_after_their_retention_and_take_their_keys_with_them() {
         assert!(last[&b"k3".to_vec()].1.is_empty(), "k3 ends in a tombstone");
 
         // Within the retention the tombstone stays, readable.
-        log.clean(Offset(u64::MAX), now.get() + 5_000).await.unwrap();
+        log.clean(Offset(u64::MAX), now.get() + 5_000, 0).await.unwrap();
         let kept = read_all(&log, 1 << 20).await;
         assert!(kept
             .iter()
             .any(|s| s.key == b"k3" && s.offset < active && s.value.is_empty()));
         // Past it, the tombstone goes; no older record of k3 comes back.
-        log.clean(Offset(u64::MAX), now.get() + 20_000).await.unwrap();
+        log.clean(Offset(u64::MAX), now.get() + 20_000, 0).await.unwrap();
         let cleaned = read_all(&log, 1 << 20).await;
         assert!(!cleaned.iter().any(|s| s.key == b"k3" && s.offset < active));
         for key in (0..10).filter(|k| *k != 3).map(|k| format!("k{k}").into_bytes()) {
@@ -186,7 +186,7 @@ fn a_crash_during_a_clean_leaves_the_old_segment_or_the_new() {
             copy_dir(&original, &cleaned);
             let log = PartitionLog::open(&cleaned, compact_config()).await.unwrap();
             let before = read_all(&log, 1 << 20).await;
-            log.clean(Offset(u64::MAX), 0).await.unwrap();
+            log.clean(Offset(u64::MAX), 0, 0).await.unwrap();
             let after = read_all(&log, 1 << 20).await;
             log.close().await.unwrap();
             assert_ne!(before, after);

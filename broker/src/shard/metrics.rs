@@ -63,6 +63,18 @@ family!(
     "Response bytes written on the shard's Kafka connections."
 );
 family!(
+    CLEANER_BYTES,
+    "corelog_log_cleaner_bytes",
+    Counter,
+    "Bytes of sealed segments the shard's log cleaner rewrote, before and after (label stage)."
+);
+family!(
+    CLEANER_REMOVED,
+    "corelog_log_cleaner_removed_records",
+    Counter,
+    "Records the shard's log cleaner dropped: superseded by a later record of their key, or tombstones past delete.retention.ms."
+);
+family!(
     RECORDS_APPENDED,
     "corelog_records_appended",
     Counter,
@@ -226,6 +238,17 @@ impl Shard {
         let mut samples = vec![
             Sample::new(&REQUESTS, shard(), counter(stats.requests.get())),
             Sample::new(&RECORDS_APPENDED, shard(), counter(stats.records_appended.get())),
+            Sample::new(
+                &CLEANER_BYTES,
+                with(&[("stage", "before".into())]),
+                counter(stats.cleaned_bytes_before.get()),
+            ),
+            Sample::new(
+                &CLEANER_BYTES,
+                with(&[("stage", "after".into())]),
+                counter(stats.cleaned_bytes_after.get()),
+            ),
+            Sample::new(&CLEANER_REMOVED, shard(), counter(stats.cleaned_records_removed.get())),
             Sample::new(&BYTES_RECEIVED, shard(), counter(stats.bytes_received.get())),
             Sample::new(&BYTES_SENT, shard(), counter(stats.bytes_sent.get())),
             Sample::new(&CROSS_SHARD, shard(), counter(stats.hops.get())),

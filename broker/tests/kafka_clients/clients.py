@@ -875,7 +875,70 @@ def open_transaction_and_commit():
     admin.close()
 
 
+def compacted_topic():
+    """A topic created with cleanup.policy=compact takes 100,000 updates of
+    1,000 keys from librdkafka; the broker's cleaner (a short backoff in
+    the test's config) brings it down to about one record per key, and a
+    consumer from the beginning sees, in offset order, exactly the last
+    value of each key. A record without a key is refused with
+    INVALID_RECORD, as Kafka refuses it on a compacted topic."""
+    from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition, OFFSET_BEGINNING
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+    configs = {"cleanup.policy": "compact", "segment.bytes": "65536", "min.cleanable.dirty.ratio": "0.01"}
+    for future in admin.create_topics([NewTopic("table", 1, 1, config=configs)]).values():
+        future.result()
+    # Batches of 500: the active segment (never cleaned) holds a few.
+    producer = Producer({"bootstrap.servers": BOOTSTRAP, "linger.ms": 5, "enable.idempotence": True,
+                         "batch.num.messages": 500})
+    updates, keys = 100_000, 1_000
+    for n in range(updates):
+        while True:
+            try:
+                producer.produce("table", key=f"k{n % keys}", value=f"v{n}", partition=0)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    assert producer.flush(60) == 0
+    refused = []
+    producer.produce("table", value=b"no key", partition=0, on_delivery=lambda err, msg: refused.append(err))
+    producer.flush(30)
+    assert refused and refused[0] is not None and refused[0].code() == KafkaError.INVALID_RECORD, refused
+
+    def read_all():
+        consumer = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": "reader", "enable.auto.commit": False,
+                             "enable.partition.eof": True})
+        consumer.assign([TopicPartition("table", 0, OFFSET_BEGINNING)])
+        seen = []
+        while True:
+            msg = consumer.poll(10)
+            assert msg is not None, "no end of partition within 10 s"
+            if msg.error():
+                assert msg.error().code() == KafkaError._PARTITION_EOF, msg.error()
+                break
+            seen.append((msg.offset(), msg.key().decode(), msg.value().decode()))
+        consumer.close()
+        return seen
+
+    deadline = time.time() + DEADLINE_S
+    while True:
+        seen = read_all()
+        if len(seen) < 5 * keys or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(seen) < 5 * keys, f"{len(seen)} records after cleaning, of {updates}"
+    offsets = [o for o, _, _ in seen]
+    assert offsets == sorted(set(offsets)), "offsets strictly increase"
+    last = {}
+    for _, key, value in seen:
+        last[key] = value
+    expected = {f"k{k}": f"v{updates - keys + k}" for k in range(keys)}
+    assert last == expected, [(k, last.get(k), v) for k, v in expected.items() if last.get(k) != v][:5]
+
+
 SCENARIOS = {
+    "compacted-topic": compacted_topic,
     "open-transaction-and-commit": open_transaction_and_commit,
     "kafka-python-reads-the-offsets-topic": kafka_python_reads_the_offsets_topic,
     "kafka-python-topic-admin": kafka_python_topic_admin,
