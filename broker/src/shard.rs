@@ -1874,16 +1874,31 @@ impl Shard {
         // The topic table is rewritten and synced: off the shard.
         let (metadata, topic) = (self.metadata.clone(), name.to_string());
         let meta = storage::blocking::off_shard(move || metadata.create(&topic, partitions, configs)).await?;
-        for owner in owners(&meta) {
+        self.change_on_owners(&meta, TopicChange::Open).await?;
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(())
+    }
+
+    /// Has every shard owning a partition of `meta` make `change` to its
+    /// partitions, this one included.
+    pub(super) async fn change_on_owners(&self, meta: &TopicMeta, change: TopicChange) -> Result<(), BrokerError> {
+        for owner in owners(meta) {
             if owner == self.id {
-                self.open_partitions(&meta).await?;
+                match change {
+                    TopicChange::Open => self.open_partitions(meta).await.map(|_| ())?,
+                    TopicChange::Delete => self.delete_partitions(meta).await?,
+                    TopicChange::Configs => self.apply_topic_configs(meta).await?,
+                }
             } else {
                 let topic = meta.clone();
-                self.ask(owner, |reply| ShardMessage::OpenPartitions { topic, reply })
-                    .await?;
+                self.ask(owner, |reply| match change {
+                    TopicChange::Open => ShardMessage::OpenPartitions { topic, reply },
+                    TopicChange::Delete => ShardMessage::DeletePartitions { topic, reply },
+                    TopicChange::Configs => ShardMessage::ApplyConfigs { topic, reply },
+                })
+                .await?;
             }
         }
-        tracing::info!(topic = name, partitions, "created topic");
         Ok(())
     }
 
@@ -1904,15 +1919,7 @@ impl Shard {
         }
         let (metadata, topic) = (self.metadata.clone(), name.to_string());
         let meta = storage::blocking::off_shard(move || metadata.delete(&topic)).await?;
-        for owner in owners(&meta) {
-            if owner == self.id {
-                self.delete_partitions(&meta).await?;
-            } else {
-                let topic = meta.clone();
-                self.ask(owner, |reply| ShardMessage::DeletePartitions { topic, reply })
-                    .await?;
-            }
-        }
+        self.change_on_owners(&meta, TopicChange::Delete).await?;
         tracing::info!(topic = name, "deleted topic");
         Ok(())
     }
@@ -2171,6 +2178,14 @@ fn owners(meta: &TopicMeta) -> Vec<ShardId> {
     owners.sort_unstable();
     owners.dedup();
     owners
+}
+
+/// What a topic's owning shards do to their partitions of it.
+#[derive(Clone, Copy)]
+pub(crate) enum TopicChange {
+    Open,
+    Delete,
+    Configs,
 }
 
 /// Where a produced batch went.

@@ -242,35 +242,11 @@ fn take(
             min_insync,
             reply,
         } => {
-            let proposed = match set.get_mut(group) {
-                Some(replica) if stopping.is_none() => replica.propose(frame, acks, min_insync),
-                Some(replica) => Err(BrokerError::NotLeaderOrFollower {
-                    topic: replica.topic().to_string(),
-                    partition: replica.partition(),
-                    leader: None,
-                }),
-                None => Err(BrokerError::Replication {
-                    topic: String::new(),
-                    partition: super::group_partition(group).1,
-                    reason: format!("group {group} is not held by this shard"),
-                }),
-            };
+            let proposed = proposing(set, group, stopping.is_some()).and_then(|r| r.propose(frame, acks, min_insync));
             let _ = reply.send(proposed);
         }
         Command::DeleteRecords { group, offset, reply } => {
-            let proposed = match set.get_mut(group) {
-                Some(replica) if stopping.is_none() => replica.propose_log_start(offset),
-                Some(replica) => Err(BrokerError::NotLeaderOrFollower {
-                    topic: replica.topic().to_string(),
-                    partition: replica.partition(),
-                    leader: None,
-                }),
-                None => Err(BrokerError::Replication {
-                    topic: String::new(),
-                    partition: super::group_partition(group).1,
-                    reason: format!("group {group} is not held by this shard"),
-                }),
-            };
+            let proposed = proposing(set, group, stopping.is_some()).and_then(|r| r.propose_log_start(offset));
             let _ = reply.send(proposed);
         }
         Command::Step { from, messages } => set.step(from, messages),
@@ -294,3 +270,21 @@ fn take(
 /// REQUEST_TIMED_OUT, the outcome unknown (a leader cut off from its
 /// followers commits nothing, and keeps the request while it may still).
 pub const COMMIT_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// The replica of `group` to propose to: none while the task stops (its
+/// groups are being handed over), nor for a group this shard does not hold.
+fn proposing(set: &mut ReplicaSet, group: u64, stopping: bool) -> Result<&mut PartitionReplica, BrokerError> {
+    match set.get_mut(group) {
+        Some(replica) if !stopping => Ok(replica),
+        Some(replica) => Err(BrokerError::NotLeaderOrFollower {
+            topic: replica.topic().to_string(),
+            partition: replica.partition(),
+            leader: None,
+        }),
+        None => Err(BrokerError::Replication {
+            topic: String::new(),
+            partition: super::group_partition(group).1,
+            reason: format!("group {group} is not held by this shard"),
+        }),
+    }
+}

@@ -9,7 +9,7 @@
 use futures::FutureExt;
 use storage::Offset;
 
-use super::{owners, refuse_internal, unknown, Shard, ShardMessage};
+use super::{refuse_internal, unknown, Shard, ShardMessage, TopicChange};
 use crate::error::BrokerError;
 use crate::replication::driver::{Command, COMMIT_WAIT_MAX};
 use crate::topics::{log_config, TopicMeta};
@@ -74,15 +74,7 @@ impl Shard {
         if validate_only {
             return Ok(());
         }
-        for owner in owners(&meta) {
-            if owner == self.id {
-                self.apply_topic_configs(&meta).await?;
-            } else {
-                let topic = meta.clone();
-                self.ask(owner, |reply| ShardMessage::ApplyConfigs { topic, reply })
-                    .await?;
-            }
-        }
+        self.change_on_owners(&meta, TopicChange::Configs).await?;
         tracing::info!(topic = name, configs = ?meta.configs, "changed topic configs");
         Ok(())
     }
@@ -159,15 +151,7 @@ impl Shard {
         if validate_only {
             return Ok(());
         }
-        for owner in owners(&meta) {
-            if owner == self.id {
-                self.open_partitions(&meta).await?;
-            } else {
-                let topic = meta.clone();
-                self.ask(owner, |reply| ShardMessage::OpenPartitions { topic, reply })
-                    .await?;
-            }
-        }
+        self.change_on_owners(&meta, TopicChange::Open).await?;
         tracing::info!(topic = name, count, "added partitions");
         Ok(())
     }
