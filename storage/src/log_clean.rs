@@ -7,7 +7,9 @@
 //! rewrites each sealed segment wholly below the point, keeping a record
 //! only if it is its key's last, a record without a key (none is taken
 //! into a compacted topic, but one may predate the policy), or part of a
-//! control batch. A tombstone (a key with no value) that is its key's last
+//! control batch; of an idempotent producer's last batch, its last record
+//! stays whatever else goes, so that the batch's header (the producer's
+//! epoch and last sequence) is there to rebuild the producer's state from. A tombstone (a key with no value) that is its key's last
 //! goes too once its batch was appended `delete_retention_ms` before the
 //! pass's `now_ms`. Records keep their offsets and batches their headers
 //! (`batch::retain`): a cleaned log has gaps, as a compacted Kafka log has.
@@ -111,6 +113,10 @@ struct Pass<'a> {
 /// Each key's last offset below the map's end.
 struct OffsetMap {
     last: HashMap<Box<[u8]>, u64>,
+    /// Each idempotent producer's last batch below the map's end, by base
+    /// offset: kept (one record of it at least) so that its sequence and
+    /// epoch survive the clean, as Kafka keeps it.
+    producers: HashMap<i64, u64>,
     bytes: usize,
     /// Offsets below this are mapped.
     end: Offset,
@@ -164,6 +170,7 @@ impl PartitionLog {
     async fn map_keys(&self, up_to: Offset, throttle: &mut Throttle) -> Result<OffsetMap> {
         let mut map = OffsetMap {
             last: HashMap::new(),
+            producers: HashMap::new(),
             bytes: 0,
             end: self.log_start_offset(),
         };
@@ -178,6 +185,9 @@ impl PartitionLog {
                 let info = peek_header(frame)?;
                 if info.next_offset() > up_to || map.bytes > CLEAN_MAP_BYTES_MAX {
                     break 'read;
+                }
+                if info.producer_id >= 0 {
+                    map.producers.insert(info.producer_id, info.base_offset.0);
                 }
                 if !info.is_control() {
                     let batch = access(frame)?;
@@ -264,6 +274,21 @@ impl PartitionLog {
                         removed += u64::from(!keep);
                         keep
                     })?
+                };
+                // A producer's last batch keeps its last record at least:
+                // the producer's state is rebuilt from batch headers.
+                let last_of_producer =
+                    info.producer_id >= 0 && map.producers.get(&info.producer_id) == Some(&info.base_offset.0);
+                let retained = match retained {
+                    Retained::None if last_of_producer => {
+                        let last = access(frame)?
+                            .records
+                            .last()
+                            .map(|r| info.base_offset.0 + u64::from(r.offset_delta.to_native()));
+                        removed -= 1;
+                        retain(frame, |offset, _| Some(offset.0) == last)?
+                    }
+                    other => other,
                 };
                 let kept = match &retained {
                     Retained::All => frame,

@@ -231,3 +231,43 @@ fn a_crash_during_a_clean_leaves_the_old_segment_or_the_new() {
         assert!(named(&late, ".swap").is_empty());
     });
 }
+
+/// An idempotent producer's last batch keeps a record even when later
+/// updates supersede all of it: its header (epoch, sequences) is what the
+/// producer's state is rebuilt from after a restart.
+#[test]
+fn a_producers_last_batch_keeps_its_header() {
+    let dir = test_dir();
+    run(|| async {
+        let log = PartitionLog::open(dir.path(), compact_config()).await.unwrap();
+        let mut idempotent = RecordBatchBuilder::new().producer(7, 3, 40);
+        for k in 0..5 {
+            idempotent.push(0, Some(format!("k{k}").as_bytes()), Some(b"old"), vec![]);
+        }
+        let first = log.append(&idempotent.build()).await.unwrap();
+        for first in (0..2000).step_by(10) {
+            log.append(&updates(first, 10, 5, |_| false)).await.unwrap();
+        }
+        log.clean(Offset(u64::MAX), 0, 0).await.unwrap();
+        let read = log.read(log.log_start_offset(), 1 << 20).await.unwrap();
+        let frame = storage::batch::frames(&read.bytes).next().unwrap();
+        let info = storage::batch::peek_header(frame).unwrap();
+        assert_eq!(
+            info.base_offset, first.base_offset,
+            "the producer's batch is first still"
+        );
+        assert_eq!(
+            (
+                info.producer_id,
+                info.producer_epoch,
+                info.base_sequence,
+                info.last_offset_delta
+            ),
+            (7, 3, 40, 4)
+        );
+        assert_eq!(info.record_count, 1, "its last record alone");
+        let kept = records_in(&read.bytes, Offset(0));
+        assert_eq!(kept[0].offset, first.last_offset);
+        log.close().await.unwrap();
+    });
+}
