@@ -318,6 +318,9 @@ fn a_compacted_topic_keeps_each_keys_last_value() {
         .sum();
     assert!(removed > 90_000.0, "the cleaner dropped most updates: {removed}");
     broker.stop();
+    let position = std::fs::read_to_string(dir.path().join("table-0").join("cleaner-offset"))
+        .expect("the cleaner's position is kept in the partition's directory");
+    assert!(position.trim().parse::<u64>().unwrap() > 90_000, "{position}");
     let broker = Broker::start_with_config(dir.path(), 2, config);
     let out = Command::new(env!("CARGO_BIN_EXE_corelog"))
         .args(["log-dirs", "--broker", &broker.addr])

@@ -23,6 +23,23 @@ use super::Shard;
 use crate::offsets::OFFSETS_TOPIC;
 use crate::txn::TXN_STATE_TOPIC;
 
+/// The file in a partition's directory saying where it is clean to.
+const CLEANER_OFFSET_FILE: &str = "cleaner-offset";
+
+/// Where a log is clean to as its file says; 0 if it says nothing usable.
+fn read_cleaner_offset(path: &std::path::Path) -> Offset {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .map_or(Offset(0), Offset)
+}
+
+fn write_cleaner_offset(path: &std::path::Path, offset: Offset) -> std::io::Result<()> {
+    let temp = path.with_extension("tmp");
+    std::fs::write(&temp, offset.0.to_string())?;
+    std::fs::rename(&temp, path)
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -54,16 +71,37 @@ impl Shard {
                 continue;
             }
             let key = (topic.clone(), partition);
-            let clean_to = self.cleaner_offsets.borrow().get(&key).copied().unwrap_or(Offset(0));
+            let known = self.cleaner_offsets.borrow().get(&key).copied();
+            let clean_to = match known {
+                Some(offset) => offset,
+                None => {
+                    let path = log.dir().join(CLEANER_OFFSET_FILE);
+                    storage::blocking::off_shard(move || read_cleaner_offset(&path)).await
+                }
+            };
+            // A position past the log's end (the log cut below it) says
+            // nothing: clean from the start.
+            let clean_to = if clean_to > log.log_end_offset() {
+                Offset(0)
+            } else {
+                clean_to
+            };
             let now = now_ms();
             let Some(up_to) = cleanable(&log, clean_to, now).await else {
                 continue;
             };
             match log.clean(up_to, now, self.config.log_cleaner_io_bytes_per_second).await {
                 Ok(stats) => {
-                    self.cleaner_offsets
-                        .borrow_mut()
-                        .insert(key, stats.cleaned_to.max(clean_to));
+                    let cleaned_to = stats.cleaned_to.max(clean_to);
+                    self.cleaner_offsets.borrow_mut().insert(key, cleaned_to);
+                    if cleaned_to > clean_to {
+                        let path = log.dir().join(CLEANER_OFFSET_FILE);
+                        let written =
+                            storage::blocking::off_shard(move || write_cleaner_offset(&path, cleaned_to)).await;
+                        if let Err(error) = written {
+                            tracing::warn!(%topic, partition, %error, "the cleaner's position not written");
+                        }
+                    }
                     self.stats.add_clean(&stats);
                     if stats.segments > 0 {
                         tracing::debug!(
